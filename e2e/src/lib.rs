@@ -1,0 +1,1 @@
+//! KSM-compatible test server and end-to-end harness.

@@ -1,0 +1,2 @@
+//! keeper-operator: syncs Keeper Secrets Manager records into native Kubernetes Secrets.
+pub mod ksm;
