@@ -16,10 +16,10 @@ pub(crate) fn is_uid_shaped(text: &str) -> bool {
 /// tried as a UID first; otherwise (or when no UID matches) the exact title is matched, and
 /// more than one record with that title is `AmbiguousTitle`, never a guess.
 pub fn find_record<'a>(records: &'a [Record], selector: &str) -> Result<&'a Record, NotationError> {
-    if is_uid_shaped(selector) {
-        if let Some(record) = records.iter().find(|r| r.uid == selector) {
-            return Ok(record);
-        }
+    if is_uid_shaped(selector)
+        && let Some(record) = records.iter().find(|r| r.uid == selector)
+    {
+        return Ok(record);
     }
     let mut matches = records.iter().filter(|r| r.title == selector);
     let Some(first) = matches.next() else {
