@@ -99,24 +99,34 @@ fn http_client(options: &ClientOptions) -> Result<reqwest::Client, KsmError> {
         .map_err(|e| KsmError::InvalidCa(format!("HTTP client setup failed: {e}")))
 }
 
-/// Maps a transport failure; the TLS layer is found by walking the source chain (rustls
-/// errors arrive wrapped in `io::Error`, whose `source()` skips them).
+/// Finds a rustls error in a source chain. rustls errors arrive wrapped in (possibly nested)
+/// `io::Error`s, whose `source()` skips the wrapped error, so those are opened with `get_ref`.
+fn find_tls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = Some(err);
+    for _ in 0..16 {
+        let e = current?;
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        current = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
+/// Maps a transport failure to timeout, TLS or unavailable.
 fn transport_error(err: reqwest::Error) -> KsmError {
     let err = err.without_url(); // download URLs are pre-signed: never log them
     if err.is_timeout() {
         return KsmError::Timeout;
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
-    while let Some(e) = source {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return KsmError::Tls(tls.to_string());
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
-        {
-            return KsmError::Tls(tls.to_string());
-        }
-        source = e.source();
+    if let Some(tls) = find_tls_error(&err) {
+        return KsmError::Tls(tls.to_string());
     }
     KsmError::Unavailable(error_chain(&err))
 }
@@ -384,6 +394,65 @@ mod tests {
         );
         let err = KsmClient::new(unbound, &ClientOptions::default()).unwrap_err();
         assert_eq!(err.reason(), "InvalidConfig");
+    }
+
+    fn client_for(hostname: String, timeout: Duration) -> KsmClient {
+        let config = KsmConfig::unbound(hostname, crate::ksm::crypto::AesKey::random(), 10, None)
+            .into_bound(crate::ksm::crypto::AesKey::random(), None);
+        let options = ClientOptions {
+            timeout,
+            ..ClientOptions::default()
+        };
+        KsmClient::new(config, &options).unwrap()
+    }
+
+    /// A loopback listener that answers every connection with `reply` (or nothing).
+    async fn listener(reply: Option<&'static [u8]>) -> String {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Some(reply) = reply {
+                        let _ = socket.write_all(reply).await;
+                    }
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                });
+            }
+        });
+        addr.to_string()
+    }
+
+    #[tokio::test]
+    async fn transport_failures_are_classified() {
+        // Plain HTTP where TLS is expected: the handshake fails inside rustls.
+        let host = listener(Some(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")).await;
+        let err = client_for(host, Duration::from_secs(5))
+            .get_secrets(&Query::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, KsmError::Tls(_)), "{err:?}");
+        assert_eq!(err.reason(), "TlsError");
+
+        // A server that accepts and never answers.
+        let host = listener(None).await;
+        let err = client_for(host, Duration::from_millis(300))
+            .get_folders()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, KsmError::Timeout), "{err:?}");
+
+        // Nothing listening.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let err = client_for(format!("127.0.0.1:{port}"), Duration::from_secs(5))
+            .get_secrets(&Query::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "KeeperUnavailable", "{err:?}");
     }
 
     #[test]

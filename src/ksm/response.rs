@@ -352,3 +352,7 @@ pub fn decode_folders(app_key: &AesKey, plaintext: &[u8]) -> Result<Vec<SharedFo
     }
     Ok(out)
 }
+
+#[cfg(test)]
+#[path = "response_tests.rs"]
+mod tests;
