@@ -52,7 +52,9 @@ impl RateBudget {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.refill_per_sec))
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / self.refill_per_sec,
+            ))
         }
     }
 
@@ -111,7 +113,10 @@ mod tests {
         let t0 = Instant::now();
         let mut budget = RateBudget::new(5, Duration::from_secs(10), t0);
         budget.block_for(t0, Some(Duration::from_secs(30)));
-        assert_eq!(budget.try_acquire(t0 + Duration::from_secs(10)), Err(Duration::from_secs(20)));
+        assert_eq!(
+            budget.try_acquire(t0 + Duration::from_secs(10)),
+            Err(Duration::from_secs(20))
+        );
         assert_eq!(budget.utilization(t0 + Duration::from_secs(10)), 1.0);
         // After the block the bucket has refilled from zero at the normal rate.
         assert!(budget.try_acquire(t0 + Duration::from_secs(30)).is_ok());

@@ -17,6 +17,8 @@
 //! - **Files** are downloaded once per record revision and shared.
 
 pub mod budget;
+pub mod ksm_source;
+pub mod secret_store;
 pub mod store;
 
 use crate::ksm::crypto::{AesKey, b64_url};
@@ -39,7 +41,10 @@ pub trait VaultSource: Send + Sync + 'static {
     fn fetch(&self) -> BoxFuture<'_, Result<Zeroizing<Vec<u8>>, KsmError>>;
     /// Unwraps a body returned by `fetch` (or restored from the store).
     fn decode(&self, body: &[u8]) -> Result<Vault, KsmError>;
-    fn download<'a>(&'a self, file: &'a KeeperFile) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, KsmError>>;
+    fn download<'a>(
+        &'a self,
+        file: &'a KeeperFile,
+    ) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, KsmError>>;
     /// The key sealing this credential's persisted snapshots.
     fn cache_key(&self) -> AesKey;
 }
@@ -147,7 +152,9 @@ pub struct CredentialFetcher {
 /// A stable, non-secret name for a credential: a hash of its client id.
 pub fn credential_id(client_id: &str) -> String {
     let digest = Sha256::digest(client_id.as_bytes());
-    b64_url(&digest[..12]).replace(['-', '_'], "x").to_ascii_lowercase()
+    b64_url(&digest[..12])
+        .replace(['-', '_'], "x")
+        .to_ascii_lowercase()
 }
 
 impl CredentialFetcher {
@@ -158,7 +165,11 @@ impl CredentialFetcher {
         settings: FetchSettings,
         stats: Arc<FetchStats>,
     ) -> Self {
-        let budget = RateBudget::new(settings.budget_requests, settings.budget_window, Instant::now());
+        let budget = RateBudget::new(
+            settings.budget_requests,
+            settings.budget_window,
+            Instant::now(),
+        );
         CredentialFetcher {
             id: credential_id(client_id),
             source,
@@ -185,7 +196,9 @@ impl CredentialFetcher {
         let mut state = self.state.lock().await;
         let now = Instant::now();
         if let Some(snapshot) = &state.snapshot {
-            let age = SystemTime::now().duration_since(snapshot.fetched_at).unwrap_or_default();
+            let age = SystemTime::now()
+                .duration_since(snapshot.fetched_at)
+                .unwrap_or_default();
             if snapshot.origin == Origin::Keeper && age < max_age {
                 self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return Served::Fresh(snapshot.clone());
@@ -200,8 +213,14 @@ impl CredentialFetcher {
         }
         if let Err(wait) = state.budget.try_acquire(now) {
             self.stats.held_back.fetch_add(1, Ordering::Relaxed);
-            let error = Arc::new(KsmError::Throttled { retry_after: Some(wait) });
-            let staleness = Staleness { error, since: SystemTime::now(), retry_in: wait };
+            let error = Arc::new(KsmError::Throttled {
+                retry_after: Some(wait),
+            });
+            let staleness = Staleness {
+                error,
+                since: SystemTime::now(),
+                retry_in: wait,
+            };
             return self.serve_last_good(&mut state, staleness).await;
         }
         match self.fetch_once().await {
@@ -210,7 +229,11 @@ impl CredentialFetcher {
                 let fetched_at = SystemTime::now();
                 state.failure = None;
                 self.persist(&mut state, fetched_at, &body).await;
-                let snapshot = Arc::new(Snapshot { vault, fetched_at, origin: Origin::Keeper });
+                let snapshot = Arc::new(Snapshot {
+                    vault,
+                    fetched_at,
+                    origin: Origin::Keeper,
+                });
                 state.snapshot = Some(snapshot.clone());
                 Served::Fresh(snapshot)
             }
@@ -233,15 +256,26 @@ impl CredentialFetcher {
 
     fn record_failure(&self, state: &mut State, error: KsmError, now: Instant) -> Staleness {
         let count = state.failure.as_ref().map_or(1, |f| f.count + 1);
-        let since = state.failure.as_ref().map_or_else(SystemTime::now, |f| f.since);
+        let since = state
+            .failure
+            .as_ref()
+            .map_or_else(SystemTime::now, |f| f.since);
         let mut wait = jitter(
             failure_backoff(count, self.settings.backoff_base, self.settings.backoff_max),
             0.2,
         );
-        if let KsmError::Throttled { retry_after: Some(after) } = &error {
+        if let KsmError::Throttled {
+            retry_after: Some(after),
+        } = &error
+        {
             wait = wait.max(*after);
         }
-        let failure = Failure { error: Arc::new(error), since, count, next_attempt: now + wait };
+        let failure = Failure {
+            error: Arc::new(error),
+            since,
+            count,
+            next_attempt: now + wait,
+        };
         let staleness = staleness(&failure, now);
         state.failure = Some(failure);
         staleness
@@ -272,7 +306,11 @@ impl CredentialFetcher {
             .map_err(|e| e.to_string())
             .and_then(|(fetched_at, body)| {
                 let vault = self.source.decode(&body).map_err(|e| e.to_string())?;
-                Ok(Snapshot { vault, fetched_at, origin: Origin::Store })
+                Ok(Snapshot {
+                    vault,
+                    fetched_at,
+                    origin: Origin::Store,
+                })
             });
         match restored {
             Ok(snapshot) => {
@@ -319,7 +357,9 @@ impl CredentialFetcher {
         let bytes = Arc::new(self.source.download(file).await?);
         self.stats.downloads.fetch_add(1, Ordering::Relaxed);
         let mut state = self.state.lock().await;
-        state.files.insert(file.uid.clone(), (record.revision, bytes.clone()));
+        state
+            .files
+            .insert(file.uid.clone(), (record.revision, bytes.clone()));
         Ok(bytes)
     }
 

@@ -18,7 +18,11 @@ const CACHE_KEY_PURPOSE: &str = "keeper-operator/last-good-cache/v1";
 /// Where sealed snapshots live, keyed by credential id (a hash, never the client id itself).
 pub trait SnapshotStore: Send + Sync + 'static {
     fn load<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, anyhow::Result<Option<Vec<u8>>>>;
-    fn save<'a>(&'a self, credential: &'a str, sealed: Vec<u8>) -> BoxFuture<'a, anyhow::Result<()>>;
+    fn save<'a>(
+        &'a self,
+        credential: &'a str,
+        sealed: Vec<u8>,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
 }
 
 /// The key that seals a credential's snapshots.
@@ -28,7 +32,10 @@ pub fn cache_key(app_key: &AesKey) -> AesKey {
 
 /// `GCM(cache key, fetched_at millis (8 bytes, big endian) ‖ body)`.
 pub fn seal(key: &AesKey, fetched_at: SystemTime, body: &[u8]) -> Vec<u8> {
-    let millis = fetched_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let millis = fetched_at
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
     let mut plain = Zeroizing::new(Vec::with_capacity(8 + body.len()));
     plain.extend_from_slice(&millis.to_be_bytes());
     plain.extend_from_slice(body);
@@ -54,12 +61,24 @@ pub struct MemoryStore {
 
 impl SnapshotStore for MemoryStore {
     fn load<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, anyhow::Result<Option<Vec<u8>>>> {
-        let blob = self.blobs.lock().expect("store lock").get(credential).cloned();
+        let blob = self
+            .blobs
+            .lock()
+            .expect("store lock")
+            .get(credential)
+            .cloned();
         Box::pin(async move { Ok(blob) })
     }
 
-    fn save<'a>(&'a self, credential: &'a str, sealed: Vec<u8>) -> BoxFuture<'a, anyhow::Result<()>> {
-        self.blobs.lock().expect("store lock").insert(credential.to_string(), sealed);
+    fn save<'a>(
+        &'a self,
+        credential: &'a str,
+        sealed: Vec<u8>,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        self.blobs
+            .lock()
+            .expect("store lock")
+            .insert(credential.to_string(), sealed);
         Box::pin(async { Ok(()) })
     }
 }
@@ -74,11 +93,17 @@ mod tests {
         let key = cache_key(&app_key);
         let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         let sealed = seal(&key, at, b"{\"records\":[]}");
-        assert!(!sealed.windows(7).any(|w| w == b"records"), "nothing readable at rest");
+        assert!(
+            !sealed.windows(7).any(|w| w == b"records"),
+            "nothing readable at rest"
+        );
         let (when, body) = open(&key, &sealed).unwrap();
         assert_eq!(when, at);
         assert_eq!(&*body, b"{\"records\":[]}");
         assert!(open(&cache_key(&AesKey::random()), &sealed).is_err());
-        assert!(open(&app_key, &sealed).is_err(), "the app key itself is not the cache key");
+        assert!(
+            open(&app_key, &sealed).is_err(),
+            "the app key itself is not the cache key"
+        );
     }
 }
