@@ -34,6 +34,9 @@ use std::time::{Duration, Instant, SystemTime};
 use store::SnapshotStore;
 use zeroize::Zeroizing;
 
+/// A downloaded, decrypted file, shared by every Secret that maps it.
+pub type FileBytes = Arc<Zeroizing<Vec<u8>>>;
+
 /// What a fetcher needs from Keeper for one credential (the real one wraps `KsmClient`).
 pub trait VaultSource: Send + Sync + 'static {
     /// One `get_secret` for everything the application can read: the decrypted response body,
@@ -136,7 +139,7 @@ struct State {
     failure: Option<Failure>,
     budget: RateBudget,
     /// Downloaded files by file UID, with the record revision they belong to.
-    files: HashMap<String, (i64, Arc<Zeroizing<Vec<u8>>>)>,
+    files: HashMap<String, (i64, FileBytes)>,
 }
 
 /// The shared fetcher of one credential.
@@ -341,11 +344,7 @@ impl CredentialFetcher {
     }
 
     /// A file's content, downloaded once per revision of the record that holds it.
-    pub async fn file(
-        &self,
-        record: &Record,
-        file: &KeeperFile,
-    ) -> Result<Arc<Zeroizing<Vec<u8>>>, KsmError> {
+    pub async fn file(&self, record: &Record, file: &KeeperFile) -> Result<FileBytes, KsmError> {
         {
             let state = self.state.lock().await;
             if let Some((revision, bytes)) = state.files.get(&file.uid)

@@ -3,9 +3,11 @@ use super::*;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicUsize;
 
+type Script = Vec<Result<&'static str, fn() -> KsmError>>;
+
 /// A scripted source: each fetch pops the next result (the last one repeats).
 struct FakeSource {
-    results: Mutex<Vec<Result<&'static str, fn() -> KsmError>>>,
+    results: Mutex<Script>,
     fetches: Arc<AtomicUsize>,
     downloads: Arc<AtomicUsize>,
     key: AesKey,
