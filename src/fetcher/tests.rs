@@ -13,10 +13,7 @@ struct FakeSource {
     key: AesKey,
 }
 
-fn source(
-    results: Vec<Result<&'static str, fn() -> KsmError>>,
-    key: &AesKey,
-) -> (FakeSource, Arc<AtomicUsize>) {
+fn source(results: Script, key: &AesKey) -> (FakeSource, Arc<AtomicUsize>) {
     let fetches = Arc::new(AtomicUsize::new(0));
     let fake = FakeSource {
         results: Mutex::new(results),
