@@ -214,7 +214,7 @@ fn decrypt_record(record: &Value, wrapping: &AesKey) -> (String, Value, AesKey) 
     let data =
         aes_gcm_decrypt(&key, &b64_decode(record["data"].as_str().unwrap()).unwrap()).unwrap();
     let text = std::str::from_utf8(&data).unwrap();
-    assert!(text.ends_with(' ') || text.len() % 128 == 0, "space padded");
+    assert!(text.len().is_multiple_of(128), "space padded to 128 bytes");
     (
         record["recordUid"].as_str().unwrap().to_string(),
         serde_json::from_str(text).unwrap(),
