@@ -348,6 +348,45 @@ async fn binding_then_full_fetch_decrypts_the_whole_key_hierarchy() {
 }
 
 #[tokio::test]
+async fn binding_through_get_folders_like_the_rust_sdk() {
+    let server = TestServer::start(sample()).await.unwrap();
+    let raw = Raw::new(&server);
+    let mut device = Device::from_token(&server.issue_token("ci").unwrap());
+    let public = b64_std(&device.key.public_key_bytes());
+    let reply = raw
+        .send(
+            &device,
+            Call::new("get_folders", &device).with("publicKey", json!(public)),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let json = reply.json();
+    let wrapped = b64_decode(json["encryptedAppKey"].as_str().unwrap()).unwrap();
+    let client_key = AesKey::from_slice(&device.client_key).unwrap();
+    device.app_key = Some(client_key.unwrap_key(&wrapped).unwrap());
+    assert_eq!(json["folders"][0]["folderUid"], STAGING);
+    let reply = raw.send(&device, Call::new("get_secret", &device)).await;
+    let records = all_records(&reply.json(), device.app_key.as_ref().unwrap());
+    assert_eq!(uids(&records), vec![STAGING_PG.to_string()]);
+}
+
+#[tokio::test]
+async fn a_generated_vault_serves_thousands_of_records() {
+    let server = TestServer::start(VaultSpec::generated(2000)).await.unwrap();
+    let raw = Raw::new(&server);
+    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    let reply = raw.send(&device, Call::new("get_secret", &device)).await;
+    let records = all_records(&reply.json(), device.app_key.as_ref().unwrap());
+    assert_eq!(records.len(), 2000);
+    let titles: std::collections::BTreeSet<String> = records
+        .iter()
+        .map(|r| r.1["title"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(titles.len(), 2000);
+    assert!(titles.contains("Record 1999"));
+}
+
+#[tokio::test]
 async fn bound_config_has_every_sdk_key_and_works_without_binding() {
     let server = TestServer::start(sample()).await.unwrap();
     let raw = Raw::new(&server);

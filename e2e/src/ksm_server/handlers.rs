@@ -146,16 +146,27 @@ async fn api(
     apply_latency(&shared.faults).await;
 
     let decoded = wire::decode_request(&shared.server_key, &headers, &body);
-    let client = decoded
+    // Only registered client ids and real endpoints become counter (and rate limit) keys, so
+    // hostile requests cannot grow the maps.
+    let client_id = decoded
         .as_ref()
         .ok()
-        .and_then(|d| d.payload.client_id.clone());
-    let app = client
-        .as_deref()
-        .and_then(|c| shared.vault().app_of(c).map(str::to_string));
-    shared
-        .counters
-        .record_request(&endpoint, client.as_deref(), app.as_deref());
+        .and_then(|d| d.payload.client_id.as_deref());
+    let known = client_id.and_then(|c| {
+        let vault = shared.vault();
+        vault.app_of(c).map(|app| (c.to_string(), app.to_string()))
+    });
+    let counted_endpoint = if ENDPOINTS.contains(&endpoint.as_str()) {
+        endpoint.as_str()
+    } else {
+        "unknown"
+    };
+    shared.counters.record_request(
+        counted_endpoint,
+        known.as_ref().map(|(c, _)| c.as_str()),
+        known.as_ref().map(|(_, a)| a.as_str()),
+    );
+    let client = known.map(|(c, _)| c);
 
     if shared.faults.down_mode() == DownMode::Unavailable {
         shared.counters.record_outcome("unavailable");

@@ -6,6 +6,19 @@
 //! downloads, the real error bodies, fault injection and request counters. The official Python
 //! and JavaScript SDKs run against it in `e2e/interop/`.
 //!
+//! Behaviour where the real service is not fully documented (PROTOCOL.md "Uncertainties"):
+//! - A one-time token already bound to one device, presented by another: 403 `access_denied`
+//!   "Signature is invalid" (what Keeper's recorded traffic shows for a reused token). An
+//!   unknown client id or an expired, never-used token: 403 `access_denied` "Unable to
+//!   validate application access". The same device repeating its binding request (it lost the
+//!   answer) gets `encryptedAppKey` again; a client that lost its device key cannot recover.
+//! - Throttling: 403 (configurable 429) with the production body; `retry_after` only when a
+//!   test asks for it. The optional rate limit keys on client id + endpoint, window restarting
+//!   on every request, as the SDK comments describe.
+//! - Undecryptable requests: 400 `bad_request`; endpoints other than `get_secret` and
+//!   `get_folders`: 404 (the write endpoints are not implemented).
+//! - Plaintexts (record JSON, `appData`) are space-padded to a multiple of 128 bytes.
+//!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use keeper_e2e::ksm_server::{TestServer, VaultSpec};

@@ -4,7 +4,7 @@
 //! redacted like every other secret-bearing type in the project.
 
 use anyhow::{Context, bail, ensure};
-use keeper_operator::ksm::crypto::b64_decode;
+use keeper_operator::ksm::crypto::{b64_decode, generate_uid};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -146,6 +146,41 @@ fn check_uid(kind: &str, uid: &str) -> anyhow::Result<()> {
 }
 
 impl VaultSpec {
+    /// A vault for load tests: app `operator` sees one shared folder "Load" holding `records`
+    /// login records titled `Record 0`, `Record 1`, … with random UIDs.
+    pub fn generated(records: usize) -> Self {
+        let folder = generate_uid();
+        let records = (0..records)
+            .map(|i| RecordSpec {
+                uid: generate_uid(),
+                title: format!("Record {i}"),
+                record_type: "login".to_string(),
+                folder_uid: Some(folder.clone()),
+                fields: vec![
+                    serde_json::json!({"type": "login", "value": [format!("user-{i}")]}),
+                    serde_json::json!({"type": "password", "value": [format!("password-{i}")]}),
+                ],
+                custom: Vec::new(),
+                notes: None,
+                files: Vec::new(),
+            })
+            .collect();
+        VaultSpec {
+            shared_folders: vec![FolderSpec {
+                uid: folder.clone(),
+                name: "Load".to_string(),
+                folders: Vec::new(),
+            }],
+            records,
+            apps: vec![AppSpec {
+                name: "operator".to_string(),
+                title: None,
+                shared_folders: vec![folder],
+                records: Vec::new(),
+            }],
+        }
+    }
+
     /// Parses and validates a vault file.
     pub fn from_json(text: &str) -> anyhow::Result<Self> {
         let spec: VaultSpec = serde_json::from_str(text).context("vault JSON")?;
