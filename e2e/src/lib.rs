@@ -1,1 +1,2 @@
 //! KSM-compatible test server and end-to-end harness.
+pub mod harness;
