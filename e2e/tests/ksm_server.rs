@@ -1,8 +1,12 @@
 //! The test server checked with raw protocol crypto (no client library in between): binding,
 //! signatures, filtering, the key hierarchy, error bodies, faults, counters and the admin API.
 
+use keeper_e2e::ksm_server::uids::{
+    ANALYTICS, BUNDLE_FILE, CERT_FILE, DATABASES, POSTGRES, PRODUCTION, STAGING,
+    STAGING_POSTGRES as STAGING_PG, STRIPE, WEB_CERT,
+};
 use keeper_e2e::ksm_server::{
-    DownMode, FileFailure, FileSpec, RateLimit, ServerOptions, TestServer, VaultSpec,
+    DownMode, FileFailure, FileSpec, RateLimit, ServerOptions, TestServer, VaultSpec, sample_vault,
 };
 use keeper_operator::ksm::crypto::{
     AesKey, EcKeyPair, aes_gcm_decrypt, aes_gcm_encrypt, b64_decode, b64_std, b64_url, client_id,
@@ -11,30 +15,12 @@ use keeper_operator::ksm::crypto::{
 use serde_json::{Value, json};
 use std::time::Duration;
 
-const POSTGRES: &str = "YP6qLSSxX3qEJLYyQs6iZw";
-const ANALYTICS: &str = "Tv3hXMtMZxaQgmbqhA5-Zw";
-const WEB_CERT: &str = "eOg9gnMeK3HgPNAqf7KB7g";
-const STRIPE: &str = "SsxoiM-FPCF65F54JaY3jQ";
-const STAGING_PG: &str = "qzT_rmdvraJvbefxOoUyCQ";
-const PRODUCTION: &str = "WrCSNEzZNMFwau1vshzjIA";
-const DATABASES: &str = "eyVTib_CDFxqbRt9kaF8Yw";
-const STAGING: &str = "sXPn9haeUZfuv4Xp_nAUYw";
-const CERT_FILE: &str = "SP4eXwtZ4A3YYDQ0Rjrpcw";
-
 fn sample() -> VaultSpec {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/sample-vault.json");
-    VaultSpec::from_json(&std::fs::read_to_string(path).unwrap()).unwrap()
+    sample_vault()
 }
 
 fn sample_file(uid: &str) -> Vec<u8> {
-    sample()
-        .records
-        .iter()
-        .flat_map(|r| r.files.iter())
-        .find(|f| f.uid == uid)
-        .unwrap()
-        .bytes()
-        .unwrap()
+    sample().file(uid).unwrap().bytes().unwrap()
 }
 
 /// A device as a client holds it: its key, client id, and (once bound) the app key.
@@ -169,6 +155,11 @@ impl Raw {
             body,
             key: tk,
         })
+    }
+
+    /// The status of a correct request.
+    async fn status(&self, device: &Device, endpoint: &str) -> u16 {
+        self.send(device, Call::new(endpoint, device)).await.status
     }
 
     async fn send(&self, device: &Device, call: Call<'_>) -> Reply {
@@ -318,7 +309,7 @@ async fn binding_then_full_fetch_decrypts_the_whole_key_hierarchy() {
     let cert = records.iter().find(|r| r.0 == WEB_CERT).unwrap();
     assert_eq!(
         field(&cert.1, "fileRef")["value"],
-        json!([CERT_FILE, "nB2sOuesTb5_sVck9oX-Aw"])
+        json!([CERT_FILE, BUNDLE_FILE])
     );
     let file = &cert.3["files"][0];
     let file_key = cert
@@ -708,12 +699,7 @@ async fn a_server_with_another_key_id_names_it_in_key_errors() {
     call.key_id = Some("10");
     let reply = raw.send(&device, call).await;
     assert_eq!(reply.error()["key_id"], 17);
-    assert_eq!(
-        raw.send(&device, Call::new("get_secret", &device))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(raw.status(&device, "get_secret").await, 200);
 }
 
 #[tokio::test]
@@ -732,12 +718,7 @@ async fn throttling_injected_and_rate_limited() {
         assert_eq!(error["message"], "get_secret");
         assert_eq!(error["retry_after"], 3);
     }
-    assert_eq!(
-        raw.send(&device, Call::new("get_secret", &device))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(raw.status(&device, "get_secret").await, 200);
 
     server.faults().set_throttle_status(429);
     server.faults().throttle_next(1, None);
@@ -752,20 +733,11 @@ async fn throttling_injected_and_rate_limited() {
     }));
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        statuses.push(
-            raw.send(&device, Call::new("get_secret", &device))
-                .await
-                .status,
-        );
+        statuses.push(raw.status(&device, "get_secret").await);
     }
     assert_eq!(statuses, [200, 200, 200, 403, 403]);
     // The limit is per client id and endpoint.
-    assert_eq!(
-        raw.send(&device, Call::new("get_folders", &device))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(raw.status(&device, "get_folders").await, 200);
     assert_eq!(server.counters().outcome("throttled"), 5);
 }
 
@@ -801,12 +773,7 @@ async fn down_modes_refuse_connections_or_answer_503() {
     let server = TestServer::start(sample()).await.unwrap();
     let raw = Raw::new(&server);
     let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
-    assert_eq!(
-        raw.send(&device, Call::new("get_secret", &device))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(raw.status(&device, "get_secret").await, 200);
 
     server.faults().set_down(DownMode::Refuse);
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -832,12 +799,7 @@ async fn down_modes_refuse_connections_or_answer_503() {
     assert!(serde_json::from_slice::<Value>(&reply.body).is_err());
 
     server.faults().set_down(DownMode::Up);
-    assert_eq!(
-        raw.send(&device, Call::new("get_secret", &device))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(raw.status(&device, "get_secret").await, 200);
 }
 
 #[tokio::test]
