@@ -32,6 +32,13 @@ struct Device {
 }
 
 impl Device {
+    /// Unwraps `encryptedAppKey` of a binding answer with the token's client key.
+    fn accept_binding(&mut self, answer: &Value) {
+        let wrapped = b64_decode(answer["encryptedAppKey"].as_str().unwrap()).unwrap();
+        let client_key = AesKey::from_slice(&self.client_key).unwrap();
+        self.app_key = Some(client_key.unwrap_key(&wrapped).unwrap());
+    }
+
     fn from_token(token: &str) -> Self {
         let client_key = b64_decode(token).unwrap();
         Device {
@@ -91,6 +98,12 @@ impl<'a> Call<'a> {
             corrupt_signature: false,
         }
     }
+    /// A first call that carries the device public key, as every SDK binds.
+    fn binding(endpoint: &'a str, device: &Device) -> Self {
+        let public = b64_std(&device.key.public_key_bytes());
+        Self::new(endpoint, device).with("publicKey", json!(public))
+    }
+
     fn with(mut self, key: &str, value: Value) -> Self {
         self.payload[key] = value;
         self
@@ -168,15 +181,9 @@ impl Raw {
             .expect("request completes")
     }
 
-    /// Binds a token-created device like every SDK: get_secret with publicKey, then again.
+    /// Binds a token-created device: get_secret with publicKey; returns the binding answer.
     async fn bind(&self, device: &mut Device) -> Value {
-        let public = b64_std(&device.key.public_key_bytes());
-        let reply = self
-            .send(
-                device,
-                Call::new("get_secret", device).with("publicKey", json!(public)),
-            )
-            .await;
+        let reply = self.send(device, Call::binding("get_secret", device)).await;
         assert_eq!(
             reply.status,
             200,
@@ -184,9 +191,7 @@ impl Raw {
             String::from_utf8_lossy(&reply.body)
         );
         let json = reply.json();
-        let wrapped = b64_decode(json["encryptedAppKey"].as_str().unwrap()).unwrap();
-        let client_key = AesKey::from_slice(&device.client_key).unwrap();
-        device.app_key = Some(client_key.unwrap_key(&wrapped).unwrap());
+        device.accept_binding(&json);
         json
     }
 
@@ -343,18 +348,12 @@ async fn binding_through_get_folders_like_the_rust_sdk() {
     let server = TestServer::start(sample()).await.unwrap();
     let raw = Raw::new(&server);
     let mut device = Device::from_token(&server.issue_token("ci").unwrap());
-    let public = b64_std(&device.key.public_key_bytes());
     let reply = raw
-        .send(
-            &device,
-            Call::new("get_folders", &device).with("publicKey", json!(public)),
-        )
+        .send(&device, Call::binding("get_folders", &device))
         .await;
     assert_eq!(reply.status, 200);
     let json = reply.json();
-    let wrapped = b64_decode(json["encryptedAppKey"].as_str().unwrap()).unwrap();
-    let client_key = AesKey::from_slice(&device.client_key).unwrap();
-    device.app_key = Some(client_key.unwrap_key(&wrapped).unwrap());
+    device.accept_binding(&json);
     assert_eq!(json["folders"][0]["folderUid"], STAGING);
     let reply = raw.send(&device, Call::new("get_secret", &device)).await;
     let records = all_records(&reply.json(), device.app_key.as_ref().unwrap());
@@ -417,12 +416,8 @@ async fn tokens_cannot_be_reused_expired_or_guessed() {
 
     // A second device with the same token: the server checks against the bound key.
     let second = Device::from_token(&token);
-    let public = b64_std(&second.key.public_key_bytes());
     let reply = raw
-        .send(
-            &second,
-            Call::new("get_secret", &second).with("publicKey", json!(public)),
-        )
+        .send(&second, Call::binding("get_secret", &second))
         .await;
     assert_eq!(reply.status, 403);
     let error = reply.error();
@@ -434,13 +429,7 @@ async fn tokens_cannot_be_reused_expired_or_guessed() {
     );
 
     // The first device repeating its binding call gets the app key again (lost response).
-    let public = b64_std(&first.key.public_key_bytes());
-    let again = raw
-        .send(
-            &first,
-            Call::new("get_secret", &first).with("publicKey", json!(public)),
-        )
-        .await;
+    let again = raw.send(&first, Call::binding("get_secret", &first)).await;
     assert!(again.json()["encryptedAppKey"].is_string());
 
     // Unknown client id.
@@ -460,13 +449,7 @@ async fn tokens_cannot_be_reused_expired_or_guessed() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let late = Device::from_token(&expiring);
-    let public = b64_std(&late.key.public_key_bytes());
-    let reply = raw
-        .send(
-            &late,
-            Call::new("get_secret", &late).with("publicKey", json!(public)),
-        )
-        .await;
+    let reply = raw.send(&late, Call::binding("get_secret", &late)).await;
     assert_eq!(reply.status, 403);
     assert_eq!(
         reply.error()["message"],
