@@ -906,6 +906,27 @@ async fn counters_split_by_client_app_endpoint_and_outcome() {
 }
 
 #[tokio::test]
+async fn max_concurrent_counts_overlapping_requests() {
+    let server = TestServer::start(sample()).await.unwrap();
+    let raw = Raw::new(&server);
+    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    server.faults().set_latency(Duration::from_millis(300));
+    let calls = (0..5).map(|_| raw.status(&device, "get_secret"));
+    let statuses = futures::future::join_all(calls).await;
+    assert_eq!(statuses, [200; 5]);
+    let snapshot = server.counters().snapshot();
+    assert_eq!(snapshot.max_concurrent, 5);
+    assert_eq!(snapshot.in_flight, 0);
+    // One at a time stays at one.
+    server.counters().reset();
+    server.faults().set_latency(Duration::ZERO);
+    for _ in 0..3 {
+        raw.status(&device, "get_secret").await;
+    }
+    assert_eq!(server.counters().snapshot().max_concurrent, 1);
+}
+
+#[tokio::test]
 async fn tls_fails_without_the_test_ca() {
     let server = TestServer::start(sample()).await.unwrap();
     let http = reqwest::Client::builder().use_rustls_tls().build().unwrap();
