@@ -786,6 +786,48 @@ async fn down_modes_refuse_connections_or_answer_503() {
 }
 
 #[tokio::test]
+async fn hostile_requests_get_4xx_and_the_server_keeps_working() {
+    let server = TestServer::start(sample()).await.unwrap();
+    let raw = Raw::new(&server);
+    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    let server_key = raw.server_key;
+    let garbage_payloads: [&[u8]; 5] = [
+        b"",
+        b"null",
+        b"{\"clientId\": 5, \"requestedRecords\": \"x\"}",
+        b"{\"clientId\": \"x\", \"publicKey\": \"!!\", \"requestedFolders\": [1]}",
+        &[b'['; 10_000],
+    ];
+    for payload in garbage_payloads {
+        // Correctly wrapped but meaningless payloads.
+        let tk = AesKey::random();
+        let blob = ecies_encrypt(&server_key, tk.as_bytes());
+        let body = aes_gcm_encrypt(&tk, payload);
+        for endpoint in ["get_secret", "get_folders", "../../admin", "%00"] {
+            let response = raw
+                .http
+                .post(format!(
+                    "https://{}/api/rest/sm/v1/{endpoint}",
+                    server.hostname()
+                ))
+                .header("PublicKeyId", "10")
+                .header("TransmissionKey", b64_std(&blob))
+                .header("Authorization", "Signature MEUCIQ==")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            assert!((400..500).contains(&status), "{endpoint}: {status}");
+        }
+    }
+    let huge_ttl = server.issue_token_with_ttl("operator", Duration::MAX);
+    assert!(huge_ttl.is_ok());
+    assert_eq!(raw.status(&device, "get_secret").await, 200);
+    assert_eq!(server.counters().outcome("internal"), 0);
+}
+
+#[tokio::test]
 async fn latency_delays_answers() {
     let server = TestServer::start(sample()).await.unwrap();
     let raw = Raw::new(&server);

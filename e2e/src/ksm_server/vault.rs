@@ -292,7 +292,8 @@ impl Vault {
                 app: app.to_string(),
                 client_key: AesKey::from_slice(&client_key)?,
                 public_key: None,
-                expires: ttl.map(|ttl| Instant::now() + ttl),
+                // A TTL too large to represent means no expiry.
+                expires: ttl.and_then(|ttl| Instant::now().checked_add(ttl)),
             },
         );
         Ok(b64_url(&client_key))
