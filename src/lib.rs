@@ -1,2 +1,3 @@
 //! keeper-operator: syncs Keeper Secrets Manager records into native Kubernetes Secrets.
+pub mod fetcher;
 pub mod ksm;
