@@ -58,19 +58,19 @@ fn environment() -> Environment<'static> {
 
 /// Values are strings when they are UTF-8 and bytes otherwise (binary files).
 fn context(values: &BTreeMap<String, Bytes>) -> Value {
-    let data: BTreeMap<&str, Value> = values
+    let data: BTreeMap<String, Value> = values
         .iter()
         .map(|(k, v)| {
             let value = match std::str::from_utf8(v) {
                 Ok(s) => Value::from(s),
                 Err(_) => Value::from_bytes(v.to_vec()),
             };
-            (k.as_str(), value)
+            (k.clone(), value)
         })
         .collect();
     let mut vars = data.clone();
-    vars.insert("data", Value::from_iter(data));
-    Value::from_iter(vars)
+    vars.insert("data".to_string(), Value::from(data));
+    Value::from(vars)
 }
 
 fn b64encode(value: Value) -> Result<String, Error> {
