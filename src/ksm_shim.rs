@@ -62,51 +62,9 @@ pub mod config {
     }
 }
 
-pub mod record {
-    #[derive(Clone, Debug, Default)]
-    pub struct Record {
-        pub uid: String,
-        pub title: String,
-        pub record_type: String,
-        pub revision: i64,
-        pub folder_uid: Option<String>,
-        pub inner_folder_uid: Option<String>,
-        pub fields: Vec<Field>,
-        pub custom: Vec<Field>,
-        pub notes: Option<String>,
-        pub files: Vec<KeeperFile>,
-    }
-    #[derive(Clone, Debug, Default)]
-    pub struct Field {
-        pub field_type: String,
-        pub label: Option<String>,
-        pub value: Vec<serde_json::Value>,
-    }
-    #[derive(Clone, Debug, Default)]
-    pub struct KeeperFile {
-        pub uid: String,
-        pub name: String,
-        pub title: String,
-        pub mime_type: Option<String>,
-        pub size: Option<u64>,
-        pub url: Option<String>,
-    }
-    #[derive(Clone, Debug, Default)]
-    pub struct Vault {
-        pub records: Vec<Record>,
-        pub folders: Vec<SharedFolder>,
-        pub warnings: Vec<String>,
-    }
-    #[derive(Clone, Debug, Default)]
-    pub struct SharedFolder {
-        pub uid: String,
-        pub name: Option<String>,
-        pub parent_uid: Option<String>,
-    }
-}
-
 pub mod client {
-    use super::{config::KsmConfig, error::KsmError, record::*};
+    use super::{config::KsmConfig, error::KsmError};
+    use crate::ksm::record::{KeeperFile, Vault};
     use std::time::Duration;
     use zeroize::Zeroizing;
     #[derive(Clone, Debug, Default)]
@@ -134,81 +92,3 @@ pub mod client {
     }
 }
 
-pub mod notation {
-    use super::record::*;
-    #[derive(Debug, Clone)]
-    pub struct Notation {
-        record: String,
-        kind: String,
-        param: String,
-    }
-    #[derive(Debug, thiserror::Error)]
-    pub enum NotationError {
-        #[error("syntax: {0}")]
-        Syntax(String),
-        #[error("record not found: {0}")]
-        RecordNotFound(String),
-        #[error("ambiguous title {title}: {count}")]
-        AmbiguousTitle { title: String, count: usize },
-        #[error("field not found: {0}")]
-        FieldNotFound(String),
-        #[error("file not found: {0}")]
-        FileNotFound(String),
-    }
-    impl NotationError {
-        pub fn reason(&self) -> &'static str {
-            match self {
-                Self::Syntax(_) => "InvalidSpec",
-                Self::RecordNotFound(_) => "RecordNotFound",
-                Self::AmbiguousTitle { .. } => "AmbiguousTitle",
-                Self::FieldNotFound(_) | Self::FileNotFound(_) => "FieldNotFound",
-            }
-        }
-    }
-    pub enum NotationValue {
-        Text(String),
-        Json(serde_json::Value),
-        File(KeeperFile),
-    }
-    impl std::str::FromStr for Notation {
-        type Err = NotationError;
-        fn from_str(s: &str) -> Result<Self, Self::Err> {
-            let s = s.strip_prefix("keeper://").unwrap_or(s);
-            let parts: Vec<&str> = s.splitn(3, '/').collect();
-            if parts.len() != 3 {
-                return Err(NotationError::Syntax("bad".into()));
-            }
-            Ok(Notation { record: parts[0].into(), kind: parts[1].into(), param: parts[2].into() })
-        }
-    }
-    pub fn resolve(records: &[Record], n: &Notation) -> Result<Vec<NotationValue>, NotationError> {
-        let matches: Vec<&Record> = records.iter().filter(|r| r.uid == n.record || r.title == n.record).collect();
-        let r = match matches.as_slice() {
-            [] => return Err(NotationError::RecordNotFound(n.record.clone())),
-            [r] => *r,
-            _ => return Err(NotationError::AmbiguousTitle { title: n.record.clone(), count: matches.len() }),
-        };
-        match n.kind.as_str() {
-            "file" => r
-                .files
-                .iter()
-                .find(|f| f.name == n.param)
-                .map(|f| vec![NotationValue::File(f.clone())])
-                .ok_or_else(|| NotationError::FileNotFound(n.param.clone())),
-            _ => {
-                let fields = if n.kind == "custom_field" { &r.custom } else { &r.fields };
-                let f = fields
-                    .iter()
-                    .find(|f| f.label.as_deref() == Some(&n.param) || f.field_type == n.param)
-                    .ok_or_else(|| NotationError::FieldNotFound(n.param.clone()))?;
-                Ok(f.value
-                    .iter()
-                    .map(|v| match v {
-                        serde_json::Value::String(s) => NotationValue::Text(s.clone()),
-                        other => NotationValue::Json(other.clone()),
-                    })
-                    .collect())
-            }
-        }
-    }
-}

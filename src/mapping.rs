@@ -9,8 +9,8 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use crate::crd::{DataFromItem, DataItem, DuplicateKeyPolicy, KeeperSecretSpec, RecordRevision, RecordSelector};
-use crate::ksm_shim::notation::{self, Notation, NotationError, NotationValue};
-use crate::ksm_shim::record::{Field, KeeperFile, Record, Vault};
+use crate::ksm::notation::{self, Notation, NotationError, NotationValue};
+use crate::ksm::record::{Field, KeeperFile, Record, Vault, find_field};
 
 /// Secret bytes that are wiped from memory when dropped.
 pub type Bytes = Zeroizing<Vec<u8>>;
@@ -124,7 +124,8 @@ fn data_item<'a>(
         let err = |source| MappingError::Notation { key: item.key.clone(), source };
         let parsed: Notation = text.parse().map_err(err)?;
         let values = notation::resolve(all, &parsed).map_err(err)?;
-        return Ok((notation_source(values), notation_record(text, records)));
+        let record = notation::find_record(all, &parsed.record).ok();
+        return Ok((notation_source(values), record.and_then(|r| records.iter().find(|x| x.uid == r.uid).copied())));
     }
     let sel = item.record.as_ref().ok_or_else(|| missing(&item.key, "record"))?;
     let record = find_record(records, sel)?;
@@ -132,7 +133,7 @@ fn data_item<'a>(
         return Ok((Source::File(find_file(record, file)?.clone()), Some(record)));
     }
     let name = item.field.as_deref().ok_or_else(|| missing(&item.key, "field"))?;
-    let field = find_field(record, name, item.custom).ok_or_else(|| {
+    let field = lookup_field(record, name, item.custom).ok_or_else(|| {
         MappingError::FieldNotFound(format!("record {} has no field labelled or typed {name:?}", record.uid))
     })?;
     let bytes = field_bytes(&field.value, item.property.as_deref()).ok_or_else(|| {
@@ -147,15 +148,14 @@ fn missing(key: &str, what: &str) -> MappingError {
     MappingError::FieldNotFound(format!("data key {key:?}: {what} is not set"))
 }
 
-/// Label first (case-sensitive), then type (case-insensitive); standard fields before custom.
-pub fn find_field<'a>(record: &'a Record, name: &str, custom: Option<bool>) -> Option<&'a Field> {
-    let standard = record.fields.iter().filter(move |_| custom != Some(true));
-    let customs = record.custom.iter().filter(move |_| custom != Some(false));
-    let all: Vec<&Field> = standard.chain(customs).collect();
-    all.iter()
-        .find(|f| f.label.as_deref() == Some(name))
-        .or_else(|| all.iter().find(|f| f.field_type.eq_ignore_ascii_case(name)))
-        .copied()
+/// The shared lookup rule (label before type, standard before custom); `custom` restricts
+/// the search to one kind.
+fn lookup_field<'a>(record: &'a Record, name: &str, custom: Option<bool>) -> Option<&'a Field> {
+    match custom {
+        None => record.field(name),
+        Some(false) => find_field(&record.fields, name),
+        Some(true) => find_field(&record.custom, name),
+    }
 }
 
 fn find_file<'a>(record: &'a Record, name: &str) -> Result<&'a KeeperFile, MappingError> {
@@ -205,22 +205,6 @@ fn notation_source(values: Vec<NotationValue>) -> Source {
     }
     // `field_bytes` with no property cannot fail.
     Source::Value(field_bytes(&texts, None).unwrap_or_default())
-}
-
-/// The record a notation names (for status revisions); `resolve` already validated it.
-fn notation_record<'a>(text: &str, records: &[&'a Record]) -> Option<&'a Record> {
-    let rest = text.get(..9).filter(|p| p.eq_ignore_ascii_case("keeper://")).map_or(text, |_| &text[9..]);
-    let mut token = String::new();
-    let mut chars = rest.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => token.extend(chars.next()),
-            '/' => break,
-            c => token.push(c),
-        }
-    }
-    let by_uid = records.iter().find(|r| r.uid == token);
-    by_uid.or_else(|| records.iter().find(|r| r.title == token)).copied()
 }
 
 type Entries = BTreeMap<String, Source>;

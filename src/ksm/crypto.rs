@@ -174,7 +174,7 @@ pub fn aes_cbc_encrypt(key: &AesKey, plaintext: &[u8]) -> Vec<u8> {
 /// Opens `iv ‖ ciphertext` with strict PKCS#7 unpadding. CBC is unauthenticated, so a wrong
 /// key is detected only through padding; callers must validate what they decrypt.
 pub fn aes_cbc_decrypt(key: &AesKey, data: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    if data.len() < 2 * CBC_IV_LEN || data.len() % CBC_IV_LEN != 0 {
+    if data.len() < 2 * CBC_IV_LEN || !data.len().is_multiple_of(CBC_IV_LEN) {
         return Err(CryptoError::Decrypt);
     }
     let (iv, ct) = data.split_at(CBC_IV_LEN);

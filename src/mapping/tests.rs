@@ -2,7 +2,7 @@ use serde_json::json;
 
 use super::*;
 use crate::crd::{Auth, FolderSelector};
-use crate::ksm_shim::record::SharedFolder;
+use crate::ksm::record::SharedFolder;
 
 const UID_A: &str = "AAAAAAAAAAAAAAAAAAAAAA";
 const UID_B: &str = "BBBBBBBBBBBBBBBBBBBBBB";
@@ -13,7 +13,30 @@ fn field(t: &str, label: Option<&str>, value: serde_json::Value) -> Field {
 }
 
 fn file(uid: &str, name: &str) -> KeeperFile {
-    KeeperFile { uid: uid.into(), name: name.into(), title: format!("{name} title"), ..KeeperFile::default() }
+    KeeperFile {
+        uid: uid.into(),
+        name: name.into(),
+        title: format!("{name} title"),
+        mime_type: None,
+        size: None,
+        url: None,
+        key: crate::ksm::crypto::AesKey::random(),
+    }
+}
+
+fn record(uid: &str, title: &str) -> Record {
+    Record {
+        uid: uid.into(),
+        title: title.into(),
+        record_type: "login".into(),
+        revision: 1,
+        folder_uid: None,
+        inner_folder_uid: None,
+        fields: vec![],
+        custom: vec![],
+        notes: None,
+        files: vec![],
+    }
 }
 
 fn login() -> Record {
@@ -40,7 +63,7 @@ fn login() -> Record {
         ],
         notes: Some("note text".into()),
         files: vec![file("f1", "cert.pem")],
-        ..Record::default()
+        ..record(UID_A, "Prod DB")
     }
 }
 
@@ -51,7 +74,7 @@ fn other() -> Record {
         revision: 2,
         folder_uid: Some(FOLDER.into()),
         fields: vec![field("password", None, json!(["web-pw"]))],
-        ..Record::default()
+        ..record(UID_B, "Web")
     }
 }
 
@@ -110,7 +133,7 @@ fn record_and_field_by_type_label_and_property() {
     let mut host = by_field("host", uid(UID_A), "host");
     host.property = Some("hostName".into());
     let mut std_pw = by_field("stdpw", uid(UID_A), "password");
-    std_pw.custom = Some(false);
+    std_pw.custom = Some(true);
     let items = vec![
         by_field("user", title("Prod DB"), "LOGIN"),
         by_field("pw", uid(UID_A), "password"),
@@ -122,8 +145,8 @@ fn record_and_field_by_type_label_and_property() {
     ];
     let plan = plan(&spec(items, vec![]), &vault(vec![login()])).unwrap();
     assert_eq!(text(&plan, "user"), "admin", "type matches case-insensitively");
-    assert_eq!(text(&plan, "pw"), "custom-pw", "a label match beats a type match");
-    assert_eq!(text(&plan, "stdpw"), "pa$$", "custom: false searches standard fields only");
+    assert_eq!(text(&plan, "pw"), "pa$$", "standard fields are searched before custom ones");
+    assert_eq!(text(&plan, "stdpw"), "custom-pw", "custom: true searches custom fields only");
     assert_eq!(text(&plan, "host"), "db.local");
     assert_eq!(text(&plan, "hostjson"), r#"{"hostName":"db.local","port":"5432"}"#);
     assert_eq!(text(&plan, "env"), "prod");
@@ -133,7 +156,7 @@ fn record_and_field_by_type_label_and_property() {
 
 #[test]
 fn lookup_errors_are_specific() {
-    let v = vault(vec![login(), Record { uid: "CCCCCCCCCCCCCCCCCCCCCC".into(), title: "Prod DB".into(), ..Record::default() }]);
+    let v = vault(vec![login(), record("CCCCCCCCCCCCCCCCCCCCCC", "Prod DB")]);
     let err = plan(&spec(vec![by_field("k", title("Prod DB"), "login")], vec![]), &v).unwrap_err();
     assert_eq!(err.reason(), "AmbiguousTitle");
     let err = plan(&spec(vec![by_field("k", title("Nope"), "login")], vec![]), &v).unwrap_err();

@@ -1,0 +1,111 @@
+//! Keeper notation (PROTOCOL.md §8): `[keeper://]RECORD/SELECTOR`, e.g.
+//! `keeper://6ya_fdc6XTsZ7i7x9Jcodg/field/password`, `My DB/custom_field/phone[0][number]`,
+//! `Web Certificate/file/cert.pem`.
+//!
+//! Parsing is strict (the official SDKs' `parse_notation`); resolution follows
+//! `get_notation_results` against an already fetched record list.
+
+mod parse;
+mod resolve;
+
+pub use resolve::{find_record, resolve};
+
+use crate::ksm::record::KeeperFile;
+
+/// A parsed notation. `Display` writes it back with the escaping the parser expects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notation {
+    /// Record UID or exact title (unescaped).
+    pub record: String,
+    pub selector: Selector,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selector {
+    Type,
+    Title,
+    Notes,
+    Field {
+        kind: FieldKind,
+        /// Field label or type (unescaped).
+        name: String,
+        /// `None` for no index or `[]` (all values); `Some(n)` for `[n]`.
+        index: Option<usize>,
+        /// The `[property]` of object values, e.g. `number` of a phone.
+        property: Option<String>,
+    },
+    /// A file by name, title or file UID.
+    File(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldKind {
+    /// `field/`: the record's standard `fields[]`.
+    Standard,
+    /// `custom_field/`: the record's `custom[]`.
+    Custom,
+}
+
+/// One resolved value. Strings come back as `Text`; numbers and objects (names, phones,
+/// hosts…) as `Json`; a file selector gives the file to download.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NotationValue {
+    Text(String),
+    Json(serde_json::Value),
+    File(KeeperFile),
+}
+
+impl NotationValue {
+    /// The value as a line of text: strings verbatim, other JSON compact (like the JS SDK).
+    /// `None` for a file, whose content must be downloaded.
+    pub fn to_text(&self) -> Option<String> {
+        match self {
+            NotationValue::Text(text) => Some(text.clone()),
+            NotationValue::Json(value) => Some(value.to_string()),
+            NotationValue::File(_) => None,
+        }
+    }
+}
+
+/// Why a notation could not be parsed or resolved. Messages name records, fields and files
+/// (titles, labels, UIDs), never values.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotationError {
+    #[error("invalid notation: {0}")]
+    Syntax(String),
+    #[error("record {0:?} not found")]
+    RecordNotFound(String),
+    #[error("{count} records are titled {title:?}; use the record UID")]
+    AmbiguousTitle { title: String, count: usize },
+    #[error("field {0:?} not found")]
+    FieldNotFound(String),
+    #[error("field {field:?} has {len} value(s); index {index} is out of range")]
+    IndexOutOfRange {
+        field: String,
+        index: usize,
+        len: usize,
+    },
+    #[error("no value of field {field:?} has property {property:?}")]
+    PropertyNotFound { field: String, property: String },
+    #[error("file {0:?} not found")]
+    FileNotFound(String),
+    #[error("{count} files match {name:?}; use the file UID")]
+    AmbiguousFile { name: String, count: usize },
+}
+
+impl NotationError {
+    /// Stable reason for status conditions and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            NotationError::Syntax(_) => "InvalidSpec",
+            NotationError::RecordNotFound(_) => "RecordNotFound",
+            NotationError::AmbiguousTitle { .. } | NotationError::AmbiguousFile { .. } => {
+                "AmbiguousTitle"
+            }
+            NotationError::FieldNotFound(_)
+            | NotationError::IndexOutOfRange { .. }
+            | NotationError::PropertyNotFound { .. }
+            | NotationError::FileNotFound(_) => "FieldNotFound",
+        }
+    }
+}
