@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::crd::{
-    CreationPolicy, DATA_HASH_ANNOTATION, KEYS_ANNOTATION, KeeperSecret, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
-    OWNER_ANNOTATION,
+    CreationPolicy, DATA_HASH_ANNOTATION, KEYS_ANNOTATION, KeeperSecret, MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE, OWNER_ANNOTATION,
 };
 use crate::mapping::Bytes;
 
@@ -48,7 +48,8 @@ impl HashKey {
 
     /// `hmac-sha256:<hex>` over the sorted keys and their values (length-prefixed).
     pub fn hash<'a>(&self, data: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_slice()).expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_slice())
+            .expect("HMAC takes any key length");
         let mut entries: Vec<(&str, &[u8])> = data.into_iter().collect();
         entries.sort_unstable_by_key(|(k, _)| *k);
         for (k, v) in entries {
@@ -96,21 +97,35 @@ impl std::fmt::Debug for Desired {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Desired")
             .field("name", &self.secret.metadata.name)
-            .field("keys", &self.secret.data.as_ref().map(|d| d.keys().collect::<Vec<_>>()))
+            .field(
+                "keys",
+                &self
+                    .secret
+                    .data
+                    .as_ref()
+                    .map(|d| d.keys().collect::<Vec<_>>()),
+            )
             .field("hash", &self.hash)
             .finish()
     }
 }
 
 /// Builds the Secret for `ks` holding `data`.
-pub fn secret(ks: &KeeperSecret, data: BTreeMap<String, Bytes>, key: &HashKey) -> Result<Desired, DesiredError> {
+pub fn secret(
+    ks: &KeeperSecret,
+    data: BTreeMap<String, Bytes>,
+    key: &HashKey,
+) -> Result<Desired, DesiredError> {
     let size: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
     if size > MAX_SECRET_BYTES {
         return Err(DesiredError::TooLarge { size });
     }
     let target = ks.spec.target.clone().unwrap_or_default();
     let type_ = target.type_.clone().unwrap_or_else(|| "Opaque".to_string());
-    if let Some(k) = required_keys(&type_).iter().find(|k| !data.contains_key(**k)) {
+    if let Some(k) = required_keys(&type_)
+        .iter()
+        .find(|k| !data.contains_key(**k))
+    {
         return Err(DesiredError::MissingTypeKey { type_, key: k });
     }
     let hash = key.hash(data.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
@@ -119,7 +134,10 @@ pub fn secret(ks: &KeeperSecret, data: BTreeMap<String, Bytes>, key: &HashKey) -
     let mut annotations = target.annotations;
     annotations.insert(OWNER_ANNOTATION.to_string(), ks.name_any());
     annotations.insert(DATA_HASH_ANNOTATION.to_string(), hash.clone());
-    annotations.insert(KEYS_ANNOTATION.to_string(), data.keys().cloned().collect::<Vec<_>>().join(","));
+    annotations.insert(
+        KEYS_ANNOTATION.to_string(),
+        data.keys().cloned().collect::<Vec<_>>().join(","),
+    );
     let owner_references = match target.creation_policy {
         CreationPolicy::Owner => ks.controller_owner_ref(&()).map(|r| vec![r]),
         CreationPolicy::Orphan | CreationPolicy::Merge => None,
@@ -137,7 +155,11 @@ pub fn secret(ks: &KeeperSecret, data: BTreeMap<String, Bytes>, key: &HashKey) -
         },
         type_,
         immutable: target.immutable,
-        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v.to_vec()))).collect()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, ByteString(v.to_vec())))
+                .collect(),
+        ),
         ..Secret::default()
     };
     Ok(Desired { secret, hash })
@@ -167,12 +189,17 @@ pub enum Ownership {
 
 /// Refuses to write into a Secret another KeeperSecret owns, or (unless Merge) one we did not create.
 pub fn ownership(ks: &KeeperSecret, existing: Option<&Secret>) -> Result<Ownership, String> {
-    let Some(s) = existing else { return Ok(Ownership::Absent) };
+    let Some(s) = existing else {
+        return Ok(Ownership::Absent);
+    };
     let name = s.name_any();
     let managed = s.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE);
     let owner = s.annotations().get(OWNER_ANNOTATION);
     let my_uid = ks.metadata.uid.as_deref();
-    let other_controller = s.owner_references().iter().any(|r| r.controller == Some(true) && Some(r.uid.as_str()) != my_uid);
+    let other_controller = s
+        .owner_references()
+        .iter()
+        .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) != my_uid);
     if owner.is_some_and(|o| *o != ks.name_any()) {
         return Err(format!(
             "Secret {name} is written by KeeperSecret {}; pick another target.name",
@@ -180,7 +207,9 @@ pub fn ownership(ks: &KeeperSecret, existing: Option<&Secret>) -> Result<Ownersh
         ));
     }
     if other_controller && ks.creation_policy() != CreationPolicy::Merge {
-        return Err(format!("Secret {name} is controlled by another object; pick another target.name"));
+        return Err(format!(
+            "Secret {name} is controlled by another object; pick another target.name"
+        ));
     }
     match (managed && owner.is_some(), ks.creation_policy()) {
         (true, _) => Ok(Ownership::Ours),
@@ -194,23 +223,36 @@ pub fn ownership(ks: &KeeperSecret, existing: Option<&Secret>) -> Result<Ownersh
 
 /// True when `existing` already holds what `desired` would write, so no write is needed.
 pub fn is_up_to_date(existing: &Secret, desired: &Secret) -> bool {
-    let subset = |want: &Option<BTreeMap<String, String>>, have: &Option<BTreeMap<String, String>>| {
-        want.iter().flatten().all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    let subset = |want: &Option<BTreeMap<String, String>>,
+                  have: &Option<BTreeMap<String, String>>| {
+        want.iter()
+            .flatten()
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
     };
-    let data_equal = desired.data.iter().flatten().all(|(k, v)| existing.data.as_ref().and_then(|d| d.get(k)) == Some(v));
-    let refs_ok = desired
-        .metadata
-        .owner_references
+    let data_equal = desired
+        .data
         .iter()
         .flatten()
-        .all(|r| existing.metadata.owner_references.iter().flatten().any(|e| e.uid == r.uid));
-    let type_ok = desired.type_.is_none() || desired.type_ == existing.type_.clone().or(Some("Opaque".into()));
+        .all(|(k, v)| existing.data.as_ref().and_then(|d| d.get(k)) == Some(v));
+    let refs_ok = desired.metadata.owner_references.iter().flatten().all(|r| {
+        existing
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|e| e.uid == r.uid)
+    });
+    let type_ok = desired.type_.is_none()
+        || desired.type_ == existing.type_.clone().or(Some("Opaque".into()));
     data_equal
         && refs_ok
         && type_ok
         && (desired.immutable.is_none() || desired.immutable == existing.immutable)
         && subset(&desired.metadata.labels, &existing.metadata.labels)
-        && subset(&desired.metadata.annotations, &existing.metadata.annotations)
+        && subset(
+            &desired.metadata.annotations,
+            &existing.metadata.annotations,
+        )
 }
 
 /// Verifies the Secret's data against its own hash annotation (detects hand edits and deleted

@@ -46,11 +46,14 @@ pub mod config {
     pub struct ConfigError(pub String);
     impl KsmConfig {
         pub fn parse(text: &str) -> Result<KsmConfig, ConfigError> {
-            let v: serde_json::Value = serde_json::from_str(text.trim())
-                .map_err(|_| ConfigError("not JSON".into()))?;
+            let v: serde_json::Value =
+                serde_json::from_str(text.trim()).map_err(|_| ConfigError("not JSON".into()))?;
             Ok(KsmConfig {
                 hostname: v["hostname"].as_str().unwrap_or_default().to_string(),
-                client_id: v["clientId"].as_str().ok_or_else(|| ConfigError("clientId missing".into()))?.to_string(),
+                client_id: v["clientId"]
+                    .as_str()
+                    .ok_or_else(|| ConfigError("clientId missing".into()))?
+                    .to_string(),
             })
         }
         pub fn hostname(&self) -> &str {
@@ -84,11 +87,17 @@ pub mod client {
             Ok(KsmClient)
         }
         pub async fn get_secrets(&self, _query: &Query) -> Result<Vault, KsmError> {
-            Err(KsmError::Unavailable { message: "shim".into() })
+            Err(KsmError::Unavailable {
+                message: "shim".into(),
+            })
         }
-        pub async fn download_file(&self, _file: &KeeperFile) -> Result<Zeroizing<Vec<u8>>, KsmError> {
-            Err(KsmError::Unavailable { message: "shim".into() })
+        pub async fn download_file(
+            &self,
+            _file: &KeeperFile,
+        ) -> Result<Zeroizing<Vec<u8>>, KsmError> {
+            Err(KsmError::Unavailable {
+                message: "shim".into(),
+            })
         }
     }
 }
-

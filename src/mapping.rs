@@ -3,14 +3,18 @@
 //! Files are not downloaded here: they come out as [`Source::File`] and the reconciler
 //! fetches their bytes, so this module stays free of I/O.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use crate::crd::{DataFromItem, DataItem, DuplicateKeyPolicy, KeeperSecretSpec, RecordRevision, RecordSelector};
+use crate::crd::{
+    DataFromItem, DataItem, DuplicateKeyPolicy, KeeperSecretSpec, RecordRevision, RecordSelector,
+};
 use crate::ksm::notation::{self, Notation, NotationError, NotationValue};
 use crate::ksm::record::{Field, KeeperFile, Record, Vault, find_field};
+use crate::ksm_shim::client::Query;
 
 /// Secret bytes that are wiped from memory when dropped.
 pub type Bytes = Zeroizing<Vec<u8>>;
@@ -70,6 +74,45 @@ impl MappingError {
     }
 }
 
+/// The narrowest Keeper query for the spec: just the named records when every selector is a
+/// UID; everything otherwise (titles and folders can only be matched against the full list).
+pub fn query(spec: &KeeperSecretSpec) -> Query {
+    let mut uids = Vec::new();
+    for item in &spec.data {
+        let uid = match (&item.record, &item.notation) {
+            (Some(sel), _) => sel.uid.clone(),
+            (None, Some(n)) => n
+                .parse::<Notation>()
+                .ok()
+                .map(|n| n.record)
+                .filter(|r| is_uid(r)),
+            (None, None) => None,
+        };
+        match uid {
+            Some(u) => uids.push(u),
+            None => return Query::default(),
+        }
+    }
+    for item in &spec.data_from {
+        match item.record.as_ref().and_then(|r| r.uid.clone()) {
+            Some(u) => uids.push(u),
+            None => return Query::default(),
+        }
+    }
+    uids.sort();
+    uids.dedup();
+    Query {
+        records: uids,
+        ..Query::default()
+    }
+}
+
+fn is_uid(s: &str) -> bool {
+    s.len() == 22
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Maps the spec onto the fetched vault: `dataFrom` items in order, then `data` items.
 pub fn plan(spec: &KeeperSecretSpec, vault: &Vault) -> Result<Plan, MappingError> {
     let records = dedup(&vault.records);
@@ -90,15 +133,24 @@ pub fn plan(spec: &KeeperSecretSpec, vault: &Vault) -> Result<Plan, MappingError
 /// The same record can appear twice (shared directly and through a folder).
 fn dedup(records: &[Record]) -> Vec<&Record> {
     let mut seen = BTreeSet::new();
-    records.iter().filter(|r| seen.insert(r.uid.as_str())).collect()
+    records
+        .iter()
+        .filter(|r| seen.insert(r.uid.as_str()))
+        .collect()
 }
 
 fn revision(r: &Record) -> RecordRevision {
-    RecordRevision { uid: r.uid.clone(), revision: r.revision }
+    RecordRevision {
+        uid: r.uid.clone(),
+        revision: r.revision,
+    }
 }
 
 /// The lookup rule shared with notation: by UID, or by exact title (never guessed).
-pub fn find_record<'a>(records: &[&'a Record], sel: &RecordSelector) -> Result<&'a Record, MappingError> {
+pub fn find_record<'a>(
+    records: &[&'a Record],
+    sel: &RecordSelector,
+) -> Result<&'a Record, MappingError> {
     if let Some(uid) = &sel.uid {
         return records
             .iter()
@@ -107,11 +159,18 @@ pub fn find_record<'a>(records: &[&'a Record], sel: &RecordSelector) -> Result<&
             .ok_or_else(|| MappingError::RecordNotFound(format!("uid {uid}")));
     }
     let title = sel.title.as_deref().unwrap_or_default();
-    let matches: Vec<&Record> = records.iter().filter(|r| r.title == title).copied().collect();
+    let matches: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.title == title)
+        .copied()
+        .collect();
     match matches.as_slice() {
         [one] => Ok(one),
         [] => Err(MappingError::RecordNotFound(format!("titled {title:?}"))),
-        many => Err(MappingError::AmbiguousTitle { title: title.to_string(), count: many.len() }),
+        many => Err(MappingError::AmbiguousTitle {
+            title: title.to_string(),
+            count: many.len(),
+        }),
     }
 }
 
@@ -121,24 +180,42 @@ fn data_item<'a>(
     all: &[Record],
 ) -> Result<(Source, Option<&'a Record>), MappingError> {
     if let Some(text) = &item.notation {
-        let err = |source| MappingError::Notation { key: item.key.clone(), source };
+        let err = |source| MappingError::Notation {
+            key: item.key.clone(),
+            source,
+        };
         let parsed: Notation = text.parse().map_err(err)?;
         let values = notation::resolve(all, &parsed).map_err(err)?;
         let record = notation::find_record(all, &parsed.record).ok();
-        return Ok((notation_source(values), record.and_then(|r| records.iter().find(|x| x.uid == r.uid).copied())));
+        return Ok((
+            notation_source(values),
+            record.and_then(|r| records.iter().find(|x| x.uid == r.uid).copied()),
+        ));
     }
-    let sel = item.record.as_ref().ok_or_else(|| missing(&item.key, "record"))?;
+    let sel = item
+        .record
+        .as_ref()
+        .ok_or_else(|| missing(&item.key, "record"))?;
     let record = find_record(records, sel)?;
     if let Some(file) = &item.file {
         return Ok((Source::File(find_file(record, file)?.clone()), Some(record)));
     }
-    let name = item.field.as_deref().ok_or_else(|| missing(&item.key, "field"))?;
+    let name = item
+        .field
+        .as_deref()
+        .ok_or_else(|| missing(&item.key, "field"))?;
     let field = lookup_field(record, name, item.custom).ok_or_else(|| {
-        MappingError::FieldNotFound(format!("record {} has no field labelled or typed {name:?}", record.uid))
+        MappingError::FieldNotFound(format!(
+            "record {} has no field labelled or typed {name:?}",
+            record.uid
+        ))
     })?;
     let bytes = field_bytes(&field.value, item.property.as_deref()).ok_or_else(|| {
         let prop = item.property.as_deref().unwrap_or_default();
-        MappingError::FieldNotFound(format!("field {name:?} of record {} has no property {prop:?}", record.uid))
+        MappingError::FieldNotFound(format!(
+            "field {name:?} of record {} has no property {prop:?}",
+            record.uid
+        ))
     })?;
     Ok((Source::Value(bytes), Some(record)))
 }
@@ -159,11 +236,17 @@ fn lookup_field<'a>(record: &'a Record, name: &str, custom: Option<bool>) -> Opt
 }
 
 fn find_file<'a>(record: &'a Record, name: &str) -> Result<&'a KeeperFile, MappingError> {
-    let matches: Vec<&KeeperFile> =
-        record.files.iter().filter(|f| f.uid == name || f.name == name || f.title == name).collect();
+    let matches: Vec<&KeeperFile> = record
+        .files
+        .iter()
+        .filter(|f| f.uid == name || f.name == name || f.title == name)
+        .collect();
     match matches.as_slice() {
         [one] => Ok(one),
-        [] => Err(MappingError::FieldNotFound(format!("record {} has no file {name:?}", record.uid))),
+        [] => Err(MappingError::FieldNotFound(format!(
+            "record {} has no file {name:?}",
+            record.uid
+        ))),
         many => Err(MappingError::FieldNotFound(format!(
             "record {} has {} files named {name:?}; select the file by uid",
             record.uid,
@@ -190,7 +273,9 @@ pub fn field_bytes(values: &[Value], property: Option<&str>) -> Option<Bytes> {
         [] => Vec::new(),
         [Value::String(s)] => s.as_bytes().to_vec(),
         [one] => one.to_string().into_bytes(),
-        many => Value::Array(many.iter().map(|v| (*v).clone()).collect()).to_string().into_bytes(),
+        many => Value::Array(many.iter().map(|v| (*v).clone()).collect())
+            .to_string()
+            .into_bytes(),
     }))
 }
 
@@ -223,14 +308,22 @@ fn data_from<'a>(
         }
         return Ok((out.entries, vec![record]));
     }
-    let folder = item.folder.as_ref().map(|f| f.uid.as_str()).unwrap_or_default();
+    let folder = item
+        .folder
+        .as_ref()
+        .map(|f| f.uid.as_str())
+        .unwrap_or_default();
     let mut members: Vec<&Record> = records
         .iter()
-        .filter(|r| r.folder_uid.as_deref() == Some(folder) || r.inner_folder_uid.as_deref() == Some(folder))
+        .filter(|r| {
+            r.folder_uid.as_deref() == Some(folder) || r.inner_folder_uid.as_deref() == Some(folder)
+        })
         .copied()
         .collect();
     if members.is_empty() && !vault.folders.iter().any(|f| f.uid == folder) {
-        return Err(MappingError::RecordNotFound(format!("shared folder {folder}")));
+        return Err(MappingError::RecordNotFound(format!(
+            "shared folder {folder}"
+        )));
     }
     members.sort_by(|a, b| (&a.title, &a.uid).cmp(&(&b.title, &b.uid)));
     for record in &members {
@@ -250,13 +343,28 @@ fn record_entries(record: &Record) -> Vec<(String, Source)> {
         // fileRef only lists attachment UIDs; the files themselves are mapped below.
         .filter(|f| !f.value.is_empty() && f.field_type != "fileRef")
         .filter_map(|f| {
-            let name = f.label.as_deref().filter(|l| !l.is_empty()).unwrap_or(&f.field_type);
-            Some((sanitize_key(name), Source::Value(field_bytes(&f.value, None)?)))
+            let name = f
+                .label
+                .as_deref()
+                .filter(|l| !l.is_empty())
+                .unwrap_or(&f.field_type);
+            Some((
+                sanitize_key(name),
+                Source::Value(field_bytes(&f.value, None)?),
+            ))
         })
         .collect();
-    out.extend(record.files.iter().map(|f| (sanitize_key(&f.name), Source::File(f.clone()))));
+    out.extend(
+        record
+            .files
+            .iter()
+            .map(|f| (sanitize_key(&f.name), Source::File(f.clone()))),
+    );
     if let Some(notes) = record.notes.as_deref().filter(|n| !n.is_empty()) {
-        out.push(("notes".to_string(), Source::Value(Zeroizing::new(notes.as_bytes().to_vec()))));
+        out.push((
+            "notes".to_string(),
+            Source::Value(Zeroizing::new(notes.as_bytes().to_vec())),
+        ));
     }
     out
 }
@@ -269,18 +377,24 @@ struct Keys {
 
 impl Keys {
     fn new(policy: DuplicateKeyPolicy) -> Self {
-        Keys { policy, entries: BTreeMap::new() }
+        Keys {
+            policy,
+            entries: BTreeMap::new(),
+        }
     }
 
     fn insert(&mut self, key: String, source: Source) {
-        if !self.entries.contains_key(&key) {
-            self.entries.insert(key, source);
-            return;
-        }
-        if self.policy == DuplicateKeyPolicy::First {
-            return;
-        }
-        let free = (2..).map(|n| format!("{key}_{n}")).find(|k| !self.entries.contains_key(k));
+        let base = match self.entries.entry(key) {
+            Entry::Vacant(slot) => {
+                slot.insert(source);
+                return;
+            }
+            Entry::Occupied(_) if self.policy == DuplicateKeyPolicy::First => return,
+            Entry::Occupied(taken) => taken.key().clone(),
+        };
+        let free = (2..)
+            .map(|n| format!("{base}_{n}"))
+            .find(|k| !self.entries.contains_key(k));
         if let Some(k) = free {
             self.entries.insert(k, source);
         }
@@ -291,7 +405,13 @@ impl Keys {
 pub fn sanitize_key(name: &str) -> String {
     let mut key: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(200)
         .collect();
     if key.is_empty() || key == "." || key == ".." {

@@ -44,29 +44,48 @@ pub enum Why {
 /// The refresh interval of `ks`, falling back to `default`; an unparsable value yields an error
 /// message (admission validates the format, so this only guards old objects).
 pub fn interval(ks: &KeeperSecret, default: Duration) -> Result<Duration, String> {
-    let Some(text) = ks.spec.refresh_interval.as_deref() else { return Ok(default.max(MIN_INTERVAL)) };
-    let parsed: kube::core::Duration =
-        text.parse().map_err(|e| format!("refreshInterval {text:?} is not a duration like 30s, 5m or 1h: {e}"))?;
-    let d: Duration = parsed.try_into().map_err(|_| format!("refreshInterval {text:?} must not be negative"))?;
+    let Some(text) = ks.spec.refresh_interval.as_deref() else {
+        return Ok(default.max(MIN_INTERVAL));
+    };
+    let parsed: kube::core::Duration = text.parse().map_err(|e| {
+        format!("refreshInterval {text:?} is not a duration like 30s, 5m or 1h: {e}")
+    })?;
+    if parsed.is_negative() {
+        return Err(format!("refreshInterval {text:?} must not be negative"));
+    }
+    let d: Duration = parsed.into();
     Ok(d.max(MIN_INTERVAL))
 }
 
 /// Decides whether to sync now.
-pub fn decide(ks: &KeeperSecret, secret: Option<&Secret>, key: &HashKey, now: Timestamp, interval: Duration) -> Decision {
+pub fn decide(
+    ks: &KeeperSecret,
+    secret: Option<&Secret>,
+    key: &HashKey,
+    now: Timestamp,
+    interval: Duration,
+) -> Decision {
     let status = ks.status.as_ref();
     let ready = ks.ready_condition().is_some_and(|c| c.status == "True");
-    let (Some(status), true) = (status, ready) else { return Decision::Sync(Why::NotSynced) };
+    let (Some(status), true) = (status, ready) else {
+        return Decision::Sync(Why::NotSynced);
+    };
     if status.observed_generation != ks.metadata.generation {
         return Decision::Sync(Why::SpecChanged);
     }
-    let Some(last) = status.last_sync_time.as_ref() else { return Decision::Sync(Why::NotSynced) };
-    let Some(secret) = secret else { return Decision::Sync(Why::SecretMissing) };
+    let Some(last) = status.last_sync_time.as_ref() else {
+        return Decision::Sync(Why::NotSynced);
+    };
+    let Some(secret) = secret else {
+        return Decision::Sync(Why::SecretMissing);
+    };
     match desired::verified_hash(secret, key) {
         Some(h) if Some(h) == status.data_hash.as_deref() => {}
         _ => return Decision::Sync(Why::SecretChanged),
     }
     let elapsed = now.duration_since(last.0);
-    let remaining = jiff::SignedDuration::try_from(interval).unwrap_or(jiff::SignedDuration::MAX) - elapsed;
+    let remaining =
+        jiff::SignedDuration::try_from(interval).unwrap_or(jiff::SignedDuration::MAX) - elapsed;
     match Duration::try_from(remaining) {
         Ok(left) if !left.is_zero() => Decision::Wait(left + jitter(ks, interval)),
         _ => Decision::Sync(Why::Due),
@@ -80,7 +99,12 @@ pub fn jitter(ks: &KeeperSecret, interval: Duration) -> Duration {
     if span == 0 {
         return Duration::ZERO;
     }
-    let seed = ks.metadata.uid.as_deref().or(ks.metadata.name.as_deref()).unwrap_or_default();
+    let seed = ks
+        .metadata
+        .uid
+        .as_deref()
+        .or(ks.metadata.name.as_deref())
+        .unwrap_or_default();
     let digest = Sha256::digest(seed.as_bytes());
     let n = u64::from_be_bytes(digest[..8].try_into().unwrap_or_default());
     Duration::from_millis(n % span)

@@ -22,11 +22,22 @@ pub struct Synced {
 /// Status after a successful sync.
 pub fn synced(ks: &KeeperSecret, now: Timestamp, s: &Synced) -> KeeperSecretStatus {
     let secret = ks.target_name();
-    let message = format!("Secret {secret} holds {} keys from {} Keeper records", s.keys, s.records.len());
+    let message = format!(
+        "Secret {secret} holds {} keys from {} Keeper records",
+        s.keys,
+        s.records.len()
+    );
     let prev = ks.status.clone().unwrap_or_default();
     KeeperSecretStatus {
         observed_generation: ks.metadata.generation,
-        conditions: with_ready(&prev.conditions, ks.metadata.generation, now, true, SYNCED, &message),
+        conditions: with_ready(
+            &prev.conditions,
+            ks.metadata.generation,
+            now,
+            true,
+            SYNCED,
+            &message,
+        ),
         last_sync_time: Some(Time(now)),
         records: s.records.clone(),
         data_hash: Some(s.data_hash.clone()),
@@ -36,11 +47,23 @@ pub fn synced(ks: &KeeperSecret, now: Timestamp, s: &Synced) -> KeeperSecretStat
 
 /// Status after a failure: the last sync's time, records and hash stay, because the Secret
 /// still holds that data (the operator never wipes it on failure).
-pub fn failed(ks: &KeeperSecret, now: Timestamp, reason: &str, message: &str) -> KeeperSecretStatus {
+pub fn failed(
+    ks: &KeeperSecret,
+    now: Timestamp,
+    reason: &str,
+    message: &str,
+) -> KeeperSecretStatus {
     let prev = ks.status.clone().unwrap_or_default();
     KeeperSecretStatus {
         observed_generation: ks.metadata.generation,
-        conditions: with_ready(&prev.conditions, ks.metadata.generation, now, false, reason, message),
+        conditions: with_ready(
+            &prev.conditions,
+            ks.metadata.generation,
+            now,
+            false,
+            reason,
+            message,
+        ),
         ..prev
     }
 }
@@ -86,14 +109,21 @@ pub struct Transition {
 
 /// An event is due only when Ready's status or reason changes (new failure kind, recovery,
 /// first sync) — never for a repeat, so a flapping Keeper does not flood the namespace.
-pub fn transition(before: Option<&KeeperSecretStatus>, after: &KeeperSecretStatus) -> Option<Transition> {
+pub fn transition(
+    before: Option<&KeeperSecretStatus>,
+    after: &KeeperSecretStatus,
+) -> Option<Transition> {
     let ready = |s: &KeeperSecretStatus| s.conditions.iter().find(|c| c.type_ == READY).cloned();
     let new = ready(after)?;
     let old = before.and_then(ready);
     if old.is_some_and(|o| o.status == new.status && o.reason == new.reason) {
         return None;
     }
-    Some(Transition { warning: new.status != "True", reason: new.reason, note: new.message })
+    Some(Transition {
+        warning: new.status != "True",
+        reason: new.reason,
+        note: new.message,
+    })
 }
 
 #[cfg(test)]
@@ -105,7 +135,10 @@ mod tests {
         let mut ks = KeeperSecret::new(
             "db",
             KeeperSecretSpec {
-                auth: Auth { secret_ref: None, store_ref: None },
+                auth: Auth {
+                    secret_ref: None,
+                    store_ref: None,
+                },
                 refresh_interval: None,
                 target: None,
                 data: vec![],
@@ -124,7 +157,10 @@ mod tests {
 
     fn ok() -> Synced {
         Synced {
-            records: vec![RecordRevision { uid: "u".into(), revision: 3 }],
+            records: vec![RecordRevision {
+                uid: "u".into(),
+                revision: 3,
+            }],
             data_hash: "hmac-sha256:ab".into(),
             keys: 2,
         }
@@ -142,8 +178,14 @@ mod tests {
         assert_eq!(s.secret_name.as_deref(), Some("db"));
         assert_eq!(s.data_hash.as_deref(), Some("hmac-sha256:ab"));
         let c = ready(&s);
-        assert_eq!((c.status.as_str(), c.reason.as_str(), c.observed_generation), ("True", "Synced", Some(4)));
-        assert!(c.message.contains("Secret db holds 2 keys from 1 Keeper records"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), c.observed_generation),
+            ("True", "Synced", Some(4))
+        );
+        assert!(
+            c.message
+                .contains("Secret db holds 2 keys from 1 Keeper records")
+        );
     }
 
     #[test]
@@ -151,16 +193,30 @@ mod tests {
         let first = synced(&ks(1, None), t(0), &ok());
         let again = synced(&ks(1, Some(first.clone())), t(60), &ok());
         assert_eq!(ready(&again).last_transition_time, Time(t(0)));
-        let down = failed(&ks(1, Some(again.clone())), t(120), "KeeperUnavailable", "Keeper is down");
+        let down = failed(
+            &ks(1, Some(again.clone())),
+            t(120),
+            "KeeperUnavailable",
+            "Keeper is down",
+        );
         assert_eq!(ready(&down).last_transition_time, Time(t(120)));
         let throttled = failed(&ks(1, Some(down.clone())), t(180), "Throttled", "slow down");
-        assert_eq!(ready(&throttled).last_transition_time, Time(t(120)), "reason change is not a transition");
+        assert_eq!(
+            ready(&throttled).last_transition_time,
+            Time(t(120)),
+            "reason change is not a transition"
+        );
     }
 
     #[test]
     fn failure_keeps_last_good_sync_details() {
         let good = synced(&ks(1, None), t(0), &ok());
-        let bad = failed(&ks(2, Some(good.clone())), t(30), "RecordNotFound", "record uid x not found");
+        let bad = failed(
+            &ks(2, Some(good.clone())),
+            t(30),
+            "RecordNotFound",
+            "record uid x not found",
+        );
         assert_eq!(bad.last_sync_time, good.last_sync_time);
         assert_eq!(bad.records, good.records);
         assert_eq!(bad.data_hash, good.data_hash);
@@ -171,7 +227,12 @@ mod tests {
     #[test]
     fn unchanged_outcome_yields_identical_status() {
         let first = failed(&ks(1, None), t(0), "AuthFailed", "bad config");
-        let second = failed(&ks(1, Some(first.clone())), t(90), "AuthFailed", "bad config");
+        let second = failed(
+            &ks(1, Some(first.clone())),
+            t(90),
+            "AuthFailed",
+            "bad config",
+        );
         assert_eq!(first, second, "identical status means no write");
     }
 
@@ -180,16 +241,33 @@ mod tests {
         let first = synced(&ks(1, None), t(0), &ok());
         assert_eq!(
             transition(None, &first),
-            Some(Transition { warning: false, reason: "Synced".into(), note: ready(&first).message.clone() })
+            Some(Transition {
+                warning: false,
+                reason: "Synced".into(),
+                note: ready(&first).message.clone()
+            })
         );
         let again = synced(&ks(1, Some(first.clone())), t(60), &ok());
         assert_eq!(transition(Some(&first), &again), None);
-        let down = failed(&ks(1, Some(again.clone())), t(90), "KeeperUnavailable", "down");
+        let down = failed(
+            &ks(1, Some(again.clone())),
+            t(90),
+            "KeeperUnavailable",
+            "down",
+        );
         assert!(transition(Some(&again), &down).unwrap().warning);
-        let still = failed(&ks(1, Some(down.clone())), t(95), "KeeperUnavailable", "down");
+        let still = failed(
+            &ks(1, Some(down.clone())),
+            t(95),
+            "KeeperUnavailable",
+            "down",
+        );
         assert_eq!(transition(Some(&down), &still), None);
         let other = failed(&ks(1, Some(still.clone())), t(99), "Throttled", "slow");
-        assert_eq!(transition(Some(&still), &other).unwrap().reason, "Throttled");
+        assert_eq!(
+            transition(Some(&still), &other).unwrap().reason,
+            "Throttled"
+        );
         let back = synced(&ks(1, Some(other.clone())), t(120), &ok());
         let ev = transition(Some(&other), &back).unwrap();
         assert!(!ev.warning);

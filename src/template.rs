@@ -41,7 +41,10 @@ pub fn apply(
         TemplateMergePolicy::Replace => BTreeMap::new(),
     };
     for (key, source) in &template.data {
-        let rendered = env.render_str(source, &ctx).map_err(|e| TemplateError { key: key.clone(), detail: describe(&e) })?;
+        let rendered = env.render_str(source, &ctx).map_err(|e| TemplateError {
+            key: key.clone(),
+            detail: describe(&e),
+        })?;
         out.insert(key.clone(), Zeroizing::new(rendered.into_bytes()));
     }
     Ok(out)
@@ -84,8 +87,18 @@ fn b64encode(value: Value) -> Result<String, Error> {
 fn b64decode(value: &str) -> Result<String, Error> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(value.trim())
-        .map_err(|_| Error::new(ErrorKind::InvalidOperation, "b64decode: input is not valid base64"))?;
-    String::from_utf8(bytes).map_err(|_| Error::new(ErrorKind::InvalidOperation, "b64decode: result is not UTF-8"))
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                "b64decode: input is not valid base64",
+            )
+        })?;
+    String::from_utf8(bytes).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            "b64decode: result is not UTF-8",
+        )
+    })
 }
 
 /// Kind, detail and line only: MiniJinja's `Display` could grow context in future versions.
@@ -106,11 +119,20 @@ mod tests {
     use super::*;
 
     fn vals(pairs: &[(&str, &[u8])]) -> BTreeMap<String, Bytes> {
-        pairs.iter().map(|(k, v)| (k.to_string(), Zeroizing::new(v.to_vec()))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Zeroizing::new(v.to_vec())))
+            .collect()
     }
 
     fn tpl(policy: TemplateMergePolicy, pairs: &[(&str, &str)]) -> Template {
-        Template { data: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), merge_policy: policy }
+        Template {
+            data: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            merge_policy: policy,
+        }
     }
 
     fn text(m: &BTreeMap<String, Bytes>, k: &str) -> String {
@@ -125,15 +147,28 @@ mod tests {
 
     #[test]
     fn replace_keeps_only_templated_keys() {
-        let t = tpl(TemplateMergePolicy::Replace, &[("url", "postgres://{{ user }}:{{ data['pass.word'] }}@db/app")]);
-        let out = apply(Some(&t), vals(&[("user", b"app"), ("pass.word", b"s3cr3t")])).unwrap();
+        let t = tpl(
+            TemplateMergePolicy::Replace,
+            &[(
+                "url",
+                "postgres://{{ user }}:{{ data['pass.word'] }}@db/app",
+            )],
+        );
+        let out = apply(
+            Some(&t),
+            vals(&[("user", b"app"), ("pass.word", b"s3cr3t")]),
+        )
+        .unwrap();
         assert_eq!(out.keys().collect::<Vec<_>>(), ["url"]);
         assert_eq!(text(&out, "url"), "postgres://app:s3cr3t@db/app");
     }
 
     #[test]
     fn merge_keeps_mapped_values_and_template_wins() {
-        let t = tpl(TemplateMergePolicy::Merge, &[("user", "{{ user | upper }}")]);
+        let t = tpl(
+            TemplateMergePolicy::Merge,
+            &[("user", "{{ user | upper }}")],
+        );
         let out = apply(Some(&t), vals(&[("user", b"app"), ("other", b"x")])).unwrap();
         assert_eq!(text(&out, "user"), "APP");
         assert_eq!(text(&out, "other"), "x");
@@ -143,21 +178,31 @@ mod tests {
     fn dockerconfigjson_from_fields() {
         let src = r#"{"auths":{"{{ host }}":{"auth":"{{ (user ~ ':' ~ pass) | b64encode }}"}}}"#;
         let t = tpl(TemplateMergePolicy::Replace, &[(".dockerconfigjson", src)]);
-        let out = apply(Some(&t), vals(&[("host", b"r.io"), ("user", b"u"), ("pass", b"p")])).unwrap();
+        let out = apply(
+            Some(&t),
+            vals(&[("host", b"r.io"), ("user", b"u"), ("pass", b"p")]),
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_str(&text(&out, ".dockerconfigjson")).unwrap();
         assert_eq!(v["auths"]["r.io"]["auth"], "dTpw");
     }
 
     #[test]
     fn binary_values_are_bytes_and_b64encode_is_exact() {
-        let t = tpl(TemplateMergePolicy::Replace, &[("b", "{{ data['f.bin'] | b64encode }}")]);
+        let t = tpl(
+            TemplateMergePolicy::Replace,
+            &[("b", "{{ data['f.bin'] | b64encode }}")],
+        );
         let out = apply(Some(&t), vals(&[("f.bin", &[0xff, 0x00, 0xfe])])).unwrap();
         assert_eq!(text(&out, "b"), "/wD+");
     }
 
     #[test]
     fn b64decode_and_tojson() {
-        let t = tpl(TemplateMergePolicy::Replace, &[("d", "{{ enc | b64decode }}"), ("j", "{{ user | tojson }}")]);
+        let t = tpl(
+            TemplateMergePolicy::Replace,
+            &[("d", "{{ enc | b64decode }}"), ("j", "{{ user | tojson }}")],
+        );
         let out = apply(Some(&t), vals(&[("enc", b"aGk="), ("user", b"a\"b")])).unwrap();
         assert_eq!(text(&out, "d"), "hi");
         assert_eq!(text(&out, "j"), r#""a\"b""#);
@@ -173,7 +218,13 @@ mod tests {
 
     #[test]
     fn runaway_template_runs_out_of_fuel() {
-        let t = tpl(TemplateMergePolicy::Replace, &[("x", "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")]);
+        let t = tpl(
+            TemplateMergePolicy::Replace,
+            &[(
+                "x",
+                "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            )],
+        );
         assert!(apply(Some(&t), BTreeMap::new()).is_err());
     }
 }

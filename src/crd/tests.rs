@@ -30,11 +30,14 @@ fn minimal_notation_spec_is_valid() {
 
 #[test]
 fn auth_needs_exactly_one_form() {
-    let both = serde_json::json!({"secretRef": {"name": "a", "key": "b"}, "storeRef": {"name": "s"}});
+    let both =
+        serde_json::json!({"secretRef": {"name": "a", "key": "b"}, "storeRef": {"name": "s"}});
     let data = serde_json::json!([{"key": "k", "notation": "x/field/y"}]);
     assert!(!valid(serde_json::json!({"auth": both, "data": data})));
     assert!(!valid(serde_json::json!({"auth": {}, "data": data})));
-    assert!(valid(serde_json::json!({"auth": {"storeRef": {"name": "s"}}, "data": data})));
+    assert!(valid(
+        serde_json::json!({"auth": {"storeRef": {"name": "s"}}, "data": data})
+    ));
 }
 
 #[test]
@@ -49,22 +52,33 @@ fn data_item_needs_exactly_one_form() {
         serde_json::json!({"key": "k", "record": {"title": "t", "uid": "6ya_fdc6XTsZ7i7x9Jcodg"}, "field": "f"}),
     ];
     for item in bad {
-        assert!(!valid(serde_json::json!({"auth": auth(), "data": [item.clone()]})), "{item}");
+        assert!(
+            !valid(serde_json::json!({"auth": auth(), "data": [item.clone()]})),
+            "{item}"
+        );
     }
     let good = [
         serde_json::json!({"key": "k", "record": {"title": "t"}, "field": "host", "property": "hostName"}),
         serde_json::json!({"key": "k", "record": {"uid": "6ya_fdc6XTsZ7i7x9Jcodg"}, "file": "cert.pem"}),
     ];
     for item in good {
-        assert!(valid(serde_json::json!({"auth": auth(), "data": [item.clone()]})), "{item}");
+        assert!(
+            valid(serde_json::json!({"auth": auth(), "data": [item.clone()]})),
+            "{item}"
+        );
     }
 }
 
 #[test]
 fn data_from_needs_exactly_one_form_and_some_mapping_is_required() {
-    let both = serde_json::json!({"record": {"title": "t"}, "folder": {"uid": "6ya_fdc6XTsZ7i7x9Jcodg"}});
-    assert!(!valid(serde_json::json!({"auth": auth(), "dataFrom": [both]})));
-    assert!(valid(serde_json::json!({"auth": auth(), "dataFrom": [{"folder": {"uid": "6ya_fdc6XTsZ7i7x9Jcodg"}}]})));
+    let both =
+        serde_json::json!({"record": {"title": "t"}, "folder": {"uid": "6ya_fdc6XTsZ7i7x9Jcodg"}});
+    assert!(!valid(
+        serde_json::json!({"auth": auth(), "dataFrom": [both]})
+    ));
+    assert!(valid(
+        serde_json::json!({"auth": auth(), "dataFrom": [{"folder": {"uid": "6ya_fdc6XTsZ7i7x9Jcodg"}}]})
+    ));
     assert!(!valid(serde_json::json!({"auth": auth()})));
 }
 
@@ -84,14 +98,23 @@ fn template_keys_must_be_secret_keys() {
 #[test]
 fn target_name_is_immutable() {
     let spec = |name: Option<&str>| {
-        let mut s = serde_json::json!({"auth": auth(), "data": [{"key": "k", "notation": "a/field/b"}]});
+        let mut s =
+            serde_json::json!({"auth": auth(), "data": [{"key": "k", "notation": "a/field/b"}]});
         if let Some(n) = name {
             s["target"] = serde_json::json!({"name": n});
         }
         ks(s)
     };
-    assert!(spec(Some("a")).validate_cel_update(&spec(Some("a"))).is_ok());
-    assert!(spec(Some("b")).validate_cel_update(&spec(Some("a"))).is_err());
+    assert!(
+        spec(Some("a"))
+            .validate_cel_update(&spec(Some("a")))
+            .is_ok()
+    );
+    assert!(
+        spec(Some("b"))
+            .validate_cel_update(&spec(Some("a")))
+            .is_err()
+    );
     assert!(spec(None).validate_cel_update(&spec(Some("a"))).is_err());
     assert!(spec(Some("a")).validate_cel_update(&spec(None)).is_err());
     assert!(spec(None).validate_cel_update(&spec(None)).is_ok());
@@ -103,7 +126,9 @@ fn every_field_has_a_description() {
         if let Some(props) = v.get("properties").and_then(|p| p.as_object()) {
             for (name, child) in props {
                 let p = format!("{path}.{name}");
-                if child.get("description").is_none() && !matches!(name.as_str(), "metadata" | "apiVersion" | "kind") {
+                if child.get("description").is_none()
+                    && !matches!(name.as_str(), "metadata" | "apiVersion" | "kind")
+                {
                     missing.push(p.clone());
                 }
                 walk(&p, child, missing);
@@ -118,7 +143,12 @@ fn every_field_has_a_description() {
         let mut missing = Vec::new();
         walk("", &schema["openAPIV3Schema"], &mut missing);
         // Condition and LabelSelector come from k8s-openapi with their own docs.
-        missing.retain(|p| !p.starts_with(".status.conditions") && !p.contains("namespaceSelector."));
-        assert!(missing.is_empty(), "{} fields lack descriptions: {missing:?}", crd.spec.names.kind);
+        missing
+            .retain(|p| !p.starts_with(".status.conditions") && !p.contains("namespaceSelector."));
+        assert!(
+            missing.is_empty(),
+            "{} fields lack descriptions: {missing:?}",
+            crd.spec.names.kind
+        );
     }
 }
