@@ -1,4 +1,18 @@
 //! Keeper Secrets Manager (KSM) protocol: crypto, configuration, transport and records.
+pub mod client;
+pub mod config;
 pub mod crypto;
+pub mod error;
 pub mod notation;
 pub mod record;
+pub mod region;
+pub mod response;
+pub mod token;
+pub mod transport;
+
+pub use client::{ClientOptions, KsmClient, Query, redeem_token};
+pub use config::KsmConfig;
+pub use error::KsmError;
+
+#[cfg(test)]
+mod known_answer_tests;

@@ -1,0 +1,467 @@
+//! The async KSM client: HTTPS (rustls, verification always on) to
+//! `https://HOST/api/rest/sm/v1/ENDPOINT`, with key-id rotation and throttle handling (§4.3, §7).
+
+use crate::ksm::config::{ConfigError, KsmConfig};
+use crate::ksm::crypto::{aes_gcm_decrypt, b64_std};
+use crate::ksm::error::KsmError;
+use crate::ksm::record::{KeeperFile, SharedFolder, Vault};
+use crate::ksm::response::{decode_binding, decode_folders, decode_secrets};
+use crate::ksm::transport::{SealedRequest, builtin_server_key, open_response};
+use p256::PublicKey;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+pub use crate::ksm::token::redeem_token;
+
+/// The `clientVersion` of the Rust SDK 17.3.0, a string the real backend accepts (§3.3).
+pub const DEFAULT_CLIENT_VERSION: &str = "mr17.3.0";
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// PEM bundle trusted in addition to the webpki roots (private endpoints, tests).
+    pub extra_ca_pem: Option<Vec<u8>>,
+    /// Whole-request timeout (connect, send, receive).
+    pub timeout: Duration,
+    pub client_version: String,
+    /// How often to follow the server's "use key id N" answer before giving up (§4.3).
+    pub max_key_rotations: u32,
+    /// How often to sleep and retry when throttled. `0` surfaces `Throttled { retry_after }`
+    /// at once, so a caller with its own scheduler (the operator) never blocks.
+    pub throttle_retries: u32,
+    /// The longest single throttle wait; a longer `retry_after` is surfaced instead.
+    pub max_throttle_wait: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            extra_ca_pem: None,
+            timeout: Duration::from_secs(30),
+            client_version: DEFAULT_CLIENT_VERSION.to_string(),
+            max_key_rotations: 3,
+            throttle_retries: 3,
+            max_throttle_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Which records / folders a `get_secret` asks for; empty means everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Query {
+    pub records: Vec<String>,
+    pub folders: Vec<String>,
+}
+
+struct Inner {
+    config: KsmConfig,
+    http: reqwest::Client,
+    options: ClientOptions,
+    /// The key id in use; moves when the server names another one (shared by all clones).
+    key_id: AtomicU32,
+}
+
+/// A KSM client for one bound config. Cheap to clone; clones share the connection pool.
+#[derive(Clone)]
+pub struct KsmClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for KsmClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KsmClient")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn http_client(options: &ClientOptions) -> Result<reqwest::Client, KsmError> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(options.timeout)
+        .connect_timeout(options.timeout.min(Duration::from_secs(10)));
+    if let Some(pem) = &options.extra_ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|_| KsmError::InvalidCa("not a PEM certificate bundle".into()))?;
+        if certs.is_empty() {
+            return Err(KsmError::InvalidCa(
+                "no certificate in the PEM bundle".into(),
+            ));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| KsmError::InvalidCa(format!("HTTP client setup failed: {e}")))
+}
+
+/// Finds a rustls error in a source chain. rustls errors arrive wrapped in (possibly nested)
+/// `io::Error`s, whose `source()` skips the wrapped error, so those are opened with `get_ref`.
+fn find_tls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = Some(err);
+    for _ in 0..16 {
+        let e = current?;
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        current = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
+/// Maps a transport failure to timeout, TLS or unavailable.
+fn transport_error(err: reqwest::Error) -> KsmError {
+    let err = err.without_url(); // download URLs are pre-signed: never log them
+    if err.is_timeout() {
+        return KsmError::Timeout;
+    }
+    if let Some(tls) = find_tls_error(&err) {
+        return KsmError::Tls(tls.to_string());
+    }
+    KsmError::Unavailable(error_chain(&err))
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// Delay before throttle retry `attempt` (0-based): the server's `retry_after`, else
+/// 11·2^n s as the SDKs do, with ±25 % jitter so many clients do not retry in lockstep.
+fn throttle_delay(retry_after: Option<Duration>, attempt: u32) -> Duration {
+    let base = retry_after.unwrap_or_else(|| Duration::from_secs(11u64 << attempt.min(5)));
+    let jitter = 0.75 + rand::random::<f64>() * 0.5;
+    base.mul_f64(jitter)
+}
+
+impl KsmClient {
+    /// A client for a bound config. Fails if the config is not bound yet.
+    pub fn new(config: KsmConfig, options: &ClientOptions) -> Result<KsmClient, KsmError> {
+        if !config.is_bound() {
+            return Err(ConfigError::NotBound.into());
+        }
+        Self::build(config, options)
+    }
+
+    fn build(config: KsmConfig, options: &ClientOptions) -> Result<KsmClient, KsmError> {
+        // Like the SDKs: an id outside the table without a custom key falls back to 10.
+        let key_id = match config.server_public_key() {
+            Some(_) => config.server_public_key_id(),
+            None if builtin_server_key(config.server_public_key_id()).is_some() => {
+                config.server_public_key_id()
+            }
+            None => crate::ksm::config::DEFAULT_SERVER_KEY_ID,
+        };
+        Ok(KsmClient {
+            inner: Arc::new(Inner {
+                http: http_client(options)?,
+                options: ClientOptions {
+                    extra_ca_pem: None,
+                    ..options.clone()
+                },
+                key_id: AtomicU32::new(key_id),
+                config,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &KsmConfig {
+        &self.inner.config
+    }
+
+    /// Binds an unbound config (the one-time token flow, §1.4) and returns the bound config.
+    pub(crate) async fn bind(
+        unbound: KsmConfig,
+        options: &ClientOptions,
+    ) -> Result<KsmConfig, KsmError> {
+        let Some(client_key) = unbound.client_key().cloned() else {
+            return Err(KsmError::Binding("config is already bound".into()));
+        };
+        let client = Self::build(unbound, options)?;
+        let public_key = b64_std(&client.inner.config.device_key().public_key_bytes());
+        let plaintext = client
+            .post("get_secret", json!({ "publicKey": public_key }))
+            .await?;
+        let (app_key, owner_key) = decode_binding(&client_key, &plaintext)?;
+        let bound = client.inner.config.clone().into_bound(app_key, owner_key);
+        // Every SDK fetches again right after binding; it also proves the binding works.
+        let bound_client = Self::new(bound, options)?;
+        bound_client.get_secrets(&Query::default()).await?;
+        Ok(bound_client.inner.config.clone())
+    }
+
+    fn server_key(&self, key_id: u32) -> Result<PublicKey, KsmError> {
+        match self.inner.config.server_public_key() {
+            Some(key) => Ok(*key),
+            None => builtin_server_key(key_id).ok_or(KsmError::WrongServerKey {
+                key_id: Some(key_id),
+                custom_key: false,
+            }),
+        }
+    }
+
+    fn url(&self, endpoint: &str) -> String {
+        format!(
+            "https://{}/api/rest/sm/v1/{endpoint}",
+            self.inner.config.hostname()
+        )
+    }
+
+    async fn send_once(
+        &self,
+        endpoint: &str,
+        payload: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KsmError> {
+        let key_id = self.inner.key_id.load(Ordering::Relaxed);
+        let sealed = SealedRequest::seal(
+            payload,
+            &self.server_key(key_id)?,
+            key_id,
+            self.inner.config.device_key(),
+        );
+        let mut request = self
+            .inner
+            .http
+            .post(self.url(endpoint))
+            .header("Content-Type", "application/octet-stream");
+        for (name, value) in sealed.headers() {
+            request = request.header(name, value);
+        }
+        let response = request
+            .body(sealed.body.clone())
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("Retry-After")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = response.bytes().await.map_err(transport_error)?;
+        open_response(
+            &sealed.transmission_key,
+            status,
+            &body,
+            retry_after.as_deref(),
+        )
+    }
+
+    /// POSTs a payload (plus `clientVersion` and `clientId`), following key-id rotation and
+    /// throttling within the configured budgets. Returns the decrypted response body.
+    async fn post(
+        &self,
+        endpoint: &str,
+        mut payload: Value,
+    ) -> Result<Zeroizing<Vec<u8>>, KsmError> {
+        if let Value::Object(obj) = &mut payload {
+            obj.insert(
+                "clientVersion".into(),
+                self.inner.options.client_version.clone().into(),
+            );
+            obj.insert("clientId".into(), self.inner.config.client_id().into());
+        }
+        let payload = Zeroizing::new(payload.to_string().into_bytes());
+        let (mut rotations, mut throttled) = (0u32, 0u32);
+        loop {
+            match self.send_once(endpoint, &payload).await {
+                Err(KsmError::WrongServerKey { key_id, .. }) => {
+                    if self.inner.config.server_public_key().is_some() {
+                        return Err(KsmError::WrongServerKey {
+                            key_id,
+                            custom_key: true,
+                        });
+                    }
+                    let usable = key_id.filter(|id| builtin_server_key(*id).is_some());
+                    let (Some(id), true) =
+                        (usable, rotations < self.inner.options.max_key_rotations)
+                    else {
+                        return Err(KsmError::WrongServerKey {
+                            key_id,
+                            custom_key: false,
+                        });
+                    };
+                    rotations += 1;
+                    tracing::info!(key_id = id, "Keeper asked for another server key id");
+                    self.inner.key_id.store(id, Ordering::Relaxed);
+                }
+                Err(KsmError::Throttled { retry_after }) => {
+                    let delay = throttle_delay(retry_after, throttled);
+                    if throttled >= self.inner.options.throttle_retries
+                        || delay > self.inner.options.max_throttle_wait
+                    {
+                        return Err(KsmError::Throttled { retry_after });
+                    }
+                    throttled += 1;
+                    tracing::info!(delay_ms = delay.as_millis() as u64, "throttled by Keeper");
+                    tokio::time::sleep(delay).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn app_key(&self) -> Result<&crate::ksm::crypto::AesKey, KsmError> {
+        self.inner
+            .config
+            .app_key()
+            .ok_or(KsmError::Config(ConfigError::NotBound))
+    }
+
+    /// `get_secret`: the records (and shared folders) the application may read.
+    pub async fn get_secrets(&self, query: &Query) -> Result<Vault, KsmError> {
+        let mut payload = serde_json::Map::new();
+        if !query.records.is_empty() {
+            payload.insert("requestedRecords".into(), json!(query.records));
+        }
+        if !query.folders.is_empty() {
+            payload.insert("requestedFolders".into(), json!(query.folders));
+        }
+        let plaintext = self.post("get_secret", Value::Object(payload)).await?;
+        decode_secrets(self.app_key()?, &plaintext)
+    }
+
+    /// `get_folders`: shared folders and sub-folders with their names.
+    pub async fn get_folders(&self) -> Result<Vec<SharedFolder>, KsmError> {
+        let plaintext = self.post("get_folders", json!({})).await?;
+        decode_folders(self.app_key()?, &plaintext)
+    }
+
+    /// Downloads a file (plain GET of its pre-signed URL) and decrypts it with the file key.
+    pub async fn download_file(&self, file: &KeeperFile) -> Result<Zeroizing<Vec<u8>>, KsmError> {
+        let url = file
+            .url
+            .as_deref()
+            .ok_or_else(|| KsmError::Download(format!("file {} has no download URL", file.uid)))?;
+        let response = self
+            .inner
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(KsmError::Download(format!(
+                "file {}: HTTP {}",
+                file.uid,
+                status.as_u16()
+            )));
+        }
+        let body = response.bytes().await.map_err(transport_error)?;
+        aes_gcm_decrypt(&file.key, &body)
+            .map_err(|_| KsmError::Download(format!("file {} content does not decrypt", file.uid)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_delay_honours_retry_after_with_jitter() {
+        for _ in 0..50 {
+            let d = throttle_delay(Some(Duration::from_secs(8)), 0);
+            assert!(d >= Duration::from_secs(6) && d <= Duration::from_secs(10));
+            let d = throttle_delay(None, 1);
+            assert!(d >= Duration::from_secs_f64(16.5) && d <= Duration::from_secs_f64(27.5));
+        }
+    }
+
+    #[test]
+    fn unbound_configs_are_refused() {
+        let unbound = KsmConfig::unbound(
+            "localhost".into(),
+            crate::ksm::crypto::AesKey::random(),
+            10,
+            None,
+        );
+        let err = KsmClient::new(unbound, &ClientOptions::default()).unwrap_err();
+        assert_eq!(err.reason(), "InvalidConfig");
+    }
+
+    fn client_for(hostname: String, timeout: Duration) -> KsmClient {
+        let config = KsmConfig::unbound(hostname, crate::ksm::crypto::AesKey::random(), 10, None)
+            .into_bound(crate::ksm::crypto::AesKey::random(), None);
+        let options = ClientOptions {
+            timeout,
+            ..ClientOptions::default()
+        };
+        KsmClient::new(config, &options).unwrap()
+    }
+
+    /// A loopback listener that answers every connection with `reply` (or nothing).
+    async fn listener(reply: Option<&'static [u8]>) -> String {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Some(reply) = reply {
+                        let _ = socket.write_all(reply).await;
+                    }
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                });
+            }
+        });
+        addr.to_string()
+    }
+
+    #[tokio::test]
+    async fn transport_failures_are_classified() {
+        // Plain HTTP where TLS is expected: the handshake fails inside rustls.
+        let host = listener(Some(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")).await;
+        let err = client_for(host, Duration::from_secs(5))
+            .get_secrets(&Query::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, KsmError::Tls(_)), "{err:?}");
+        assert_eq!(err.reason(), "TlsError");
+
+        // A server that accepts and never answers.
+        let host = listener(None).await;
+        let err = client_for(host, Duration::from_millis(300))
+            .get_folders()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, KsmError::Timeout), "{err:?}");
+
+        // Nothing listening.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let err = client_for(format!("127.0.0.1:{port}"), Duration::from_secs(5))
+            .get_secrets(&Query::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "KeeperUnavailable", "{err:?}");
+    }
+
+    #[test]
+    fn bad_extra_ca_is_a_config_error() {
+        let options = ClientOptions {
+            extra_ca_pem: Some(b"not a pem".to_vec()),
+            ..ClientOptions::default()
+        };
+        let err = http_client(&options).unwrap_err();
+        assert_eq!(err.reason(), "InvalidConfig");
+    }
+}

@@ -1,0 +1,115 @@
+//! Errors of the KSM client. Each failure mode the operator reacts to differently is its own
+//! variant with a stable `reason()`. Messages carry server error text and UIDs, never secrets.
+
+use crate::ksm::config::ConfigError;
+use crate::ksm::token::TokenError;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KsmError {
+    #[error("invalid KSM configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("invalid one-time token: {0}")]
+    Token(#[from] TokenError),
+    #[error("invalid extra CA certificate: {0}")]
+    InvalidCa(String),
+    #[error("Keeper endpoint unavailable: {0}")]
+    Unavailable(String),
+    #[error("request to the Keeper endpoint timed out")]
+    Timeout,
+    #[error("TLS connection to the Keeper endpoint failed: {0}")]
+    Tls(String),
+    #[error("throttled by Keeper{}", retry_after_text(.retry_after))]
+    Throttled { retry_after: Option<Duration> },
+    #[error("access denied by Keeper: {message}")]
+    AccessDenied { message: String },
+    #[error("Keeper rejected the client version: {info}")]
+    InvalidClientVersion { info: String },
+    #[error("{}", wrong_key_text(*.key_id, *.custom_key))]
+    WrongServerKey {
+        key_id: Option<u32>,
+        custom_key: bool,
+    },
+    #[error("Keeper error {code:?} (HTTP {status}): {message}")]
+    Server {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("response failed authentication (tampered, truncated or wrong transmission key)")]
+    Tampered,
+    #[error("response does not decrypt with the application key: {0}")]
+    Undecryptable(String),
+    #[error("invalid response from Keeper: {0}")]
+    InvalidResponse(String),
+    #[error("binding the one-time token failed: {0}")]
+    Binding(String),
+    #[error("file download failed: {0}")]
+    Download(String),
+}
+
+fn retry_after_text(retry_after: &Option<Duration>) -> String {
+    match retry_after {
+        Some(d) => format!(" (retry after {}s)", d.as_secs()),
+        None => String::new(),
+    }
+}
+
+fn wrong_key_text(key_id: Option<u32>, custom_key: bool) -> String {
+    let asked = key_id.map_or_else(
+        || "no usable key id".to_string(),
+        |id| format!("key id {id}"),
+    );
+    if custom_key {
+        format!("Keeper rejected the configured serverPublicKey (server asks for {asked})")
+    } else {
+        format!("Keeper rejected the transmission key id (server asks for {asked})")
+    }
+}
+
+impl KsmError {
+    /// Stable CamelCase reason for status conditions, events and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            KsmError::Config(_) | KsmError::InvalidCa(_) => "InvalidConfig",
+            KsmError::Token(_) => "InvalidToken",
+            KsmError::Unavailable(_) | KsmError::Timeout => "KeeperUnavailable",
+            KsmError::Tls(_) => "TlsError",
+            KsmError::Throttled { .. } => "Throttled",
+            KsmError::AccessDenied { .. } | KsmError::Binding(_) => "AuthFailed",
+            KsmError::InvalidClientVersion { .. } => "InvalidClientVersion",
+            KsmError::WrongServerKey { .. } => "WrongServerKey",
+            KsmError::Server { .. } => "KeeperError",
+            KsmError::Tampered | KsmError::Undecryptable(_) | KsmError::InvalidResponse(_) => {
+                "InvalidResponse"
+            }
+            KsmError::Download(_) => "DownloadFailed",
+        }
+    }
+
+    /// Whether retrying later can help without anyone changing configuration.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            KsmError::Unavailable(_)
+                | KsmError::Timeout
+                | KsmError::Throttled { .. }
+                | KsmError::Tampered
+                | KsmError::Download(_)
+        )
+    }
+}
+
+/// Server-supplied text goes into errors: keep it short and on one line.
+pub(crate) fn sanitize(text: &str) -> String {
+    const MAX: usize = 200;
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX)
+        .collect();
+    if text.chars().count() > MAX {
+        out.push('…');
+    }
+    out
+}

@@ -1,0 +1,358 @@
+//! Decoding decrypted `get_secret` / `get_folders` JSON through the key hierarchy (§6):
+//! app key → shared-folder key → record key → record data; record key → file key → metadata;
+//! for `get_folders`, CBC sub-folder keys under the root shared folder's key.
+//!
+//! Policy for partial failures: a record, file or folder entry that does not decrypt is
+//! skipped and named (by UID only) in `Vault::warnings`; the others are kept. When the response
+//! has entries but *none* decrypts, the app key is wrong or the payload is forged, and the whole
+//! response is an error (`Undecryptable`) rather than an empty vault that would look like
+//! deleted records. A response whose outer layer fails authentication never gets here
+//! (`KsmError::Tampered` in `transport`).
+
+use crate::ksm::crypto::{AesKey, aes_cbc_decrypt, aes_gcm_decrypt, b64_decode};
+use crate::ksm::error::{KsmError, sanitize};
+use crate::ksm::record::{Field, KeeperFile, Record, SharedFolder, Vault};
+use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
+
+type Obj = Map<String, Value>;
+
+fn parse_object(plaintext: &[u8]) -> Result<Obj, KsmError> {
+    if plaintext.iter().all(u8::is_ascii_whitespace) {
+        return Err(KsmError::InvalidResponse("empty response body".into()));
+    }
+    match serde_json::from_slice(plaintext) {
+        Ok(Value::Object(obj)) => Ok(obj),
+        Ok(_) => Err(KsmError::InvalidResponse(
+            "response is not a JSON object".into(),
+        )),
+        Err(e) => Err(KsmError::InvalidResponse(format!(
+            "response is not JSON (line {} column {})",
+            e.line(),
+            e.column()
+        ))),
+    }
+}
+
+/// A non-empty string; `null`, missing and `""` are all "absent" (SDKs differ, §3.3).
+fn text<'a>(obj: &'a Obj, key: &str) -> Option<&'a str> {
+    obj.get(key)?
+        .as_str()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+fn list<'a>(obj: &'a Obj, key: &str) -> &'a [Value] {
+    obj.get(key)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+fn number(value: Option<&Value>) -> Option<i64> {
+    match value? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Why one entry failed; goes into a warning next to the entry's UID.
+type EntryError = &'static str;
+
+fn gcm_json(key: &AesKey, b64: Option<&str>, what: EntryError) -> Result<Obj, EntryError> {
+    let data = b64_decode(b64.ok_or(what)?).map_err(|_| what)?;
+    let plain = aes_gcm_decrypt(key, &data).map_err(|_| what)?;
+    // Real plaintexts are right-padded with spaces (§11); JSON parsing ignores them.
+    match serde_json::from_slice(&plain) {
+        Ok(Value::Object(obj)) => Ok(obj),
+        _ => Err("decrypted data is not a JSON object"),
+    }
+}
+
+fn unwrap_gcm(wrapping: &AesKey, b64: &str) -> Option<AesKey> {
+    wrapping.unwrap_key(&b64_decode(b64).ok()?).ok()
+}
+
+/// The app key from a binding response: `encryptedAppKey` opened with the token's client key,
+/// plus the `appOwnerPublicKey` as sent (§1.4).
+pub fn decode_binding(
+    client_key: &AesKey,
+    plaintext: &[u8],
+) -> Result<(AesKey, Option<String>), KsmError> {
+    let obj = parse_object(plaintext)?;
+    let wrapped = text(&obj, "encryptedAppKey").ok_or_else(|| {
+        KsmError::Binding("the server sent no application key (token already used?)".into())
+    })?;
+    let app_key = unwrap_gcm(client_key, wrapped).ok_or_else(|| {
+        KsmError::Binding("the application key does not decrypt with the token".into())
+    })?;
+    Ok((app_key, text(&obj, "appOwnerPublicKey").map(str::to_string)))
+}
+
+fn field_list(value: Option<&Value>) -> Vec<Field> {
+    let Some(Value::Array(items)) = value else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(Value::as_object)
+        .map(|f| Field {
+            field_type: f
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            label: text(f, "label").map(str::to_string),
+            value: match f.get("value") {
+                Some(Value::Array(values)) => values.clone(),
+                None | Some(Value::Null) => Vec::new(),
+                Some(single) => vec![single.clone()],
+            },
+        })
+        .collect()
+}
+
+fn decode_file(record_key: &AesKey, entry: &Obj) -> Result<KeeperFile, EntryError> {
+    let uid = text(entry, "fileUid").ok_or("file entry has no fileUid")?;
+    let key = text(entry, "fileKey")
+        .and_then(|k| unwrap_gcm(record_key, k))
+        .ok_or("file key does not decrypt")?;
+    let meta = gcm_json(&key, text(entry, "data"), "file metadata does not decrypt")?;
+    let meta_text = |k| meta.get(k).and_then(Value::as_str).map(str::to_string);
+    Ok(KeeperFile {
+        uid: uid.to_string(),
+        name: meta_text("name").unwrap_or_default(),
+        title: meta_text("title").unwrap_or_default(),
+        mime_type: meta_text("type").filter(|t| !t.is_empty()),
+        size: number(meta.get("size")).and_then(|s| u64::try_from(s).ok()),
+        url: text(entry, "url").map(str::to_string),
+        key,
+    })
+}
+
+struct Decoder<'a> {
+    app_key: &'a AesKey,
+    vault: Vault,
+    seen: HashSet<String>,
+    failed: usize,
+}
+
+impl Decoder<'_> {
+    fn warn(&mut self, what: &str, uid: &str, why: EntryError) {
+        self.failed += 1;
+        self.vault
+            .warnings
+            .push(format!("{what} {} skipped: {why}", sanitize(uid)));
+    }
+
+    fn record(&mut self, entry: &Value, wrapping: &AesKey, folder_uid: Option<&str>) {
+        let Some(entry) = entry.as_object() else {
+            self.warn("record", "<no uid>", "entry is not an object");
+            return;
+        };
+        let Some(uid) = text(entry, "recordUid") else {
+            self.warn("record", "<no uid>", "entry has no recordUid");
+            return;
+        };
+        match self.decode_record(entry, uid, wrapping, folder_uid) {
+            Ok(record) => {
+                if self.seen.insert(record.uid.clone()) {
+                    self.vault.records.push(record);
+                }
+            }
+            Err(why) => self.warn("record", uid, why),
+        }
+    }
+
+    fn decode_record(
+        &mut self,
+        entry: &Obj,
+        uid: &str,
+        wrapping: &AesKey,
+        folder_uid: Option<&str>,
+    ) -> Result<Record, EntryError> {
+        // PY/RS/GO use the app key when `recordKey` is absent (§6.1).
+        let record_key = match text(entry, "recordKey") {
+            Some(k) => unwrap_gcm(wrapping, k).ok_or("record key does not decrypt")?,
+            None => self.app_key.clone(),
+        };
+        let data = gcm_json(
+            &record_key,
+            text(entry, "data"),
+            "record data does not decrypt",
+        )?;
+        let mut files = Vec::new();
+        for file in list(entry, "files") {
+            match file.as_object().ok_or("file entry is not an object") {
+                Ok(obj) => match decode_file(&record_key, obj) {
+                    Ok(f) => files.push(f),
+                    Err(why) => {
+                        let file_uid = text(obj, "fileUid").unwrap_or("<no uid>");
+                        self.vault.warnings.push(format!(
+                            "file {} of record {} skipped: {why}",
+                            sanitize(file_uid),
+                            sanitize(uid)
+                        ));
+                    }
+                },
+                Err(why) => self
+                    .vault
+                    .warnings
+                    .push(format!("a file of record {} skipped: {why}", sanitize(uid))),
+            }
+        }
+        let str_of = |k| data.get(k).and_then(Value::as_str).map(str::to_string);
+        Ok(Record {
+            uid: uid.to_string(),
+            title: str_of("title").unwrap_or_default(),
+            record_type: str_of("type").unwrap_or_default(),
+            revision: number(entry.get("revision")).unwrap_or(0),
+            folder_uid: folder_uid
+                .or_else(|| text(entry, "folderUid"))
+                .map(str::to_string),
+            inner_folder_uid: text(entry, "innerFolderUid").map(str::to_string),
+            fields: field_list(data.get("fields")),
+            custom: field_list(data.get("custom")),
+            notes: str_of("notes"),
+            files,
+        })
+    }
+
+    fn folder(&mut self, entry: &Value) {
+        let Some(entry) = entry.as_object() else {
+            self.warn("folder", "<no uid>", "entry is not an object");
+            return;
+        };
+        let Some(uid) = text(entry, "folderUid") else {
+            self.warn("folder", "<no uid>", "entry has no folderUid");
+            return;
+        };
+        let Some(key) = text(entry, "folderKey").and_then(|k| unwrap_gcm(self.app_key, k)) else {
+            let records = list(entry, "records").len();
+            self.warn("shared folder", uid, "folder key does not decrypt");
+            self.failed += records;
+            self.vault.warnings.push(format!(
+                "{records} record(s) of shared folder {} skipped with it",
+                sanitize(uid)
+            ));
+            return;
+        };
+        self.vault.folders.push(SharedFolder {
+            uid: uid.to_string(),
+            name: None,
+            parent_uid: None,
+        });
+        for record in list(entry, "records") {
+            self.record(record, &key, Some(uid));
+        }
+    }
+}
+
+/// Decodes a decrypted `get_secret` response with the app key (§6.1–§6.3, §6.6).
+pub fn decode_secrets(app_key: &AesKey, plaintext: &[u8]) -> Result<Vault, KsmError> {
+    let obj = parse_object(plaintext)?;
+    let mut decoder = Decoder {
+        app_key,
+        vault: Vault::default(),
+        seen: HashSet::new(),
+        failed: 0,
+    };
+    for warning in list(&obj, "warnings").iter().filter_map(Value::as_str) {
+        decoder
+            .vault
+            .warnings
+            .push(format!("Keeper: {}", sanitize(warning)));
+    }
+    for folder in list(&obj, "folders") {
+        decoder.folder(folder);
+    }
+    for record in list(&obj, "records") {
+        decoder.record(record, app_key, None);
+    }
+    if decoder.failed > 0 && decoder.vault.records.is_empty() && decoder.vault.folders.is_empty() {
+        return Err(KsmError::Undecryptable(format!(
+            "none of {} entries decrypts",
+            decoder.failed
+        )));
+    }
+    Ok(decoder.vault)
+}
+
+struct RawFolder<'a> {
+    key: &'a str,
+    parent: Option<&'a str>,
+    data: Option<&'a str>,
+}
+
+/// Unwraps a folder's key: GCM under the app key for a shared folder (no parent), otherwise
+/// CBC under the key of the root shared folder found by walking `parent` (§6.4).
+fn folder_key(
+    app_key: &AesKey,
+    folders: &HashMap<&str, RawFolder<'_>>,
+    uid: &str,
+) -> Option<AesKey> {
+    let folder = folders.get(uid)?;
+    let mut root = folder;
+    for _ in 0..=folders.len() {
+        match root.parent {
+            None => {
+                let root_key = unwrap_gcm(app_key, root.key)?;
+                if std::ptr::eq(root, folder) {
+                    return Some(root_key);
+                }
+                return root_key.unwrap_key_cbc(&b64_decode(folder.key).ok()?).ok();
+            }
+            Some(parent) => root = folders.get(parent)?,
+        }
+    }
+    None // a parent cycle
+}
+
+/// Decodes a decrypted `get_folders` response into folders with names. A folder whose key or
+/// name does not decrypt is still listed (structure is not secret), without a name.
+pub fn decode_folders(app_key: &AesKey, plaintext: &[u8]) -> Result<Vec<SharedFolder>, KsmError> {
+    let obj = parse_object(plaintext)?;
+    let mut raw: HashMap<&str, RawFolder<'_>> = HashMap::new();
+    let mut order = Vec::new();
+    for entry in list(&obj, "folders").iter().filter_map(Value::as_object) {
+        let (Some(uid), Some(key)) = (text(entry, "folderUid"), text(entry, "folderKey")) else {
+            continue;
+        };
+        if raw
+            .insert(
+                uid,
+                RawFolder {
+                    key,
+                    parent: text(entry, "parent"),
+                    data: text(entry, "data"),
+                },
+            )
+            .is_none()
+        {
+            order.push(uid);
+        }
+    }
+    let mut out = Vec::with_capacity(order.len());
+    for uid in order {
+        let Some(folder) = raw.get(uid) else { continue };
+        let name = folder_key(app_key, &raw, uid).and_then(|key| {
+            let data = b64_decode(folder.data?).ok()?;
+            let plain = aes_cbc_decrypt(&key, &data).ok()?;
+            let meta: Value = serde_json::from_slice(&plain).ok()?;
+            meta.get("name")?.as_str().map(str::to_string)
+        });
+        if name.is_none() {
+            tracing::warn!(folder = uid, "folder name does not decrypt");
+        }
+        out.push(SharedFolder {
+            uid: uid.to_string(),
+            name,
+            parent_uid: folder.parent.map(str::to_string),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[path = "response_tests.rs"]
+mod tests;
