@@ -11,7 +11,7 @@ use crate::crd::{ClusterKeeperStore, KeeperSecret, SecretKeyRef};
 use crate::desired::HashKey;
 use crate::error::Error;
 use crate::keeper_source::CredentialKey;
-use crate::ksm_shim::config::KsmConfig;
+use crate::ksm::config::KsmConfig;
 
 /// A parsed credential and what is derived from it.
 pub struct Credential {

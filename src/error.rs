@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::desired::DesiredError;
-use crate::ksm_shim::error::KsmError;
+use crate::ksm::error::KsmError;
 use crate::mapping::MappingError;
 use crate::template::TemplateError;
 
@@ -64,10 +64,12 @@ impl Error {
     /// 5 s; problems that need a human (spec, credential, missing record) start at 30 s and
     /// stay slower so a broken object does not keep hammering Keeper.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let (base, cap): (u64, u64) = match self.reason() {
-            "KeeperUnavailable" | "Throttled" | "InvalidResponse" | "KubernetesError" => (5, 300),
-            _ => (30, 600),
+        let transient = match self {
+            Error::Keeper(e) => e.is_transient(),
+            Error::Kube(_) => true,
+            _ => false,
         };
+        let (base, cap): (u64, u64) = if transient { (5, 300) } else { (30, 600) };
         let delay = Duration::from_secs(base.saturating_mul(1u64 << attempt.min(10)).min(cap));
         match self {
             Error::Keeper(KsmError::Throttled {
@@ -84,9 +86,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_caps_and_honours_retry_after() {
-        let down = Error::Keeper(KsmError::Unavailable {
-            message: "refused".into(),
-        });
+        let down = Error::Keeper(KsmError::Unavailable("refused".into()));
         assert_eq!(down.reason(), "KeeperUnavailable");
         assert_eq!(down.backoff(0), Duration::from_secs(5));
         assert_eq!(down.backoff(2), Duration::from_secs(20));

@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::ksm::client::{ClientOptions, KsmClient, Query};
+use crate::ksm::config::KsmConfig;
+use crate::ksm::error::KsmError;
 use crate::ksm::record::{KeeperFile, Vault};
-use crate::ksm_shim::client::{ClientOptions, KsmClient, Query};
-use crate::ksm_shim::config::KsmConfig;
-use crate::ksm_shim::error::KsmError;
 use crate::metrics::Metrics;
 
 /// Identifies one credential: where it came from plus a fingerprint of its content, so a
@@ -135,11 +135,12 @@ impl KeeperSource for KsmSource {
     }
 }
 
-/// Client options for the operator: the extra CA, and a timeout that keeps one slow Keeper
-/// call from holding a reconcile slot for long.
+/// Client options for the operator: the extra CA; throttling is surfaced at once so the
+/// controller requeues the KeeperSecret instead of blocking a worker.
 pub fn client_options(extra_ca_pem: Option<Vec<u8>>) -> ClientOptions {
     ClientOptions {
         extra_ca_pem,
-        timeout: std::time::Duration::from_secs(30),
+        throttle_retries: 0,
+        ..ClientOptions::default()
     }
 }

@@ -10,7 +10,6 @@ pub mod http;
 pub mod k8s;
 pub mod keeper_source;
 pub mod ksm;
-mod ksm_shim;
 pub mod mapping;
 pub mod metrics;
 pub mod reconcile;

@@ -12,9 +12,9 @@ use zeroize::Zeroizing;
 use crate::crd::{
     DataFromItem, DataItem, DuplicateKeyPolicy, KeeperSecretSpec, RecordRevision, RecordSelector,
 };
+use crate::ksm::client::Query;
 use crate::ksm::notation::{self, Notation, NotationError, NotationValue};
 use crate::ksm::record::{Field, KeeperFile, Record, Vault, find_field};
-use crate::ksm_shim::client::Query;
 
 /// Secret bytes that are wiped from memory when dropped.
 pub type Bytes = Zeroizing<Vec<u8>>;
