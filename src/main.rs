@@ -98,9 +98,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ready_flag = ready.clone();
     let on_store = move |store: kube::runtime::reflector::Store<_>| {
         tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                ready_flag.store(true, Ordering::Relaxed);
-                info!("KeeperSecret cache synced; ready");
+            // kube's readiness latch wakes only its most recent waiter, and the Controller
+            // waits on it too: re-poll instead of parking on it once.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready())
+                    .await
+                {
+                    Ok(Ok(())) => {
+                        ready_flag.store(true, Ordering::Relaxed);
+                        info!("KeeperSecret cache synced; ready");
+                        break;
+                    }
+                    Ok(Err(_)) => break,
+                    Err(_) => continue,
+                }
             }
         });
     };
