@@ -6,6 +6,7 @@ pub mod crd_yaml;
 pub mod credentials;
 pub mod desired;
 pub mod error;
+pub mod fetcher;
 pub mod http;
 pub mod k8s;
 pub mod keeper_source;

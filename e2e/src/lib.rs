@@ -1,1 +1,3 @@
 //! KSM-compatible test server and end-to-end harness.
+
+pub mod ksm_server;

@@ -1,0 +1,49 @@
+//! The real [`VaultSource`]: a `KsmClient` for one bound credential.
+
+use super::VaultSource;
+use super::store::cache_key;
+use crate::ksm::client::{KsmClient, Query};
+use crate::ksm::config::ConfigError;
+use crate::ksm::crypto::AesKey;
+use crate::ksm::error::KsmError;
+use crate::ksm::record::{KeeperFile, Vault};
+use futures::future::BoxFuture;
+use zeroize::Zeroizing;
+
+pub struct KsmSource {
+    client: KsmClient,
+    cache_key: AesKey,
+}
+
+impl KsmSource {
+    /// Fails for an unbound config: only a bound credential has the key that seals its cache.
+    pub fn new(client: KsmClient) -> Result<Self, KsmError> {
+        let app_key = client
+            .config()
+            .app_key()
+            .ok_or(KsmError::Config(ConfigError::NotBound))?;
+        let cache_key = cache_key(app_key);
+        Ok(KsmSource { client, cache_key })
+    }
+}
+
+impl VaultSource for KsmSource {
+    fn fetch(&self) -> BoxFuture<'_, Result<Zeroizing<Vec<u8>>, KsmError>> {
+        Box::pin(async move { self.client.get_secrets_body(&Query::default()).await })
+    }
+
+    fn decode(&self, body: &[u8]) -> Result<Vault, KsmError> {
+        self.client.decode_secrets_body(body)
+    }
+
+    fn download<'a>(
+        &'a self,
+        file: &'a KeeperFile,
+    ) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, KsmError>> {
+        Box::pin(self.client.download_file(file))
+    }
+
+    fn cache_key(&self) -> AesKey {
+        self.cache_key.clone()
+    }
+}
