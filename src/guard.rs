@@ -30,20 +30,26 @@ pub fn check(
         return Ok(());
     };
     let spec_unchanged = status.observed_generation == ks.metadata.generation;
-    let records_unchanged =
-        !status.records.is_empty() && status.records.iter().cloned().collect::<BTreeSet<_>>() == *records;
+    let records_unchanged = !status.records.is_empty()
+        && status.records.iter().cloned().collect::<BTreeSet<_>>() == *records;
     if !(spec_unchanged && records_unchanged) {
         return Ok(());
     }
     let empty = Default::default();
     let have = existing.data.as_ref().unwrap_or(&empty);
     let want = desired.data.as_ref().unwrap_or(&empty);
-    let refuse = |key: &str, what| GuardError { secret: ks.target_name(), key: key.to_string(), what };
+    let refuse = |key: &str, what| GuardError {
+        secret: ks.target_name(),
+        key: key.to_string(),
+        what,
+    };
     for (key, _) in have.iter().filter(|(_, v)| !v.0.is_empty()) {
         match want.get(key) {
             Some(new) if new.0.is_empty() => return Err(refuse(key, "empty")),
             // Merge shares the Secret with other writers: keys we do not send are not ours.
-            None if ks.creation_policy() != CreationPolicy::Merge => return Err(refuse(key, "drop")),
+            None if ks.creation_policy() != CreationPolicy::Merge => {
+                return Err(refuse(key, "drop"));
+            }
             _ => {}
         }
     }

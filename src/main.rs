@@ -7,7 +7,10 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use keeper_operator::config::{Cli, Command, RunArgs};
-use keeper_operator::keeper_source::KsmSource;
+use keeper_operator::fetcher::FetchSettings;
+use keeper_operator::fetcher::secret_store::SecretStore;
+use keeper_operator::fetcher::store::SnapshotStore;
+use keeper_operator::keeper_source::SharedKeeper;
 use keeper_operator::metrics::Metrics;
 use keeper_operator::reconcile::{Context, Settings};
 use keeper_operator::{controller, http, telemetry};
@@ -45,7 +48,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("connecting to Kubernetes (KUBECONFIG or in-cluster)")?;
     let metrics = Arc::new(Metrics::default());
     let options = keeper_operator::keeper_source::client_options(extra_ca_pem);
-    let keeper = KsmSource::new(options, metrics.clone());
+    let store: Option<Arc<dyn SnapshotStore>> =
+        match (&args.operator_namespace, args.persist_last_good) {
+            (Some(ns), true) => Some(Arc::new(SecretStore::new(client.clone(), ns))),
+            (None, true) => {
+                tracing::warn!(
+                    "no --operator-namespace: the last good copy is kept in memory only"
+                );
+                None
+            }
+            (_, false) => None,
+        };
+    let fetch_settings = FetchSettings {
+        budget_requests: args.keeper_budget_requests,
+        budget_window: Some(args.keeper_budget_window)
+            .filter(|w| !w.is_negative())
+            .map(Duration::from)
+            .filter(|w| !w.is_zero())
+            .context("--keeper-budget-window must be a positive duration")?,
+        ..FetchSettings::default()
+    };
+    let keeper = SharedKeeper::new(options, fetch_settings, store, metrics.clone());
     let reporter = Reporter {
         controller: "keeper-operator".into(),
         instance: std::env::var("POD_NAME").ok(),
