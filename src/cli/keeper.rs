@@ -1,4 +1,17 @@
 //! `keeper-operator keeper …`: check and debug KSM credentials from the command line.
+//!
+//! ```text
+//! export KSM_CONFIG="$(cat ksm-config.b64)"          # or --config FILE (JSON or base64)
+//! keeper-operator keeper get 'keeper://6ya_fdc6XTsZ7i7x9Jcodg/field/password' 'My DB/field/login'
+//! keeper-operator keeper get 'Web Certificate/file/cert.pem' > cert.pem   # raw bytes
+//! keeper-operator keeper records 6ya_fdc6XTsZ7i7x9Jcodg | jq '.[0].fields'
+//! keeper-operator keeper redeem --token US:ONE_TIME_TOKEN > ksm-config.b64
+//! keeper-operator keeper redeem --token TOKEN --hostname 127.0.0.1:8443 \
+//!     --server-public-key 10:BASE64URL_POINT --ca-file ca.pem
+//! ```
+//!
+//! Failures exit non-zero with one line on stderr, e.g.
+//! `error: resolving keeper://Web/field/pasword: field "pasword" not found`.
 
 use crate::ksm::notation::{Notation, NotationValue, resolve};
 use crate::ksm::record::{Field, Record};

@@ -1,6 +1,7 @@
 //! Keeper Secrets Manager (KSM) protocol: crypto, configuration, transport and records.
 pub mod client;
 pub mod config;
+pub mod credential;
 pub mod crypto;
 pub mod error;
 pub mod notation;
@@ -12,6 +13,7 @@ pub mod transport;
 
 pub use client::{ClientOptions, KsmClient, Query, redeem_token};
 pub use config::KsmConfig;
+pub use credential::Credential;
 pub use error::KsmError;
 
 #[cfg(test)]
