@@ -17,6 +17,6 @@ pub use credential::Credential;
 pub use error::KsmError;
 
 #[cfg(test)]
-mod client_http_tests;
+pub(crate) mod client_http_tests;
 #[cfg(test)]
 mod known_answer_tests;
