@@ -329,6 +329,14 @@ impl KsmClient {
 
     /// `get_secret`: the records (and shared folders) the application may read.
     pub async fn get_secrets(&self, query: &Query) -> Result<Vault, KsmError> {
+        let body = self.get_secrets_body(query).await?;
+        self.decode_secrets_body(&body)
+    }
+
+    /// `get_secret`, returning the response body with only the transmission layer removed:
+    /// records are still encrypted under the application key, so the body may be kept (the
+    /// last-good cache) and unwrapped later with [`KsmClient::decode_secrets_body`].
+    pub async fn get_secrets_body(&self, query: &Query) -> Result<Zeroizing<Vec<u8>>, KsmError> {
         let mut payload = serde_json::Map::new();
         if !query.records.is_empty() {
             payload.insert("requestedRecords".into(), json!(query.records));
@@ -336,8 +344,12 @@ impl KsmClient {
         if !query.folders.is_empty() {
             payload.insert("requestedFolders".into(), json!(query.folders));
         }
-        let plaintext = self.post("get_secret", Value::Object(payload)).await?;
-        decode_secrets(self.app_key()?, &plaintext)
+        self.post("get_secret", Value::Object(payload)).await
+    }
+
+    /// Unwraps a body from [`KsmClient::get_secrets_body`] with the application key.
+    pub fn decode_secrets_body(&self, body: &[u8]) -> Result<Vault, KsmError> {
+        decode_secrets(self.app_key()?, body)
     }
 
     /// `get_folders`: shared folders and sub-folders with their names.

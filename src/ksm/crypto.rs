@@ -201,6 +201,13 @@ pub fn client_id(client_key: &[u8]) -> String {
     ))
 }
 
+/// Derives an independent 256-bit key from `key` for one purpose (HMAC-SHA512 truncated), so a
+/// key the protocol uses for one thing is never used directly for another.
+pub fn derive_key(key: &AesKey, purpose: &str) -> AesKey {
+    let mac = Zeroizing::new(hmac_sha512(key.as_bytes(), purpose.as_bytes()));
+    AesKey::from_slice(&mac[..32]).expect("32 of 64 HMAC bytes")
+}
+
 /// Parses a 65-byte uncompressed SEC1 point (server keys, device keys, app owner keys).
 pub fn parse_public_key(point: &[u8]) -> Result<PublicKey, CryptoError> {
     if point.len() != POINT_LEN {

@@ -5,7 +5,7 @@ use crate::ksm::config::ConfigError;
 use crate::ksm::token::TokenError;
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum KsmError {
     // The cause is part of the message (not a `source`), so `{}` alone is complete and
     // `{:#}` does not repeat it.

@@ -1,0 +1,341 @@
+//! The plaintext description of a test vault (`VaultSpec`), read from JSON.
+//!
+//! The spec holds secret-looking test values, so the `Debug` output of records and files is
+//! redacted like every other secret-bearing type in the project.
+
+use anyhow::{Context, bail, ensure};
+use keeper_operator::ksm::crypto::{b64_decode, generate_uid};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// A whole vault: shared folders (with sub-folders), records and the applications that see them.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VaultSpec {
+    #[serde(default)]
+    pub shared_folders: Vec<FolderSpec>,
+    #[serde(default)]
+    pub records: Vec<RecordSpec>,
+    #[serde(default)]
+    pub apps: Vec<AppSpec>,
+}
+
+/// A shared folder (top level) or a sub-folder (nested in `folders`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FolderSpec {
+    pub uid: String,
+    pub name: String,
+    #[serde(default)]
+    pub folders: Vec<FolderSpec>,
+}
+
+/// A record. `folderUid` places it in a shared folder or a sub-folder; without it the record
+/// is in nobody's shared folder and reaches an app only when shared directly (`AppSpec.records`).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecordSpec {
+    pub uid: String,
+    pub title: String,
+    #[serde(rename = "type")]
+    pub record_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder_uid: Option<String>,
+    /// Field objects exactly as Keeper stores them: `{"type", "label"?, "value": [..]}`.
+    #[serde(default)]
+    pub fields: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub custom: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+    #[serde(default)]
+    pub files: Vec<FileSpec>,
+}
+
+impl fmt::Debug for RecordSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordSpec")
+            .field("uid", &self.uid)
+            .field("title", &self.title)
+            .field("type", &self.record_type)
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A file attachment. Give the content as base64 (`content`) or as UTF-8 text (`text`).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileSpec {
+    pub uid: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+impl FileSpec {
+    /// A file spec from raw bytes.
+    pub fn from_bytes(uid: &str, name: &str, mime_type: Option<&str>, bytes: &[u8]) -> Self {
+        Self {
+            uid: uid.to_string(),
+            name: name.to_string(),
+            title: None,
+            mime_type: mime_type.map(str::to_string),
+            content: Some(keeper_operator::ksm::crypto::b64_std(bytes)),
+            text: None,
+        }
+    }
+
+    /// The decoded content.
+    pub fn bytes(&self) -> anyhow::Result<Vec<u8>> {
+        match (&self.content, &self.text) {
+            (Some(b64), None) => {
+                b64_decode(b64).with_context(|| format!("file {}: content", self.uid))
+            }
+            (None, Some(text)) => Ok(text.as_bytes().to_vec()),
+            _ => bail!("file {}: give exactly one of content or text", self.uid),
+        }
+    }
+}
+
+impl fmt::Debug for FileSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileSpec")
+            .field("uid", &self.uid)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A Secrets Manager application: which shared folders it sees (with all their sub-folders and
+/// records) and which records are shared with it directly.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub shared_folders: Vec<String>,
+    #[serde(default)]
+    pub records: Vec<String>,
+}
+
+/// A Keeper UID: 22 characters of base64url without padding, 16 bytes.
+pub fn is_valid_uid(uid: &str) -> bool {
+    uid.len() == 22
+        && uid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && b64_decode(uid).is_ok_and(|bytes| bytes.len() == 16)
+}
+
+fn check_uid(kind: &str, uid: &str) -> anyhow::Result<()> {
+    ensure!(
+        is_valid_uid(uid),
+        "{kind} uid {uid:?} is not a 22-character base64url UID"
+    );
+    Ok(())
+}
+
+impl VaultSpec {
+    /// A vault for load tests: app `operator` sees one shared folder "Load" holding `records`
+    /// login records titled `Record 0`, `Record 1`, … with random UIDs.
+    pub fn generated(records: usize) -> Self {
+        let folder = generate_uid();
+        let records = (0..records)
+            .map(|i| RecordSpec {
+                uid: generate_uid(),
+                title: format!("Record {i}"),
+                record_type: "login".to_string(),
+                folder_uid: Some(folder.clone()),
+                fields: vec![
+                    serde_json::json!({"type": "login", "value": [format!("user-{i}")]}),
+                    serde_json::json!({"type": "password", "value": [format!("password-{i}")]}),
+                ],
+                custom: Vec::new(),
+                notes: None,
+                files: Vec::new(),
+            })
+            .collect();
+        VaultSpec {
+            shared_folders: vec![FolderSpec {
+                uid: folder.clone(),
+                name: "Load".to_string(),
+                folders: Vec::new(),
+            }],
+            records,
+            apps: vec![AppSpec {
+                name: "operator".to_string(),
+                title: None,
+                shared_folders: vec![folder],
+                records: Vec::new(),
+            }],
+        }
+    }
+
+    /// A file of any record, by file UID.
+    pub fn file(&self, uid: &str) -> Option<&FileSpec> {
+        self.records
+            .iter()
+            .flat_map(|r| r.files.iter())
+            .find(|f| f.uid == uid)
+    }
+
+    /// Parses and validates a vault file.
+    pub fn from_json(text: &str) -> anyhow::Result<Self> {
+        let spec: VaultSpec = serde_json::from_str(text).context("vault JSON")?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks UIDs, uniqueness and references, so a bad vault fails at start, not mid-test.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut folder_uids = BTreeSet::new();
+        fn walk(
+            folders: &[FolderSpec],
+            seen: &mut BTreeSet<String>,
+            shared: bool,
+            roots: &mut BTreeSet<String>,
+        ) -> anyhow::Result<()> {
+            for folder in folders {
+                check_uid("folder", &folder.uid)?;
+                ensure!(
+                    seen.insert(folder.uid.clone()),
+                    "duplicate folder uid {}",
+                    folder.uid
+                );
+                if shared {
+                    roots.insert(folder.uid.clone());
+                }
+                walk(&folder.folders, seen, false, roots)?;
+            }
+            Ok(())
+        }
+        let mut shared_roots = BTreeSet::new();
+        walk(
+            &self.shared_folders,
+            &mut folder_uids,
+            true,
+            &mut shared_roots,
+        )?;
+
+        let mut record_uids = BTreeSet::new();
+        let mut file_uids = BTreeSet::new();
+        for record in &self.records {
+            record.validate(|uid| folder_uids.contains(uid))?;
+            ensure!(
+                record_uids.insert(record.uid.clone()),
+                "duplicate record uid {}",
+                record.uid
+            );
+            for file in &record.files {
+                ensure!(
+                    file_uids.insert(file.uid.clone()),
+                    "duplicate file uid {}",
+                    file.uid
+                );
+            }
+        }
+
+        let mut app_names = BTreeSet::new();
+        for app in &self.apps {
+            ensure!(!app.name.is_empty(), "app without a name");
+            ensure!(
+                app_names.insert(app.name.clone()),
+                "duplicate app {}",
+                app.name
+            );
+            for folder in &app.shared_folders {
+                ensure!(
+                    shared_roots.contains(folder),
+                    "app {}: {folder} is not a shared folder",
+                    app.name
+                );
+            }
+            for record in &app.records {
+                ensure!(
+                    record_uids.contains(record),
+                    "app {}: unknown record {record}",
+                    app.name
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RecordSpec {
+    /// Validates one record against the set of known folders.
+    pub fn validate(&self, folder_exists: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+        check_uid("record", &self.uid)?;
+        if let Some(folder) = &self.folder_uid {
+            ensure!(
+                folder_exists(folder),
+                "record {}: unknown folder {folder}",
+                self.uid
+            );
+        }
+        for field in self.fields.iter().chain(&self.custom) {
+            ensure!(
+                field.get("type").is_some_and(serde_json::Value::is_string)
+                    && field.get("value").is_some_and(serde_json::Value::is_array),
+                "record {}: every field needs a string \"type\" and an array \"value\"",
+                self.uid
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for file in &self.files {
+            check_uid("file", &file.uid)?;
+            ensure!(
+                seen.insert(&file.uid),
+                "record {}: duplicate file {}",
+                self.uid,
+                file.uid
+            );
+            file.bytes()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_must_be_22_char_base64url() {
+        assert!(is_valid_uid("y6FBhg7C-wy2zaM0-ouI-Q"));
+        assert!(!is_valid_uid("y6FBhg7C-wy2zaM0-ouI-"));
+        assert!(!is_valid_uid("y6FBhg7C+wy2zaM0/ouI-Q"));
+        assert!(!is_valid_uid("y6FBhg7C-wy2zaM0-ouI-Q="));
+    }
+
+    #[test]
+    fn rejects_unknown_references() {
+        let spec = VaultSpec::from_json(
+            r#"{"records":[{"uid":"Ue8h6JyWUs7Iu6eY_mha-w","title":"a","type":"login",
+                 "folderUid":"y6FBhg7C-wy2zaM0-ouI-Q"}]}"#,
+        );
+        assert!(spec.is_err());
+        let spec = VaultSpec::from_json(r#"{"apps":[{"name":"a","records":["x"]}]}"#);
+        assert!(spec.is_err());
+    }
+
+    #[test]
+    fn debug_hides_field_values() {
+        let record: RecordSpec = serde_json::from_str(
+            r#"{"uid":"Ue8h6JyWUs7Iu6eY_mha-w","title":"t","type":"login",
+                "fields":[{"type":"password","value":["hunter2"]}]}"#,
+        )
+        .unwrap();
+        assert!(!format!("{record:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,486 @@
+//! The operator's KSM client (`keeper_operator::ksm`) against the test server, through token
+//! redemption, every read path and every error path the operator has to tell apart.
+
+use keeper_e2e::ksm_server::uids::{CERT_FILE, DATABASES, POSTGRES, PRODUCTION, STRIPE};
+use keeper_e2e::ksm_server::{DownMode, FileFailure, RateLimit, TestServer, sample_vault};
+use keeper_operator::ksm::notation::{Notation, NotationValue, resolve};
+use keeper_operator::ksm::{ClientOptions, KsmClient, KsmConfig, KsmError, Query, redeem_token};
+use std::time::{Duration, Instant};
+
+fn cert_pem() -> Vec<u8> {
+    sample_vault().file(CERT_FILE).unwrap().bytes().unwrap()
+}
+
+/// Trusts the server's CA; no automatic throttle retries, so each error surfaces.
+fn options(server: &TestServer) -> ClientOptions {
+    ClientOptions {
+        extra_ca_pem: Some(server.ca_pem().as_bytes().to_vec()),
+        timeout: Duration::from_secs(5),
+        throttle_retries: 0,
+        ..ClientOptions::default()
+    }
+}
+
+fn client(server: &TestServer, app: &str) -> KsmClient {
+    client_with(server, app, options(server))
+}
+
+fn client_with(server: &TestServer, app: &str, options: ClientOptions) -> KsmClient {
+    let config = KsmConfig::parse(&server.bound_config(app).unwrap()).unwrap();
+    KsmClient::new(config, &options).unwrap()
+}
+
+async fn redeem(server: &TestServer, token: &str) -> Result<KsmConfig, KsmError> {
+    redeem_token(
+        token,
+        Some(&server.hostname()),
+        Some(server.server_public_key()),
+        &options(server),
+    )
+    .await
+}
+
+async fn start() -> TestServer {
+    TestServer::start(sample_vault()).await.unwrap()
+}
+
+fn text(values: Vec<NotationValue>) -> Vec<String> {
+    values.iter().filter_map(NotationValue::to_text).collect()
+}
+
+#[tokio::test]
+async fn redeems_a_token_like_the_sdks() {
+    let server = start().await;
+    let token = server.issue_token("operator").unwrap();
+    let config = redeem(&server, &token).await.unwrap();
+    assert!(config.is_bound());
+    assert_eq!(config.hostname(), server.hostname());
+    // Bind, then the re-fetch every SDK makes.
+    assert_eq!(server.counters().client(config.client_id()), 2);
+    assert_eq!(server.counters().endpoint("get_secret"), 2);
+
+    // The produced config round-trips and works on its own.
+    let reparsed = KsmConfig::parse(&config.to_base64()).unwrap();
+    let vault = KsmClient::new(reparsed, &options(&server))
+        .unwrap()
+        .get_secrets(&Query::default())
+        .await
+        .unwrap();
+    assert_eq!(vault.records.len(), 4);
+
+    // A used token is refused: the server checks the second device against the bound key.
+    let err = redeem(&server, &token).await.unwrap_err();
+    assert!(
+        matches!(&err, KsmError::AccessDenied { message } if message == "Signature is invalid"),
+        "{err:?}"
+    );
+    assert_eq!(err.reason(), "AuthFailed");
+}
+
+#[tokio::test]
+async fn expired_unknown_and_interrupted_redemptions_fail_clearly() {
+    let server = start().await;
+    let expired = server
+        .issue_token_with_ttl("operator", Duration::from_millis(1))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let err = redeem(&server, &expired).await.unwrap_err();
+    assert!(
+        matches!(&err, KsmError::AccessDenied { message } if message == "Unable to validate application access"),
+        "{err:?}"
+    );
+    let unknown = keeper_operator::ksm::crypto::b64_url(&[9u8; 32]);
+    let err = redeem(&server, &unknown).await.unwrap_err();
+    assert_eq!(err.reason(), "AuthFailed");
+
+    // The binding response is lost: the server has bound a device key that died with the
+    // failed call, so the token is spent, as with the real service. The operator has to ask
+    // for a new token rather than retry.
+    let token = server.issue_token("operator").unwrap();
+    server.faults().drop_next(1);
+    let err = redeem(&server, &token).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    let err = redeem(&server, &token).await.unwrap_err();
+    assert_eq!(err.reason(), "AuthFailed", "{err:?}");
+}
+
+#[tokio::test]
+async fn reads_records_folders_files_and_notations() {
+    let server = start().await;
+    let ksm = client(&server, "operator");
+    let vault = ksm.get_secrets(&Query::default()).await.unwrap();
+    let mut titles: Vec<&str> = vault.records.iter().map(|r| r.title.as_str()).collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        ["Analytics DB", "Postgres", "Stripe API", "Web Certificate"]
+    );
+    let postgres = vault.records.iter().find(|r| r.uid == POSTGRES).unwrap();
+    assert_eq!(postgres.password(), Some("S3cure!Pa55w0rd#prod"));
+    assert_eq!(postgres.folder_uid.as_deref(), Some(PRODUCTION));
+    assert_eq!(postgres.inner_folder_uid.as_deref(), Some(DATABASES));
+    assert_eq!(postgres.revision, server.record_revision(POSTGRES).unwrap());
+    let stripe = vault.records.iter().find(|r| r.uid == STRIPE).unwrap();
+    assert_eq!(stripe.folder_uid, None);
+
+    let resolve_text = |n: &str| -> Vec<String> {
+        let notation: Notation = n.parse().unwrap();
+        text(resolve(&vault.records, &notation).unwrap())
+    };
+    assert_eq!(
+        resolve_text(&format!("keeper://{POSTGRES}/field/password")),
+        ["S3cure!Pa55w0rd#prod"]
+    );
+    assert_eq!(
+        resolve_text("keeper://Postgres/field/password"),
+        ["S3cure!Pa55w0rd#prod"]
+    );
+    assert_eq!(
+        resolve_text("keeper://Postgres/custom_field/Environment"),
+        ["production"]
+    );
+    assert_eq!(
+        resolve_text("keeper://Analytics DB/field/host[0][hostName]"),
+        ["analytics.db.prod.internal"]
+    );
+
+    // The file, by notation, downloaded and decrypted.
+    let notation: Notation = "keeper://Web Certificate/file/cert.pem".parse().unwrap();
+    let Some(NotationValue::File(file)) = resolve(&vault.records, &notation)
+        .unwrap()
+        .into_iter()
+        .next()
+    else {
+        panic!("a file")
+    };
+    assert_eq!(file.mime_type.as_deref(), Some("application/x-pem-file"));
+    assert_eq!(file.size, Some(cert_pem().len() as u64));
+    let content = ksm.download_file(&file).await.unwrap();
+    assert_eq!(&*content, cert_pem().as_slice());
+
+    // Filters.
+    let only = ksm
+        .get_secrets(&Query {
+            records: vec![STRIPE.into()],
+            folders: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(only.records.len(), 1);
+    let in_folder = ksm
+        .get_secrets(&Query {
+            records: vec![],
+            folders: vec![DATABASES.into()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(in_folder.records.len(), 2);
+
+    let mut folders = ksm.get_folders().await.unwrap();
+    folders.sort_by(|a, b| a.uid.cmp(&b.uid));
+    let databases = folders.iter().find(|f| f.uid == DATABASES).unwrap();
+    assert_eq!(databases.name.as_deref(), Some("Databases"));
+    assert_eq!(databases.parent_uid.as_deref(), Some(PRODUCTION));
+    let production = folders.iter().find(|f| f.uid == PRODUCTION).unwrap();
+    assert_eq!(production.name.as_deref(), Some("Production"));
+    assert_eq!(production.parent_uid, None);
+}
+
+#[tokio::test]
+async fn live_edits_are_seen_with_new_revisions() {
+    let server = start().await;
+    let ksm = client(&server, "operator");
+    let before = ksm.get_secrets(&Query::default()).await.unwrap();
+    let mut record = server.record(POSTGRES).unwrap();
+    record.fields[2]["value"] = serde_json::json!(["rotated"]);
+    let revision = server.set_record(record).unwrap();
+    server.delete_record(STRIPE).unwrap();
+    let after = ksm.get_secrets(&Query::default()).await.unwrap();
+    let postgres = after.records.iter().find(|r| r.uid == POSTGRES).unwrap();
+    assert_eq!(postgres.password(), Some("rotated"));
+    assert_eq!(postgres.revision, revision);
+    assert!(
+        revision
+            > before
+                .records
+                .iter()
+                .find(|r| r.uid == POSTGRES)
+                .unwrap()
+                .revision
+    );
+    assert_eq!(after.records.len(), 3);
+}
+
+#[tokio::test]
+async fn throttling_surfaces_retry_after_or_is_retried() {
+    let server = start().await;
+    let ksm = client(&server, "operator");
+    server
+        .faults()
+        .throttle_next(1, Some(Duration::from_secs(7)));
+    let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(
+        matches!(err, KsmError::Throttled { retry_after: Some(d) } if d == Duration::from_secs(7)),
+        "{err:?}"
+    );
+    assert_eq!(err.reason(), "Throttled");
+
+    // 429 and the real rate limit (no retry_after in the body).
+    server.faults().set_throttle_status(429);
+    server.faults().throttle_next(1, None);
+    let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(
+        matches!(err, KsmError::Throttled { retry_after: None }),
+        "{err:?}"
+    );
+    server.faults().clear();
+    server.faults().set_rate_limit(Some(RateLimit {
+        max_requests: 2,
+        window_ms: 60_000,
+    }));
+    ksm.get_folders().await.unwrap();
+    ksm.get_folders().await.unwrap();
+    let err = ksm.get_folders().await.unwrap_err();
+    assert_eq!(err.reason(), "Throttled");
+    server.faults().clear();
+
+    // With a retry budget the client waits retry_after (±25 %) and succeeds.
+    let patient = client_with(
+        &server,
+        "operator",
+        ClientOptions {
+            throttle_retries: 2,
+            ..options(&server)
+        },
+    );
+    server
+        .faults()
+        .throttle_next(1, Some(Duration::from_secs(1)));
+    let started = Instant::now();
+    patient.get_secrets(&Query::default()).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(700));
+}
+
+#[tokio::test]
+async fn wrong_key_id_with_a_custom_server_key_is_reported_not_looped() {
+    let server = start().await;
+    let ksm = client(&server, "operator");
+    server.faults().wrong_key_id_next(1);
+    let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KsmError::WrongServerKey {
+                key_id: Some(10),
+                custom_key: true
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.reason(), "WrongServerKey");
+    assert_eq!(server.counters().outcome("key"), 1);
+    // One answer, no retry loop; the next call works.
+    assert_eq!(server.counters().total(), 1);
+    ksm.get_secrets(&Query::default()).await.unwrap();
+
+    // A config naming another key id gets the server's id in the error.
+    let mut json: serde_json::Value =
+        serde_json::from_str(&server.bound_config_json("operator").unwrap()).unwrap();
+    json["serverPublicKeyId"] = "7".into();
+    let config = KsmConfig::parse(&json.to_string()).unwrap();
+    let err = KsmClient::new(config, &options(&server))
+        .unwrap()
+        .get_secrets(&Query::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KsmError::WrongServerKey {
+                key_id: Some(10),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn access_denied_for_revoked_devices_and_foreign_keys() {
+    let server = start().await;
+    let config_json = server.bound_config_json("operator").unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&config_json).unwrap();
+    let ksm = KsmClient::new(KsmConfig::parse(&config_json).unwrap(), &options(&server)).unwrap();
+    ksm.get_secrets(&Query::default()).await.unwrap();
+
+    // Same client id, another device key: the signature does not verify.
+    let mut forged = parsed.clone();
+    let other: serde_json::Value =
+        serde_json::from_str(&server.bound_config_json("operator").unwrap()).unwrap();
+    forged["privateKey"] = other["privateKey"].clone();
+    let err = KsmClient::new(
+        KsmConfig::parse(&forged.to_string()).unwrap(),
+        &options(&server),
+    )
+    .unwrap()
+    .get_secrets(&Query::default())
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, KsmError::AccessDenied { message } if message == "Signature is invalid"),
+        "{err:?}"
+    );
+
+    assert!(server.revoke_device(parsed["clientId"].as_str().unwrap()));
+    let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(
+        matches!(&err, KsmError::AccessDenied { message } if message == "Unable to validate application access"),
+        "{err:?}"
+    );
+    assert_eq!(err.reason(), "AuthFailed");
+    assert!(!err.is_transient());
+}
+
+#[tokio::test]
+async fn invalid_client_versions_are_their_own_error() {
+    let server = start().await;
+    server
+        .faults()
+        .reject_client_versions(vec!["mr17.3.0".into()]);
+    let err = client(&server, "operator")
+        .get_secrets(&Query::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, KsmError::InvalidClientVersion { info } if info == "invalid client version id: 16, mr17.3.0"),
+        "{err:?}"
+    );
+    assert_eq!(err.reason(), "InvalidClientVersion");
+    server.faults().reject_client_versions(Vec::new());
+    let odd = client_with(
+        &server,
+        "operator",
+        ClientOptions {
+            client_version: "rust-operator/0.1".into(),
+            ..options(&server)
+        },
+    );
+    let err = odd.get_secrets(&Query::default()).await.unwrap_err();
+    assert_eq!(err.reason(), "InvalidClientVersion");
+}
+
+#[tokio::test]
+async fn slow_servers_time_out() {
+    let server = start().await;
+    let ksm = client_with(
+        &server,
+        "operator",
+        ClientOptions {
+            timeout: Duration::from_millis(400),
+            ..options(&server)
+        },
+    );
+    server.faults().set_latency(Duration::from_secs(2));
+    let started = Instant::now();
+    let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(matches!(err, KsmError::Timeout), "{err:?}");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert_eq!(err.reason(), "KeeperUnavailable");
+}
+
+#[tokio::test]
+async fn tls_fails_with_an_untrusted_ca() {
+    let server = start().await;
+    let other = start().await;
+    for extra_ca_pem in [None, Some(other.ca_pem().as_bytes().to_vec())] {
+        let ksm = client_with(
+            &server,
+            "operator",
+            ClientOptions {
+                extra_ca_pem,
+                ..options(&server)
+            },
+        );
+        let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
+        assert!(matches!(err, KsmError::Tls(_)), "{err:?}");
+        assert_eq!(err.reason(), "TlsError");
+    }
+    assert_eq!(server.counters().total(), 0);
+}
+
+#[tokio::test]
+async fn tampered_truncated_and_dropped_responses_are_errors() {
+    let server = start().await;
+    let ksm = client(&server, "operator");
+    server.faults().tamper_next(1);
+    let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(matches!(err, KsmError::Tampered), "{err:?}");
+    assert_eq!(err.reason(), "InvalidResponse");
+
+    server.faults().truncate_next(1);
+    let err = ksm.get_folders().await.unwrap_err();
+    assert!(matches!(err, KsmError::Tampered), "{err:?}");
+
+    server.faults().drop_next(1);
+    let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert_eq!(err.reason(), "KeeperUnavailable");
+
+    // And healthy again.
+    assert_eq!(
+        ksm.get_secrets(&Query::default())
+            .await
+            .unwrap()
+            .records
+            .len(),
+        4
+    );
+}
+
+#[tokio::test]
+async fn down_servers_are_unavailable() {
+    let server = start().await;
+    let ksm = client(&server, "operator");
+    ksm.get_folders().await.unwrap();
+    server.faults().set_down(DownMode::Refuse);
+    let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(matches!(err, KsmError::Unavailable(_)), "{err:?}");
+    server.faults().set_down(DownMode::Unavailable);
+    let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(matches!(err, KsmError::Unavailable(_)), "{err:?}");
+    server.faults().set_down(DownMode::Up);
+    ksm.get_secrets(&Query::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn failed_downloads_are_reported() {
+    let server = start().await;
+    let ksm = client(&server, "operator");
+    let vault = ksm.get_secrets(&Query::default()).await.unwrap();
+    let file = vault
+        .records
+        .iter()
+        .flat_map(|r| r.files.iter())
+        .find(|f| f.uid == CERT_FILE)
+        .unwrap()
+        .clone();
+    for failure in [FileFailure::Status500, FileFailure::Truncate] {
+        server.faults().fail_files_next(1, failure);
+        let err = ksm.download_file(&file).await.unwrap_err();
+        assert!(matches!(err, KsmError::Download(_)), "{failure:?}: {err:?}");
+        assert_eq!(err.reason(), "DownloadFailed");
+    }
+    assert_eq!(
+        &*ksm.download_file(&file).await.unwrap(),
+        cert_pem().as_slice()
+    );
+    server.set_file_content(CERT_FILE, b"renewed").unwrap();
+    let vault = ksm.get_secrets(&Query::default()).await.unwrap();
+    let file = vault
+        .records
+        .iter()
+        .flat_map(|r| r.files.iter())
+        .find(|f| f.uid == CERT_FILE)
+        .unwrap();
+    assert_eq!(&*ksm.download_file(file).await.unwrap(), b"renewed");
+}

@@ -1,0 +1,76 @@
+//! [`SnapshotStore`] in Secrets of the operator's namespace: survives restarts and failover,
+//! and a standby replica reads what the previous leader wrote.
+
+use super::store::SnapshotStore;
+use futures::future::BoxFuture;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use std::collections::BTreeMap;
+
+const FIELD_MANAGER: &str = "keeper-operator.dev/last-good-cache";
+const DATA_KEY: &str = "snapshot";
+
+pub struct SecretStore {
+    api: Api<Secret>,
+}
+
+impl SecretStore {
+    pub fn new(client: kube::Client, operator_namespace: &str) -> Self {
+        SecretStore {
+            api: Api::namespaced(client, operator_namespace),
+        }
+    }
+
+    /// One Secret per credential, named by the credential's non-secret id.
+    pub fn secret_name(credential: &str) -> String {
+        format!("keeper-operator-cache-{credential}")
+    }
+}
+
+impl SnapshotStore for SecretStore {
+    fn load<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, anyhow::Result<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            let secret = self.api.get_opt(&Self::secret_name(credential)).await?;
+            Ok(secret
+                .and_then(|s| s.data)
+                .and_then(|mut d| d.remove(DATA_KEY))
+                .map(|b| b.0))
+        })
+    }
+
+    fn save<'a>(
+        &'a self,
+        credential: &'a str,
+        sealed: Vec<u8>,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let name = Self::secret_name(credential);
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    labels: Some(BTreeMap::from([
+                        (
+                            "app.kubernetes.io/part-of".to_string(),
+                            "keeper-operator".to_string(),
+                        ),
+                        (
+                            "app.kubernetes.io/component".to_string(),
+                            "last-good-cache".to_string(),
+                        ),
+                    ])),
+                    ..ObjectMeta::default()
+                },
+                data: Some(BTreeMap::from([(DATA_KEY.to_string(), ByteString(sealed))])),
+                type_: Some("Opaque".to_string()),
+                ..Secret::default()
+            };
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            self.api
+                .patch(&name, &params, &Patch::Apply(&secret))
+                .await?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,326 @@
+use super::store::{MemoryStore, SnapshotStore};
+use super::*;
+use crate::ksm::record::Record;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+type Script = Vec<Result<&'static str, fn() -> KsmError>>;
+
+/// A scripted source: each fetch pops the next result (the last one repeats).
+struct FakeSource {
+    results: Mutex<Script>,
+    fetches: Arc<AtomicUsize>,
+    downloads: Arc<AtomicUsize>,
+    key: AesKey,
+}
+
+fn source(results: Script, key: &AesKey) -> (FakeSource, Arc<AtomicUsize>) {
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let fake = FakeSource {
+        results: Mutex::new(results),
+        fetches: fetches.clone(),
+        downloads: Arc::new(AtomicUsize::new(0)),
+        key: key.clone(),
+    };
+    (fake, fetches)
+}
+
+impl VaultSource for FakeSource {
+    fn fetch(&self) -> BoxFuture<'_, Result<Zeroizing<Vec<u8>>, KsmError>> {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        let next = {
+            let mut results = self.results.lock().unwrap();
+            if results.len() > 1 {
+                results.remove(0)
+            } else {
+                results[0]
+            }
+        };
+        Box::pin(async move {
+            // A real call takes a while: concurrent callers really overlap.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            next.map(|title| Zeroizing::new(title.as_bytes().to_vec()))
+                .map_err(|make| make())
+        })
+    }
+
+    fn decode(&self, body: &[u8]) -> Result<Vault, KsmError> {
+        let title = String::from_utf8(body.to_vec()).map_err(|_| KsmError::Tampered)?;
+        Ok(Vault {
+            records: vec![record(&title, 1)],
+            ..Vault::default()
+        })
+    }
+
+    fn download<'a>(
+        &'a self,
+        _file: &'a KeeperFile,
+    ) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, KsmError>> {
+        self.downloads.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(Zeroizing::new(b"file-bytes".to_vec())) })
+    }
+
+    fn cache_key(&self) -> AesKey {
+        store::cache_key(&self.key)
+    }
+}
+
+fn record(title: &str, revision: i64) -> Record {
+    Record {
+        uid: "AAAAAAAAAAAAAAAAAAAAAA".into(),
+        title: title.into(),
+        record_type: "login".into(),
+        revision,
+        folder_uid: None,
+        inner_folder_uid: None,
+        fields: vec![],
+        custom: vec![],
+        notes: None,
+        files: vec![],
+    }
+}
+
+fn down() -> KsmError {
+    KsmError::Unavailable("connection refused".into())
+}
+
+fn throttled() -> KsmError {
+    KsmError::Throttled {
+        retry_after: Some(Duration::from_secs(30)),
+    }
+}
+
+fn fast_settings() -> FetchSettings {
+    FetchSettings {
+        backoff_base: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+        ..FetchSettings::default()
+    }
+}
+
+fn fetcher(src: FakeSource, store: Option<Arc<dyn SnapshotStore>>) -> CredentialFetcher {
+    CredentialFetcher::new(
+        "client-id",
+        Box::new(src),
+        store,
+        fast_settings(),
+        Arc::default(),
+    )
+}
+
+fn title(served: &Served) -> Option<String> {
+    match served {
+        Served::Fresh(s) | Served::Stale(s, _) => Some(s.vault.records[0].title.clone()),
+        Served::Unavailable(_) => None,
+    }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[tokio::test]
+async fn concurrent_callers_share_one_keeper_call() {
+    let key = AesKey::random();
+    let (src, fetches) = source(vec![Ok("v1")], &key);
+    let fetcher = Arc::new(fetcher(src, None));
+    let calls = (0..200).map(|_| {
+        let fetcher = fetcher.clone();
+        tokio::spawn(async move { fetcher.snapshot(HOUR).await })
+    });
+    for call in futures::future::join_all(calls).await {
+        assert!(matches!(call.unwrap(), Served::Fresh(_)));
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(fetcher.stats.cache_hits.get(), 199);
+}
+
+#[tokio::test]
+async fn fresh_data_costs_no_call_and_old_data_is_refetched() {
+    let key = AesKey::random();
+    let (src, fetches) = source(vec![Ok("v1"), Ok("v2")], &key);
+    let fetcher = fetcher(src, None);
+    assert_eq!(title(&fetcher.snapshot(HOUR).await).as_deref(), Some("v1"));
+    assert_eq!(title(&fetcher.snapshot(HOUR).await).as_deref(), Some("v1"));
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(
+        title(&fetcher.snapshot(Duration::from_millis(10)).await).as_deref(),
+        Some("v2")
+    );
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_outage_serves_the_last_good_copy_and_backs_off() {
+    let key = AesKey::random();
+    let (src, fetches) = source(
+        vec![Ok("good"), Err(down), Err(down), Ok("recovered")],
+        &key,
+    );
+    let fetcher = fetcher(src, None);
+    fetcher.snapshot(HOUR).await;
+    let served = fetcher.snapshot(Duration::ZERO).await;
+    let Served::Stale(snapshot, staleness) = &served else {
+        panic!("expected stale, got {served:?}")
+    };
+    assert_eq!(snapshot.vault.records[0].title, "good");
+    assert_eq!(staleness.error.reason(), "KeeperUnavailable");
+    // While backing off, a hundred callers cost no call at all.
+    for _ in 0..100 {
+        assert!(matches!(
+            fetcher.snapshot(Duration::ZERO).await,
+            Served::Stale(..)
+        ));
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    // Second failure doubles the wait; then Keeper is back.
+    tokio::time::sleep(Duration::from_millis(70)).await;
+    assert!(matches!(
+        fetcher.snapshot(Duration::ZERO).await,
+        Served::Stale(..)
+    ));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        title(&fetcher.snapshot(Duration::ZERO).await).as_deref(),
+        Some("recovered")
+    );
+    assert_eq!(fetches.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn throttling_blocks_the_credential_for_retry_after() {
+    let key = AesKey::random();
+    let (src, fetches) = source(vec![Err(throttled), Ok("late")], &key);
+    let fetcher = fetcher(src, None);
+    let Served::Unavailable(staleness) = fetcher.snapshot(HOUR).await else {
+        panic!("no data yet")
+    };
+    assert_eq!(staleness.error.reason(), "Throttled");
+    assert!(staleness.retry_in > Duration::from_secs(25));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(matches!(
+        fetcher.snapshot(HOUR).await,
+        Served::Unavailable(_)
+    ));
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "no request before retry_after"
+    );
+    assert_eq!(fetcher.budget_utilization().await, 1.0);
+}
+
+#[tokio::test]
+async fn the_request_budget_holds_back_a_storm() {
+    let key = AesKey::random();
+    let (src, fetches) = source(vec![Ok("v")], &key);
+    let settings = FetchSettings {
+        budget_requests: 3,
+        budget_window: HOUR,
+        ..fast_settings()
+    };
+    let fetcher = CredentialFetcher::new("id", Box::new(src), None, settings, Arc::default());
+    for _ in 0..10 {
+        fetcher.snapshot(Duration::ZERO).await;
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_restarted_fetcher_serves_the_persisted_copy_while_keeper_is_down() {
+    let key = AesKey::random();
+    let store: Arc<dyn SnapshotStore> = Arc::new(MemoryStore::default());
+    let (src, _) = source(vec![Ok("persisted")], &key);
+    fetcher(src, Some(store.clone())).snapshot(HOUR).await;
+
+    let (src, fetches) = source(vec![Err(down)], &key);
+    let restarted = fetcher(src, Some(store.clone()));
+    let served = restarted.snapshot(HOUR).await;
+    let Served::Stale(snapshot, _) = &served else {
+        panic!("expected stale, got {served:?}")
+    };
+    assert_eq!(snapshot.origin, Origin::Store);
+    assert_eq!(snapshot.vault.records[0].title, "persisted");
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+    // Another credential's key cannot open it.
+    let (src, _) = source(vec![Err(down)], &AesKey::random());
+    assert!(matches!(
+        fetcher(src, Some(store)).snapshot(HOUR).await,
+        Served::Unavailable(_)
+    ));
+}
+
+/// Counts writes to check an unchanged vault is not persisted again.
+#[derive(Default)]
+struct CountingStore {
+    inner: MemoryStore,
+    saves: AtomicUsize,
+}
+
+impl SnapshotStore for CountingStore {
+    fn load<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, anyhow::Result<Option<Vec<u8>>>> {
+        self.inner.load(credential)
+    }
+
+    fn save<'a>(
+        &'a self,
+        credential: &'a str,
+        sealed: Vec<u8>,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        self.saves.fetch_add(1, Ordering::SeqCst);
+        self.inner.save(credential, sealed)
+    }
+}
+
+#[tokio::test]
+async fn unchanged_vaults_are_not_persisted_again() {
+    let key = AesKey::random();
+    let store = Arc::new(CountingStore::default());
+    let (src, _) = source(vec![Ok("a"), Ok("a"), Ok("b")], &key);
+    let fetcher = fetcher(src, Some(store.clone()));
+    for _ in 0..3 {
+        fetcher.snapshot(Duration::ZERO).await;
+    }
+    assert_eq!(store.saves.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn files_download_once_per_record_revision() {
+    let key = AesKey::random();
+    let (src, _) = source(vec![Ok("v")], &key);
+    let downloads = src.downloads.clone();
+    let fetcher = fetcher(src, None);
+    let file = KeeperFile {
+        uid: "BBBBBBBBBBBBBBBBBBBBBB".into(),
+        name: "cert.pem".into(),
+        title: "cert.pem".into(),
+        mime_type: None,
+        size: None,
+        url: None,
+        key: AesKey::random(),
+    };
+    for _ in 0..3 {
+        assert_eq!(&**fetcher.file(1, &file).await.unwrap(), b"file-bytes");
+    }
+    assert_eq!(downloads.load(Ordering::SeqCst), 1);
+    fetcher.file(2, &file).await.unwrap();
+    assert_eq!(downloads.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn credential_ids_are_stable_and_do_not_reveal_the_client_id() {
+    let id = credential_id(
+        "6FSaAYix6NY+3gFbC4h3yVRgKDl1prYLTowsYcd2vWipj27jpjtaYgTz1N+XKOQgtt42RMa7GBg7sIZfnwlWVQ==",
+    );
+    assert_eq!(
+        id,
+        credential_id(
+            "6FSaAYix6NY+3gFbC4h3yVRgKDl1prYLTowsYcd2vWipj27jpjtaYgTz1N+XKOQgtt42RMa7GBg7sIZfnwlWVQ=="
+        )
+    );
+    assert_eq!(id.len(), 16);
+    assert!(
+        id.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    );
+}
