@@ -13,7 +13,6 @@ pub mod transport;
 
 pub use client::{ClientOptions, KsmClient, Query, redeem_token};
 pub use config::KsmConfig;
-pub use credential::Credential;
 pub use error::KsmError;
 
 #[cfg(test)]
