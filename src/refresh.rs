@@ -31,6 +31,9 @@ pub enum Decision {
 pub enum Why {
     /// Never synced, or the last attempt failed.
     NotSynced,
+    /// The Secret holds the last good copy because Keeper failed: keep trying (the shared
+    /// fetcher's backoff decides when a request is really sent).
+    Stale,
     /// The spec changed since the last sync.
     SpecChanged,
     /// The refresh interval has elapsed.
@@ -70,6 +73,13 @@ pub fn decide(
     let (Some(status), true) = (status, ready) else {
         return Decision::Sync(Why::NotSynced);
     };
+    let stale = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == crate::status::STALE && c.status == "True");
+    if stale {
+        return Decision::Sync(Why::Stale);
+    }
     if status.observed_generation != ks.metadata.generation {
         return Decision::Sync(Why::SpecChanged);
     }

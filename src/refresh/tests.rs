@@ -145,3 +145,28 @@ fn interval_parsing() {
     ks.spec.refresh_interval = Some("soon".into());
     assert!(interval(&ks, HOUR).unwrap_err().contains("soon"));
 }
+
+#[test]
+fn the_last_good_copy_keeps_syncing_before_the_interval() {
+    let (mut ks, secret) = synced_pair();
+    let stale = status::synced(
+        &ks,
+        t(0),
+        &Synced {
+            records: vec![],
+            data_hash: ks.status.as_ref().unwrap().data_hash.clone().unwrap(),
+            keys: 1,
+            fetched_at: t(0),
+            stale: Some(status::Stale {
+                reason: "KeeperUnavailable",
+                error: "connection refused".into(),
+                since: t(0),
+            }),
+        },
+    );
+    ks.status = Some(stale);
+    assert_eq!(
+        decide(&ks, Some(&secret), &key(), t(1), HOUR),
+        Decision::Sync(Why::Stale)
+    );
+}

@@ -1,0 +1,505 @@
+//! Shared Keeper access and the last good copy, end to end: the real kube-apiserver (RBAC on,
+//! the chart's ServiceAccount), the operator binary and the KSM test server's fault injection
+//! and request counters.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use keeper_e2e::harness::{Operator, TestEnv, wait_until};
+use keeper_e2e::ksm_server::{DownMode, FileFailure, TestServer, sample_vault};
+use keeper_operator::crd::KeeperSecret;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+const POSTGRES: &str = "YP6qLSSxX3qEJLYyQs6iZw";
+const WEB_CERTIFICATE: &str = "eOg9gnMeK3HgPNAqf7KB7g";
+const CERT_PEM: &str = "SP4eXwtZ4A3YYDQ0Rjrpcw";
+
+struct World {
+    env: TestEnv,
+    server: TestServer,
+    ca: std::path::PathBuf,
+}
+
+impl World {
+    async fn start(name: &str) -> Result<World> {
+        let env = TestEnv::new(name).await?;
+        let server = TestServer::start(sample_vault()).await?;
+        std::fs::create_dir_all(env.dir())?;
+        let ca = env.dir().join("keeper-ca.pem");
+        std::fs::write(&ca, server.ca_pem())?;
+        let config = server.bound_config("operator")?;
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some("ksm-config".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(
+                "config".into(),
+                ByteString(config.into_bytes()),
+            )])),
+            ..Secret::default()
+        };
+        env.api::<Secret>()
+            .create(&PostParams::default(), &secret)
+            .await?;
+        Ok(World { env, server, ca })
+    }
+
+    async fn operator(&self) -> Result<Operator> {
+        let mut operator = self
+            .env
+            .operator()
+            .arg(format!("--keeper-ca-file={}", self.ca.display()))
+            .arg("--concurrency=8")
+            .spawn()?;
+        operator.wait_ready(TIMEOUT).await?;
+        Ok(operator)
+    }
+
+    fn keeper_secrets(&self) -> Api<KeeperSecret> {
+        self.env.api()
+    }
+
+    fn secrets(&self) -> Api<Secret> {
+        self.env.api()
+    }
+
+    fn get_secret_calls(&self) -> u64 {
+        self.server.counters().endpoint("get_secret")
+    }
+
+    /// Creates `names` KeeperSecrets mapping the Postgres password, `concurrency` at a time.
+    async fn create(&self, names: &[String], refresh: &str) -> Result<()> {
+        let api = self.keeper_secrets();
+        stream::iter(names)
+            .map(|name| {
+                let api = api.clone();
+                async move {
+                    let ks: KeeperSecret = serde_json::from_value(keeper_secret(name, refresh))?;
+                    api.create(&PostParams::default(), &ks).await?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until every KeeperSecret in the namespace has Ready with this reason.
+    async fn wait_all(&self, count: usize, reason: &str) -> Result<Vec<KeeperSecret>> {
+        let api = self.keeper_secrets();
+        wait_until(
+            &format!("{count} KeeperSecrets Ready reason {reason}"),
+            TIMEOUT,
+            || {
+                let api = api.clone();
+                async move {
+                    let all = api.list(&ListParams::default()).await?.items;
+                    let done = all
+                        .iter()
+                        .filter(|ks| ks.ready_condition().is_some_and(|c| c.reason == reason))
+                        .count();
+                    Ok((all.len() == count && done == count).then_some(all))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Every managed Secret's resourceVersion and data, by name.
+    async fn snapshot(
+        &self,
+    ) -> Result<BTreeMap<String, (Option<String>, BTreeMap<String, ByteString>)>> {
+        let lp = ListParams::default().labels("app.kubernetes.io/managed-by=keeper-operator");
+        Ok(self
+            .secrets()
+            .list(&lp)
+            .await?
+            .items
+            .into_iter()
+            .map(|s| {
+                let name = s.metadata.name.clone().unwrap_or_default();
+                (
+                    name,
+                    (s.metadata.resource_version, s.data.unwrap_or_default()),
+                )
+            })
+            .collect())
+    }
+
+    fn set_postgres_password(&self, password: &str) -> Result<i64> {
+        let mut record = self.server.record(POSTGRES)?;
+        for field in &mut record.fields {
+            if field["type"] == "password" {
+                field["value"] = json!([password]);
+            }
+        }
+        self.server.set_record(record)
+    }
+}
+
+fn keeper_secret(name: &str, refresh: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "keeper-operator.dev/v1alpha1",
+        "kind": "KeeperSecret",
+        "metadata": { "name": name },
+        "spec": {
+            "auth": { "secretRef": { "name": "ksm-config", "key": "config" } },
+            "refreshInterval": refresh,
+            "target": { "name": name },
+            "data": [{ "key": "password", "notation": format!("keeper://{POSTGRES}/field/password") }]
+        }
+    })
+}
+
+fn names(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix}-{i:04}")).collect()
+}
+
+fn condition<'a>(
+    ks: &'a KeeperSecret,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    ks.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+fn password(secret: &Secret) -> Option<String> {
+    let value = secret.data.as_ref()?.get("password")?;
+    Some(String::from_utf8_lossy(&value.0).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_keeper_secrets_cost_one_keeper_call() -> Result<()> {
+    let w = World::start("cache-scale").await?;
+    let _operator = w.operator().await?;
+
+    w.create(&names("one", 0..1), "1h").await?;
+    w.wait_all(1, "Synced").await?;
+    let one = w.get_secret_calls();
+
+    w.create(&names("many", 0..199), "1h").await?;
+    w.wait_all(200, "Synced").await?;
+    let two_hundred = w.get_secret_calls();
+    eprintln!("get_secret calls: 1 KeeperSecret -> {one}, 200 KeeperSecrets -> {two_hundred}");
+    ensure!(one == 1, "one KeeperSecret cost {one} get_secret calls");
+    ensure!(
+        two_hundred == 1,
+        "200 KeeperSecrets cost {two_hundred} get_secret calls, not 1"
+    );
+
+    // Between refresh waves nothing reaches Keeper.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    ensure!(w.get_secret_calls() == 1, "Keeper was called between waves");
+    let all = w.snapshot().await?;
+    ensure!(
+        all.len() == 200,
+        "expected 200 Secrets, found {}",
+        all.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_wave_costs_one_call_and_reaches_every_secret() -> Result<()> {
+    let w = World::start("cache-wave").await?;
+    let _operator = w.operator().await?;
+    w.create(&names("wave", 0..20), "10s").await?;
+    w.wait_all(20, "Synced").await?;
+
+    let before = w.get_secret_calls();
+    let started = Instant::now();
+    w.set_postgres_password("rotated-in-keeper")?;
+    let secrets = w.secrets();
+    wait_until("every Secret has the rotated password", TIMEOUT, || {
+        let secrets = secrets.clone();
+        async move {
+            let lp = ListParams::default().labels("app.kubernetes.io/managed-by=keeper-operator");
+            let all = secrets.list(&lp).await?.items;
+            let done = all
+                .iter()
+                .filter(|s| password(s).as_deref() == Some("rotated-in-keeper"));
+            Ok((done.count() == 20).then_some(()))
+        }
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    let calls = w.get_secret_calls() - before;
+    // One wave every 10 s (plus a jitter of at most a second per object): the calls are
+    // bounded by the waves that fit in the elapsed time, however many KeeperSecrets there are.
+    let waves = elapsed.as_secs() / 10 + 2;
+    eprintln!("change reached 20 Secrets in {elapsed:?} with {calls} get_secret calls");
+    ensure!(
+        calls <= waves,
+        "{calls} get_secret calls in {elapsed:?} for 20 KeeperSecrets (max {waves})"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_keeps_every_secret_and_costs_no_request_storm() -> Result<()> {
+    let w = World::start("cache-outage").await?;
+    let _operator = w.operator().await?;
+    w.create(&names("outage", 0..10), "5s").await?;
+    w.wait_all(10, "Synced").await?;
+    let good = w.snapshot().await?;
+
+    let before = w.get_secret_calls();
+    w.server.faults().set_down(DownMode::Unavailable);
+    let during = w.wait_all(10, "LastGoodCopy").await?;
+    for ks in &during {
+        let stale = condition(ks, "Stale").context("Stale condition")?;
+        ensure!(
+            stale.status == "True" && stale.reason == "KeeperUnavailable",
+            "{stale:?}"
+        );
+        let ready = ks.ready_condition().context("Ready")?;
+        ensure!(
+            ready.status == "True" && ready.message.contains("last good copy"),
+            "{ready:?}"
+        );
+    }
+    // Four refresh intervals of outage.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let calls = w.get_secret_calls() - before;
+    eprintln!("10 KeeperSecrets at 5s over ~25s of outage: {calls} get_secret attempts");
+    // Without sharing and backoff this would be 10 objects x 5 waves = 50 attempts.
+    ensure!(calls <= 6, "{calls} attempts during the outage");
+    ensure!(
+        w.snapshot().await? == good,
+        "a Secret changed while Keeper was down"
+    );
+
+    w.server.faults().set_down(DownMode::Up);
+    let after = w.wait_all(10, "Synced").await?;
+    for ks in &after {
+        ensure!(
+            condition(ks, "Stale").is_some_and(|c| c.status == "False"),
+            "still stale"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttling_storm_is_honoured_and_nothing_is_lost() -> Result<()> {
+    let w = World::start("cache-throttle").await?;
+    let _operator = w.operator().await?;
+    w.create(&names("throttle", 0..10), "5s").await?;
+    w.wait_all(10, "Synced").await?;
+    let good = w.snapshot().await?;
+
+    let before = w.get_secret_calls();
+    let started = Instant::now();
+    w.server
+        .faults()
+        .throttle_next(3, Some(Duration::from_secs(4)));
+    let during = w.wait_all(10, "LastGoodCopy").await?;
+    ensure!(
+        during
+            .iter()
+            .all(|ks| condition(ks, "Stale").is_some_and(|c| c.reason == "Throttled")),
+        "Stale reason is not Throttled"
+    );
+    w.wait_all(10, "Synced").await?;
+    let elapsed = started.elapsed();
+    let calls = w.get_secret_calls() - before;
+    eprintln!("throttled 3 times with retry_after=4s: {calls} get_secret calls in {elapsed:?}");
+    // Three throttled answers, each honoured for 4 s, then one success.
+    ensure!(calls <= 5, "{calls} calls: retry_after was not honoured");
+    ensure!(
+        elapsed >= Duration::from_secs(8),
+        "recovered before the retry_after waits ended"
+    );
+    let after = w.snapshot().await?;
+    ensure!(
+        after.values().map(|v| &v.1).eq(good.values().map(|v| &v.1)),
+        "data changed"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_and_truncated_responses_never_reach_a_secret() -> Result<()> {
+    let w = World::start("cache-tamper").await?;
+    let _operator = w.operator().await?;
+    w.create(&names("tamper", 0..3), "5s").await?;
+    w.wait_all(3, "Synced").await?;
+    let good = w.snapshot().await?;
+
+    w.server.faults().tamper_next(1);
+    w.server.faults().truncate_next(1);
+    let during = w.wait_all(3, "LastGoodCopy").await?;
+    ensure!(
+        during
+            .iter()
+            .all(|ks| condition(ks, "Stale").is_some_and(|c| c.reason == "InvalidResponse")),
+        "Stale reason is not InvalidResponse"
+    );
+    ensure!(
+        w.snapshot().await? == good,
+        "a Secret changed on a tampered response"
+    );
+    w.wait_all(3, "Synced").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_operator_serves_the_sealed_copy_while_keeper_is_down() -> Result<()> {
+    let w = World::start("cache-restart").await?;
+    let mut first = w.operator().await?;
+    w.create(&names("restart", 0..1), "1h").await?;
+    w.wait_all(1, "Synced").await?;
+
+    // The last good copy is sealed in the operator's namespace: no value readable at rest.
+    let cache_api: Api<Secret> = Api::namespaced(w.env.cluster.client(), &w.env.chart.namespace);
+    let lp = ListParams::default().labels("app.kubernetes.io/component=last-good-cache");
+    let caches = cache_api.list(&lp).await?.items;
+    ensure!(
+        caches.len() == 1,
+        "expected one cache Secret, found {}",
+        caches.len()
+    );
+    let sealed = &caches[0].data.as_ref().context("cache data")?["snapshot"].0;
+    let plain = w.server.record(POSTGRES)?;
+    let secret_value = plain
+        .fields
+        .iter()
+        .find(|f| f["type"] == "password")
+        .context("password")?["value"][0]
+        .as_str()
+        .context("password text")?
+        .to_string();
+    ensure!(
+        !sealed
+            .windows(secret_value.len())
+            .any(|win| win == secret_value.as_bytes()),
+        "plaintext at rest"
+    );
+    ensure!(
+        !sealed.windows(8).any(|win| win == b"Postgres"),
+        "titles readable at rest"
+    );
+
+    first.kill();
+    w.server.faults().set_down(DownMode::Refuse);
+    w.secrets()
+        .delete("restart-0000", &DeleteParams::default())
+        .await?;
+    // A mapping change while everything is down is rendered from the sealed copy too.
+    let patch = json!({ "spec": { "target": { "template": { "data": {
+        "url": "postgres://app:{{ password }}@db:5432/app"
+    } } } } });
+    w.keeper_secrets()
+        .patch(
+            "restart-0000",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+
+    let _second = w.operator().await?;
+    let ks = w.wait_all(1, "LastGoodCopy").await?.remove(0);
+    ensure!(
+        condition(&ks, "Stale").is_some_and(|c| c.status == "True"),
+        "not marked stale"
+    );
+    let secret = w.secrets().get("restart-0000").await?;
+    let data = secret.data.context("data")?;
+    let url = String::from_utf8_lossy(&data.get("url").context("templated key")?.0).into_owned();
+    ensure!(
+        url == format!("postgres://app:{secret_value}@db:5432/app"),
+        "template not re-rendered"
+    );
+
+    w.server.faults().set_down(DownMode::Up);
+    w.wait_all(1, "Synced").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_file_download_keeps_the_file_and_downloads_once_per_revision() -> Result<()> {
+    let w = World::start("cache-files").await?;
+    let _operator = w.operator().await?;
+    let ks = json!({
+        "apiVersion": "keeper-operator.dev/v1alpha1",
+        "kind": "KeeperSecret",
+        "metadata": { "name": "cert" },
+        "spec": {
+            "auth": { "secretRef": { "name": "ksm-config", "key": "config" } },
+            "refreshInterval": "5s",
+            "target": { "name": "cert" },
+            "data": [{ "key": "ca.crt", "notation": format!("keeper://{WEB_CERTIFICATE}/file/cert.pem") }]
+        }
+    });
+    let ks: KeeperSecret = serde_json::from_value(ks)?;
+    w.keeper_secrets()
+        .create(&PostParams::default(), &ks)
+        .await?;
+    w.wait_all(1, "Synced").await?;
+    let good = w.secrets().get("cert").await?;
+    let good_bytes = good.data.as_ref().context("data")?["ca.crt"].0.clone();
+    ensure!(!good_bytes.is_empty(), "file is empty");
+
+    // Several waves at the same revision download nothing again.
+    let downloads = w.server.counters().file_downloads();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    ensure!(
+        w.server.counters().file_downloads() == downloads,
+        "file downloaded again at the same revision"
+    );
+
+    // A new revision whose download fails: the Secret keeps the old bytes, never an empty value.
+    w.server
+        .faults()
+        .fail_files_next(1000, FileFailure::Truncate);
+    w.server
+        .set_file_content(CERT_PEM, b"-----BEGIN CERTIFICATE-----\nrotated\n")?;
+    let api = w.keeper_secrets();
+    wait_until("Ready=False DownloadFailed", TIMEOUT, || {
+        let api = api.clone();
+        async move {
+            let ks = api.get("cert").await?;
+            Ok(ks
+                .ready_condition()
+                .is_some_and(|c| c.reason == "DownloadFailed")
+                .then_some(()))
+        }
+    })
+    .await?;
+    let during = w.secrets().get("cert").await?;
+    ensure!(
+        during.data.as_ref().context("data")?["ca.crt"].0 == good_bytes,
+        "file changed on a failed download"
+    );
+
+    w.server.faults().clear();
+    w.wait_all(1, "Synced").await?;
+    let secrets = w.secrets();
+    wait_until("rotated file in the Secret", TIMEOUT, || {
+        let secrets = secrets.clone();
+        async move {
+            let s = secrets.get("cert").await?;
+            let bytes = s
+                .data
+                .unwrap_or_default()
+                .remove("ca.crt")
+                .map(|b| b.0)
+                .unwrap_or_default();
+            Ok((bytes == b"-----BEGIN CERTIFICATE-----\nrotated\n").then_some(()))
+        }
+    })
+    .await?;
+    Ok(())
+}
