@@ -28,6 +28,8 @@ use kube::{Api, Client, Config, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::ksm_server::TestServer;
+
 /// Label put on every namespace the harness creates, so leftovers are easy to find.
 pub const E2E_LABEL: &str = "keeper-operator.dev/e2e";
 /// Kubernetes version the control plane is built at (helm renders capabilities for it).
@@ -594,6 +596,32 @@ impl TestEnv {
         OperatorBuilder::new(&self.operator_kubeconfig, &self.chart.namespace)
             .arg(format!("--watch-namespace={}", self.app_namespace))
             .log_file(self.dir.join(format!("{}.log", unique_name("operator"))))
+    }
+
+    /// An operator that trusts the KSM test server's CA (`--keeper-ca-file`).
+    pub fn operator_for(&self, server: &TestServer) -> Result<OperatorBuilder> {
+        let ca = self.dir.join("keeper-ca.pem");
+        write_private(&ca, server.ca_pem().as_bytes())?;
+        Ok(self
+            .operator()
+            .arg(format!("--keeper-ca-file={}", ca.display())))
+    }
+
+    /// Creates Secret `name` in the app namespace holding a KSM config or one-time token under
+    /// key `config` (what `spec.auth.secretRef` points at).
+    pub async fn create_credential_secret(&self, name: &str, config: &str) -> Result<Secret> {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..Default::default()
+            },
+            string_data: Some([("config".to_string(), config.to_string())].into()),
+            ..Default::default()
+        };
+        self.api::<Secret>()
+            .create(&PostParams::default(), &secret)
+            .await
+            .with_context(|| format!("creating credential Secret {name}"))
     }
 
     /// Typed API in the app namespace, as admin.
