@@ -1,3 +1,22 @@
 //! keeper-operator: syncs Keeper Secrets Manager records into native Kubernetes Secrets.
+pub mod cli;
+pub mod config;
+pub mod controller;
+pub mod crd;
+pub mod crd_yaml;
+pub mod credentials;
+pub mod desired;
+pub mod error;
 pub mod fetcher;
+pub mod guard;
+pub mod http;
+pub mod k8s;
+pub mod keeper_source;
 pub mod ksm;
+pub mod mapping;
+pub mod metrics;
+pub mod reconcile;
+pub mod refresh;
+pub mod status;
+pub mod telemetry;
+pub mod template;

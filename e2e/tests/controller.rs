@@ -1,0 +1,517 @@
+//! The controller end to end: the real kube-apiserver (RBAC on, the chart's ServiceAccount), the
+//! operator binary, and the KSM test server loaded with the sample vault. The KeeperSecrets are
+//! the README examples in `e2e/examples/`, applied verbatim.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use keeper_e2e::harness::{Operator, TestEnv, wait_until, workspace_root};
+use keeper_e2e::ksm_server::{DownMode, TestServer, VaultSpec};
+use keeper_operator::crd::{KeeperSecret, MANAGED_BY_LABEL};
+use kube::Api;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const POSTGRES: &str = "YP6qLSSxX3qEJLYyQs6iZw";
+
+/// Tests run on a multi-thread runtime because the KSM test server shares it with blocking
+/// kubectl calls.
+///
+/// One test's world: control plane namespace + chart, a KSM test server, a running operator.
+struct World {
+    env: TestEnv,
+    server: TestServer,
+    _operator: Operator,
+}
+
+impl World {
+    async fn start(name: &str) -> Result<World> {
+        let env = TestEnv::new(name).await?;
+        let text =
+            std::fs::read_to_string(workspace_root().join("e2e/testdata/sample-vault.json"))?;
+        let server = TestServer::start(VaultSpec::from_json(&text)?).await?;
+        let ca = env.dir().join("keeper-ca.pem");
+        std::fs::create_dir_all(env.dir())?;
+        std::fs::write(&ca, server.ca_pem())?;
+        let config = server.bound_config("operator")?;
+        create_secret(
+            &env.api::<Secret>(),
+            "ksm-config",
+            &[("config", config.as_bytes())],
+        )
+        .await?;
+        let mut operator = env
+            .operator()
+            .arg(format!("--keeper-ca-file={}", ca.display()))
+            .spawn()?;
+        operator.wait_ready(TIMEOUT).await?;
+        Ok(World {
+            env,
+            server,
+            _operator: operator,
+        })
+    }
+
+    fn apply_example(&self, file: &str) -> Result<()> {
+        let path: PathBuf = workspace_root().join("e2e/examples").join(file);
+        let manifest =
+            std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+        tokio::task::block_in_place(|| {
+            self.env
+                .cluster
+                .apply(&manifest, &["-n", &self.env.app_namespace])
+        })?;
+        Ok(())
+    }
+
+    fn secrets(&self) -> Api<Secret> {
+        self.env.api()
+    }
+
+    fn keeper_secrets(&self) -> Api<KeeperSecret> {
+        self.env.api()
+    }
+
+    /// `kubectl wait --for=condition=Ready`, exactly as users and Argo CD do.
+    fn kubectl_wait_ready(&self, name: &str) -> Result<()> {
+        let mut cmd = self.env.cluster.kubectl();
+        cmd.args([
+            "wait",
+            "--for=condition=Ready",
+            "--timeout=60s",
+            "-n",
+            &self.env.app_namespace,
+        ])
+        .arg(format!("keepersecret/{name}"));
+        // The KSM test server runs on this runtime: block a worker, not the runtime.
+        let out = tokio::task::block_in_place(|| cmd.output())?;
+        ensure!(
+            out.status.success(),
+            "kubectl wait: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Waits until the Ready condition has this status and reason.
+    async fn wait_reason(&self, name: &str, status: &str, reason: &str) -> Result<KeeperSecret> {
+        let api = self.keeper_secrets();
+        wait_until(
+            &format!("{name} Ready={status} reason {reason}"),
+            TIMEOUT,
+            || {
+                let api = api.clone();
+                async move {
+                    let ks = api.get(name).await?;
+                    let ok = ks
+                        .ready_condition()
+                        .is_some_and(|c| c.status == status && c.reason == reason);
+                    Ok(ok.then_some(ks))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Waits until the Secret exists and `check` accepts its data.
+    async fn wait_secret(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&BTreeMap<String, Vec<u8>>) -> bool,
+    ) -> Result<Secret> {
+        let api = self.secrets();
+        let check = &check;
+        wait_until(&format!("Secret {name}: {what}"), TIMEOUT, || {
+            let api = api.clone();
+            async move {
+                let Some(s) = api.get_opt(name).await? else {
+                    return Ok(None);
+                };
+                Ok(check(&data(&s)).then_some(s))
+            }
+        })
+        .await
+    }
+}
+
+fn data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
+    s.data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect()
+}
+
+fn text(d: &BTreeMap<String, Vec<u8>>, k: &str) -> String {
+    String::from_utf8_lossy(d.get(k).map(Vec::as_slice).unwrap_or_default()).into_owned()
+}
+
+async fn create_secret(api: &Api<Secret>, name: &str, pairs: &[(&str, &[u8])]) -> Result<()> {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    };
+    api.create(&PostParams::default(), &secret).await?;
+    Ok(())
+}
+
+/// The sample vault's value of a field of a record (what the Secret must hold).
+fn vault_value(server: &TestServer, uid: &str, field_type: &str) -> Result<String> {
+    let record = server.record(uid)?;
+    let field = record
+        .fields
+        .iter()
+        .find(|f| f["type"] == field_type)
+        .context("field")?;
+    Ok(field["value"][0]
+        .as_str()
+        .context("string value")?
+        .to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn examples_produce_the_documented_secrets() -> Result<()> {
+    let w = World::start("ctl-examples").await?;
+    for f in [
+        "database.yaml",
+        "connection-url.yaml",
+        "files.yaml",
+        "whole-record.yaml",
+        "folder.yaml",
+    ] {
+        w.apply_example(f)?;
+    }
+    for ks in [
+        "postgres",
+        "analytics-url",
+        "web-certificate",
+        "postgres-all",
+        "production",
+    ] {
+        w.kubectl_wait_ready(ks)?;
+    }
+
+    let pg = w.secrets().get("postgres-credentials").await?;
+    let d = data(&pg);
+    assert_eq!(
+        text(&d, "username"),
+        vault_value(&w.server, POSTGRES, "login")?
+    );
+    assert_eq!(
+        text(&d, "password"),
+        vault_value(&w.server, POSTGRES, "password")?
+    );
+    assert_eq!(
+        d.keys().collect::<Vec<_>>(),
+        ["analytics-host", "environment", "password", "username"]
+    );
+    assert!(
+        !text(&d, "analytics-host").contains('{'),
+        "property picks one part of the host"
+    );
+    let labels = pg.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels[MANAGED_BY_LABEL], "keeper-operator");
+    assert_eq!(labels["app.kubernetes.io/part-of"], "shop");
+    assert_eq!(pg.type_.as_deref(), Some("Opaque"));
+    let owner = &pg.metadata.owner_references.clone().unwrap_or_default()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("KeeperSecret", "postgres", Some(true))
+    );
+    assert!(pg.string_data.is_none());
+
+    let url = text(
+        &data(&w.secrets().get("analytics-url").await?),
+        "DATABASE_URL",
+    );
+    assert!(
+        url.starts_with("postgresql://") && url.ends_with("/analytics"),
+        "templated URL has the expected shape"
+    );
+    assert_eq!(
+        data(&w.secrets().get("analytics-url").await?).len(),
+        1,
+        "Replace keeps only templated keys"
+    );
+
+    let files = data(&w.secrets().get("web-certificate").await?);
+    assert!(text(&files, "ca.crt").starts_with("-----BEGIN CERTIFICATE-----"));
+    let bundle = &files["bundle.bin"];
+    assert_eq!(
+        bundle[..4],
+        [0, 1, 2, 3],
+        "binary file content is kept byte for byte"
+    );
+
+    let all = w.secrets().get("postgres-all").await?;
+    let keys = data(&all);
+    assert!(
+        keys.contains_key("Replica") && keys.contains_key("Replica_2"),
+        "repeated labels are suffixed: {:?}",
+        keys.keys()
+    );
+    assert!(keys.contains_key("Connection_Pool_Token"));
+    assert!(
+        all.metadata.owner_references.is_none(),
+        "Orphan has no owner reference"
+    );
+
+    let folder = data(&w.secrets().get("production").await?);
+    assert!(
+        folder.contains_key("Postgres_password") && folder.contains_key("Web_Certificate_cert.pem"),
+        "{:?}",
+        folder.keys()
+    );
+
+    let ks = w.keeper_secrets().get("postgres").await?;
+    let status = ks.status.clone().context("status")?;
+    assert_eq!(status.observed_generation, ks.metadata.generation);
+    assert_eq!(status.secret_name.as_deref(), Some("postgres-credentials"));
+    assert!(status.records.iter().any(|r| r.uid == POSTGRES));
+    let annotations = pg.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        status.data_hash.as_deref(),
+        annotations
+            .get("keeper-operator.dev/data-hash")
+            .map(String::as_str)
+    );
+    let status_text = serde_json::to_string(&status)?;
+    assert!(
+        !status_text.contains(&vault_value(&w.server, POSTGRES, "password")?),
+        "no secret value in status"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeper_edits_propagate_and_targets_heal() -> Result<()> {
+    let w = World::start("ctl-refresh").await?;
+    w.apply_example("database.yaml")?;
+    w.kubectl_wait_ready("postgres")?;
+    let before = w
+        .keeper_secrets()
+        .get("postgres")
+        .await?
+        .status
+        .and_then(|s| s.last_sync_time);
+
+    // Edited in Keeper: picked up at the next refresh (refreshInterval 10s).
+    let mut record = w.server.record(POSTGRES)?;
+    for f in record.fields.iter_mut().filter(|f| f["type"] == "password") {
+        f["value"] = serde_json::json!(["rotated-in-keeper"]);
+    }
+    w.server.set_record(record)?;
+    w.wait_secret("postgres-credentials", "rotated password", |d| {
+        text(d, "password") == "rotated-in-keeper"
+    })
+    .await?;
+    let after = w
+        .keeper_secrets()
+        .get("postgres")
+        .await?
+        .status
+        .and_then(|s| s.last_sync_time);
+    assert_ne!(before, after, "lastSyncTime moves with each sync");
+
+    // Hand-edited: restored promptly (well before the next refresh would be due).
+    let patch = serde_json::json!({"data": {"password": "aGFja2Vk"}});
+    w.secrets()
+        .patch(
+            "postgres-credentials",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    w.wait_secret("postgres-credentials", "restored after edit", |d| {
+        text(d, "password") == "rotated-in-keeper"
+    })
+    .await?;
+
+    // Deleted: recreated.
+    w.secrets()
+        .delete("postgres-credentials", &DeleteParams::default())
+        .await?;
+    w.wait_secret("postgres-credentials", "recreated after delete", |d| {
+        text(d, "password") == "rotated-in-keeper"
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeper_outage_keeps_the_last_good_secret_and_recovers() -> Result<()> {
+    let w = World::start("ctl-outage").await?;
+    w.apply_example("database.yaml")?;
+    w.kubectl_wait_ready("postgres")?;
+    let good = w.secrets().get("postgres-credentials").await?;
+
+    w.server.faults().set_down(DownMode::Refuse);
+    let ks = w
+        .wait_reason("postgres", "False", "KeeperUnavailable")
+        .await?;
+    let message = &ks.ready_condition().context("Ready")?.message;
+    assert!(!message.is_empty());
+    let during = w.secrets().get("postgres-credentials").await?;
+    assert_eq!(
+        during.metadata.resource_version, good.metadata.resource_version,
+        "Secret untouched while Keeper is down"
+    );
+    assert_eq!(data(&during), data(&good));
+    assert!(
+        ks.status.and_then(|s| s.last_sync_time).is_some(),
+        "last sync time is kept"
+    );
+
+    w.server.faults().set_down(DownMode::Up);
+    w.wait_reason("postgres", "True", "Synced").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_secrets_are_collected_and_orphans_kept() -> Result<()> {
+    let w = World::start("ctl-gc").await?;
+    w.apply_example("database.yaml")?;
+    w.apply_example("whole-record.yaml")?;
+    w.kubectl_wait_ready("postgres")?;
+    w.kubectl_wait_ready("postgres-all")?;
+
+    w.keeper_secrets()
+        .delete("postgres", &DeleteParams::background())
+        .await?;
+    w.keeper_secrets()
+        .delete("postgres-all", &DeleteParams::background())
+        .await?;
+    let secrets = w.secrets();
+    wait_until("Owner Secret garbage-collected", TIMEOUT, || {
+        let secrets = secrets.clone();
+        async move {
+            Ok(secrets
+                .get_opt("postgres-credentials")
+                .await?
+                .is_none()
+                .then_some(()))
+        }
+    })
+    .await?;
+    assert!(
+        w.secrets().get_opt("postgres-all").await?.is_some(),
+        "Orphan Secret stays"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn specific_failures_and_cel_rejections() -> Result<()> {
+    let w = World::start("ctl-errors").await?;
+    let ns = w.env.app_namespace.clone();
+
+    // CEL: exactly one auth form; the apiserver rejects it with our message.
+    let both = r#"{"apiVersion":"keeper-operator.dev/v1alpha1","kind":"KeeperSecret","metadata":{"name":"bad"},
+        "spec":{"auth":{"secretRef":{"name":"a","key":"b"},"storeRef":{"name":"s"}},
+                "data":[{"key":"k","notation":"x/field/y"}]}}"#;
+    let err = w
+        .env
+        .cluster
+        .apply(both, &["-n", &ns])
+        .err()
+        .context("CEL must reject two auth forms")?;
+    assert!(
+        format!("{err:#}").contains("exactly one of secretRef or storeRef"),
+        "{err:#}"
+    );
+    let bad_key = both
+        .replace(r#""storeRef":{"name":"s"}"#, "")
+        .replace(",}", "}")
+        .replace(r#""key":"k""#, r#""key":"no spaces""#);
+    assert!(
+        w.env.cluster.apply(&bad_key, &["-n", &ns]).is_err(),
+        "invalid Secret key rejected"
+    );
+
+    // A record that does not exist, and a title matching several records.
+    let missing = r#"{"apiVersion":"keeper-operator.dev/v1alpha1","kind":"KeeperSecret","metadata":{"name":"missing"},
+        "spec":{"auth":{"secretRef":{"name":"ksm-config","key":"config"}},
+                "data":[{"key":"k","record":{"title":"No Such Record"},"field":"password"}]}}"#;
+    w.env.cluster.apply(missing, &["-n", &ns])?;
+    let ks = w.wait_reason("missing", "False", "RecordNotFound").await?;
+    assert!(
+        ks.ready_condition()
+            .context("Ready")?
+            .message
+            .contains("No Such Record")
+    );
+
+    // Credentials that are not a KSM config.
+    create_secret(&w.secrets(), "not-a-config", &[("config", b"hello")]).await?;
+    let bad_cred = missing
+        .replace("ksm-config", "not-a-config")
+        .replace(r#""name":"missing""#, r#""name":"badcred""#);
+    w.env.cluster.apply(&bad_cred, &["-n", &ns])?;
+    w.wait_reason("badcred", "False", "AuthFailed").await?;
+
+    // A Secret the operator did not create is never taken over.
+    create_secret(&w.secrets(), "postgres-credentials", &[("mine", b"x")]).await?;
+    w.apply_example("database.yaml")?;
+    w.wait_reason("postgres", "False", "SecretOwnedElsewhere")
+        .await?;
+    assert_eq!(
+        data(&w.secrets().get("postgres-credentials").await?)
+            .keys()
+            .collect::<Vec<_>>(),
+        ["mine"]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_store_lends_credentials_to_selected_namespaces() -> Result<()> {
+    let w = World::start("ctl-store").await?;
+    let operator_ns = w.env.chart.namespace.clone();
+    let config = w.server.bound_config("operator")?;
+    let shared: Api<Secret> = Api::namespaced(w.env.cluster.client(), &operator_ns);
+    create_secret(&shared, "ksm-shared", &[("config", config.as_bytes())]).await?;
+    w.env.cluster.apply(
+        &std::fs::read_to_string(workspace_root().join("e2e/examples/cluster-store.yaml"))?,
+        &[],
+    )?;
+
+    w.apply_example("store-user.yaml")?;
+    w.wait_reason("stripe", "False", "NotAllowed").await?;
+
+    let label =
+        serde_json::json!({"metadata": {"labels": {"keeper-operator.dev/store": "shared"}}});
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(w.env.cluster.client());
+    namespaces
+        .patch(
+            &w.env.app_namespace,
+            &PatchParams::default(),
+            &Patch::Merge(&label),
+        )
+        .await?;
+    // The namespace label is not watched: touch the spec to retry now rather than after backoff.
+    let touch = serde_json::json!({"spec": {"refreshInterval": "11s"}});
+    w.keeper_secrets()
+        .patch("stripe", &PatchParams::default(), &Patch::Merge(&touch))
+        .await?;
+    w.kubectl_wait_ready("stripe")?;
+    let d = data(&w.secrets().get("stripe").await?);
+    assert_eq!(
+        text(&d, "api-key"),
+        vault_value(&w.server, "SsxoiM-FPCF65F54JaY3jQ", "password")?
+    );
+    Ok(())
+}

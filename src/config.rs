@@ -1,0 +1,144 @@
+//! Command line of `keeper-operator`; every flag can also be set by environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Syncs Keeper Secrets Manager records into native Kubernetes Secrets.
+#[derive(Debug, Parser)]
+#[command(name = "keeper-operator", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator (controller, health and metrics endpoints).
+    Run(RunArgs),
+    /// Check and debug Keeper Secrets Manager credentials.
+    Keeper(crate::cli::keeper::KeeperArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (for log pipelines).
+    Json,
+    /// Human-readable text.
+    Plain,
+}
+
+/// Flags of `keeper-operator run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Namespace to watch; empty watches all namespaces.
+    #[arg(long, env = "KEEPER_OPERATOR_WATCH_NAMESPACE", default_value = "")]
+    pub watch_namespace: String,
+    /// Address serving /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "KEEPER_OPERATOR_METRICS_BIND_ADDRESS",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub metrics_bind_address: SocketAddr,
+    /// Log format.
+    #[arg(
+        long,
+        env = "KEEPER_OPERATOR_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
+    pub log_format: LogFormat,
+    /// Log filter in RUST_LOG syntax, e.g. `info` or `info,keeper_operator=debug`.
+    #[arg(long, env = "KEEPER_OPERATOR_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// PEM file with extra CA certificates to trust for Keeper endpoints (private CA or a
+    /// TLS-inspecting proxy). Verification always stays on.
+    #[arg(long, env = "KEEPER_OPERATOR_KEEPER_CA_FILE")]
+    pub keeper_ca_file: Option<PathBuf>,
+    /// Use a coordination.k8s.io Lease so only one replica reconciles.
+    #[arg(long, env = "KEEPER_OPERATOR_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace the operator runs in (holds ClusterKeeperStore credentials).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub operator_namespace: Option<String>,
+    /// KeeperSecrets reconciled in parallel.
+    #[arg(long, env = "KEEPER_OPERATOR_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Refresh interval for KeeperSecrets that do not set spec.refreshInterval (Go duration).
+    #[arg(
+        long,
+        env = "KEEPER_OPERATOR_DEFAULT_REFRESH_INTERVAL",
+        default_value = "1h"
+    )]
+    pub default_refresh_interval: kube::core::Duration,
+    /// Keeper requests one credential may make per --keeper-budget-window (Keeper throttles
+    /// at about 100 per 10 s per client).
+    #[arg(long, env = "KEEPER_OPERATOR_KEEPER_BUDGET_REQUESTS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keeper_budget_requests: u32,
+    /// Window over which the request budget refills (Go duration).
+    #[arg(
+        long,
+        env = "KEEPER_OPERATOR_KEEPER_BUDGET_WINDOW",
+        default_value = "10s"
+    )]
+    pub keeper_budget_window: kube::core::Duration,
+    /// Keep the last good Keeper data, sealed with a key derived from each credential's
+    /// application key, in Secrets of the operator namespace so a restarted operator can serve
+    /// it while Keeper is down. Needs --operator-namespace.
+    #[arg(long, env = "KEEPER_OPERATOR_PERSIST_LAST_GOOD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub persist_last_good: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_flags_parse() {
+        let Command::Run(a) = Cli::try_parse_from(["keeper-operator", "run"])
+            .unwrap()
+            .command
+        else {
+            panic!("expected run")
+        };
+        assert_eq!(a.metrics_bind_address.to_string(), "0.0.0.0:8080");
+        assert_eq!(a.concurrency, 4);
+        assert_eq!(
+            std::time::Duration::from(a.default_refresh_interval).as_secs(),
+            3600
+        );
+        let Command::Run(a) = Cli::try_parse_from([
+            "keeper-operator",
+            "run",
+            "--watch-namespace",
+            "apps",
+            "--log-format",
+            "plain",
+            "--default-refresh-interval",
+            "5m",
+            "--concurrency",
+            "8",
+            "--leader-elect",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("expected run")
+        };
+        assert_eq!(
+            (
+                a.watch_namespace.as_str(),
+                a.log_format,
+                a.concurrency,
+                a.leader_elect
+            ),
+            ("apps", LogFormat::Plain, 8, true)
+        );
+        assert!(Cli::try_parse_from(["keeper-operator", "run", "--concurrency", "0"]).is_err());
+    }
+}

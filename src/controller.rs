@@ -1,0 +1,74 @@
+//! Wires the reconciler into a kube-runtime `Controller`.
+//!
+//! - KeeperSecrets are watched through a generation predicate, so our own status writes do not
+//!   trigger another reconcile (no write loops).
+//! - Secrets are watched metadata-only and only with our managed-by label: memory stays bounded
+//!   however many Secrets the cluster holds, and no secret value is ever cached. A change to one
+//!   maps back to its KeeperSecret through the owner annotation, which every policy (Owner,
+//!   Orphan, Merge) sets — so deleted or hand-edited targets are restored promptly.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
+use kube::{Api, Client, ResourceExt};
+use tracing::{debug, warn};
+
+use crate::crd::{KeeperSecret, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_ANNOTATION};
+use crate::keeper_source::KeeperSource;
+use crate::reconcile::{Context, error_policy, reconcile};
+
+/// Runs the controller until `shutdown` resolves. `store` is returned through `on_store` so
+/// readiness can wait for the initial list.
+pub async fn run<S: KeeperSource>(
+    ctx: Arc<Context<S>>,
+    watch_namespace: Option<&str>,
+    concurrency: u16,
+    on_store: impl FnOnce(Store<KeeperSecret>),
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client: Client = ctx.client.clone();
+    let (keeper_secrets, secrets): (Api<KeeperSecret>, Api<PartialObjectMeta<Secret>>) =
+        match watch_namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client, ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client)),
+        };
+    let (reader, writer) = reflector::store();
+    on_store(reader.clone());
+    let main = watcher(keeper_secrets, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
+    let targets = watcher(
+        secrets,
+        watcher::Config::default().labels(&managed).any_semantic(),
+    )
+    .default_backoff()
+    .touched_objects();
+    Controller::for_stream(main, reader)
+        .watches_stream(targets, |meta| {
+            let owner = meta.annotations().get(OWNER_ANNOTATION)?;
+            Some(ObjectRef::<KeeperSecret>::new(owner).within(&meta.namespace()?))
+        })
+        .with_config(kube::runtime::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => debug!(namespace = obj.namespace, name = obj.name, "reconciled"),
+                // Reconcile errors are logged by error_policy; these are queue/watch errors.
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                Err(e) => warn!(error = %e, "controller error"),
+            }
+        })
+        .await;
+}

@@ -1,0 +1,232 @@
+//! Finds the Keeper credential a KeeperSecret may use: a Secret in its own namespace, or a
+//! ClusterKeeperStore that allows the namespace (its Secret lives in the operator's namespace).
+//! A KeeperSecret can never name a Secret in another namespace.
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::core::{Selector, SelectorExt};
+use kube::{Api, Client, ResourceExt};
+use zeroize::Zeroizing;
+
+use crate::crd::{ClusterKeeperStore, KeeperSecret, SecretKeyRef};
+use crate::desired::HashKey;
+use crate::error::Error;
+use crate::keeper_source::CredentialKey;
+use crate::ksm::config::KsmConfig;
+
+/// A parsed credential and what is derived from it.
+pub struct Credential {
+    /// Cache identity for the Keeper source.
+    pub key: CredentialKey,
+    /// The KSM configuration.
+    pub config: KsmConfig,
+    /// Key for the data hash of this KeeperSecret.
+    pub hash_key: HashKey,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads the credential for `ks`.
+pub async fn load(
+    client: &Client,
+    ks: &KeeperSecret,
+    operator_ns: Option<&str>,
+) -> Result<Credential, Error> {
+    let ns = ks.namespace().unwrap_or_default();
+    let (secret_ns, reference) = match (&ks.spec.auth.secret_ref, &ks.spec.auth.store_ref) {
+        (Some(r), None) => (ns.clone(), r.clone()),
+        (None, Some(store)) => {
+            let store = Api::<ClusterKeeperStore>::all(client.clone())
+                .get_opt(&store.name)
+                .await?
+                .ok_or_else(|| {
+                    Error::NotAllowed(format!("ClusterKeeperStore {} does not exist", store.name))
+                })?;
+            let labels = Api::<Namespace>::all(client.clone())
+                .get_opt(&ns)
+                .await?
+                .map(|n| n.labels().clone());
+            check_store_allows(&store, &ns, &labels.unwrap_or_default())?;
+            let operator_ns = operator_ns.ok_or_else(|| {
+                Error::InvalidSpec(
+                    "storeRef needs the operator namespace (--operator-namespace / POD_NAMESPACE)"
+                        .into(),
+                )
+            })?;
+            (
+                operator_ns.to_string(),
+                store.spec.credentials_secret_ref.clone(),
+            )
+        }
+        _ => {
+            return Err(Error::InvalidSpec(
+                "spec.auth needs exactly one of secretRef or storeRef".into(),
+            ));
+        }
+    };
+    let secret = Api::<Secret>::namespaced(client.clone(), &secret_ns)
+        .get_opt(&reference.name)
+        .await?;
+    parse(secret.as_ref(), &secret_ns, &reference, ks)
+}
+
+/// Whether a store lends itself to namespace `ns` (by name list or label selector).
+pub fn check_store_allows(
+    store: &ClusterKeeperStore,
+    ns: &str,
+    ns_labels: &std::collections::BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let by_name = store.spec.namespaces.iter().any(|n| n == ns);
+    let by_selector = match &store.spec.namespace_selector {
+        Some(sel) => Selector::try_from(sel.clone())
+            .map_err(|e| {
+                Error::NotAllowed(format!(
+                    "ClusterKeeperStore {} has an invalid namespaceSelector: {e}",
+                    store.name_any()
+                ))
+            })?
+            .matches(ns_labels),
+        None => false,
+    };
+    if by_name || by_selector {
+        Ok(())
+    } else {
+        Err(Error::NotAllowed(format!(
+            "ClusterKeeperStore {} does not allow namespace {ns}; ask an administrator to add it to spec.namespaces or spec.namespaceSelector",
+            store.name_any()
+        )))
+    }
+}
+
+/// Reads and parses the credential from the Secret (pure; messages never echo content).
+pub fn parse(
+    secret: Option<&Secret>,
+    ns: &str,
+    r: &SecretKeyRef,
+    ks: &KeeperSecret,
+) -> Result<Credential, Error> {
+    let where_ = format!("Secret {ns}/{}", r.name);
+    let secret = secret
+        .ok_or_else(|| Error::Auth(format!("{where_} (the KSM credential) does not exist")))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .ok_or_else(|| Error::Auth(format!("{where_} has no key {:?}", r.key)))?;
+    let text = Zeroizing::new(
+        std::str::from_utf8(&bytes.0)
+            .map_err(|_| Error::Auth(format!("{where_} key {:?} is not text", r.key)))?
+            .to_string(),
+    );
+    let config = KsmConfig::parse(text.trim()).map_err(|e| {
+        Error::Auth(format!(
+            "{where_} key {:?} is not a KSM configuration (base64 or JSON, as written by `ksm init` or the SDKs): {e}",
+            r.key
+        ))
+    })?;
+    Ok(Credential {
+        key: CredentialKey::new(format!("{ns}/{}/{}", r.name, r.key), text.as_bytes()),
+        config,
+        hash_key: HashKey::derive(
+            text.as_bytes(),
+            ks.metadata.uid.as_deref().unwrap_or_default(),
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    use super::*;
+    use crate::crd::{Auth, ClusterKeeperStoreSpec, KeeperSecretSpec};
+
+    fn ks() -> KeeperSecret {
+        KeeperSecret::new(
+            "db",
+            KeeperSecretSpec {
+                auth: Auth {
+                    secret_ref: None,
+                    store_ref: None,
+                },
+                refresh_interval: None,
+                target: None,
+                data: vec![],
+                data_from: vec![],
+                rollout_restart: vec![],
+            },
+        )
+    }
+
+    fn secret(key: &str, value: &[u8]) -> Secret {
+        Secret {
+            data: Some([(key.to_string(), ByteString(value.to_vec()))].into()),
+            ..Secret::default()
+        }
+    }
+
+    fn r() -> SecretKeyRef {
+        SecretKeyRef {
+            name: "ksm".into(),
+            key: "config".into(),
+        }
+    }
+
+    #[test]
+    fn credential_errors_are_actionable_and_value_free() {
+        let e = parse(None, "ns", &r(), &ks()).unwrap_err();
+        assert_eq!(
+            (e.reason(), e.to_string()),
+            (
+                "AuthFailed",
+                "Secret ns/ksm (the KSM credential) does not exist".into()
+            )
+        );
+        let e = parse(Some(&secret("other", b"x")), "ns", &r(), &ks()).unwrap_err();
+        assert!(e.to_string().contains("has no key \"config\""));
+        let e = parse(
+            Some(&secret("config", b"NOT-A-CONFIG-SECRET-VALUE")),
+            "ns",
+            &r(),
+            &ks(),
+        )
+        .unwrap_err();
+        assert_eq!(e.reason(), "AuthFailed");
+        assert!(!e.to_string().contains("NOT-A-CONFIG-SECRET-VALUE"), "{e}");
+    }
+
+    #[test]
+    fn store_allows_by_name_or_selector() {
+        let mut store = ClusterKeeperStore::new(
+            "shared",
+            ClusterKeeperStoreSpec {
+                credentials_secret_ref: r(),
+                namespace_selector: None,
+                namespaces: vec!["a".into()],
+                allowed_folders: vec![],
+                allowed_records: vec![],
+            },
+        );
+        let none = BTreeMap::new();
+        assert!(check_store_allows(&store, "a", &none).is_ok());
+        assert_eq!(
+            check_store_allows(&store, "b", &none).unwrap_err().reason(),
+            "NotAllowed"
+        );
+        store.spec.namespace_selector = Some(LabelSelector {
+            match_labels: Some([("team".into(), "x".into())].into()),
+            ..LabelSelector::default()
+        });
+        let labels: BTreeMap<String, String> = [("team".into(), "x".into())].into();
+        assert!(check_store_allows(&store, "b", &labels).is_ok());
+        assert!(check_store_allows(&store, "b", &none).is_err());
+    }
+}

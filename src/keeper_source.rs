@@ -1,0 +1,160 @@
+//! The one door to Keeper. The reconciler only sees [`KeeperSource`]; [`SharedKeeper`] gives
+//! every credential one shared fetcher (single flight, request budget, last good copy: see
+//! [`crate::fetcher`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::fetcher::ksm_source::KsmSource;
+use crate::fetcher::store::SnapshotStore;
+use crate::fetcher::{CredentialFetcher, FetchSettings, FileBytes, Served};
+use crate::ksm::client::{ClientOptions, KsmClient};
+use crate::ksm::config::KsmConfig;
+use crate::ksm::error::KsmError;
+use crate::ksm::record::KeeperFile;
+use crate::metrics::Metrics;
+
+/// Identifies one credential: where it came from plus a fingerprint of its content, so a
+/// rotated credential is a new key (and gets a new client) while equal ones share.
+#[derive(Clone, Hash, PartialEq, Eq)]
+pub struct CredentialKey {
+    source: String,
+    fingerprint: [u8; 32],
+}
+
+impl CredentialKey {
+    /// `source` names the Secret (`namespace/name/key`); `credential` is its content.
+    pub fn new(source: impl Into<String>, credential: &[u8]) -> Self {
+        CredentialKey {
+            source: source.into(),
+            fingerprint: Sha256::digest(credential).into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for CredentialKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The fingerprint is a hash of a high-entropy credential; a short prefix helps
+        // correlate rotations in logs without revealing anything.
+        let short: String = self.fingerprint[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        write!(f, "CredentialKey({}, {short})", self.source)
+    }
+}
+
+/// Read access to Keeper, shared per credential.
+pub trait KeeperSource: Send + Sync + 'static {
+    /// The credential's vault, fetched within `max_age` when Keeper answers; otherwise the last
+    /// good copy marked stale, or why there is none. `Err` only when no client can be built.
+    fn vault(
+        &self,
+        cred: &CredentialKey,
+        config: &KsmConfig,
+        max_age: Duration,
+    ) -> impl Future<Output = Result<Served, KsmError>> + Send;
+
+    /// The decrypted content of a file attachment of a record at `revision`.
+    fn file(
+        &self,
+        cred: &CredentialKey,
+        config: &KsmConfig,
+        revision: i64,
+        file: &KeeperFile,
+    ) -> impl Future<Output = Result<FileBytes, KsmError>> + Send;
+}
+
+/// Bound on live fetchers; beyond it the least recently created are dropped (they only hold
+/// caches that refill on the next wave, and persisted snapshots survive in the store).
+const MAX_FETCHERS: usize = 4096;
+
+/// One [`CredentialFetcher`] per credential content, shared by every KeeperSecret using it,
+/// whichever namespace or store it came through.
+pub struct SharedKeeper {
+    options: ClientOptions,
+    settings: FetchSettings,
+    store: Option<Arc<dyn SnapshotStore>>,
+    metrics: Arc<Metrics>,
+    fetchers: Mutex<HashMap<[u8; 32], Arc<CredentialFetcher>>>,
+}
+
+impl SharedKeeper {
+    pub fn new(
+        options: ClientOptions,
+        settings: FetchSettings,
+        store: Option<Arc<dyn SnapshotStore>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        SharedKeeper {
+            options,
+            settings,
+            store,
+            metrics,
+            fetchers: Mutex::default(),
+        }
+    }
+
+    fn fetcher(
+        &self,
+        cred: &CredentialKey,
+        config: &KsmConfig,
+    ) -> Result<Arc<CredentialFetcher>, KsmError> {
+        let mut fetchers = self
+            .fetchers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(f) = fetchers.get(&cred.fingerprint) {
+            return Ok(f.clone());
+        }
+        if fetchers.len() >= MAX_FETCHERS {
+            fetchers.clear();
+        }
+        let client = KsmClient::new(config.clone(), &self.options)?;
+        let source = KsmSource::new(client, self.metrics.clone())?;
+        let fetcher = Arc::new(CredentialFetcher::new(
+            config.client_id(),
+            Box::new(source),
+            self.store.clone(),
+            self.settings.clone(),
+            self.metrics.fetch_stats(),
+        ));
+        fetchers.insert(cred.fingerprint, fetcher.clone());
+        Ok(fetcher)
+    }
+}
+
+impl KeeperSource for SharedKeeper {
+    async fn vault(
+        &self,
+        cred: &CredentialKey,
+        config: &KsmConfig,
+        max_age: Duration,
+    ) -> Result<Served, KsmError> {
+        Ok(self.fetcher(cred, config)?.snapshot(max_age).await)
+    }
+
+    async fn file(
+        &self,
+        cred: &CredentialKey,
+        config: &KsmConfig,
+        revision: i64,
+        file: &KeeperFile,
+    ) -> Result<FileBytes, KsmError> {
+        self.fetcher(cred, config)?.file(revision, file).await
+    }
+}
+
+/// Client options for the operator: the extra CA; throttling is surfaced at once so the
+/// controller requeues the KeeperSecret instead of blocking a worker.
+pub fn client_options(extra_ca_pem: Option<Vec<u8>>) -> ClientOptions {
+    ClientOptions {
+        extra_ca_pem,
+        throttle_retries: 0,
+        ..ClientOptions::default()
+    }
+}

@@ -1,0 +1,313 @@
+//! The reconciler: credential → refresh gate → Keeper → mapping → template → apply → status.
+//!
+//! Every pure step lives in its own module; this file only sequences them and does the I/O.
+//! On any failure the existing Secret is left untouched (the last good copy stays), the
+//! Ready condition says why, and `error_policy` retries with backoff.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{debug, info, warn};
+
+use crate::crd::{CreationPolicy, KeeperSecret, KeeperSecretStatus};
+use crate::credentials::{self, Credential};
+use crate::desired::{self, Ownership};
+use crate::error::Error;
+use crate::fetcher::Served;
+use crate::keeper_source::KeeperSource;
+use crate::ksm::record::Vault;
+use crate::mapping::{self, Bytes, Source};
+use crate::metrics::Metrics;
+use crate::refresh::{self, Decision, Why};
+use crate::status::{self, Synced};
+use crate::{guard, k8s, template};
+use zeroize::Zeroizing;
+
+/// Operator-wide settings the reconciler needs (parsed once from the command line).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Refresh interval for KeeperSecrets that do not set one.
+    pub default_refresh_interval: Duration,
+    /// Where ClusterKeeperStore credentials live.
+    pub operator_namespace: Option<String>,
+}
+
+/// Shared state of all reconciles.
+pub struct Context<S> {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Keeper access.
+    pub keeper: S,
+    /// Event publisher.
+    pub recorder: Recorder,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub settings: Settings,
+    /// Consecutive failures per KeeperSecret UID, for backoff; cleared on success.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl<S> Context<S> {
+    /// A context for the controller.
+    pub fn new(
+        client: Client,
+        keeper: S,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Self {
+        Context {
+            client,
+            keeper,
+            recorder,
+            metrics,
+            settings,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+enum Outcome {
+    /// Nothing was due.
+    Wait(Duration),
+    /// Keeper was read and the Secret is current.
+    Synced(KeeperSecretStatus, Duration),
+}
+
+/// Reconciles one KeeperSecret.
+#[tracing::instrument(skip_all, fields(namespace = ks.namespace().unwrap_or_default(), name = ks.name_any()))]
+pub async fn reconcile<S: KeeperSource>(
+    ks: Arc<KeeperSecret>,
+    ctx: Arc<Context<S>>,
+) -> Result<Action, Error> {
+    let timer = ctx.metrics.reconcile();
+    let mut ks = (*ks).clone();
+    match sync(&mut ks, &ctx).await {
+        Ok(Outcome::Wait(after)) => {
+            debug!(requeue_after = ?after, "nothing due");
+            timer.finish("skipped", "");
+            Ok(Action::requeue(after))
+        }
+        Ok(Outcome::Synced(new, after)) => {
+            ctx.failures()
+                .remove(ks.uid().as_deref().unwrap_or_default());
+            report(&ctx, &ks, new).await?;
+            timer.finish("synced", status::SYNCED);
+            Ok(Action::requeue(after))
+        }
+        Err(e) => {
+            let new = status::failed(&ks, Timestamp::now(), e.reason(), &e.to_string());
+            if let Err(report_err) = report(&ctx, &ks, new).await {
+                warn!(error = %report_err, "could not record the failure in status");
+            }
+            timer.finish("error", e.reason());
+            Err(e)
+        }
+    }
+}
+
+/// Retries failures with per-object exponential backoff.
+pub fn error_policy<S>(ks: Arc<KeeperSecret>, err: &Error, ctx: Arc<Context<S>>) -> Action {
+    let attempt = {
+        let mut failures = ctx.failures();
+        let n = failures.entry(ks.uid().unwrap_or_default()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n - 1
+    };
+    let delay = err.backoff(attempt);
+    warn!(namespace = ks.namespace().unwrap_or_default(), name = ks.name_any(), reason = err.reason(),
+          error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn sync<S: KeeperSource>(ks: &mut KeeperSecret, ctx: &Context<S>) -> Result<Outcome, Error> {
+    let ns = ks.namespace().unwrap_or_default();
+    let interval =
+        refresh::interval(ks, ctx.settings.default_refresh_interval).map_err(Error::InvalidSpec)?;
+    let cred =
+        credentials::load(&ctx.client, ks, ctx.settings.operator_namespace.as_deref()).await?;
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
+    let existing = secrets.get_opt(&ks.target_name()).await?;
+
+    let mut decision = refresh::decide(
+        ks,
+        existing.as_ref(),
+        &cred.hash_key,
+        Timestamp::now(),
+        interval,
+    );
+    if matches!(
+        decision,
+        Decision::Sync(Why::NotSynced | Why::SpecChanged | Why::Due)
+    ) {
+        // The cached object may predate our own last status write; look again before
+        // spending a Keeper call.
+        let api = Api::<KeeperSecret>::namespaced(ctx.client.clone(), &ns);
+        let Some(fresh) = api.get_opt(&ks.name_any()).await? else {
+            return Ok(Outcome::Wait(interval));
+        };
+        *ks = fresh;
+        decision = refresh::decide(
+            ks,
+            existing.as_ref(),
+            &cred.hash_key,
+            Timestamp::now(),
+            interval,
+        );
+    }
+    let why = match decision {
+        Decision::Wait(after) => return Ok(Outcome::Wait(after)),
+        Decision::Sync(why) => why,
+    };
+    debug!(?why, "syncing from Keeper");
+
+    let ownership = desired::ownership(ks, existing.as_ref()).map_err(Error::OwnedElsewhere)?;
+    if ownership == Ownership::Absent && ks.creation_policy() == CreationPolicy::Merge {
+        return Err(Error::TargetNotFound(format!(
+            "creationPolicy Merge adds keys to an existing Secret, and Secret {} does not exist; create it or use Owner",
+            ks.target_name()
+        )));
+    }
+    let (snapshot, stale) = match ctx.keeper.vault(&cred.key, &cred.config, interval).await? {
+        Served::Fresh(snapshot) => (snapshot, None),
+        Served::Stale(snapshot, staleness) => (snapshot, Some(staleness)),
+        Served::Unavailable(staleness) => return Err(Error::Keeper((*staleness.error).clone())),
+    };
+    let plan = mapping::plan(&ks.spec, &snapshot.vault)?;
+    let data = resolve_files(ctx, &cred, &snapshot.vault, plan.entries).await?;
+    let data = template::apply(
+        ks.spec.target.as_ref().and_then(|t| t.template.as_ref()),
+        data,
+    )?;
+    let keys = data.len();
+    let desired = desired::secret(ks, data, &cred.hash_key)?;
+    let current = existing
+        .as_ref()
+        .is_some_and(|e| desired::is_up_to_date(e, &desired.secret));
+    if !current {
+        guard::check(ks, existing.as_ref(), &desired.secret, &plan.records)?;
+        k8s::apply_secret(&secrets, &desired.secret).await?;
+        info!(
+            secret = ks.target_name(),
+            keys,
+            ?why,
+            stale = stale.is_some(),
+            "wrote Secret"
+        );
+    }
+    let fetched_at = Timestamp::try_from(snapshot.fetched_at).unwrap_or_else(|_| Timestamp::now());
+    // The next refresh is due one interval after the data was fetched, not after this
+    // reconcile: every KeeperSecret on a credential then falls due in the same wave and the
+    // wave costs one Keeper call. While Keeper fails, retry when the fetcher will.
+    let next = match &stale {
+        Some(s) => s.retry_in.max(refresh::MIN_INTERVAL),
+        None => {
+            let age = Timestamp::now().duration_since(fetched_at);
+            let left = jiff::SignedDuration::try_from(interval)
+                .map(|i| i - age)
+                .ok()
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or(Duration::ZERO);
+            left.max(refresh::MIN_INTERVAL) + refresh::jitter(ks, interval)
+        }
+    };
+    let synced = Synced {
+        records: plan.records.into_iter().collect(),
+        data_hash: desired.hash,
+        keys,
+        fetched_at,
+        stale: stale.map(|s| status::Stale {
+            reason: s.error.reason(),
+            error: s.error.to_string(),
+            since: Timestamp::try_from(s.since).unwrap_or(fetched_at),
+        }),
+    };
+    let new = status::synced(ks, Timestamp::now(), &synced);
+    Ok(Outcome::Synced(new, next))
+}
+
+/// Downloads file attachments (shared, once per record revision); a failed download fails the
+/// sync, so a file never becomes an empty value.
+async fn resolve_files<S: KeeperSource>(
+    ctx: &Context<S>,
+    cred: &Credential,
+    vault: &Vault,
+    entries: BTreeMap<String, Source>,
+) -> Result<BTreeMap<String, Bytes>, Error> {
+    let mut out = BTreeMap::new();
+    for (key, source) in entries {
+        let bytes = match source {
+            Source::Value(v) => v,
+            Source::File(file) => {
+                let revision = vault
+                    .records
+                    .iter()
+                    .find(|r| r.files.iter().any(|f| f.uid == file.uid))
+                    .map_or(0, |r| r.revision);
+                let bytes = ctx
+                    .keeper
+                    .file(&cred.key, &cred.config, revision, &file)
+                    .await?;
+                Zeroizing::new(bytes.to_vec())
+            }
+        };
+        out.insert(key, bytes);
+    }
+    Ok(out)
+}
+
+/// Writes the status if it changed and publishes an event if Ready transitioned.
+async fn report<S>(
+    ctx: &Context<S>,
+    ks: &KeeperSecret,
+    new: KeeperSecretStatus,
+) -> Result<(), Error> {
+    if ks.status.as_ref() == Some(&new) {
+        return Ok(());
+    }
+    let api =
+        Api::<KeeperSecret>::namespaced(ctx.client.clone(), &ks.namespace().unwrap_or_default());
+    k8s::apply_status(&api, &ks.name_any(), &new).await?;
+    if let Some(t) = status::transition(ks.status.as_ref(), &new) {
+        let event = Event {
+            type_: if t.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: t.reason,
+            note: Some(truncate(t.note, 1024)),
+            action: "Sync".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &ks.object_ref(&())).await {
+            warn!(error = %e, "could not publish event");
+        }
+    }
+    Ok(())
+}
+
+/// Event notes are limited to 1 kB; cut on a character boundary.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let cut = (0..=max)
+            .rev()
+            .find(|i| s.is_char_boundary(*i))
+            .unwrap_or(0);
+        s.truncate(cut);
+    }
+    s
+}

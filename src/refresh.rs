@@ -1,0 +1,114 @@
+//! PURE: should this reconcile read Keeper, or is everything current?
+//!
+//! Skipping is what keeps Keeper traffic at one read per interval and makes status writes
+//! converge: a KeeperSecret is left alone only when its spec was synced (generation), the last
+//! sync is younger than the refresh interval, and the Secret still carries exactly the data we
+//! wrote (verified against the keyed hash, so deleted or hand-edited Secrets resync at once).
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use sha2::{Digest, Sha256};
+
+use crate::crd::KeeperSecret;
+use crate::desired::{self, HashKey};
+
+/// Refresh intervals below this are raised to it.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What a reconcile should do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Read Keeper and write what changed, for this reason.
+    Sync(Why),
+    /// Nothing to do until the refresh is due.
+    Wait(Duration),
+}
+
+/// Why a sync is needed (for logs).
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Why {
+    /// Never synced, or the last attempt failed.
+    NotSynced,
+    /// The spec changed since the last sync.
+    SpecChanged,
+    /// The refresh interval has elapsed.
+    Due,
+    /// The target Secret is gone.
+    SecretMissing,
+    /// The target Secret no longer holds the data we wrote.
+    SecretChanged,
+}
+
+/// The refresh interval of `ks`, falling back to `default`; an unparsable value yields an error
+/// message (admission validates the format, so this only guards old objects).
+pub fn interval(ks: &KeeperSecret, default: Duration) -> Result<Duration, String> {
+    let Some(text) = ks.spec.refresh_interval.as_deref() else {
+        return Ok(default.max(MIN_INTERVAL));
+    };
+    let parsed: kube::core::Duration = text.parse().map_err(|e| {
+        format!("refreshInterval {text:?} is not a duration like 30s, 5m or 1h: {e}")
+    })?;
+    if parsed.is_negative() {
+        return Err(format!("refreshInterval {text:?} must not be negative"));
+    }
+    let d: Duration = parsed.into();
+    Ok(d.max(MIN_INTERVAL))
+}
+
+/// Decides whether to sync now.
+pub fn decide(
+    ks: &KeeperSecret,
+    secret: Option<&Secret>,
+    key: &HashKey,
+    now: Timestamp,
+    interval: Duration,
+) -> Decision {
+    let status = ks.status.as_ref();
+    let ready = ks.ready_condition().is_some_and(|c| c.status == "True");
+    let (Some(status), true) = (status, ready) else {
+        return Decision::Sync(Why::NotSynced);
+    };
+    if status.observed_generation != ks.metadata.generation {
+        return Decision::Sync(Why::SpecChanged);
+    }
+    let Some(last) = status.last_sync_time.as_ref() else {
+        return Decision::Sync(Why::NotSynced);
+    };
+    let Some(secret) = secret else {
+        return Decision::Sync(Why::SecretMissing);
+    };
+    match desired::verified_hash(secret, key) {
+        Some(h) if Some(h) == status.data_hash.as_deref() => {}
+        _ => return Decision::Sync(Why::SecretChanged),
+    }
+    let elapsed = now.duration_since(last.0);
+    let remaining =
+        jiff::SignedDuration::try_from(interval).unwrap_or(jiff::SignedDuration::MAX) - elapsed;
+    match Duration::try_from(remaining) {
+        Ok(left) if !left.is_zero() => Decision::Wait(left + jitter(ks, interval)),
+        _ => Decision::Sync(Why::Due),
+    }
+}
+
+/// A stable per-object offset (up to a tenth of the interval, at most a minute) so many
+/// KeeperSecrets created together do not all refresh in the same instant.
+pub fn jitter(ks: &KeeperSecret, interval: Duration) -> Duration {
+    let span = (interval / 10).min(Duration::from_secs(60)).as_millis() as u64;
+    if span == 0 {
+        return Duration::ZERO;
+    }
+    let seed = ks
+        .metadata
+        .uid
+        .as_deref()
+        .or(ks.metadata.name.as_deref())
+        .unwrap_or_default();
+    let digest = Sha256::digest(seed.as_bytes());
+    let n = u64::from_be_bytes(digest[..8].try_into().unwrap_or_default());
+    Duration::from_millis(n % span)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,147 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use zeroize::Zeroizing;
+
+use super::*;
+use crate::crd::{Auth, KeeperSecretSpec};
+use crate::status::{self, Synced};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_700_000_000 + secs).unwrap()
+}
+
+fn key() -> HashKey {
+    HashKey::derive(b"cred", "uid-1")
+}
+
+fn base() -> KeeperSecret {
+    let mut ks = KeeperSecret::new(
+        "db",
+        KeeperSecretSpec {
+            auth: Auth {
+                secret_ref: None,
+                store_ref: None,
+            },
+            refresh_interval: None,
+            target: None,
+            data: vec![],
+            data_from: vec![],
+            rollout_restart: vec![],
+        },
+    );
+    ks.metadata.uid = Some("uid-1".into());
+    ks.metadata.namespace = Some("ns".into());
+    ks.metadata.generation = Some(1);
+    ks
+}
+
+/// A KeeperSecret synced at t(0) and the Secret that sync wrote.
+fn synced_pair() -> (KeeperSecret, Secret) {
+    let mut ks = base();
+    let data: BTreeMap<String, Zeroizing<Vec<u8>>> =
+        [("a".to_string(), Zeroizing::new(b"1".to_vec()))].into();
+    let d = desired::secret(&ks, data, &key()).unwrap();
+    ks.status = Some(status::synced(
+        &ks,
+        t(0),
+        &Synced {
+            records: vec![],
+            data_hash: d.hash.clone(),
+            keys: 1,
+            fetched_at: t(0),
+            stale: None,
+        },
+    ));
+    (ks, d.secret)
+}
+
+#[test]
+fn fresh_object_syncs() {
+    assert_eq!(
+        decide(&base(), None, &key(), t(0), HOUR),
+        Decision::Sync(Why::NotSynced)
+    );
+}
+
+#[test]
+fn current_object_waits_until_due_with_bounded_jitter() {
+    let (ks, s) = synced_pair();
+    let Decision::Wait(d) = decide(&ks, Some(&s), &key(), t(600), HOUR) else {
+        panic!("should wait")
+    };
+    assert!(
+        d >= Duration::from_secs(3000) && d <= Duration::from_secs(3060),
+        "{d:?}"
+    );
+    assert_eq!(
+        jitter(&ks, HOUR),
+        jitter(&ks, HOUR),
+        "jitter is stable per object"
+    );
+}
+
+#[test]
+fn due_spec_change_failure_and_secret_drift_all_sync() {
+    let (ks, s) = synced_pair();
+    assert_eq!(
+        decide(&ks, Some(&s), &key(), t(3600), HOUR),
+        Decision::Sync(Why::Due)
+    );
+    let mut changed = ks.clone();
+    changed.metadata.generation = Some(2);
+    assert_eq!(
+        decide(&changed, Some(&s), &key(), t(1), HOUR),
+        Decision::Sync(Why::SpecChanged)
+    );
+    let mut failed = ks.clone();
+    failed.status = Some(status::failed(&ks, t(1), "KeeperUnavailable", "down"));
+    assert_eq!(
+        decide(&failed, Some(&s), &key(), t(2), HOUR),
+        Decision::Sync(Why::NotSynced)
+    );
+    assert_eq!(
+        decide(&ks, None, &key(), t(1), HOUR),
+        Decision::Sync(Why::SecretMissing)
+    );
+    let mut edited = s.clone();
+    edited
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("a".into(), ByteString(b"hand-edited".to_vec()));
+    assert_eq!(
+        decide(&ks, Some(&edited), &key(), t(1), HOUR),
+        Decision::Sync(Why::SecretChanged)
+    );
+    let mut reannotated = s.clone();
+    reannotated
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove(crate::crd::DATA_HASH_ANNOTATION);
+    assert_eq!(
+        decide(&ks, Some(&reannotated), &key(), t(1), HOUR),
+        Decision::Sync(Why::SecretChanged)
+    );
+    let rotated = HashKey::derive(b"new cred", "uid-1");
+    assert_eq!(
+        decide(&ks, Some(&s), &rotated, t(1), HOUR),
+        Decision::Sync(Why::SecretChanged)
+    );
+}
+
+#[test]
+fn interval_parsing() {
+    let mut ks = base();
+    assert_eq!(interval(&ks, HOUR), Ok(HOUR));
+    ks.spec.refresh_interval = Some("1h30m".into());
+    assert_eq!(interval(&ks, HOUR), Ok(Duration::from_secs(5400)));
+    ks.spec.refresh_interval = Some("1ms".into());
+    assert_eq!(interval(&ks, HOUR), Ok(MIN_INTERVAL));
+    ks.spec.refresh_interval = Some("soon".into());
+    assert!(interval(&ks, HOUR).unwrap_err().contains("soon"));
+}
