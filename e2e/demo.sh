@@ -151,7 +151,8 @@ EOF
   kubectl -n "$APP_NS" get secret shop-db -o json \
     | python3 -c 'import base64,json,sys
 for k, v in sorted(json.load(sys.stdin).get("data", {}).items()):
-    print(f"  {k} = {base64.b64decode(v).decode(errors=\"replace\")}")'
+    text = base64.b64decode(v).decode("utf-8", "replace")
+    print(f"  {k} = {text}")'
   cat <<EOF
 
 The demo keeps running:
