@@ -6,6 +6,8 @@ FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Declared targets must exist for cargo to load the manifest.
+COPY benches ./benches
 # The workspace manifest names the e2e crate, so cargo needs it present to resolve the workspace.
 COPY e2e ./e2e
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -95,7 +95,15 @@ EOF
 spawn() { # name, binary, args...: background, own session, output to a log file
   local name=$1; shift
   setsid "$@" </dev/null >"$LOGS/$name.log" 2>&1 8>&- &
-  echo $! >"$RUN/$name.pid"
+  local pid=$!
+  echo "$pid" >"$RUN/$name.pid"
+  # Until the forked shell has exec'd the binary, /proc/PID/exe still names bash. (If it died
+  # instead, the caller's wait reports that with its log.)
+  for _ in $(seq 100); do
+    if pid_of "$name" >/dev/null || ! kill -0 "$pid" 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  die "$name did not start"
 }
 
 wait_for() { # what, name of process that must stay alive, command...

@@ -76,6 +76,15 @@ start() {
 
   log "installing the chart (helm upgrade --install) into namespace $OP_NS"
   kubectl create namespace "$APP_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  # CRDs applied earlier without Helm (e.g. by hand) are adopted the way Helm documents it.
+  local crd
+  for crd in keepersecrets.keeper-operator.dev clusterkeeperstores.keeper-operator.dev; do
+    if kubectl get crd "$crd" >/dev/null 2>&1; then
+      kubectl annotate crd "$crd" --overwrite meta.helm.sh/release-name="$RELEASE" \
+        meta.helm.sh/release-namespace="$OP_NS" >/dev/null
+      kubectl label crd "$crd" --overwrite app.kubernetes.io/managed-by=Helm >/dev/null
+    fi
+  done
   helm upgrade --install "$RELEASE" helm/keeper-operator --namespace "$OP_NS" --create-namespace \
     --set fullnameOverride="$RELEASE" >/dev/null
   kubectl wait --for=condition=Established --timeout=60s \
@@ -117,6 +126,15 @@ EOF
     --log-format=plain --log-level=info \
     </dev/null >"$DEMO/keeper-operator.log" 2>&1 &
   echo $! >"$DEMO/keeper-operator.pid"
+  local deadline=$((SECONDS + 60))
+  until curl -fsS "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1; do
+    if ! kill -0 "$(<"$DEMO/keeper-operator.pid")" 2>/dev/null; then
+      tail -n 30 "$DEMO/keeper-operator.log" >&2
+      die "the operator exited (log: $DEMO/keeper-operator.log)"
+    fi
+    ((SECONDS < deadline)) || die "the operator is not ready after 60s (log: $DEMO/keeper-operator.log)"
+    sleep 0.5
+  done
 
   log "applying e2e/examples/keepersecret.yaml in namespace $APP_NS"
   kubectl -n "$APP_NS" apply -f e2e/examples/keepersecret.yaml >/dev/null
@@ -133,7 +151,8 @@ EOF
   kubectl -n "$APP_NS" get secret shop-db -o json \
     | python3 -c 'import base64,json,sys
 for k, v in sorted(json.load(sys.stdin).get("data", {}).items()):
-    print(f"  {k} = {base64.b64decode(v).decode(errors=\"replace\")}")'
+    text = base64.b64decode(v).decode("utf-8", "replace")
+    print(f"  {k} = {text}")'
   cat <<EOF
 
 The demo keeps running:

@@ -23,6 +23,7 @@ summary() {
   if [[ -n "$CLUSTER_STARTED" && -z "${E2E_KEEP_CLUSTER:-}" ]]; then
     e2e/cluster.sh down || true
   fi
+  [[ -z "$CURRENT" ]] || TIMINGS+=("$(printf '%-22s %5ss  FAILED' "$CURRENT" $((SECONDS - PHASE_T0)))")
   echo
   echo "== timings =="
   local t
@@ -34,14 +35,15 @@ summary() {
 trap summary EXIT
 
 CURRENT=
+PHASE_T0=0
 phase() { # name, command... (runs outside any condition, so `set -e` holds inside functions)
   CURRENT=$1
-  local t0=$SECONDS
+  PHASE_T0=$SECONDS
   shift
   echo
   echo "== $CURRENT =="
   "$@"
-  TIMINGS+=("$(printf '%-22s %5ss' "$CURRENT" $((SECONDS - t0)))")
+  TIMINGS+=("$(printf '%-22s %5ss' "$CURRENT" $((SECONDS - PHASE_T0)))")
   CURRENT=
 }
 
@@ -91,4 +93,5 @@ phase "chart CRD sync" e2e/check-chart-crds.sh
 phase "helm lint" helm lint --strict --kube-version 1.35.4 helm/keeper-operator
 phase "shellcheck/hadolint" lint_scripts
 phase "cargo deny" "$LINT_BIN/cargo-deny" check licenses bans sources
-phase "cargo test" cargo test --workspace --locked
+# --no-fail-fast: every test binary runs, so one failure does not hide others.
+phase "cargo test" cargo test --workspace --locked --no-fail-fast

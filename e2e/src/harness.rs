@@ -1,7 +1,8 @@
 //! End-to-end harness over the real local control plane (`e2e/cluster.sh`).
 //!
 //! The admin kubeconfig comes from `E2E_KUBECONFIG`, or from `e2e/cluster.sh up` run once per
-//! test process. The chart is rendered with helm and applied as admin; the operator then runs as a
+//! test process on the dedicated test cluster (state in `E2E_TEST_STATE_DIR`, default
+//! `~/.cache/keeper-operator-e2e/test-cluster`, as `e2e/test.sh` uses), never the demo's. The chart is rendered with helm and applied as admin; the operator then runs as a
 //! child process with a kubeconfig holding a TokenRequest token of the chart's ServiceAccount, so
 //! every request it makes goes through the real RBAC authorizer.
 //!
@@ -27,6 +28,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::ksm_server::TestServer;
 
 /// Label put on every namespace the harness creates, so leftovers are easy to find.
 pub const E2E_LABEL: &str = "keeper-operator.dev/e2e";
@@ -70,7 +73,25 @@ fn resolve_paths() -> Result<Paths> {
     let bin_dir = PathBuf::from(script_output(&root.join("e2e/build-tools.sh"), &[])?);
     let admin_kubeconfig = match std::env::var_os("E2E_KUBECONFIG") {
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(script_output(&root.join("e2e/cluster.sh"), &["up"])?),
+        None => {
+            // The same dedicated test cluster e2e/test.sh uses, never the demo's.
+            let state = std::env::var_os("E2E_TEST_STATE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    let cache = std::env::var_os("XDG_CACHE_HOME")
+                        .map(PathBuf::from)
+                        .or_else(|| {
+                            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache"))
+                        })
+                        .unwrap_or_else(|| PathBuf::from("/tmp"));
+                    cache.join("keeper-operator-e2e/test-cluster")
+                });
+            let mut cmd = Command::new("bash");
+            cmd.arg(root.join("e2e/cluster.sh"))
+                .arg("up")
+                .env("E2E_STATE_DIR", state);
+            PathBuf::from(last_line(&mut cmd)?)
+        }
     };
     ensure!(
         admin_kubeconfig.is_file(),
@@ -85,25 +106,25 @@ fn resolve_paths() -> Result<Paths> {
 
 /// Runs a script, passing its stderr through, and returns the last line of its stdout.
 fn script_output(script: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new("bash")
-        .arg(script)
-        .args(args)
+    let mut cmd = Command::new("bash");
+    cmd.arg(script).args(args);
+    last_line(&mut cmd)
+}
+
+fn last_line(cmd: &mut Command) -> Result<String> {
+    let desc = format!("{cmd:?}");
+    let out = cmd
         .stderr(Stdio::inherit())
         .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    ensure!(
-        out.status.success(),
-        "{} {args:?} failed: {}",
-        script.display(),
-        out.status
-    );
+        .with_context(|| format!("running {desc}"))?;
+    ensure!(out.status.success(), "{desc} failed: {}", out.status);
     let stdout = String::from_utf8(out.stdout)?;
     stdout
         .lines()
         .last()
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
-        .ok_or_else(|| anyhow!("{} printed nothing", script.display()))
+        .ok_or_else(|| anyhow!("{desc} printed nothing"))
 }
 
 /// A unique, DNS-1123 name: `<prefix>-<time><pid><counter>` (at most 63 characters).
@@ -594,6 +615,32 @@ impl TestEnv {
         OperatorBuilder::new(&self.operator_kubeconfig, &self.chart.namespace)
             .arg(format!("--watch-namespace={}", self.app_namespace))
             .log_file(self.dir.join(format!("{}.log", unique_name("operator"))))
+    }
+
+    /// An operator that trusts the KSM test server's CA (`--keeper-ca-file`).
+    pub fn operator_for(&self, server: &TestServer) -> Result<OperatorBuilder> {
+        let ca = self.dir.join("keeper-ca.pem");
+        write_private(&ca, server.ca_pem().as_bytes())?;
+        Ok(self
+            .operator()
+            .arg(format!("--keeper-ca-file={}", ca.display())))
+    }
+
+    /// Creates Secret `name` in the app namespace holding a KSM config or one-time token under
+    /// key `config` (what `spec.auth.secretRef` points at).
+    pub async fn create_credential_secret(&self, name: &str, config: &str) -> Result<Secret> {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..Default::default()
+            },
+            string_data: Some([("config".to_string(), config.to_string())].into()),
+            ..Default::default()
+        };
+        self.api::<Secret>()
+            .create(&PostParams::default(), &secret)
+            .await
+            .with_context(|| format!("creating credential Secret {name}"))
     }
 
     /// Typed API in the app namespace, as admin.

@@ -7,8 +7,9 @@ use anyhow::Result;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use keeper_e2e::harness::{self, Cluster, TestEnv, can_i, run, workspace_root};
+use keeper_e2e::ksm_server::{TestServer, VaultSpec};
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
 
 const CRDS: [&str; 2] = [
     "keepersecrets.keeper-operator.dev",
@@ -290,5 +291,86 @@ async fn chart_rbac_cluster_wide_mode() -> Result<()> {
     assert!(!can_i(&client, "list", "", "configmaps", Some(&other)).await?);
     assert!(!can_i(&client, "create", "", "pods", Some(&other)).await?);
     assert!(!can_i(&client, "*", "*", "*", None).await?);
+    Ok(())
+}
+
+/// First value of a standard field of a record in the sample vault (expected Secret contents come
+/// from the vault file, not from the test).
+fn vault_field(vault: &serde_json::Value, uid: &str, field_type: &str) -> String {
+    let record = vault["records"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["uid"] == uid))
+        .unwrap_or_else(|| panic!("record {uid} not in the sample vault"));
+    let field = record["fields"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["type"] == field_type))
+        .unwrap_or_else(|| panic!("{uid} has no {field_type} field"));
+    field["value"][0].as_str().expect("text value").to_string()
+}
+
+/// The user path end to end: the chart's RBAC suffices for the real operator, which syncs the
+/// README's example KeeperSecret from the KSM test server while running as the chart's
+/// ServiceAccount.
+#[tokio::test]
+async fn operator_syncs_the_example_as_the_chart_service_account() -> Result<()> {
+    let vault_path = workspace_root().join("e2e/testdata/sample-vault.json");
+    let vault_text = std::fs::read_to_string(&vault_path)?;
+    let vault: serde_json::Value = serde_json::from_str(&vault_text)?;
+    let server = TestServer::start(VaultSpec::from_json(&vault_text)?).await?;
+    let env = TestEnv::new("smoke").await?;
+    env.create_credential_secret("ksm-config", &server.bound_config("operator")?)
+        .await?;
+    let mut operator = env.operator_for(&server)?.spawn()?;
+    operator.wait_ready(Duration::from_secs(60)).await?;
+
+    let mut cmd = env.cluster.kubectl();
+    cmd.args(["-n", &env.app_namespace, "apply", "-f"])
+        .arg(workspace_root().join("e2e/examples/keepersecret.yaml"));
+    run(&mut cmd, None)?;
+    let gvk = GroupVersionKind::gvk("keeper-operator.dev", "v1alpha1", "KeeperSecret");
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        env.cluster.client(),
+        &env.app_namespace,
+        &ApiResource::from_gvk(&gvk),
+    );
+    harness::wait_for_condition(&api, "shop-db", "Ready", Duration::from_secs(60)).await?;
+
+    let secrets: Api<Secret> = env.api();
+    let secret =
+        harness::wait_for_secret(&secrets, "shop-db", Duration::from_secs(10), |_| true).await?;
+    let data = harness::secret_strings(&secret);
+    let db = "YP6qLSSxX3qEJLYyQs6iZw";
+    let expected = [
+        ("username", vault_field(&vault, db, "login")),
+        ("password", vault_field(&vault, db, "password")),
+        ("url", vault_field(&vault, db, "url")),
+        (
+            "stripe-api-key",
+            vault_field(&vault, "SsxoiM-FPCF65F54JaY3jQ", "password"),
+        ),
+    ];
+    for (key, value) in &expected {
+        assert_eq!(data.get(*key), Some(value), "key {key}");
+    }
+    let labels = secret.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("keeper-operator")
+    );
+
+    operator.ensure_running()?;
+    let logs = operator.logs();
+    assert!(
+        !logs.contains("forbidden"),
+        "RBAC denial in the operator log:\n{logs}"
+    );
+    for (key, value) in &expected {
+        assert!(
+            !logs.contains(value.as_str()),
+            "the value of {key} leaked into the operator log"
+        );
+    }
     Ok(())
 }
