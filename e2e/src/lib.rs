@@ -1,3 +1,4 @@
 //! KSM-compatible test server and end-to-end harness.
 
+pub mod harness;
 pub mod ksm_server;

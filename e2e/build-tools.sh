@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Builds the e2e control-plane tools (kube-apiserver, kube-controller-manager, kubectl, etcd, helm)
+# from the pinned Go wrapper modules in e2e/tools/ and prints the directory holding them.
+#
+# Binaries are cached outside the work tree under a key derived from the go.mod/go.sum files, the
+# Go version and the build flags, so a warm run only checks a stamp file. Ready-made binaries are
+# used instead of building when `E2E_BIN_DIR` or `KUBEBUILDER_ASSETS` (setup-envtest layout) holds
+# them; whatever is missing there is still built.
+#
+# Usage: e2e/build-tools.sh            (progress on stderr, the bin dir on stdout)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TOOLS="$ROOT/e2e/tools"
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/keeper-operator-e2e"
+ALL_TOOLS=(kube-apiserver kube-controller-manager kubectl etcd helm)
+
+log() { printf '[build-tools] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- ready-made binaries -------------------------------------------------------------------------
+external_dir() {
+  if [[ -n "${E2E_BIN_DIR:-}" ]]; then echo "$E2E_BIN_DIR"
+  elif [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then echo "$KUBEBUILDER_ASSETS"
+  fi
+}
+EXT=$(external_dir)
+missing=()
+for t in "${ALL_TOOLS[@]}"; do
+  [[ -n "$EXT" && -x "$EXT/$t" ]] || missing+=("$t")
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+  log "using ready-made binaries in $EXT"
+  echo "$EXT"
+  exit 0
+fi
+needs() { local t; for t in "$@"; do [[ " ${missing[*]} " == *" $t "* ]] && return 0; done; return 1; }
+
+# --- build flags (kept identical across runs so GOCACHE and the stamp stay valid) ----------------
+command -v go >/dev/null || die "Go is required to build the control plane (or set E2E_BIN_DIR / KUBEBUILDER_ASSETS)"
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-trimpath -modcacherw"
+
+modver() { awk -v m="$2" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$TOOLS/$1/go.mod"; }
+KV=$(modver k8s k8s.io/kubernetes)
+HV=$(modver helm helm.sh/helm/v3)
+[[ -n "$KV" && -n "$HV" ]] || die "cannot read pinned versions from e2e/tools/*/go.mod"
+KMINOR=$(cut -d. -f2 <<<"$KV")
+
+# Version stamping as Kubernetes' hack/lib/version.sh does; a constant buildDate keeps links cacheable.
+K8S_LDFLAGS="-s -w"
+for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  K8S_LDFLAGS+=" -X $p.gitVersion=$KV -X $p.gitMajor=1 -X $p.gitMinor=$KMINOR -X $p.gitTreeState=clean"
+  K8S_LDFLAGS+=" -X $p.gitCommit=unknown -X $p.buildDate=1970-01-01T00:00:00Z"
+done
+K8S_TAGS="selinux,notest,grpcnotrace"
+# Without these, helm assumes Kubernetes 1.20 for capabilities and lint deprecation checks.
+HELM_LDFLAGS="-s -w -X helm.sh/helm/v3/internal/version.version=$HV"
+for p in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+  HELM_LDFLAGS+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$KMINOR"
+done
+ETCD_LDFLAGS="-s -w"
+
+KEY=$( { cat "$TOOLS"/*/go.mod "$TOOLS"/*/go.sum; go version; echo "$GOFLAGS|$K8S_LDFLAGS|$K8S_TAGS|$HELM_LDFLAGS|$ETCD_LDFLAGS"; } \
+  | sha256sum | cut -c1-16)
+BIN_DIR="$CACHE/bin/$KEY"
+
+# With ready-made binaries, combine them and the built ones in a directory of symlinks.
+publish() {
+  if [[ -z "$EXT" ]]; then echo "$BIN_DIR"; return; fi
+  local merged
+  merged="$CACHE/bin/merged-$(printf '%s|%s' "$EXT" "$KEY" | sha256sum | cut -c1-16)"
+  mkdir -p "$merged"
+  for t in "${ALL_TOOLS[@]}"; do
+    if [[ -x "$EXT/$t" ]]; then ln -sfn "$EXT/$t" "$merged/$t"; else ln -sfn "$BIN_DIR/$t" "$merged/$t"; fi
+  done
+  log "using ready-made binaries from $EXT, built: ${missing[*]}"
+  echo "$merged"
+}
+
+have_all() { local t; for t in "${missing[@]}"; do [[ -x "$BIN_DIR/$t" ]] || return 1; done; }
+if [[ -f "$BIN_DIR/.complete" ]] && have_all; then publish; exit 0; fi
+
+mkdir -p "$CACHE/bin"
+exec 9>"$CACHE/bin/.lock"
+log "waiting for the build lock"; flock 9
+if [[ -f "$BIN_DIR/.complete" ]] && have_all; then publish; exit 0; fi
+
+# --- cold build, with progress ---------------------------------------------------------------------
+STAGE="$BIN_DIR.tmp"
+mkdir -p "$STAGE"
+# Keep what an earlier partial build finished (go install then skips relinking).
+[[ -d "$BIN_DIR" ]] && cp -a "$BIN_DIR"/. "$STAGE"/ && rm -rf "$BIN_DIR"
+START=$SECONDS
+
+# `go build -v` names each package it actually compiles; report every 100 and the elapsed time.
+progress() {
+  local what=$1 n=0 line
+  while IFS= read -r line; do
+    case "$line" in
+      *" "* | *:*) printf '%s\n' "$line" >&2 ;; # diagnostics; package paths have neither
+      *) n=$((n + 1)); ((n % 100 == 0)) && log "$what: $n packages compiled ($((SECONDS - START))s)" ;;
+    esac
+  done
+  log "$what: done, $n packages compiled ($((SECONDS - START))s)"
+}
+
+run_go() { # what, dir, go args...
+  local what=$1 dir=$2; shift 2
+  log "$what: building ($KV / helm $HV); a cold build takes minutes to tens of minutes"
+  if ! (cd "$dir" && go "$1" -v "${@:2}" 2>&1) | progress "$what"; then die "$what: go build failed"; fi
+}
+
+if needs etcd; then
+  run_go etcd "$TOOLS/etcd" build -ldflags="$ETCD_LDFLAGS" -o "$STAGE/etcd" go.etcd.io/etcd/server/v3
+fi
+k8s_pkgs=()
+needs kube-apiserver && k8s_pkgs+=(k8s.io/kubernetes/cmd/kube-apiserver)
+needs kube-controller-manager && k8s_pkgs+=(k8s.io/kubernetes/cmd/kube-controller-manager)
+needs kubectl && k8s_pkgs+=(k8s.io/kubernetes/cmd/kubectl)
+if [[ ${#k8s_pkgs[@]} -gt 0 ]]; then
+  GOBIN="$STAGE" run_go kubernetes "$TOOLS/k8s" install -tags="$K8S_TAGS" -pgo=off -ldflags="$K8S_LDFLAGS" "${k8s_pkgs[@]}"
+fi
+if needs helm; then
+  GOBIN="$STAGE" run_go helm "$TOOLS/helm" install -ldflags="$HELM_LDFLAGS" helm.sh/helm/v3/cmd/helm
+fi
+
+for t in "${missing[@]}"; do [[ -x "$STAGE/$t" ]] || die "$t was not produced"; done
+touch "$STAGE/.complete"
+mv "$STAGE" "$BIN_DIR"
+log "tools ready in $BIN_DIR ($((SECONDS - START))s)"
+publish

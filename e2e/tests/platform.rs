@@ -1,0 +1,291 @@
+//! The platform itself: the local control plane enforces RBAC, the chart lints, renders and passes
+//! the real API server's validation, and its RBAC grants the operator exactly what it needs.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use keeper_e2e::harness::{self, Cluster, TestEnv, can_i, run, workspace_root};
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+
+const CRDS: [&str; 2] = [
+    "keepersecrets.keeper-operator.dev",
+    "clusterkeeperstores.keeper-operator.dev",
+];
+
+fn chart_dir() -> String {
+    workspace_root()
+        .join("helm/keeper-operator")
+        .display()
+        .to_string()
+}
+
+#[tokio::test]
+async fn control_plane_is_real_and_enforces_rbac() -> Result<()> {
+    let cluster = Cluster::connect().await?;
+    let version = cluster.client().apiserver_version().await?;
+    assert_eq!(version.git_version, format!("v{}", harness::KUBE_VERSION));
+
+    // A ServiceAccount with no bindings can authenticate but do nothing.
+    let ns = cluster.fresh_namespace("rbac").await?;
+    let sa = k8s_openapi::api::core::v1::ServiceAccount {
+        metadata: kube::api::ObjectMeta {
+            name: Some("nobody".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::namespaced(cluster.client(), &ns)
+        .create(&PostParams::default(), &sa)
+        .await?;
+    let token = cluster
+        .service_account_token(&ns, "nobody", Duration::from_secs(600))
+        .await?;
+    let client = cluster.token_client(&token, &ns).await?;
+    assert!(!can_i(&client, "get", "", "secrets", Some(&ns)).await?);
+    let err = Api::<Secret>::namespaced(client, &ns)
+        .list(&ListParams::default())
+        .await
+        .expect_err("an unbound ServiceAccount must not list secrets");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 403),
+        "expected 403, got {err}"
+    );
+
+    // The controller-manager runs: it creates each namespace's default ServiceAccount.
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(cluster.client(), &ns);
+    harness::wait_until(
+        "default ServiceAccount",
+        Duration::from_secs(30),
+        || async { Ok(sas.get_opt("default").await?) },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn chart_lints_strictly() -> Result<()> {
+    let cluster = Cluster::connect().await?;
+    let variants: [&[&str]; 2] = [
+        &[],
+        &[
+            "--set",
+            "replicaCount=3,watchNamespace=apps,serviceMonitor.enabled=true,networkPolicy.enabled=true,keeperCA.configMap=keeper-ca",
+        ],
+    ];
+    for extra in variants {
+        let mut cmd = cluster.helm();
+        cmd.args(["lint", "--strict", "--kube-version", harness::KUBE_VERSION])
+            .arg(chart_dir())
+            .args(extra);
+        run(&mut cmd, None)?;
+    }
+    // The schema rejects unknown and mistyped values.
+    for bad in ["replicaCount=many", "logging.format=xml", "nosuchvalue=1"] {
+        let mut cmd = cluster.helm();
+        cmd.args(["lint", "--strict"])
+            .arg(chart_dir())
+            .args(["--set", bad]);
+        assert!(
+            run(&mut cmd, None).is_err(),
+            "helm lint accepted --set {bad}"
+        );
+    }
+    Ok(())
+}
+
+/// Renders the chart in several configurations and has the real API server validate every object
+/// (strict field validation, admission); the pod template meets the "restricted" Pod Security level.
+#[tokio::test]
+async fn chart_renders_and_passes_server_validation() -> Result<()> {
+    let cluster = Cluster::connect().await?;
+    let op_ns = cluster.fresh_namespace("chart").await?;
+    let app_ns = cluster.fresh_namespace("chart-app").await?;
+    let mut cmd = cluster.kubectl();
+    cmd.args([
+        "label",
+        "namespace",
+        &op_ns,
+        "pod-security.kubernetes.io/warn=restricted",
+    ]);
+    run(&mut cmd, None)?;
+
+    let wide = cluster.render_chart(&op_ns, &op_ns, &[])?;
+    let crds = harness::crd_names(&wide);
+    assert_eq!(crds.len(), CRDS.len(), "rendered CRDs: {crds:?}");
+    for crd in CRDS {
+        assert!(crds.iter().any(|c| c == crd), "{crd} not rendered");
+    }
+    assert!(wide.contains("helm.sh/resource-policy: keep"));
+    assert!(
+        !wide.contains("--leader-elect"),
+        "one replica needs no leader election"
+    );
+    assert!(wide.contains("type: Recreate"));
+
+    // CRDs first (for real), so that the rest validates against an established API.
+    cluster.install_chart(&op_ns, &op_ns, &[]).await?;
+    let ha = cluster.render_chart(
+        &op_ns,
+        &op_ns,
+        &[
+            ("replicaCount", "2"),
+            ("watchNamespace", &app_ns),
+            ("networkPolicy.enabled", "true"),
+            ("keeperCA.configMap", "keeper-ca"),
+        ],
+    )?;
+    assert!(ha.contains("- --leader-elect"));
+    assert!(ha.contains("kind: PodDisruptionBudget"));
+    assert!(ha.contains(&format!("- --watch-namespace={app_ns}")));
+    for manifest in [&wide, &ha] {
+        let out = cluster.apply(manifest, &["--dry-run=server", "--validate=strict"])?;
+        assert!(
+            !out.stderr.contains("Warning"),
+            "server warnings (e.g. Pod Security 'restricted'):\n{}",
+            out.stderr
+        );
+    }
+    // Without CRDs the chart still renders (crds.install=false).
+    let no_crds = cluster.render_chart(&op_ns, &op_ns, &[("crds.install", "false")])?;
+    assert!(harness::crd_names(&no_crds).is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn rendered_crds_are_established() -> Result<()> {
+    let cluster = Cluster::connect().await?;
+    let ns = cluster.fresh_namespace("crds").await?;
+    let install = cluster.install_chart(&ns, &ns, &[]).await?;
+    let api: Api<CustomResourceDefinition> = Api::all(cluster.client());
+    for crd in CRDS {
+        assert!(install.crds.iter().any(|c| c == crd));
+        let obj = api.get(crd).await?;
+        let established = harness::condition(&obj, "Established")
+            .and_then(|c| c["status"].as_str().map(String::from));
+        assert_eq!(established.as_deref(), Some("True"), "{crd}");
+        let keep = obj.metadata.annotations.unwrap_or_default();
+        assert_eq!(
+            keep.get("helm.sh/resource-policy").map(String::as_str),
+            Some("keep")
+        );
+    }
+    Ok(())
+}
+
+/// The chart's ServiceAccount, with a real token, can do what the operator needs in the watched
+/// namespace and nothing outside it.
+#[tokio::test]
+async fn chart_rbac_is_least_privilege_with_watch_namespace() -> Result<()> {
+    let env = TestEnv::new("rbac-ns").await?;
+    let other = env.cluster.fresh_namespace("rbac-other").await?;
+    let token = env
+        .cluster
+        .service_account_token(
+            &env.chart.namespace,
+            &env.chart.service_account,
+            Duration::from_secs(600),
+        )
+        .await?;
+    let client = env
+        .cluster
+        .token_client(&token, &env.chart.namespace)
+        .await?;
+    let app = Some(env.app_namespace.as_str());
+    let op = Some(env.chart.namespace.as_str());
+    let group = "keeper-operator.dev";
+
+    for (verb, g, res, ns) in [
+        ("watch", group, "keepersecrets", app),
+        ("patch", group, "keepersecrets/status", app),
+        ("create", "", "secrets", app),
+        ("delete", "", "secrets", app),
+        ("create", "events.k8s.io", "events", app),
+        ("patch", "events.k8s.io", "events", app),
+        ("list", group, "clusterkeeperstores", None),
+        ("watch", "", "namespaces", None),
+        ("create", "coordination.k8s.io", "leases", op),
+        ("update", "coordination.k8s.io", "leases", op),
+        ("get", "", "secrets", op),
+    ] {
+        assert!(
+            can_i(&client, verb, g, res, ns).await?,
+            "operator cannot {verb} {res} in {ns:?}"
+        );
+    }
+    for (verb, g, res, ns) in [
+        ("get", "", "secrets", Some(other.as_str())),
+        ("list", "", "secrets", None),
+        ("list", group, "keepersecrets", Some(other.as_str())),
+        ("update", group, "keepersecrets", app),
+        ("create", "", "configmaps", app),
+        ("delete", "", "secrets", op),
+        ("create", "coordination.k8s.io", "leases", app),
+        ("delete", "", "namespaces", None),
+        ("create", "", "pods", app),
+        ("update", group, "clusterkeeperstores", None),
+    ] {
+        assert!(
+            !can_i(&client, verb, g, res, ns).await?,
+            "operator may {verb} {res} in {ns:?}"
+        );
+    }
+
+    // And the real authorizer agrees on real requests.
+    let in_app: Api<Secret> = Api::namespaced(client.clone(), &env.app_namespace);
+    in_app.list(&ListParams::default()).await?;
+    let outside: Api<Secret> = Api::namespaced(client.clone(), &other);
+    let err = outside
+        .list(&ListParams::default())
+        .await
+        .expect_err("secrets outside watchNamespace");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 403),
+        "{err}"
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(client, &env.app_namespace);
+    assert!(cms.list(&ListParams::default()).await.is_err());
+    Ok(())
+}
+
+/// Without watchNamespace the operator reads across namespaces, yet still only what it needs.
+#[tokio::test]
+async fn chart_rbac_cluster_wide_mode() -> Result<()> {
+    let cluster = Cluster::connect().await?;
+    let ns = cluster.fresh_namespace("rbac-wide").await?;
+    let other = cluster.fresh_namespace("rbac-wide-other").await?;
+    let install = cluster.install_chart(&ns, &ns, &[]).await?;
+    let token = cluster
+        .service_account_token(&ns, &install.service_account, Duration::from_secs(600))
+        .await?;
+    let client = cluster.token_client(&token, &ns).await?;
+    assert!(can_i(&client, "list", "", "secrets", None).await?);
+    assert!(
+        can_i(
+            &client,
+            "watch",
+            "keeper-operator.dev",
+            "keepersecrets",
+            None
+        )
+        .await?
+    );
+    assert!(can_i(&client, "patch", "events.k8s.io", "events", Some(&other)).await?);
+    assert!(
+        !can_i(
+            &client,
+            "create",
+            "coordination.k8s.io",
+            "leases",
+            Some(&other)
+        )
+        .await?
+    );
+    assert!(!can_i(&client, "list", "", "configmaps", Some(&other)).await?);
+    assert!(!can_i(&client, "create", "", "pods", Some(&other)).await?);
+    assert!(!can_i(&client, "*", "*", "*", None).await?);
+    Ok(())
+}
