@@ -188,6 +188,7 @@ env_cmd() {
   healthy || die "no healthy control plane; run: e2e/cluster.sh up"
   local bin
   bin=$(awk -F= '$1=="BIN_DIR"{print $2}' "$RUN/ports")
+  # shellcheck disable=SC2016 # $PATH is expanded by the eval of this output
   printf 'export KUBECONFIG=%q\nexport E2E_KUBECONFIG=%q\nexport PATH=%q:"$PATH"\n' \
     "$KUBECONFIG_OUT" "$KUBECONFIG_OUT" "$bin"
 }

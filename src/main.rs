@@ -1,12 +1,14 @@
 //! `keeper-operator run`: the controller plus the health/metrics server, one shutdown signal,
 //! and (with `--leader-elect`) a Lease so only one replica reconciles.
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use keeper_operator::cli::keeper::run_keeper_command;
 use keeper_operator::config::{Cli, Command, RunArgs};
 use keeper_operator::keeper_source::{KsmSource, client_options};
 use keeper_operator::leader::Elector;
@@ -17,15 +19,32 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use tokio::sync::watch;
 use tracing::info;
+use tracing_subscriber::EnvFilter;
 
 /// Name of the leader-election Lease in the operator namespace.
 const LEASE_NAME: &str = "keeper-operator-leader";
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+async fn main() -> ExitCode {
+    let result = match Cli::parse().command {
         Command::Run(args) => run(args).await,
-        // The `keeper` subcommand dispatches to crate::cli::run_keeper_command here.
+        Command::Keeper(args) => {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_env_filter(
+                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+                )
+                .init();
+            run_keeper_command(args).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line: the error and its causes joined by ": ".
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

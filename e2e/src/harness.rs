@@ -187,7 +187,7 @@ impl Cluster {
             .arg(workspace_root().join("helm/keeper-operator"))
             .args(["--namespace", namespace, "--kube-version", KUBE_VERSION]);
         for (k, v) in set {
-            cmd.arg("--set-string").arg(format!("{k}={v}"));
+            cmd.arg("--set").arg(format!("{k}={v}"));
         }
         let out = run(&mut cmd, None)?;
         Ok(out.stdout)
@@ -242,17 +242,17 @@ impl Cluster {
     ) -> Result<SaToken> {
         let api: Api<ServiceAccount> = Api::namespaced(self.client(), namespace);
         let req = TokenRequest {
-            spec: TokenRequestSpec {
+            spec: Some(TokenRequestSpec {
                 expiration_seconds: Some(ttl.as_secs() as i64),
                 ..Default::default()
-            },
+            }),
             ..Default::default()
         };
         let resp = api
             .create_token_request(sa, &PostParams::default(), &req)
             .await
             .with_context(|| format!("TokenRequest for {namespace}/{sa}"))?;
-        let token = resp.status.map(|s| s.token).filter(|t| !t.is_empty());
+        let token = resp.status.and_then(|s| s.token).filter(|t| !t.is_empty());
         token
             .map(|value| SaToken { value })
             .ok_or_else(|| anyhow!("TokenRequest for {namespace}/{sa} returned no token"))

@@ -1,31 +1,14 @@
 //! The operator's KSM client (`keeper_operator::ksm`) against the test server, through token
 //! redemption, every read path and every error path the operator has to tell apart.
 
-use keeper_e2e::ksm_server::{DownMode, FileFailure, RateLimit, TestServer, VaultSpec};
+use keeper_e2e::ksm_server::uids::{CERT_FILE, DATABASES, POSTGRES, PRODUCTION, STRIPE};
+use keeper_e2e::ksm_server::{DownMode, FileFailure, RateLimit, TestServer, sample_vault};
 use keeper_operator::ksm::notation::{Notation, NotationValue, resolve};
 use keeper_operator::ksm::{ClientOptions, KsmClient, KsmConfig, KsmError, Query, redeem_token};
 use std::time::{Duration, Instant};
 
-const POSTGRES: &str = "YP6qLSSxX3qEJLYyQs6iZw";
-const STRIPE: &str = "SsxoiM-FPCF65F54JaY3jQ";
-const PRODUCTION: &str = "WrCSNEzZNMFwau1vshzjIA";
-const DATABASES: &str = "eyVTib_CDFxqbRt9kaF8Yw";
-const CERT_FILE: &str = "SP4eXwtZ4A3YYDQ0Rjrpcw";
-
-fn sample() -> VaultSpec {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/sample-vault.json");
-    VaultSpec::from_json(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 fn cert_pem() -> Vec<u8> {
-    sample()
-        .records
-        .iter()
-        .flat_map(|r| r.files.iter())
-        .find(|f| f.uid == CERT_FILE)
-        .unwrap()
-        .bytes()
-        .unwrap()
+    sample_vault().file(CERT_FILE).unwrap().bytes().unwrap()
 }
 
 /// Trusts the server's CA; no automatic throttle retries, so each error surfaces.
@@ -47,8 +30,18 @@ fn client_with(server: &TestServer, app: &str, options: ClientOptions) -> KsmCli
     KsmClient::new(config, &options).unwrap()
 }
 
+async fn redeem(server: &TestServer, token: &str) -> Result<KsmConfig, KsmError> {
+    redeem_token(
+        token,
+        Some(&server.hostname()),
+        Some(server.server_public_key()),
+        &options(server),
+    )
+    .await
+}
+
 async fn start() -> TestServer {
-    TestServer::start(sample()).await.unwrap()
+    TestServer::start(sample_vault()).await.unwrap()
 }
 
 fn text(values: Vec<NotationValue>) -> Vec<String> {
@@ -59,14 +52,7 @@ fn text(values: Vec<NotationValue>) -> Vec<String> {
 async fn redeems_a_token_like_the_sdks() {
     let server = start().await;
     let token = server.issue_token("operator").unwrap();
-    let config = redeem_token(
-        &token,
-        Some(&server.hostname()),
-        Some(server.server_public_key()),
-        &options(&server),
-    )
-    .await
-    .unwrap();
+    let config = redeem(&server, &token).await.unwrap();
     assert!(config.is_bound());
     assert_eq!(config.hostname(), server.hostname());
     // Bind, then the re-fetch every SDK makes.
@@ -83,14 +69,7 @@ async fn redeems_a_token_like_the_sdks() {
     assert_eq!(vault.records.len(), 4);
 
     // A used token is refused: the server checks the second device against the bound key.
-    let err = redeem_token(
-        &token,
-        Some(&server.hostname()),
-        Some(server.server_public_key()),
-        &options(&server),
-    )
-    .await
-    .unwrap_err();
+    let err = redeem(&server, &token).await.unwrap_err();
     assert!(
         matches!(&err, KsmError::AccessDenied { message } if message == "Signature is invalid"),
         "{err:?}"
@@ -101,23 +80,17 @@ async fn redeems_a_token_like_the_sdks() {
 #[tokio::test]
 async fn expired_unknown_and_interrupted_redemptions_fail_clearly() {
     let server = start().await;
-    let key = Some(server.server_public_key());
-    let host = server.hostname();
     let expired = server
         .issue_token_with_ttl("operator", Duration::from_millis(1))
         .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let err = redeem_token(&expired, Some(&host), key.clone(), &options(&server))
-        .await
-        .unwrap_err();
+    let err = redeem(&server, &expired).await.unwrap_err();
     assert!(
         matches!(&err, KsmError::AccessDenied { message } if message == "Unable to validate application access"),
         "{err:?}"
     );
     let unknown = keeper_operator::ksm::crypto::b64_url(&[9u8; 32]);
-    let err = redeem_token(&unknown, Some(&host), key.clone(), &options(&server))
-        .await
-        .unwrap_err();
+    let err = redeem(&server, &unknown).await.unwrap_err();
     assert_eq!(err.reason(), "AuthFailed");
 
     // The binding response is lost: the server has bound a device key that died with the
@@ -125,13 +98,9 @@ async fn expired_unknown_and_interrupted_redemptions_fail_clearly() {
     // for a new token rather than retry.
     let token = server.issue_token("operator").unwrap();
     server.faults().drop_next(1);
-    let err = redeem_token(&token, Some(&host), key.clone(), &options(&server))
-        .await
-        .unwrap_err();
+    let err = redeem(&server, &token).await.unwrap_err();
     assert!(err.is_transient(), "{err:?}");
-    let err = redeem_token(&token, Some(&host), key, &options(&server))
-        .await
-        .unwrap_err();
+    let err = redeem(&server, &token).await.unwrap_err();
     assert_eq!(err.reason(), "AuthFailed", "{err:?}");
 }
 

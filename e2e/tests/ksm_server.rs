@@ -1,8 +1,12 @@
 //! The test server checked with raw protocol crypto (no client library in between): binding,
 //! signatures, filtering, the key hierarchy, error bodies, faults, counters and the admin API.
 
+use keeper_e2e::ksm_server::uids::{
+    ANALYTICS, BUNDLE_FILE, CERT_FILE, DATABASES, POSTGRES, PRODUCTION, STAGING,
+    STAGING_POSTGRES as STAGING_PG, STRIPE, WEB_CERT,
+};
 use keeper_e2e::ksm_server::{
-    DownMode, FileFailure, FileSpec, RateLimit, ServerOptions, TestServer, VaultSpec,
+    DownMode, FileFailure, FileSpec, RateLimit, ServerOptions, TestServer, VaultSpec, sample_vault,
 };
 use keeper_operator::ksm::crypto::{
     AesKey, EcKeyPair, aes_gcm_decrypt, aes_gcm_encrypt, b64_decode, b64_std, b64_url, client_id,
@@ -11,30 +15,12 @@ use keeper_operator::ksm::crypto::{
 use serde_json::{Value, json};
 use std::time::Duration;
 
-const POSTGRES: &str = "YP6qLSSxX3qEJLYyQs6iZw";
-const ANALYTICS: &str = "Tv3hXMtMZxaQgmbqhA5-Zw";
-const WEB_CERT: &str = "eOg9gnMeK3HgPNAqf7KB7g";
-const STRIPE: &str = "SsxoiM-FPCF65F54JaY3jQ";
-const STAGING_PG: &str = "qzT_rmdvraJvbefxOoUyCQ";
-const PRODUCTION: &str = "WrCSNEzZNMFwau1vshzjIA";
-const DATABASES: &str = "eyVTib_CDFxqbRt9kaF8Yw";
-const STAGING: &str = "sXPn9haeUZfuv4Xp_nAUYw";
-const CERT_FILE: &str = "SP4eXwtZ4A3YYDQ0Rjrpcw";
-
 fn sample() -> VaultSpec {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/sample-vault.json");
-    VaultSpec::from_json(&std::fs::read_to_string(path).unwrap()).unwrap()
+    sample_vault()
 }
 
 fn sample_file(uid: &str) -> Vec<u8> {
-    sample()
-        .records
-        .iter()
-        .flat_map(|r| r.files.iter())
-        .find(|f| f.uid == uid)
-        .unwrap()
-        .bytes()
-        .unwrap()
+    sample().file(uid).unwrap().bytes().unwrap()
 }
 
 /// A device as a client holds it: its key, client id, and (once bound) the app key.
@@ -46,6 +32,13 @@ struct Device {
 }
 
 impl Device {
+    /// Unwraps `encryptedAppKey` of a binding answer with the token's client key.
+    fn accept_binding(&mut self, answer: &Value) {
+        let wrapped = b64_decode(answer["encryptedAppKey"].as_str().unwrap()).unwrap();
+        let client_key = AesKey::from_slice(&self.client_key).unwrap();
+        self.app_key = Some(client_key.unwrap_key(&wrapped).unwrap());
+    }
+
     fn from_token(token: &str) -> Self {
         let client_key = b64_decode(token).unwrap();
         Device {
@@ -105,6 +98,12 @@ impl<'a> Call<'a> {
             corrupt_signature: false,
         }
     }
+    /// A first call that carries the device public key, as every SDK binds.
+    fn binding(endpoint: &'a str, device: &Device) -> Self {
+        let public = b64_std(&device.key.public_key_bytes());
+        Self::new(endpoint, device).with("publicKey", json!(public))
+    }
+
     fn with(mut self, key: &str, value: Value) -> Self {
         self.payload[key] = value;
         self
@@ -171,21 +170,20 @@ impl Raw {
         })
     }
 
+    /// The status of a correct request.
+    async fn status(&self, device: &Device, endpoint: &str) -> u16 {
+        self.send(device, Call::new(endpoint, device)).await.status
+    }
+
     async fn send(&self, device: &Device, call: Call<'_>) -> Reply {
         self.try_send(device, call)
             .await
             .expect("request completes")
     }
 
-    /// Binds a token-created device like every SDK: get_secret with publicKey, then again.
+    /// Binds a token-created device: get_secret with publicKey; returns the binding answer.
     async fn bind(&self, device: &mut Device) -> Value {
-        let public = b64_std(&device.key.public_key_bytes());
-        let reply = self
-            .send(
-                device,
-                Call::new("get_secret", device).with("publicKey", json!(public)),
-            )
-            .await;
+        let reply = self.send(device, Call::binding("get_secret", device)).await;
         assert_eq!(
             reply.status,
             200,
@@ -193,9 +191,7 @@ impl Raw {
             String::from_utf8_lossy(&reply.body)
         );
         let json = reply.json();
-        let wrapped = b64_decode(json["encryptedAppKey"].as_str().unwrap()).unwrap();
-        let client_key = AesKey::from_slice(&device.client_key).unwrap();
-        device.app_key = Some(client_key.unwrap_key(&wrapped).unwrap());
+        device.accept_binding(&json);
         json
     }
 
@@ -318,7 +314,7 @@ async fn binding_then_full_fetch_decrypts_the_whole_key_hierarchy() {
     let cert = records.iter().find(|r| r.0 == WEB_CERT).unwrap();
     assert_eq!(
         field(&cert.1, "fileRef")["value"],
-        json!([CERT_FILE, "nB2sOuesTb5_sVck9oX-Aw"])
+        json!([CERT_FILE, BUNDLE_FILE])
     );
     let file = &cert.3["files"][0];
     let file_key = cert
@@ -352,18 +348,12 @@ async fn binding_through_get_folders_like_the_rust_sdk() {
     let server = TestServer::start(sample()).await.unwrap();
     let raw = Raw::new(&server);
     let mut device = Device::from_token(&server.issue_token("ci").unwrap());
-    let public = b64_std(&device.key.public_key_bytes());
     let reply = raw
-        .send(
-            &device,
-            Call::new("get_folders", &device).with("publicKey", json!(public)),
-        )
+        .send(&device, Call::binding("get_folders", &device))
         .await;
     assert_eq!(reply.status, 200);
     let json = reply.json();
-    let wrapped = b64_decode(json["encryptedAppKey"].as_str().unwrap()).unwrap();
-    let client_key = AesKey::from_slice(&device.client_key).unwrap();
-    device.app_key = Some(client_key.unwrap_key(&wrapped).unwrap());
+    device.accept_binding(&json);
     assert_eq!(json["folders"][0]["folderUid"], STAGING);
     let reply = raw.send(&device, Call::new("get_secret", &device)).await;
     let records = all_records(&reply.json(), device.app_key.as_ref().unwrap());
@@ -426,12 +416,8 @@ async fn tokens_cannot_be_reused_expired_or_guessed() {
 
     // A second device with the same token: the server checks against the bound key.
     let second = Device::from_token(&token);
-    let public = b64_std(&second.key.public_key_bytes());
     let reply = raw
-        .send(
-            &second,
-            Call::new("get_secret", &second).with("publicKey", json!(public)),
-        )
+        .send(&second, Call::binding("get_secret", &second))
         .await;
     assert_eq!(reply.status, 403);
     let error = reply.error();
@@ -443,13 +429,7 @@ async fn tokens_cannot_be_reused_expired_or_guessed() {
     );
 
     // The first device repeating its binding call gets the app key again (lost response).
-    let public = b64_std(&first.key.public_key_bytes());
-    let again = raw
-        .send(
-            &first,
-            Call::new("get_secret", &first).with("publicKey", json!(public)),
-        )
-        .await;
+    let again = raw.send(&first, Call::binding("get_secret", &first)).await;
     assert!(again.json()["encryptedAppKey"].is_string());
 
     // Unknown client id.
@@ -469,13 +449,7 @@ async fn tokens_cannot_be_reused_expired_or_guessed() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let late = Device::from_token(&expiring);
-    let public = b64_std(&late.key.public_key_bytes());
-    let reply = raw
-        .send(
-            &late,
-            Call::new("get_secret", &late).with("publicKey", json!(public)),
-        )
-        .await;
+    let reply = raw.send(&late, Call::binding("get_secret", &late)).await;
     assert_eq!(reply.status, 403);
     assert_eq!(
         reply.error()["message"],
@@ -708,12 +682,7 @@ async fn a_server_with_another_key_id_names_it_in_key_errors() {
     call.key_id = Some("10");
     let reply = raw.send(&device, call).await;
     assert_eq!(reply.error()["key_id"], 17);
-    assert_eq!(
-        raw.send(&device, Call::new("get_secret", &device))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(raw.status(&device, "get_secret").await, 200);
 }
 
 #[tokio::test]
@@ -732,12 +701,7 @@ async fn throttling_injected_and_rate_limited() {
         assert_eq!(error["message"], "get_secret");
         assert_eq!(error["retry_after"], 3);
     }
-    assert_eq!(
-        raw.send(&device, Call::new("get_secret", &device))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(raw.status(&device, "get_secret").await, 200);
 
     server.faults().set_throttle_status(429);
     server.faults().throttle_next(1, None);
@@ -752,20 +716,11 @@ async fn throttling_injected_and_rate_limited() {
     }));
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        statuses.push(
-            raw.send(&device, Call::new("get_secret", &device))
-                .await
-                .status,
-        );
+        statuses.push(raw.status(&device, "get_secret").await);
     }
     assert_eq!(statuses, [200, 200, 200, 403, 403]);
     // The limit is per client id and endpoint.
-    assert_eq!(
-        raw.send(&device, Call::new("get_folders", &device))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(raw.status(&device, "get_folders").await, 200);
     assert_eq!(server.counters().outcome("throttled"), 5);
 }
 
@@ -801,12 +756,7 @@ async fn down_modes_refuse_connections_or_answer_503() {
     let server = TestServer::start(sample()).await.unwrap();
     let raw = Raw::new(&server);
     let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
-    assert_eq!(
-        raw.send(&device, Call::new("get_secret", &device))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(raw.status(&device, "get_secret").await, 200);
 
     server.faults().set_down(DownMode::Refuse);
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -832,12 +782,49 @@ async fn down_modes_refuse_connections_or_answer_503() {
     assert!(serde_json::from_slice::<Value>(&reply.body).is_err());
 
     server.faults().set_down(DownMode::Up);
-    assert_eq!(
-        raw.send(&device, Call::new("get_secret", &device))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(raw.status(&device, "get_secret").await, 200);
+}
+
+#[tokio::test]
+async fn hostile_requests_get_4xx_and_the_server_keeps_working() {
+    let server = TestServer::start(sample()).await.unwrap();
+    let raw = Raw::new(&server);
+    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    let server_key = raw.server_key;
+    let garbage_payloads: [&[u8]; 5] = [
+        b"",
+        b"null",
+        b"{\"clientId\": 5, \"requestedRecords\": \"x\"}",
+        b"{\"clientId\": \"x\", \"publicKey\": \"!!\", \"requestedFolders\": [1]}",
+        &[b'['; 10_000],
+    ];
+    for payload in garbage_payloads {
+        // Correctly wrapped but meaningless payloads.
+        let tk = AesKey::random();
+        let blob = ecies_encrypt(&server_key, tk.as_bytes());
+        let body = aes_gcm_encrypt(&tk, payload);
+        for endpoint in ["get_secret", "get_folders", "../../admin", "%00"] {
+            let response = raw
+                .http
+                .post(format!(
+                    "https://{}/api/rest/sm/v1/{endpoint}",
+                    server.hostname()
+                ))
+                .header("PublicKeyId", "10")
+                .header("TransmissionKey", b64_std(&blob))
+                .header("Authorization", "Signature MEUCIQ==")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            assert!((400..500).contains(&status), "{endpoint}: {status}");
+        }
+    }
+    let huge_ttl = server.issue_token_with_ttl("operator", Duration::MAX);
+    assert!(huge_ttl.is_ok());
+    assert_eq!(raw.status(&device, "get_secret").await, 200);
+    assert_eq!(server.counters().outcome("internal"), 0);
 }
 
 #[tokio::test]
@@ -958,6 +945,27 @@ async fn counters_split_by_client_app_endpoint_and_outcome() {
     counters.reset();
     assert_eq!(counters.total(), 0);
     assert!(counters.snapshot().by_client.is_empty());
+}
+
+#[tokio::test]
+async fn max_concurrent_counts_overlapping_requests() {
+    let server = TestServer::start(sample()).await.unwrap();
+    let raw = Raw::new(&server);
+    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    server.faults().set_latency(Duration::from_millis(300));
+    let calls = (0..5).map(|_| raw.status(&device, "get_secret"));
+    let statuses = futures::future::join_all(calls).await;
+    assert_eq!(statuses, [200; 5]);
+    let snapshot = server.counters().snapshot();
+    assert_eq!(snapshot.max_concurrent, 5);
+    assert_eq!(snapshot.in_flight, 0);
+    // One at a time stays at one.
+    server.counters().reset();
+    server.faults().set_latency(Duration::ZERO);
+    for _ in 0..3 {
+        raw.status(&device, "get_secret").await;
+    }
+    assert_eq!(server.counters().snapshot().max_concurrent, 1);
 }
 
 #[tokio::test]

@@ -205,6 +205,7 @@ async fn chart_rbac_is_least_privilege_with_watch_namespace() -> Result<()> {
         ("delete", "", "secrets", app),
         ("create", "events.k8s.io", "events", app),
         ("patch", "events.k8s.io", "events", app),
+        ("patch", "apps", "deployments", app),
         ("list", group, "clusterkeeperstores", None),
         ("watch", "", "namespaces", None),
         ("create", "coordination.k8s.io", "leases", op),
@@ -226,6 +227,8 @@ async fn chart_rbac_is_least_privilege_with_watch_namespace() -> Result<()> {
         ("create", "coordination.k8s.io", "leases", app),
         ("delete", "", "namespaces", None),
         ("create", "", "pods", app),
+        ("patch", "apps", "deployments", op),
+        ("delete", "apps", "deployments", app),
         ("update", group, "clusterkeeperstores", None),
     ] {
         assert!(

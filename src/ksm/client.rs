@@ -200,9 +200,12 @@ impl KsmClient {
             .await?;
         let (app_key, owner_key) = decode_binding(&client_key, &plaintext)?;
         let bound = client.inner.config.clone().into_bound(app_key, owner_key);
-        // Every SDK fetches again right after binding; it also proves the binding works.
+        // Every SDK fetches again right after binding. The token is spent by now, so a failed
+        // re-fetch must not lose the bound config: it is reported, and the config returned.
         let bound_client = Self::new(bound, options)?;
-        bound_client.get_secrets(&Query::default()).await?;
+        if let Err(err) = bound_client.get_secrets(&Query::default()).await {
+            tracing::warn!(reason = err.reason(), error = %err, "first fetch after binding failed");
+        }
         Ok(bound_client.inner.config.clone())
     }
 

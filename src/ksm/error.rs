@@ -7,10 +7,12 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KsmError {
+    // The cause is part of the message (not a `source`), so `{}` alone is complete and
+    // `{:#}` does not repeat it.
     #[error("invalid KSM configuration: {0}")]
-    Config(#[from] ConfigError),
+    Config(ConfigError),
     #[error("invalid one-time token: {0}")]
-    Token(#[from] TokenError),
+    Token(TokenError),
     #[error("invalid extra CA certificate: {0}")]
     InvalidCa(String),
     #[error("Keeper endpoint unavailable: {0}")]
@@ -46,6 +48,18 @@ pub enum KsmError {
     Binding(String),
     #[error("file download failed: {0}")]
     Download(String),
+}
+
+impl From<ConfigError> for KsmError {
+    fn from(err: ConfigError) -> Self {
+        KsmError::Config(err)
+    }
+}
+
+impl From<TokenError> for KsmError {
+    fn from(err: TokenError) -> Self {
+        KsmError::Token(err)
+    }
 }
 
 fn retry_after_text(retry_after: &Option<Duration>) -> String {

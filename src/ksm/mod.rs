@@ -15,4 +15,6 @@ pub use config::KsmConfig;
 pub use error::KsmError;
 
 #[cfg(test)]
+mod client_http_tests;
+#[cfg(test)]
 mod known_answer_tests;

@@ -47,8 +47,8 @@ pub enum FieldKind {
 }
 
 /// One resolved value. Strings come back as `Text`; numbers and objects (names, phones,
-/// hosts…) as `Json`; a file selector gives the file to download.
-#[derive(Clone, Debug, PartialEq)]
+/// hosts…) as `Json`; a file selector gives the file to download. `Debug` is redacted.
+#[derive(Clone, PartialEq)]
 pub enum NotationValue {
     Text(String),
     Json(serde_json::Value),
@@ -63,6 +63,16 @@ impl NotationValue {
             NotationValue::Text(text) => Some(text.clone()),
             NotationValue::Json(value) => Some(value.to_string()),
             NotationValue::File(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for NotationValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotationValue::Text(_) => f.write_str("Text(<redacted>)"),
+            NotationValue::Json(_) => f.write_str("Json(<redacted>)"),
+            NotationValue::File(file) => f.debug_tuple("File").field(file).finish(),
         }
     }
 }

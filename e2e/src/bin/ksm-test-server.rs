@@ -7,7 +7,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use keeper_e2e::ksm_server::{ServerOptions, TestServer, VaultSpec};
+use keeper_e2e::ksm_server::{ServerOptions, TestServer, VaultSpec, sample_vault};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
@@ -17,9 +17,9 @@ use tokio::signal::unix::{SignalKind, signal};
 #[derive(Parser)]
 #[command(about = "KSM-compatible test server (HTTPS API + plain-HTTP admin API on loopback)")]
 struct Args {
-    /// Vault spec JSON (see e2e/testdata/sample-vault.json).
+    /// Vault spec JSON (default: the bundled e2e/testdata/sample-vault.json).
     #[arg(long)]
-    vault: PathBuf,
+    vault: Option<PathBuf>,
     /// HTTPS API address; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -62,9 +62,13 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let text = std::fs::read_to_string(&args.vault)
-        .with_context(|| format!("reading {}", args.vault.display()))?;
-    let vault = VaultSpec::from_json(&text)?;
+    let vault = match &args.vault {
+        Some(path) => VaultSpec::from_json(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )?,
+        None => sample_vault(),
+    };
     let app = match args.app {
         Some(app) => app,
         None => vault

@@ -21,9 +21,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use keeper_e2e::ksm_server::{TestServer, VaultSpec};
-//! let vault = VaultSpec::from_json(&std::fs::read_to_string("testdata/sample-vault.json")?)?;
-//! let server = TestServer::start(vault).await?;
+//! use keeper_e2e::ksm_server::{TestServer, sample_vault};
+//! let server = TestServer::start(sample_vault()).await?;
 //! let config_b64 = server.bound_config("operator")?;
 //! server.faults().throttle_next(1, None);
 //! # Ok(()) }
@@ -34,6 +33,7 @@ mod counters;
 mod faults;
 mod handlers;
 mod listener;
+mod sample;
 mod spec;
 mod tls;
 mod vault;
@@ -41,6 +41,7 @@ mod wire;
 
 pub use counters::{CounterSnapshot, Counters};
 pub use faults::{DownMode, FaultHandle, FaultState, FileFailure, RateLimit};
+pub use sample::{SAMPLE_VAULT_JSON, sample_vault, uids};
 pub use spec::{AppSpec, FileSpec, FolderSpec, RecordSpec, VaultSpec, is_valid_uid};
 
 use anyhow::{Context, anyhow};

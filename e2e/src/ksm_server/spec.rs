@@ -181,6 +181,14 @@ impl VaultSpec {
         }
     }
 
+    /// A file of any record, by file UID.
+    pub fn file(&self, uid: &str) -> Option<&FileSpec> {
+        self.records
+            .iter()
+            .flat_map(|r| r.files.iter())
+            .find(|f| f.uid == uid)
+    }
+
     /// Parses and validates a vault file.
     pub fn from_json(text: &str) -> anyhow::Result<Self> {
         let spec: VaultSpec = serde_json::from_str(text).context("vault JSON")?;

@@ -292,7 +292,8 @@ impl Vault {
                 app: app.to_string(),
                 client_key: AesKey::from_slice(&client_key)?,
                 public_key: None,
-                expires: ttl.map(|ttl| Instant::now() + ttl),
+                // A TTL too large to represent means no expiry.
+                expires: ttl.and_then(|ttl| Instant::now().checked_add(ttl)),
             },
         );
         Ok(b64_url(&client_key))
@@ -380,15 +381,22 @@ impl Vault {
         }
     }
 
-    fn binding_fields(&self, client_id: &str) -> anyhow::Result<(String, String)> {
+    /// `(encryptedAppKey, appOwnerPublicKey)`: set only in the answer that binds a device.
+    fn binding_fields(
+        &self,
+        binding_client: Option<&str>,
+    ) -> anyhow::Result<(Option<String>, Option<String>)> {
+        let Some(client_id) = binding_client else {
+            return Ok((None, None));
+        };
         let device = self
             .devices
             .get(client_id)
             .context("device vanished while binding")?;
         let app = self.app(&device.app)?;
         Ok((
-            wrap(&device.client_key, &app.key),
-            b64_std(&self.owner.public_key_bytes()),
+            Some(wrap(&device.client_key, &app.key)),
+            Some(b64_std(&self.owner.public_key_bytes())),
         ))
     }
 
@@ -499,13 +507,7 @@ impl Vault {
             .map(|r| self.record_json(r, &app.key, None, files_base))
             .collect();
 
-        let (encrypted_app_key, app_owner_public_key) = match binding_client {
-            Some(client) => {
-                let (k, o) = self.binding_fields(client)?;
-                (Some(k), Some(o))
-            }
-            None => (None, None),
-        };
+        let (encrypted_app_key, app_owner_public_key) = self.binding_fields(binding_client)?;
         let app_data = json!({ "title": app.title, "type": "app" });
         Ok(SecretsResponse {
             app_data: b64_url(&aes_gcm_encrypt(&app.key, &padded(&app_data))),
@@ -547,13 +549,7 @@ impl Vault {
                 });
             }
         }
-        let (encrypted_app_key, app_owner_public_key) = match binding_client {
-            Some(client) => {
-                let (k, o) = self.binding_fields(client)?;
-                (Some(k), Some(o))
-            }
-            None => (None, None),
-        };
+        let (encrypted_app_key, app_owner_public_key) = self.binding_fields(binding_client)?;
         Ok(FoldersResponse {
             folders,
             encrypted_app_key,

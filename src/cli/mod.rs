@@ -1,0 +1,2 @@
+//! Command-line subcommands of the operator binary.
+pub mod keeper;

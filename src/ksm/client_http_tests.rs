@@ -1,0 +1,454 @@
+//! The client over real HTTPS against a tiny in-process KSM responder (rustls, its own
+//! self-signed certificate and server key): binding, fetch, download and every error path.
+//! The full test server with fault injection lives in the e2e crate; this one is just enough
+//! to exercise the client's own request and retry logic.
+
+use super::client::{ClientOptions, KsmClient, Query, redeem_token};
+use super::config::KsmConfig;
+use super::crypto::{
+    AesKey, EcKeyPair, aes_gcm_decrypt, aes_gcm_encrypt, b64_decode, b64_std, b64_url, client_id,
+    ecies_decrypt, verify_der,
+};
+use super::error::KsmError;
+use super::notation::{NotationValue, resolve};
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "YyIhK5wXFHj36wGBAOmBsxI3v5rIruINrC8KXjyM58c";
+const FILE_CONTENT: &[u8] = b"-----BEGIN CERTIFICATE-----\nfake\n";
+
+enum Fault {
+    Throttle(f64),
+    WrongKey(u32),
+    Tamper,
+    BadGateway,
+}
+
+struct State {
+    server: EcKeyPair,
+    client_key: AesKey,
+    app_key: AesKey,
+    device: Option<[u8; 65]>,
+    vault: Value,
+    file: Vec<u8>,
+    faults: VecDeque<Fault>,
+    /// (endpoint, PublicKeyId header) of every API request.
+    seen: Vec<(String, String)>,
+}
+
+struct FakeKsm {
+    host: String,
+    ca_pem: Vec<u8>,
+    state: Arc<Mutex<State>>,
+}
+
+fn vault(app_key: &AesKey, port: u16) -> (Value, Vec<u8>) {
+    let (folder_key, record_key, file_key) = (AesKey::random(), AesKey::random(), AesKey::random());
+    let data = json!({"title": "Web", "type": "login",
+        "fields": [{"type": "login", "value": ["admin"]}, {"type": "password", "value": ["s3cr3t"]}],
+        "custom": [], "notes": "n"});
+    let meta = json!({"name": "cert.pem", "title": "Cert", "type": "text/plain", "size": 3});
+    let record = json!({
+        "recordUid": "6ya_fdc6XTsZ7i7x9Jcodg",
+        "recordKey": b64_std(&aes_gcm_encrypt(&folder_key, record_key.as_bytes())),
+        "data": b64_std(&aes_gcm_encrypt(&record_key, data.to_string().as_bytes())),
+        "revision": 5, "isEditable": false, "folderUid": null, "innerFolderUid": null,
+        "files": [{"fileUid": "f1", "url": format!("https://127.0.0.1:{port}/files/f1"),
+                   "fileKey": b64_std(&aes_gcm_encrypt(&record_key, file_key.as_bytes())),
+                   "data": b64_std(&aes_gcm_encrypt(&file_key, meta.to_string().as_bytes()))}]});
+    let value = json!({"appData": null, "encryptedAppKey": null, "appOwnerPublicKey": null,
+        "expiresOn": 0, "warnings": null, "extra": null, "records": null,
+        "folders": [{"folderUid": "y6FBhg7C-wy2zaM0-ouI-Q", "data": null, "parent": null,
+                     "folderKey": b64_std(&aes_gcm_encrypt(app_key, folder_key.as_bytes())),
+                     "records": [record]}]});
+    (value, aes_gcm_encrypt(&file_key, FILE_CONTENT))
+}
+
+fn error(status: u16, body: Value) -> (u16, Vec<u8>) {
+    (status, body.to_string().into_bytes())
+}
+
+/// One API request, as Appendix A of PROTOCOL.md describes the server side.
+fn handle_api(state: &mut State, headers: &[(String, String)], body: &[u8]) -> (u16, Vec<u8>) {
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    match state.faults.pop_front() {
+        Some(Fault::Throttle(secs)) => {
+            return error(403, json!({"error": "throttled", "retry_after": secs}));
+        }
+        Some(Fault::WrongKey(id)) => {
+            return error(
+                401,
+                json!({"key_id": id, "error": "key", "message": "invalid key id"}),
+            );
+        }
+        Some(Fault::BadGateway) => return (502, b"Bad Gateway".to_vec()),
+        Some(Fault::Tamper) | None => {}
+    }
+    let denied = |message: &str| error(403, json!({"error": "access_denied", "message": message}));
+    let Some(tk_raw) = header("TransmissionKey").and_then(|t| b64_decode(t).ok()) else {
+        return error(400, json!({"error": "bad_request"}));
+    };
+    let Ok(tk) = ecies_decrypt(state.server.secret_key(), &tk_raw) else {
+        return error(
+            400,
+            json!({"error": "bad_request", "message": "transmission key"}),
+        );
+    };
+    let tk = AesKey::from_slice(&tk).unwrap();
+    let payload: Value = serde_json::from_slice(&aes_gcm_decrypt(&tk, body).unwrap()).unwrap();
+    if payload["clientVersion"] != "mr17.3.0" {
+        return error(
+            403,
+            json!({"result_code": "invalid_client_version", "error": "client_version",
+                   "additional_info": format!("invalid client version id: {}", payload["clientVersion"])}),
+        );
+    }
+    if payload["clientId"] != client_id(state.client_key.as_bytes()) {
+        return denied("Unable to validate application access");
+    }
+    let mut just_bound = false;
+    if state.device.is_none() {
+        let Some(point) = payload["publicKey"]
+            .as_str()
+            .and_then(|p| b64_decode(p).ok())
+        else {
+            return denied("Unable to validate application access");
+        };
+        state.device = Some(point.try_into().unwrap());
+        just_bound = true;
+    }
+    let signature = header("Authorization")
+        .and_then(|a| a.strip_prefix("Signature "))
+        .and_then(|s| b64_decode(s).ok())
+        .unwrap_or_default();
+    let signed = [tk_raw.as_slice(), body].concat();
+    if !verify_der(&state.device.unwrap(), &signed, &signature) {
+        return denied("Signature is invalid");
+    }
+    let mut response = state.vault.clone();
+    if just_bound {
+        response["encryptedAppKey"] = json!(b64_std(&aes_gcm_encrypt(
+            &state.client_key,
+            state.app_key.as_bytes()
+        )));
+        response["appOwnerPublicKey"] = json!(b64_std(&EcKeyPair::generate().public_key_bytes()));
+    }
+    (200, aes_gcm_encrypt(&tk, response.to_string().as_bytes()))
+}
+
+async fn serve(
+    stream: tokio::net::TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: Arc<Mutex<State>>,
+) -> Option<()> {
+    let mut tls = acceptor.accept(stream).await.ok()?;
+    let mut buf = Vec::new();
+    let head_end = loop {
+        let mut chunk = [0u8; 4096];
+        let n = tls.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next()?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let mut chunk = [0u8; 4096];
+        let n = tls.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = &buf[head_end..head_end + length];
+    let path = request_line.split(' ').nth(1)?.to_string();
+    let (status, response) = {
+        let mut state = state.lock().unwrap();
+        if path == "/files/f1" {
+            (200, state.file.clone())
+        } else {
+            let endpoint = path.rsplit('/').next().unwrap_or_default().to_string();
+            let key_id = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("PublicKeyId"))
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            state.seen.push((endpoint, key_id));
+            let tamper = matches!(state.faults.front(), Some(Fault::Tamper));
+            let (status, mut body) = handle_api(&mut state, &headers, body);
+            if tamper && status == 200 {
+                body[20] ^= 1;
+            }
+            (status, body)
+        }
+    };
+    let head = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        response.len()
+    );
+    tls.write_all(head.as_bytes()).await.ok()?;
+    tls.write_all(&response).await.ok()?;
+    tls.shutdown().await.ok()
+}
+
+impl FakeKsm {
+    async fn start() -> FakeKsm {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let app_key = AesKey::random();
+        let (vault, file) = vault(&app_key, port);
+        let state = Arc::new(Mutex::new(State {
+            server: EcKeyPair::generate(),
+            client_key: AesKey::from_b64(TOKEN).unwrap(),
+            app_key,
+            device: None,
+            vault,
+            file,
+            faults: VecDeque::new(),
+            seen: Vec::new(),
+        }));
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, acceptor.clone(), shared.clone()));
+            }
+        });
+        FakeKsm {
+            host: format!("127.0.0.1:{port}"),
+            ca_pem: cert.cert.pem().into_bytes(),
+            state,
+        }
+    }
+
+    fn server_key(&self) -> (String, String) {
+        let point = self.state.lock().unwrap().server.public_key_bytes();
+        ("10".to_string(), b64_url(&point))
+    }
+
+    fn options(&self) -> ClientOptions {
+        ClientOptions {
+            extra_ca_pem: Some(self.ca_pem.clone()),
+            timeout: Duration::from_secs(10),
+            ..ClientOptions::default()
+        }
+    }
+
+    fn fault(&self, fault: Fault) {
+        self.state.lock().unwrap().faults.push_back(fault);
+    }
+
+    fn seen(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.state.lock().unwrap().seen)
+    }
+
+    async fn bound_client(&self) -> KsmClient {
+        let config = redeem_token(
+            TOKEN,
+            Some(&self.host),
+            Some(self.server_key()),
+            &self.options(),
+        )
+        .await
+        .unwrap();
+        self.seen();
+        KsmClient::new(config, &self.options()).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn redeem_fetch_resolve_and_download() {
+    let ksm = FakeKsm::start().await;
+    let config = redeem_token(
+        TOKEN,
+        Some(&ksm.host),
+        Some(ksm.server_key()),
+        &ksm.options(),
+    )
+    .await
+    .unwrap();
+    // Binding plus the SDKs' immediate re-fetch.
+    assert_eq!(
+        ksm.seen(),
+        [
+            ("get_secret".into(), "10".into()),
+            ("get_secret".into(), "10".into())
+        ]
+    );
+    let json: Value = serde_json::from_str(&config.to_json()).unwrap();
+    assert_eq!(json["hostname"], ksm.host.as_str());
+    assert!(json.get("clientKey").is_none());
+    assert!(json["appKey"].is_string() && json["appOwnerPublicKey"].is_string());
+    // The config survives its own base64 round trip and works.
+    let config = KsmConfig::parse(&config.to_base64()).unwrap();
+    let client = KsmClient::new(config, &ksm.options()).unwrap();
+    let vault = client.get_secrets(&Query::default()).await.unwrap();
+    assert_eq!(vault.records.len(), 1);
+    let values = resolve(&vault.records, &"Web/field/password".parse().unwrap()).unwrap();
+    assert_eq!(values, [NotationValue::Text("s3cr3t".into())]);
+    let files = resolve(&vault.records, &"Web/file/cert.pem".parse().unwrap()).unwrap();
+    let [NotationValue::File(file)] = files.as_slice() else {
+        panic!("expected one file");
+    };
+    assert_eq!(&*client.download_file(file).await.unwrap(), FILE_CONTENT);
+
+    // The token is spent: a second device with the same token is refused.
+    let err = redeem_token(
+        TOKEN,
+        Some(&ksm.host),
+        Some(ksm.server_key()),
+        &ksm.options(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, KsmError::AccessDenied { ref message } if message == "Signature is invalid"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn throttling_is_retried_or_surfaced_per_options() {
+    let ksm = FakeKsm::start().await;
+    let client = ksm.bound_client().await;
+    ksm.fault(Fault::Throttle(0.05));
+    assert!(client.get_secrets(&Query::default()).await.is_ok());
+    assert_eq!(ksm.seen().len(), 2);
+
+    let options = ClientOptions {
+        throttle_retries: 0,
+        ..ksm.options()
+    };
+    let no_wait = KsmClient::new(client.config().clone(), &options).unwrap();
+    ksm.fault(Fault::Throttle(7.0));
+    let err = no_wait.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(
+        matches!(err, KsmError::Throttled { retry_after: Some(d) } if d == Duration::from_secs(7)),
+        "{err:?}"
+    );
+    // A retry_after beyond the longest allowed wait is surfaced, not slept on.
+    ksm.fault(Fault::Throttle(3600.0));
+    let err = client.get_secrets(&Query::default()).await.unwrap_err();
+    assert_eq!(err.reason(), "Throttled");
+}
+
+#[tokio::test]
+async fn key_id_errors_tampering_gateways_and_versions() {
+    let ksm = FakeKsm::start().await;
+    let client = ksm.bound_client().await;
+
+    ksm.fault(Fault::WrongKey(9));
+    let err = client.get_folders().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KsmError::WrongServerKey {
+                key_id: Some(9),
+                custom_key: true
+            }
+        ),
+        "{err:?}"
+    );
+
+    ksm.fault(Fault::Tamper);
+    let err = client.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(matches!(err, KsmError::Tampered), "{err:?}");
+
+    ksm.fault(Fault::BadGateway);
+    let err = client.get_secrets(&Query::default()).await.unwrap_err();
+    assert_eq!(err.reason(), "KeeperUnavailable");
+
+    let options = ClientOptions {
+        client_version: "mr0.0.1".into(),
+        ..ksm.options()
+    };
+    let old = KsmClient::new(client.config().clone(), &options).unwrap();
+    let err = old.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(
+        matches!(err, KsmError::InvalidClientVersion { .. }),
+        "{err:?}"
+    );
+    ksm.seen();
+}
+
+#[tokio::test]
+async fn built_in_keys_rotate_to_the_id_the_server_names_a_bounded_number_of_times() {
+    let ksm = FakeKsm::start().await;
+    // No custom key: the client uses the built-in table, which the responder cannot open,
+    // but it can still answer "use key 9" — the rotation loop is what is under test.
+    let config = KsmConfig::unbound(ksm.host.clone(), AesKey::random(), 10, None)
+        .into_bound(AesKey::random(), None);
+    let client = KsmClient::new(config, &ksm.options()).unwrap();
+    for _ in 0..4 {
+        ksm.fault(Fault::WrongKey(9));
+    }
+    let err = client.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KsmError::WrongServerKey {
+                key_id: Some(9),
+                custom_key: false
+            }
+        ),
+        "{err:?}"
+    );
+    let ids: Vec<String> = ksm.seen().into_iter().map(|(_, id)| id).collect();
+    assert_eq!(ids, ["10", "9", "9", "9"]);
+    // An id outside the table is not followed.
+    ksm.fault(Fault::WrongKey(99));
+    let err = client.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(matches!(
+        err,
+        KsmError::WrongServerKey {
+            key_id: Some(99),
+            ..
+        }
+    ));
+    assert_eq!(ksm.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_a_tls_error() {
+    let ksm = FakeKsm::start().await;
+    let options = ClientOptions {
+        extra_ca_pem: None,
+        ..ksm.options()
+    };
+    let err = redeem_token(TOKEN, Some(&ksm.host), Some(ksm.server_key()), &options)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, KsmError::Tls(_)), "{err:?}");
+    assert_eq!(err.reason(), "TlsError");
+}
