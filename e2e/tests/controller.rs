@@ -205,6 +205,16 @@ async fn examples_produce_the_documented_secrets() -> Result<()> {
         w.kubectl_wait_ready(ks)?;
     }
 
+    let shop = data(&w.secrets().get("shop-db").await?);
+    assert_eq!(
+        shop.keys().collect::<Vec<_>>(),
+        ["password", "stripe-api-key", "url", "username"]
+    );
+    assert_eq!(
+        text(&shop, "stripe-api-key"),
+        vault_value(&w.server, "SsxoiM-FPCF65F54JaY3jQ", "password")?
+    );
+
     let pg = w.secrets().get("postgres-credentials").await?;
     let d = data(&pg);
     assert_eq!(
