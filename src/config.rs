@@ -76,6 +76,22 @@ pub struct RunArgs {
         default_value = "1h"
     )]
     pub default_refresh_interval: kube::core::Duration,
+    /// Keeper requests one credential may make per --keeper-budget-window (Keeper throttles
+    /// at about 100 per 10 s per client).
+    #[arg(long, env = "KEEPER_OPERATOR_KEEPER_BUDGET_REQUESTS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keeper_budget_requests: u32,
+    /// Window over which the request budget refills (Go duration).
+    #[arg(
+        long,
+        env = "KEEPER_OPERATOR_KEEPER_BUDGET_WINDOW",
+        default_value = "10s"
+    )]
+    pub keeper_budget_window: kube::core::Duration,
+    /// Keep the last good Keeper data, sealed with a key derived from each credential's
+    /// application key, in Secrets of the operator namespace so a restarted operator can serve
+    /// it while Keeper is down. Needs --operator-namespace.
+    #[arg(long, env = "KEEPER_OPERATOR_PERSIST_LAST_GOOD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub persist_last_good: bool,
 }
 
 #[cfg(test)]

@@ -39,6 +39,9 @@ pub enum Error {
     /// The spec cannot work as written.
     #[error("{0}")]
     InvalidSpec(String),
+    /// The write would lose data while Keeper is unchanged.
+    #[error(transparent)]
+    Guard(#[from] crate::guard::GuardError),
     /// The Kubernetes API failed.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
@@ -56,6 +59,7 @@ impl Error {
             Error::NotAllowed(_) => "NotAllowed",
             Error::OwnedElsewhere(_) => "SecretOwnedElsewhere",
             Error::TargetNotFound(_) => "TargetNotFound",
+            Error::Guard(_) => "WriteRefused",
             Error::Kube(_) => "KubernetesError",
         }
     }
@@ -66,7 +70,7 @@ impl Error {
     pub fn backoff(&self, attempt: u32) -> Duration {
         let transient = match self {
             Error::Keeper(e) => e.is_transient(),
-            Error::Kube(_) => true,
+            Error::Kube(_) | Error::Guard(_) => true,
             _ => false,
         };
         let (base, cap): (u64, u64) = if transient { (5, 300) } else { (30, 600) };

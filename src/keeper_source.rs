@@ -1,18 +1,21 @@
-//! The one door to Keeper. The reconciler only sees [`KeeperSource`]; today's implementation
-//! ([`KsmSource`]) calls Keeper directly with one cached client per credential, and the shared
-//! single-flight fetcher with a last-good cache (issue #5) slots in behind the same trait.
+//! The one door to Keeper. The reconciler only sees [`KeeperSource`]; [`SharedKeeper`] gives
+//! every credential one shared fetcher (single flight, request budget, last good copy: see
+//! [`crate::fetcher`]).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
 
-use crate::ksm::client::{ClientOptions, KsmClient, Query};
+use crate::fetcher::ksm_source::KsmSource;
+use crate::fetcher::store::SnapshotStore;
+use crate::fetcher::{CredentialFetcher, FetchSettings, FileBytes, Served};
+use crate::ksm::client::{ClientOptions, KsmClient};
 use crate::ksm::config::KsmConfig;
 use crate::ksm::error::KsmError;
-use crate::ksm::record::{KeeperFile, Vault};
+use crate::ksm::record::KeeperFile;
 use crate::metrics::Metrics;
 
 /// Identifies one credential: where it came from plus a fingerprint of its content, so a
@@ -45,93 +48,104 @@ impl std::fmt::Debug for CredentialKey {
     }
 }
 
-/// Read access to Keeper.
+/// Read access to Keeper, shared per credential.
 pub trait KeeperSource: Send + Sync + 'static {
-    /// The records (and folders) `query` selects, decrypted.
-    fn fetch(
+    /// The credential's vault, fetched within `max_age` when Keeper answers; otherwise the last
+    /// good copy marked stale, or why there is none. `Err` only when no client can be built.
+    fn vault(
         &self,
         cred: &CredentialKey,
         config: &KsmConfig,
-        query: &Query,
-    ) -> impl Future<Output = Result<Arc<Vault>, KsmError>> + Send;
+        max_age: Duration,
+    ) -> impl Future<Output = Result<Served, KsmError>> + Send;
 
-    /// The decrypted content of a file attachment.
-    fn download(
+    /// The decrypted content of a file attachment of a record at `revision`.
+    fn file(
         &self,
         cred: &CredentialKey,
         config: &KsmConfig,
+        revision: i64,
         file: &KeeperFile,
-    ) -> impl Future<Output = Result<Zeroizing<Vec<u8>>, KsmError>> + Send;
+    ) -> impl Future<Output = Result<FileBytes, KsmError>> + Send;
 }
 
-/// Bound on cached clients; a client is cheap to rebuild, so the cache is simply reset.
-const MAX_CLIENTS: usize = 1024;
+/// Bound on live fetchers; beyond it the least recently created are dropped (they only hold
+/// caches that refill on the next wave, and persisted snapshots survive in the store).
+const MAX_FETCHERS: usize = 4096;
 
-/// Direct Keeper access through [`KsmClient`].
-pub struct KsmSource {
+/// One [`CredentialFetcher`] per credential content, shared by every KeeperSecret using it,
+/// whichever namespace or store it came through.
+pub struct SharedKeeper {
     options: ClientOptions,
-    clients: Mutex<HashMap<CredentialKey, KsmClient>>,
+    settings: FetchSettings,
+    store: Option<Arc<dyn SnapshotStore>>,
     metrics: Arc<Metrics>,
+    fetchers: Mutex<HashMap<[u8; 32], Arc<CredentialFetcher>>>,
 }
 
-impl KsmSource {
-    /// A source whose clients use `options` (extra CA, timeouts).
-    pub fn new(options: ClientOptions, metrics: Arc<Metrics>) -> Self {
-        KsmSource {
+impl SharedKeeper {
+    pub fn new(
+        options: ClientOptions,
+        settings: FetchSettings,
+        store: Option<Arc<dyn SnapshotStore>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        SharedKeeper {
             options,
-            clients: Mutex::default(),
+            settings,
+            store,
             metrics,
+            fetchers: Mutex::default(),
         }
     }
 
-    fn client(&self, cred: &CredentialKey, config: &KsmConfig) -> Result<KsmClient, KsmError> {
-        let mut clients = self
-            .clients
+    fn fetcher(
+        &self,
+        cred: &CredentialKey,
+        config: &KsmConfig,
+    ) -> Result<Arc<CredentialFetcher>, KsmError> {
+        let mut fetchers = self
+            .fetchers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(c) = clients.get(cred) {
-            return Ok(c.clone());
+        if let Some(f) = fetchers.get(&cred.fingerprint) {
+            return Ok(f.clone());
         }
-        if clients.len() >= MAX_CLIENTS {
-            clients.clear();
+        if fetchers.len() >= MAX_FETCHERS {
+            fetchers.clear();
         }
         let client = KsmClient::new(config.clone(), &self.options)?;
-        clients.insert(cred.clone(), client.clone());
-        Ok(client)
-    }
-
-    fn count<T>(&self, operation: &'static str, result: &Result<T, KsmError>) {
-        let outcome = match result {
-            Ok(_) => "success",
-            Err(e) => e.reason(),
-        };
-        self.metrics.keeper_request(operation, outcome);
+        let source = KsmSource::new(client, self.metrics.clone())?;
+        let fetcher = Arc::new(CredentialFetcher::new(
+            config.client_id(),
+            Box::new(source),
+            self.store.clone(),
+            self.settings.clone(),
+            self.metrics.fetch_stats(),
+        ));
+        fetchers.insert(cred.fingerprint, fetcher.clone());
+        Ok(fetcher)
     }
 }
 
-impl KeeperSource for KsmSource {
-    async fn fetch(
+impl KeeperSource for SharedKeeper {
+    async fn vault(
         &self,
         cred: &CredentialKey,
         config: &KsmConfig,
-        query: &Query,
-    ) -> Result<Arc<Vault>, KsmError> {
-        let client = self.client(cred, config)?;
-        let result = client.get_secrets(query).await;
-        self.count("get_secret", &result);
-        result.map(Arc::new)
+        max_age: Duration,
+    ) -> Result<Served, KsmError> {
+        Ok(self.fetcher(cred, config)?.snapshot(max_age).await)
     }
 
-    async fn download(
+    async fn file(
         &self,
         cred: &CredentialKey,
         config: &KsmConfig,
+        revision: i64,
         file: &KeeperFile,
-    ) -> Result<Zeroizing<Vec<u8>>, KsmError> {
-        let client = self.client(cred, config)?;
-        let result = client.download_file(file).await;
-        self.count("download", &result);
-        result
+    ) -> Result<FileBytes, KsmError> {
+        self.fetcher(cred, config)?.file(revision, file).await
     }
 }
 

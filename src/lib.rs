@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod desired;
 pub mod error;
 pub mod fetcher;
+pub mod guard;
 pub mod http;
 pub mod k8s;
 pub mod keeper_source;

@@ -10,7 +10,10 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use keeper_operator::cli::keeper::run_keeper_command;
 use keeper_operator::config::{Cli, Command, RunArgs};
-use keeper_operator::keeper_source::{KsmSource, client_options};
+use keeper_operator::fetcher::FetchSettings;
+use keeper_operator::fetcher::secret_store::SecretStore;
+use keeper_operator::fetcher::store::SnapshotStore;
+use keeper_operator::keeper_source::{SharedKeeper, client_options};
 use keeper_operator::leader::Elector;
 use keeper_operator::metrics::Metrics;
 use keeper_operator::reconcile::{Context, Settings};
@@ -29,6 +32,7 @@ async fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Run(args) => run(args).await,
         Command::Keeper(args) => {
+            // The CLI prints values on stdout; diagnostics go to stderr, quiet by default.
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
                 .with_env_filter(
@@ -120,7 +124,32 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         controller: "keeper-operator".into(),
         instance: Some(identity),
     };
-    let keeper = KsmSource::new(client_options(extra_ca_pem), metrics.clone());
+    let store: Option<Arc<dyn SnapshotStore>> =
+        match (&args.operator_namespace, args.persist_last_good) {
+            (Some(ns), true) => Some(Arc::new(SecretStore::new(client.clone(), ns))),
+            (None, true) => {
+                tracing::warn!(
+                    "no --operator-namespace: the last good copy is kept in memory only"
+                );
+                None
+            }
+            (_, false) => None,
+        };
+    let fetch_settings = FetchSettings {
+        budget_requests: args.keeper_budget_requests,
+        budget_window: Some(args.keeper_budget_window)
+            .filter(|w| !w.is_negative())
+            .map(Duration::from)
+            .filter(|w| !w.is_zero())
+            .context("--keeper-budget-window must be a positive duration")?,
+        ..FetchSettings::default()
+    };
+    let keeper = SharedKeeper::new(
+        client_options(extra_ca_pem),
+        fetch_settings,
+        store,
+        metrics.clone(),
+    );
     let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(Context::new(client, keeper, recorder, metrics, settings));
 

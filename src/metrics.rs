@@ -1,7 +1,10 @@
 //! Prometheus metrics (`keeper_operator_` prefix). Labels are low-cardinality categories
 //! (result, reason, outcome) — never object names or values.
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use crate::fetcher::FetchStats;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -33,6 +36,7 @@ pub struct Metrics {
     reconciles: Family<ReconcileLabels, Counter>,
     duration: Histogram,
     keeper_requests: Family<KeeperLabels, Counter>,
+    fetch_stats: Arc<FetchStats>,
 }
 
 impl Default for Metrics {
@@ -57,11 +61,33 @@ impl Default for Metrics {
             "Requests made to Keeper by operation and outcome",
             keeper_requests.clone(),
         );
+        let fetch_stats = Arc::new(FetchStats::default());
+        registry.register(
+            "keeper_cache_hits",
+            "Reads served from a credential's shared snapshot without a Keeper call",
+            fetch_stats.cache_hits.clone(),
+        );
+        registry.register(
+            "keeper_requests_held_back",
+            "Keeper requests not sent because the credential's budget or backoff said wait",
+            fetch_stats.held_back.clone(),
+        );
+        registry.register(
+            "keeper_stale_served",
+            "Reads served from the last good copy because Keeper failed",
+            fetch_stats.stale_served.clone(),
+        );
+        registry.register(
+            "keeper_store_restores",
+            "Snapshots restored from the persisted last-good cache",
+            fetch_stats.store_restores.clone(),
+        );
         Metrics {
             registry,
             reconciles,
             duration,
             keeper_requests,
+            fetch_stats,
         }
     }
 }
@@ -80,6 +106,11 @@ impl Metrics {
         self.keeper_requests
             .get_or_create(&KeeperLabels { operation, outcome })
             .inc();
+    }
+
+    /// Counters the shared fetchers update.
+    pub fn fetch_stats(&self) -> Arc<FetchStats> {
+        self.fetch_stats.clone()
     }
 
     /// OpenMetrics text exposition.

@@ -19,12 +19,15 @@ use crate::crd::{CreationPolicy, KeeperSecret, KeeperSecretStatus};
 use crate::credentials::{self, Credential};
 use crate::desired::{self, Ownership};
 use crate::error::Error;
+use crate::fetcher::Served;
 use crate::keeper_source::KeeperSource;
+use crate::ksm::record::Vault;
 use crate::mapping::{self, Bytes, Source};
 use crate::metrics::Metrics;
 use crate::refresh::{self, Decision, Why};
 use crate::status::{self, Synced};
-use crate::{k8s, template};
+use crate::{guard, k8s, template};
+use zeroize::Zeroizing;
 
 /// Operator-wide settings the reconciler needs (parsed once from the command line).
 #[derive(Clone, Debug)]
@@ -178,12 +181,13 @@ async fn sync<S: KeeperSource>(ks: &mut KeeperSecret, ctx: &Context<S>) -> Resul
             ks.target_name()
         )));
     }
-    let vault = ctx
-        .keeper
-        .fetch(&cred.key, &cred.config, &mapping::query(&ks.spec))
-        .await?;
-    let plan = mapping::plan(&ks.spec, &vault)?;
-    let data = resolve_files(ctx, &cred, plan.entries).await?;
+    let (snapshot, stale) = match ctx.keeper.vault(&cred.key, &cred.config, interval).await? {
+        Served::Fresh(snapshot) => (snapshot, None),
+        Served::Stale(snapshot, staleness) => (snapshot, Some(staleness)),
+        Served::Unavailable(staleness) => return Err(Error::Keeper((*staleness.error).clone())),
+    };
+    let plan = mapping::plan(&ks.spec, &snapshot.vault)?;
+    let data = resolve_files(ctx, &cred, &snapshot.vault, plan.entries).await?;
     let data = template::apply(
         ks.spec.target.as_ref().and_then(|t| t.template.as_ref()),
         data,
@@ -194,32 +198,71 @@ async fn sync<S: KeeperSource>(ks: &mut KeeperSecret, ctx: &Context<S>) -> Resul
         .as_ref()
         .is_some_and(|e| desired::is_up_to_date(e, &desired.secret));
     if !current {
+        guard::check(ks, existing.as_ref(), &desired.secret, &plan.records)?;
         k8s::apply_secret(&secrets, &desired.secret).await?;
-        info!(secret = ks.target_name(), keys, ?why, "wrote Secret");
+        info!(
+            secret = ks.target_name(),
+            keys,
+            ?why,
+            stale = stale.is_some(),
+            "wrote Secret"
+        );
     }
+    let fetched_at = Timestamp::try_from(snapshot.fetched_at).unwrap_or_else(|_| Timestamp::now());
+    // The next refresh is due one interval after the data was fetched, not after this
+    // reconcile: every KeeperSecret on a credential then falls due in the same wave and the
+    // wave costs one Keeper call. While Keeper fails, retry when the fetcher will.
+    let next = match &stale {
+        Some(s) => s.retry_in.max(refresh::MIN_INTERVAL),
+        None => {
+            let age = Timestamp::now().duration_since(fetched_at);
+            let left = jiff::SignedDuration::try_from(interval)
+                .map(|i| i - age)
+                .ok()
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or(Duration::ZERO);
+            left.max(refresh::MIN_INTERVAL) + refresh::jitter(ks, interval)
+        }
+    };
     let synced = Synced {
         records: plan.records.into_iter().collect(),
         data_hash: desired.hash,
         keys,
+        fetched_at,
+        stale: stale.map(|s| status::Stale {
+            reason: s.error.reason(),
+            error: s.error.to_string(),
+            since: Timestamp::try_from(s.since).unwrap_or(fetched_at),
+        }),
     };
     let new = status::synced(ks, Timestamp::now(), &synced);
-    Ok(Outcome::Synced(
-        new,
-        interval + refresh::jitter(ks, interval),
-    ))
+    Ok(Outcome::Synced(new, next))
 }
 
-/// Downloads file attachments; a failed download fails the sync (never an empty value).
+/// Downloads file attachments (shared, once per record revision); a failed download fails the
+/// sync, so a file never becomes an empty value.
 async fn resolve_files<S: KeeperSource>(
     ctx: &Context<S>,
     cred: &Credential,
+    vault: &Vault,
     entries: BTreeMap<String, Source>,
 ) -> Result<BTreeMap<String, Bytes>, Error> {
     let mut out = BTreeMap::new();
     for (key, source) in entries {
         let bytes = match source {
             Source::Value(v) => v,
-            Source::File(file) => ctx.keeper.download(&cred.key, &cred.config, &file).await?,
+            Source::File(file) => {
+                let revision = vault
+                    .records
+                    .iter()
+                    .find(|r| r.files.iter().any(|f| f.uid == file.uid))
+                    .map_or(0, |r| r.revision);
+                let bytes = ctx
+                    .keeper
+                    .file(&cred.key, &cred.config, revision, &file)
+                    .await?;
+                Zeroizing::new(bytes.to_vec())
+            }
         };
         out.insert(key, bytes);
     }

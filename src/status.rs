@@ -7,6 +7,10 @@ use crate::crd::{KeeperSecret, KeeperSecretStatus, READY, RecordRevision};
 
 /// Reason of a Ready=True condition.
 pub const SYNCED: &str = "Synced";
+/// Reason of Ready=True while Keeper fails and the Secret holds the last good copy.
+pub const LAST_GOOD_COPY: &str = "LastGoodCopy";
+/// Condition type that is True while the data is served from the last good copy.
+pub const STALE: &str = "Stale";
 
 /// What a successful sync produced.
 #[derive(Debug)]
@@ -17,28 +21,79 @@ pub struct Synced {
     pub data_hash: String,
     /// Number of keys written.
     pub keys: usize,
+    /// When Keeper returned the data.
+    pub fetched_at: Timestamp,
+    /// Set when Keeper failed and the data is the last good copy.
+    pub stale: Option<Stale>,
 }
 
-/// Status after a successful sync.
+/// Why the synced data is not fresh.
+#[derive(Debug)]
+pub struct Stale {
+    /// Stable reason of the Keeper failure.
+    pub reason: &'static str,
+    /// The failure, for humans.
+    pub error: String,
+    /// When Keeper started failing.
+    pub since: Timestamp,
+}
+
+/// Status after a successful sync. `lastSyncTime` is when Keeper returned the data, so while
+/// Keeper is down it stays put and shows how old the Secret's data is.
 pub fn synced(ks: &KeeperSecret, now: Timestamp, s: &Synced) -> KeeperSecretStatus {
     let secret = ks.target_name();
-    let message = format!(
+    let holds = format!(
         "Secret {secret} holds {} keys from {} Keeper records",
         s.keys,
         s.records.len()
     );
-    let prev = ks.status.clone().unwrap_or_default();
-    KeeperSecretStatus {
-        observed_generation: ks.metadata.generation,
-        conditions: with_ready(
-            &prev.conditions,
-            ks.metadata.generation,
-            now,
-            true,
+    let (reason, message, stale) = match &s.stale {
+        None => (
             SYNCED,
-            &message,
+            holds,
+            (
+                "False",
+                "Fresh".to_string(),
+                "The data is current".to_string(),
+            ),
         ),
-        last_sync_time: Some(Time(now)),
+        Some(st) => (
+            LAST_GOOD_COPY,
+            format!(
+                "{holds}, fetched at {}; Keeper failing since {} ({}), serving the last good copy",
+                s.fetched_at, st.since, st.reason
+            ),
+            (
+                "True",
+                st.reason.to_string(),
+                format!("Keeper failing since {}: {}", st.since, st.error),
+            ),
+        ),
+    };
+    let prev = ks.status.clone().unwrap_or_default();
+    let generation = ks.metadata.generation;
+    let conditions = with_condition(
+        &prev.conditions,
+        READY,
+        generation,
+        now,
+        "True",
+        reason,
+        &message,
+    );
+    let conditions = with_condition(
+        &conditions,
+        STALE,
+        generation,
+        now,
+        stale.0,
+        &stale.1,
+        &stale.2,
+    );
+    KeeperSecretStatus {
+        observed_generation: generation,
+        conditions,
+        last_sync_time: Some(Time(s.fetched_at)),
         records: s.records.clone(),
         data_hash: Some(s.data_hash.clone()),
         secret_name: Some(secret),
@@ -56,11 +111,12 @@ pub fn failed(
     let prev = ks.status.clone().unwrap_or_default();
     KeeperSecretStatus {
         observed_generation: ks.metadata.generation,
-        conditions: with_ready(
+        conditions: with_condition(
             &prev.conditions,
+            READY,
             ks.metadata.generation,
             now,
-            false,
+            "False",
             reason,
             message,
         ),
@@ -68,31 +124,35 @@ pub fn failed(
     }
 }
 
-/// Replaces the Ready condition; `lastTransitionTime` only moves when True/False flips.
-fn with_ready(
+/// Replaces one condition; `lastTransitionTime` only moves when its status flips. Ready stays
+/// first in the list.
+fn with_condition(
     prev: &[Condition],
+    type_: &str,
     generation: Option<i64>,
     now: Timestamp,
-    ok: bool,
+    status: &str,
     reason: &str,
     message: &str,
 ) -> Vec<Condition> {
-    let status = if ok { "True" } else { "False" };
-    let old = prev.iter().find(|c| c.type_ == READY);
-    let last_transition_time = match old {
+    let last_transition_time = match prev.iter().find(|c| c.type_ == type_) {
         Some(c) if c.status == status => c.last_transition_time.clone(),
         _ => Time(now),
     };
-    let ready = Condition {
-        type_: READY.to_string(),
+    let condition = Condition {
+        type_: type_.to_string(),
         status: status.to_string(),
         reason: reason.to_string(),
         message: message.to_string(),
         observed_generation: generation,
         last_transition_time,
     };
-    let mut out: Vec<Condition> = prev.iter().filter(|c| c.type_ != READY).cloned().collect();
-    out.insert(0, ready);
+    let mut out: Vec<Condition> = prev.iter().filter(|c| c.type_ != type_).cloned().collect();
+    if type_ == READY {
+        out.insert(0, condition);
+    } else {
+        out.push(condition);
+    }
     out
 }
 
@@ -163,6 +223,8 @@ mod tests {
             }],
             data_hash: "hmac-sha256:ab".into(),
             keys: 2,
+            fetched_at: t(0),
+            stale: None,
         }
     }
 

@@ -1,4 +1,17 @@
 //! `keeper-operator keeper …`: check and debug KSM credentials from the command line.
+//!
+//! ```text
+//! export KSM_CONFIG="$(cat ksm-config.b64)"          # or --config FILE (JSON or base64)
+//! keeper-operator keeper get 'keeper://6ya_fdc6XTsZ7i7x9Jcodg/field/password' 'My DB/field/login'
+//! keeper-operator keeper get 'Web Certificate/file/cert.pem' > cert.pem   # raw bytes
+//! keeper-operator keeper records 6ya_fdc6XTsZ7i7x9Jcodg | jq '.[0].fields'
+//! keeper-operator keeper redeem --token US:ONE_TIME_TOKEN > ksm-config.b64
+//! keeper-operator keeper redeem --token TOKEN --hostname 127.0.0.1:8443 \
+//!     --server-public-key 10:BASE64URL_POINT --ca-file ca.pem
+//! ```
+//!
+//! Failures exit non-zero with one line on stderr, e.g.
+//! `error: resolving keeper://Web/field/pasword: field "pasword" not found`.
 
 use crate::ksm::notation::{Notation, NotationValue, resolve};
 use crate::ksm::record::{Field, Record};
@@ -309,6 +322,51 @@ mod tests {
                    "custom":[],"notes":null,
                    "files":[{"uid":"fu","name":"a.pem","title":"A","type":null,"size":9}]})
         );
+    }
+
+    #[tokio::test]
+    async fn get_and_records_output() {
+        use crate::ksm::client_http_tests::{FILE_CONTENT, FakeKsm};
+        let ksm = FakeKsm::start().await;
+        let client = ksm.bound_client().await;
+        let run_get = |notations: &[&str]| {
+            let notations: Vec<String> = notations.iter().map(|n| n.to_string()).collect();
+            let client = client.clone();
+            async move {
+                let mut out = Vec::new();
+                get(&client, &notations, &mut out).await.map(|()| out)
+            }
+        };
+        let out = run_get(&[
+            "Web/field/login",
+            "keeper://6ya_fdc6XTsZ7i7x9Jcodg/field/password",
+        ])
+        .await
+        .unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "admin\ns3cr3t\n");
+        // One file alone: raw bytes; next to other values: base64url on its own line.
+        assert_eq!(run_get(&["Web/file/cert.pem"]).await.unwrap(), FILE_CONTENT);
+        let out = run_get(&["Web/type", "Web/file/Cert"]).await.unwrap();
+        let expected = format!("login\n{}\n", crate::ksm::crypto::b64_url(FILE_CONTENT));
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+        // Nothing is printed when any notation fails.
+        let err = run_get(&["Web/type", "Web/field/pasword"])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "resolving keeper://Web/field/pasword: field \"pasword\" not found"
+        );
+
+        let mut out = Vec::new();
+        records(&client, vec![], &mut out).await.unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(json[0]["uid"], "6ya_fdc6XTsZ7i7x9Jcodg");
+        assert_eq!(json[0]["files"][0]["name"], "cert.pem");
+        let err = records(&client, vec!["missing".into()], &mut Vec::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "record(s) not found: missing");
     }
 
     #[test]

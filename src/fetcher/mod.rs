@@ -23,13 +23,13 @@ pub mod store;
 
 use crate::ksm::crypto::{AesKey, b64_url};
 use crate::ksm::error::KsmError;
-use crate::ksm::record::{KeeperFile, Record, Vault};
+use crate::ksm::record::{KeeperFile, Vault};
 use budget::{RateBudget, failure_backoff, jitter};
 use futures::future::BoxFuture;
+use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use store::SnapshotStore;
 use zeroize::Zeroizing;
@@ -111,17 +111,17 @@ pub enum Served {
     Unavailable(Staleness),
 }
 
-/// Counters for metrics (monotonic).
+/// What the fetchers did, as Prometheus counters (registered by [`crate::metrics`]).
 #[derive(Debug, Default)]
 pub struct FetchStats {
-    pub keeper_ok: AtomicU64,
-    pub keeper_failed: AtomicU64,
     /// Requests not sent because the budget or a backoff said wait.
-    pub held_back: AtomicU64,
+    pub held_back: Counter,
     /// Callers served from memory without a call.
-    pub cache_hits: AtomicU64,
-    pub store_restores: AtomicU64,
-    pub downloads: AtomicU64,
+    pub cache_hits: Counter,
+    /// Snapshots restored from the persisted last-good store.
+    pub store_restores: Counter,
+    /// Callers served a stale last good copy.
+    pub stale_served: Counter,
 }
 
 struct Failure {
@@ -203,19 +203,19 @@ impl CredentialFetcher {
                 .duration_since(snapshot.fetched_at)
                 .unwrap_or_default();
             if snapshot.origin == Origin::Keeper && age < max_age {
-                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.stats.cache_hits.inc();
                 return Served::Fresh(snapshot.clone());
             }
         }
         if let Some(failure) = &state.failure
             && now < failure.next_attempt
         {
-            self.stats.held_back.fetch_add(1, Ordering::Relaxed);
+            self.stats.held_back.inc();
             let staleness = staleness(failure, now);
             return self.serve_last_good(&mut state, staleness).await;
         }
         if let Err(wait) = state.budget.try_acquire(now) {
-            self.stats.held_back.fetch_add(1, Ordering::Relaxed);
+            self.stats.held_back.inc();
             let error = Arc::new(KsmError::Throttled {
                 retry_after: Some(wait),
             });
@@ -228,7 +228,6 @@ impl CredentialFetcher {
         }
         match self.fetch_once().await {
             Ok((vault, body)) => {
-                self.stats.keeper_ok.fetch_add(1, Ordering::Relaxed);
                 let fetched_at = SystemTime::now();
                 state.failure = None;
                 self.persist(&mut state, fetched_at, &body).await;
@@ -241,7 +240,6 @@ impl CredentialFetcher {
                 Served::Fresh(snapshot)
             }
             Err(error) => {
-                self.stats.keeper_failed.fetch_add(1, Ordering::Relaxed);
                 if let KsmError::Throttled { retry_after } = &error {
                     state.budget.block_for(now, *retry_after);
                 }
@@ -290,7 +288,10 @@ impl CredentialFetcher {
             state.snapshot = self.restore().await.map(Arc::new);
         }
         match &state.snapshot {
-            Some(snapshot) => Served::Stale(snapshot.clone(), staleness),
+            Some(snapshot) => {
+                self.stats.stale_served.inc();
+                Served::Stale(snapshot.clone(), staleness)
+            }
             None => Served::Unavailable(staleness),
         }
     }
@@ -317,7 +318,7 @@ impl CredentialFetcher {
             });
         match restored {
             Ok(snapshot) => {
-                self.stats.store_restores.fetch_add(1, Ordering::Relaxed);
+                self.stats.store_restores.inc();
                 tracing::info!(credential = %self.id, "serving the persisted last good copy");
                 Some(snapshot)
             }
@@ -344,21 +345,20 @@ impl CredentialFetcher {
     }
 
     /// A file's content, downloaded once per revision of the record that holds it.
-    pub async fn file(&self, record: &Record, file: &KeeperFile) -> Result<FileBytes, KsmError> {
+    pub async fn file(&self, revision: i64, file: &KeeperFile) -> Result<FileBytes, KsmError> {
         {
             let state = self.state.lock().await;
-            if let Some((revision, bytes)) = state.files.get(&file.uid)
-                && *revision == record.revision
+            if let Some((cached, bytes)) = state.files.get(&file.uid)
+                && *cached == revision
             {
                 return Ok(bytes.clone());
             }
         }
         let bytes = Arc::new(self.source.download(file).await?);
-        self.stats.downloads.fetch_add(1, Ordering::Relaxed);
         let mut state = self.state.lock().await;
         state
             .files
-            .insert(file.uid.clone(), (record.revision, bytes.clone()));
+            .insert(file.uid.clone(), (revision, bytes.clone()));
         Ok(bytes)
     }
 

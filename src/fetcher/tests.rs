@@ -1,7 +1,8 @@
 use super::store::{MemoryStore, SnapshotStore};
 use super::*;
+use crate::ksm::record::Record;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 type Script = Vec<Result<&'static str, fn() -> KsmError>>;
 
@@ -129,7 +130,7 @@ async fn concurrent_callers_share_one_keeper_call() {
         assert!(matches!(call.unwrap(), Served::Fresh(_)));
     }
     assert_eq!(fetches.load(Ordering::SeqCst), 1);
-    assert_eq!(fetcher.stats.cache_hits.load(Ordering::Relaxed), 199);
+    assert_eq!(fetcher.stats.cache_hits.get(), 199);
 }
 
 #[tokio::test]
@@ -299,13 +300,10 @@ async fn files_download_once_per_record_revision() {
         key: AesKey::random(),
     };
     for _ in 0..3 {
-        assert_eq!(
-            &**fetcher.file(&record("r", 1), &file).await.unwrap(),
-            b"file-bytes"
-        );
+        assert_eq!(&**fetcher.file(1, &file).await.unwrap(), b"file-bytes");
     }
     assert_eq!(downloads.load(Ordering::SeqCst), 1);
-    fetcher.file(&record("r", 2), &file).await.unwrap();
+    fetcher.file(2, &file).await.unwrap();
     assert_eq!(downloads.load(Ordering::SeqCst), 2);
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "YyIhK5wXFHj36wGBAOmBsxI3v5rIruINrC8KXjyM58c";
-const FILE_CONTENT: &[u8] = b"-----BEGIN CERTIFICATE-----\nfake\n";
+pub(crate) const FILE_CONTENT: &[u8] = b"-----BEGIN CERTIFICATE-----\nfake\n";
 
 enum Fault {
     Throttle(f64),
@@ -39,7 +39,7 @@ struct State {
     seen: Vec<(String, String)>,
 }
 
-struct FakeKsm {
+pub(crate) struct FakeKsm {
     host: String,
     ca_pem: Vec<u8>,
     state: Arc<Mutex<State>>,
@@ -214,7 +214,7 @@ async fn serve(
 }
 
 impl FakeKsm {
-    async fn start() -> FakeKsm {
+    pub(crate) async fn start() -> FakeKsm {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
@@ -273,7 +273,7 @@ impl FakeKsm {
         std::mem::take(&mut self.state.lock().unwrap().seen)
     }
 
-    async fn bound_client(&self) -> KsmClient {
+    pub(crate) async fn bound_client(&self) -> KsmClient {
         let config = redeem_token(
             TOKEN,
             Some(&self.host),

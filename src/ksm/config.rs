@@ -277,12 +277,6 @@ impl KsmConfig {
     pub(crate) fn client_key(&self) -> Option<&AesKey> {
         self.client_key.as_ref()
     }
-
-    /// Replaces the hostname (e.g. a `--hostname` override).
-    pub fn set_hostname(&mut self, hostname: &str) -> Result<(), ConfigError> {
-        self.hostname = normalize_hostname(hostname)?;
-        Ok(())
-    }
 }
 
 impl fmt::Debug for KsmConfig {

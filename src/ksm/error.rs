@@ -5,7 +5,7 @@ use crate::ksm::config::ConfigError;
 use crate::ksm::token::TokenError;
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum KsmError {
     // The cause is part of the message (not a `source`), so `{}` alone is complete and
     // `{:#}` does not repeat it.
@@ -126,4 +126,47 @@ pub(crate) fn sanitize(text: &str) -> String {
         out.push('…');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_errors_are_the_ones_a_retry_can_fix() {
+        assert!(KsmError::Timeout.is_transient());
+        assert!(KsmError::Throttled { retry_after: None }.is_transient());
+        assert!(KsmError::Tampered.is_transient());
+        assert!(
+            !KsmError::AccessDenied {
+                message: String::new()
+            }
+            .is_transient()
+        );
+        assert!(!KsmError::Config(ConfigError::Missing("appKey")).is_transient());
+        assert!(!KsmError::Tls("UnknownIssuer".into()).is_transient());
+    }
+
+    #[test]
+    fn messages_are_single_line_and_bounded() {
+        let long = "x\n".repeat(300);
+        let text = sanitize(&long);
+        assert!(!text.contains('\n'));
+        assert_eq!(text.chars().count(), 201);
+        assert_eq!(
+            KsmError::Throttled {
+                retry_after: Some(Duration::from_secs(12))
+            }
+            .to_string(),
+            "throttled by Keeper (retry after 12s)"
+        );
+        assert_eq!(
+            KsmError::WrongServerKey {
+                key_id: Some(9),
+                custom_key: true
+            }
+            .to_string(),
+            "Keeper rejected the configured serverPublicKey (server asks for key id 9)"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! Keeper Secrets Manager (KSM) protocol: crypto, configuration, transport and records.
 pub mod client;
 pub mod config;
+pub mod credential;
 pub mod crypto;
 pub mod error;
 pub mod notation;
@@ -15,6 +16,6 @@ pub use config::KsmConfig;
 pub use error::KsmError;
 
 #[cfg(test)]
-mod client_http_tests;
+pub(crate) mod client_http_tests;
 #[cfg(test)]
 mod known_answer_tests;

@@ -51,6 +51,8 @@ fn synced_pair() -> (KeeperSecret, Secret) {
             records: vec![],
             data_hash: d.hash.clone(),
             keys: 1,
+            fetched_at: t(0),
+            stale: None,
         },
     ));
     (ks, d.secret)

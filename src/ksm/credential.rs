@@ -1,0 +1,61 @@
+//! What a user may store as a credential: a KSM config (JSON or base64) or a one-time token
+//! that the operator redeems in-cluster (DESIGN.md, "In-cluster token redemption").
+
+use crate::ksm::config::{ConfigError, KsmConfig};
+use crate::ksm::token::OneTimeToken;
+
+/// A stored credential, told apart by content. `Debug` of both variants is redacted.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    Config(Box<KsmConfig>),
+    OneTimeToken(OneTimeToken),
+}
+
+impl Credential {
+    /// A config when the text is (base64 of) a JSON object, else a one-time token. A text that
+    /// is neither reports the config error, which names what is wrong.
+    pub fn parse(text: &str) -> Result<Credential, ConfigError> {
+        match KsmConfig::parse(text) {
+            Ok(config) => Ok(Credential::Config(Box::new(config))),
+            Err(ConfigError::NotConfig) => OneTimeToken::parse(text)
+                .map(Credential::OneTimeToken)
+                .map_err(|_| ConfigError::NotConfig),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ksm::crypto::AesKey;
+
+    #[test]
+    fn configs_and_tokens_are_told_apart() {
+        let config = KsmConfig::unbound("h".into(), AesKey::random(), 10, None)
+            .into_bound(AesKey::random(), None);
+        for text in [config.to_json(), config.to_base64()] {
+            assert!(matches!(
+                Credential::parse(&text),
+                Ok(Credential::Config(_))
+            ));
+        }
+        for token in [
+            "YyIhK5wXFHj36wGBAOmBsxI3v5rIruINrC8KXjyM58c",
+            "US:YyIhK5wXFHj36wGBAOmBsxI3v5rIruINrC8KXjyM58c\n",
+        ] {
+            assert!(matches!(
+                Credential::parse(token),
+                Ok(Credential::OneTimeToken(_))
+            ));
+        }
+        assert_eq!(
+            Credential::parse("hello world").unwrap_err(),
+            ConfigError::NotConfig
+        );
+        assert_eq!(
+            Credential::parse(r#"{"hostname":"h"}"#).unwrap_err(),
+            ConfigError::Missing("clientId")
+        );
+    }
+}
