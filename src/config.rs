@@ -98,21 +98,23 @@ pub struct RunArgs {
 mod tests {
     use super::*;
 
+    fn run_args(argv: &[&str]) -> RunArgs {
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(a) => a,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
     #[test]
     fn defaults_and_flags_parse() {
-        let Command::Run(a) = Cli::try_parse_from(["keeper-operator", "run"])
-            .unwrap()
-            .command
-        else {
-            panic!("expected run")
-        };
+        let a = run_args(&["keeper-operator", "run"]);
         assert_eq!(a.metrics_bind_address.to_string(), "0.0.0.0:8080");
         assert_eq!(a.concurrency, 4);
         assert_eq!(
             std::time::Duration::from(a.default_refresh_interval).as_secs(),
             3600
         );
-        let Command::Run(a) = Cli::try_parse_from([
+        let a = run_args(&[
             "keeper-operator",
             "run",
             "--watch-namespace",
@@ -124,12 +126,7 @@ mod tests {
             "--concurrency",
             "8",
             "--leader-elect",
-        ])
-        .unwrap()
-        .command
-        else {
-            panic!("expected run")
-        };
+        ]);
         assert_eq!(
             (
                 a.watch_namespace.as_str(),

@@ -12,6 +12,7 @@ use crate::desired::HashKey;
 use crate::error::Error;
 use crate::keeper_source::CredentialKey;
 use crate::ksm::config::KsmConfig;
+use crate::ksm::token::OneTimeToken;
 
 /// A parsed credential and what is derived from it.
 pub struct Credential {
@@ -124,8 +125,16 @@ pub fn parse(
             .to_string(),
     );
     let config = KsmConfig::parse(text.trim()).map_err(|e| {
+        if OneTimeToken::parse(text.trim()).is_ok() {
+            return Error::Auth(format!(
+                "{where_} key {:?} holds a one-time access token, which the operator does not redeem yet; \
+                 redeem it with `keeper-operator keeper redeem` and store the resulting config instead",
+                r.key
+            ));
+        }
         Error::Auth(format!(
-            "{where_} key {:?} is not a KSM configuration (base64 or JSON, as written by `ksm init` or the SDKs): {e}",
+            "{where_} key {:?} is not a KSM configuration (base64 or JSON, as written by `ksm init` or \
+             the SDKs): {e}",
             r.key
         ))
     })?;
@@ -201,6 +210,10 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.reason(), "AuthFailed");
         assert!(!e.to_string().contains("NOT-A-CONFIG-SECRET-VALUE"), "{e}");
+        let token = b"US:Rbzt3YwDxQcn9rLbFmGt0hIHi2yh3lVmBL7Gbbay3Xc";
+        let e = parse(Some(&secret("config", token)), "ns", &r(), &ks()).unwrap_err();
+        assert!(e.to_string().contains("one-time access token"), "{e}");
+        assert!(!e.to_string().contains("Rbzt3Yw"), "{e}");
     }
 
     #[test]

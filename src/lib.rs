@@ -13,6 +13,7 @@ pub mod http;
 pub mod k8s;
 pub mod keeper_source;
 pub mod ksm;
+pub mod leader;
 pub mod mapping;
 pub mod metrics;
 pub mod reconcile;

@@ -1,5 +1,7 @@
-//! `keeper-operator run`: the controller plus the health/metrics server, one shutdown signal.
+//! `keeper-operator run`: the controller plus the health/metrics server, one shutdown signal,
+//! and (with `--leader-elect`) a Lease so only one replica reconciles.
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -11,14 +13,19 @@ use keeper_operator::config::{Cli, Command, RunArgs};
 use keeper_operator::fetcher::FetchSettings;
 use keeper_operator::fetcher::secret_store::SecretStore;
 use keeper_operator::fetcher::store::SnapshotStore;
-use keeper_operator::keeper_source::SharedKeeper;
+use keeper_operator::keeper_source::{SharedKeeper, client_options};
+use keeper_operator::leader::Elector;
 use keeper_operator::metrics::Metrics;
 use keeper_operator::reconcile::{Context, Settings};
 use keeper_operator::{controller, http, telemetry};
 use kube::runtime::events::{Recorder, Reporter};
-use std::process::ExitCode;
+use kube::runtime::reflector::Store;
 use tokio::sync::watch;
 use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+/// Name of the leader-election Lease in the operator namespace.
+const LEASE_NAME: &str = "keeper-operator-leader";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -29,8 +36,7 @@ async fn main() -> ExitCode {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
                 .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
                 )
                 .init();
             run_keeper_command(args).await
@@ -49,13 +55,9 @@ async fn main() -> ExitCode {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format, &args.log_level)
         .map_err(|e| anyhow::anyhow!("--log-level: {e}"))?;
-    if args.leader_elect {
-        bail!("--leader-elect is not implemented yet; run a single replica (the chart's default)");
-    }
     if args.default_refresh_interval.is_negative() {
         bail!("--default-refresh-interval must not be negative");
     }
-    let default_refresh_interval: Duration = args.default_refresh_interval.into();
     let extra_ca_pem = match &args.keeper_ca_file {
         Some(path) => Some(
             std::fs::read(path)
@@ -67,7 +69,61 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to Kubernetes (KUBECONFIG or in-cluster)")?;
     let metrics = Arc::new(Metrics::default());
-    let options = keeper_operator::keeper_source::client_options(extra_ca_pem);
+    let identity = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("keeper-operator-{}", std::process::id()));
+    let elector = match (args.leader_elect, &args.operator_namespace) {
+        (false, _) => None,
+        (true, Some(ns)) => Some(Arc::new(Elector::new(
+            client.clone(),
+            ns,
+            LEASE_NAME,
+            identity.clone(),
+        ))),
+        (true, None) => {
+            bail!("--leader-elect needs --operator-namespace (or POD_NAMESPACE) for its Lease")
+        }
+    };
+
+    let stop = shutdown_channel();
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(args.metrics_bind_address)
+        .await
+        .with_context(|| {
+            format!(
+                "binding --metrics-bind-address {}",
+                args.metrics_bind_address
+            )
+        })?;
+    info!(address = %args.metrics_bind_address, "serving /metrics, /healthz, /readyz");
+    let server = tokio::spawn(
+        axum::serve(
+            listener,
+            http::router(http::Health {
+                ready: ready.clone(),
+                metrics: metrics.clone(),
+            }),
+        )
+        .with_graceful_shutdown(stopped(&stop))
+        .into_future(),
+    );
+
+    if let Some(elector) = &elector {
+        // A standby is healthy: it is ready to take over.
+        ready.store(true, Ordering::Relaxed);
+        tokio::select! {
+            () = elector.acquire() => ready.store(false, Ordering::Relaxed),
+            () = stopped(&stop) => return finish(server).await,
+        }
+    }
+
+    let settings = Settings {
+        default_refresh_interval: args.default_refresh_interval.into(),
+        operator_namespace: args.operator_namespace.clone(),
+    };
+    let reporter = Reporter {
+        controller: "keeper-operator".into(),
+        instance: Some(identity),
+    };
     let store: Option<Arc<dyn SnapshotStore>> =
         match (&args.operator_namespace, args.persist_last_good) {
             (Some(ns), true) => Some(Arc::new(SecretStore::new(client.clone(), ns))),
@@ -88,58 +144,65 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("--keeper-budget-window must be a positive duration")?,
         ..FetchSettings::default()
     };
-    let keeper = SharedKeeper::new(options, fetch_settings, store, metrics.clone());
-    let reporter = Reporter {
-        controller: "keeper-operator".into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
-    let settings = Settings {
-        default_refresh_interval,
-        operator_namespace: args.operator_namespace.clone(),
-    };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        keeper,
-        Recorder::new(client, reporter),
+    let keeper = SharedKeeper::new(
+        client_options(extra_ca_pem),
+        fetch_settings,
+        store,
         metrics.clone(),
-        settings,
-    ));
+    );
+    let recorder = Recorder::new(client.clone(), reporter);
+    let ctx = Arc::new(Context::new(client, keeper, recorder, metrics, settings));
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
+    // Losing the Lease stops the controller like a shutdown does, but the process then fails.
+    let (lost_tx, lost) = watch::channel(false);
+    if let Some(elector) = elector.clone() {
+        tokio::spawn(async move {
+            elector.keep().await;
+            let _ = lost_tx.send(true);
+        });
+    }
+    let until = {
+        let (stop, lost, ready) = (stop.clone(), lost.clone(), ready.clone());
         async move {
-            let _ = rx.wait_for(|stop| *stop).await;
+            tokio::select! { () = stopped(&stop) => {}, () = stopped(&lost) => {} }
+            ready.store(false, Ordering::Relaxed);
         }
     };
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        info!("shutdown requested");
-        let _ = stop_tx.send(true);
-    });
-
-    let ready = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind(args.metrics_bind_address)
-        .await
-        .with_context(|| {
-            format!(
-                "binding --metrics-bind-address {}",
-                args.metrics_bind_address
-            )
-        })?;
-    info!(address = %args.metrics_bind_address, "serving /metrics, /healthz, /readyz");
-    let server = axum::serve(
-        listener,
-        http::router(http::Health {
-            ready: ready.clone(),
-            metrics,
-        }),
-    )
-    .with_graceful_shutdown(stopped());
-
     let watch_namespace = Some(args.watch_namespace.as_str()).filter(|ns| !ns.is_empty());
-    let ready_flag = ready.clone();
-    let on_store = move |store: kube::runtime::reflector::Store<_>| {
+    controller::run(
+        ctx,
+        watch_namespace,
+        args.concurrency,
+        mark_ready_when_synced(ready),
+        until,
+    )
+    .await;
+
+    if *lost.borrow() {
+        bail!("lost leadership; exiting so a fresh candidate takes its place");
+    }
+    if let Some(elector) = &elector {
+        elector.release().await;
+    }
+    finish(server).await
+}
+
+async fn finish(server: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
+    server
+        .await
+        .context("health/metrics server task")?
+        .context("health/metrics server")?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Flips `ready` once the KeeperSecret cache holds the initial list.
+fn mark_ready_when_synced<K>(ready: Arc<AtomicBool>) -> impl FnOnce(Store<K>)
+where
+    K: kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
+{
+    move |store| {
         tokio::spawn(async move {
             // kube's readiness latch wakes only its most recent waiter, and the Controller
             // waits on it too: re-poll instead of parking on it once.
@@ -148,32 +211,35 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     .await
                 {
                     Ok(Ok(())) => {
-                        ready_flag.store(true, Ordering::Relaxed);
+                        ready.store(true, Ordering::Relaxed);
                         info!("KeeperSecret cache synced; ready");
-                        break;
+                        return;
                     }
-                    Ok(Err(_)) => break,
+                    Ok(Err(_)) => return,
                     Err(_) => continue,
                 }
             }
         });
-    };
-    let shutdown = stopped();
-    let ready_off = ready.clone();
-    let ctrl = controller::run(
-        ctx,
-        watch_namespace,
-        args.concurrency,
-        on_store,
-        async move {
-            shutdown.await;
-            ready_off.store(false, Ordering::Relaxed);
-        },
-    );
-    let (server_result, ()) = tokio::join!(server.into_future(), ctrl);
-    server_result.context("health/metrics server")?;
-    info!("stopped");
-    Ok(())
+    }
+}
+
+/// One SIGTERM/SIGINT watcher feeding every task's shutdown.
+fn shutdown_channel() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown requested");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Resolves once the flag behind `rx` turns true.
+fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
 }
 
 async fn shutdown_signal() {

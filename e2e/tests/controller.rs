@@ -25,7 +25,7 @@ const POSTGRES: &str = "YP6qLSSxX3qEJLYyQs6iZw";
 struct World {
     env: TestEnv,
     server: TestServer,
-    _operator: Operator,
+    operator: Operator,
 }
 
 impl World {
@@ -52,7 +52,7 @@ impl World {
         Ok(World {
             env,
             server,
-            _operator: operator,
+            operator,
         })
     }
 
@@ -187,6 +187,7 @@ fn vault_value(server: &TestServer, uid: &str, field_type: &str) -> Result<Strin
 async fn examples_produce_the_documented_secrets() -> Result<()> {
     let w = World::start("ctl-examples").await?;
     for f in [
+        "keepersecret.yaml",
         "database.yaml",
         "connection-url.yaml",
         "files.yaml",
@@ -196,6 +197,7 @@ async fn examples_produce_the_documented_secrets() -> Result<()> {
         w.apply_example(f)?;
     }
     for ks in [
+        "shop-db",
         "postgres",
         "analytics-url",
         "web-certificate",
@@ -204,6 +206,16 @@ async fn examples_produce_the_documented_secrets() -> Result<()> {
     ] {
         w.kubectl_wait_ready(ks)?;
     }
+
+    let shop = data(&w.secrets().get("shop-db").await?);
+    assert_eq!(
+        shop.keys().collect::<Vec<_>>(),
+        ["password", "stripe-api-key", "url", "username"]
+    );
+    assert_eq!(
+        text(&shop, "stripe-api-key"),
+        vault_value(&w.server, "SsxoiM-FPCF65F54JaY3jQ", "password")?
+    );
 
     let pg = w.secrets().get("postgres-credentials").await?;
     let d = data(&pg);
@@ -512,6 +524,64 @@ async fn cluster_store_lends_credentials_to_selected_namespaces() -> Result<()> 
     assert_eq!(
         text(&d, "api-key"),
         vault_value(&w.server, "SsxoiM-FPCF65F54JaY3jQ", "password")?
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settled_objects_cost_no_writes_and_no_keeper_calls_even_after_restart() -> Result<()> {
+    let mut w = World::start("ctl-quiet").await?;
+    w.apply_example("connection-url.yaml")?; // default refresh interval: 1h
+    w.kubectl_wait_ready("analytics-url")?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let versions = |ks: &KeeperSecret, s: &Secret| {
+        (
+            ks.metadata.resource_version.clone(),
+            s.metadata.resource_version.clone(),
+        )
+    };
+    let before = versions(
+        &w.keeper_secrets().get("analytics-url").await?,
+        &w.secrets().get("analytics-url").await?,
+    );
+    let calls = w.server.counters().total();
+
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let settled = versions(
+        &w.keeper_secrets().get("analytics-url").await?,
+        &w.secrets().get("analytics-url").await?,
+    );
+    assert_eq!(
+        settled, before,
+        "no status or Secret writes once synced (no reconcile loop)"
+    );
+    assert_eq!(
+        w.server.counters().total(),
+        calls,
+        "no Keeper calls between refreshes"
+    );
+
+    // A restarted operator finds everything current: no Keeper call, no write.
+    w.operator.kill();
+    w.operator = w
+        .env
+        .operator()
+        .arg(format!(
+            "--keeper-ca-file={}",
+            w.env.dir().join("keeper-ca.pem").display()
+        ))
+        .spawn()?;
+    w.operator.wait_ready(TIMEOUT).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let restarted = versions(
+        &w.keeper_secrets().get("analytics-url").await?,
+        &w.secrets().get("analytics-url").await?,
+    );
+    assert_eq!(restarted, before, "restart rewrites nothing");
+    assert_eq!(
+        w.server.counters().total(),
+        calls,
+        "restart costs no Keeper call"
     );
     Ok(())
 }
