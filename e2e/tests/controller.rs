@@ -372,11 +372,20 @@ async fn keeper_outage_keeps_the_last_good_secret_and_recovers() -> Result<()> {
     let good = w.secrets().get("postgres-credentials").await?;
 
     w.server.faults().set_down(DownMode::Refuse);
-    let ks = w
-        .wait_reason("postgres", "False", "KeeperUnavailable")
-        .await?;
+    // The Secret still holds good data, so Ready stays True and says it is the last good copy;
+    // the Stale condition carries the Keeper failure.
+    let ks = w.wait_reason("postgres", "True", "LastGoodCopy").await?;
     let message = &ks.ready_condition().context("Ready")?.message;
-    assert!(!message.is_empty());
+    assert!(message.contains("last good copy"), "{message}");
+    let stale = ks
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stale"))
+        .context("Stale condition")?;
+    assert_eq!(
+        (stale.status.as_str(), stale.reason.as_str()),
+        ("True", "KeeperUnavailable")
+    );
     let during = w.secrets().get("postgres-credentials").await?;
     assert_eq!(
         during.metadata.resource_version, good.metadata.resource_version,
