@@ -854,3 +854,48 @@ pub fn free_port() -> Result<u16> {
         .local_addr()?
         .port())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crd_names_reads_only_crd_metadata_names() {
+        let manifest = "---\nkind: ServiceAccount\nmetadata:\n  name: sa\n---\n# Source: x\n\
+                        apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n\
+                        metadata:\n  annotations:\n    a: b\n  name: things.example.dev\nspec:\n  names:\n    kind: Thing\n";
+        assert_eq!(crd_names(manifest), vec!["things.example.dev".to_string()]);
+    }
+
+    #[test]
+    fn chart_fullname_matches_the_chart_helper() {
+        assert_eq!(chart_fullname("ko"), "ko-keeper-operator");
+        assert_eq!(chart_fullname("keeper-operator"), "keeper-operator");
+        let long = "a".repeat(60);
+        assert_eq!(chart_fullname(&long).len(), 63);
+        assert!(!chart_fullname(&format!("{}-", "b".repeat(62))).ends_with('-'));
+    }
+
+    #[test]
+    fn unique_names_are_distinct_dns_labels() {
+        let a = unique_name("some-test");
+        let b = unique_name("some-test");
+        assert_ne!(a, b);
+        for n in [a, b, unique_name(&"x".repeat(80))] {
+            assert!(n.len() <= 63);
+            assert!(
+                n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            );
+            assert!(!n.ends_with('-'));
+        }
+    }
+
+    #[test]
+    fn sa_token_debug_is_redacted() {
+        let t = SaToken {
+            value: "eyJhbGciOi.secret".into(),
+        };
+        assert!(!format!("{t:?}").contains("secret"));
+    }
+}

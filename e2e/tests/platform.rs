@@ -212,6 +212,8 @@ async fn chart_rbac_is_least_privilege_with_watch_namespace() -> Result<()> {
         ("create", "coordination.k8s.io", "leases", op),
         ("update", "coordination.k8s.io", "leases", op),
         ("get", "", "secrets", op),
+        ("create", "", "secrets", op),
+        ("patch", "", "secrets", op),
     ] {
         assert!(
             can_i(&client, verb, g, res, ns).await?,
