@@ -10,7 +10,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use keeper_e2e::harness::{Operator, TestEnv, wait_until};
-use keeper_e2e::ksm_server::{DownMode, FileFailure, TestServer, sample_vault};
+use keeper_e2e::ksm_server::{DownMode, FileFailure, RecordSpec, TestServer, sample_vault};
 use keeper_operator::crd::KeeperSecret;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -135,14 +135,19 @@ impl World {
             .collect())
     }
 
-    fn set_postgres_password(&self, password: &str) -> Result<i64> {
+    fn postgres_with_password(&self, password: serde_json::Value) -> Result<RecordSpec> {
         let mut record = self.server.record(POSTGRES)?;
         for field in &mut record.fields {
             if field["type"] == "password" {
-                field["value"] = json!([password]);
+                field["value"] = password.clone();
             }
         }
-        self.server.set_record(record)
+        Ok(record)
+    }
+
+    fn set_postgres_password(&self, password: &str) -> Result<i64> {
+        self.server
+            .set_record(self.postgres_with_password(json!([password]))?)
     }
 }
 
@@ -501,5 +506,32 @@ async fn a_failed_file_download_keeps_the_file_and_downloads_once_per_revision()
         }
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_glitch_that_empties_a_value_is_refused_but_a_real_change_is_applied() -> Result<()> {
+    let w = World::start("cache-guard").await?;
+    let _operator = w.operator().await?;
+    w.create(&names("guard", 0..1), "5s").await?;
+    w.wait_all(1, "Synced").await?;
+    let good = w.snapshot().await?;
+
+    // Same revision, emptied value: only a backend glitch can do that.
+    w.server
+        .glitch_record(w.postgres_with_password(json!([]))?)?;
+    let refused = w.wait_all(1, "WriteRefused").await?;
+    let message = &refused[0].ready_condition().context("Ready")?.message;
+    ensure!(message.contains("\"password\""), "{message}");
+    ensure!(w.snapshot().await? == good, "the glitch reached the Secret");
+
+    // The same emptying as a real edit in Keeper (new revision) is applied.
+    w.server.set_record(w.postgres_with_password(json!([]))?)?;
+    w.wait_all(1, "Synced").await?;
+    let secret = w.secrets().get("guard-0000").await?;
+    ensure!(
+        password(&secret).as_deref() == Some(""),
+        "intentional change not applied"
+    );
     Ok(())
 }

@@ -234,6 +234,11 @@ impl ServerHandle {
         self.shared.vault().set_record(record)
     }
 
+    /// Fault injection: changes a record's content without moving its revision.
+    pub fn glitch_record(&self, record: RecordSpec) -> anyhow::Result<i64> {
+        self.shared.vault().set_record_keeping_revision(record)
+    }
+
     pub fn delete_record(&self, uid: &str) -> anyhow::Result<()> {
         self.shared.vault().delete_record(uid)
     }

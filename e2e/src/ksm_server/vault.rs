@@ -208,6 +208,20 @@ impl Vault {
         Ok(revision)
     }
 
+    /// Fault injection: serves new content under the record's current revision, as a
+    /// glitching backend would (a real edit always moves the revision).
+    pub fn set_record_keeping_revision(&mut self, spec: RecordSpec) -> anyhow::Result<i64> {
+        let uid = spec.uid.clone();
+        let revision = self
+            .revision(&uid)
+            .ok_or_else(|| anyhow!("unknown record {uid}"))?;
+        self.set_record(spec)?;
+        if let Some(record) = self.records.get_mut(&uid) {
+            record.revision = revision;
+        }
+        Ok(revision)
+    }
+
     pub fn delete_record(&mut self, uid: &str) -> anyhow::Result<()> {
         let record = self
             .records
