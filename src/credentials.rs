@@ -37,7 +37,7 @@ impl std::fmt::Debug for Credential {
 #[derive(Debug)]
 pub enum Stored {
     /// A usable KSM config.
-    Config(Credential),
+    Config(Box<Credential>),
     /// A one-time token the operator must redeem first.
     Token(TokenRequest),
 }
@@ -85,14 +85,14 @@ pub async fn load<S: KeeperSource>(
     let api = Api::<Secret>::namespaced(client.clone(), &secret_ns);
     let secret = api.get_opt(&reference.name).await?;
     match parse(secret.as_ref(), &secret_ns, &reference, ks)? {
-        Stored::Config(c) => Ok(c),
+        Stored::Config(c) => Ok(*c),
         Stored::Token(request) => {
             let where_ = format!("Secret {secret_ns}/{}", reference.name);
             let secret = secret.as_ref().expect("parse found a token in it");
             let stored =
                 redeem_in_place(&api, secret, &reference.key, &request, &where_, keeper).await?;
             match parse(Some(&stored), &secret_ns, &reference, ks)? {
-                Stored::Config(c) => Ok(c),
+                Stored::Config(c) => Ok(*c),
                 Stored::Token(_) => Err(Error::TokenRedemption {
                     message: format!("{where_} still holds a token after redemption"),
                     transient: true,
@@ -163,14 +163,14 @@ pub fn parse(
             )));
         }
     };
-    Ok(Stored::Config(Credential {
+    Ok(Stored::Config(Box::new(Credential {
         key: CredentialKey::new(format!("{ns}/{}/{}", r.name, r.key), text.as_bytes()),
         config,
         hash_key: HashKey::derive(
             text.as_bytes(),
             ks.metadata.uid.as_deref().unwrap_or_default(),
         ),
-    }))
+    })))
 }
 
 #[cfg(test)]
