@@ -10,9 +10,10 @@ use zeroize::Zeroizing;
 use crate::crd::{ClusterKeeperStore, KeeperSecret, SecretKeyRef};
 use crate::desired::HashKey;
 use crate::error::Error;
-use crate::keeper_source::CredentialKey;
+use crate::keeper_source::{CredentialKey, KeeperSource};
 use crate::ksm::config::KsmConfig;
-use crate::ksm::token::OneTimeToken;
+use crate::ksm::credential::Credential as KsmCredential;
+use crate::redeem::{TokenRequest, redeem_in_place, token_request};
 
 /// A parsed credential and what is derived from it.
 pub struct Credential {
@@ -32,9 +33,20 @@ impl std::fmt::Debug for Credential {
     }
 }
 
-/// Loads the credential for `ks`.
-pub async fn load(
+/// What a credential Secret holds.
+#[derive(Debug)]
+pub enum Stored {
+    /// A usable KSM config.
+    Config(Box<Credential>),
+    /// A one-time token the operator must redeem first.
+    Token(TokenRequest),
+}
+
+/// Loads the credential for `ks`, redeeming a one-time token in place first (see
+/// [`crate::redeem`]).
+pub async fn load<S: KeeperSource>(
     client: &Client,
+    keeper: &S,
     ks: &KeeperSecret,
     operator_ns: Option<&str>,
 ) -> Result<Credential, Error> {
@@ -70,10 +82,24 @@ pub async fn load(
             ));
         }
     };
-    let secret = Api::<Secret>::namespaced(client.clone(), &secret_ns)
-        .get_opt(&reference.name)
-        .await?;
-    parse(secret.as_ref(), &secret_ns, &reference, ks)
+    let api = Api::<Secret>::namespaced(client.clone(), &secret_ns);
+    let secret = api.get_opt(&reference.name).await?;
+    match parse(secret.as_ref(), &secret_ns, &reference, ks)? {
+        Stored::Config(c) => Ok(*c),
+        Stored::Token(request) => {
+            let where_ = format!("Secret {secret_ns}/{}", reference.name);
+            let secret = secret.as_ref().expect("parse found a token in it");
+            let stored =
+                redeem_in_place(&api, secret, &reference.key, &request, &where_, keeper).await?;
+            match parse(Some(&stored), &secret_ns, &reference, ks)? {
+                Stored::Config(c) => Ok(*c),
+                Stored::Token(_) => Err(Error::TokenRedemption {
+                    message: format!("{where_} still holds a token after redemption"),
+                    transient: true,
+                }),
+            }
+        }
+    }
 }
 
 /// Whether a store lends itself to namespace `ns` (by name list or label selector).
@@ -110,7 +136,7 @@ pub fn parse(
     ns: &str,
     r: &SecretKeyRef,
     ks: &KeeperSecret,
-) -> Result<Credential, Error> {
+) -> Result<Stored, Error> {
     let where_ = format!("Secret {ns}/{}", r.name);
     let secret = secret
         .ok_or_else(|| Error::Auth(format!("{where_} (the KSM credential) does not exist")))?;
@@ -124,28 +150,27 @@ pub fn parse(
             .map_err(|_| Error::Auth(format!("{where_} key {:?} is not text", r.key)))?
             .to_string(),
     );
-    let config = KsmConfig::parse(text.trim()).map_err(|e| {
-        if OneTimeToken::parse(text.trim()).is_ok() {
-            return Error::Auth(format!(
-                "{where_} key {:?} holds a one-time access token, which the operator does not redeem yet; \
-                 redeem it with `keeper-operator keeper redeem` and store the resulting config instead",
-                r.key
-            ));
+    let config = match KsmCredential::parse(text.trim()) {
+        Ok(KsmCredential::Config(config)) => *config,
+        Ok(KsmCredential::OneTimeToken(_)) => {
+            return token_request(secret, text.trim(), &where_, &r.key).map(Stored::Token);
         }
-        Error::Auth(format!(
-            "{where_} key {:?} is not a KSM configuration (base64 or JSON, as written by `ksm init` or \
-             the SDKs): {e}",
-            r.key
-        ))
-    })?;
-    Ok(Credential {
+        Err(e) => {
+            return Err(Error::Auth(format!(
+                "{where_} key {:?} is neither a KSM configuration (base64 or JSON, as written by \
+                 `ksm init` or the SDKs) nor a one-time access token ([REGION:]TOKEN): {e}",
+                r.key
+            )));
+        }
+    };
+    Ok(Stored::Config(Box::new(Credential {
         key: CredentialKey::new(format!("{ns}/{}/{}", r.name, r.key), text.as_bytes()),
         config,
         hash_key: HashKey::derive(
             text.as_bytes(),
             ks.metadata.uid.as_deref().unwrap_or_default(),
         ),
-    })
+    })))
 }
 
 #[cfg(test)]
@@ -210,9 +235,15 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.reason(), "AuthFailed");
         assert!(!e.to_string().contains("NOT-A-CONFIG-SECRET-VALUE"), "{e}");
+        assert!(e.to_string().contains("nor a one-time access token"), "{e}");
         let token = b"US:Rbzt3YwDxQcn9rLbFmGt0hIHi2yh3lVmBL7Gbbay3Xc";
-        let e = parse(Some(&secret("config", token)), "ns", &r(), &ks()).unwrap_err();
-        assert!(e.to_string().contains("one-time access token"), "{e}");
+        match parse(Some(&secret("config", token)), "ns", &r(), &ks()).unwrap() {
+            Stored::Token(t) => assert_eq!(t.hostname, None),
+            Stored::Config(_) => panic!("a token parsed as a config"),
+        }
+        // A bare token needs the hostname key; the error says so without echoing the token.
+        let e = parse(Some(&secret("config", &token[3..])), "ns", &r(), &ks()).unwrap_err();
+        assert!(e.to_string().contains("\"hostname\""), "{e}");
         assert!(!e.to_string().contains("Rbzt3Yw"), "{e}");
     }
 

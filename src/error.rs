@@ -27,6 +27,9 @@ pub enum Error {
     /// The credential could not be read or parsed.
     #[error("{0}")]
     Auth(String),
+    /// A one-time token in the credential Secret could not be redeemed (or is being redeemed).
+    #[error("{message}")]
+    TokenRedemption { message: String, transient: bool },
     /// A ClusterKeeperStore does not allow this namespace.
     #[error("{0}")]
     NotAllowed(String),
@@ -56,6 +59,7 @@ impl Error {
             Error::Template(_) | Error::InvalidSpec(_) => "InvalidSpec",
             Error::Desired(e) => e.reason(),
             Error::Auth(_) => "AuthFailed",
+            Error::TokenRedemption { .. } => "TokenRedemptionFailed",
             Error::NotAllowed(_) => "NotAllowed",
             Error::OwnedElsewhere(_) => "SecretOwnedElsewhere",
             Error::TargetNotFound(_) => "TargetNotFound",
@@ -71,6 +75,7 @@ impl Error {
         let transient = match self {
             Error::Keeper(e) => e.is_transient(),
             Error::Kube(_) | Error::Guard(_) => true,
+            Error::TokenRedemption { transient, .. } => *transient,
             _ => false,
         };
         let (base, cap): (u64, u64) = if transient { (5, 300) } else { (30, 600) };

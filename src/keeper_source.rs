@@ -16,6 +16,7 @@ use crate::ksm::client::{ClientOptions, KsmClient};
 use crate::ksm::config::KsmConfig;
 use crate::ksm::error::KsmError;
 use crate::ksm::record::KeeperFile;
+use crate::ksm::token::redeem_token;
 use crate::metrics::Metrics;
 
 /// Identifies one credential: where it came from plus a fingerprint of its content, so a
@@ -67,6 +68,14 @@ pub trait KeeperSource: Send + Sync + 'static {
         revision: i64,
         file: &KeeperFile,
     ) -> impl Future<Output = Result<FileBytes, KsmError>> + Send;
+
+    /// Redeems a one-time token (see [`crate::ksm::token::redeem_token`]) into a bound config.
+    fn redeem(
+        &self,
+        token: &str,
+        hostname: Option<&str>,
+        server_key: Option<(String, String)>,
+    ) -> impl Future<Output = Result<KsmConfig, KsmError>> + Send;
 }
 
 /// Bound on live fetchers; beyond it the least recently created are dropped (they only hold
@@ -146,6 +155,20 @@ impl KeeperSource for SharedKeeper {
         file: &KeeperFile,
     ) -> Result<FileBytes, KsmError> {
         self.fetcher(cred, config)?.file(revision, file).await
+    }
+
+    async fn redeem(
+        &self,
+        token: &str,
+        hostname: Option<&str>,
+        server_key: Option<(String, String)>,
+    ) -> Result<KsmConfig, KsmError> {
+        let outcome = redeem_token(token, hostname, server_key, &self.options).await;
+        self.metrics.token_redemption(match &outcome {
+            Ok(_) => "success",
+            Err(e) => e.reason(),
+        });
+        outcome
     }
 }
 

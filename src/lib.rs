@@ -17,6 +17,7 @@ pub mod leader;
 pub mod mapping;
 pub mod metrics;
 pub mod reconcile;
+pub mod redeem;
 pub mod refresh;
 pub mod status;
 pub mod telemetry;

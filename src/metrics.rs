@@ -30,12 +30,20 @@ pub struct KeeperLabels {
     pub outcome: &'static str,
 }
 
+/// Label set of a one-time-token redemption.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `success` or the error reason.
+    pub outcome: &'static str,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<ReconcileLabels, Counter>,
     duration: Histogram,
     keeper_requests: Family<KeeperLabels, Counter>,
+    token_redemptions: Family<OutcomeLabels, Counter>,
     fetch_stats: Arc<FetchStats>,
 }
 
@@ -60,6 +68,12 @@ impl Default for Metrics {
             "keeper_requests",
             "Requests made to Keeper by operation and outcome",
             keeper_requests.clone(),
+        );
+        let token_redemptions = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "token_redemptions",
+            "One-time tokens redeemed in-cluster, by outcome",
+            token_redemptions.clone(),
         );
         let fetch_stats = Arc::new(FetchStats::default());
         registry.register(
@@ -87,6 +101,7 @@ impl Default for Metrics {
             reconciles,
             duration,
             keeper_requests,
+            token_redemptions,
             fetch_stats,
         }
     }
@@ -105,6 +120,13 @@ impl Metrics {
     pub fn keeper_request(&self, operation: &'static str, outcome: &'static str) {
         self.keeper_requests
             .get_or_create(&KeeperLabels { operation, outcome })
+            .inc();
+    }
+
+    /// Counts one token redemption attempt.
+    pub fn token_redemption(&self, outcome: &'static str) {
+        self.token_redemptions
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 
@@ -147,6 +169,7 @@ mod tests {
         let m = super::Metrics::default();
         m.reconcile().finish("error", "KeeperUnavailable");
         m.keeper_request("get_secret", "success");
+        m.token_redemption("AuthFailed");
         let text = m.encode().unwrap();
         assert!(
             text.contains(
@@ -161,5 +184,9 @@ mod tests {
         assert!(text.contains(
             r#"keeper_operator_keeper_requests_total{operation="get_secret",outcome="success"} 1"#
         ));
+        assert!(
+            text.contains(r#"keeper_operator_token_redemptions_total{outcome="AuthFailed"} 1"#),
+            "{text}"
+        );
     }
 }

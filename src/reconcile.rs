@@ -137,8 +137,13 @@ async fn sync<S: KeeperSource>(ks: &mut KeeperSecret, ctx: &Context<S>) -> Resul
     let ns = ks.namespace().unwrap_or_default();
     let interval =
         refresh::interval(ks, ctx.settings.default_refresh_interval).map_err(Error::InvalidSpec)?;
-    let cred =
-        credentials::load(&ctx.client, ks, ctx.settings.operator_namespace.as_deref()).await?;
+    let cred = credentials::load(
+        &ctx.client,
+        &ctx.keeper,
+        ks,
+        ctx.settings.operator_namespace.as_deref(),
+    )
+    .await?;
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
     let existing = secrets.get_opt(&ks.target_name()).await?;
 
