@@ -17,7 +17,7 @@ use clap::Parser;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use keeper_e2e::harness::{Operator, TestEnv, wait_until};
+use keeper_e2e::harness::{Operator, TestEnv};
 use keeper_e2e::ksm_server::{AppSpec, DownMode, TestServer, VaultSpec};
 use keeper_operator::crd::KeeperSecret;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
