@@ -71,7 +71,10 @@ struct Bench {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    ensure!(args.keeper_secrets > 0 && args.credentials > 0, "N and C must be positive");
+    ensure!(
+        args.keeper_secrets > 0 && args.credentials > 0,
+        "N and C must be positive"
+    );
     let refresh: Duration = args
         .refresh
         .parse::<kube::core::Duration>()
@@ -84,7 +87,10 @@ async fn main() -> Result<()> {
     let mut out = serde_json::Map::new();
     out.insert("keeper_secrets".into(), json!(bench.args.keeper_secrets));
     out.insert("credentials".into(), json!(bench.args.credentials));
-    out.insert("refresh_interval_seconds".into(), json!(refresh.as_secs_f64()));
+    out.insert(
+        "refresh_interval_seconds".into(),
+        json!(refresh.as_secs_f64()),
+    );
     out.insert("concurrency".into(), json!(bench.args.concurrency));
     out.insert(
         "operator_binary".into(),
@@ -103,7 +109,10 @@ async fn main() -> Result<()> {
     let (_, rss_peak) = rss_mib(pid)?;
     out.insert("operator_rss_peak_mib".into(), json!(round2(rss_peak)));
     out.insert("operator_rss_steady_mib".into(), json!(round2(rss_steady)));
-    out.insert("operator_cpu_seconds".into(), json!(round2(cpu_seconds(pid)?)));
+    out.insert(
+        "operator_cpu_seconds".into(),
+        json!(round2(cpu_seconds(pid)?)),
+    );
     let operator_requests = (api_after.0 - api_before.0).saturating_sub(bench.own.0);
     out.insert("apiserver_requests".into(), json!(operator_requests));
     out.insert(
@@ -203,7 +212,10 @@ impl Bench {
     async fn list_secrets(&mut self) -> Result<Vec<Secret>> {
         self.own.0 += 1;
         let api: Api<Secret> = self.env.api();
-        Ok(api.list(&ListParams::default().labels(SECRET_LABEL)).await?.items)
+        Ok(api
+            .list(&ListParams::default().labels(SECRET_LABEL))
+            .await?
+            .items)
     }
 
     /// Polls (once a second, to keep the bench's own load low) until `done` holds for all N.
@@ -355,7 +367,11 @@ impl Bench {
     async fn outage(&mut self, out: &mut serde_json::Map<String, Value>) -> Result<()> {
         let before = secret_data(&self.list_secrets().await?);
         let n = self.args.keeper_secrets;
-        ensure!(before.len() == n, "{} of {n} Secrets before the outage", before.len());
+        ensure!(
+            before.len() == n,
+            "{} of {n} Secrets before the outage",
+            before.len()
+        );
         let calls_before = self.get_secret_calls();
         let duration = self.refresh * self.args.outage_waves;
         self.server.faults().set_down(DownMode::Unavailable);
@@ -401,7 +417,10 @@ impl Bench {
                             ..ObjectMeta::default()
                         },
                         data: Some(BTreeMap::from([
-                            ("password".into(), ByteString(format!("password-{i}").into())),
+                            (
+                                "password".into(),
+                                ByteString(format!("password-{i}").into()),
+                            ),
                             ("shared".into(), ByteString(b"password-0".to_vec())),
                         ])),
                         ..Secret::default()
@@ -493,7 +512,11 @@ fn secret_data(secrets: &[Secret]) -> BTreeMap<String, BTreeMap<String, ByteStri
 }
 
 /// Resources whose requests are counted: what the operator reads and writes.
-const COUNTED: [&str; 3] = ["resource=\"keepersecrets\"", "resource=\"secrets\"", "resource=\"events\""];
+const COUNTED: [&str; 3] = [
+    "resource=\"keepersecrets\"",
+    "resource=\"secrets\"",
+    "resource=\"events\"",
+];
 
 /// The API server's `apiserver_request_total` summed over [`COUNTED`] resources, and by verb.
 async fn apiserver_counts(client: &Client) -> Result<(u64, BTreeMap<String, u64>)> {
@@ -532,7 +555,10 @@ fn label(labels: &str, name: &str) -> Option<String> {
     Some(labels[start..start + end].to_string())
 }
 
-fn diff_by_verb(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+fn diff_by_verb(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
     after
         .iter()
         .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
@@ -547,11 +573,7 @@ fn rss_mib(pid: u32) -> Result<(f64, f64)> {
             .lines()
             .find(|l| l.starts_with(key))
             .with_context(|| format!("{key} in /proc/{pid}/status"))?;
-        let v: f64 = line
-            .split_whitespace()
-            .nth(1)
-            .context("value")?
-            .parse()?;
+        let v: f64 = line.split_whitespace().nth(1).context("value")?.parse()?;
         Ok(v / 1024.0)
     };
     Ok((kib("VmRSS:")?, kib("VmHWM:")?))
