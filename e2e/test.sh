@@ -95,3 +95,4 @@ phase "shellcheck/hadolint" lint_scripts
 phase "cargo deny" "$LINT_BIN/cargo-deny" check licenses bans sources
 # --no-fail-fast: every test binary runs, so one failure does not hide others.
 phase "cargo test" cargo test --workspace --locked --no-fail-fast
+phase "bench smoke" e2e/bench-smoke.sh

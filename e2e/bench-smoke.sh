@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Smallest benchmark size, run by e2e/test.sh so the benchmark keeps working. Checks behaviour
+# only (every key present with a sane value, <= 1 Keeper call per credential per wave, no calls
+# between waves, every Secret kept through the outage), never timings.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+out="$ROOT/target/e2e/bench-smoke.json"
+"$ROOT/e2e/bench.sh" --debug --keeper-secrets 20 --credentials 1 --refresh 5s --waves 2 \
+  --outage-waves 2 --out "$out"
+python3 - "$out" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+def num(key, v=None):
+    v = d[key] if v is None else v
+    assert isinstance(v, (int, float)) and v >= 0, f"{key}={v!r}"
+    return v
+assert d["keeper_secrets"] == 20 and d["credentials"] == 1, d
+for k in ["ready_seconds", "raw_apiserver_seconds", "change_propagation_seconds",
+          "keeper_calls_per_wave", "keeper_calls_between_waves", "operator_rss_peak_mib",
+          "operator_rss_steady_mib", "operator_cpu_seconds", "apiserver_requests"]:
+    num(k)
+for p in ["p50", "p95", "p99"]:
+    num("sync_latency_ms." + p, d["sync_latency_ms"][p])
+assert d["ready_seconds"] > 0 and d["raw_apiserver_seconds"] > 0
+assert d["operator_rss_peak_mib"] >= d["operator_rss_steady_mib"] > 0
+assert d["apiserver_requests"] > 0
+assert d["keeper_calls_per_wave"] <= d["credentials"], d["keeper_calls_per_wave"]
+assert d["keeper_calls_between_waves"] == 0, d["keeper_calls_between_waves"]
+assert d["outage"]["all_secrets_kept"] and d["outage"]["all_ready_throughout"], d["outage"]
+print("bench smoke: all keys present and sane")
+PY

@@ -1,0 +1,641 @@
+//! Scale benchmark (issue #7), run on purpose through `e2e/bench.sh`: N KeeperSecrets over C
+//! credentials against the real local control plane, the operator binary (as the chart's
+//! ServiceAccount) and the in-process KSM test server. Writes JSON and prints a table.
+//!
+//! Phases, in order: cold start (create all CRs, wait all Ready), steady refresh waves (Keeper
+//! calls per wave and between waves), change propagation (edit a record every Secret depends
+//! on), an outage (Keeper down, then back), and last the raw API-server baseline (the same
+//! number of Secrets created straight by a minimal client at the same concurrency), so the
+//! baseline's writes never overlap the operator's.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use keeper_e2e::harness::{Operator, TestEnv};
+use keeper_e2e::ksm_server::{AppSpec, DownMode, TestServer, VaultSpec};
+use keeper_operator::crd::KeeperSecret;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+/// Records in the generated vault; KeeperSecret i maps record i mod RECORDS plus record 0.
+const RECORDS: usize = 100;
+const SECRET_LABEL: &str = "app.kubernetes.io/managed-by=keeper-operator";
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long)]
+    keeper_secrets: usize,
+    #[arg(long, default_value_t = 1)]
+    credentials: usize,
+    #[arg(long)]
+    out: PathBuf,
+    /// refreshInterval of every KeeperSecret (also the wave length).
+    #[arg(long, default_value = "10s")]
+    refresh: String,
+    /// Refresh waves observed in the steady phase.
+    #[arg(long, default_value_t = 3)]
+    waves: u32,
+    /// Operator `--concurrency` and the concurrency of every bulk client write.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// How long Keeper stays down in the outage phase, in refresh intervals.
+    #[arg(long, default_value_t = 2)]
+    outage_waves: u32,
+    /// Give up on any phase after this long.
+    #[arg(long, default_value = "900")]
+    timeout_seconds: u64,
+}
+
+/// Requests the bench itself makes to the resources counted in `apiserver_requests`.
+#[derive(Default)]
+struct OwnRequests(u64);
+
+struct Bench {
+    args: Args,
+    env: TestEnv,
+    server: TestServer,
+    apps: Vec<String>,
+    record_uids: Vec<String>,
+    refresh: Duration,
+    timeout: Duration,
+    own: OwnRequests,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    ensure!(
+        args.keeper_secrets > 0 && args.credentials > 0,
+        "N and C must be positive"
+    );
+    let refresh: Duration = args
+        .refresh
+        .parse::<kube::core::Duration>()
+        .context("--refresh")?
+        .into();
+    let load_start = loadavg();
+    let mut bench = Bench::start(args, refresh).await?;
+    let mut operator = bench.spawn_operator().await?;
+    let pid = operator.pid();
+    let mut out = serde_json::Map::new();
+    out.insert("keeper_secrets".into(), json!(bench.args.keeper_secrets));
+    out.insert("credentials".into(), json!(bench.args.credentials));
+    out.insert(
+        "refresh_interval_seconds".into(),
+        json!(refresh.as_secs_f64()),
+    );
+    out.insert("concurrency".into(), json!(bench.args.concurrency));
+    out.insert(
+        "operator_binary".into(),
+        json!(std::env::var("KEEPER_OPERATOR_BIN").unwrap_or_else(|_| "target/debug".into())),
+    );
+
+    let api_before = apiserver_counts(&bench.env.cluster.client()).await?;
+    bench.cold_start(&mut out).await?;
+    operator.ensure_running()?;
+    bench.steady_waves(&mut out).await?;
+    let (rss_steady, _) = rss_mib(pid)?;
+    bench.change_propagation(&mut out).await?;
+    bench.outage(&mut out).await?;
+    operator.ensure_running()?;
+    let api_after = apiserver_counts(&bench.env.cluster.client()).await?;
+    let (_, rss_peak) = rss_mib(pid)?;
+    out.insert("operator_rss_peak_mib".into(), json!(round2(rss_peak)));
+    out.insert("operator_rss_steady_mib".into(), json!(round2(rss_steady)));
+    out.insert(
+        "operator_cpu_seconds".into(),
+        json!(round2(cpu_seconds(pid)?)),
+    );
+    let operator_requests = (api_after.0 - api_before.0).saturating_sub(bench.own.0);
+    out.insert("apiserver_requests".into(), json!(operator_requests));
+    out.insert(
+        "apiserver_requests_by_verb".into(),
+        json!(diff_by_verb(&api_before.1, &api_after.1)),
+    );
+    out.insert("bench_own_requests_subtracted".into(), json!(bench.own.0));
+    drop(operator);
+
+    bench.raw_apiserver(&mut out).await?;
+    out.insert(
+        "load_average".into(),
+        json!({"start": load_start, "end": loadavg()}),
+    );
+    bench.cleanup().await;
+
+    let text = serde_json::to_string_pretty(&Value::Object(out.clone()))?;
+    if let Some(dir) = bench.args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&bench.args.out, format!("{text}\n"))?;
+    print_table(&out);
+    eprintln!("wrote {}", bench.args.out.display());
+    Ok(())
+}
+
+impl Bench {
+    async fn start(args: Args, refresh: Duration) -> Result<Bench> {
+        let env = TestEnv::new("bench").await?;
+        let mut vault = VaultSpec::generated(RECORDS);
+        let folder = vault.shared_folders[0].uid.clone();
+        let apps: Vec<String> = (0..args.credentials).map(|c| format!("app-{c}")).collect();
+        vault.apps = apps
+            .iter()
+            .map(|name| AppSpec {
+                name: name.clone(),
+                title: None,
+                shared_folders: vec![folder.clone()],
+                records: Vec::new(),
+            })
+            .collect();
+        let record_uids = vault.records.iter().map(|r| r.uid.clone()).collect();
+        let server = TestServer::start(vault).await?;
+        std::fs::create_dir_all(env.dir())?;
+        for (c, app) in apps.iter().enumerate() {
+            let config = server.bound_config(app)?;
+            env.create_credential_secret(&format!("ksm-cred-{c}"), &config)
+                .await?;
+        }
+        let timeout = Duration::from_secs(args.timeout_seconds);
+        Ok(Bench {
+            args,
+            env,
+            server,
+            apps,
+            record_uids,
+            refresh,
+            timeout,
+            own: OwnRequests::default(),
+        })
+    }
+
+    async fn spawn_operator(&self) -> Result<Operator> {
+        let mut operator = self
+            .env
+            .operator_for(&self.server)?
+            .arg(format!("--concurrency={}", self.args.concurrency))
+            .arg("--log-level=warn")
+            .spawn()?;
+        operator.wait_ready(Duration::from_secs(120)).await?;
+        Ok(operator)
+    }
+
+    fn keeper_secrets(&self) -> Api<KeeperSecret> {
+        self.env.api()
+    }
+
+    fn app_calls(&self) -> Vec<u64> {
+        let counters = self.server.counters();
+        self.apps.iter().map(|a| counters.app(a)).collect()
+    }
+
+    fn get_secret_calls(&self) -> u64 {
+        self.server.counters().endpoint("get_secret")
+    }
+
+    /// Lists every KeeperSecret (counted as the bench's own request).
+    async fn list_all(&mut self) -> Result<Vec<KeeperSecret>> {
+        self.own.0 += 1;
+        Ok(self
+            .keeper_secrets()
+            .list(&ListParams::default())
+            .await?
+            .items)
+    }
+
+    async fn list_secrets(&mut self) -> Result<Vec<Secret>> {
+        self.own.0 += 1;
+        let api: Api<Secret> = self.env.api();
+        Ok(api
+            .list(&ListParams::default().labels(SECRET_LABEL))
+            .await?
+            .items)
+    }
+
+    /// Polls (once a second, to keep the bench's own load low) until `done` holds for all N.
+    async fn wait_all(
+        &mut self,
+        what: &str,
+        done: impl Fn(&KeeperSecret) -> bool,
+    ) -> Result<Vec<KeeperSecret>> {
+        let n = self.args.keeper_secrets;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let all = self.list_all().await?;
+            let count = all.iter().filter(|ks| done(ks)).count();
+            if all.len() == n && count == n {
+                return Ok(all);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {count}/{n}"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn cold_start(&mut self, out: &mut serde_json::Map<String, Value>) -> Result<()> {
+        let n = self.args.keeper_secrets;
+        let calls_before = self.get_secret_calls();
+        let api = self.keeper_secrets();
+        let start = Instant::now();
+        let docs: Vec<Value> = (0..n).map(|i| self.manifest(i)).collect();
+        stream::iter(docs)
+            .map(|doc| {
+                let api = api.clone();
+                async move {
+                    let ks: KeeperSecret = serde_json::from_value(doc)?;
+                    api.create(&PostParams::default(), &ks).await?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(self.args.concurrency)
+            .try_collect::<Vec<_>>()
+            .await?;
+        self.own.0 += n as u64;
+        let applied = start.elapsed();
+        let all = self.wait_all("all Ready", is_synced).await?;
+        let ready = start.elapsed();
+        let mut latencies: Vec<f64> = all.iter().filter_map(sync_latency_ms).collect();
+        ensure!(latencies.len() == n, "some KeeperSecrets lack timestamps");
+        latencies.sort_by(f64::total_cmp);
+        out.insert("apply_seconds".into(), json!(round2(applied.as_secs_f64())));
+        out.insert("ready_seconds".into(), json!(round2(ready.as_secs_f64())));
+        out.insert(
+            "sync_latency_ms".into(),
+            json!({
+                "p50": percentile(&latencies, 50.0),
+                "p95": percentile(&latencies, 95.0),
+                "p99": percentile(&latencies, 99.0),
+                "resolution_ms": 1000,
+            }),
+        );
+        out.insert(
+            "keeper_calls_cold_start".into(),
+            json!(self.get_secret_calls() - calls_before),
+        );
+        Ok(())
+    }
+
+    /// Samples per-credential counters over `waves` refresh intervals. A call that follows the
+    /// same credential's previous call by less than half an interval is not a new wave: it is
+    /// counted "between waves".
+    async fn steady_waves(&mut self, out: &mut serde_json::Map<String, Value>) -> Result<()> {
+        // Let the cold start's jittered first refreshes line up before measuring.
+        tokio::time::sleep(self.refresh).await;
+        let window = self.refresh * self.args.waves;
+        let start = Instant::now();
+        let mut last = self.app_calls();
+        let mut last_call: Vec<Option<Instant>> = vec![None; self.apps.len()];
+        let (mut total, mut between) = (0u64, 0u64);
+        let get_before = self.get_secret_calls();
+        while start.elapsed() < window {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = self.app_calls();
+            for (c, (&new, old)) in now.iter().zip(last.iter_mut()).enumerate() {
+                for _ in *old..new {
+                    total += 1;
+                    let t = Instant::now();
+                    if last_call[c].is_some_and(|p| t - p < self.refresh / 2) {
+                        between += 1;
+                    }
+                    last_call[c] = Some(t);
+                }
+                *old = new;
+            }
+        }
+        let get_secret = self.get_secret_calls() - get_before;
+        let waves = f64::from(self.args.waves);
+        out.insert(
+            "keeper_calls_per_wave".into(),
+            json!(round2(get_secret as f64 / waves)),
+        );
+        out.insert("keeper_calls_between_waves".into(), json!(between));
+        out.insert(
+            "steady_window".into(),
+            json!({"waves": self.args.waves, "keeper_requests_all_endpoints": total,
+                   "get_secret": get_secret}),
+        );
+        Ok(())
+    }
+
+    /// Edits record 0 (mapped by every KeeperSecret under key `shared`) and waits until every
+    /// managed Secret holds the new value.
+    async fn change_propagation(&mut self, out: &mut serde_json::Map<String, Value>) -> Result<()> {
+        let uid = self.record_uids[0].clone();
+        let mut record = self.server.record(&uid)?;
+        let value = format!("rotated-{}", std::process::id());
+        for field in &mut record.fields {
+            if field["type"] == "password" {
+                field["value"] = json!([value]);
+            }
+        }
+        let start = Instant::now();
+        self.server.set_record(record)?;
+        let n = self.args.keeper_secrets;
+        let deadline = start + self.timeout;
+        loop {
+            let secrets = self.list_secrets().await?;
+            let done = secrets
+                .iter()
+                .filter(|s| data_value(s, "shared").as_deref() == Some(value.as_str()))
+                .count();
+            if done == n {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "change reached {done}/{n} Secrets"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        out.insert(
+            "change_propagation_seconds".into(),
+            json!(round2(start.elapsed().as_secs_f64())),
+        );
+        Ok(())
+    }
+
+    /// Keeper refuses service for `outage_waves` intervals; every Secret must stay unchanged and
+    /// every KeeperSecret Ready (from the last good copy), then recover once Keeper is back.
+    async fn outage(&mut self, out: &mut serde_json::Map<String, Value>) -> Result<()> {
+        let before = secret_data(&self.list_secrets().await?);
+        let n = self.args.keeper_secrets;
+        ensure!(
+            before.len() == n,
+            "{} of {n} Secrets before the outage",
+            before.len()
+        );
+        let calls_before = self.get_secret_calls();
+        let duration = self.refresh * self.args.outage_waves;
+        self.server.faults().set_down(DownMode::Unavailable);
+        let start = Instant::now();
+        let mut kept = true;
+        let mut ready_throughout = true;
+        while start.elapsed() < duration {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            kept &= secret_data(&self.list_secrets().await?) == before;
+            ready_throughout &= self.list_all().await?.iter().all(is_ready);
+        }
+        let calls = self.get_secret_calls() - calls_before;
+        self.server.faults().set_down(DownMode::Up);
+        let back = Instant::now();
+        self.wait_all("recovery to Synced", is_synced).await?;
+        out.insert(
+            "outage".into(),
+            json!({
+                "seconds": round2(duration.as_secs_f64()),
+                "keeper_calls_during": calls,
+                "keeper_calls_without_sharing": n as u64 * u64::from(self.args.outage_waves),
+                "all_secrets_kept": kept && secret_data(&self.list_secrets().await?).len() == n,
+                "all_ready_throughout": ready_throughout,
+                "recovery_seconds": round2(back.elapsed().as_secs_f64()),
+            }),
+        );
+        Ok(())
+    }
+
+    /// The limit: N Secrets created straight at the API server with the same concurrency.
+    async fn raw_apiserver(&mut self, out: &mut serde_json::Map<String, Value>) -> Result<()> {
+        let ns = self.env.cluster.fresh_namespace("bench-raw").await?;
+        let api: Api<Secret> = Api::namespaced(self.env.cluster.client(), &ns);
+        let n = self.args.keeper_secrets;
+        let start = Instant::now();
+        stream::iter(0..n)
+            .map(|i| {
+                let api = api.clone();
+                async move {
+                    let secret = Secret {
+                        metadata: ObjectMeta {
+                            name: Some(format!("raw-{i:05}")),
+                            ..ObjectMeta::default()
+                        },
+                        data: Some(BTreeMap::from([
+                            (
+                                "password".into(),
+                                ByteString(format!("password-{i}").into()),
+                            ),
+                            ("shared".into(), ByteString(b"password-0".to_vec())),
+                        ])),
+                        ..Secret::default()
+                    };
+                    api.create(&PostParams::default(), &secret).await?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(self.args.concurrency)
+            .try_collect::<Vec<_>>()
+            .await?;
+        let raw = start.elapsed().as_secs_f64();
+        out.insert("raw_apiserver_seconds".into(), json!(round2(raw)));
+        let ready = out["ready_seconds"].as_f64().unwrap_or(f64::NAN);
+        out.insert("ready_to_raw_ratio".into(), json!(round2(ready / raw)));
+        delete_namespace(&self.env.cluster.client(), &ns).await;
+        Ok(())
+    }
+
+    async fn cleanup(&self) {
+        let client = self.env.cluster.client();
+        delete_namespace(&client, &self.env.app_namespace).await;
+        delete_namespace(&client, &self.env.chart.namespace).await;
+    }
+
+    fn manifest(&self, i: usize) -> Value {
+        let name = format!("bench-{i:05}");
+        let record = &self.record_uids[i % self.record_uids.len()];
+        let shared = &self.record_uids[0];
+        json!({
+            "apiVersion": "keeper-operator.dev/v1alpha1",
+            "kind": "KeeperSecret",
+            "metadata": { "name": name },
+            "spec": {
+                "auth": { "secretRef": {
+                    "name": format!("ksm-cred-{}", i % self.apps.len()), "key": "config" } },
+                "refreshInterval": self.args.refresh,
+                "target": { "name": name },
+                "data": [
+                    { "key": "password", "notation": format!("keeper://{record}/field/password") },
+                    { "key": "shared", "notation": format!("keeper://{shared}/field/password") }
+                ]
+            }
+        })
+    }
+}
+
+async fn delete_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let _ = api.delete(name, &DeleteParams::default()).await;
+}
+
+fn is_ready(ks: &KeeperSecret) -> bool {
+    ks.ready_condition().is_some_and(|c| c.status == "True")
+}
+
+fn is_synced(ks: &KeeperSecret) -> bool {
+    ks.ready_condition()
+        .is_some_and(|c| c.status == "True" && c.reason == "Synced")
+}
+
+/// Ready lastTransitionTime minus creationTimestamp (both whole seconds in the API).
+fn sync_latency_ms(ks: &KeeperSecret) -> Option<f64> {
+    let created = ks.metadata.creation_timestamp.as_ref()?.0;
+    let ready = ks.ready_condition()?.last_transition_time.0;
+    Some(ready.duration_since(created).as_secs_f64() * 1000.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn data_value(secret: &Secret, key: &str) -> Option<String> {
+    let v = secret.data.as_ref()?.get(key)?;
+    Some(String::from_utf8_lossy(&v.0).into_owned())
+}
+
+fn secret_data(secrets: &[Secret]) -> BTreeMap<String, BTreeMap<String, ByteString>> {
+    secrets
+        .iter()
+        .map(|s| {
+            (
+                s.metadata.name.clone().unwrap_or_default(),
+                s.data.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Resources whose requests are counted: what the operator reads and writes.
+const COUNTED: [&str; 3] = [
+    "resource=\"keepersecrets\"",
+    "resource=\"secrets\"",
+    "resource=\"events\"",
+];
+
+/// The API server's `apiserver_request_total` summed over [`COUNTED`] resources, and by verb.
+async fn apiserver_counts(client: &Client) -> Result<(u64, BTreeMap<String, u64>)> {
+    let req = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(req).await?;
+    let mut total = 0u64;
+    let mut by_verb = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        if !COUNTED.iter().any(|r| labels.contains(r)) {
+            continue;
+        }
+        let v = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+        total += v;
+        let verb = label(labels, "verb").unwrap_or_default();
+        let resource = label(labels, "resource").unwrap_or_default();
+        let sub = label(labels, "subresource").unwrap_or_default();
+        let key = if sub.is_empty() {
+            format!("{verb} {resource}")
+        } else {
+            format!("{verb} {resource}/{sub}")
+        };
+        *by_verb.entry(key).or_default() += v;
+    }
+    Ok((total, by_verb))
+}
+
+fn label(labels: &str, name: &str) -> Option<String> {
+    let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
+    let end = labels[start..].find('"')?;
+    Some(labels[start..start + end].to_string())
+}
+
+fn diff_by_verb(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+fn rss_mib(pid: u32) -> Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |key: &str| -> Result<f64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .with_context(|| format!("{key} in /proc/{pid}/status"))?;
+        let v: f64 = line.split_whitespace().nth(1).context("value")?.parse()?;
+        Ok(v / 1024.0)
+    };
+    Ok((kib("VmRSS:")?, kib("VmHWM:")?))
+}
+
+/// utime + stime of the operator, from /proc/<pid>/stat, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    let hz = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    Ok(ticks / hz)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+fn print_table(out: &serde_json::Map<String, Value>) {
+    let rows = [
+        ("KeeperSecrets", "/keeper_secrets"),
+        ("credentials", "/credentials"),
+        ("ready (s)", "/ready_seconds"),
+        ("raw API server (s)", "/raw_apiserver_seconds"),
+        ("ready / raw", "/ready_to_raw_ratio"),
+        ("sync latency p50 (ms)", "/sync_latency_ms/p50"),
+        ("sync latency p95 (ms)", "/sync_latency_ms/p95"),
+        ("sync latency p99 (ms)", "/sync_latency_ms/p99"),
+        ("change propagation (s)", "/change_propagation_seconds"),
+        ("Keeper calls cold start", "/keeper_calls_cold_start"),
+        ("Keeper calls per wave", "/keeper_calls_per_wave"),
+        ("Keeper calls between waves", "/keeper_calls_between_waves"),
+        ("outage: Keeper calls", "/outage/keeper_calls_during"),
+        ("outage: Secrets kept", "/outage/all_secrets_kept"),
+        ("outage: recovery (s)", "/outage/recovery_seconds"),
+        ("operator RSS peak (MiB)", "/operator_rss_peak_mib"),
+        ("operator RSS steady (MiB)", "/operator_rss_steady_mib"),
+        ("operator CPU (s)", "/operator_cpu_seconds"),
+        ("API server requests", "/apiserver_requests"),
+        ("load average start", "/load_average/start"),
+        ("load average end", "/load_average/end"),
+    ];
+    let doc = Value::Object(out.clone());
+    for (name, ptr) in rows {
+        let v = doc.pointer(ptr).map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+        println!("{name:<28} {}", v.unwrap_or_else(|| "-".into()));
+    }
+}
