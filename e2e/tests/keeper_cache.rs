@@ -25,6 +25,8 @@ struct World {
     env: TestEnv,
     server: TestServer,
     ca: std::path::PathBuf,
+    /// The KSM config given to the operator (its key material is scanned for).
+    config: String,
 }
 
 impl World {
@@ -42,14 +44,19 @@ impl World {
             },
             data: Some(BTreeMap::from([(
                 "config".into(),
-                ByteString(config.into_bytes()),
+                ByteString(config.clone().into_bytes()),
             )])),
             ..Secret::default()
         };
         env.api::<Secret>()
             .create(&PostParams::default(), &secret)
             .await?;
-        Ok(World { env, server, ca })
+        Ok(World {
+            env,
+            server,
+            ca,
+            config,
+        })
     }
 
     async fn operator(&self) -> Result<Operator> {
@@ -61,6 +68,13 @@ impl World {
             .spawn()?;
         operator.wait_ready(TIMEOUT).await?;
         Ok(operator)
+    }
+
+    /// Ends the scenario: stops the operators and fails on any leaked secret value.
+    async fn finish(&self, operators: &mut [&mut Operator]) -> Result<()> {
+        self.env
+            .finish(&self.server, &[&self.config], operators)
+            .await
     }
 
     fn keeper_secrets(&self) -> Api<KeeperSecret> {
@@ -183,7 +197,7 @@ fn password(secret: &Secret) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_keeper_secrets_cost_one_keeper_call() -> Result<()> {
     let w = World::start("cache-scale").await?;
-    let _operator = w.operator().await?;
+    let mut operator = w.operator().await?;
 
     w.create(&names("one", 0..1), "1h").await?;
     w.wait_all(1, "Synced").await?;
@@ -208,13 +222,13 @@ async fn two_hundred_keeper_secrets_cost_one_keeper_call() -> Result<()> {
         "expected 200 Secrets, found {}",
         all.len()
     );
-    Ok(())
+    w.finish(&mut [&mut operator]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_wave_costs_one_call_and_reaches_every_secret() -> Result<()> {
     let w = World::start("cache-wave").await?;
-    let _operator = w.operator().await?;
+    let mut operator = w.operator().await?;
     w.create(&names("wave", 0..20), "10s").await?;
     w.wait_all(20, "Synced").await?;
 
@@ -244,13 +258,13 @@ async fn a_refresh_wave_costs_one_call_and_reaches_every_secret() -> Result<()> 
         calls <= waves,
         "{calls} get_secret calls in {elapsed:?} for 20 KeeperSecrets (max {waves})"
     );
-    Ok(())
+    w.finish(&mut [&mut operator]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_keeps_every_secret_and_costs_no_request_storm() -> Result<()> {
     let w = World::start("cache-outage").await?;
-    let _operator = w.operator().await?;
+    let mut operator = w.operator().await?;
     w.create(&names("outage", 0..10), "5s").await?;
     w.wait_all(10, "Synced").await?;
     let good = w.snapshot().await?;
@@ -289,13 +303,13 @@ async fn an_outage_keeps_every_secret_and_costs_no_request_storm() -> Result<()>
             "still stale"
         );
     }
-    Ok(())
+    w.finish(&mut [&mut operator]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttling_storm_is_honoured_and_nothing_is_lost() -> Result<()> {
     let w = World::start("cache-throttle").await?;
-    let _operator = w.operator().await?;
+    let mut operator = w.operator().await?;
     w.create(&names("throttle", 0..10), "5s").await?;
     w.wait_all(10, "Synced").await?;
     let good = w.snapshot().await?;
@@ -327,13 +341,13 @@ async fn a_throttling_storm_is_honoured_and_nothing_is_lost() -> Result<()> {
         after.values().map(|v| &v.1).eq(good.values().map(|v| &v.1)),
         "data changed"
     );
-    Ok(())
+    w.finish(&mut [&mut operator]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_and_truncated_responses_never_reach_a_secret() -> Result<()> {
     let w = World::start("cache-tamper").await?;
-    let _operator = w.operator().await?;
+    let mut operator = w.operator().await?;
     w.create(&names("tamper", 0..3), "5s").await?;
     w.wait_all(3, "Synced").await?;
     let good = w.snapshot().await?;
@@ -352,7 +366,7 @@ async fn tampered_and_truncated_responses_never_reach_a_secret() -> Result<()> {
         "a Secret changed on a tampered response"
     );
     w.wait_all(3, "Synced").await?;
-    Ok(())
+    w.finish(&mut [&mut operator]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,7 +423,7 @@ async fn a_restarted_operator_serves_the_sealed_copy_while_keeper_is_down() -> R
         )
         .await?;
 
-    let _second = w.operator().await?;
+    let mut second = w.operator().await?;
     let ks = w.wait_all(1, "LastGoodCopy").await?.remove(0);
     ensure!(
         condition(&ks, "Stale").is_some_and(|c| c.status == "True"),
@@ -425,13 +439,13 @@ async fn a_restarted_operator_serves_the_sealed_copy_while_keeper_is_down() -> R
 
     w.server.faults().set_down(DownMode::Up);
     w.wait_all(1, "Synced").await?;
-    Ok(())
+    w.finish(&mut [&mut first, &mut second]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_file_download_keeps_the_file_and_downloads_once_per_revision() -> Result<()> {
     let w = World::start("cache-files").await?;
-    let _operator = w.operator().await?;
+    let mut operator = w.operator().await?;
     let ks = json!({
         "apiVersion": "keeper-operator.dev/v1alpha1",
         "kind": "KeeperSecret",
@@ -501,5 +515,5 @@ async fn a_failed_file_download_keeps_the_file_and_downloads_once_per_revision()
         }
     })
     .await?;
-    Ok(())
+    w.finish(&mut [&mut operator]).await
 }
