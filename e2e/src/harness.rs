@@ -30,6 +30,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::ksm_server::TestServer;
+use crate::leak_scan::SecretValues;
 
 /// Label put on every namespace the harness creates, so leftovers are easy to find.
 pub const E2E_LABEL: &str = "keeper-operator.dev/e2e";
@@ -641,6 +642,109 @@ impl TestEnv {
             .create(&PostParams::default(), &secret)
             .await
             .with_context(|| format!("creating credential Secret {name}"))
+    }
+
+    /// Everything the operator exposes besides Secret `data`, as `(where, text)`: its log files
+    /// in [`TestEnv::dir`], every Event in the app and operator namespaces, the status and
+    /// metadata of every KeeperSecret, the metadata of every Secret in the app namespace, the
+    /// sealed cache Secrets in the operator namespace (ClusterKeeperStore has no status).
+    pub async fn leak_haystacks(&self) -> Result<Vec<(String, String)>> {
+        use k8s_openapi::api::core::v1::Event;
+        use keeper_operator::crd::KeeperSecret;
+        use kube::api::ListParams;
+
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = String::from_utf8_lossy(&fs::read(&path)?).into_owned();
+                out.push((format!("log {}", path.display()), text));
+            }
+        }
+        let lp = ListParams::default();
+        let client = self.cluster.client();
+        for ns in [&self.app_namespace, &self.chart.namespace] {
+            for ev in Api::<Event>::namespaced(client.clone(), ns)
+                .list(&lp)
+                .await?
+                .items
+            {
+                let name = ev.metadata.name.clone().unwrap_or_default();
+                out.push((format!("Event {ns}/{name}"), serde_json::to_string(&ev)?));
+            }
+        }
+        for ks in self.api::<KeeperSecret>().list(&lp).await?.items {
+            let name = ks.metadata.name.clone().unwrap_or_default();
+            let text = serde_json::to_string(&(&ks.metadata, &ks.status))?;
+            out.push((format!("KeeperSecret {name} status/metadata"), text));
+        }
+        for s in self.api::<Secret>().list(&lp).await?.items {
+            let name = s.metadata.name.clone().unwrap_or_default();
+            out.push((
+                format!("Secret {name} metadata"),
+                serde_json::to_string(&s.metadata)?,
+            ));
+        }
+        let caches = ListParams::default().labels("app.kubernetes.io/component=last-good-cache");
+        let op_secrets: Api<Secret> = Api::namespaced(client, &self.chart.namespace);
+        for s in op_secrets.list(&caches).await?.items {
+            let name = s.metadata.name.clone().unwrap_or_default();
+            for (key, value) in s.data.iter().flatten() {
+                out.push((
+                    format!("sealed cache Secret {name} key {key}"),
+                    String::from_utf8_lossy(&value.0).into_owned(),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fails, naming each leak (never the value), if any of `secrets` appears in what
+    /// [`TestEnv::leak_haystacks`] collects. Call it at the end of every scenario.
+    pub async fn assert_no_leaks(&self, secrets: &SecretValues) -> Result<()> {
+        ensure!(!secrets.is_empty(), "leak scan with no secret values");
+        let haystacks = self.leak_haystacks().await?;
+        let leaks = secrets.find(&haystacks);
+        ensure!(
+            leaks.is_empty(),
+            "{} secret value(s) leaked:\n{}",
+            leaks.len(),
+            leaks
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        eprintln!(
+            "leak scan: {} values over {} places ({} bytes): clean",
+            secrets.len(),
+            haystacks.len(),
+            haystacks.iter().map(|h| h.1.len()).sum::<usize>()
+        );
+        Ok(())
+    }
+
+    /// The end of a scenario with a KSM test server: stops `operators` (so their logs are
+    /// complete) and runs the leak scan for the original sample vault, the server's current
+    /// records and the key material of `configs`.
+    pub async fn finish(
+        &self,
+        server: &TestServer,
+        configs: &[&str],
+        operators: &mut [&mut Operator],
+    ) -> Result<()> {
+        for op in operators.iter_mut() {
+            op.kill();
+        }
+        let mut secrets = SecretValues::default();
+        secrets.add_vault(&crate::ksm_server::sample_vault());
+        for record in server.records() {
+            secrets.add_record(&record);
+        }
+        for config in configs {
+            secrets.add_config(config);
+        }
+        self.assert_no_leaks(&secrets).await
     }
 
     /// Typed API in the app namespace, as admin.

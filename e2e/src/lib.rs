@@ -2,3 +2,4 @@
 
 pub mod harness;
 pub mod ksm_server;
+pub mod leak_scan;

@@ -26,6 +26,8 @@ struct World {
     env: TestEnv,
     server: TestServer,
     operator: Operator,
+    /// The KSM config given to the operator (its key material is scanned for).
+    config: String,
 }
 
 impl World {
@@ -44,16 +46,32 @@ impl World {
             &[("config", config.as_bytes())],
         )
         .await?;
-        let mut operator = env
-            .operator()
-            .arg(format!("--keeper-ca-file={}", ca.display()))
-            .spawn()?;
+        let mut operator = World::operator(&env)?;
         operator.wait_ready(TIMEOUT).await?;
         Ok(World {
             env,
             server,
             operator,
+            config,
         })
+    }
+
+    /// The operator at debug level, so the leak scan covers debug logs too.
+    fn operator(env: &TestEnv) -> Result<Operator> {
+        env.operator()
+            .arg(format!(
+                "--keeper-ca-file={}",
+                env.dir().join("keeper-ca.pem").display()
+            ))
+            .arg("--log-level=debug")
+            .spawn()
+    }
+
+    /// Ends the scenario: stops the operator and fails on any leaked secret value.
+    async fn finish(mut self) -> Result<()> {
+        self.env
+            .finish(&self.server, &[&self.config], &mut [&mut self.operator])
+            .await
     }
 
     fn apply_example(&self, file: &str) -> Result<()> {
@@ -319,7 +337,7 @@ async fn examples_produce_the_documented_secrets() -> Result<()> {
         !status_text.contains(&vault_value(&w.server, POSTGRES, "password")?),
         "no secret value in status"
     );
-    Ok(())
+    w.finish().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,7 +392,7 @@ async fn keeper_edits_propagate_and_targets_heal() -> Result<()> {
         text(d, "password") == "rotated-in-keeper"
     })
     .await?;
-    Ok(())
+    w.finish().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,7 +436,7 @@ async fn keeper_outage_keeps_the_last_good_secret_and_recovers() -> Result<()> {
     w.wait_reason("postgres", "True", "Synced").await?;
     w.wait_condition("postgres", "Stale", "False", "Fresh")
         .await?;
-    Ok(())
+    w.finish().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,7 +469,7 @@ async fn owner_secrets_are_collected_and_orphans_kept() -> Result<()> {
         w.secrets().get_opt("postgres-all").await?.is_some(),
         "Orphan Secret stays"
     );
-    Ok(())
+    w.finish().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -514,7 +532,7 @@ async fn specific_failures_and_cel_rejections() -> Result<()> {
             .collect::<Vec<_>>(),
         ["mine"]
     );
-    Ok(())
+    w.finish().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -553,7 +571,10 @@ async fn cluster_store_lends_credentials_to_selected_namespaces() -> Result<()> 
         text(&d, "api-key"),
         vault_value(&w.server, "SsxoiM-FPCF65F54JaY3jQ", "password")?
     );
-    Ok(())
+    let mut w = w;
+    w.env
+        .finish(&w.server, &[&w.config, &config], &mut [&mut w.operator])
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,14 +612,7 @@ async fn settled_objects_cost_no_writes_and_no_keeper_calls_even_after_restart()
 
     // A restarted operator finds everything current: no Keeper call, no write.
     w.operator.kill();
-    w.operator = w
-        .env
-        .operator()
-        .arg(format!(
-            "--keeper-ca-file={}",
-            w.env.dir().join("keeper-ca.pem").display()
-        ))
-        .spawn()?;
+    w.operator = World::operator(&w.env)?;
     w.operator.wait_ready(TIMEOUT).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let restarted = versions(
@@ -611,5 +625,5 @@ async fn settled_objects_cost_no_writes_and_no_keeper_calls_even_after_restart()
         calls,
         "restart costs no Keeper call"
     );
-    Ok(())
+    w.finish().await
 }

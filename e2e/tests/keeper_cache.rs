@@ -25,6 +25,8 @@ struct World {
     env: TestEnv,
     server: TestServer,
     ca: std::path::PathBuf,
+    /// The KSM config given to the operator (its key material is scanned for).
+    config: String,
 }
 
 impl World {
@@ -42,14 +44,19 @@ impl World {
             },
             data: Some(BTreeMap::from([(
                 "config".into(),
-                ByteString(config.into_bytes()),
+                ByteString(config.clone().into_bytes()),
             )])),
             ..Secret::default()
         };
         env.api::<Secret>()
             .create(&PostParams::default(), &secret)
             .await?;
-        Ok(World { env, server, ca })
+        Ok(World {
+            env,
+            server,
+            ca,
+            config,
+        })
     }
 
     async fn operator(&self) -> Result<Operator> {
@@ -61,6 +68,13 @@ impl World {
             .spawn()?;
         operator.wait_ready(TIMEOUT).await?;
         Ok(operator)
+    }
+
+    /// Ends the scenario: stops the operators and fails on any leaked secret value.
+    async fn finish(&self, operators: &mut [&mut Operator]) -> Result<()> {
+        self.env
+            .finish(&self.server, &[&self.config], operators)
+            .await
     }
 
     fn keeper_secrets(&self) -> Api<KeeperSecret> {
@@ -188,7 +202,7 @@ fn password(secret: &Secret) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_keeper_secrets_cost_one_keeper_call() -> Result<()> {
     let w = World::start("cache-scale").await?;
-    let _operator = w.operator().await?;
+    let mut operator = w.operator().await?;
 
     w.create(&names("one", 0..1), "1h").await?;
     w.wait_all(1, "Synced").await?;
@@ -213,13 +227,13 @@ async fn two_hundred_keeper_secrets_cost_one_keeper_call() -> Result<()> {
         "expected 200 Secrets, found {}",
         all.len()
     );
-    Ok(())
+    w.finish(&mut [&mut operator]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_wave_costs_one_call_and_reaches_every_secret() -> Result<()> {
     let w = World::start("cache-wave").await?;
-    let _operator = w.operator().await?;
+    let mut operator = w.operator().await?;
     w.create(&names("wave", 0..20), "10s").await?;
     w.wait_all(20, "Synced").await?;
 
@@ -249,13 +263,13 @@ async fn a_refresh_wave_costs_one_call_and_reaches_every_secret() -> Result<()> 
         calls <= waves,
         "{calls} get_secret calls in {elapsed:?} for 20 KeeperSecrets (max {waves})"
     );
-    Ok(())
+    w.finish(&mut [&mut operator]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_keeps_every_secret_and_costs_no_request_storm() -> Result<()> {
     let w = World::start("cache-outage").await?;
-    let _operator = w.operator().await?;
+    let mut operator = w.operator().await?;
     w.create(&names("outage", 0..10), "5s").await?;
     w.wait_all(10, "Synced").await?;
     let good = w.snapshot().await?;
@@ -294,13 +308,13 @@ async fn an_outage_keeps_every_secret_and_costs_no_request_storm() -> Result<()>
             "still stale"
         );
     }
-    Ok(())
+    w.finish(&mut [&mut operator]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttling_storm_is_honoured_and_nothing_is_lost() -> Result<()> {
     let w = World::start("cache-throttle").await?;
-    let _operator = w.operator().await?;
+    let mut operator = w.operator().await?;
     w.create(&names("throttle", 0..10), "5s").await?;
     w.wait_all(10, "Synced").await?;
     let good = w.snapshot().await?;
@@ -332,13 +346,13 @@ async fn a_throttling_storm_is_honoured_and_nothing_is_lost() -> Result<()> {
         after.values().map(|v| &v.1).eq(good.values().map(|v| &v.1)),
         "data changed"
     );
-    Ok(())
+    w.finish(&mut [&mut operator]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_and_truncated_responses_never_reach_a_secret() -> Result<()> {
     let w = World::start("cache-tamper").await?;
-    let _operator = w.operator().await?;
+    let mut operator = w.operator().await?;
     w.create(&names("tamper", 0..3), "5s").await?;
     w.wait_all(3, "Synced").await?;
     let good = w.snapshot().await?;
@@ -357,7 +371,7 @@ async fn tampered_and_truncated_responses_never_reach_a_secret() -> Result<()> {
         "a Secret changed on a tampered response"
     );
     w.wait_all(3, "Synced").await?;
-    Ok(())
+    w.finish(&mut [&mut operator]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,7 +428,7 @@ async fn a_restarted_operator_serves_the_sealed_copy_while_keeper_is_down() -> R
         )
         .await?;
 
-    let _second = w.operator().await?;
+    let mut second = w.operator().await?;
     let ks = w.wait_all(1, "LastGoodCopy").await?.remove(0);
     ensure!(
         condition(&ks, "Stale").is_some_and(|c| c.status == "True"),
@@ -430,13 +444,13 @@ async fn a_restarted_operator_serves_the_sealed_copy_while_keeper_is_down() -> R
 
     w.server.faults().set_down(DownMode::Up);
     w.wait_all(1, "Synced").await?;
-    Ok(())
+    w.finish(&mut [&mut first, &mut second]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_file_download_keeps_the_file_and_downloads_once_per_revision() -> Result<()> {
     let w = World::start("cache-files").await?;
-    let _operator = w.operator().await?;
+    let mut operator = w.operator().await?;
     let ks = json!({
         "apiVersion": "keeper-operator.dev/v1alpha1",
         "kind": "KeeperSecret",
@@ -506,7 +520,177 @@ async fn a_failed_file_download_keeps_the_file_and_downloads_once_per_revision()
         }
     })
     .await?;
-    Ok(())
+    w.finish(&mut [&mut operator]).await
+}
+
+/// Every managed Secret holds a non-empty password from `allowed`; returns how many there are.
+async fn assert_passwords_in(w: &World, allowed: &[&str]) -> Result<usize> {
+    let all = w.snapshot().await?;
+    for (name, (_, data)) in &all {
+        let value = data
+            .get("password")
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default();
+        ensure!(
+            allowed.contains(&value.as_str()),
+            "Secret {name} holds an unexpected or empty password"
+        );
+    }
+    Ok(all.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_mid_write_loses_nothing_and_converges_after_restart() -> Result<()> {
+    let w = World::start("fault-kill").await?;
+    let original = w.server.record(POSTGRES)?.fields;
+    let original = original
+        .iter()
+        .find(|f| f["type"] == "password")
+        .and_then(|f| f["value"][0].as_str())
+        .context("password")?
+        .to_string();
+    let mut first = w.operator().await?;
+    let all = names("kill", 0..30);
+    w.create(&all, "5s").await?;
+    // SIGKILL while the first Secrets are being written.
+    let secrets = w.secrets();
+    wait_until("the first Secret written", TIMEOUT, || {
+        let secrets = secrets.clone();
+        async move {
+            let lp = ListParams::default().labels("app.kubernetes.io/managed-by=keeper-operator");
+            Ok((!secrets.list(&lp).await?.items.is_empty()).then_some(()))
+        }
+    })
+    .await?;
+    first.kill();
+    let written = assert_passwords_in(&w, &[&original]).await?;
+    eprintln!("killed with {written}/30 Secrets written");
+
+    let mut second = w.operator().await?;
+    w.wait_all(30, "Synced").await?;
+    ensure!(
+        assert_passwords_in(&w, &[&original]).await? == 30,
+        "a Secret is missing"
+    );
+
+    // Killed again in the middle of a rotation wave: every Secret keeps a whole value (old or
+    // new, never empty), and a restart finishes the wave.
+    w.set_postgres_password("rotated-mid-kill")?;
+    wait_until("the first rotated Secret", TIMEOUT, || async {
+        let all = w.snapshot().await?;
+        Ok(all
+            .values()
+            .any(|(_, d)| {
+                d.get("password")
+                    .is_some_and(|b| b.0 == b"rotated-mid-kill")
+            })
+            .then_some(()))
+    })
+    .await?;
+    second.kill();
+    assert_passwords_in(&w, &[&original, "rotated-mid-kill"]).await?;
+    let mut third = w.operator().await?;
+    let secrets = w.secrets();
+    wait_until("every Secret rotated", TIMEOUT, || {
+        let secrets = secrets.clone();
+        async move {
+            let lp = ListParams::default().labels("app.kubernetes.io/managed-by=keeper-operator");
+            let items = secrets.list(&lp).await?.items;
+            let done = items
+                .iter()
+                .filter(|s| password(s).as_deref() == Some("rotated-mid-kill"))
+                .count();
+            Ok((done == 30).then_some(()))
+        }
+    })
+    .await?;
+    let after = w.wait_all(30, "Synced").await?;
+    ensure!(
+        after
+            .iter()
+            .all(|ks| condition(ks, "Stale").is_some_and(|c| c.status == "False")),
+        "status not fresh after recovery"
+    );
+    w.finish(&mut [&mut first, &mut second, &mut third]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_policy_keeps_their_concurrent_edits_and_restores_our_keys() -> Result<()> {
+    let w = World::start("fault-merge").await?;
+    let mut operator = w.operator().await?;
+    let theirs = Secret {
+        metadata: ObjectMeta {
+            name: Some("app-config".into()),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(BTreeMap::from([
+            ("theirs".into(), "v0".into()),
+            ("other".into(), "kept".into()),
+        ])),
+        ..Secret::default()
+    };
+    w.secrets().create(&PostParams::default(), &theirs).await?;
+    let mut ks = keeper_secret("merge", "5s");
+    ks["spec"]["target"] = json!({ "name": "app-config", "creationPolicy": "Merge" });
+    let ks: KeeperSecret = serde_json::from_value(ks)?;
+    w.keeper_secrets()
+        .create(&PostParams::default(), &ks)
+        .await?;
+    w.wait_all(1, "Synced").await?;
+    let vault_password = {
+        let s = w.secrets().get("app-config").await?;
+        password(&s).context("our key written")?
+    };
+
+    // Someone else edits the Secret over and over (their key, a new key, and our key) while
+    // Keeper rotates the value underneath.
+    w.set_postgres_password("rotated-during-merge")?;
+    let api = w.secrets();
+    for i in 1..=10 {
+        let patch = json!({ "stringData": {
+            "theirs": format!("v{i}"),
+            "added": format!("a{i}"),
+            "password": "overwritten-by-someone",
+        } });
+        api.patch("app-config", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let secrets = w.secrets();
+    let done = wait_until("their edits kept, our key restored", TIMEOUT, || {
+        let secrets = secrets.clone();
+        async move {
+            let s = secrets.get("app-config").await?;
+            Ok((password(&s).as_deref() == Some("rotated-during-merge")).then_some(s))
+        }
+    })
+    .await?;
+    let data: BTreeMap<String, String> = done
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect();
+    ensure!(
+        data.get("theirs").map(String::as_str) == Some("v10")
+            && data.get("added").map(String::as_str) == Some("a10")
+            && data.get("other").map(String::as_str) == Some("kept"),
+        "their keys were not kept: {:?}",
+        data.keys()
+    );
+    ensure!(
+        vault_password != "rotated-during-merge",
+        "the rotation was a no-op"
+    );
+    let ks = w.keeper_secrets().get("merge").await?;
+    let ready = ks.ready_condition().context("Ready")?;
+    ensure!(
+        ready.status == "True" && ready.reason == "Synced",
+        "status: {} {}",
+        ready.status,
+        ready.reason
+    );
+    w.finish(&mut [&mut operator]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,12 +4,17 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use keeper_e2e::harness::{self, Cluster, TestEnv, can_i, run, workspace_root};
-use keeper_e2e::ksm_server::{TestServer, VaultSpec};
+use keeper_e2e::ksm_server::{SAMPLE_VAULT_JSON, TestServer, VaultSpec, uids};
+use keeper_e2e::leak_scan::SecretValues;
+use keeper_operator::crd::KeeperSecret;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use kube::api::{
+    ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
 
 const CRDS: [&str; 2] = [
     "keepersecrets.keeper-operator.dev",
@@ -320,8 +325,8 @@ async fn operator_syncs_the_example_as_the_chart_service_account() -> Result<()>
     let vault: serde_json::Value = serde_json::from_str(&vault_text)?;
     let server = TestServer::start(VaultSpec::from_json(&vault_text)?).await?;
     let env = TestEnv::new("smoke").await?;
-    env.create_credential_secret("ksm-config", &server.bound_config("operator")?)
-        .await?;
+    let config = server.bound_config("operator")?;
+    env.create_credential_secret("ksm-config", &config).await?;
     let mut operator = env.operator_for(&server)?.spawn()?;
     operator.wait_ready(Duration::from_secs(60)).await?;
 
@@ -373,6 +378,73 @@ async fn operator_syncs_the_example_as_the_chart_service_account() -> Result<()>
             !logs.contains(value.as_str()),
             "the value of {key} leaked into the operator log"
         );
+    }
+    env.finish(&server, &[&config], &mut [&mut operator]).await
+}
+
+/// The leak scan cannot pass silently: values planted in a log file, an Event and a
+/// KeeperSecret's status are each found, and the report names where, never the value.
+#[tokio::test]
+async fn leak_scan_catches_planted_values() -> Result<()> {
+    let env = TestEnv::new("leak-plant").await?;
+    let vault = keeper_e2e::ksm_server::sample_vault();
+    let mut secrets = SecretValues::default();
+    secrets.add_vault(&vault);
+    env.assert_no_leaks(&secrets).await?;
+
+    let password = vault_field(
+        &serde_json::from_str(SAMPLE_VAULT_JSON)?,
+        uids::POSTGRES,
+        "password",
+    );
+    std::fs::create_dir_all(env.dir())?;
+    std::fs::write(
+        env.dir().join("planted.log"),
+        format!(
+            "{{\"level\":\"DEBUG\",\"body\":{}}}\n",
+            serde_json::to_string(&password)?
+        ),
+    )?;
+    let event: Event = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "planted"},
+        "involvedObject": {"kind": "Secret", "name": "x", "namespace": env.app_namespace},
+        "reason": "Planted",
+        "message": "webhook whsec_test_0123456789abcdef",
+        "type": "Normal",
+    }))?;
+    env.api::<Event>()
+        .create(&PostParams::default(), &event)
+        .await?;
+    let ks: KeeperSecret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "keeper-operator.dev/v1alpha1",
+        "kind": "KeeperSecret",
+        "metadata": {"name": "planted"},
+        "spec": {"auth": {"secretRef": {"name": "c", "key": "config"}},
+                 "data": [{"key": "k", "notation": "keeper://x/field/password"}]},
+    }))?;
+    let api = env.api::<KeeperSecret>();
+    api.create(&PostParams::default(), &ks).await?;
+    let status = serde_json::json!({"status": {"conditions": [{
+        "type": "Ready", "status": "False", "reason": "Planted",
+        "message": "token pool-7f3a9c2e", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    api.patch_status("planted", &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+
+    let err = env
+        .assert_no_leaks(&secrets)
+        .await
+        .expect_err("planted values must be found");
+    let report = format!("{err:#}");
+    assert!(report.contains("3 secret value(s) leaked"), "{report}");
+    for place in ["planted.log", "Event ", "KeeperSecret planted status"] {
+        assert!(report.contains(place), "{place} not reported: {report}");
+    }
+    for value in [
+        password.as_str(),
+        "whsec_test_0123456789abcdef",
+        "pool-7f3a9c2e",
+    ] {
+        assert!(!report.contains(value), "the report shows a value");
     }
     Ok(())
 }

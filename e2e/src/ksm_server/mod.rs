@@ -248,6 +248,11 @@ impl ServerHandle {
         self.shared.vault().record(uid).cloned()
     }
 
+    /// The current plaintext of every record (what a leak scan looks for).
+    pub fn records(&self) -> Vec<RecordSpec> {
+        self.shared.vault().records()
+    }
+
     pub fn record_revision(&self, uid: &str) -> Option<i64> {
         self.shared.vault().revision(uid)
     }

@@ -253,6 +253,11 @@ impl Vault {
             .ok_or_else(|| anyhow!("unknown record {uid}"))
     }
 
+    /// The current plaintext of every record.
+    pub fn records(&self) -> Vec<RecordSpec> {
+        self.records.values().map(|r| r.spec.clone()).collect()
+    }
+
     pub fn revision(&self, uid: &str) -> Option<i64> {
         self.records.get(uid).map(|r| r.revision)
     }
