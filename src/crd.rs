@@ -35,7 +35,7 @@ const DNS_SUBDOMAIN_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 /// Syncs Keeper Secrets Manager records into a native Kubernetes Secret.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "keeper-operator.dev",
     version = "v1alpha1",
@@ -81,7 +81,7 @@ pub struct KeeperSecretSpec {
 }
 
 /// Credentials: exactly one of `secretRef` or `storeRef`.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[cfg_attr(test, x_kube(cel))]
 #[x_kube(validation = Rule::new("has(self.secretRef) != has(self.storeRef)").message("set exactly one of secretRef or storeRef"))]
 #[serde(rename_all = "camelCase")]
@@ -396,3 +396,9 @@ impl KeeperSecret {
 
 #[cfg(test)]
 mod tests;
+
+/// A KeeperSecret named `db` with an empty spec, for unit tests to build on.
+#[cfg(test)]
+pub(crate) fn test_keeper_secret() -> KeeperSecret {
+    KeeperSecret::new("db", KeeperSecretSpec::default())
+}

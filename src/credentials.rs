@@ -181,23 +181,10 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     use super::*;
-    use crate::crd::{Auth, ClusterKeeperStoreSpec, KeeperSecretSpec};
+    use crate::crd::ClusterKeeperStoreSpec;
 
     fn ks() -> KeeperSecret {
-        KeeperSecret::new(
-            "db",
-            KeeperSecretSpec {
-                auth: Auth {
-                    secret_ref: None,
-                    store_ref: None,
-                },
-                refresh_interval: None,
-                target: None,
-                data: vec![],
-                data_from: vec![],
-                rollout_restart: vec![],
-            },
-        )
+        crate::crd::test_keeper_secret()
     }
 
     fn secret(key: &str, value: &[u8]) -> Secret {

@@ -189,23 +189,9 @@ pub fn transition(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{Auth, KeeperSecretSpec};
 
     fn ks(generation: i64, status: Option<KeeperSecretStatus>) -> KeeperSecret {
-        let mut ks = KeeperSecret::new(
-            "db",
-            KeeperSecretSpec {
-                auth: Auth {
-                    secret_ref: None,
-                    store_ref: None,
-                },
-                refresh_interval: None,
-                target: None,
-                data: vec![],
-                data_from: vec![],
-                rollout_restart: vec![],
-            },
-        );
+        let mut ks = crate::crd::test_keeper_secret();
         ks.metadata.generation = Some(generation);
         ks.status = status;
         ks

@@ -1,21 +1,14 @@
 use super::*;
-use crate::crd::{Auth, KeeperSecretSpec, Target};
+use crate::crd::{KeeperSecretSpec, Target};
 
 fn ks(target: Option<Target>) -> KeeperSecret {
-    let mut ks = KeeperSecret::new(
-        "db",
-        KeeperSecretSpec {
-            auth: Auth {
-                secret_ref: None,
-                store_ref: None,
-            },
-            refresh_interval: None,
+    let mut ks = KeeperSecret {
+        spec: KeeperSecretSpec {
             target,
-            data: vec![],
-            data_from: vec![],
-            rollout_restart: vec![],
+            ..KeeperSecretSpec::default()
         },
-    );
+        ..crate::crd::test_keeper_secret()
+    };
     ks.metadata.namespace = Some("shop".into());
     ks.metadata.uid = Some("uid-1".into());
     ks

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 
 use super::*;
-use crate::crd::{Auth, KeeperSecretSpec, KeeperSecretStatus, Target};
+use crate::crd::{KeeperSecretStatus, Target};
 
 fn ks(
     policy: CreationPolicy,
@@ -11,23 +11,11 @@ fn ks(
     observed: i64,
     synced: &[(&str, i64)],
 ) -> KeeperSecret {
-    let mut ks = KeeperSecret::new(
-        "db",
-        KeeperSecretSpec {
-            auth: Auth {
-                secret_ref: None,
-                store_ref: None,
-            },
-            refresh_interval: None,
-            target: Some(Target {
-                creation_policy: policy,
-                ..Target::default()
-            }),
-            data: vec![],
-            data_from: vec![],
-            rollout_restart: vec![],
-        },
-    );
+    let mut ks = crate::crd::test_keeper_secret();
+    ks.spec.target = Some(Target {
+        creation_policy: policy,
+        ..Target::default()
+    });
     ks.metadata.generation = Some(generation);
     ks.status = Some(KeeperSecretStatus {
         observed_generation: Some(observed),

@@ -4,7 +4,6 @@ use k8s_openapi::ByteString;
 use zeroize::Zeroizing;
 
 use super::*;
-use crate::crd::{Auth, KeeperSecretSpec};
 use crate::status::{self, Synced};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -18,20 +17,7 @@ fn key() -> HashKey {
 }
 
 fn base() -> KeeperSecret {
-    let mut ks = KeeperSecret::new(
-        "db",
-        KeeperSecretSpec {
-            auth: Auth {
-                secret_ref: None,
-                store_ref: None,
-            },
-            refresh_interval: None,
-            target: None,
-            data: vec![],
-            data_from: vec![],
-            rollout_restart: vec![],
-        },
-    );
+    let mut ks = crate::crd::test_keeper_secret();
     ks.metadata.uid = Some("uid-1".into());
     ks.metadata.namespace = Some("ns".into());
     ks.metadata.generation = Some(1);
