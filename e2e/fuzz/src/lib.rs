@@ -34,13 +34,12 @@ fn key() -> AesKey {
 pub fn notation(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(n) = Notation::from_str(text) {
-            // What parses must print back to something that parses again.
-            if let Some(printed) = n.to_text() {
-                assert!(
-                    Notation::from_str(&printed).is_ok(),
-                    "to_text output does not parse"
-                );
-            }
+            // What parses must print back to the same notation.
+            let printed = n.to_string();
+            assert!(
+                Notation::from_str(&printed).is_ok_and(|again| again == n),
+                "printed notation does not parse back to itself"
+            );
         }
     }
 }
