@@ -93,7 +93,7 @@ phase "chart CRD sync" e2e/check-chart-crds.sh
 phase "helm lint" helm lint --strict --kube-version 1.35.4 helm/keeper-operator
 phase "shellcheck/hadolint" lint_scripts
 phase "cargo deny" "$LINT_BIN/cargo-deny" check licenses bans sources
-fuzz_replay() { (cd e2e/fuzz && CARGO_TARGET_DIR="$ROOT/target/fuzz" cargo test --locked --offline); }
+fuzz_replay() { (cd e2e/fuzz && cargo fmt --check && CARGO_TARGET_DIR="$ROOT/target/fuzz" cargo test --locked --offline); }
 phase "fuzz replay" fuzz_replay
 # --no-fail-fast: every test binary runs, so one failure does not hide others.
 phase "cargo test" cargo test --workspace --locked --no-fail-fast

@@ -10,15 +10,18 @@
 
 use std::str::FromStr;
 
+use keeper_operator::ksm::KsmConfig;
 use keeper_operator::ksm::crypto::{AesKey, aes_gcm_encrypt, b64_std};
 use keeper_operator::ksm::notation::Notation;
 use keeper_operator::ksm::response::decode_secrets;
 use keeper_operator::ksm::token::OneTimeToken;
 use keeper_operator::ksm::transport::open_response;
-use keeper_operator::ksm::KsmConfig;
+
+/// A fuzz target: must not panic on any input.
+pub type Target = fn(&[u8]);
 
 /// Every target, by corpus directory name.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("notation", notation),
     ("config", config),
     ("token", token),
@@ -32,33 +35,39 @@ fn key() -> AesKey {
 }
 
 pub fn notation(data: &[u8]) {
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(n) = Notation::from_str(text) {
-            // What parses must print back to the same notation.
-            let printed = n.to_string();
-            assert!(
-                Notation::from_str(&printed).is_ok_and(|again| again == n),
-                "printed notation does not parse back to itself"
-            );
-        }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(n) = Notation::from_str(text)
+    {
+        // What parses must print back to the same notation.
+        let printed = n.to_string();
+        assert!(
+            Notation::from_str(&printed).is_ok_and(|again| again == n),
+            "printed notation does not parse back to itself"
+        );
     }
 }
 
 pub fn config(data: &[u8]) {
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(c) = KsmConfig::parse(text) {
-            // A parsed config round-trips through both of its serialisations.
-            assert!(KsmConfig::parse(&c.to_json()).is_ok(), "to_json does not parse");
-            assert!(KsmConfig::parse(&c.to_base64()).is_ok(), "to_base64 does not parse");
-        }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(c) = KsmConfig::parse(text)
+    {
+        // A parsed config round-trips through both of its serialisations.
+        assert!(
+            KsmConfig::parse(&c.to_json()).is_ok(),
+            "to_json does not parse"
+        );
+        assert!(
+            KsmConfig::parse(&c.to_base64()).is_ok(),
+            "to_base64 does not parse"
+        );
     }
 }
 
 pub fn token(data: &[u8]) {
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(t) = OneTimeToken::parse(text) {
-            let _ = t.client_id();
-        }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(t) = OneTimeToken::parse(text)
+    {
+        let _ = t.client_id();
     }
 }
 

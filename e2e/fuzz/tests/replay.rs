@@ -8,7 +8,9 @@ use std::path::Path;
 use keeper_fuzz::TARGETS;
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target);
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.expect("dir entry").path())
@@ -36,8 +38,27 @@ impl Rng {
 }
 
 const INTERESTING: &[&[u8]] = &[
-    b"\0", b"\xff", b"/", b"[", b"]", b"\\", b"{", b"}", b"\"", b"=", b"-", b"_", b"0", b"-1",
-    b"99999999999999999999", b"keeper://", b"[0]", b"[]", b"null", b"\xc3\xa9", b"\xf0\x9f\x94\x91",
+    b"\0",
+    b"\xff",
+    b"/",
+    b"[",
+    b"]",
+    b"\\",
+    b"{",
+    b"}",
+    b"\"",
+    b"=",
+    b"-",
+    b"_",
+    b"0",
+    b"-1",
+    b"99999999999999999999",
+    b"keeper://",
+    b"[0]",
+    b"[]",
+    b"null",
+    b"\xc3\xa9",
+    b"\xf0\x9f\x94\x91",
 ];
 
 fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
