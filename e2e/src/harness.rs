@@ -564,6 +564,28 @@ pub fn secret_strings(secret: &Secret) -> std::collections::BTreeMap<String, Str
         .collect()
 }
 
+/// Creates an Opaque Secret `name` with these keys and byte values, as admin.
+pub async fn create_secret(
+    api: &Api<Secret>,
+    name: &str,
+    pairs: &[(&str, &[u8])],
+) -> Result<Secret> {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..ObjectMeta::default()
+        },
+        data: Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    };
+    Ok(api.create(&PostParams::default(), &secret).await?)
+}
+
 /// A complete test environment: an operator namespace with the chart installed (RBAC scoped to
 /// an app namespace) and a token kubeconfig for the chart's ServiceAccount.
 pub struct TestEnv {
@@ -630,16 +652,7 @@ impl TestEnv {
     /// Creates Secret `name` in the app namespace holding a KSM config or one-time token under
     /// key `config` (what `spec.auth.secretRef` points at).
     pub async fn create_credential_secret(&self, name: &str, config: &str) -> Result<Secret> {
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.to_string()),
-                ..Default::default()
-            },
-            string_data: Some([("config".to_string(), config.to_string())].into()),
-            ..Default::default()
-        };
-        self.api::<Secret>()
-            .create(&PostParams::default(), &secret)
+        create_secret(&self.api(), name, &[("config", config.as_bytes())])
             .await
             .with_context(|| format!("creating credential Secret {name}"))
     }

@@ -7,13 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use keeper_e2e::harness::{Operator, TestEnv, wait_until, workspace_root};
+use keeper_e2e::harness::{Operator, TestEnv, create_secret, wait_until, workspace_root};
 use keeper_e2e::ksm_server::{DownMode, TestServer, VaultSpec};
 use keeper_operator::crd::{KeeperSecret, MANAGED_BY_LABEL};
 use kube::Api;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const POSTGRES: &str = "YP6qLSSxX3qEJLYyQs6iZw";
@@ -180,24 +179,6 @@ fn data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
 
 fn text(d: &BTreeMap<String, Vec<u8>>, k: &str) -> String {
     String::from_utf8_lossy(d.get(k).map(Vec::as_slice).unwrap_or_default()).into_owned()
-}
-
-async fn create_secret(api: &Api<Secret>, name: &str, pairs: &[(&str, &[u8])]) -> Result<()> {
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        data: Some(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
-                .collect(),
-        ),
-        ..Secret::default()
-    };
-    api.create(&PostParams::default(), &secret).await?;
-    Ok(())
 }
 
 /// The sample vault's value of a field of a record (what the Secret must hold).

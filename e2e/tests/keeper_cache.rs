@@ -37,20 +37,7 @@ impl World {
         let ca = env.dir().join("keeper-ca.pem");
         std::fs::write(&ca, server.ca_pem())?;
         let config = server.bound_config("operator")?;
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some("ksm-config".into()),
-                ..ObjectMeta::default()
-            },
-            data: Some(BTreeMap::from([(
-                "config".into(),
-                ByteString(config.clone().into_bytes()),
-            )])),
-            ..Secret::default()
-        };
-        env.api::<Secret>()
-            .create(&PostParams::default(), &secret)
-            .await?;
+        env.create_credential_secret("ksm-config", &config).await?;
         Ok(World {
             env,
             server,

@@ -4,41 +4,17 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use keeper_e2e::harness::{Operator, TestEnv, wait_until, workspace_root};
-use keeper_e2e::ksm_server::{TestServer, VaultSpec};
+use keeper_e2e::harness::{Operator, TestEnv, create_secret, wait_until};
+use keeper_e2e::ksm_server::{TestServer, sample_vault};
 use keeper_operator::crd::KeeperSecret;
 use keeper_operator::ksm::config::KsmConfig;
 use keeper_operator::redeem::{CLAIM_ANNOTATION, REDEEMED_ANNOTATION};
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const POSTGRES: &str = "YP6qLSSxX3qEJLYyQs6iZw";
-
-async fn server() -> Result<TestServer> {
-    let text = std::fs::read_to_string(workspace_root().join("e2e/testdata/sample-vault.json"))?;
-    TestServer::start(VaultSpec::from_json(&text)?).await
-}
-
-async fn create_secret(api: &Api<Secret>, name: &str, pairs: &[(&str, &str)]) -> Result<()> {
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        data: Some(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-        ),
-        ..Secret::default()
-    };
-    api.create(&PostParams::default(), &secret).await?;
-    Ok(())
-}
 
 /// A KeeperSecret reading the Postgres password with the credential in Secret `cred`.
 async fn keeper_secret(api: &Api<KeeperSecret>, name: &str, cred: &str) -> Result<()> {
@@ -106,7 +82,7 @@ fn sample(text: &str, series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_time_token_is_redeemed_once_by_the_leader_of_two_replicas() -> Result<()> {
     let env = TestEnv::new("ten-token").await?;
-    let server = server().await?;
+    let server = TestServer::start(sample_vault()).await?;
     let token = server.issue_token("operator")?;
     let (key_id, key) = server.server_public_key();
     let server_key = format!("{key_id}:{key}");
@@ -115,9 +91,9 @@ async fn one_time_token_is_redeemed_once_by_the_leader_of_two_replicas() -> Resu
         &secrets,
         "ksm-token",
         &[
-            ("config", &token),
-            ("hostname", &server.hostname()),
-            ("serverPublicKey", &server_key),
+            ("config", token.as_bytes()),
+            ("hostname", server.hostname().as_bytes()),
+            ("serverPublicKey", server_key.as_bytes()),
         ],
     )
     .await?;
@@ -177,9 +153,9 @@ async fn one_time_token_is_redeemed_once_by_the_leader_of_two_replicas() -> Resu
         &secrets,
         "ksm-used",
         &[
-            ("config", &token),
-            ("hostname", &server.hostname()),
-            ("serverPublicKey", &server_key),
+            ("config", token.as_bytes()),
+            ("hostname", server.hostname().as_bytes()),
+            ("serverPublicKey", server_key.as_bytes()),
         ],
     )
     .await?;
@@ -192,12 +168,12 @@ async fn one_time_token_is_redeemed_once_by_the_leader_of_two_replicas() -> Resu
     assert!(!used.annotations().contains_key(CLAIM_ANNOTATION));
 
     // A malformed token and a bare token without hostname: AuthFailed, saying what to fix.
-    create_secret(&secrets, "ksm-bad", &[("config", "US:c2hvcnQ")]).await?;
+    create_secret(&secrets, "ksm-bad", &[("config", b"US:c2hvcnQ")]).await?;
     keeper_secret(&kss, "bad", "ksm-bad").await?;
     let msg = wait_ready(&kss, "bad", "False", "AuthFailed").await?;
     ensure!(msg.contains("one-time access token"), "{msg}");
     let fresh = server.issue_token("operator")?;
-    create_secret(&secrets, "ksm-nohost", &[("config", &fresh)]).await?;
+    create_secret(&secrets, "ksm-nohost", &[("config", fresh.as_bytes())]).await?;
     keeper_secret(&kss, "nohost", "ksm-nohost").await?;
     let msg = wait_ready(&kss, "nohost", "False", "AuthFailed").await?;
     ensure!(msg.contains("\"hostname\""), "{msg}");
