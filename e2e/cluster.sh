@@ -6,6 +6,7 @@
 #   e2e/cluster.sh up     start it in the background (or reuse a healthy one); prints the admin kubeconfig path
 #   e2e/cluster.sh down   stop every process by its PID
 #   e2e/cluster.sh env    print `export` lines (KUBECONFIG, E2E_KUBECONFIG, PATH with kubectl/helm)
+#   e2e/cluster.sh restart-apiserver [SECONDS]   stop kube-apiserver, wait, start it again (fault tests)
 #
 # State (PKI, etcd data, logs, PIDs, kubeconfig) lives in ${E2E_STATE_DIR:-$HOME/.cache/keeper-operator-e2e/cluster}.
 set -euo pipefail
@@ -135,6 +136,46 @@ stop_all() { # in dependency order, each given time to shut down cleanly
   ((n == 0)) || log "stopped $n process(es)"
 }
 
+# kube-apiserver on the ports recorded in $RUN/ports (so a restart comes back at the same URL).
+start_apiserver() {
+  local bin etcd_port api_port
+  bin=$(awk -F= '$1=="BIN_DIR"{print $2}' "$RUN/ports")
+  etcd_port=$(awk -F= '$1=="ETCD_PORT"{print $2}' "$RUN/ports")
+  api_port=$(awk -F= '$1=="API_PORT"{print $2}' "$RUN/ports")
+  # --advertise-address/--endpoint-reconciler-type: hosts without a default route. The default
+  # admission plugins stay on, including ServiceAccount: the controller-manager below creates the
+  # default ServiceAccounts it relies on.
+  spawn kube-apiserver "$bin/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 --secure-port="$api_port" \
+    --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
+    --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+    --cert-dir="$STATE/apiserver" \
+    --client-ca-file="$PKI/client-ca.crt" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$PKI/sa.pub" \
+    --service-account-signing-key-file="$PKI/sa.key" \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --authorization-mode=RBAC \
+    --allow-privileged=true --profiling=false
+  wait_for "kube-apiserver /readyz" kube-apiserver \
+    curl -fsS --cacert "$PKI/serving-ca.crt" "https://127.0.0.1:$api_port/readyz"
+}
+
+# Stops kube-apiserver (etcd and the controller-manager keep running), keeps it down for
+# $1 seconds, and starts it again on the same port: clients see refused connections, then a
+# fresh server whose watches must be re-established.
+restart_apiserver() {
+  local down=${1:-0} pid
+  healthy || die "no healthy control plane; run: e2e/cluster.sh up"
+  pid=$(pid_of kube-apiserver)
+  kill -TERM "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  sleep "$down"
+  start_apiserver
+  log "kube-apiserver restarted after ${down}s down"
+}
+
 up() {
   if healthy; then
     log "reusing the running control plane at $(api_url)"
@@ -161,24 +202,7 @@ up() {
     --unsafe-no-fsync --log-level=warn
   wait_for "etcd health" etcd curl -fsS "http://127.0.0.1:$etcd_port/health"
 
-  # --advertise-address/--endpoint-reconciler-type: hosts without a default route. The default
-  # admission plugins stay on, including ServiceAccount: the controller-manager below creates the
-  # default ServiceAccounts it relies on.
-  spawn kube-apiserver "$bin/kube-apiserver" \
-    --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --secure-port="$api_port" \
-    --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
-    --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
-    --cert-dir="$STATE/apiserver" \
-    --client-ca-file="$PKI/client-ca.crt" \
-    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file="$PKI/sa.pub" \
-    --service-account-signing-key-file="$PKI/sa.key" \
-    --service-cluster-ip-range=10.0.0.0/24 \
-    --authorization-mode=RBAC \
-    --allow-privileged=true --profiling=false
-  wait_for "kube-apiserver /readyz" kube-apiserver \
-    curl -fsS --cacert "$PKI/serving-ca.crt" "https://127.0.0.1:$api_port/readyz"
+  start_apiserver
   write_kubeconfig "https://127.0.0.1:$api_port"
 
   spawn kube-controller-manager "$bin/kube-controller-manager" --kubeconfig="$KUBECONFIG_OUT" \
@@ -203,8 +227,8 @@ env_cmd() {
 
 mkdir -p "$STATE"
 case "${1:-}" in
-  up | down | env) ;;
-  *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+  up | down | env | restart-apiserver) ;;
+  *) echo "usage: $0 up|down|env|restart-apiserver [seconds down]" >&2; exit 2 ;;
 esac
 # One `up`/`down` at a time (concurrent test processes may all ask for a cluster).
 exec 8>"$STATE/.lock"
@@ -213,4 +237,5 @@ case "$1" in
   up) up ;;
   down) stop_all ;;
   env) env_cmd ;;
+  restart-apiserver) restart_apiserver "${2:-0}" ;;
 esac

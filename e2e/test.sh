@@ -93,8 +93,9 @@ phase "chart CRD sync" e2e/check-chart-crds.sh
 phase "helm lint" helm lint --strict --kube-version 1.35.4 helm/keeper-operator
 phase "shellcheck/hadolint" lint_scripts
 phase "cargo deny" "$LINT_BIN/cargo-deny" check licenses bans sources
-fuzz_replay() { (cd e2e/fuzz && cargo fmt --check && CARGO_TARGET_DIR="$ROOT/target/fuzz" cargo test --locked --offline); }
+fuzz_replay() { (cd e2e/fuzz && cargo fmt --check && CARGO_TARGET_DIR="$ROOT/target/fuzz" cargo test --locked); }
 phase "fuzz replay" fuzz_replay
+phase "libFuzzer" e2e/fuzz.sh "${FUZZ_SECONDS:-15}"
 # --no-fail-fast: every test binary runs, so one failure does not hide others.
 phase "cargo test" cargo test --workspace --locked --no-fail-fast
 phase "bench smoke" e2e/bench-smoke.sh

@@ -15,6 +15,8 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use tracing::{info, warn};
 
+/// Name of the Lease in the operator namespace that replicas elect on.
+pub const LEASE_NAME: &str = "keeper-operator-leader";
 /// How long a Lease is valid without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// How often the holder renews and candidates retry.

@@ -14,7 +14,7 @@ use keeper_operator::fetcher::FetchSettings;
 use keeper_operator::fetcher::secret_store::SecretStore;
 use keeper_operator::fetcher::store::SnapshotStore;
 use keeper_operator::keeper_source::{SharedKeeper, client_options};
-use keeper_operator::leader::Elector;
+use keeper_operator::leader::{Elector, LEASE_NAME};
 use keeper_operator::metrics::Metrics;
 use keeper_operator::reconcile::{Context, Settings};
 use keeper_operator::{controller, http, telemetry};
@@ -23,9 +23,6 @@ use kube::runtime::reflector::Store;
 use tokio::sync::watch;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
-
-/// Name of the leader-election Lease in the operator namespace.
-const LEASE_NAME: &str = "keeper-operator-leader";
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -179,6 +179,24 @@ impl Cluster {
         c
     }
 
+    /// Stops kube-apiserver, keeps it down for `down`, and starts it again at the same address
+    /// (`e2e/cluster.sh restart-apiserver`; etcd and its data stay). Only for clusters the
+    /// harness or `e2e/cluster.sh up` started, whose state dir holds the admin kubeconfig.
+    pub async fn restart_apiserver(&self, down: Duration) -> Result<()> {
+        let state = self
+            .paths
+            .admin_kubeconfig
+            .parent()
+            .context("admin kubeconfig has no directory")?
+            .to_path_buf();
+        let mut cmd = Command::new("bash");
+        cmd.arg(workspace_root().join("e2e/cluster.sh"))
+            .args(["restart-apiserver", &down.as_secs().to_string()])
+            .env("E2E_STATE_DIR", state);
+        tokio::task::spawn_blocking(move || run(&mut cmd, None)).await??;
+        Ok(())
+    }
+
     /// Creates a namespace with a unique name starting with `prefix`.
     pub async fn fresh_namespace(&self, prefix: &str) -> Result<String> {
         let name = unique_name(prefix);

@@ -3,3 +3,4 @@
 pub mod harness;
 pub mod ksm_server;
 pub mod leak_scan;
+pub mod world;

@@ -6,185 +6,19 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use keeper_e2e::harness::{Operator, TestEnv, wait_until};
-use keeper_e2e::ksm_server::{DownMode, FileFailure, RecordSpec, TestServer, sample_vault};
+use keeper_e2e::harness::wait_until;
+use keeper_e2e::ksm_server::{DownMode, FileFailure};
+use keeper_e2e::world::{
+    POSTGRES, TIMEOUT, World, assert_passwords_in, condition, keeper_secret, names, password,
+};
 use keeper_operator::crd::KeeperSecret;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-const TIMEOUT: Duration = Duration::from_secs(120);
-const POSTGRES: &str = "YP6qLSSxX3qEJLYyQs6iZw";
 const WEB_CERTIFICATE: &str = "eOg9gnMeK3HgPNAqf7KB7g";
 const CERT_PEM: &str = "SP4eXwtZ4A3YYDQ0Rjrpcw";
-
-struct World {
-    env: TestEnv,
-    server: TestServer,
-    ca: std::path::PathBuf,
-    /// The KSM config given to the operator (its key material is scanned for).
-    config: String,
-}
-
-impl World {
-    async fn start(name: &str) -> Result<World> {
-        let env = TestEnv::new(name).await?;
-        let server = TestServer::start(sample_vault()).await?;
-        std::fs::create_dir_all(env.dir())?;
-        let ca = env.dir().join("keeper-ca.pem");
-        std::fs::write(&ca, server.ca_pem())?;
-        let config = server.bound_config("operator")?;
-        env.create_credential_secret("ksm-config", &config).await?;
-        Ok(World {
-            env,
-            server,
-            ca,
-            config,
-        })
-    }
-
-    async fn operator(&self) -> Result<Operator> {
-        let mut operator = self
-            .env
-            .operator()
-            .arg(format!("--keeper-ca-file={}", self.ca.display()))
-            .arg("--concurrency=8")
-            .spawn()?;
-        operator.wait_ready(TIMEOUT).await?;
-        Ok(operator)
-    }
-
-    /// Ends the scenario: stops the operators and fails on any leaked secret value.
-    async fn finish(&self, operators: &mut [&mut Operator]) -> Result<()> {
-        self.env
-            .finish(&self.server, &[&self.config], operators)
-            .await
-    }
-
-    fn keeper_secrets(&self) -> Api<KeeperSecret> {
-        self.env.api()
-    }
-
-    fn secrets(&self) -> Api<Secret> {
-        self.env.api()
-    }
-
-    fn get_secret_calls(&self) -> u64 {
-        self.server.counters().endpoint("get_secret")
-    }
-
-    /// Creates `names` KeeperSecrets mapping the Postgres password, `concurrency` at a time.
-    async fn create(&self, names: &[String], refresh: &str) -> Result<()> {
-        let api = self.keeper_secrets();
-        stream::iter(names)
-            .map(|name| {
-                let api = api.clone();
-                async move {
-                    let ks: KeeperSecret = serde_json::from_value(keeper_secret(name, refresh))?;
-                    api.create(&PostParams::default(), &ks).await?;
-                    anyhow::Ok(())
-                }
-            })
-            .buffer_unordered(16)
-            .try_collect::<Vec<_>>()
-            .await?;
-        Ok(())
-    }
-
-    /// Waits until every KeeperSecret in the namespace has Ready with this reason.
-    async fn wait_all(&self, count: usize, reason: &str) -> Result<Vec<KeeperSecret>> {
-        let api = self.keeper_secrets();
-        wait_until(
-            &format!("{count} KeeperSecrets Ready reason {reason}"),
-            TIMEOUT,
-            || {
-                let api = api.clone();
-                async move {
-                    let all = api.list(&ListParams::default()).await?.items;
-                    let done = all
-                        .iter()
-                        .filter(|ks| ks.ready_condition().is_some_and(|c| c.reason == reason))
-                        .count();
-                    Ok((all.len() == count && done == count).then_some(all))
-                }
-            },
-        )
-        .await
-    }
-
-    /// Every managed Secret's resourceVersion and data, by name.
-    async fn snapshot(
-        &self,
-    ) -> Result<BTreeMap<String, (Option<String>, BTreeMap<String, ByteString>)>> {
-        let lp = ListParams::default().labels("app.kubernetes.io/managed-by=keeper-operator");
-        Ok(self
-            .secrets()
-            .list(&lp)
-            .await?
-            .items
-            .into_iter()
-            .map(|s| {
-                let name = s.metadata.name.clone().unwrap_or_default();
-                (
-                    name,
-                    (s.metadata.resource_version, s.data.unwrap_or_default()),
-                )
-            })
-            .collect())
-    }
-
-    fn postgres_with_password(&self, password: serde_json::Value) -> Result<RecordSpec> {
-        let mut record = self.server.record(POSTGRES)?;
-        for field in &mut record.fields {
-            if field["type"] == "password" {
-                field["value"] = password.clone();
-            }
-        }
-        Ok(record)
-    }
-
-    fn set_postgres_password(&self, password: &str) -> Result<i64> {
-        self.server
-            .set_record(self.postgres_with_password(json!([password]))?)
-    }
-}
-
-fn keeper_secret(name: &str, refresh: &str) -> serde_json::Value {
-    json!({
-        "apiVersion": "keeper-operator.dev/v1alpha1",
-        "kind": "KeeperSecret",
-        "metadata": { "name": name },
-        "spec": {
-            "auth": { "secretRef": { "name": "ksm-config", "key": "config" } },
-            "refreshInterval": refresh,
-            "target": { "name": name },
-            "data": [{ "key": "password", "notation": format!("keeper://{POSTGRES}/field/password") }]
-        }
-    })
-}
-
-fn names(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
-    range.map(|i| format!("{prefix}-{i:04}")).collect()
-}
-
-fn condition<'a>(
-    ks: &'a KeeperSecret,
-    type_: &str,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    ks.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-}
-
-fn password(secret: &Secret) -> Option<String> {
-    let value = secret.data.as_ref()?.get("password")?;
-    Some(String::from_utf8_lossy(&value.0).into_owned())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_keeper_secrets_cost_one_keeper_call() -> Result<()> {
@@ -510,32 +344,10 @@ async fn a_failed_file_download_keeps_the_file_and_downloads_once_per_revision()
     w.finish(&mut [&mut operator]).await
 }
 
-/// Every managed Secret holds a non-empty password from `allowed`; returns how many there are.
-async fn assert_passwords_in(w: &World, allowed: &[&str]) -> Result<usize> {
-    let all = w.snapshot().await?;
-    for (name, (_, data)) in &all {
-        let value = data
-            .get("password")
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .unwrap_or_default();
-        ensure!(
-            allowed.contains(&value.as_str()),
-            "Secret {name} holds an unexpected or empty password"
-        );
-    }
-    Ok(all.len())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_killed_mid_write_loses_nothing_and_converges_after_restart() -> Result<()> {
     let w = World::start("fault-kill").await?;
-    let original = w.server.record(POSTGRES)?.fields;
-    let original = original
-        .iter()
-        .find(|f| f["type"] == "password")
-        .and_then(|f| f["value"][0].as_str())
-        .context("password")?
-        .to_string();
+    let original = w.postgres_password()?;
     let mut first = w.operator().await?;
     let all = names("kill", 0..30);
     w.create(&all, "5s").await?;
