@@ -1,14 +1,14 @@
-//! Control-plane faults end to end: the kube-apiserver restarted in the middle of a sync, and the
-//! leader of two replicas killed. In both, no Secret is ever emptied or lost, status ends truthful
-//! and recovery needs no one. Each test takes `SERIAL`: an API-server restart would disturb any
-//! other scenario running beside it.
+//! Faults end to end: the kube-apiserver restarted in the middle of a sync, the leader of two
+//! replicas killed, a slow Keeper and a wrong server key id. In each, no Secret is ever emptied or
+//! lost, status ends truthful and recovery needs no one. Each test takes `SERIAL`: an API-server
+//! restart would disturb any other scenario running beside it.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::coordination::v1::Lease;
 use keeper_e2e::harness::{Operator, wait_until};
-use keeper_e2e::world::{TIMEOUT, World, assert_passwords_in, names, password};
+use keeper_e2e::world::{TIMEOUT, World, assert_passwords_in, condition, names, password};
 use keeper_operator::leader::LEASE_NAME;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
@@ -171,4 +171,71 @@ async fn a_standby_takes_over_when_the_leader_is_killed() -> Result<()> {
     let managed = ListParams::default().labels("app.kubernetes.io/managed-by=keeper-operator");
     ensure!(w.secrets().list(&managed).await?.items.len() == 15);
     w.finish(&mut [&mut dead.1, &mut standby.1]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_keeper_and_a_wrong_server_key_keep_every_secret() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let w = World::start("fault-slow").await?;
+    let original = w.postgres_password()?;
+    let mut operator = w.operator().await?;
+    w.create(&names("slow", 0..10), "5s").await?;
+    w.wait_all(10, "Synced").await?;
+
+    // Every Keeper answer takes 3 s: a rotation still reaches every Secret, and the KeeperSecrets
+    // waiting on the slow call share it instead of piling up requests.
+    w.server.faults().set_latency(Duration::from_secs(3));
+    let calls = w.get_secret_calls();
+    let slow_since = Instant::now();
+    w.set_postgres_password("rotated-while-slow")?;
+    wait_all_hold(
+        &w,
+        10,
+        "rotated-while-slow",
+        &[&original, "rotated-while-slow"],
+    )
+    .await?;
+    let waves = slow_since.elapsed().as_secs() / 5 + 2;
+    let made = w.get_secret_calls() - calls;
+    ensure!(
+        made <= waves,
+        "{made} get_secret calls in {waves} waves while Keeper was slow"
+    );
+    w.server.faults().set_latency(Duration::ZERO);
+
+    // The server answers with another key id (custom server keys are not rotated by guessing):
+    // the Secrets keep the last good copy, status names the failure, the next wave recovers.
+    w.server.faults().wrong_key_id_next(2);
+    w.set_postgres_password("after-wrong-key")?;
+    let kss = w.keeper_secrets();
+    wait_until(
+        "a KeeperSecret stale with WrongServerKey",
+        TIMEOUT,
+        || async {
+            let all = kss.list(&ListParams::default()).await?.items;
+            Ok(all
+                .iter()
+                .any(|ks| {
+                    condition(ks, "Stale")
+                        .is_some_and(|c| c.status == "True" && c.reason == "WrongServerKey")
+                })
+                .then_some(()))
+        },
+    )
+    .await?;
+    assert_passwords_in(&w, &["rotated-while-slow"]).await?;
+    wait_all_hold(
+        &w,
+        10,
+        "after-wrong-key",
+        &["rotated-while-slow", "after-wrong-key"],
+    )
+    .await?;
+    let all = w.wait_all(10, "Synced").await?;
+    ensure!(
+        all.iter()
+            .all(|ks| condition(ks, "Stale").is_some_and(|c| c.status == "False")),
+        "status not fresh after recovery"
+    );
+    w.finish(&mut [&mut operator]).await
 }
