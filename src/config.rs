@@ -94,7 +94,8 @@ pub struct RunArgs {
     pub persist_last_good: bool,
     /// Restarts of one workload (spec.rolloutRestart) requested within this window are
     /// coalesced into one, so a Keeper change feeding several KeeperSecrets restarts it once
-    /// (Go duration).
+    /// (Go duration). The operator waits longer when the KeeperSecrets' refresh wave is wider
+    /// (a tenth of refreshInterval, at most 60 s, plus 6 s).
     #[arg(long, env = "KEEPER_OPERATOR_ROLLOUT_DEBOUNCE", default_value = "5s")]
     pub rollout_debounce: kube::core::Duration,
 }

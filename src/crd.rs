@@ -78,8 +78,8 @@ pub struct KeeperSecretSpec {
     /// Deployments, StatefulSets and DaemonSets in this namespace to restart (as `kubectl
     /// rollout restart` does) when the synced data changes. Not on the first sync, not when a
     /// deleted Secret is restored with the same data; restarts of one workload requested within
-    /// the operator's `--rollout-debounce` are coalesced into one. Needs the chart's
-    /// `rbac.rolloutRestart`.
+    /// one refresh wave (at least the operator's `--rollout-debounce`) are coalesced into one.
+    /// Needs the chart's `rbac.rolloutRestart`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rollout_restart: Vec<RolloutTarget>,
 }

@@ -218,8 +218,13 @@ async fn sync<S: KeeperSource>(ks: &mut KeeperSecret, ctx: &Context<S>) -> Resul
     if !current {
         guard::check(ks, existing.as_ref(), &desired.secret, &plan.records)?;
         k8s::apply_secret(&secrets, &desired.secret).await?;
-        ctx.rollouts
-            .after_write(ks, existing.as_ref(), &desired.secret, &desired.hash);
+        ctx.rollouts.after_write(
+            ks,
+            interval,
+            existing.as_ref(),
+            &desired.secret,
+            &desired.hash,
+        );
         info!(
             secret = ks.target_name(),
             keys,

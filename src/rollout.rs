@@ -3,7 +3,7 @@
 //! - [`needed`] (pure) says whether a write changed the data a workload consumes: only when this
 //!   KeeperSecret had synced before and the values really differ. A first sync, a restored
 //!   Secret with the same data or a status-only change never restarts, so nothing can loop.
-//! - [`Rollouts`] debounces: restarts of one workload requested within the window (several
+//! - [`Rollouts`] debounces: restarts of one workload requested within the [`window`] (several
 //!   KeeperSecrets fed by one Keeper change) become one patch of the pod template annotation
 //!   [`RESTARTED_AT_ANNOTATION`], as `kubectl rollout restart` does with its own.
 //! - A missing workload or a refused patch is a Warning event on the KeeperSecrets that asked,
@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 use crate::crd::{FIELD_MANAGER, KEYS_ANNOTATION, KeeperSecret, WorkloadKind};
 use crate::metrics::Metrics;
+use crate::refresh;
 
 /// Pod-template annotation whose change makes the workload controller roll its pods.
 pub const RESTARTED_AT_ANNOTATION: &str = "keeper-operator.dev/restartedAt";
@@ -60,6 +61,16 @@ fn same_data(existing: &Secret, desired: &Secret) -> bool {
             .all(|(k, v)| value(existing, k).as_ref() == Some(v))
 }
 
+/// PURE: how long a restart waits for more requests. KeeperSecrets on one credential see a
+/// Keeper change in the same refresh wave, but their refreshes are spread by the jitter, and one
+/// that comes just before the shared snapshot expires (status times have whole seconds) is
+/// served the old data and retries `MIN_INTERVAL` later. Restarting before the last of them has
+/// written would restart twice, the second time for the same change.
+pub fn window(debounce: Duration, interval: Duration) -> Duration {
+    let wave = refresh::jitter_span(interval) + refresh::MIN_INTERVAL + Duration::from_secs(1);
+    debounce.max(wave)
+}
+
 /// One workload, in the KeeperSecret's namespace.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct Workload {
@@ -80,7 +91,7 @@ pub struct Rollouts {
 }
 
 impl Rollouts {
-    /// Restarts happen `debounce` after the first request for a workload.
+    /// Restarts happen at least `debounce` after the first request for a workload.
     pub fn new(
         client: Client,
         recorder: Recorder,
@@ -96,10 +107,12 @@ impl Rollouts {
         }
     }
 
-    /// Called after `ks` wrote `desired` over `existing`: schedules restarts if [`needed`].
+    /// Called after `ks` (refreshed every `interval`) wrote `desired` over `existing`:
+    /// schedules restarts if [`needed`].
     pub fn after_write(
         &self,
         ks: &KeeperSecret,
+        interval: Duration,
         existing: Option<&Secret>,
         desired: &Secret,
         new_hash: &str,
@@ -125,15 +138,15 @@ impl Rollouts {
                 }
                 Entry::Vacant(slot) => {
                     slot.insert(vec![requester.clone()]);
-                    let this = self.clone();
-                    tokio::spawn(async move { this.restart_later(workload).await });
+                    let (this, wait) = (self.clone(), window(self.debounce, interval));
+                    tokio::spawn(async move { this.restart_later(workload, wait).await });
                 }
             }
         }
     }
 
-    async fn restart_later(self, workload: Workload) {
-        tokio::time::sleep(self.debounce).await;
+    async fn restart_later(self, workload: Workload, wait: Duration) {
+        tokio::time::sleep(wait).await;
         let requesters = self
             .pending
             .lock()
@@ -252,6 +265,17 @@ mod tests {
         assert!(!needed(Some("h1"), "h2", Some(&new), &new));
         // The Secret is gone and the hash moved: the consumers' data changes.
         assert!(needed(Some("h1"), "h2", None, &new));
+    }
+
+    #[test]
+    fn the_window_covers_one_refresh_wave() {
+        let s = Duration::from_secs;
+        // 5 s interval: 0.5 s jitter + 5 s retry + 1 s rounding.
+        assert_eq!(window(s(3), s(5)), Duration::from_millis(6500));
+        // 1 h interval: the jitter is capped at a minute.
+        assert_eq!(window(s(5), s(3600)), s(66));
+        // A longer debounce wins.
+        assert_eq!(window(s(120), s(3600)), s(120));
     }
 
     #[test]
