@@ -37,7 +37,7 @@ pub struct Settings {
     pub default_refresh_interval: Duration,
     /// Where ClusterKeeperStore credentials live.
     pub operator_namespace: Option<String>,
-    /// Window in which restarts of one workload are coalesced.
+    /// Least time a rollout restart waits for more requests (see [`crate::rollout::window`]).
     pub rollout_debounce: Duration,
 }
 
