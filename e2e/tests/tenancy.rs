@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::Secret;
 use keeper_e2e::harness::{Operator, TestEnv, create_secret, unique_name, wait_until};
 use keeper_e2e::ksm_server::{RecordSpec, TestServer, sample_vault, uids};
@@ -259,11 +259,25 @@ async fn a_record_change_restarts_the_consuming_deployment_once() -> Result<()> 
     deployments
         .create(&PostParams::default(), &deployment)
         .await?;
+    let daemon_sets: Api<DaemonSet> = env.api();
+    let daemon_set: DaemonSet = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "agent" },
+        "spec": {
+            "selector": { "matchLabels": { "app": "agent" } },
+            "template": {
+                "metadata": { "labels": { "app": "agent" } },
+                "spec": { "containers": [ { "name": "agent", "image": "registry.k8s.io/pause:3.10" } ] },
+            },
+        },
+    }))?;
+    daemon_sets
+        .create(&PostParams::default(), &daemon_set)
+        .await?;
     let mut op = env.operator_for(&server)?.spawn()?;
     op.wait_ready(TIMEOUT).await?;
 
-    // Two KeeperSecrets read the same record and feed the same Deployment; the second also names
-    // a StatefulSet that does not exist.
+    // Two KeeperSecrets read the same record and feed the same Deployment; the first also feeds a
+    // DaemonSet, the second names a StatefulSet that does not exist.
     let kss: Api<KeeperSecret> = env.api();
     let notation = format!("keeper://{POSTGRES}/field/password");
     let api = serde_json::json!({ "kind": "Deployment", "name": "api" });
@@ -273,7 +287,7 @@ async fn a_record_change_restarts_the_consuming_deployment_once() -> Result<()> 
         serde_json::json!({
             "auth": { "secretRef": { "name": "ksm", "key": "config" } },
             "data": [ { "key": "password", "notation": notation } ],
-            "rolloutRestart": [ api ],
+            "rolloutRestart": [ api, { "kind": "DaemonSet", "name": "agent" } ],
         }),
     )
     .await?;
@@ -338,6 +352,18 @@ async fn a_record_change_restarts_the_consuming_deployment_once() -> Result<()> 
     let missing =
         r#"keeper_operator_rollout_restarts_total{kind="StatefulSet",outcome="not_found"}"#;
     assert_eq!(sample(&text, missing), 1.0, "{text}");
+    let daemons = r#"keeper_operator_rollout_restarts_total{kind="DaemonSet",outcome="restarted"}"#;
+    assert_eq!(sample(&text, daemons), 1.0, "{text}");
+    let agent = daemon_sets.get("agent").await?;
+    ensure!(
+        agent
+            .spec
+            .template
+            .metadata
+            .and_then(|m| m.annotations)
+            .is_some_and(|a| a.contains_key(RESTARTED_AT_ANNOTATION)),
+        "the DaemonSet was not restarted"
+    );
     // The missing StatefulSet is a warning, not a failed sync.
     wait_ready(&kss, "feed-b", "True", "Synced").await?;
     let events: Api<k8s_openapi::api::core::v1::Event> = env.api();
