@@ -92,6 +92,12 @@ pub struct RunArgs {
     /// it while Keeper is down. Needs --operator-namespace.
     #[arg(long, env = "KEEPER_OPERATOR_PERSIST_LAST_GOOD", default_value_t = true, action = clap::ArgAction::Set)]
     pub persist_last_good: bool,
+    /// Restarts of one workload (spec.rolloutRestart) requested within this window are
+    /// coalesced into one, so a Keeper change feeding several KeeperSecrets restarts it once
+    /// (Go duration). The operator waits longer when the KeeperSecrets' refresh wave is wider
+    /// (a tenth of refreshInterval, at most 60 s, plus 6 s).
+    #[arg(long, env = "KEEPER_OPERATOR_ROLLOUT_DEBOUNCE", default_value = "5s")]
+    pub rollout_debounce: kube::core::Duration,
 }
 
 #[cfg(test)]
@@ -110,6 +116,7 @@ mod tests {
         let a = run_args(&["keeper-operator", "run"]);
         assert_eq!(a.metrics_bind_address.to_string(), "0.0.0.0:8080");
         assert_eq!(a.concurrency, 4);
+        assert_eq!(std::time::Duration::from(a.rollout_debounce).as_secs(), 5);
         assert_eq!(
             std::time::Duration::from(a.default_refresh_interval).as_secs(),
             3600

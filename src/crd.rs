@@ -75,7 +75,11 @@ pub struct KeeperSecretSpec {
     /// order; a later item wins over an earlier one for the same key.
     #[serde(default)]
     pub data_from: Vec<DataFromItem>,
-    /// Workloads to restart when the Secret's data changes (reserved; not acted upon yet).
+    /// Deployments, StatefulSets and DaemonSets in this namespace to restart (as `kubectl
+    /// rollout restart` does) when the synced data changes. Not on the first sync, not when a
+    /// deleted Secret is restored with the same data; restarts of one workload requested within
+    /// one refresh wave (at least the operator's `--rollout-debounce`) are coalesced into one.
+    /// Needs the chart's `rbac.rolloutRestart`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rollout_restart: Vec<RolloutTarget>,
 }
@@ -286,11 +290,12 @@ pub struct RolloutTarget {
     /// Kind of the workload.
     pub kind: WorkloadKind,
     /// Name of the workload in this namespace.
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }
 
 /// Workload kinds that can be restarted.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WorkloadKind {
     /// apps/v1 Deployment.
     Deployment,
@@ -357,10 +362,14 @@ pub struct ClusterKeeperStoreSpec {
     /// Namespaces, by name, that may use this store.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
-    /// If set, only these shared folder UIDs may be read (reserved; enforced in a later version).
+    /// Shared folder UIDs whose records borrowers may read, and which `dataFrom.folder` may
+    /// name. When this or `allowedRecords` is set, a record is readable only if its UID is in
+    /// `allowedRecords` or it is shared through a folder listed here (sub-folders of a listed
+    /// folder included for records, but a `dataFrom.folder` must be listed itself); anything
+    /// else is refused with Ready=False, reason NotAllowed. Both empty: no restriction.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_folders: Vec<String>,
-    /// If set, only these record UIDs may be read (reserved; enforced in a later version).
+    /// Record UIDs borrowers may read (see `allowedFolders`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_records: Vec<String>,
 }

@@ -7,6 +7,7 @@ use kube::core::{Selector, SelectorExt};
 use kube::{Api, Client, ResourceExt};
 use zeroize::Zeroizing;
 
+use crate::allowlist::AllowList;
 use crate::crd::{ClusterKeeperStore, KeeperSecret, SecretKeyRef};
 use crate::desired::HashKey;
 use crate::error::Error;
@@ -23,12 +24,15 @@ pub struct Credential {
     pub config: KsmConfig,
     /// Key for the data hash of this KeeperSecret.
     pub hash_key: HashKey,
+    /// What a ClusterKeeperStore lets this KeeperSecret read; `None` reads everything.
+    pub allow: Option<AllowList>,
 }
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credential")
             .field("key", &self.key)
+            .field("allow", &self.allow)
             .finish_non_exhaustive()
     }
 }
@@ -51,8 +55,8 @@ pub async fn load<S: KeeperSource>(
     operator_ns: Option<&str>,
 ) -> Result<Credential, Error> {
     let ns = ks.namespace().unwrap_or_default();
-    let (secret_ns, reference) = match (&ks.spec.auth.secret_ref, &ks.spec.auth.store_ref) {
-        (Some(r), None) => (ns.clone(), r.clone()),
+    let (secret_ns, reference, allow) = match (&ks.spec.auth.secret_ref, &ks.spec.auth.store_ref) {
+        (Some(r), None) => (ns.clone(), r.clone(), None),
         (None, Some(store)) => {
             let store = Api::<ClusterKeeperStore>::all(client.clone())
                 .get_opt(&store.name)
@@ -74,6 +78,7 @@ pub async fn load<S: KeeperSource>(
             (
                 operator_ns.to_string(),
                 store.spec.credentials_secret_ref.clone(),
+                AllowList::of_store(&store.name_any(), &store.spec),
             )
         }
         _ => {
@@ -84,22 +89,25 @@ pub async fn load<S: KeeperSource>(
     };
     let api = Api::<Secret>::namespaced(client.clone(), &secret_ns);
     let secret = api.get_opt(&reference.name).await?;
-    match parse(secret.as_ref(), &secret_ns, &reference, ks)? {
-        Stored::Config(c) => Ok(*c),
+    let cred = match parse(secret.as_ref(), &secret_ns, &reference, ks)? {
+        Stored::Config(c) => *c,
         Stored::Token(request) => {
             let where_ = format!("Secret {secret_ns}/{}", reference.name);
             let secret = secret.as_ref().expect("parse found a token in it");
             let stored =
                 redeem_in_place(&api, secret, &reference.key, &request, &where_, keeper).await?;
             match parse(Some(&stored), &secret_ns, &reference, ks)? {
-                Stored::Config(c) => Ok(*c),
-                Stored::Token(_) => Err(Error::TokenRedemption {
-                    message: format!("{where_} still holds a token after redemption"),
-                    transient: true,
-                }),
+                Stored::Config(c) => *c,
+                Stored::Token(_) => {
+                    return Err(Error::TokenRedemption {
+                        message: format!("{where_} still holds a token after redemption"),
+                        transient: true,
+                    });
+                }
             }
         }
-    }
+    };
+    Ok(Credential { allow, ..cred })
 }
 
 /// Whether a store lends itself to namespace `ns` (by name list or label selector).
@@ -170,6 +178,7 @@ pub fn parse(
             text.as_bytes(),
             ks.metadata.uid.as_deref().unwrap_or_default(),
         ),
+        allow: None,
     })))
 }
 

@@ -1,4 +1,5 @@
 //! keeper-operator: syncs Keeper Secrets Manager records into native Kubernetes Secrets.
+pub mod allowlist;
 pub mod cli;
 pub mod config;
 pub mod controller;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod redeem;
 pub mod refresh;
+pub mod rollout;
 pub mod status;
 pub mod telemetry;
 pub mod template;

@@ -55,6 +55,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.default_refresh_interval.is_negative() {
         bail!("--default-refresh-interval must not be negative");
     }
+    if args.rollout_debounce.is_negative() {
+        bail!("--rollout-debounce must not be negative");
+    }
     let extra_ca_pem = match &args.keeper_ca_file {
         Some(path) => Some(
             std::fs::read(path)
@@ -112,10 +115,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             () = stopped(&stop) => return finish(server).await,
         }
     }
+    metrics.set_leader(true);
 
     let settings = Settings {
         default_refresh_interval: args.default_refresh_interval.into(),
         operator_namespace: args.operator_namespace.clone(),
+        rollout_debounce: args.rollout_debounce.into(),
     };
     let reporter = Reporter {
         controller: "keeper-operator".into(),
@@ -148,7 +153,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
     );
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context::new(client, keeper, recorder, metrics, settings));
+    let ctx = Arc::new(Context::new(
+        client,
+        keeper,
+        recorder,
+        metrics.clone(),
+        settings,
+    ));
 
     // Losing the Lease stops the controller like a shutdown does, but the process then fails.
     let (lost_tx, lost) = watch::channel(false);
@@ -159,10 +170,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
     let until = {
-        let (stop, lost, ready) = (stop.clone(), lost.clone(), ready.clone());
+        let (stop, lost, ready, metrics) =
+            (stop.clone(), lost.clone(), ready.clone(), metrics.clone());
         async move {
             tokio::select! { () = stopped(&stop) => {}, () = stopped(&lost) => {} }
             ready.store(false, Ordering::Relaxed);
+            metrics.set_leader(false);
         }
     };
     let watch_namespace = Some(args.watch_namespace.as_str()).filter(|ns| !ns.is_empty());
@@ -170,7 +183,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ctx,
         watch_namespace,
         args.concurrency,
-        mark_ready_when_synced(ready),
+        {
+            let mark_ready = mark_ready_when_synced(ready);
+            move |store| {
+                metrics.watch_keeper_secrets(store.clone());
+                mark_ready(store);
+            }
+        },
         until,
     )
     .await;

@@ -1,14 +1,22 @@
 //! Prometheus metrics (`keeper_operator_` prefix). Labels are low-cardinality categories
-//! (result, reason, outcome) — never object names or values.
+//! (result, reason, outcome, kind), a credential's non-secret id, and — for the age of served
+//! data only — the KeeperSecret's namespace and name. Never a value or a record title.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
+use crate::crd::KeeperSecret;
 use crate::fetcher::FetchStats;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -30,6 +38,22 @@ pub struct KeeperLabels {
     pub outcome: &'static str,
 }
 
+/// Label set of a Keeper request's latency.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// `get_secret` or `download`.
+    pub operation: &'static str,
+}
+
+/// Label set of a rollout restart.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: &'static str,
+    /// `restarted`, `not_found`, `forbidden` or `error`.
+    pub outcome: &'static str,
+}
+
 /// Label set of a one-time-token redemption.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -43,8 +67,17 @@ pub struct Metrics {
     reconciles: Family<ReconcileLabels, Counter>,
     duration: Histogram,
     keeper_requests: Family<KeeperLabels, Counter>,
+    keeper_latency: Family<OperationLabels, Histogram>,
     token_redemptions: Family<OutcomeLabels, Counter>,
+    rollout_restarts: Family<RolloutLabels, Counter>,
+    leader: Gauge,
     fetch_stats: Arc<FetchStats>,
+    keeper_secrets: Arc<OnceLock<Store<KeeperSecret>>>,
+}
+
+/// Keeper answers in tens of milliseconds; a slow one or a large download takes seconds.
+fn keeper_latency_buckets() -> Histogram {
+    Histogram::new([0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
 }
 
 impl Default for Metrics {
@@ -68,6 +101,14 @@ impl Default for Metrics {
             "keeper_requests",
             "Requests made to Keeper by operation and outcome",
             keeper_requests.clone(),
+        );
+        let keeper_latency = Family::<OperationLabels, Histogram>::new_with_constructor(
+            keeper_latency_buckets as fn() -> Histogram,
+        );
+        registry.register(
+            "keeper_request_duration_seconds",
+            "Latency of Keeper requests by operation, failures included",
+            keeper_latency.clone(),
         );
         let token_redemptions = Family::<OutcomeLabels, Counter>::default();
         registry.register(
@@ -96,13 +137,32 @@ impl Default for Metrics {
             "Snapshots restored from the persisted last-good cache",
             fetch_stats.store_restores.clone(),
         );
+        registry.register_collector(Box::new(BudgetUse(fetch_stats.clone())));
+        let rollout_restarts = Family::<RolloutLabels, Counter>::default();
+        registry.register(
+            "rollout_restarts",
+            "Workload restarts after synced data changed (spec.rolloutRestart), by kind and outcome",
+            rollout_restarts.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica runs the controller (always 1 without --leader-elect), else 0",
+            leader.clone(),
+        );
+        let keeper_secrets = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(DataAge(keeper_secrets.clone())));
         Metrics {
             registry,
             reconciles,
             duration,
             keeper_requests,
+            keeper_latency,
             token_redemptions,
+            rollout_restarts,
+            leader,
             fetch_stats,
+            keeper_secrets,
         }
     }
 }
@@ -116,11 +176,31 @@ impl Metrics {
         }
     }
 
-    /// Counts one Keeper request.
-    pub fn keeper_request(&self, operation: &'static str, outcome: &'static str) {
+    /// Counts one Keeper request and how long it took.
+    pub fn keeper_request(&self, operation: &'static str, outcome: &'static str, took: Duration) {
         self.keeper_requests
             .get_or_create(&KeeperLabels { operation, outcome })
             .inc();
+        self.keeper_latency
+            .get_or_create(&OperationLabels { operation })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts one rollout restart attempt.
+    pub fn rollout_restart(&self, kind: &'static str, outcome: &'static str) {
+        self.rollout_restarts
+            .get_or_create(&RolloutLabels { kind, outcome })
+            .inc();
+    }
+
+    /// Whether this replica leads (runs the controller).
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Exposes the age of each KeeperSecret's data from the controller's cache; set once.
+    pub fn watch_keeper_secrets(&self, store: Store<KeeperSecret>) {
+        let _ = self.keeper_secrets.set(store);
     }
 
     /// Counts one token redemption attempt.
@@ -140,6 +220,62 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+/// `keeper_budget_utilization{credential}`: each credential's request budget in use at scrape
+/// time (0 idle, 1 exhausted or blocked by a throttle), from the fetchers' latest budget state.
+#[derive(Debug)]
+struct BudgetUse(Arc<FetchStats>);
+
+impl Collector for BudgetUse {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let budgets = self.0.budgets();
+        let mut family = encoder.encode_descriptor(
+            "keeper_budget_utilization",
+            "Share of a credential's Keeper request budget in use (1 = requests held back)",
+            None,
+            MetricType::Gauge,
+        )?;
+        let now = Instant::now();
+        for (credential, mut budget) in budgets {
+            let labels = [("credential", credential)];
+            ConstGauge::new(budget.utilization(now)).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// `keeper_secret_data_age_seconds{namespace,name}`: how old the data each KeeperSecret serves
+/// is (now minus `status.lastSyncTime`, which is when Keeper returned it), computed at scrape
+/// time from the controller's cache, so a deleted KeeperSecret's series disappears with it.
+#[derive(Debug)]
+struct DataAge(Arc<OnceLock<Store<KeeperSecret>>>);
+
+impl Collector for DataAge {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(store) = self.0.get() else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "keeper_secret_data_age_seconds",
+            "Age of the Keeper data a KeeperSecret's Secret holds (grows while Keeper is down)",
+            None,
+            MetricType::Gauge,
+        )?;
+        let now = Timestamp::now();
+        for ks in store.state() {
+            let Some(synced) = ks.status.as_ref().and_then(|s| s.last_sync_time.as_ref()) else {
+                continue;
+            };
+            let age = now.duration_since(synced.0).as_secs_f64().max(0.0);
+            let labels = [
+                ("namespace", ks.namespace().unwrap_or_default()),
+                ("name", ks.name_any()),
+            ];
+            ConstGauge::new(age).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 
@@ -164,11 +300,18 @@ impl ReconcileTimer<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::runtime::{reflector, watcher};
+
+    use crate::crd::KeeperSecretStatus;
+
     #[test]
     fn exposes_prefixed_families() {
         let m = super::Metrics::default();
         m.reconcile().finish("error", "KeeperUnavailable");
-        m.keeper_request("get_secret", "success");
+        m.keeper_request("get_secret", "success", Duration::from_millis(30));
         m.token_redemption("AuthFailed");
         let text = m.encode().unwrap();
         assert!(
@@ -188,5 +331,115 @@ mod tests {
             text.contains(r#"keeper_operator_token_redemptions_total{outcome="AuthFailed"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn latency_restarts_and_leader() {
+        let m = super::Metrics::default();
+        let text = m.encode().unwrap();
+        assert!(text.contains("keeper_operator_leader 0"), "{text}");
+        m.set_leader(true);
+        m.keeper_request("get_secret", "success", Duration::from_millis(30));
+        m.keeper_request("get_secret", "KeeperUnavailable", Duration::from_secs(3));
+        m.keeper_request("download", "success", Duration::from_millis(200));
+        m.rollout_restart("Deployment", "restarted");
+        m.rollout_restart("Deployment", "restarted");
+        m.rollout_restart("DaemonSet", "forbidden");
+        let text = m.encode().unwrap();
+        assert!(text.contains("keeper_operator_leader 1"), "{text}");
+        let get = r#"keeper_operator_keeper_request_duration_seconds"#;
+        assert!(
+            text.contains(&format!(r#"{get}_count{{operation="get_secret"}} 2"#)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                r#"{get}_bucket{{le="0.05",operation="get_secret"}} 1"#
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(r#"{get}_count{{operation="download"}} 1"#)),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"keeper_operator_rollout_restarts_total{kind="Deployment",outcome="restarted"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"keeper_operator_rollout_restarts_total{kind="DaemonSet",outcome="forbidden"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn budget_utilization_per_credential_id() {
+        use crate::fetcher::budget::RateBudget;
+        let m = super::Metrics::default();
+        let stats = m.fetch_stats();
+        let now = std::time::Instant::now();
+        // A day-long window: no noticeable refill between here and the scrape.
+        let mut budget = RateBudget::new(4, Duration::from_secs(86_400), now);
+        stats.record_budget("idle", &budget);
+        budget.try_acquire(now).unwrap();
+        stats.record_budget("quarter", &budget);
+        budget.block_for(now, Some(Duration::from_secs(3600)));
+        stats.record_budget("blocked", &budget);
+        let text = m.encode().unwrap();
+        let value = |id: &str| -> f64 {
+            let series =
+                format!(r#"keeper_operator_keeper_budget_utilization{{credential="{id}"}} "#);
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .unwrap_or_else(|| panic!("{series} missing in {text}"))
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(value("idle"), 0.0);
+        assert!((value("quarter") - 0.25).abs() < 1e-3, "{text}");
+        assert_eq!(value("blocked"), 1.0);
+        assert!(text.contains("# TYPE keeper_operator_keeper_budget_utilization gauge"));
+    }
+
+    #[test]
+    fn data_age_follows_the_keeper_secrets_in_the_cache() {
+        let m = super::Metrics::default();
+        // Before the controller runs (a standby) there is no such family at all.
+        assert!(!m.encode().unwrap().contains("data_age"));
+        let (store, mut writer) = reflector::store();
+        m.watch_keeper_secrets(store);
+        let mut synced = crate::crd::test_keeper_secret();
+        synced.metadata.namespace = Some("shop".into());
+        synced.status = Some(KeeperSecretStatus {
+            last_sync_time: Some(Time(
+                jiff::Timestamp::now() - jiff::SignedDuration::from_secs(90),
+            )),
+            ..KeeperSecretStatus::default()
+        });
+        let mut never = crate::crd::test_keeper_secret();
+        never.metadata.name = Some("new".into());
+        never.metadata.namespace = Some("shop".into());
+        writer.apply_watcher_event(&watcher::Event::Apply(synced.clone()));
+        writer.apply_watcher_event(&watcher::Event::Apply(never));
+        let text = m.encode().unwrap();
+        let series =
+            r#"keeper_operator_keeper_secret_data_age_seconds{namespace="shop",name="db"} "#;
+        let age: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .unwrap_or_else(|| panic!("{text}"))
+            .parse()
+            .unwrap();
+        assert!((90.0..100.0).contains(&age), "{age}");
+        assert!(
+            !text.contains(r#"name="new""#),
+            "never synced: no age\n{text}"
+        );
+        writer.apply_watcher_event(&watcher::Event::Delete(synced));
+        assert!(!m.encode().unwrap().contains(r#"name="db""#));
     }
 }

@@ -25,8 +25,9 @@ use crate::ksm::record::Vault;
 use crate::mapping::{self, Bytes, Source};
 use crate::metrics::Metrics;
 use crate::refresh::{self, Decision, Why};
+use crate::rollout::Rollouts;
 use crate::status::{self, Synced};
-use crate::{guard, k8s, template};
+use crate::{allowlist, guard, k8s, template};
 use zeroize::Zeroizing;
 
 /// Operator-wide settings the reconciler needs (parsed once from the command line).
@@ -36,6 +37,8 @@ pub struct Settings {
     pub default_refresh_interval: Duration,
     /// Where ClusterKeeperStore credentials live.
     pub operator_namespace: Option<String>,
+    /// Least time a rollout restart waits for more requests (see [`crate::rollout::window`]).
+    pub rollout_debounce: Duration,
 }
 
 /// Shared state of all reconciles.
@@ -50,6 +53,8 @@ pub struct Context<S> {
     pub metrics: Arc<Metrics>,
     /// Settings.
     pub settings: Settings,
+    /// Debounced rollout restarts (`spec.rolloutRestart`).
+    pub rollouts: Rollouts,
     /// Consecutive failures per KeeperSecret UID, for backoff; cleared on success.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -63,12 +68,19 @@ impl<S> Context<S> {
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Self {
+        let rollouts = Rollouts::new(
+            client.clone(),
+            recorder.clone(),
+            metrics.clone(),
+            settings.rollout_debounce,
+        );
         Context {
             client,
             keeper,
             recorder,
             metrics,
             settings,
+            rollouts,
             failures: Mutex::default(),
         }
     }
@@ -191,8 +203,9 @@ async fn sync<S: KeeperSource>(ks: &mut KeeperSecret, ctx: &Context<S>) -> Resul
         Served::Stale(snapshot, staleness) => (snapshot, Some(staleness)),
         Served::Unavailable(staleness) => return Err(Error::Keeper((*staleness.error).clone())),
     };
-    let plan = mapping::plan(&ks.spec, &snapshot.vault)?;
-    let data = resolve_files(ctx, &cred, &snapshot.vault, plan.entries).await?;
+    let vault = allowlist::restrict(cred.allow.as_ref(), &ks.spec, &snapshot.vault)?;
+    let plan = mapping::plan(&ks.spec, &vault)?;
+    let data = resolve_files(ctx, &cred, &vault, plan.entries).await?;
     let data = template::apply(
         ks.spec.target.as_ref().and_then(|t| t.template.as_ref()),
         data,
@@ -205,6 +218,13 @@ async fn sync<S: KeeperSource>(ks: &mut KeeperSecret, ctx: &Context<S>) -> Resul
     if !current {
         guard::check(ks, existing.as_ref(), &desired.secret, &plan.records)?;
         k8s::apply_secret(&secrets, &desired.secret).await?;
+        ctx.rollouts.after_write(
+            ks,
+            interval,
+            existing.as_ref(),
+            &desired.secret,
+            &desired.hash,
+        );
         info!(
             secret = ks.target_name(),
             keys,

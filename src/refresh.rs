@@ -102,10 +102,15 @@ pub fn decide(
     }
 }
 
+/// How far apart [`jitter`] spreads the refreshes of KeeperSecrets with this interval.
+pub fn jitter_span(interval: Duration) -> Duration {
+    (interval / 10).min(Duration::from_secs(60))
+}
+
 /// A stable per-object offset (up to a tenth of the interval, at most a minute) so many
 /// KeeperSecrets created together do not all refresh in the same instant.
 pub fn jitter(ks: &KeeperSecret, interval: Duration) -> Duration {
-    let span = (interval / 10).min(Duration::from_secs(60)).as_millis() as u64;
+    let span = jitter_span(interval).as_millis() as u64;
     if span == 0 {
         return Duration::ZERO;
     }

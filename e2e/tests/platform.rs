@@ -236,6 +236,7 @@ async fn chart_rbac_is_least_privilege_with_watch_namespace() -> Result<()> {
         ("delete", "", "namespaces", None),
         ("create", "", "pods", app),
         ("patch", "apps", "deployments", op),
+        ("get", "apps", "deployments", app),
         ("delete", "apps", "deployments", app),
         ("update", group, "clusterkeeperstores", None),
     ] {

@@ -4,12 +4,14 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::Secret;
-use keeper_e2e::harness::{Operator, TestEnv, create_secret, wait_until};
-use keeper_e2e::ksm_server::{TestServer, sample_vault};
-use keeper_operator::crd::KeeperSecret;
+use keeper_e2e::harness::{Operator, TestEnv, create_secret, unique_name, wait_until};
+use keeper_e2e::ksm_server::{RecordSpec, TestServer, sample_vault, uids};
+use keeper_operator::crd::{ClusterKeeperStore, KeeperSecret};
 use keeper_operator::ksm::config::KsmConfig;
 use keeper_operator::redeem::{CLAIM_ANNOTATION, REDEEMED_ANNOTATION};
+use keeper_operator::rollout::RESTARTED_AT_ANNOTATION;
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 
@@ -133,8 +135,10 @@ async fn one_time_token_is_redeemed_once_by_the_leader_of_two_replicas() -> Resu
     // Exactly one redemption across both replicas, and it succeeded.
     let mut success = 0.0;
     let mut any = 0.0;
+    let mut leaders = Vec::new();
     for op in &ops {
         let text = scrape(op).await?;
+        leaders.push(sample(&text, "keeper_operator_leader"));
         success += sample(
             &text,
             r#"keeper_operator_token_redemptions_total{outcome="success"}"#,
@@ -146,6 +150,8 @@ async fn one_time_token_is_redeemed_once_by_the_leader_of_two_replicas() -> Resu
             .sum::<f64>();
     }
     assert_eq!((success, any), (1.0, 1.0), "redemptions across replicas");
+    leaders.sort_by(f64::total_cmp);
+    assert_eq!(leaders, [0.0, 1.0], "exactly one replica reports leading");
 
     // The spent token, stored again elsewhere: a clear, value-free error; the Secret is left
     // as the user wrote it (no claim left behind).
@@ -188,4 +194,408 @@ async fn one_time_token_is_redeemed_once_by_the_leader_of_two_replicas() -> Resu
         );
     }
     Ok(())
+}
+
+/// A KeeperSecret from a JSON spec, refreshed every 5 s (the minimum).
+async fn keeper_secret_with(
+    api: &Api<KeeperSecret>,
+    name: &str,
+    spec: serde_json::Value,
+) -> Result<()> {
+    let mut spec = spec;
+    spec["refreshInterval"] = "5s".into();
+    spec["target"] = serde_json::json!({ "name": format!("{name}-out") });
+    let ks: KeeperSecret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "keeper-operator.dev/v1alpha1",
+        "kind": "KeeperSecret",
+        "metadata": { "name": name },
+        "spec": spec,
+    }))?;
+    api.create(&PostParams::default(), &ks).await?;
+    Ok(())
+}
+
+fn password_of(record: &RecordSpec) -> Option<String> {
+    record
+        .fields
+        .iter()
+        .find(|f| f["type"] == "password")
+        .and_then(|f| f["value"][0].as_str().map(str::to_string))
+}
+
+/// (generation, restartedAt) of a Deployment: every pod-template change bumps the generation.
+async fn template_state(api: &Api<Deployment>, name: &str) -> Result<(i64, Option<String>)> {
+    let d = api.get(name).await?;
+    let restarted = d
+        .spec
+        .template
+        .metadata
+        .and_then(|m| m.annotations)
+        .and_then(|a| a.get(RESTARTED_AT_ANNOTATION).cloned());
+    Ok((d.metadata.generation.unwrap_or_default(), restarted))
+}
+
+/// Long enough for a restart that should not happen to have happened: one more refresh wave
+/// (5 s, a feeder may lag one wave) plus the restart window for a 5 s interval (6.5 s).
+const QUIET: Duration = Duration::from_secs(13);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_change_restarts_the_consuming_deployment_once() -> Result<()> {
+    let env = TestEnv::new("ten-rollout").await?;
+    let server = TestServer::start(sample_vault()).await?;
+    let config = server.bound_config("operator")?;
+    env.create_credential_secret("ksm", &config).await?;
+    let deployments: Api<Deployment> = env.api();
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "api", "labels": { "app": "api" } },
+        "spec": {
+            "selector": { "matchLabels": { "app": "api" } },
+            "template": {
+                "metadata": { "labels": { "app": "api" }, "annotations": { "team": "shop" } },
+                "spec": { "containers": [ { "name": "api", "image": "registry.k8s.io/pause:3.10" } ] },
+            },
+        },
+    }))?;
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    let daemon_sets: Api<DaemonSet> = env.api();
+    let daemon_set: DaemonSet = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "agent" },
+        "spec": {
+            "selector": { "matchLabels": { "app": "agent" } },
+            "template": {
+                "metadata": { "labels": { "app": "agent" } },
+                "spec": { "containers": [ { "name": "agent", "image": "registry.k8s.io/pause:3.10" } ] },
+            },
+        },
+    }))?;
+    daemon_sets
+        .create(&PostParams::default(), &daemon_set)
+        .await?;
+    let mut op = env.operator_for(&server)?.spawn()?;
+    op.wait_ready(TIMEOUT).await?;
+
+    // Two KeeperSecrets read the same record and feed the same Deployment; the first also feeds a
+    // DaemonSet, the second names a StatefulSet that does not exist.
+    let kss: Api<KeeperSecret> = env.api();
+    let notation = format!("keeper://{POSTGRES}/field/password");
+    let api = serde_json::json!({ "kind": "Deployment", "name": "api" });
+    keeper_secret_with(
+        &kss,
+        "feed-a",
+        serde_json::json!({
+            "auth": { "secretRef": { "name": "ksm", "key": "config" } },
+            "data": [ { "key": "password", "notation": notation } ],
+            "rolloutRestart": [ api, { "kind": "DaemonSet", "name": "agent" } ],
+        }),
+    )
+    .await?;
+    keeper_secret_with(
+        &kss,
+        "feed-b",
+        serde_json::json!({
+            "auth": { "secretRef": { "name": "ksm", "key": "config" } },
+            "data": [ { "key": "db-password", "notation": notation } ],
+            "rolloutRestart": [ api, { "kind": "StatefulSet", "name": "missing" } ],
+        }),
+    )
+    .await?;
+    for name in ["feed-a", "feed-b"] {
+        wait_ready(&kss, name, "True", "Synced").await?;
+    }
+
+    // The first sync restarts nothing.
+    tokio::time::sleep(QUIET).await;
+    let (generation, restarted) = template_state(&deployments, "api").await?;
+    ensure!(
+        restarted.is_none(),
+        "restarted on first sync: {restarted:?}"
+    );
+
+    // One record change in Keeper: both Secrets follow, the Deployment restarts exactly once.
+    let mut record = server.record(POSTGRES)?;
+    for f in record.fields.iter_mut().filter(|f| f["type"] == "password") {
+        f["value"] = serde_json::json!(["rotated-for-rollout"]);
+    }
+    server.set_record(record)?;
+    let secrets: Api<Secret> = env.api();
+    for (secret, key) in [("feed-a-out", "password"), ("feed-b-out", "db-password")] {
+        wait_until(&format!("{secret} rotated"), TIMEOUT, || {
+            let secrets = secrets.clone();
+            async move {
+                let s = secrets.get(secret).await?;
+                Ok((value(&s, key) == "rotated-for-rollout").then_some(()))
+            }
+        })
+        .await?;
+    }
+    let first = wait_until("restartedAt on the Deployment", TIMEOUT, || {
+        let deployments = deployments.clone();
+        async move { Ok(template_state(&deployments, "api").await?.1) }
+    })
+    .await?;
+    tokio::time::sleep(QUIET).await;
+    let after = template_state(&deployments, "api").await?;
+    assert_eq!(after, (generation + 1, Some(first.clone())), "one restart");
+    let d = deployments.get("api").await?;
+    let annotations = d.spec.template.metadata.and_then(|m| m.annotations);
+    assert_eq!(
+        annotations.and_then(|a| a.get("team").cloned()).as_deref(),
+        Some("shop"),
+        "the patch keeps other annotations"
+    );
+    let text = scrape(&op).await?;
+    let restarted =
+        r#"keeper_operator_rollout_restarts_total{kind="Deployment",outcome="restarted"}"#;
+    assert_eq!(sample(&text, restarted), 1.0, "{text}");
+    let missing =
+        r#"keeper_operator_rollout_restarts_total{kind="StatefulSet",outcome="not_found"}"#;
+    assert_eq!(sample(&text, missing), 1.0, "{text}");
+    let daemons = r#"keeper_operator_rollout_restarts_total{kind="DaemonSet",outcome="restarted"}"#;
+    assert_eq!(sample(&text, daemons), 1.0, "{text}");
+    let agent = daemon_sets.get("agent").await?;
+    ensure!(
+        agent
+            .spec
+            .template
+            .metadata
+            .and_then(|m| m.annotations)
+            .is_some_and(|a| a.contains_key(RESTARTED_AT_ANNOTATION)),
+        "the DaemonSet was not restarted"
+    );
+    // The missing StatefulSet is a warning, not a failed sync.
+    wait_ready(&kss, "feed-b", "True", "Synced").await?;
+    let events: Api<k8s_openapi::api::core::v1::Event> = env.api();
+    wait_until("RolloutRestartFailed event", TIMEOUT, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await?;
+            Ok(list
+                .items
+                .iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("RolloutRestartFailed")
+                        && e.involved_object.name.as_deref() == Some("feed-b")
+                })
+                .map(|e| e.message.clone().unwrap_or_default()))
+        }
+    })
+    .await?;
+
+    // No-ops restart nothing: the Secret deleted and restored with the same data, and a spec
+    // change that leaves the data as it is.
+    let before = sample(&text, restarted);
+    secrets.delete("feed-a-out", &Default::default()).await?;
+    wait_until("feed-a-out restored", TIMEOUT, || {
+        let secrets = secrets.clone();
+        async move {
+            let s = secrets.get_opt("feed-a-out").await?;
+            Ok(s.filter(|s| value(s, "password") == "rotated-for-rollout"))
+        }
+    })
+    .await?;
+    let patch = serde_json::json!({ "spec": { "refreshInterval": "6s" } });
+    kss.patch(
+        "feed-b",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await?;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        template_state(&deployments, "api").await?,
+        (generation + 1, Some(first)),
+        "a no-op restarted the Deployment"
+    );
+    let text = scrape(&op).await?;
+    assert_eq!(sample(&text, restarted), before);
+
+    // The metrics of this run: leader (no election), Keeper latency, budget use, data age;
+    // no record title in any label.
+    ensure!(!text.contains("Postgres"), "a record title in the metrics");
+    assert_eq!(sample(&text, "keeper_operator_leader"), 1.0, "{text}");
+    let latency =
+        r#"keeper_operator_keeper_request_duration_seconds_count{operation="get_secret"}"#;
+    let requests = text
+        .lines()
+        .filter(|l| {
+            l.starts_with(r#"keeper_operator_keeper_requests_total{operation="get_secret""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    ensure!(requests >= 2.0, "{text}");
+    assert_eq!(
+        sample(&text, latency),
+        requests,
+        "one latency sample per request"
+    );
+    let budget: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("keeper_operator_keeper_budget_utilization{credential=\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    ensure!(
+        budget.len() == 1 && (0.0..=1.0).contains(&budget[0]),
+        "one credential's budget use in 0..1: {budget:?}"
+    );
+    for name in ["feed-a", "feed-b"] {
+        let series = format!(
+            r#"keeper_operator_keeper_secret_data_age_seconds{{namespace="{}",name="{name}"}}"#,
+            env.app_namespace
+        );
+        let age = sample(&text, &series);
+        ensure!(
+            age > 0.0 && age < 30.0,
+            "{name}: data age {age} (refreshed every 5 s)"
+        );
+    }
+    // Deleting a KeeperSecret removes its series.
+    kss.delete("feed-a", &Default::default()).await?;
+    wait_until("feed-a's data age series gone", TIMEOUT, || {
+        let op = &op;
+        async move {
+            let text = scrape(op).await?;
+            Ok((!text.contains(r#"name="feed-a""#)).then_some(()))
+        }
+    })
+    .await?;
+    env.finish(&server, &[&config], &mut [&mut op]).await
+}
+
+/// A cluster-scoped store for the credential in the operator namespace, lent to the app
+/// namespace, with the given allow-lists.
+async fn store(
+    env: &TestEnv,
+    name: &str,
+    records: &[&str],
+    folders: &[&str],
+) -> Result<ClusterKeeperStore> {
+    let store: ClusterKeeperStore = serde_json::from_value(serde_json::json!({
+        "apiVersion": "keeper-operator.dev/v1alpha1",
+        "kind": "ClusterKeeperStore",
+        "metadata": { "name": name },
+        "spec": {
+            "credentialsSecretRef": { "name": "shared-ksm", "key": "config" },
+            "namespaces": [ env.app_namespace ],
+            "allowedRecords": records,
+            "allowedFolders": folders,
+        },
+    }))?;
+    let api: Api<ClusterKeeperStore> = Api::all(env.cluster.client());
+    Ok(api.create(&PostParams::default(), &store).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_allow_lists_limit_records_and_folders() -> Result<()> {
+    let env = TestEnv::new("ten-allow").await?;
+    let server = TestServer::start(sample_vault()).await?;
+    let config = server.bound_config("operator")?;
+    let op_secrets: Api<Secret> = Api::namespaced(env.cluster.client(), &env.chart.namespace);
+    create_secret(&op_secrets, "shared-ksm", &[("config", config.as_bytes())]).await?;
+    let by_records = unique_name("ten-records");
+    let by_folder = unique_name("ten-folder");
+    store(&env, &by_records, &[POSTGRES, uids::STRIPE], &[]).await?;
+    store(&env, &by_folder, &[], &[uids::PRODUCTION]).await?;
+    let mut op = env.operator_for(&server)?.spawn()?;
+    op.wait_ready(TIMEOUT).await?;
+
+    let kss: Api<KeeperSecret> = env.api();
+    let auth = |store: &str| serde_json::json!({ "storeRef": { "name": store } });
+    let field = |key: &str, uid: &str| serde_json::json!({ "key": key, "record": { "uid": uid }, "field": "password" });
+    // Listed records: synced.
+    keeper_secret_with(
+        &kss,
+        "listed",
+        serde_json::json!({
+            "auth": auth(&by_records),
+            "data": [ field("db", POSTGRES), field("stripe", uids::STRIPE) ],
+        }),
+    )
+    .await?;
+    // A record in the allowed folder (by UID and by title), a dataFrom of that folder: synced.
+    keeper_secret_with(
+        &kss,
+        "in-folder",
+        serde_json::json!({
+            "auth": auth(&by_folder),
+            "data": [ field("db", POSTGRES),
+                      { "key": "analytics", "notation": "keeper://Analytics DB/field/password" } ],
+        }),
+    )
+    .await?;
+    // Outside the lists: NotAllowed, naming the UID or folder.
+    keeper_secret_with(
+        &kss,
+        "unlisted",
+        serde_json::json!({
+            "auth": auth(&by_records),
+            "data": [ field("analytics", uids::ANALYTICS) ],
+        }),
+    )
+    .await?;
+    keeper_secret_with(&kss, "direct", serde_json::json!({
+        "auth": auth(&by_folder),
+        "data": [ { "key": "stripe", "notation": format!("keeper://{}/field/password", uids::STRIPE) } ],
+    }))
+    .await?;
+    keeper_secret_with(
+        &kss,
+        "folder",
+        serde_json::json!({
+            "auth": auth(&by_records),
+            "dataFrom": [ { "folder": { "uid": uids::PRODUCTION } } ],
+        }),
+    )
+    .await?;
+    // The title of a record outside the lists matches nothing.
+    keeper_secret_with(
+        &kss,
+        "titled",
+        serde_json::json!({
+            "auth": auth(&by_folder),
+            "data": [ { "key": "stripe", "notation": "keeper://Stripe API/field/password" } ],
+        }),
+    )
+    .await?;
+
+    wait_ready(&kss, "listed", "True", "Synced").await?;
+    wait_ready(&kss, "in-folder", "True", "Synced").await?;
+    for (name, what) in [
+        ("unlisted", format!("record {}", uids::ANALYTICS)),
+        ("direct", format!("record {}", uids::STRIPE)),
+        ("folder", format!("shared folder {}", uids::PRODUCTION)),
+    ] {
+        let msg = wait_ready(&kss, name, "False", "NotAllowed").await?;
+        ensure!(msg.contains(&what), "{name}: {msg}");
+    }
+    wait_ready(&kss, "titled", "False", "RecordNotFound").await?;
+    let secrets: Api<Secret> = env.api();
+    for name in ["unlisted-out", "direct-out", "folder-out", "titled-out"] {
+        ensure!(secrets.get_opt(name).await?.is_none(), "{name} was written");
+    }
+    let stripe = password_of(&server.record(uids::STRIPE)?).context("stripe password")?;
+    let listed = secrets.get("listed-out").await?;
+    assert_eq!(value(&listed, "stripe"), stripe);
+
+    // The administrator narrows the store: the next refresh is refused and the Secret written
+    // before stays exactly as it was.
+    let stores: Api<ClusterKeeperStore> = Api::all(env.cluster.client());
+    let narrow = serde_json::json!({ "spec": { "allowedRecords": [ uids::STRIPE ] } });
+    stores
+        .patch(
+            &by_records,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&narrow),
+        )
+        .await?;
+    let msg = wait_ready(&kss, "listed", "False", "NotAllowed").await?;
+    ensure!(msg.contains(&format!("record {POSTGRES}")), "{msg}");
+    let kept = secrets.get("listed-out").await?;
+    assert_eq!(kept.data, listed.data, "the existing Secret is untouched");
+
+    for name in [&by_records, &by_folder] {
+        stores.delete(name, &Default::default()).await?;
+    }
+    env.finish(&server, &[&config], &mut [&mut op]).await
 }

@@ -10,6 +10,7 @@ use crate::ksm::record::{KeeperFile, Vault};
 use crate::metrics::Metrics;
 use futures::future::BoxFuture;
 use std::sync::Arc;
+use std::time::Instant;
 use zeroize::Zeroizing;
 
 pub struct KsmSource {
@@ -37,8 +38,10 @@ impl KsmSource {
 impl VaultSource for KsmSource {
     fn fetch(&self) -> BoxFuture<'_, Result<Zeroizing<Vec<u8>>, KsmError>> {
         Box::pin(async move {
+            let start = Instant::now();
             let result = self.client.get_secrets_body(&Query::default()).await;
-            self.metrics.keeper_request("get_secret", outcome(&result));
+            self.metrics
+                .keeper_request("get_secret", outcome(&result), start.elapsed());
             result
         })
     }
@@ -52,8 +55,10 @@ impl VaultSource for KsmSource {
         file: &'a KeeperFile,
     ) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, KsmError>> {
         Box::pin(async move {
+            let start = Instant::now();
             let result = self.client.download_file(file).await;
-            self.metrics.keeper_request("download", outcome(&result));
+            self.metrics
+                .keeper_request("download", outcome(&result), start.elapsed());
             result
         })
     }

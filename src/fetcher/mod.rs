@@ -122,6 +122,27 @@ pub struct FetchStats {
     pub store_restores: Counter,
     /// Callers served a stale last good copy.
     pub stale_served: Counter,
+    /// Latest budget state per credential id, for the utilisation gauge.
+    budgets: std::sync::Mutex<std::collections::BTreeMap<String, RateBudget>>,
+}
+
+impl FetchStats {
+    /// Remembers the budget of credential `id` after it changed.
+    pub(crate) fn record_budget(&self, id: &str, budget: &RateBudget) {
+        self.budgets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), budget.clone());
+    }
+
+    /// Every credential's latest budget; refill since then is computed by the reader.
+    pub fn budgets(&self) -> Vec<(String, RateBudget)> {
+        let budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        budgets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
 }
 
 struct Failure {
@@ -173,8 +194,10 @@ impl CredentialFetcher {
             settings.budget_window,
             Instant::now(),
         );
+        let id = credential_id(client_id);
+        stats.record_budget(&id, &budget);
         CredentialFetcher {
-            id: credential_id(client_id),
+            id,
             source,
             store,
             settings,
@@ -214,7 +237,9 @@ impl CredentialFetcher {
             let staleness = staleness(failure, now);
             return self.serve_last_good(&mut state, staleness).await;
         }
-        if let Err(wait) = state.budget.try_acquire(now) {
+        let acquired = state.budget.try_acquire(now);
+        self.stats.record_budget(&self.id, &state.budget);
+        if let Err(wait) = acquired {
             self.stats.held_back.inc();
             let error = Arc::new(KsmError::Throttled {
                 retry_after: Some(wait),
@@ -242,6 +267,7 @@ impl CredentialFetcher {
             Err(error) => {
                 if let KsmError::Throttled { retry_after } = &error {
                     state.budget.block_for(now, *retry_after);
+                    self.stats.record_budget(&self.id, &state.budget);
                 }
                 let staleness = self.record_failure(&mut state, error, now);
                 self.serve_last_good(&mut state, staleness).await
