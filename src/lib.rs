@@ -1,4 +1,5 @@
 //! keeper-operator: syncs Keeper Secrets Manager records into native Kubernetes Secrets.
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod controller;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use keeper_operator::cache::Caches;
 use keeper_operator::cli::keeper::run_keeper_command;
 use keeper_operator::config::{Cli, Command, RunArgs};
 use keeper_operator::fetcher::FetchSettings;
@@ -151,7 +152,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
     );
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context::new(client, keeper, recorder, metrics, settings));
+    let (caches, writers) = Caches::new();
+    let ctx = Arc::new(Context::new(
+        client, keeper, recorder, metrics, settings, caches,
+    ));
 
     // Losing the Lease stops the controller like a shutdown does, but the process then fails.
     let (lost_tx, lost) = watch::channel(false);
@@ -171,6 +175,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let watch_namespace = Some(args.watch_namespace.as_str()).filter(|ns| !ns.is_empty());
     controller::run(
         ctx,
+        writers,
         watch_namespace,
         args.concurrency,
         mark_ready_when_synced(ready),

@@ -15,16 +15,17 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
+use crate::cache::Caches;
 use crate::crd::{CreationPolicy, KeeperSecret, KeeperSecretStatus};
-use crate::credentials::{self, Credential};
-use crate::desired::{self, Ownership};
+use crate::credentials::Credential;
+use crate::desired::{self, HashKey, Ownership};
 use crate::error::Error;
 use crate::fetcher::Served;
 use crate::keeper_source::KeeperSource;
 use crate::ksm::record::Vault;
 use crate::mapping::{self, Bytes, Source};
 use crate::metrics::Metrics;
-use crate::refresh::{self, Decision, Why};
+use crate::refresh::{self, Decision, Target};
 use crate::status::{self, Synced};
 use crate::{guard, k8s, template};
 use zeroize::Zeroizing;
@@ -50,6 +51,8 @@ pub struct Context<S> {
     pub metrics: Arc<Metrics>,
     /// Settings.
     pub settings: Settings,
+    /// Reflectors and what earlier reconciles learned.
+    pub caches: Caches,
     /// Consecutive failures per KeeperSecret UID, for backoff; cleared on success.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -62,6 +65,7 @@ impl<S> Context<S> {
         recorder: Recorder,
         metrics: Arc<Metrics>,
         settings: Settings,
+        caches: Caches,
     ) -> Self {
         Context {
             client,
@@ -69,6 +73,7 @@ impl<S> Context<S> {
             recorder,
             metrics,
             settings,
+            caches,
             failures: Mutex::default(),
         }
     }
@@ -95,6 +100,7 @@ pub async fn reconcile<S: KeeperSource>(
 ) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile();
     let mut ks = (*ks).clone();
+    ctx.caches.with_latest_status(&mut ks);
     match sync(&mut ks, &ctx).await {
         Ok(Outcome::Wait(after)) => {
             debug!(requeue_after = ?after, "nothing due");
@@ -137,54 +143,49 @@ async fn sync<S: KeeperSource>(ks: &mut KeeperSecret, ctx: &Context<S>) -> Resul
     let ns = ks.namespace().unwrap_or_default();
     let interval =
         refresh::interval(ks, ctx.settings.default_refresh_interval).map_err(Error::InvalidSpec)?;
-    let cred = credentials::load(
-        &ctx.client,
-        &ctx.keeper,
-        ks,
-        ctx.settings.operator_namespace.as_deref(),
-    )
-    .await?;
-    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
-    let existing = secrets.get_opt(&ks.target_name()).await?;
-
-    let mut decision = refresh::decide(
-        ks,
-        existing.as_ref(),
-        &cred.hash_key,
-        Timestamp::now(),
-        interval,
-    );
-    if matches!(
-        decision,
-        Decision::Sync(Why::NotSynced | Why::SpecChanged | Why::Due)
-    ) {
-        // The cached object may predate our own last status write; look again before
-        // spending a Keeper call.
-        let api = Api::<KeeperSecret>::namespaced(ctx.client.clone(), &ns);
-        let Some(fresh) = api.get_opt(&ks.name_any()).await? else {
-            return Ok(Outcome::Wait(interval));
-        };
-        *ks = fresh;
-        decision = refresh::decide(
+    let cred = ctx
+        .caches
+        .credentials
+        .load(
+            &ctx.client,
+            &ctx.keeper,
             ks,
-            existing.as_ref(),
-            &cred.hash_key,
-            Timestamp::now(),
-            interval,
-        );
-    }
+            ctx.settings.operator_namespace.as_deref(),
+        )
+        .await?;
+    let hash_key = cred.hash_key(ks.metadata.uid.as_deref().unwrap_or_default());
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
+    // The target is read only when the managed-Secret reflector cannot vouch that it is still
+    // the version whose data we last wrote or verified (values are never cached).
+    let known = ctx.caches.target_hash(ks, &cred.key);
+    let mut read: Option<Option<Secret>> = None;
+    let decision = match &known {
+        Some(hash) => refresh::decide(ks, Target::Present(Some(hash)), Timestamp::now(), interval),
+        None => {
+            let existing = read_target(ctx, ks, &cred, &hash_key, &secrets).await?;
+            let target = Target::of(existing.as_ref(), &hash_key);
+            let decision = refresh::decide(ks, target, Timestamp::now(), interval);
+            read = Some(existing);
+            decision
+        }
+    };
     let why = match decision {
         Decision::Wait(after) => return Ok(Outcome::Wait(after)),
         Decision::Sync(why) => why,
     };
+    if let Some(after) = refresh::defer(
+        why,
+        ctx.caches.never_attempted(),
+        ks,
+        Timestamp::now(),
+        interval,
+    ) {
+        return Ok(Outcome::Wait(after));
+    }
     debug!(?why, "syncing from Keeper");
 
-    let ownership = desired::ownership(ks, existing.as_ref()).map_err(Error::OwnedElsewhere)?;
-    if ownership == Ownership::Absent && ks.creation_policy() == CreationPolicy::Merge {
-        return Err(Error::TargetNotFound(format!(
-            "creationPolicy Merge adds keys to an existing Secret, and Secret {} does not exist; create it or use Owner",
-            ks.target_name()
-        )));
+    if let Some(existing) = &read {
+        check_target(ks, existing.as_ref())?;
     }
     let (snapshot, stale) = match ctx.keeper.vault(&cred.key, &cred.config, interval).await? {
         Served::Fresh(snapshot) => (snapshot, None),
@@ -198,20 +199,33 @@ async fn sync<S: KeeperSource>(ks: &mut KeeperSecret, ctx: &Context<S>) -> Resul
         data,
     )?;
     let keys = data.len();
-    let desired = desired::secret(ks, data, &cred.hash_key)?;
-    let current = existing
-        .as_ref()
-        .is_some_and(|e| desired::is_up_to_date(e, &desired.secret));
-    if !current {
-        guard::check(ks, existing.as_ref(), &desired.secret, &plan.records)?;
-        k8s::apply_secret(&secrets, &desired.secret).await?;
-        info!(
-            secret = ks.target_name(),
-            keys,
-            ?why,
-            stale = stale.is_some(),
-            "wrote Secret"
-        );
+    let desired = desired::secret(ks, data, &hash_key)?;
+    // A vouched-for Secret that already holds this data (same hash, same spec) needs no read.
+    if known.as_deref() != Some(desired.hash.as_str()) {
+        let existing = match read {
+            Some(existing) => existing,
+            None => {
+                let existing = read_target(ctx, ks, &cred, &hash_key, &secrets).await?;
+                check_target(ks, existing.as_ref())?;
+                existing
+            }
+        };
+        let current = existing
+            .as_ref()
+            .is_some_and(|e| desired::is_up_to_date(e, &desired.secret));
+        if !current {
+            guard::check(ks, existing.as_ref(), &desired.secret, &plan.records)?;
+            let written = k8s::apply_secret(&secrets, &desired.secret).await?;
+            ctx.caches
+                .verified_target(ks, &cred.key, &written, &desired.hash);
+            info!(
+                secret = ks.target_name(),
+                keys,
+                ?why,
+                stale = stale.is_some(),
+                "wrote Secret"
+            );
+        }
     }
     let fetched_at = Timestamp::try_from(snapshot.fetched_at).unwrap_or_else(|_| Timestamp::now());
     // The next refresh is due one interval after the data was fetched, not after this
@@ -242,6 +256,36 @@ async fn sync<S: KeeperSource>(ks: &mut KeeperSecret, ctx: &Context<S>) -> Resul
     };
     let new = status::synced(ks, Timestamp::now(), &synced);
     Ok(Outcome::Synced(new, next))
+}
+
+/// Reads the target Secret, remembering its version when its data checks out against its own
+/// hash annotation.
+async fn read_target<S>(
+    ctx: &Context<S>,
+    ks: &KeeperSecret,
+    cred: &Credential,
+    hash_key: &HashKey,
+    secrets: &Api<Secret>,
+) -> Result<Option<Secret>, Error> {
+    let existing = secrets.get_opt(&ks.target_name()).await?;
+    if let Some(secret) = &existing
+        && let Some(hash) = desired::verified_hash(secret, hash_key)
+    {
+        ctx.caches.verified_target(ks, &cred.key, secret, hash);
+    }
+    Ok(existing)
+}
+
+/// Refuses a target owned by someone else, or a missing one that Merge was meant to add to.
+fn check_target(ks: &KeeperSecret, existing: Option<&Secret>) -> Result<(), Error> {
+    let ownership = desired::ownership(ks, existing).map_err(Error::OwnedElsewhere)?;
+    if ownership == Ownership::Absent && ks.creation_policy() == CreationPolicy::Merge {
+        return Err(Error::TargetNotFound(format!(
+            "creationPolicy Merge adds keys to an existing Secret, and Secret {} does not exist; create it or use Owner",
+            ks.target_name()
+        )));
+    }
+    Ok(())
 }
 
 /// Downloads file attachments (shared, once per record revision); a failed download fails the
@@ -285,7 +329,10 @@ async fn report<S>(
     }
     let api =
         Api::<KeeperSecret>::namespaced(ctx.client.clone(), &ks.namespace().unwrap_or_default());
-    k8s::apply_status(&api, &ks.name_any(), &new).await?;
+    let written = k8s::apply_status(&api, &ks.name_any(), &new).await?;
+    if let Some(status) = written.status {
+        ctx.caches.wrote_status(ks, status);
+    }
     if let Some(t) = status::transition(ks.status.as_ref(), &new) {
         let event = Event {
             type_: if t.warning {

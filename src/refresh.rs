@@ -44,6 +44,26 @@ pub enum Why {
     SecretChanged,
 }
 
+/// What is known about the target Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// It does not exist.
+    Missing,
+    /// It exists and its data matches this data-hash annotation; `None` when it does not
+    /// (hand-edited, keys deleted, or hashed with another credential).
+    Present(Option<&'a str>),
+}
+
+impl<'a> Target<'a> {
+    /// Verifies a Secret as read from the API server.
+    pub fn of(secret: Option<&'a Secret>, key: &HashKey) -> Self {
+        match secret {
+            None => Target::Missing,
+            Some(s) => Target::Present(desired::verified_hash(s, key)),
+        }
+    }
+}
+
 /// The refresh interval of `ks`, falling back to `default`; an unparsable value yields an error
 /// message (admission validates the format, so this only guards old objects).
 pub fn interval(ks: &KeeperSecret, default: Duration) -> Result<Duration, String> {
@@ -61,13 +81,7 @@ pub fn interval(ks: &KeeperSecret, default: Duration) -> Result<Duration, String
 }
 
 /// Decides whether to sync now.
-pub fn decide(
-    ks: &KeeperSecret,
-    secret: Option<&Secret>,
-    key: &HashKey,
-    now: Timestamp,
-    interval: Duration,
-) -> Decision {
+pub fn decide(ks: &KeeperSecret, target: Target, now: Timestamp, interval: Duration) -> Decision {
     let status = ks.status.as_ref();
     let ready = ks.ready_condition().is_some_and(|c| c.status == "True");
     let (Some(status), true) = (status, ready) else {
@@ -86,12 +100,10 @@ pub fn decide(
     let Some(last) = status.last_sync_time.as_ref() else {
         return Decision::Sync(Why::NotSynced);
     };
-    let Some(secret) = secret else {
-        return Decision::Sync(Why::SecretMissing);
-    };
-    match desired::verified_hash(secret, key) {
-        Some(h) if Some(h) == status.data_hash.as_deref() => {}
-        _ => return Decision::Sync(Why::SecretChanged),
+    match target {
+        Target::Missing => return Decision::Sync(Why::SecretMissing),
+        Target::Present(Some(h)) if Some(h) == status.data_hash.as_deref() => {}
+        Target::Present(_) => return Decision::Sync(Why::SecretChanged),
     }
     let elapsed = now.duration_since(last.0);
     let remaining =
@@ -100,6 +112,30 @@ pub fn decide(
         Ok(left) if !left.is_zero() => Decision::Wait(left + jitter(ks, interval)),
         _ => Decision::Sync(Why::Due),
     }
+}
+
+/// How long a merely due refresh waits while KeeperSecrets that were never reconciled are
+/// queued (see [`defer`]).
+pub const BACKLOG_RETRY: Duration = Duration::from_secs(2);
+
+/// Cold objects first: while some KeeperSecrets were never reconciled, a refresh that is merely
+/// due waits [`BACKLOG_RETRY`], so a cold start converges even when the refresh interval is
+/// shorter than one pass over everything. Corrections (spec changed, Secret edited or deleted,
+/// Keeper failing) never wait, and no refresh waits beyond one extra interval, so a backlog
+/// that cannot drain never starves refreshes.
+pub fn defer(
+    why: Why,
+    never_attempted: usize,
+    ks: &KeeperSecret,
+    now: Timestamp,
+    interval: Duration,
+) -> Option<Duration> {
+    if why != Why::Due || never_attempted == 0 {
+        return None;
+    }
+    let last = ks.status.as_ref()?.last_sync_time.as_ref()?.0;
+    let age = Duration::try_from(now.duration_since(last)).unwrap_or(Duration::ZERO);
+    (age < interval.saturating_mul(2)).then_some(BACKLOG_RETRY)
 }
 
 /// A stable per-object offset (up to a tenth of the interval, at most a minute) so many
