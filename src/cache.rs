@@ -23,8 +23,8 @@ use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 
-use crate::credentials;
 use crate::crd::{KeeperSecret, KeeperSecretStatus};
+use crate::credentials;
 use crate::keeper_source::CredentialKey;
 
 /// The backlog count is recomputed at most this often (it scans every KeeperSecret).
@@ -158,7 +158,10 @@ impl Caches {
         }
         let all = self.keeper_secrets.state();
         let n = all.iter().filter(|ks| ks.status.is_none()).count();
-        let live: HashSet<&str> = all.iter().filter_map(|ks| ks.metadata.uid.as_deref()).collect();
+        let live: HashSet<&str> = all
+            .iter()
+            .filter_map(|ks| ks.metadata.uid.as_deref())
+            .collect();
         lock(&self.verified).retain(|uid, _| live.contains(uid.as_str()));
         lock(&self.written).retain(|uid, _| live.contains(uid.as_str()));
         *backlog = Some((Instant::now(), n));

@@ -314,13 +314,19 @@ mod tests {
         let recent = Recent::new(Duration::from_secs(5));
         let t0 = Instant::now();
         recent.insert("a".into(), Arc::new(1), t0);
-        assert_eq!(recent.get("a", t0 + Duration::from_secs(4)).as_deref(), Some(&1));
+        assert_eq!(
+            recent.get("a", t0 + Duration::from_secs(4)).as_deref(),
+            Some(&1)
+        );
         assert_eq!(recent.get("a", t0 + Duration::from_secs(5)), None);
         assert_eq!(recent.get("b", t0), None);
         recent.insert("b".into(), Arc::new(2), t0 + Duration::from_secs(6));
         assert_eq!(recent.entries().len(), 1, "the expired entry is gone");
         recent.insert("b".into(), Arc::new(3), t0 + Duration::from_secs(7));
-        assert_eq!(recent.get("b", t0 + Duration::from_secs(8)).as_deref(), Some(&3));
+        assert_eq!(
+            recent.get("b", t0 + Duration::from_secs(8)).as_deref(),
+            Some(&3)
+        );
     }
 
     #[test]

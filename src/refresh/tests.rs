@@ -163,7 +163,11 @@ fn due_refreshes_wait_for_never_reconciled_objects_but_not_forever() {
     let defer = |why, backlog, at| defer(why, backlog, &ks, t(at), HOUR);
     assert_eq!(defer(Why::Due, 3, 3600), Some(BACKLOG_RETRY));
     assert_eq!(defer(Why::Due, 0, 3600), None, "no backlog");
-    assert_eq!(defer(Why::Due, 3, 7200), None, "overdue by a whole interval");
+    assert_eq!(
+        defer(Why::Due, 3, 7200),
+        None,
+        "overdue by a whole interval"
+    );
     for why in [
         Why::NotSynced,
         Why::Stale,
