@@ -11,13 +11,17 @@
 //!   triggered by our own Secret write then does not mistake the lagging cached status for "never
 //!   synced" (this replaces reading the KeeperSecret again before each sync).
 //!
-//! The last two maps hold one small entry per KeeperSecret and forget deleted ones (see
+//! - per KeeperSecret, when it last synced, where the status was not rewritten for that alone
+//!   (see [`crate::status::worth_writing`]).
+//!
+//! The last three maps hold one small entry per KeeperSecret and forget deleted ones (see
 //! [`Caches::never_attempted`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
@@ -38,6 +42,7 @@ pub struct Caches {
     pub credentials: credentials::Cache,
     verified: Mutex<HashMap<String, Verified>>,
     written: Mutex<HashMap<String, KeeperSecretStatus>>,
+    synced_at: Mutex<HashMap<String, Timestamp>>,
     backlog: Mutex<Option<(Instant, usize)>>,
 }
 
@@ -70,6 +75,7 @@ impl Caches {
             credentials: credentials::Cache::default(),
             verified: Mutex::default(),
             written: Mutex::default(),
+            synced_at: Mutex::default(),
             backlog: Mutex::default(),
         };
         let writers = Writers {
@@ -131,6 +137,20 @@ impl Caches {
         }
     }
 
+    /// Remembers that `ks` synced at `at` without rewriting its status for that.
+    pub fn synced_without_status(&self, ks: &KeeperSecret, at: Timestamp) {
+        if let Some(uid) = ks.metadata.uid.clone() {
+            lock(&self.synced_at).insert(uid, at);
+        }
+    }
+
+    /// The last sync of `ks` that its status does not show, if any.
+    pub fn synced_at(&self, ks: &KeeperSecret) -> Option<Timestamp> {
+        lock(&self.synced_at)
+            .get(ks.metadata.uid.as_deref()?)
+            .copied()
+    }
+
     /// Gives `ks` (from the reflector) the status last written for it, if the reflector has
     /// not caught up with that write yet.
     pub fn with_latest_status(&self, ks: &mut KeeperSecret) {
@@ -164,6 +184,7 @@ impl Caches {
             .collect();
         lock(&self.verified).retain(|uid, _| live.contains(uid.as_str()));
         lock(&self.written).retain(|uid, _| live.contains(uid.as_str()));
+        lock(&self.synced_at).retain(|uid, _| live.contains(uid.as_str()));
         *backlog = Some((Instant::now(), n));
         n
     }

@@ -101,6 +101,10 @@ pub async fn reconcile<S: KeeperSource>(
     let timer = ctx.metrics.reconcile();
     let mut ks = (*ks).clone();
     ctx.caches.with_latest_status(&mut ks);
+    let resolution = refresh::status_time_resolution(
+        refresh::interval(&ks, ctx.settings.default_refresh_interval)
+            .unwrap_or(ctx.settings.default_refresh_interval),
+    );
     match sync(&mut ks, &ctx).await {
         Ok(Outcome::Wait(after)) => {
             debug!(requeue_after = ?after, "nothing due");
@@ -110,13 +114,13 @@ pub async fn reconcile<S: KeeperSource>(
         Ok(Outcome::Synced(new, after)) => {
             ctx.failures()
                 .remove(ks.uid().as_deref().unwrap_or_default());
-            report(&ctx, &ks, new).await?;
+            report(&ctx, &ks, new, resolution).await?;
             timer.finish("synced", status::SYNCED);
             Ok(Action::requeue(after))
         }
         Err(e) => {
             let new = status::failed(&ks, Timestamp::now(), e.reason(), &e.to_string());
-            if let Err(report_err) = report(&ctx, &ks, new).await {
+            if let Err(report_err) = report(&ctx, &ks, new, resolution).await {
                 warn!(error = %report_err, "could not record the failure in status");
             }
             timer.finish("error", e.reason());
@@ -158,13 +162,20 @@ async fn sync<S: KeeperSource>(ks: &mut KeeperSecret, ctx: &Context<S>) -> Resul
     // The target is read only when the managed-Secret reflector cannot vouch that it is still
     // the version whose data we last wrote or verified (values are never cached).
     let known = ctx.caches.target_hash(ks, &cred.key);
+    let synced_at = ctx.caches.synced_at(ks);
     let mut read: Option<Option<Secret>> = None;
     let decision = match &known {
-        Some(hash) => refresh::decide(ks, Target::Present(Some(hash)), Timestamp::now(), interval),
+        Some(hash) => refresh::decide(
+            ks,
+            Target::Present(Some(hash)),
+            synced_at,
+            Timestamp::now(),
+            interval,
+        ),
         None => {
             let existing = read_target(ctx, ks, &cred, &hash_key, &secrets).await?;
             let target = Target::of(existing.as_ref(), &hash_key);
-            let decision = refresh::decide(ks, target, Timestamp::now(), interval);
+            let decision = refresh::decide(ks, target, synced_at, Timestamp::now(), interval);
             read = Some(existing);
             decision
         }
@@ -177,6 +188,7 @@ async fn sync<S: KeeperSource>(ks: &mut KeeperSecret, ctx: &Context<S>) -> Resul
         why,
         ctx.caches.never_attempted(),
         ks,
+        synced_at,
         Timestamp::now(),
         interval,
     ) {
@@ -318,13 +330,18 @@ async fn resolve_files<S: KeeperSource>(
     Ok(out)
 }
 
-/// Writes the status if it changed and publishes an event if Ready transitioned.
+/// Writes the status if it changed (beyond `lastSyncTime` moving less than `resolution`) and
+/// publishes an event if Ready transitioned.
 async fn report<S>(
     ctx: &Context<S>,
     ks: &KeeperSecret,
     new: KeeperSecretStatus,
+    resolution: Duration,
 ) -> Result<(), Error> {
-    if ks.status.as_ref() == Some(&new) {
+    if !status::worth_writing(ks.status.as_ref(), &new, resolution) {
+        if let Some(at) = &new.last_sync_time {
+            ctx.caches.synced_without_status(ks, at.0);
+        }
         return Ok(());
     }
     let api =

@@ -81,7 +81,15 @@ pub fn interval(ks: &KeeperSecret, default: Duration) -> Result<Duration, String
 }
 
 /// Decides whether to sync now.
-pub fn decide(ks: &KeeperSecret, target: Target, now: Timestamp, interval: Duration) -> Decision {
+/// `synced_at` is a sync newer than `status.lastSyncTime` shows (see
+/// [`crate::status::worth_writing`]).
+pub fn decide(
+    ks: &KeeperSecret,
+    target: Target,
+    synced_at: Option<Timestamp>,
+    now: Timestamp,
+    interval: Duration,
+) -> Decision {
     let status = ks.status.as_ref();
     let ready = ks.ready_condition().is_some_and(|c| c.status == "True");
     let (Some(status), true) = (status, ready) else {
@@ -105,7 +113,8 @@ pub fn decide(ks: &KeeperSecret, target: Target, now: Timestamp, interval: Durat
         Target::Present(Some(h)) if Some(h) == status.data_hash.as_deref() => {}
         Target::Present(_) => return Decision::Sync(Why::SecretChanged),
     }
-    let elapsed = now.duration_since(last.0);
+    let last = synced_at.map_or(last.0, |s| s.max(last.0));
+    let elapsed = now.duration_since(last);
     let remaining =
         jiff::SignedDuration::try_from(interval).unwrap_or(jiff::SignedDuration::MAX) - elapsed;
     match Duration::try_from(remaining) {
@@ -118,15 +127,20 @@ pub fn decide(ks: &KeeperSecret, target: Target, now: Timestamp, interval: Durat
 /// queued (see [`defer`]).
 pub const BACKLOG_RETRY: Duration = Duration::from_secs(2);
 
+/// The least a due refresh may be deferred for a backlog (see [`defer`]): a cold start of
+/// thousands of objects takes minutes, longer than short refresh intervals.
+pub const MAX_DEFERRAL: Duration = Duration::from_secs(300);
+
 /// Cold objects first: while some KeeperSecrets were never reconciled, a refresh that is merely
 /// due waits [`BACKLOG_RETRY`], so a cold start converges even when the refresh interval is
 /// shorter than one pass over everything. Corrections (spec changed, Secret edited or deleted,
-/// Keeper failing) never wait, and no refresh waits beyond one extra interval, so a backlog
-/// that cannot drain never starves refreshes.
+/// Keeper failing) never wait, and no refresh waits beyond one extra interval (at least
+/// [`MAX_DEFERRAL`]), so a backlog that cannot drain never starves refreshes.
 pub fn defer(
     why: Why,
     never_attempted: usize,
     ks: &KeeperSecret,
+    synced_at: Option<Timestamp>,
     now: Timestamp,
     interval: Duration,
 ) -> Option<Duration> {
@@ -134,8 +148,19 @@ pub fn defer(
         return None;
     }
     let last = ks.status.as_ref()?.last_sync_time.as_ref()?.0;
+    let last = synced_at.map_or(last, |s| s.max(last));
     let age = Duration::try_from(now.duration_since(last)).unwrap_or(Duration::ZERO);
-    (age < interval.saturating_mul(2)).then_some(BACKLOG_RETRY)
+    (age < interval + interval.max(MAX_DEFERRAL)).then_some(BACKLOG_RETRY)
+}
+
+/// Below this, a status that only moves `lastSyncTime` is not rewritten (see
+/// [`crate::status::worth_writing`]): at least one interval, and at least this long.
+pub const STATUS_TIME_RESOLUTION: Duration = Duration::from_secs(300);
+
+/// The resolution of `lastSyncTime` in status for `interval`: every wave at long intervals,
+/// every few minutes at short ones.
+pub fn status_time_resolution(interval: Duration) -> Duration {
+    interval.max(STATUS_TIME_RESOLUTION)
 }
 
 /// A stable per-object offset (up to a tenth of the interval, at most a minute) so many
