@@ -59,8 +59,8 @@ pub enum Stored {
 pub const REUSE_FOR: Duration = Duration::from_secs(5);
 
 /// Credentials loaded within the last [`REUSE_FOR`], by what a KeeperSecret points at (its
-/// namespace and `spec.auth`). Holds key material only in parsed form, never printed, and only
-/// for credentials in recent use.
+/// namespace and `spec.auth`, so neither a namespace nor a store check is ever shared). Holds key
+/// material only in parsed form, never printed; expired entries go at the next load.
 pub struct Cache(Recent<Credential>);
 
 impl Default for Cache {
