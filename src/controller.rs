@@ -5,7 +5,8 @@
 //! - Secrets are watched metadata-only and only with our managed-by label: memory stays bounded
 //!   however many Secrets the cluster holds, and no secret value is ever cached. A change to one
 //!   maps back to its KeeperSecret through the owner annotation, which every policy (Owner,
-//!   Orphan, Merge) sets — so deleted or hand-edited targets are restored promptly.
+//!   Orphan, Merge) sets — so deleted or hand-edited targets are restored promptly. Their
+//!   `resourceVersion`s also spare the reconciler reading a Secret that has not changed.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,19 +14,22 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{debug, warn};
 
+use crate::cache::Writers;
 use crate::crd::{KeeperSecret, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_ANNOTATION};
 use crate::keeper_source::KeeperSource;
 use crate::reconcile::{Context, error_policy, reconcile};
 
-/// Runs the controller until `shutdown` resolves. `store` is returned through `on_store` so
-/// readiness can wait for the initial list.
+/// Runs the controller until `shutdown` resolves, feeding the reflectors of `ctx.caches`
+/// through `writers`. The KeeperSecret store is returned through `on_store` so readiness can
+/// wait for the initial list.
 pub async fn run<S: KeeperSource>(
     ctx: Arc<Context<S>>,
+    writers: Writers,
     watch_namespace: Option<&str>,
     concurrency: u16,
     on_store: impl FnOnce(Store<KeeperSecret>),
@@ -40,11 +44,13 @@ pub async fn run<S: KeeperSource>(
             ),
             None => (Api::all(client.clone()), Api::all(client)),
         };
-    let (reader, writer) = reflector::store();
+    let reader = writers.keeper_secrets.as_reader();
     on_store(reader.clone());
+    // managedFields are never read; dropping them keeps both reflectors small at scale.
     let main = watcher(keeper_secrets, watcher::Config::default().any_semantic())
         .default_backoff()
-        .reflect(writer)
+        .modify(|ks| ks.managed_fields_mut().clear())
+        .reflect(writers.keeper_secrets)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
@@ -53,6 +59,8 @@ pub async fn run<S: KeeperSource>(
         watcher::Config::default().labels(&managed).any_semantic(),
     )
     .default_backoff()
+    .modify(|meta| meta.managed_fields_mut().clear())
+    .reflect(writers.targets)
     .touched_objects();
     Controller::for_stream(main, reader)
         .watches_stream(targets, |meta| {

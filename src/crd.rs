@@ -317,7 +317,9 @@ pub struct KeeperSecretStatus {
     /// InvalidSpec, NotAllowed, SecretOwnedElsewhere, TooLarge, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// When Keeper data was last read successfully and written to the Secret.
+    /// When Keeper data was last read successfully and written to the Secret. Moves every
+    /// refresh at intervals of 5m or more; at shorter intervals at most every 5m when nothing
+    /// else in the status changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
     /// Keeper records (UID and revision) the Secret was built from at the last sync.

@@ -2,6 +2,10 @@
 //! ClusterKeeperStore that allows the namespace (its Secret lives in the operator's namespace).
 //! A KeeperSecret can never name a Secret in another namespace.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::core::{Selector, SelectorExt};
 use kube::{Api, Client, ResourceExt};
@@ -22,10 +26,17 @@ pub struct Credential {
     pub key: CredentialKey,
     /// The KSM configuration.
     pub config: KsmConfig,
-    /// Key for the data hash of this KeeperSecret.
-    pub hash_key: HashKey,
-    /// What a ClusterKeeperStore lets this KeeperSecret read; `None` reads everything.
+    /// What a ClusterKeeperStore lets a KeeperSecret read; `None` reads everything.
     pub allow: Option<AllowList>,
+    /// The stored text, kept only to derive per-KeeperSecret hash keys.
+    text: Zeroizing<String>,
+}
+
+impl Credential {
+    /// Key for the data hash of the KeeperSecret with this UID.
+    pub fn hash_key(&self, keeper_secret_uid: &str) -> HashKey {
+        HashKey::derive(self.text.as_bytes(), keeper_secret_uid)
+    }
 }
 
 impl std::fmt::Debug for Credential {
@@ -44,6 +55,83 @@ pub enum Stored {
     Config(Box<Credential>),
     /// A one-time token the operator must redeem first.
     Token(TokenRequest),
+}
+
+/// How long a loaded credential is reused before its Secret (and ClusterKeeperStore and
+/// Namespace) is read again. A rotated, deleted or revoked credential takes effect within this
+/// time, and a wave over thousands of KeeperSecrets costs a handful of reads instead of one each.
+pub const REUSE_FOR: Duration = Duration::from_secs(5);
+
+/// Credentials loaded within the last [`REUSE_FOR`], by what a KeeperSecret points at (its
+/// namespace and `spec.auth`, so neither a namespace nor a store check is ever shared). Holds key
+/// material only in parsed form, never printed; expired entries go at the next load.
+pub struct Cache(Recent<Credential>);
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache(Recent::new(REUSE_FOR))
+    }
+}
+
+impl Cache {
+    /// [`load`], served from a recent load of the same reference when there is one. Failures
+    /// are not kept: the next reconcile reads again.
+    pub async fn load<S: KeeperSource>(
+        &self,
+        client: &Client,
+        keeper: &S,
+        ks: &KeeperSecret,
+        operator_ns: Option<&str>,
+    ) -> Result<Arc<Credential>, Error> {
+        let key = format!(
+            "{}\0{}",
+            ks.namespace().unwrap_or_default(),
+            serde_json::to_string(&ks.spec.auth).unwrap_or_default()
+        );
+        if let Some(c) = self.0.get(&key, Instant::now()) {
+            return Ok(c);
+        }
+        let c = Arc::new(load(client, keeper, ks, operator_ns).await?);
+        self.0.insert(key, c.clone(), Instant::now());
+        Ok(c)
+    }
+}
+
+/// Values younger than a fixed age, by key. Expired entries are dropped whenever one is added,
+/// so the map only holds what was used within that age.
+pub struct Recent<V> {
+    max_age: Duration,
+    entries: Mutex<HashMap<String, (Instant, Arc<V>)>>,
+}
+
+impl<V> Recent<V> {
+    /// An empty map whose entries live for `max_age`.
+    pub fn new(max_age: Duration) -> Self {
+        Recent {
+            max_age,
+            entries: Mutex::default(),
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Arc<V>)>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The value stored under `key`, unless it is older than `max_age` at `now`.
+    pub fn get(&self, key: &str, now: Instant) -> Option<Arc<V>> {
+        let entries = self.entries();
+        let (at, value) = entries.get(key)?;
+        (now.saturating_duration_since(*at) < self.max_age).then(|| value.clone())
+    }
+
+    /// Stores `value` as of `now`, dropping expired entries.
+    pub fn insert(&self, key: String, value: Arc<V>, now: Instant) {
+        let mut entries = self.entries();
+        entries.retain(|_, (at, _)| now.saturating_duration_since(*at) < self.max_age);
+        entries.insert(key, (now, value));
+    }
 }
 
 /// Loads the credential for `ks`, redeeming a one-time token in place first (see
@@ -89,14 +177,14 @@ pub async fn load<S: KeeperSource>(
     };
     let api = Api::<Secret>::namespaced(client.clone(), &secret_ns);
     let secret = api.get_opt(&reference.name).await?;
-    let cred = match parse(secret.as_ref(), &secret_ns, &reference, ks)? {
+    let cred = match parse(secret.as_ref(), &secret_ns, &reference)? {
         Stored::Config(c) => *c,
         Stored::Token(request) => {
             let where_ = format!("Secret {secret_ns}/{}", reference.name);
             let secret = secret.as_ref().expect("parse found a token in it");
             let stored =
                 redeem_in_place(&api, secret, &reference.key, &request, &where_, keeper).await?;
-            match parse(Some(&stored), &secret_ns, &reference, ks)? {
+            match parse(Some(&stored), &secret_ns, &reference)? {
                 Stored::Config(c) => *c,
                 Stored::Token(_) => {
                     return Err(Error::TokenRedemption {
@@ -139,12 +227,7 @@ pub fn check_store_allows(
 }
 
 /// Reads and parses the credential from the Secret (pure; messages never echo content).
-pub fn parse(
-    secret: Option<&Secret>,
-    ns: &str,
-    r: &SecretKeyRef,
-    ks: &KeeperSecret,
-) -> Result<Stored, Error> {
+pub fn parse(secret: Option<&Secret>, ns: &str, r: &SecretKeyRef) -> Result<Stored, Error> {
     let where_ = format!("Secret {ns}/{}", r.name);
     let secret = secret
         .ok_or_else(|| Error::Auth(format!("{where_} (the KSM credential) does not exist")))?;
@@ -174,11 +257,8 @@ pub fn parse(
     Ok(Stored::Config(Box::new(Credential {
         key: CredentialKey::new(format!("{ns}/{}/{}", r.name, r.key), text.as_bytes()),
         config,
-        hash_key: HashKey::derive(
-            text.as_bytes(),
-            ks.metadata.uid.as_deref().unwrap_or_default(),
-        ),
         allow: None,
+        text,
     })))
 }
 
@@ -191,10 +271,6 @@ mod tests {
 
     use super::*;
     use crate::crd::ClusterKeeperStoreSpec;
-
-    fn ks() -> KeeperSecret {
-        crate::crd::test_keeper_secret()
-    }
 
     fn secret(key: &str, value: &[u8]) -> Secret {
         Secret {
@@ -212,7 +288,7 @@ mod tests {
 
     #[test]
     fn credential_errors_are_actionable_and_value_free() {
-        let e = parse(None, "ns", &r(), &ks()).unwrap_err();
+        let e = parse(None, "ns", &r()).unwrap_err();
         assert_eq!(
             (e.reason(), e.to_string()),
             (
@@ -220,27 +296,46 @@ mod tests {
                 "Secret ns/ksm (the KSM credential) does not exist".into()
             )
         );
-        let e = parse(Some(&secret("other", b"x")), "ns", &r(), &ks()).unwrap_err();
+        let e = parse(Some(&secret("other", b"x")), "ns", &r()).unwrap_err();
         assert!(e.to_string().contains("has no key \"config\""));
         let e = parse(
             Some(&secret("config", b"NOT-A-CONFIG-SECRET-VALUE")),
             "ns",
             &r(),
-            &ks(),
         )
         .unwrap_err();
         assert_eq!(e.reason(), "AuthFailed");
         assert!(!e.to_string().contains("NOT-A-CONFIG-SECRET-VALUE"), "{e}");
         assert!(e.to_string().contains("nor a one-time access token"), "{e}");
         let token = b"US:Rbzt3YwDxQcn9rLbFmGt0hIHi2yh3lVmBL7Gbbay3Xc";
-        match parse(Some(&secret("config", token)), "ns", &r(), &ks()).unwrap() {
+        match parse(Some(&secret("config", token)), "ns", &r()).unwrap() {
             Stored::Token(t) => assert_eq!(t.hostname, None),
             Stored::Config(_) => panic!("a token parsed as a config"),
         }
         // A bare token needs the hostname key; the error says so without echoing the token.
-        let e = parse(Some(&secret("config", &token[3..])), "ns", &r(), &ks()).unwrap_err();
+        let e = parse(Some(&secret("config", &token[3..])), "ns", &r()).unwrap_err();
         assert!(e.to_string().contains("\"hostname\""), "{e}");
         assert!(!e.to_string().contains("Rbzt3Yw"), "{e}");
+    }
+
+    #[test]
+    fn recent_values_expire_and_expired_entries_are_dropped() {
+        let recent = Recent::new(Duration::from_secs(5));
+        let t0 = Instant::now();
+        recent.insert("a".into(), Arc::new(1), t0);
+        assert_eq!(
+            recent.get("a", t0 + Duration::from_secs(4)).as_deref(),
+            Some(&1)
+        );
+        assert_eq!(recent.get("a", t0 + Duration::from_secs(5)), None);
+        assert_eq!(recent.get("b", t0), None);
+        recent.insert("b".into(), Arc::new(2), t0 + Duration::from_secs(6));
+        assert_eq!(recent.entries().len(), 1, "the expired entry is gone");
+        recent.insert("b".into(), Arc::new(3), t0 + Duration::from_secs(7));
+        assert_eq!(
+            recent.get("b", t0 + Duration::from_secs(8)).as_deref(),
+            Some(&3)
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use keeper_operator::cache::Caches;
 use keeper_operator::cli::keeper::run_keeper_command;
 use keeper_operator::config::{Cli, Command, RunArgs};
 use keeper_operator::fetcher::FetchSettings;
@@ -153,12 +154,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
     );
     let recorder = Recorder::new(client.clone(), reporter);
+    let (caches, writers) = Caches::new();
+    let caches = Arc::new(caches);
+    metrics.watch_data_times(caches.clone());
     let ctx = Arc::new(Context::new(
         client,
         keeper,
         recorder,
         metrics.clone(),
         settings,
+        caches,
     ));
 
     // Losing the Lease stops the controller like a shutdown does, but the process then fails.
@@ -181,14 +186,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let watch_namespace = Some(args.watch_namespace.as_str()).filter(|ns| !ns.is_empty());
     controller::run(
         ctx,
+        writers,
         watch_namespace,
         args.concurrency,
         {
             let mark_ready = mark_ready_when_synced(ready);
-            move |store| {
-                metrics.watch_keeper_secrets(store.clone());
-                mark_ready(store);
-            }
+            move |store| mark_ready(store)
         },
         until,
     )

@@ -5,12 +5,9 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::crd::KeeperSecret;
 use crate::fetcher::FetchStats;
 
 use jiff::Timestamp;
-use kube::ResourceExt;
-use kube::runtime::reflector::Store;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -72,7 +69,7 @@ pub struct Metrics {
     rollout_restarts: Family<RolloutLabels, Counter>,
     leader: Gauge,
     fetch_stats: Arc<FetchStats>,
-    keeper_secrets: Arc<OnceLock<Store<KeeperSecret>>>,
+    data_times: Arc<OnceLock<Arc<dyn DataTimes>>>,
 }
 
 /// Keeper answers in tens of milliseconds; a slow one or a large download takes seconds.
@@ -150,8 +147,8 @@ impl Default for Metrics {
             "1 while this replica runs the controller (always 1 without --leader-elect), else 0",
             leader.clone(),
         );
-        let keeper_secrets = Arc::new(OnceLock::new());
-        registry.register_collector(Box::new(DataAge(keeper_secrets.clone())));
+        let data_times = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(DataAge(data_times.clone())));
         Metrics {
             registry,
             reconciles,
@@ -162,7 +159,7 @@ impl Default for Metrics {
             rollout_restarts,
             leader,
             fetch_stats,
-            keeper_secrets,
+            data_times,
         }
     }
 }
@@ -198,9 +195,9 @@ impl Metrics {
         self.leader.set(i64::from(leading));
     }
 
-    /// Exposes the age of each KeeperSecret's data from the controller's cache; set once.
-    pub fn watch_keeper_secrets(&self, store: Store<KeeperSecret>) {
-        let _ = self.keeper_secrets.set(store);
+    /// Exposes the age of each KeeperSecret's data from the controller's caches; set once.
+    pub fn watch_data_times(&self, source: Arc<dyn DataTimes>) {
+        let _ = self.data_times.set(source);
     }
 
     /// Counts one token redemption attempt.
@@ -246,15 +243,26 @@ impl Collector for BudgetUse {
     }
 }
 
+/// When the data of each KeeperSecret was fetched from Keeper, for the data-age metric.
+pub trait DataTimes: Send + Sync {
+    /// `(namespace, name, fetched at)` of every KeeperSecret that has synced.
+    fn data_times(&self) -> Vec<(String, String, Timestamp)>;
+}
+
 /// `keeper_secret_data_age_seconds{namespace,name}`: how old the data each KeeperSecret serves
-/// is (now minus `status.lastSyncTime`, which is when Keeper returned it), computed at scrape
-/// time from the controller's cache, so a deleted KeeperSecret's series disappears with it.
-#[derive(Debug)]
-struct DataAge(Arc<OnceLock<Store<KeeperSecret>>>);
+/// is (now minus when Keeper returned it), computed at scrape time from the controller's caches,
+/// so a deleted KeeperSecret's series disappears with it.
+struct DataAge(Arc<OnceLock<Arc<dyn DataTimes>>>);
+
+impl std::fmt::Debug for DataAge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataAge").finish_non_exhaustive()
+    }
+}
 
 impl Collector for DataAge {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(store) = self.0.get() else {
+        let Some(source) = self.0.get() else {
             return Ok(());
         };
         let mut family = encoder.encode_descriptor(
@@ -264,15 +272,9 @@ impl Collector for DataAge {
             MetricType::Gauge,
         )?;
         let now = Timestamp::now();
-        for ks in store.state() {
-            let Some(synced) = ks.status.as_ref().and_then(|s| s.last_sync_time.as_ref()) else {
-                continue;
-            };
-            let age = now.duration_since(synced.0).as_secs_f64().max(0.0);
-            let labels = [
-                ("namespace", ks.namespace().unwrap_or_default()),
-                ("name", ks.name_any()),
-            ];
+        for (namespace, name, fetched) in source.data_times() {
+            let age = now.duration_since(fetched).as_secs_f64().max(0.0);
+            let labels = [("namespace", namespace), ("name", name)];
             ConstGauge::new(age).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
@@ -301,11 +303,6 @@ impl ReconcileTimer<'_> {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
-
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use kube::runtime::{reflector, watcher};
-
-    use crate::crd::KeeperSecretStatus;
 
     #[test]
     fn exposes_prefixed_families() {
@@ -405,26 +402,27 @@ mod tests {
         assert!(text.contains("# TYPE keeper_operator_keeper_budget_utilization gauge"));
     }
 
+    /// Data times as a test sets them.
+    struct Fixed(std::sync::Mutex<Vec<(String, String, jiff::Timestamp)>>);
+
+    impl super::DataTimes for Fixed {
+        fn data_times(&self) -> Vec<(String, String, jiff::Timestamp)> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
     #[test]
-    fn data_age_follows_the_keeper_secrets_in_the_cache() {
+    fn data_age_is_computed_at_scrape_time_from_the_source() {
         let m = super::Metrics::default();
         // Before the controller runs (a standby) there is no such family at all.
         assert!(!m.encode().unwrap().contains("data_age"));
-        let (store, mut writer) = reflector::store();
-        m.watch_keeper_secrets(store);
-        let mut synced = crate::crd::test_keeper_secret();
-        synced.metadata.namespace = Some("shop".into());
-        synced.status = Some(KeeperSecretStatus {
-            last_sync_time: Some(Time(
-                jiff::Timestamp::now() - jiff::SignedDuration::from_secs(90),
-            )),
-            ..KeeperSecretStatus::default()
-        });
-        let mut never = crate::crd::test_keeper_secret();
-        never.metadata.name = Some("new".into());
-        never.metadata.namespace = Some("shop".into());
-        writer.apply_watcher_event(&watcher::Event::Apply(synced.clone()));
-        writer.apply_watcher_event(&watcher::Event::Apply(never));
+        let fetched = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(90);
+        let source = std::sync::Arc::new(Fixed(std::sync::Mutex::new(vec![(
+            "shop".into(),
+            "db".into(),
+            fetched,
+        )])));
+        m.watch_data_times(source.clone());
         let text = m.encode().unwrap();
         let series =
             r#"keeper_operator_keeper_secret_data_age_seconds{namespace="shop",name="db"} "#;
@@ -435,11 +433,7 @@ mod tests {
             .parse()
             .unwrap();
         assert!((90.0..100.0).contains(&age), "{age}");
-        assert!(
-            !text.contains(r#"name="new""#),
-            "never synced: no age\n{text}"
-        );
-        writer.apply_watcher_event(&watcher::Event::Delete(synced));
+        source.0.lock().unwrap().clear();
         assert!(!m.encode().unwrap().contains(r#"name="db""#));
     }
 }

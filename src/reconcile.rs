@@ -15,16 +15,17 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
+use crate::cache::Caches;
 use crate::crd::{CreationPolicy, KeeperSecret, KeeperSecretStatus};
-use crate::credentials::{self, Credential};
-use crate::desired::{self, Ownership};
+use crate::credentials::Credential;
+use crate::desired::{self, HashKey, Ownership};
 use crate::error::Error;
 use crate::fetcher::Served;
 use crate::keeper_source::KeeperSource;
 use crate::ksm::record::Vault;
 use crate::mapping::{self, Bytes, Source};
 use crate::metrics::Metrics;
-use crate::refresh::{self, Decision, Why};
+use crate::refresh::{self, Decision, Target};
 use crate::rollout::Rollouts;
 use crate::status::{self, Synced};
 use crate::{allowlist, guard, k8s, template};
@@ -55,6 +56,8 @@ pub struct Context<S> {
     pub settings: Settings,
     /// Debounced rollout restarts (`spec.rolloutRestart`).
     pub rollouts: Rollouts,
+    /// Reflectors and what earlier reconciles learned.
+    pub caches: Arc<Caches>,
     /// Consecutive failures per KeeperSecret UID, for backoff; cleared on success.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -67,6 +70,7 @@ impl<S> Context<S> {
         recorder: Recorder,
         metrics: Arc<Metrics>,
         settings: Settings,
+        caches: Arc<Caches>,
     ) -> Self {
         let rollouts = Rollouts::new(
             client.clone(),
@@ -81,6 +85,7 @@ impl<S> Context<S> {
             metrics,
             settings,
             rollouts,
+            caches,
             failures: Mutex::default(),
         }
     }
@@ -107,6 +112,11 @@ pub async fn reconcile<S: KeeperSource>(
 ) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile();
     let mut ks = (*ks).clone();
+    ctx.caches.with_latest_status(&mut ks);
+    let resolution = refresh::status_time_resolution(
+        refresh::interval(&ks, ctx.settings.default_refresh_interval)
+            .unwrap_or(ctx.settings.default_refresh_interval),
+    );
     match sync(&mut ks, &ctx).await {
         Ok(Outcome::Wait(after)) => {
             debug!(requeue_after = ?after, "nothing due");
@@ -116,13 +126,13 @@ pub async fn reconcile<S: KeeperSource>(
         Ok(Outcome::Synced(new, after)) => {
             ctx.failures()
                 .remove(ks.uid().as_deref().unwrap_or_default());
-            report(&ctx, &ks, new).await?;
+            report(&ctx, &ks, new, resolution).await?;
             timer.finish("synced", status::SYNCED);
             Ok(Action::requeue(after))
         }
         Err(e) => {
             let new = status::failed(&ks, Timestamp::now(), e.reason(), &e.to_string());
-            if let Err(report_err) = report(&ctx, &ks, new).await {
+            if let Err(report_err) = report(&ctx, &ks, new, resolution).await {
                 warn!(error = %report_err, "could not record the failure in status");
             }
             timer.finish("error", e.reason());
@@ -149,54 +159,57 @@ async fn sync<S: KeeperSource>(ks: &mut KeeperSecret, ctx: &Context<S>) -> Resul
     let ns = ks.namespace().unwrap_or_default();
     let interval =
         refresh::interval(ks, ctx.settings.default_refresh_interval).map_err(Error::InvalidSpec)?;
-    let cred = credentials::load(
-        &ctx.client,
-        &ctx.keeper,
-        ks,
-        ctx.settings.operator_namespace.as_deref(),
-    )
-    .await?;
-    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
-    let existing = secrets.get_opt(&ks.target_name()).await?;
-
-    let mut decision = refresh::decide(
-        ks,
-        existing.as_ref(),
-        &cred.hash_key,
-        Timestamp::now(),
-        interval,
-    );
-    if matches!(
-        decision,
-        Decision::Sync(Why::NotSynced | Why::SpecChanged | Why::Due)
-    ) {
-        // The cached object may predate our own last status write; look again before
-        // spending a Keeper call.
-        let api = Api::<KeeperSecret>::namespaced(ctx.client.clone(), &ns);
-        let Some(fresh) = api.get_opt(&ks.name_any()).await? else {
-            return Ok(Outcome::Wait(interval));
-        };
-        *ks = fresh;
-        decision = refresh::decide(
+    let cred = ctx
+        .caches
+        .credentials
+        .load(
+            &ctx.client,
+            &ctx.keeper,
             ks,
-            existing.as_ref(),
-            &cred.hash_key,
+            ctx.settings.operator_namespace.as_deref(),
+        )
+        .await?;
+    let hash_key = cred.hash_key(ks.metadata.uid.as_deref().unwrap_or_default());
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
+    // The target is read only when the managed-Secret reflector cannot vouch that it is still
+    // the version whose data we last wrote or verified (values are never cached).
+    let known = ctx.caches.target_hash(ks, &cred.key);
+    let synced_at = ctx.caches.synced_at(ks);
+    let mut read: Option<Option<Secret>> = None;
+    let decision = match &known {
+        Some(hash) => refresh::decide(
+            ks,
+            Target::Present(Some(hash)),
+            synced_at,
             Timestamp::now(),
             interval,
-        );
-    }
+        ),
+        None => {
+            let existing = read_target(ctx, ks, &cred, &hash_key, &secrets).await?;
+            let target = Target::of(existing.as_ref(), &hash_key);
+            let decision = refresh::decide(ks, target, synced_at, Timestamp::now(), interval);
+            read = Some(existing);
+            decision
+        }
+    };
     let why = match decision {
         Decision::Wait(after) => return Ok(Outcome::Wait(after)),
         Decision::Sync(why) => why,
     };
+    if let Some(after) = refresh::defer(
+        why,
+        ctx.caches.never_attempted(),
+        ks,
+        synced_at,
+        Timestamp::now(),
+        interval,
+    ) {
+        return Ok(Outcome::Wait(after));
+    }
     debug!(?why, "syncing from Keeper");
 
-    let ownership = desired::ownership(ks, existing.as_ref()).map_err(Error::OwnedElsewhere)?;
-    if ownership == Ownership::Absent && ks.creation_policy() == CreationPolicy::Merge {
-        return Err(Error::TargetNotFound(format!(
-            "creationPolicy Merge adds keys to an existing Secret, and Secret {} does not exist; create it or use Owner",
-            ks.target_name()
-        )));
+    if let Some(existing) = &read {
+        check_target(ks, existing.as_ref())?;
     }
     let (snapshot, stale) = match ctx.keeper.vault(&cred.key, &cred.config, interval).await? {
         Served::Fresh(snapshot) => (snapshot, None),
@@ -211,27 +224,40 @@ async fn sync<S: KeeperSource>(ks: &mut KeeperSecret, ctx: &Context<S>) -> Resul
         data,
     )?;
     let keys = data.len();
-    let desired = desired::secret(ks, data, &cred.hash_key)?;
-    let current = existing
-        .as_ref()
-        .is_some_and(|e| desired::is_up_to_date(e, &desired.secret));
-    if !current {
-        guard::check(ks, existing.as_ref(), &desired.secret, &plan.records)?;
-        k8s::apply_secret(&secrets, &desired.secret).await?;
-        ctx.rollouts.after_write(
-            ks,
-            interval,
-            existing.as_ref(),
-            &desired.secret,
-            &desired.hash,
-        );
-        info!(
-            secret = ks.target_name(),
-            keys,
-            ?why,
-            stale = stale.is_some(),
-            "wrote Secret"
-        );
+    let desired = desired::secret(ks, data, &hash_key)?;
+    // A vouched-for Secret that already holds this data (same hash, same spec) needs no read.
+    if known.as_deref() != Some(desired.hash.as_str()) {
+        let existing = match read {
+            Some(existing) => existing,
+            None => {
+                let existing = read_target(ctx, ks, &cred, &hash_key, &secrets).await?;
+                check_target(ks, existing.as_ref())?;
+                existing
+            }
+        };
+        let current = existing
+            .as_ref()
+            .is_some_and(|e| desired::is_up_to_date(e, &desired.secret));
+        if !current {
+            guard::check(ks, existing.as_ref(), &desired.secret, &plan.records)?;
+            let written = k8s::apply_secret(&secrets, &desired.secret).await?;
+            ctx.caches
+                .verified_target(ks, &cred.key, &written, &desired.hash);
+            ctx.rollouts.after_write(
+                ks,
+                interval,
+                existing.as_ref(),
+                &desired.secret,
+                &desired.hash,
+            );
+            info!(
+                secret = ks.target_name(),
+                keys,
+                ?why,
+                stale = stale.is_some(),
+                "wrote Secret"
+            );
+        }
     }
     let fetched_at = Timestamp::try_from(snapshot.fetched_at).unwrap_or_else(|_| Timestamp::now());
     // The next refresh is due one interval after the data was fetched, not after this
@@ -264,6 +290,36 @@ async fn sync<S: KeeperSource>(ks: &mut KeeperSecret, ctx: &Context<S>) -> Resul
     Ok(Outcome::Synced(new, next))
 }
 
+/// Reads the target Secret, remembering its version when its data checks out against its own
+/// hash annotation.
+async fn read_target<S>(
+    ctx: &Context<S>,
+    ks: &KeeperSecret,
+    cred: &Credential,
+    hash_key: &HashKey,
+    secrets: &Api<Secret>,
+) -> Result<Option<Secret>, Error> {
+    let existing = secrets.get_opt(&ks.target_name()).await?;
+    if let Some(secret) = &existing
+        && let Some(hash) = desired::verified_hash(secret, hash_key)
+    {
+        ctx.caches.verified_target(ks, &cred.key, secret, hash);
+    }
+    Ok(existing)
+}
+
+/// Refuses a target owned by someone else, or a missing one that Merge was meant to add to.
+fn check_target(ks: &KeeperSecret, existing: Option<&Secret>) -> Result<(), Error> {
+    let ownership = desired::ownership(ks, existing).map_err(Error::OwnedElsewhere)?;
+    if ownership == Ownership::Absent && ks.creation_policy() == CreationPolicy::Merge {
+        return Err(Error::TargetNotFound(format!(
+            "creationPolicy Merge adds keys to an existing Secret, and Secret {} does not exist; create it or use Owner",
+            ks.target_name()
+        )));
+    }
+    Ok(())
+}
+
 /// Downloads file attachments (shared, once per record revision); a failed download fails the
 /// sync, so a file never becomes an empty value.
 async fn resolve_files<S: KeeperSource>(
@@ -294,18 +350,26 @@ async fn resolve_files<S: KeeperSource>(
     Ok(out)
 }
 
-/// Writes the status if it changed and publishes an event if Ready transitioned.
+/// Writes the status if it changed (beyond `lastSyncTime` moving less than `resolution`) and
+/// publishes an event if Ready transitioned.
 async fn report<S>(
     ctx: &Context<S>,
     ks: &KeeperSecret,
     new: KeeperSecretStatus,
+    resolution: Duration,
 ) -> Result<(), Error> {
-    if ks.status.as_ref() == Some(&new) {
+    if !status::worth_writing(ks.status.as_ref(), &new, resolution) {
+        if let Some(at) = &new.last_sync_time {
+            ctx.caches.synced_without_status(ks, at.0);
+        }
         return Ok(());
     }
     let api =
         Api::<KeeperSecret>::namespaced(ctx.client.clone(), &ks.namespace().unwrap_or_default());
-    k8s::apply_status(&api, &ks.name_any(), &new).await?;
+    let written = k8s::apply_status(&api, &ks.name_any(), &new).await?;
+    if let Some(status) = written.status {
+        ctx.caches.wrote_status(ks, status);
+    }
     if let Some(t) = status::transition(ks.status.as_ref(), &new) {
         let event = Event {
             type_: if t.warning {

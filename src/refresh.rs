@@ -44,6 +44,26 @@ pub enum Why {
     SecretChanged,
 }
 
+/// What is known about the target Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// It does not exist.
+    Missing,
+    /// It exists and its data matches this data-hash annotation; `None` when it does not
+    /// (hand-edited, keys deleted, or hashed with another credential).
+    Present(Option<&'a str>),
+}
+
+impl<'a> Target<'a> {
+    /// Verifies a Secret as read from the API server.
+    pub fn of(secret: Option<&'a Secret>, key: &HashKey) -> Self {
+        match secret {
+            None => Target::Missing,
+            Some(s) => Target::Present(desired::verified_hash(s, key)),
+        }
+    }
+}
+
 /// The refresh interval of `ks`, falling back to `default`; an unparsable value yields an error
 /// message (admission validates the format, so this only guards old objects).
 pub fn interval(ks: &KeeperSecret, default: Duration) -> Result<Duration, String> {
@@ -61,10 +81,12 @@ pub fn interval(ks: &KeeperSecret, default: Duration) -> Result<Duration, String
 }
 
 /// Decides whether to sync now.
+/// `synced_at` is a sync newer than `status.lastSyncTime` shows (see
+/// [`crate::status::worth_writing`]).
 pub fn decide(
     ks: &KeeperSecret,
-    secret: Option<&Secret>,
-    key: &HashKey,
+    target: Target,
+    synced_at: Option<Timestamp>,
     now: Timestamp,
     interval: Duration,
 ) -> Decision {
@@ -86,14 +108,13 @@ pub fn decide(
     let Some(last) = status.last_sync_time.as_ref() else {
         return Decision::Sync(Why::NotSynced);
     };
-    let Some(secret) = secret else {
-        return Decision::Sync(Why::SecretMissing);
-    };
-    match desired::verified_hash(secret, key) {
-        Some(h) if Some(h) == status.data_hash.as_deref() => {}
-        _ => return Decision::Sync(Why::SecretChanged),
+    match target {
+        Target::Missing => return Decision::Sync(Why::SecretMissing),
+        Target::Present(Some(h)) if Some(h) == status.data_hash.as_deref() => {}
+        Target::Present(_) => return Decision::Sync(Why::SecretChanged),
     }
-    let elapsed = now.duration_since(last.0);
+    let last = synced_at.map_or(last.0, |s| s.max(last.0));
+    let elapsed = now.duration_since(last);
     let remaining =
         jiff::SignedDuration::try_from(interval).unwrap_or(jiff::SignedDuration::MAX) - elapsed;
     match Duration::try_from(remaining) {
@@ -105,6 +126,46 @@ pub fn decide(
 /// How far apart [`jitter`] spreads the refreshes of KeeperSecrets with this interval.
 pub fn jitter_span(interval: Duration) -> Duration {
     (interval / 10).min(Duration::from_secs(60))
+}
+
+/// How long a merely due refresh waits while KeeperSecrets that were never reconciled are
+/// queued (see [`defer`]).
+pub const BACKLOG_RETRY: Duration = Duration::from_secs(2);
+
+/// The least a due refresh may be deferred for a backlog (see [`defer`]): a cold start of
+/// thousands of objects takes minutes, longer than short refresh intervals.
+pub const MAX_DEFERRAL: Duration = Duration::from_secs(300);
+
+/// Cold objects first: while some KeeperSecrets were never reconciled, a refresh that is merely
+/// due waits [`BACKLOG_RETRY`], so a cold start converges even when the refresh interval is
+/// shorter than one pass over everything. Corrections (spec changed, Secret edited or deleted,
+/// Keeper failing) never wait, and no refresh waits beyond one extra interval (at least
+/// [`MAX_DEFERRAL`]), so a backlog that cannot drain never starves refreshes.
+pub fn defer(
+    why: Why,
+    never_attempted: usize,
+    ks: &KeeperSecret,
+    synced_at: Option<Timestamp>,
+    now: Timestamp,
+    interval: Duration,
+) -> Option<Duration> {
+    if why != Why::Due || never_attempted == 0 {
+        return None;
+    }
+    let last = ks.status.as_ref()?.last_sync_time.as_ref()?.0;
+    let last = synced_at.map_or(last, |s| s.max(last));
+    let age = Duration::try_from(now.duration_since(last)).unwrap_or(Duration::ZERO);
+    (age < interval + interval.max(MAX_DEFERRAL)).then_some(BACKLOG_RETRY)
+}
+
+/// Below this, a status that only moves `lastSyncTime` is not rewritten (see
+/// [`crate::status::worth_writing`]): at least one interval, and at least this long.
+pub const STATUS_TIME_RESOLUTION: Duration = Duration::from_secs(300);
+
+/// The resolution of `lastSyncTime` in status for `interval`: every wave at long intervals,
+/// every few minutes at short ones.
+pub fn status_time_resolution(interval: Duration) -> Duration {
+    interval.max(STATUS_TIME_RESOLUTION)
 }
 
 /// A stable per-object offset (up to a tenth of the interval, at most a minute) so many

@@ -156,6 +156,31 @@ fn with_condition(
     out
 }
 
+/// Whether `new` is worth writing over `old`. A status that differs only by a `lastSyncTime`
+/// less than `resolution` later is not: at short refresh intervals rewriting it every wave
+/// would cost one write per KeeperSecret per interval for a timestamp nobody acts on (the
+/// reconciler remembers the newer time itself).
+pub fn worth_writing(
+    old: Option<&KeeperSecretStatus>,
+    new: &KeeperSecretStatus,
+    resolution: std::time::Duration,
+) -> bool {
+    let Some(old) = old else {
+        return true;
+    };
+    let (Some(before), Some(after)) = (&old.last_sync_time, &new.last_sync_time) else {
+        return old != new;
+    };
+    let same_otherwise = KeeperSecretStatus {
+        last_sync_time: Some(after.clone()),
+        ..old.clone()
+    } == *new;
+    let moved = after.0.duration_since(before.0);
+    !same_otherwise
+        || moved < jiff::SignedDuration::ZERO
+        || moved >= jiff::SignedDuration::try_from(resolution).unwrap_or(jiff::SignedDuration::MAX)
+}
+
 /// An event to publish.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -282,6 +307,32 @@ mod tests {
             "bad config",
         );
         assert_eq!(first, second, "identical status means no write");
+    }
+
+    #[test]
+    fn a_status_that_only_moves_last_sync_time_a_little_is_not_rewritten() {
+        let min = std::time::Duration::from_secs(60);
+        let at = |secs| Synced {
+            fetched_at: t(secs),
+            ..ok()
+        };
+        let first = synced(&ks(1, None), t(0), &at(0));
+        assert!(worth_writing(None, &first, min));
+        let soon = synced(&ks(1, Some(first.clone())), t(10), &at(10));
+        assert!(!worth_writing(Some(&first), &soon, min));
+        let later = synced(&ks(1, Some(first.clone())), t(60), &at(60));
+        assert!(worth_writing(Some(&first), &later, min));
+        let changed = synced(
+            &ks(1, Some(first.clone())),
+            t(10),
+            &Synced {
+                data_hash: "hmac-sha256:cd".into(),
+                ..at(10)
+            },
+        );
+        assert!(worth_writing(Some(&first), &changed, min));
+        let respec = synced(&ks(2, Some(first.clone())), t(10), &at(10));
+        assert!(worth_writing(Some(&first), &respec, min));
     }
 
     #[test]

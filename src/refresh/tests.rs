@@ -47,7 +47,7 @@ fn synced_pair() -> (KeeperSecret, Secret) {
 #[test]
 fn fresh_object_syncs() {
     assert_eq!(
-        decide(&base(), None, &key(), t(0), HOUR),
+        decide(&base(), Target::Missing, None, t(0), HOUR),
         Decision::Sync(Why::NotSynced)
     );
 }
@@ -55,7 +55,7 @@ fn fresh_object_syncs() {
 #[test]
 fn current_object_waits_until_due_with_bounded_jitter() {
     let (ks, s) = synced_pair();
-    let Decision::Wait(d) = decide(&ks, Some(&s), &key(), t(600), HOUR) else {
+    let Decision::Wait(d) = decide(&ks, Target::of(Some(&s), &key()), None, t(600), HOUR) else {
         panic!("should wait")
     };
     assert!(
@@ -73,23 +73,23 @@ fn current_object_waits_until_due_with_bounded_jitter() {
 fn due_spec_change_failure_and_secret_drift_all_sync() {
     let (ks, s) = synced_pair();
     assert_eq!(
-        decide(&ks, Some(&s), &key(), t(3600), HOUR),
+        decide(&ks, Target::of(Some(&s), &key()), None, t(3600), HOUR),
         Decision::Sync(Why::Due)
     );
     let mut changed = ks.clone();
     changed.metadata.generation = Some(2);
     assert_eq!(
-        decide(&changed, Some(&s), &key(), t(1), HOUR),
+        decide(&changed, Target::of(Some(&s), &key()), None, t(1), HOUR),
         Decision::Sync(Why::SpecChanged)
     );
     let mut failed = ks.clone();
     failed.status = Some(status::failed(&ks, t(1), "KeeperUnavailable", "down"));
     assert_eq!(
-        decide(&failed, Some(&s), &key(), t(2), HOUR),
+        decide(&failed, Target::of(Some(&s), &key()), None, t(2), HOUR),
         Decision::Sync(Why::NotSynced)
     );
     assert_eq!(
-        decide(&ks, None, &key(), t(1), HOUR),
+        decide(&ks, Target::Missing, None, t(1), HOUR),
         Decision::Sync(Why::SecretMissing)
     );
     let mut edited = s.clone();
@@ -99,7 +99,7 @@ fn due_spec_change_failure_and_secret_drift_all_sync() {
         .unwrap()
         .insert("a".into(), ByteString(b"hand-edited".to_vec()));
     assert_eq!(
-        decide(&ks, Some(&edited), &key(), t(1), HOUR),
+        decide(&ks, Target::of(Some(&edited), &key()), None, t(1), HOUR),
         Decision::Sync(Why::SecretChanged)
     );
     let mut reannotated = s.clone();
@@ -110,12 +110,18 @@ fn due_spec_change_failure_and_secret_drift_all_sync() {
         .unwrap()
         .remove(crate::crd::DATA_HASH_ANNOTATION);
     assert_eq!(
-        decide(&ks, Some(&reannotated), &key(), t(1), HOUR),
+        decide(
+            &ks,
+            Target::of(Some(&reannotated), &key()),
+            None,
+            t(1),
+            HOUR
+        ),
         Decision::Sync(Why::SecretChanged)
     );
     let rotated = HashKey::derive(b"new cred", "uid-1");
     assert_eq!(
-        decide(&ks, Some(&s), &rotated, t(1), HOUR),
+        decide(&ks, Target::of(Some(&s), &rotated), None, t(1), HOUR),
         Decision::Sync(Why::SecretChanged)
     );
 }
@@ -152,7 +158,49 @@ fn the_last_good_copy_keeps_syncing_before_the_interval() {
     );
     ks.status = Some(stale);
     assert_eq!(
-        decide(&ks, Some(&secret), &key(), t(1), HOUR),
+        decide(&ks, Target::of(Some(&secret), &key()), None, t(1), HOUR),
         Decision::Sync(Why::Stale)
     );
+}
+
+#[test]
+fn due_refreshes_wait_for_never_reconciled_objects_but_not_forever() {
+    let (ks, _) = synced_pair();
+    let defer = |why, backlog, at| defer(why, backlog, &ks, None, t(at), HOUR);
+    assert_eq!(defer(Why::Due, 3, 3600), Some(BACKLOG_RETRY));
+    assert_eq!(defer(Why::Due, 0, 3600), None, "no backlog");
+    assert_eq!(
+        defer(Why::Due, 3, 7200),
+        None,
+        "overdue by a whole interval"
+    );
+    for why in [
+        Why::NotSynced,
+        Why::Stale,
+        Why::SpecChanged,
+        Why::SecretMissing,
+        Why::SecretChanged,
+    ] {
+        assert_eq!(defer(why, 3, 3600), None, "{why:?} never waits");
+    }
+}
+
+#[test]
+fn a_remembered_sync_newer_than_the_status_postpones_the_refresh() {
+    let (ks, s) = synced_pair();
+    let target = Target::of(Some(&s), &key());
+    assert_eq!(
+        decide(&ks, target, Some(t(3000)), t(3600), HOUR),
+        Decision::Wait(Duration::from_secs(3000) + jitter(&ks, HOUR))
+    );
+    assert_eq!(
+        decide(&ks, target, Some(t(-10)), t(3600), HOUR),
+        Decision::Sync(Why::Due),
+        "an older remembered time never wins"
+    );
+    assert_eq!(
+        status_time_resolution(Duration::from_secs(10)),
+        STATUS_TIME_RESOLUTION
+    );
+    assert_eq!(status_time_resolution(HOUR), HOUR);
 }
