@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
@@ -46,10 +47,9 @@ pub async fn run<S: KeeperSource>(
         };
     let reader = writers.keeper_secrets.as_reader();
     on_store(reader.clone());
-    // managedFields are never read; dropping them keeps both reflectors small at scale.
     let main = watcher(keeper_secrets, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(|ks| ks.managed_fields_mut().clear())
+        .modify(|ks| slim(&mut ks.metadata))
         .reflect(writers.keeper_secrets)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
@@ -59,7 +59,7 @@ pub async fn run<S: KeeperSource>(
         watcher::Config::default().labels(&managed).any_semantic(),
     )
     .default_backoff()
-    .modify(|meta| meta.managed_fields_mut().clear())
+    .modify(|meta| slim(&mut meta.metadata))
     .reflect(writers.targets)
     .touched_objects();
     Controller::for_stream(main, reader)
@@ -79,4 +79,45 @@ pub async fn run<S: KeeperSource>(
             }
         })
         .await;
+}
+
+/// kubectl's copy of the whole object as last applied (for a Secret applied with kubectl, its
+/// data).
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What the reflectors keep of an object's metadata: managedFields and kubectl's last-applied
+/// copy are never read, so dropping them keeps memory small at scale, and a Merge-policy Secret
+/// applied with kubectl never brings its values into the metadata cache.
+fn slim(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slim_drops_only_what_is_never_read() {
+        let mut meta = ObjectMeta {
+            name: Some("db".into()),
+            managed_fields: Some(vec![Default::default()]),
+            annotations: Some(
+                [
+                    (LAST_APPLIED.to_string(), "{\"data\":{}}".to_string()),
+                    (OWNER_ANNOTATION.to_string(), "db".to_string()),
+                ]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        };
+        slim(&mut meta);
+        assert_eq!(meta.managed_fields, None);
+        let annotations = meta.annotations.unwrap();
+        assert_eq!(annotations.len(), 1);
+        assert_eq!(annotations[OWNER_ANNOTATION], "db");
+        assert_eq!(meta.name.as_deref(), Some("db"));
+    }
 }
