@@ -14,6 +14,9 @@ use sha2::{Digest, Sha256};
 use crate::crd::KeeperSecret;
 use crate::desired::{self, HashKey};
 
+/// Precision of times in status (RFC 3339 with whole seconds).
+const STATUS_TIME_PRECISION: jiff::SignedDuration = jiff::SignedDuration::from_secs(1);
+
 /// Refresh intervals below this are raised to it.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -113,7 +116,11 @@ pub fn decide(
         Target::Present(Some(h)) if Some(h) == status.data_hash.as_deref() => {}
         Target::Present(_) => return Decision::Sync(Why::SecretChanged),
     }
-    let last = synced_at.map_or(last.0, |s| s.max(last.0));
+    // lastSyncTime has whole seconds and the fetch it records was up to a second later: counting
+    // from the start of that second would find the refresh due while the credential's shared
+    // snapshot is still fresh, so the reconcile would get the old data and miss the wave.
+    let recorded = last.0 + STATUS_TIME_PRECISION;
+    let last = synced_at.map_or(recorded, |s| s.max(recorded));
     let elapsed = now.duration_since(last);
     let remaining =
         jiff::SignedDuration::try_from(interval).unwrap_or(jiff::SignedDuration::MAX) - elapsed;

@@ -63,9 +63,9 @@ fn same_data(existing: &Secret, desired: &Secret) -> bool {
 
 /// PURE: how long a restart waits for more requests. KeeperSecrets on one credential see a
 /// Keeper change in the same refresh wave, but their refreshes are spread by the jitter, and one
-/// that comes just before the shared snapshot expires (status times have whole seconds) is
-/// served the old data and retries `MIN_INTERVAL` later. Restarting before the last of them has
-/// written would restart twice, the second time for the same change.
+/// whose reconcile failed transiently (a conflict, an API hiccup) retries up to `MIN_INTERVAL`
+/// later. Restarting before the last of them has written would restart twice, the second time
+/// for the same change.
 pub fn window(debounce: Duration, interval: Duration) -> Duration {
     let wave = refresh::jitter_span(interval) + refresh::MIN_INTERVAL + Duration::from_secs(1);
     debounce.max(wave)

@@ -59,7 +59,7 @@ fn current_object_waits_until_due_with_bounded_jitter() {
         panic!("should wait")
     };
     assert!(
-        d >= Duration::from_secs(3000) && d <= Duration::from_secs(3060),
+        d >= Duration::from_secs(3001) && d <= Duration::from_secs(3061),
         "{d:?}"
     );
     assert_eq!(
@@ -73,7 +73,7 @@ fn current_object_waits_until_due_with_bounded_jitter() {
 fn due_spec_change_failure_and_secret_drift_all_sync() {
     let (ks, s) = synced_pair();
     assert_eq!(
-        decide(&ks, Target::of(Some(&s), &key()), None, t(3600), HOUR),
+        decide(&ks, Target::of(Some(&s), &key()), None, t(3601), HOUR),
         Decision::Sync(Why::Due)
     );
     let mut changed = ks.clone();
@@ -194,7 +194,7 @@ fn a_remembered_sync_newer_than_the_status_postpones_the_refresh() {
         Decision::Wait(Duration::from_secs(3000) + jitter(&ks, HOUR))
     );
     assert_eq!(
-        decide(&ks, target, Some(t(-10)), t(3600), HOUR),
+        decide(&ks, target, Some(t(-10)), t(3601), HOUR),
         Decision::Sync(Why::Due),
         "an older remembered time never wins"
     );
@@ -203,4 +203,16 @@ fn a_remembered_sync_newer_than_the_status_postpones_the_refresh() {
         STATUS_TIME_RESOLUTION
     );
     assert_eq!(status_time_resolution(HOUR), HOUR);
+}
+
+#[test]
+fn a_whole_second_status_time_is_not_due_before_the_fetch_it_records() {
+    // Fetched at t(0) + 0.7 s, recorded as t(0): at t(3600) + 0.5 s the shared snapshot is still
+    // fresh, so the refresh must wait for it.
+    let (ks, s) = synced_pair();
+    let now = t(3600) + jiff::SignedDuration::from_millis(500);
+    assert_eq!(
+        decide(&ks, Target::of(Some(&s), &key()), None, now, HOUR),
+        Decision::Wait(Duration::from_millis(500) + jitter(&ks, HOUR))
+    );
 }
