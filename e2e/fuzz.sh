@@ -32,8 +32,12 @@ if [[ ! -x "$FUZZ_ROOT/bin/cargo-fuzz" ]]; then
 fi
 export PATH="$FUZZ_ROOT/bin:$PATH"
 
-# cargo-fuzz builds into e2e/fuzz/target: sanitizer flags would invalidate any shared target dir.
-fuzz() { cargo +nightly fuzz "$1" --fuzz-dir e2e/fuzz --features libfuzzer "${@:2}"; }
+# The sanitizer build has its own target dir in the cache (sanitizer flags would invalidate any
+# other), shared by every clone on this machine so CI rebuilds only the changed crates.
+fuzz() {
+  cargo +nightly fuzz "$1" --fuzz-dir e2e/fuzz --features libfuzzer \
+    --target-dir "$CACHE/fuzz-target" "${@:2}"
+}
 fuzz build -O
 for t in "${TARGETS[@]}"; do
   mkdir -p "target/fuzz/corpus/$t" "target/fuzz/artifacts/$t"
