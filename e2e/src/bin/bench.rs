@@ -97,15 +97,28 @@ async fn main() -> Result<()> {
         json!(std::env::var("KEEPER_OPERATOR_BIN").unwrap_or_else(|_| "target/debug".into())),
     );
 
-    let api_before = apiserver_counts(&bench.env.cluster.client()).await?;
+    let client = bench.env.cluster.client();
+    let api_before = apiserver_counts(&client).await?;
+    let mut phases = serde_json::Map::new();
+    let mut phase_start = api_before.1.clone();
+    let mut end_phase = async |name: &str| -> Result<()> {
+        let now = apiserver_counts(&client).await?.1;
+        phases.insert(name.into(), json!(diff_by_verb(&phase_start, &now)));
+        phase_start = now;
+        Ok(())
+    };
     bench.cold_start(&mut out).await?;
+    end_phase("cold_start").await?;
     operator.ensure_running()?;
     bench.steady_waves(&mut out).await?;
+    end_phase("steady_waves").await?;
     let (rss_steady, _) = rss_mib(pid)?;
     bench.change_propagation(&mut out).await?;
+    end_phase("change_propagation").await?;
     bench.outage(&mut out).await?;
+    end_phase("outage").await?;
     operator.ensure_running()?;
-    let api_after = apiserver_counts(&bench.env.cluster.client()).await?;
+    let api_after = apiserver_counts(&client).await?;
     let (_, rss_peak) = rss_mib(pid)?;
     out.insert("operator_rss_peak_mib".into(), json!(round2(rss_peak)));
     out.insert("operator_rss_steady_mib".into(), json!(round2(rss_steady)));
@@ -120,6 +133,8 @@ async fn main() -> Result<()> {
         json!(diff_by_verb(&api_before.1, &api_after.1)),
     );
     out.insert("bench_own_requests_subtracted".into(), json!(bench.own.0));
+    // Per phase, including the bench's own requests (its creates and once-a-second LISTs).
+    out.insert("apiserver_requests_by_phase".into(), Value::Object(phases));
     drop(operator);
 
     bench.raw_apiserver(&mut out).await?;
