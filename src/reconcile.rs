@@ -113,11 +113,20 @@ pub async fn reconcile<S: KeeperSource>(
     let timer = ctx.metrics.reconcile();
     let mut ks = (*ks).clone();
     ctx.caches.with_latest_status(&mut ks);
+    // Parsed once, for the sync and the status-time resolution. An invalid interval fails the
+    // sync, and that failure's status is compared at the default interval's resolution.
+    let interval =
+        refresh::interval(&ks, ctx.settings.default_refresh_interval).map_err(Error::InvalidSpec);
     let resolution = refresh::status_time_resolution(
-        refresh::interval(&ks, ctx.settings.default_refresh_interval)
-            .unwrap_or(ctx.settings.default_refresh_interval),
+        *interval
+            .as_ref()
+            .unwrap_or(&ctx.settings.default_refresh_interval),
     );
-    match sync(&mut ks, &ctx).await {
+    let result = match interval {
+        Ok(interval) => sync(&mut ks, &ctx, interval).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(Outcome::Wait(after)) => {
             debug!(requeue_after = ?after, "nothing due");
             timer.finish("skipped", "");
@@ -155,10 +164,13 @@ pub fn error_policy<S>(ks: Arc<KeeperSecret>, err: &Error, ctx: Arc<Context<S>>)
     Action::requeue(delay)
 }
 
-async fn sync<S: KeeperSource>(ks: &mut KeeperSecret, ctx: &Context<S>) -> Result<Outcome, Error> {
+/// Syncs `ks`, whose refresh interval is `interval`.
+async fn sync<S: KeeperSource>(
+    ks: &mut KeeperSecret,
+    ctx: &Context<S>,
+    interval: Duration,
+) -> Result<Outcome, Error> {
     let ns = ks.namespace().unwrap_or_default();
-    let interval =
-        refresh::interval(ks, ctx.settings.default_refresh_interval).map_err(Error::InvalidSpec)?;
     let cred = ctx
         .caches
         .credentials
