@@ -15,7 +15,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::cache::Caches;
+use crate::cache::{Caches, lock};
 use crate::crd::{CreationPolicy, KeeperSecret, KeeperSecretStatus};
 use crate::credentials::Credential;
 use crate::desired::{self, HashKey, Ownership};
@@ -89,12 +89,6 @@ impl<S> Context<S> {
             failures: Mutex::default(),
         }
     }
-
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-        self.failures
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 enum Outcome {
@@ -133,8 +127,7 @@ pub async fn reconcile<S: KeeperSource>(
             Ok(Action::requeue(after))
         }
         Ok(Outcome::Synced(new, after)) => {
-            ctx.failures()
-                .remove(ks.uid().as_deref().unwrap_or_default());
+            lock(&ctx.failures).remove(ks.uid().as_deref().unwrap_or_default());
             report(&ctx, &ks, new, resolution).await?;
             timer.finish("synced", status::SYNCED);
             Ok(Action::requeue(after))
@@ -153,7 +146,7 @@ pub async fn reconcile<S: KeeperSource>(
 /// Retries failures with per-object exponential backoff.
 pub fn error_policy<S>(ks: Arc<KeeperSecret>, err: &Error, ctx: Arc<Context<S>>) -> Action {
     let attempt = {
-        let mut failures = ctx.failures();
+        let mut failures = lock(&ctx.failures);
         let n = failures.entry(ks.uid().unwrap_or_default()).or_insert(0);
         *n = n.saturating_add(1);
         *n - 1

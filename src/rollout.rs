@@ -23,6 +23,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
+use crate::cache::lock;
 use crate::crd::{FIELD_MANAGER, KEYS_ANNOTATION, KeeperSecret, WorkloadKind};
 use crate::metrics::Metrics;
 use crate::refresh;
@@ -129,7 +130,7 @@ impl Rollouts {
                 kind: target.kind,
                 name: target.name.clone(),
             };
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pending = lock(&self.pending);
             match pending.entry(workload.clone()) {
                 Entry::Occupied(mut asked) => {
                     if !asked.get().contains(&requester) {
@@ -147,12 +148,7 @@ impl Rollouts {
 
     async fn restart_later(self, workload: Workload, wait: Duration) {
         tokio::time::sleep(wait).await;
-        let requesters = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&workload)
-            .unwrap_or_default();
+        let requesters = lock(&self.pending).remove(&workload).unwrap_or_default();
         let result = patch(&self.client, &workload, Timestamp::now()).await;
         let kind = kind_name(workload.kind);
         let (name, ns) = (&workload.name, &workload.namespace);
