@@ -11,7 +11,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -376,20 +376,20 @@ async fn report<S>(
         ctx.caches.wrote_status(ks, status);
     }
     if let Some(t) = status::transition(ks.status.as_ref(), &new) {
-        let event = Event {
-            type_: if t.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: t.reason,
-            note: Some(truncate(t.note, 1024)),
-            action: "Sync".into(),
-            secondary: None,
+        let type_ = if t.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
         };
-        if let Err(e) = ctx.recorder.publish(&event, &ks.object_ref(&())).await {
-            warn!(error = %e, "could not publish event");
-        }
+        k8s::publish_event(
+            &ctx.recorder,
+            &ks.object_ref(&()),
+            type_,
+            "Sync",
+            t.reason,
+            truncate(t.note, 1024),
+        )
+        .await;
     }
     Ok(())
 }

@@ -19,14 +19,14 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use crate::cache::lock;
 use crate::crd::{FIELD_MANAGER, KEYS_ANNOTATION, KeeperSecret, WorkloadKind};
 use crate::metrics::Metrics;
-use crate::refresh;
+use crate::{k8s, refresh};
 
 /// Pod-template annotation whose change makes the workload controller roll its pods.
 pub const RESTARTED_AT_ANNOTATION: &str = "keeper-operator.dev/restartedAt";
@@ -175,16 +175,15 @@ impl Rollouts {
         self.metrics.rollout_restart(kind, outcome);
         let (type_, reason, note) = event;
         for requester in requesters {
-            let event = Event {
+            k8s::publish_event(
+                &self.recorder,
+                &requester,
                 type_,
-                reason: reason.into(),
-                note: Some(note.clone()),
-                action: "RolloutRestart".into(),
-                secondary: None,
-            };
-            if let Err(e) = self.recorder.publish(&event, &requester).await {
-                warn!(error = %e, "could not publish event");
-            }
+                "RolloutRestart",
+                reason.into(),
+                note.clone(),
+            )
+            .await;
         }
     }
 }
