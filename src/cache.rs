@@ -208,7 +208,9 @@ impl DataTimes for Caches {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `m` even if a panic poisoned it: what these mutexes guard is caches and bookkeeping,
+/// still usable afterwards, and one panic should not take every later caller down with it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

@@ -12,6 +12,7 @@ use kube::{Api, Client, ResourceExt};
 use zeroize::Zeroizing;
 
 use crate::allowlist::AllowList;
+use crate::cache::lock;
 use crate::crd::{ClusterKeeperStore, KeeperSecret, SecretKeyRef};
 use crate::desired::HashKey;
 use crate::error::Error;
@@ -113,22 +114,16 @@ impl<V> Recent<V> {
         }
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Arc<V>)>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// The value stored under `key`, unless it is older than `max_age` at `now`.
     pub fn get(&self, key: &str, now: Instant) -> Option<Arc<V>> {
-        let entries = self.entries();
+        let entries = lock(&self.entries);
         let (at, value) = entries.get(key)?;
         (now.saturating_duration_since(*at) < self.max_age).then(|| value.clone())
     }
 
     /// Stores `value` as of `now`, dropping expired entries.
     pub fn insert(&self, key: String, value: Arc<V>, now: Instant) {
-        let mut entries = self.entries();
+        let mut entries = lock(&self.entries);
         entries.retain(|_, (at, _)| now.saturating_duration_since(*at) < self.max_age);
         entries.insert(key, (now, value));
     }
@@ -330,7 +325,7 @@ mod tests {
         assert_eq!(recent.get("a", t0 + Duration::from_secs(5)), None);
         assert_eq!(recent.get("b", t0), None);
         recent.insert("b".into(), Arc::new(2), t0 + Duration::from_secs(6));
-        assert_eq!(recent.entries().len(), 1, "the expired entry is gone");
+        assert_eq!(lock(&recent.entries).len(), 1, "the expired entry is gone");
         recent.insert("b".into(), Arc::new(3), t0 + Duration::from_secs(7));
         assert_eq!(
             recent.get("b", t0 + Duration::from_secs(8)).as_deref(),

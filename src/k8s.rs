@@ -1,9 +1,11 @@
 //! The few Kubernetes writes the controller makes: server-side apply of the Secret and of the
-//! KeeperSecret status, always forced under the one field manager.
+//! KeeperSecret status, always forced under the one field manager, and best-effort events.
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Resource};
+use tracing::warn;
 
 use crate::crd::{FIELD_MANAGER, KeeperSecret, KeeperSecretStatus};
 
@@ -30,4 +32,26 @@ pub async fn apply_status(
         "status": status,
     });
     api.patch_status(name, &params(), &Patch::Apply(body)).await
+}
+
+/// Publishes an event on `regarding`. Best effort: what it reports has already happened, so a
+/// failure is only logged.
+pub async fn publish_event(
+    recorder: &Recorder,
+    regarding: &ObjectReference,
+    type_: EventType,
+    action: &str,
+    reason: String,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason,
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, regarding).await {
+        warn!(error = %e, "could not publish event");
+    }
 }

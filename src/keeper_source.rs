@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::cache::lock;
 use crate::fetcher::ksm_source::KsmSource;
 use crate::fetcher::store::SnapshotStore;
 use crate::fetcher::{CredentialFetcher, FetchSettings, FileBytes, Served};
@@ -113,10 +114,7 @@ impl SharedKeeper {
         cred: &CredentialKey,
         config: &KsmConfig,
     ) -> Result<Arc<CredentialFetcher>, KsmError> {
-        let mut fetchers = self
-            .fetchers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut fetchers = lock(&self.fetchers);
         if let Some(f) = fetchers.get(&cred.fingerprint) {
             return Ok(f.clone());
         }

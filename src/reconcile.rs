@@ -11,11 +11,11 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::cache::Caches;
+use crate::cache::{Caches, lock};
 use crate::crd::{CreationPolicy, KeeperSecret, KeeperSecretStatus};
 use crate::credentials::Credential;
 use crate::desired::{self, HashKey, Ownership};
@@ -89,12 +89,6 @@ impl<S> Context<S> {
             failures: Mutex::default(),
         }
     }
-
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-        self.failures
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 enum Outcome {
@@ -113,19 +107,27 @@ pub async fn reconcile<S: KeeperSource>(
     let timer = ctx.metrics.reconcile();
     let mut ks = (*ks).clone();
     ctx.caches.with_latest_status(&mut ks);
+    // Parsed once, for the sync and the status-time resolution. An invalid interval fails the
+    // sync, and that failure's status is compared at the default interval's resolution.
+    let interval =
+        refresh::interval(&ks, ctx.settings.default_refresh_interval).map_err(Error::InvalidSpec);
     let resolution = refresh::status_time_resolution(
-        refresh::interval(&ks, ctx.settings.default_refresh_interval)
-            .unwrap_or(ctx.settings.default_refresh_interval),
+        *interval
+            .as_ref()
+            .unwrap_or(&ctx.settings.default_refresh_interval),
     );
-    match sync(&mut ks, &ctx).await {
+    let result = match interval {
+        Ok(interval) => sync(&mut ks, &ctx, interval).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(Outcome::Wait(after)) => {
             debug!(requeue_after = ?after, "nothing due");
             timer.finish("skipped", "");
             Ok(Action::requeue(after))
         }
         Ok(Outcome::Synced(new, after)) => {
-            ctx.failures()
-                .remove(ks.uid().as_deref().unwrap_or_default());
+            lock(&ctx.failures).remove(ks.uid().as_deref().unwrap_or_default());
             report(&ctx, &ks, new, resolution).await?;
             timer.finish("synced", status::SYNCED);
             Ok(Action::requeue(after))
@@ -144,7 +146,7 @@ pub async fn reconcile<S: KeeperSource>(
 /// Retries failures with per-object exponential backoff.
 pub fn error_policy<S>(ks: Arc<KeeperSecret>, err: &Error, ctx: Arc<Context<S>>) -> Action {
     let attempt = {
-        let mut failures = ctx.failures();
+        let mut failures = lock(&ctx.failures);
         let n = failures.entry(ks.uid().unwrap_or_default()).or_insert(0);
         *n = n.saturating_add(1);
         *n - 1
@@ -155,10 +157,13 @@ pub fn error_policy<S>(ks: Arc<KeeperSecret>, err: &Error, ctx: Arc<Context<S>>)
     Action::requeue(delay)
 }
 
-async fn sync<S: KeeperSource>(ks: &mut KeeperSecret, ctx: &Context<S>) -> Result<Outcome, Error> {
+/// Syncs `ks`, whose refresh interval is `interval`.
+async fn sync<S: KeeperSource>(
+    ks: &mut KeeperSecret,
+    ctx: &Context<S>,
+    interval: Duration,
+) -> Result<Outcome, Error> {
     let ns = ks.namespace().unwrap_or_default();
-    let interval =
-        refresh::interval(ks, ctx.settings.default_refresh_interval).map_err(Error::InvalidSpec)?;
     let cred = ctx
         .caches
         .credentials
@@ -371,20 +376,20 @@ async fn report<S>(
         ctx.caches.wrote_status(ks, status);
     }
     if let Some(t) = status::transition(ks.status.as_ref(), &new) {
-        let event = Event {
-            type_: if t.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: t.reason,
-            note: Some(truncate(t.note, 1024)),
-            action: "Sync".into(),
-            secondary: None,
+        let type_ = if t.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
         };
-        if let Err(e) = ctx.recorder.publish(&event, &ks.object_ref(&())).await {
-            warn!(error = %e, "could not publish event");
-        }
+        k8s::publish_event(
+            &ctx.recorder,
+            &ks.object_ref(&()),
+            type_,
+            "Sync",
+            t.reason,
+            truncate(t.note, 1024),
+        )
+        .await;
     }
     Ok(())
 }

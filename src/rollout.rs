@@ -19,13 +19,14 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
+use crate::cache::lock;
 use crate::crd::{FIELD_MANAGER, KEYS_ANNOTATION, KeeperSecret, WorkloadKind};
 use crate::metrics::Metrics;
-use crate::refresh;
+use crate::{k8s, refresh};
 
 /// Pod-template annotation whose change makes the workload controller roll its pods.
 pub const RESTARTED_AT_ANNOTATION: &str = "keeper-operator.dev/restartedAt";
@@ -129,7 +130,7 @@ impl Rollouts {
                 kind: target.kind,
                 name: target.name.clone(),
             };
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pending = lock(&self.pending);
             match pending.entry(workload.clone()) {
                 Entry::Occupied(mut asked) => {
                     if !asked.get().contains(&requester) {
@@ -147,12 +148,7 @@ impl Rollouts {
 
     async fn restart_later(self, workload: Workload, wait: Duration) {
         tokio::time::sleep(wait).await;
-        let requesters = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&workload)
-            .unwrap_or_default();
+        let requesters = lock(&self.pending).remove(&workload).unwrap_or_default();
         let result = patch(&self.client, &workload, Timestamp::now()).await;
         let kind = kind_name(workload.kind);
         let (name, ns) = (&workload.name, &workload.namespace);
@@ -179,16 +175,15 @@ impl Rollouts {
         self.metrics.rollout_restart(kind, outcome);
         let (type_, reason, note) = event;
         for requester in requesters {
-            let event = Event {
+            k8s::publish_event(
+                &self.recorder,
+                &requester,
                 type_,
-                reason: reason.into(),
-                note: Some(note.clone()),
-                action: "RolloutRestart".into(),
-                secondary: None,
-            };
-            if let Err(e) = self.recorder.publish(&event, &requester).await {
-                warn!(error = %e, "could not publish event");
-            }
+                "RolloutRestart",
+                reason.into(),
+                note.clone(),
+            )
+            .await;
         }
     }
 }

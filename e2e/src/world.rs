@@ -214,18 +214,26 @@ pub fn password(secret: &Secret) -> Option<String> {
     Some(String::from_utf8_lossy(&value.0).into_owned())
 }
 
-/// Every managed Secret holds a non-empty password from `allowed`; returns how many there are.
+/// Secret `name` (its `data`) holds a password from `allowed`; a missing one never passes, not
+/// even when `allowed` holds "".
+pub fn check_password_in(
+    name: &str,
+    data: &BTreeMap<String, ByteString>,
+    allowed: &[&str],
+) -> Result<()> {
+    let value = data.get("password").map(|b| String::from_utf8_lossy(&b.0));
+    ensure!(
+        value.is_some_and(|v| allowed.contains(&v.as_ref())),
+        "Secret {name} lost its password or holds an unexpected one"
+    );
+    Ok(())
+}
+
+/// Every managed Secret holds a password from `allowed`; returns how many there are.
 pub async fn assert_passwords_in(w: &World, allowed: &[&str]) -> Result<usize> {
     let all = w.snapshot().await?;
     for (name, (_, data)) in &all {
-        let value = data
-            .get("password")
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .unwrap_or_default();
-        ensure!(
-            allowed.contains(&value.as_str()),
-            "Secret {name} holds an unexpected or empty password"
-        );
+        check_password_in(name, data, allowed)?;
     }
     Ok(all.len())
 }

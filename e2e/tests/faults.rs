@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::coordination::v1::Lease;
 use keeper_e2e::harness::{Operator, wait_until};
-use keeper_e2e::world::{TIMEOUT, World, assert_passwords_in, condition, names, password};
+use keeper_e2e::world::{
+    TIMEOUT, World, assert_passwords_in, check_password_in, condition, names, password,
+};
 use keeper_operator::leader::LEASE_NAME;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
@@ -25,14 +27,9 @@ async fn wait_all_hold(w: &World, count: usize, value: &str, allowed: &[&str]) -
         || async {
             let all = w.snapshot().await?;
             for (name, (_, data)) in &all {
-                let held = data
-                    .get("password")
-                    .map(|b| String::from_utf8_lossy(&b.0).into_owned());
                 // A hard failure, not a retry: an emptied or foreign value must never appear.
-                if !held.as_deref().is_some_and(|h| allowed.contains(&h)) {
-                    return Ok(Some(Err(anyhow::anyhow!(
-                        "Secret {name} lost its value or holds an unexpected one"
-                    ))));
+                if let Err(e) = check_password_in(name, data, allowed) {
+                    return Ok(Some(Err(e)));
                 }
             }
             let done = all

@@ -21,6 +21,7 @@ pub mod ksm_source;
 pub mod secret_store;
 pub mod store;
 
+use crate::cache::lock;
 use crate::ksm::crypto::{AesKey, b64_url};
 use crate::ksm::error::KsmError;
 use crate::ksm::record::{KeeperFile, Vault};
@@ -129,15 +130,12 @@ pub struct FetchStats {
 impl FetchStats {
     /// Remembers the budget of credential `id` after it changed.
     pub(crate) fn record_budget(&self, id: &str, budget: &RateBudget) {
-        self.budgets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), budget.clone());
+        lock(&self.budgets).insert(id.to_string(), budget.clone());
     }
 
     /// Every credential's latest budget; refill since then is computed by the reader.
     pub fn budgets(&self) -> Vec<(String, RateBudget)> {
-        let budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        let budgets = lock(&self.budgets);
         budgets
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
