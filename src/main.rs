@@ -14,12 +14,13 @@ use keeper_operator::config::{Cli, Command, RunArgs};
 use keeper_operator::fetcher::FetchSettings;
 use keeper_operator::fetcher::secret_store::SecretStore;
 use keeper_operator::fetcher::store::SnapshotStore;
+use keeper_operator::k8s::Events;
 use keeper_operator::keeper_source::{SharedKeeper, client_options};
 use keeper_operator::leader::{Elector, LEASE_NAME};
 use keeper_operator::metrics::Metrics;
 use keeper_operator::reconcile::{Context, Settings};
 use keeper_operator::{controller, http, telemetry};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::Store;
 use tokio::sync::watch;
 use tracing::info;
@@ -153,14 +154,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         store,
         metrics.clone(),
     );
-    let recorder = Recorder::new(client.clone(), reporter);
+    let events = Events::new(client.clone(), reporter);
     let (caches, writers) = Caches::new();
     let caches = Arc::new(caches);
     metrics.watch_data_times(caches.clone());
     let ctx = Arc::new(Context::new(
         client,
         keeper,
-        recorder,
+        events,
         metrics.clone(),
         settings,
         caches,

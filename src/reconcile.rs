@@ -11,7 +11,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -21,6 +21,7 @@ use crate::credentials::Credential;
 use crate::desired::{self, HashKey, Ownership};
 use crate::error::Error;
 use crate::fetcher::Served;
+use crate::k8s::Events;
 use crate::keeper_source::KeeperSource;
 use crate::ksm::record::Vault;
 use crate::mapping::{self, Bytes, Source};
@@ -49,7 +50,7 @@ pub struct Context<S> {
     /// Keeper access.
     pub keeper: S,
     /// Event publisher.
-    pub recorder: Recorder,
+    pub events: Events,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
     /// Settings.
@@ -67,21 +68,21 @@ impl<S> Context<S> {
     pub fn new(
         client: Client,
         keeper: S,
-        recorder: Recorder,
+        events: Events,
         metrics: Arc<Metrics>,
         settings: Settings,
         caches: Arc<Caches>,
     ) -> Self {
         let rollouts = Rollouts::new(
             client.clone(),
-            recorder.clone(),
+            events.clone(),
             metrics.clone(),
             settings.rollout_debounce,
         );
         Context {
             client,
             keeper,
-            recorder,
+            events,
             metrics,
             settings,
             rollouts,
@@ -381,15 +382,15 @@ async fn report<S>(
         } else {
             EventType::Normal
         };
-        k8s::publish_event(
-            &ctx.recorder,
-            &ks.object_ref(&()),
-            type_,
-            "Sync",
-            t.reason,
-            truncate(t.note, 1024),
-        )
-        .await;
+        ctx.events
+            .publish(
+                &ks.object_ref(&()),
+                type_,
+                "Sync",
+                t.reason,
+                truncate(t.note, 1024),
+            )
+            .await;
     }
     Ok(())
 }

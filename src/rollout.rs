@@ -19,14 +19,15 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use crate::cache::lock;
 use crate::crd::{FIELD_MANAGER, KEYS_ANNOTATION, KeeperSecret, WorkloadKind};
+use crate::k8s::Events;
 use crate::metrics::Metrics;
-use crate::{k8s, refresh};
+use crate::refresh;
 
 /// Pod-template annotation whose change makes the workload controller roll its pods.
 pub const RESTARTED_AT_ANNOTATION: &str = "keeper-operator.dev/restartedAt";
@@ -84,7 +85,7 @@ struct Workload {
 #[derive(Clone)]
 pub struct Rollouts {
     client: Client,
-    recorder: Recorder,
+    events: Events,
     metrics: Arc<Metrics>,
     debounce: Duration,
     /// Workloads with a restart scheduled, and the KeeperSecrets that asked for it.
@@ -93,15 +94,10 @@ pub struct Rollouts {
 
 impl Rollouts {
     /// Restarts happen at least `debounce` after the first request for a workload.
-    pub fn new(
-        client: Client,
-        recorder: Recorder,
-        metrics: Arc<Metrics>,
-        debounce: Duration,
-    ) -> Self {
+    pub fn new(client: Client, events: Events, metrics: Arc<Metrics>, debounce: Duration) -> Self {
         Rollouts {
             client,
-            recorder,
+            events,
             metrics,
             debounce,
             pending: Arc::default(),
@@ -175,15 +171,15 @@ impl Rollouts {
         self.metrics.rollout_restart(kind, outcome);
         let (type_, reason, note) = event;
         for requester in requesters {
-            k8s::publish_event(
-                &self.recorder,
-                &requester,
-                type_,
-                "RolloutRestart",
-                reason.into(),
-                note.clone(),
-            )
-            .await;
+            self.events
+                .publish(
+                    &requester,
+                    type_,
+                    "RolloutRestart",
+                    reason.into(),
+                    note.clone(),
+                )
+                .await;
         }
     }
 }
