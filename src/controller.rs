@@ -8,6 +8,7 @@
 //!   Orphan, Merge) sets — so deleted or hand-edited targets are restored promptly. Their
 //!   `resourceVersion`s also spare the reconciler reading a Secret that has not changed.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -49,7 +50,7 @@ pub async fn run<S: KeeperSource>(
     on_store(reader.clone());
     let main = watcher(keeper_secrets, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(|ks| slim(&mut ks.metadata))
+        .modify(|ks| slim(&mut ks.metadata, None))
         .reflect(writers.keeper_secrets)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
@@ -59,7 +60,7 @@ pub async fn run<S: KeeperSource>(
         watcher::Config::default().labels(&managed).any_semantic(),
     )
     .default_backoff()
-    .modify(|meta| slim(&mut meta.metadata))
+    .modify(|meta| slim(&mut meta.metadata, Some(OWNER_ANNOTATION)))
     .reflect(writers.targets)
     .touched_objects();
     Controller::for_stream(main, reader)
@@ -81,18 +82,27 @@ pub async fn run<S: KeeperSource>(
         .await;
 }
 
-/// kubectl's copy of the whole object as last applied (for a Secret applied with kubectl, its
-/// data).
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// What the reflectors keep of an object's metadata: managedFields and kubectl's last-applied
-/// copy are never read, so dropping them keeps memory small at scale, and a Merge-policy Secret
-/// applied with kubectl never brings its values into the metadata cache.
-fn slim(meta: &mut ObjectMeta) {
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED);
-    }
+/// What the reflectors keep of an object's metadata: only what the operator reads. Everything
+/// else — managedFields, GitOps tools' labels and annotations, kubectl's last-applied copy — is
+/// dropped, which keeps memory small at scale and means a Merge-policy Secret applied with
+/// kubectl never brings its values (in last-applied) into the cache. `annotation` is the one
+/// annotation kept, if any.
+fn slim(meta: &mut ObjectMeta, annotation: Option<&str>) {
+    let annotations = annotation.and_then(|key| {
+        let value = meta.annotations.as_mut()?.remove(key)?;
+        Some(BTreeMap::from([(key.to_string(), value)]))
+    });
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        uid: meta.uid.take(),
+        resource_version: meta.resource_version.take(),
+        generation: meta.generation.take(),
+        creation_timestamp: meta.creation_timestamp.take(),
+        deletion_timestamp: meta.deletion_timestamp.take(),
+        annotations,
+        ..ObjectMeta::default()
+    };
 }
 
 #[cfg(test)]
@@ -100,24 +110,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slim_drops_only_what_is_never_read() {
+    fn slim_keeps_only_what_is_read() {
         let mut meta = ObjectMeta {
             name: Some("db".into()),
+            namespace: Some("apps".into()),
+            uid: Some("u-1".into()),
+            resource_version: Some("42".into()),
+            generation: Some(3),
             managed_fields: Some(vec![Default::default()]),
+            labels: Some([("app".to_string(), "db".to_string())].into()),
+            owner_references: Some(vec![Default::default()]),
             annotations: Some(
                 [
-                    (LAST_APPLIED.to_string(), "{\"data\":{}}".to_string()),
+                    (
+                        "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                        "{\"data\":{}}".to_string(),
+                    ),
                     (OWNER_ANNOTATION.to_string(), "db".to_string()),
                 ]
                 .into(),
             ),
             ..ObjectMeta::default()
         };
-        slim(&mut meta);
-        assert_eq!(meta.managed_fields, None);
-        let annotations = meta.annotations.unwrap();
-        assert_eq!(annotations.len(), 1);
-        assert_eq!(annotations[OWNER_ANNOTATION], "db");
-        assert_eq!(meta.name.as_deref(), Some("db"));
+        let mut keeper_secret = meta.clone();
+        slim(&mut meta, Some(OWNER_ANNOTATION));
+        let expected = ObjectMeta {
+            name: Some("db".into()),
+            namespace: Some("apps".into()),
+            uid: Some("u-1".into()),
+            resource_version: Some("42".into()),
+            generation: Some(3),
+            annotations: Some([(OWNER_ANNOTATION.to_string(), "db".to_string())].into()),
+            ..ObjectMeta::default()
+        };
+        assert_eq!(meta, expected);
+        slim(&mut keeper_secret, None);
+        assert_eq!(
+            keeper_secret,
+            ObjectMeta {
+                annotations: None,
+                ..expected
+            }
+        );
     }
 }
