@@ -7,7 +7,7 @@
 //! - per KeeperSecret, the `resourceVersion` of the target Secret whose data was last written or
 //!   verified: while the reflector still shows that version, the Secret cannot have changed and
 //!   is not read again;
-//! - per KeeperSecret, the status last written, until the reflector shows it: a reconcile
+//! - per KeeperSecret, the status last written, until the watch delivers it: a reconcile
 //!   triggered by our own Secret write then does not mistake the lagging cached status for "never
 //!   synced" (this replaces reading the KeeperSecret again before each sync).
 //!
@@ -165,6 +165,19 @@ impl Caches {
                 written.remove(uid);
             }
             Latest::Written(status) => ks.status = Some(status.clone()),
+        }
+    }
+
+    /// Forgets the status written for `ks` once the watch delivers it, so only writes still in
+    /// flight are remembered: a status copy per KeeperSecret would otherwise stay until its next
+    /// reconcile, and statuses are most of an object's size.
+    pub fn observed(&self, ks: &KeeperSecret) {
+        let Some(uid) = ks.metadata.uid.as_deref() else {
+            return;
+        };
+        let mut written = lock(&self.written);
+        if latest(ks.status.as_ref(), written.get(uid)) == Latest::CaughtUp {
+            written.remove(uid);
         }
     }
 
@@ -335,5 +348,26 @@ mod tests {
             ],
             "never-synced objects have no data time"
         );
+    }
+
+    #[test]
+    fn a_written_status_is_forgotten_once_the_watch_delivers_it() {
+        let (caches, _writers) = Caches::new();
+        let mut ks = crate::crd::test_keeper_secret();
+        ks.metadata.uid = Some("u1".into());
+        let written = KeeperSecretStatus {
+            data_hash: Some("h".into()),
+            ..KeeperSecretStatus::default()
+        };
+        caches.wrote_status(&ks, written.clone());
+        // An older copy (the watch lags behind the write) keeps the write remembered.
+        caches.observed(&ks);
+        let mut lagging = ks.clone();
+        caches.with_latest_status(&mut lagging);
+        assert_eq!(lagging.status.as_ref(), Some(&written));
+        // Once the watch shows the write, it is forgotten.
+        ks.status = Some(written);
+        caches.observed(&ks);
+        assert!(lock(&caches.written).is_empty());
     }
 }

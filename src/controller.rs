@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
@@ -53,6 +53,10 @@ pub async fn run<S: KeeperSource>(
         .modify(|ks| slim(&mut ks.metadata, None))
         .reflect(writers.keeper_secrets)
         .applied_objects()
+        .inspect_ok({
+            let caches = ctx.caches.clone();
+            move |ks| caches.observed(ks)
+        })
         .predicate_filter(predicates::generation, Default::default());
     let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
     let targets = watcher(
