@@ -1,10 +1,12 @@
 //! The few Kubernetes writes the controller makes: server-side apply of the Secret and of the
 //! KeeperSecret status, always forced under the one field manager, and best-effort events.
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource};
+use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::crd::{FIELD_MANAGER, KeeperSecret, KeeperSecretStatus};
@@ -34,26 +36,47 @@ pub async fn apply_status(
     api.patch_status(name, &params(), &Patch::Apply(body)).await
 }
 
-/// Publishes events.k8s.io/v1 Events through kube's [`Recorder`], with a fresh one per event.
+/// Events waiting to be published; when full, publishers wait (backpressure, never a drop).
+const EVENT_QUEUE: usize = 1024;
+/// Events published at once.
+const EVENT_PUBLISHERS: usize = 4;
+
+/// Publishes events.k8s.io/v1 Events in the background, as client-go's broadcaster does: a
+/// reconcile only queues its event, so the API server's answer to it does not hold a reconcile
+/// worker (one fewer round trip per first sync). Events are best effort: what they report has
+/// already happened, so a failure is only logged, and any still queued at shutdown are lost.
 ///
-/// A long-lived `Recorder` keeps every event it published for six minutes, to turn repeats into
-/// series, and scans that cache under a write lock on every publish. We publish only when Ready
-/// changes, so repeats are rare, yet that cache was half the operator's heap at scale (17.7 of
-/// 35.6 MB at 2,000 KeeperSecrets, ~2 KB per event, more during an outage's two transitions).
+/// Each event goes through a fresh kube [`Recorder`]: a long-lived one keeps every event it
+/// published for six minutes, to turn repeats into series, and scans that cache under a write
+/// lock on every publish. We publish only when Ready changes, so repeats are rare, yet that
+/// cache was half the operator's heap at scale (17.7 of 35.6 MB at 2,000 KeeperSecrets).
 #[derive(Clone)]
 pub struct Events {
-    client: Client,
-    reporter: Reporter,
+    queue: mpsc::Sender<(ObjectReference, Event)>,
 }
 
 impl Events {
-    /// A publisher reporting as `reporter`.
-    pub fn new(client: Client, reporter: Reporter) -> Self {
-        Events { client, reporter }
+    /// Starts the publisher, reporting as `reporter`. Needs a Tokio runtime.
+    pub fn start(client: Client, reporter: Reporter) -> Self {
+        let (queue, queued) = mpsc::channel(EVENT_QUEUE);
+        let queued = futures::stream::unfold(queued, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        tokio::spawn(queued.for_each_concurrent(
+            EVENT_PUBLISHERS,
+            move |(regarding, event): (ObjectReference, Event)| {
+                let recorder = Recorder::new(client.clone(), reporter.clone());
+                async move {
+                    if let Err(e) = recorder.publish(&event, &regarding).await {
+                        warn!(error = %e, reason = event.reason, "could not publish event");
+                    }
+                }
+            },
+        ));
+        Events { queue }
     }
 
-    /// Publishes an event on `regarding`. Best effort: what it reports has already happened, so
-    /// a failure is only logged.
+    /// Queues an event on `regarding`.
     pub async fn publish(
         &self,
         regarding: &ObjectReference,
@@ -69,9 +92,8 @@ impl Events {
             action: action.into(),
             secondary: None,
         };
-        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-        if let Err(e) = recorder.publish(&event, regarding).await {
-            warn!(error = %e, "could not publish event");
+        if self.queue.send((regarding.clone(), event)).await.is_err() {
+            warn!("event publisher stopped; event not published");
         }
     }
 }

@@ -154,7 +154,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         store,
         metrics.clone(),
     );
-    let events = Events::new(client.clone(), reporter);
+    let events = Events::start(client.clone(), reporter);
     let (caches, writers) = Caches::new();
     let caches = Arc::new(caches);
     metrics.watch_data_times(caches.clone());
