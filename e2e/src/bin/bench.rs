@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use keeper_e2e::harness::{Operator, TestEnv};
 use keeper_e2e::ksm_server::{AppSpec, DownMode, TestServer, VaultSpec};
 use keeper_operator::crd::KeeperSecret;
-use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
@@ -138,6 +138,7 @@ async fn main() -> Result<()> {
     drop(operator);
 
     bench.raw_apiserver(&mut out).await?;
+    bench.raw_same_writes(&mut out).await?;
     out.insert(
         "load_average".into(),
         json!({"start": load_start, "end": loadavg()}),
@@ -426,20 +427,7 @@ impl Bench {
             .map(|i| {
                 let api = api.clone();
                 async move {
-                    let secret = Secret {
-                        metadata: ObjectMeta {
-                            name: Some(format!("raw-{i:05}")),
-                            ..ObjectMeta::default()
-                        },
-                        data: Some(BTreeMap::from([
-                            (
-                                "password".into(),
-                                ByteString(format!("password-{i}").into()),
-                            ),
-                            ("shared".into(), ByteString(b"password-0".to_vec())),
-                        ])),
-                        ..Secret::default()
-                    };
+                    let secret = raw_secret(&format!("raw-{i:05}"));
                     api.create(&PostParams::default(), &secret).await?;
                     anyhow::Ok(())
                 }
@@ -451,6 +439,62 @@ impl Bench {
         out.insert("raw_apiserver_seconds".into(), json!(round2(raw)));
         let ready = out["ready_seconds"].as_f64().unwrap_or(f64::NAN);
         out.insert("ready_to_raw_ratio".into(), json!(round2(ready / raw)));
+        delete_namespace(&self.env.cluster.client(), &ns).await;
+        Ok(())
+    }
+
+    /// The limit for the same writes: what a cold start cannot do without (the user's create of
+    /// each KeeperSecret, the create of its Secret, one status write), issued by a minimal client
+    /// one object after another at the same concurrency, in a namespace no operator watches.
+    async fn raw_same_writes(&mut self, out: &mut serde_json::Map<String, Value>) -> Result<()> {
+        let client = self.env.cluster.client();
+        let ns = self.env.cluster.fresh_namespace("bench-raw-same").await?;
+        let keeper_secrets: Api<KeeperSecret> = Api::namespaced(client.clone(), &ns);
+        let secrets: Api<Secret> = Api::namespaced(client, &ns);
+        let docs: Vec<Value> = (0..self.args.keeper_secrets)
+            .map(|i| self.manifest(i))
+            .collect();
+        let start = Instant::now();
+        stream::iter(docs)
+            .map(|doc| {
+                let (keeper_secrets, secrets) = (keeper_secrets.clone(), secrets.clone());
+                async move {
+                    let ks: KeeperSecret = serde_json::from_value(doc)?;
+                    let name = ks.metadata.name.clone().unwrap_or_default();
+                    keeper_secrets.create(&PostParams::default(), &ks).await?;
+                    secrets
+                        .create(&PostParams::default(), &raw_secret(&name))
+                        .await?;
+                    let status = json!({
+                        "apiVersion": "keeper-operator.dev/v1alpha1",
+                        "kind": "KeeperSecret",
+                        "status": {
+                            "observedGeneration": 1,
+                            "conditions": [{
+                                "type": "Ready", "status": "True", "reason": "Synced",
+                                "message": "2 keys from 2 records",
+                                "lastTransitionTime": "2026-01-01T00:00:00Z",
+                                "observedGeneration": 1
+                            }],
+                            "secretName": name,
+                        }
+                    });
+                    keeper_secrets
+                        .patch_status(&name, &PatchParams::apply("bench"), &Patch::Apply(status))
+                        .await?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(self.args.concurrency)
+            .try_collect::<Vec<_>>()
+            .await?;
+        let raw = start.elapsed().as_secs_f64();
+        out.insert("raw_same_writes_seconds".into(), json!(round2(raw)));
+        let ready = out["ready_seconds"].as_f64().unwrap_or(f64::NAN);
+        out.insert(
+            "ready_to_same_writes_ratio".into(),
+            json!(round2(ready / raw)),
+        );
         delete_namespace(&self.env.cluster.client(), &ns).await;
         Ok(())
     }
@@ -480,6 +524,24 @@ impl Bench {
                 ]
             }
         })
+    }
+}
+
+/// A Secret shaped like the ones the operator writes in the bench (two keys).
+fn raw_secret(name: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([
+            (
+                "password".into(),
+                ByteString(format!("password-{name}").into()),
+            ),
+            ("shared".into(), ByteString(b"password-0".to_vec())),
+        ])),
+        ..Secret::default()
     }
 }
 
@@ -628,6 +690,8 @@ fn print_table(out: &serde_json::Map<String, Value>) {
         ("ready (s)", "/ready_seconds"),
         ("raw API server (s)", "/raw_apiserver_seconds"),
         ("ready / raw", "/ready_to_raw_ratio"),
+        ("raw same writes (s)", "/raw_same_writes_seconds"),
+        ("ready / raw same writes", "/ready_to_same_writes_ratio"),
         ("sync latency p50 (ms)", "/sync_latency_ms/p50"),
         ("sync latency p95 (ms)", "/sync_latency_ms/p95"),
         ("sync latency p99 (ms)", "/sync_latency_ms/p99"),
