@@ -59,13 +59,18 @@ pub async fn run<S: KeeperSource>(
         })
         .predicate_filter(predicates::generation, Default::default());
     let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
+    let mut targets_store = writers.targets;
     let targets = watcher(
         secrets,
         watcher::Config::default().labels(&managed).any_semantic(),
     )
     .default_backoff()
     .modify(|meta| slim(&mut meta.metadata, Some(OWNER_ANNOTATION)))
-    .reflect(writers.targets)
+    // The owner annotation only maps an event to its KeeperSecret; the store keeps versions.
+    .map_ok(move |event| {
+        targets_store.apply_watcher_event(&event.clone().modify(version_only));
+        event
+    })
     .touched_objects();
     Controller::for_stream(main, reader)
         .watches_stream(targets, |meta| {
@@ -106,6 +111,22 @@ fn slim(meta: &mut ObjectMeta, annotation: Option<&str>) {
         deletion_timestamp: meta.deletion_timestamp.take(),
         annotations,
         ..ObjectMeta::default()
+    };
+}
+
+/// What the managed-Secret store keeps: a Secret's name and `resourceVersion`, all that
+/// [`crate::cache::Caches::target_hash`] reads (~0.7 KB less per Secret than `slim`'s copy).
+fn version_only(secret: &mut PartialObjectMeta<Secret>) {
+    let meta = &mut secret.metadata;
+    *secret = PartialObjectMeta {
+        types: None,
+        metadata: ObjectMeta {
+            name: meta.name.take(),
+            namespace: meta.namespace.take(),
+            resource_version: meta.resource_version.take(),
+            ..ObjectMeta::default()
+        },
+        ..PartialObjectMeta::default()
     };
 }
 
@@ -154,6 +175,36 @@ mod tests {
             ObjectMeta {
                 annotations: None,
                 ..expected
+            }
+        );
+    }
+
+    #[test]
+    fn the_target_store_keeps_only_name_and_version() {
+        let mut secret = PartialObjectMeta::<Secret> {
+            types: Some(kube::core::TypeMeta {
+                api_version: "v1".into(),
+                kind: "Secret".into(),
+            }),
+            metadata: ObjectMeta {
+                name: Some("db".into()),
+                namespace: Some("apps".into()),
+                uid: Some("u-1".into()),
+                resource_version: Some("42".into()),
+                annotations: Some([(OWNER_ANNOTATION.to_string(), "db".to_string())].into()),
+                ..ObjectMeta::default()
+            },
+            ..PartialObjectMeta::default()
+        };
+        version_only(&mut secret);
+        assert_eq!(secret.types, None);
+        assert_eq!(
+            secret.metadata,
+            ObjectMeta {
+                name: Some("db".into()),
+                namespace: Some("apps".into()),
+                resource_version: Some("42".into()),
+                ..ObjectMeta::default()
             }
         );
     }
