@@ -1,8 +1,8 @@
 //! What the reconciler remembers between reconciles, so a settled KeeperSecret costs no API
 //! request and a cold start costs about one write per object:
 //!
-//! - the controller's reflectors: every KeeperSecret, and the managed Secrets as metadata only
-//!   (no value is ever cached);
+//! - the controller's reflectors: every KeeperSecret, and the name and `resourceVersion` of every
+//!   managed Secret (no value is ever cached);
 //! - recently loaded credentials ([`credentials::Cache`]);
 //! - per KeeperSecret, the `resourceVersion` of the target Secret whose data was last written or
 //!   verified: while the reflector still shows that version, the Secret cannot have changed and
@@ -55,13 +55,14 @@ pub struct Writers {
     pub targets: Writer<PartialObjectMeta<Secret>>,
 }
 
-/// A target Secret version whose data is known to match `hash`.
+/// A target Secret version whose data is known to match `hash`. The generation pins the spec
+/// (target name included) and the fingerprint the credential content the hash is keyed by; one
+/// entry per KeeperSecret, so it holds nothing else.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Verified {
-    target: String,
     resource_version: String,
     generation: Option<i64>,
-    credential: CredentialKey,
+    credential: [u8; 32],
     hash: String,
 }
 
@@ -94,13 +95,12 @@ impl Caches {
         let entry = verified.get(uid)?;
         let seen = self
             .targets
-            .get(&ObjectRef::new(&entry.target).within(&ks.namespace()?))?;
+            .get(&ObjectRef::new(&ks.target_name()).within(&ks.namespace()?))?;
         vouched(
             entry,
             seen.metadata.resource_version.as_deref(),
-            &ks.target_name(),
             ks.metadata.generation,
-            credential,
+            credential.fingerprint(),
         )
         .map(str::to_string)
     }
@@ -122,10 +122,9 @@ impl Caches {
         lock(&self.verified).insert(
             uid,
             Verified {
-                target: secret.name_any(),
                 resource_version: rv,
                 generation: ks.metadata.generation,
-                credential: credential.clone(),
+                credential: *credential.fingerprint(),
                 hash: hash.to_string(),
             },
         );
@@ -228,16 +227,14 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// PURE: the recorded hash, if the version seen now is the recorded one and the KeeperSecret
-/// still points there with the same spec and credential (the hash is keyed by the credential).
+/// still has the same spec and credential (the hash is keyed by the credential).
 fn vouched<'a>(
     entry: &'a Verified,
     seen_version: Option<&str>,
-    target: &str,
     generation: Option<i64>,
-    credential: &CredentialKey,
+    credential: &[u8; 32],
 ) -> Option<&'a str> {
     (seen_version == Some(entry.resource_version.as_str())
-        && entry.target == target
         && entry.generation == generation
         && entry.credential == *credential)
         .then_some(entry.hash.as_str())
@@ -276,10 +273,9 @@ mod tests {
 
     fn entry() -> Verified {
         Verified {
-            target: "db".into(),
             resource_version: "42".into(),
             generation: Some(1),
-            credential: CredentialKey::new("ns/ksm/config", b"cred"),
+            credential: *CredentialKey::new("ns/ksm/config", b"cred").fingerprint(),
             hash: "hmac-sha256:ab".into(),
         }
     }
@@ -287,18 +283,21 @@ mod tests {
     #[test]
     fn only_the_recorded_version_for_the_same_spec_and_credential_is_vouched_for() {
         let e = entry();
-        let cred = e.credential.clone();
+        let cred = e.credential;
         assert_eq!(
-            vouched(&e, Some("42"), "db", Some(1), &cred),
+            vouched(&e, Some("42"), Some(1), &cred),
             Some("hmac-sha256:ab")
         );
         // Any write (a hand edit, a deletion and re-creation) moves the resourceVersion.
-        assert_eq!(vouched(&e, Some("43"), "db", Some(1), &cred), None);
-        assert_eq!(vouched(&e, None, "db", Some(1), &cred), None);
-        assert_eq!(vouched(&e, Some("42"), "other", Some(1), &cred), None);
-        assert_eq!(vouched(&e, Some("42"), "db", Some(2), &cred), None);
+        assert_eq!(vouched(&e, Some("43"), Some(1), &cred), None);
+        assert_eq!(vouched(&e, None, Some(1), &cred), None);
+        // A spec change (another target name included) moves the generation.
+        assert_eq!(vouched(&e, Some("42"), Some(2), &cred), None);
         let rotated = CredentialKey::new("ns/ksm/config", b"rotated");
-        assert_eq!(vouched(&e, Some("42"), "db", Some(1), &rotated), None);
+        assert_eq!(
+            vouched(&e, Some("42"), Some(1), rotated.fingerprint()),
+            None
+        );
     }
 
     #[test]

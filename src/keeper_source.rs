@@ -36,6 +36,11 @@ impl CredentialKey {
             fingerprint: Sha256::digest(credential).into(),
         }
     }
+
+    /// SHA-256 of the credential's content.
+    pub fn fingerprint(&self) -> &[u8; 32] {
+        &self.fingerprint
+    }
 }
 
 impl std::fmt::Debug for CredentialKey {
