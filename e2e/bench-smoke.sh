@@ -16,7 +16,8 @@ def num(key, v=None):
     assert isinstance(v, (int, float)) and v >= 0, f"{key}={v!r}"
     return v
 assert d["keeper_secrets"] == 20 and d["credentials"] == 1, d
-for k in ["ready_seconds", "raw_apiserver_seconds", "change_propagation_seconds",
+for k in ["ready_seconds", "raw_apiserver_seconds", "raw_same_writes_seconds",
+          "change_propagation_seconds",
           "keeper_calls_per_wave", "keeper_calls_between_waves", "operator_rss_peak_mib",
           "operator_rss_steady_mib", "operator_cpu_seconds", "apiserver_requests"]:
     num(k)
@@ -25,6 +26,8 @@ for p in ["p50", "p95", "p99"]:
 assert d["ready_seconds"] > 0 and d["raw_apiserver_seconds"] > 0
 assert d["operator_rss_peak_mib"] >= d["operator_rss_steady_mib"] > 0
 assert d["apiserver_requests"] > 0
+assert set(d["apiserver_requests_by_phase"]) == {"cold_start", "steady_waves",
+                                                 "change_propagation", "outage"}, d
 assert d["keeper_calls_per_wave"] <= d["credentials"], d["keeper_calls_per_wave"]
 assert d["keeper_calls_between_waves"] == 0, d["keeper_calls_between_waves"]
 assert d["outage"]["all_secrets_kept"] and d["outage"]["all_ready_throughout"], d["outage"]
