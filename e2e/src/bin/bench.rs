@@ -262,18 +262,15 @@ impl Bench {
         let api = self.keeper_secrets();
         let start = Instant::now();
         let docs: Vec<Value> = (0..n).map(|i| self.manifest(i)).collect();
-        stream::iter(docs)
-            .map(|doc| {
-                let api = api.clone();
-                async move {
-                    let ks: KeeperSecret = serde_json::from_value(doc)?;
-                    api.create(&PostParams::default(), &ks).await?;
-                    anyhow::Ok(())
-                }
-            })
-            .buffer_unordered(self.args.concurrency)
-            .try_collect::<Vec<_>>()
-            .await?;
+        concurrently(docs, self.args.concurrency, |doc| {
+            let api = api.clone();
+            async move {
+                let ks: KeeperSecret = serde_json::from_value(doc)?;
+                api.create(&PostParams::default(), &ks).await?;
+                Ok(())
+            }
+        })
+        .await?;
         self.own.0 += n as u64;
         let applied = start.elapsed();
         let all = self.wait_all("all Ready", is_synced).await?;
@@ -423,22 +420,21 @@ impl Bench {
         let api: Api<Secret> = Api::namespaced(self.env.cluster.client(), &ns);
         let n = self.args.keeper_secrets;
         let start = Instant::now();
-        stream::iter(0..n)
-            .map(|i| {
-                let api = api.clone();
-                async move {
-                    let secret = raw_secret(&format!("raw-{i:05}"));
-                    api.create(&PostParams::default(), &secret).await?;
-                    anyhow::Ok(())
-                }
-            })
-            .buffer_unordered(self.args.concurrency)
-            .try_collect::<Vec<_>>()
-            .await?;
-        let raw = start.elapsed().as_secs_f64();
-        out.insert("raw_apiserver_seconds".into(), json!(round2(raw)));
-        let ready = out["ready_seconds"].as_f64().unwrap_or(f64::NAN);
-        out.insert("ready_to_raw_ratio".into(), json!(round2(ready / raw)));
+        concurrently(0..n, self.args.concurrency, |i| {
+            let api = api.clone();
+            async move {
+                let secret = raw_secret(&format!("raw-{i:05}"));
+                api.create(&PostParams::default(), &secret).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        insert_baseline(
+            out,
+            "raw_apiserver_seconds",
+            "ready_to_raw_ratio",
+            start.elapsed(),
+        );
         delete_namespace(&self.env.cluster.client(), &ns).await;
         Ok(())
     }
@@ -455,45 +451,41 @@ impl Bench {
             .map(|i| self.manifest(i))
             .collect();
         let start = Instant::now();
-        stream::iter(docs)
-            .map(|doc| {
-                let (keeper_secrets, secrets) = (keeper_secrets.clone(), secrets.clone());
-                async move {
-                    let ks: KeeperSecret = serde_json::from_value(doc)?;
-                    let name = ks.metadata.name.clone().unwrap_or_default();
-                    keeper_secrets.create(&PostParams::default(), &ks).await?;
-                    secrets
-                        .create(&PostParams::default(), &raw_secret(&name))
-                        .await?;
-                    let status = json!({
-                        "apiVersion": "keeper-operator.dev/v1alpha1",
-                        "kind": "KeeperSecret",
-                        "status": {
-                            "observedGeneration": 1,
-                            "conditions": [{
-                                "type": "Ready", "status": "True", "reason": "Synced",
-                                "message": "2 keys from 2 records",
-                                "lastTransitionTime": "2026-01-01T00:00:00Z",
-                                "observedGeneration": 1
-                            }],
-                            "secretName": name,
-                        }
-                    });
-                    keeper_secrets
-                        .patch_status(&name, &PatchParams::apply("bench"), &Patch::Apply(status))
-                        .await?;
-                    anyhow::Ok(())
-                }
-            })
-            .buffer_unordered(self.args.concurrency)
-            .try_collect::<Vec<_>>()
-            .await?;
-        let raw = start.elapsed().as_secs_f64();
-        out.insert("raw_same_writes_seconds".into(), json!(round2(raw)));
-        let ready = out["ready_seconds"].as_f64().unwrap_or(f64::NAN);
-        out.insert(
-            "ready_to_same_writes_ratio".into(),
-            json!(round2(ready / raw)),
+        concurrently(docs, self.args.concurrency, |doc| {
+            let (keeper_secrets, secrets) = (keeper_secrets.clone(), secrets.clone());
+            async move {
+                let ks: KeeperSecret = serde_json::from_value(doc)?;
+                let name = ks.metadata.name.clone().unwrap_or_default();
+                keeper_secrets.create(&PostParams::default(), &ks).await?;
+                secrets
+                    .create(&PostParams::default(), &raw_secret(&name))
+                    .await?;
+                let status = json!({
+                    "apiVersion": "keeper-operator.dev/v1alpha1",
+                    "kind": "KeeperSecret",
+                    "status": {
+                        "observedGeneration": 1,
+                        "conditions": [{
+                            "type": "Ready", "status": "True", "reason": "Synced",
+                            "message": "2 keys from 2 records",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z",
+                            "observedGeneration": 1
+                        }],
+                        "secretName": name,
+                    }
+                });
+                keeper_secrets
+                    .patch_status(&name, &PatchParams::apply("bench"), &Patch::Apply(status))
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        insert_baseline(
+            out,
+            "raw_same_writes_seconds",
+            "ready_to_same_writes_ratio",
+            start.elapsed(),
         );
         delete_namespace(&self.env.cluster.client(), &ns).await;
         Ok(())
@@ -525,6 +517,37 @@ impl Bench {
             }
         })
     }
+}
+
+/// Runs `write` for every item, `concurrency` at a time, stopping at the first error.
+async fn concurrently<T, F, Fut>(
+    items: impl IntoIterator<Item = T>,
+    concurrency: usize,
+    write: F,
+) -> Result<()>
+where
+    F: FnMut(T) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    stream::iter(items)
+        .map(write)
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
+}
+
+/// Records a raw baseline's time under `key` and the operator's ready time as a ratio to it.
+fn insert_baseline(
+    out: &mut serde_json::Map<String, Value>,
+    key: &str,
+    ratio_key: &str,
+    took: Duration,
+) {
+    let raw = took.as_secs_f64();
+    out.insert(key.into(), json!(round2(raw)));
+    let ready = out["ready_seconds"].as_f64().unwrap_or(f64::NAN);
+    out.insert(ratio_key.into(), json!(round2(ready / raw)));
 }
 
 /// A Secret shaped like the ones the operator writes in the bench (two keys).
