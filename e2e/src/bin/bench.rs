@@ -112,16 +112,25 @@ async fn main() -> Result<()> {
     operator.ensure_running()?;
     bench.steady_waves(&mut out).await?;
     end_phase("steady_waves").await?;
-    let (rss_steady, _) = rss_mib(pid)?;
+    let steady = rss_mib(pid)?;
     bench.change_propagation(&mut out).await?;
     end_phase("change_propagation").await?;
     bench.outage(&mut out).await?;
     end_phase("outage").await?;
     operator.ensure_running()?;
     let api_after = apiserver_counts(&client).await?;
-    let (_, rss_peak) = rss_mib(pid)?;
-    out.insert("operator_rss_peak_mib".into(), json!(round2(rss_peak)));
-    out.insert("operator_rss_steady_mib".into(), json!(round2(rss_steady)));
+    let peak = rss_mib(pid)?.peak;
+    out.insert("operator_rss_peak_mib".into(), json!(round2(peak)));
+    out.insert("operator_rss_steady_mib".into(), json!(round2(steady.now)));
+    // What the steady RSS is made of: heap and stacks vs the binary's resident code and data.
+    out.insert(
+        "operator_rss_steady_anon_mib".into(),
+        json!(round2(steady.anon)),
+    );
+    out.insert(
+        "operator_rss_steady_file_mib".into(),
+        json!(round2(steady.file)),
+    );
     out.insert(
         "operator_cpu_seconds".into(),
         json!(round2(cpu_seconds(pid)?)),
@@ -666,7 +675,15 @@ fn diff_by_verb(
         .collect()
 }
 
-fn rss_mib(pid: u32) -> Result<(f64, f64)> {
+/// An operator's resident memory, in MiB, from /proc/<pid>/status.
+struct Rss {
+    now: f64,
+    peak: f64,
+    anon: f64,
+    file: f64,
+}
+
+fn rss_mib(pid: u32) -> Result<Rss> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib = |key: &str| -> Result<f64> {
         let line = status
@@ -676,7 +693,12 @@ fn rss_mib(pid: u32) -> Result<(f64, f64)> {
         let v: f64 = line.split_whitespace().nth(1).context("value")?.parse()?;
         Ok(v / 1024.0)
     };
-    Ok((kib("VmRSS:")?, kib("VmHWM:")?))
+    Ok(Rss {
+        now: kib("VmRSS:")?,
+        peak: kib("VmHWM:")?,
+        anon: kib("RssAnon:")?,
+        file: kib("RssFile:")?,
+    })
 }
 
 /// utime + stime of the operator, from /proc/<pid>/stat, in seconds.
@@ -727,6 +749,8 @@ fn print_table(out: &serde_json::Map<String, Value>) {
         ("outage: recovery (s)", "/outage/recovery_seconds"),
         ("operator RSS peak (MiB)", "/operator_rss_peak_mib"),
         ("operator RSS steady (MiB)", "/operator_rss_steady_mib"),
+        ("  of it heap+stacks (MiB)", "/operator_rss_steady_anon_mib"),
+        ("  of it code+data (MiB)", "/operator_rss_steady_file_mib"),
         ("operator CPU (s)", "/operator_cpu_seconds"),
         ("API server requests", "/apiserver_requests"),
         ("load average start", "/load_average/start"),
