@@ -4,18 +4,20 @@
 //! - the controller's reflectors: every KeeperSecret, and the name and `resourceVersion` of every
 //!   managed Secret (no value is ever cached);
 //! - recently loaded credentials ([`credentials::Cache`]);
-//! - per KeeperSecret, the `resourceVersion` of the target Secret whose data was last written or
-//!   verified: while the reflector still shows that version, the Secret cannot have changed and
-//!   is not read again;
-//! - per KeeperSecret, the status last written, until the watch delivers it: a reconcile
-//!   triggered by our own Secret write then does not mistake the lagging cached status for "never
-//!   synced" (this replaces reading the KeeperSecret again before each sync).
+//! - per KeeperSecret, one [`Known`] entry:
+//!   - the generation last passed to the reconciler (the controller's generation predicate);
+//!   - what the target Secret was last written or verified as: while the reflector still shows
+//!     that `resourceVersion`, the Secret cannot have changed and is not read again;
+//!   - the status last written, until the watch delivers it: a reconcile triggered by our own
+//!     Secret write then does not mistake the lagging cached status for "never synced" (this
+//!     replaces reading the KeeperSecret again before each sync);
+//!   - when it last synced, where the status was not rewritten for that alone (see
+//!     [`crate::status::worth_writing`]).
 //!
-//! - per KeeperSecret, when it last synced, where the status was not rewritten for that alone
-//!   (see [`crate::status::worth_writing`]).
-//!
-//! The last three maps hold one small entry per KeeperSecret and forget deleted ones (see
-//! [`Caches::never_attempted`]).
+//! The entries are keyed by a 128-bit digest of the UID and hold fixed-size digests where they
+//! can: at 10,000 KeeperSecrets, one compact map is several MiB less than a map per concern keyed
+//! by UID strings (plus kube's predicate cache). Entries of deleted KeeperSecrets are forgotten
+//! (see [`Caches::never_attempted`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
@@ -26,6 +28,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use sha2::{Digest, Sha256};
 
 use crate::crd::{KeeperSecret, KeeperSecretStatus};
 use crate::credentials;
@@ -41,9 +44,7 @@ pub struct Caches {
     targets: Store<PartialObjectMeta<Secret>>,
     /// Recently loaded credentials.
     pub credentials: credentials::Cache,
-    verified: Mutex<HashMap<String, Verified>>,
-    written: Mutex<HashMap<String, KeeperSecretStatus>>,
-    synced_at: Mutex<HashMap<String, Timestamp>>,
+    known: Mutex<HashMap<UidKey, Known>>,
     backlog: Mutex<Option<(Instant, usize)>>,
 }
 
@@ -55,15 +56,51 @@ pub struct Writers {
     pub targets: Writer<PartialObjectMeta<Secret>>,
 }
 
-/// A target Secret version whose data is known to match `hash`. The generation pins the spec
-/// (target name included) and the fingerprint the credential content the hash is keyed by; one
-/// entry per KeeperSecret, so it holds nothing else.
+/// A digest of a KeeperSecret's UID: 16 bytes inline instead of a 36-character string.
+type UidKey = [u8; 16];
+
+fn uid_key(uid: &str) -> UidKey {
+    let digest = Sha256::digest(uid.as_bytes());
+    let mut key = [0; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
+/// What the operator knows of one KeeperSecret beyond the reflector (see the module docs).
+#[derive(Debug, Default)]
+struct Known {
+    generation: Option<i64>,
+    verified: Option<Verified>,
+    written: Option<Box<KeeperSecretStatus>>,
+    synced_at: Option<Timestamp>,
+}
+
+/// A target Secret known to hold data hashing to `hash`, for as long as the same `pin` holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Verified {
-    resource_version: String,
-    generation: Option<i64>,
-    credential: [u8; 32],
-    hash: String,
+    pin: Pin,
+    hash: Box<str>,
+}
+
+/// A digest of the target's `resourceVersion`, the KeeperSecret's generation (which pins the
+/// spec, target name included) and the fingerprint of the credential the hash is keyed by.
+type Pin = [u8; 32];
+
+/// PURE: see [`Pin`].
+fn pin(resource_version: &str, generation: Option<i64>, credential: &[u8; 32]) -> Pin {
+    let mut h = Sha256::new();
+    // Length-prefixed, so no two (version, generation) pairs share an encoding.
+    h.update((resource_version.len() as u64).to_be_bytes());
+    h.update(resource_version.as_bytes());
+    match generation {
+        Some(g) => {
+            h.update([1]);
+            h.update(g.to_be_bytes());
+        }
+        None => h.update([0]),
+    }
+    h.update(credential);
+    h.finalize().into()
 }
 
 impl Caches {
@@ -75,9 +112,7 @@ impl Caches {
             keeper_secrets,
             targets,
             credentials: credentials::Cache::default(),
-            verified: Mutex::default(),
-            written: Mutex::default(),
-            synced_at: Mutex::default(),
+            known: Mutex::default(),
             backlog: Mutex::default(),
         };
         let writers = Writers {
@@ -87,22 +122,40 @@ impl Caches {
         (caches, writers)
     }
 
+    /// Runs `f` on the entry of `ks`, if it has a UID; `None` if it has none.
+    fn with_known<T>(&self, ks: &KeeperSecret, f: impl FnOnce(&mut Known) -> T) -> Option<T> {
+        let key = uid_key(ks.metadata.uid.as_deref()?);
+        Some(f(lock(&self.known).entry(key).or_default()))
+    }
+
+    /// Whether `ks` (from the watch) has a generation not yet passed to the reconciler: the
+    /// controller's generation predicate, so our own status writes trigger no reconcile. Kept
+    /// here rather than in kube's `predicate_filter`, whose per-object map of name, namespace
+    /// and UID strings cost ~0.3 KB per KeeperSecret.
+    pub fn new_generation(&self, ks: &KeeperSecret) -> bool {
+        let Some(generation) = ks.metadata.generation else {
+            return true;
+        };
+        self.with_known(ks, |known| {
+            known.generation.replace(generation) != Some(generation)
+        })
+        .unwrap_or(true)
+    }
+
     /// The data hash the target Secret of `ks` holds, when the reflector shows it unchanged
     /// since it was last written or verified for this spec and credential; `None` means "read it".
     pub fn target_hash(&self, ks: &KeeperSecret, credential: &CredentialKey) -> Option<String> {
-        let uid = ks.metadata.uid.as_deref()?;
-        let verified = lock(&self.verified);
-        let entry = verified.get(uid)?;
         let seen = self
             .targets
             .get(&ObjectRef::new(&ks.target_name()).within(&ks.namespace()?))?;
-        vouched(
-            entry,
-            seen.metadata.resource_version.as_deref(),
+        let now = pin(
+            seen.metadata.resource_version.as_deref()?,
             ks.metadata.generation,
             credential.fingerprint(),
-        )
-        .map(str::to_string)
+        );
+        self.with_known(ks, |known| {
+            vouched(known.verified.as_ref()?, &now).map(str::to_string)
+        })?
     }
 
     /// Remembers that `secret` (as returned by the API server) holds data hashing to `hash`.
@@ -113,57 +166,46 @@ impl Caches {
         secret: &Secret,
         hash: &str,
     ) {
-        let (Some(uid), Some(rv)) = (
-            ks.metadata.uid.clone(),
-            secret.metadata.resource_version.clone(),
-        ) else {
+        let Some(rv) = secret.metadata.resource_version.as_deref() else {
             return;
         };
-        lock(&self.verified).insert(
-            uid,
-            Verified {
-                resource_version: rv,
-                generation: ks.metadata.generation,
-                credential: *credential.fingerprint(),
-                hash: hash.to_string(),
-            },
-        );
+        let verified = Verified {
+            pin: pin(rv, ks.metadata.generation, credential.fingerprint()),
+            hash: hash.into(),
+        };
+        self.with_known(ks, |known| known.verified = Some(verified));
     }
 
     /// Remembers the status just written for `ks`.
     pub fn wrote_status(&self, ks: &KeeperSecret, status: KeeperSecretStatus) {
-        if let Some(uid) = ks.metadata.uid.clone() {
-            lock(&self.written).insert(uid, status);
-        }
+        self.with_known(ks, |known| known.written = Some(Box::new(status)));
     }
 
     /// Remembers that `ks` synced at `at` without rewriting its status for that.
     pub fn synced_without_status(&self, ks: &KeeperSecret, at: Timestamp) {
-        if let Some(uid) = ks.metadata.uid.clone() {
-            lock(&self.synced_at).insert(uid, at);
-        }
+        self.with_known(ks, |known| known.synced_at = Some(at));
     }
 
     /// The last sync of `ks` that its status does not show, if any.
     pub fn synced_at(&self, ks: &KeeperSecret) -> Option<Timestamp> {
-        lock(&self.synced_at)
-            .get(ks.metadata.uid.as_deref()?)
-            .copied()
+        self.with_known(ks, |known| known.synced_at)?
     }
 
     /// Gives `ks` (from the reflector) the status last written for it, if the reflector has
     /// not caught up with that write yet.
     pub fn with_latest_status(&self, ks: &mut KeeperSecret) {
-        let Some(uid) = ks.metadata.uid.as_deref() else {
-            return;
-        };
-        let mut written = lock(&self.written);
-        match latest(ks.status.as_ref(), written.get(uid)) {
-            Latest::Cached => {}
-            Latest::CaughtUp => {
-                written.remove(uid);
+        let latest = self.with_known(ks, |known| {
+            match latest(ks.status.as_ref(), known.written.as_deref()) {
+                Latest::Cached => None,
+                Latest::CaughtUp => {
+                    known.written = None;
+                    None
+                }
+                Latest::Written(status) => Some(status.clone()),
             }
-            Latest::Written(status) => ks.status = Some(status.clone()),
+        });
+        if let Some(Some(status)) = latest {
+            ks.status = Some(status);
         }
     }
 
@@ -171,13 +213,11 @@ impl Caches {
     /// flight are remembered: a status copy per KeeperSecret would otherwise stay until its next
     /// reconcile, and statuses are most of an object's size.
     pub fn observed(&self, ks: &KeeperSecret) {
-        let Some(uid) = ks.metadata.uid.as_deref() else {
-            return;
-        };
-        let mut written = lock(&self.written);
-        if latest(ks.status.as_ref(), written.get(uid)) == Latest::CaughtUp {
-            written.remove(uid);
-        }
+        self.with_known(ks, |known| {
+            if latest(ks.status.as_ref(), known.written.as_deref()) == Latest::CaughtUp {
+                known.written = None;
+            }
+        });
     }
 
     /// How many KeeperSecrets have never been reconciled (no status yet). Recounted at most
@@ -191,13 +231,11 @@ impl Caches {
         }
         let all = self.keeper_secrets.state();
         let n = all.iter().filter(|ks| ks.status.is_none()).count();
-        let live: HashSet<&str> = all
+        let live: HashSet<UidKey> = all
             .iter()
-            .filter_map(|ks| ks.metadata.uid.as_deref())
+            .filter_map(|ks| ks.metadata.uid.as_deref().map(uid_key))
             .collect();
-        lock(&self.verified).retain(|uid, _| live.contains(uid.as_str()));
-        lock(&self.written).retain(|uid, _| live.contains(uid.as_str()));
-        lock(&self.synced_at).retain(|uid, _| live.contains(uid.as_str()));
+        lock(&self.known).retain(|key, _| live.contains(key));
         *backlog = Some((Instant::now(), n));
         n
     }
@@ -207,13 +245,14 @@ impl Caches {
 /// status was not rewritten for.
 impl DataTimes for Caches {
     fn data_times(&self) -> Vec<(String, String, Timestamp)> {
-        let remembered = lock(&self.synced_at);
+        let known = lock(&self.known);
         self.keeper_secrets
             .state()
             .iter()
             .filter_map(|ks| {
                 let status = ks.status.as_ref()?.last_sync_time.as_ref().map(|t| t.0);
-                let later = remembered.get(ks.metadata.uid.as_deref()?).copied();
+                let key = uid_key(ks.metadata.uid.as_deref()?);
+                let later = known.get(&key).and_then(|k| k.synced_at);
                 Some((ks.namespace()?, ks.name_any(), status.max(later)?))
             })
             .collect()
@@ -226,18 +265,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// PURE: the recorded hash, if the version seen now is the recorded one and the KeeperSecret
-/// still has the same spec and credential (the hash is keyed by the credential).
-fn vouched<'a>(
-    entry: &'a Verified,
-    seen_version: Option<&str>,
-    generation: Option<i64>,
-    credential: &[u8; 32],
-) -> Option<&'a str> {
-    (seen_version == Some(entry.resource_version.as_str())
-        && entry.generation == generation
-        && entry.credential == *credential)
-        .then_some(entry.hash.as_str())
+/// PURE: the recorded hash, if it was recorded for the same target version, spec and credential.
+fn vouched<'a>(entry: &'a Verified, now: &Pin) -> Option<&'a str> {
+    (entry.pin == *now).then_some(&*entry.hash)
 }
 
 /// Which status a reconcile should start from.
@@ -271,33 +301,51 @@ mod tests {
 
     use super::*;
 
-    fn entry() -> Verified {
-        Verified {
-            resource_version: "42".into(),
-            generation: Some(1),
-            credential: *CredentialKey::new("ns/ksm/config", b"cred").fingerprint(),
-            hash: "hmac-sha256:ab".into(),
-        }
-    }
-
     #[test]
     fn only_the_recorded_version_for_the_same_spec_and_credential_is_vouched_for() {
-        let e = entry();
-        let cred = e.credential;
+        let cred = *CredentialKey::new("ns/ksm/config", b"cred").fingerprint();
+        let entry = Verified {
+            pin: pin("42", Some(1), &cred),
+            hash: "hmac-sha256:ab".into(),
+        };
         assert_eq!(
-            vouched(&e, Some("42"), Some(1), &cred),
+            vouched(&entry, &pin("42", Some(1), &cred)),
             Some("hmac-sha256:ab")
         );
         // Any write (a hand edit, a deletion and re-creation) moves the resourceVersion.
-        assert_eq!(vouched(&e, Some("43"), Some(1), &cred), None);
-        assert_eq!(vouched(&e, None, Some(1), &cred), None);
+        assert_eq!(vouched(&entry, &pin("43", Some(1), &cred)), None);
         // A spec change (another target name included) moves the generation.
-        assert_eq!(vouched(&e, Some("42"), Some(2), &cred), None);
+        assert_eq!(vouched(&entry, &pin("42", Some(2), &cred)), None);
+        assert_eq!(vouched(&entry, &pin("42", None, &cred)), None);
         let rotated = CredentialKey::new("ns/ksm/config", b"rotated");
         assert_eq!(
-            vouched(&e, Some("42"), Some(1), rotated.fingerprint()),
+            vouched(&entry, &pin("42", Some(1), rotated.fingerprint())),
             None
         );
+        // The version is length-prefixed: "4" + generation never aliases "42" + another.
+        assert_ne!(pin("4", Some(21), &cred), pin("42", Some(1), &cred));
+    }
+
+    #[test]
+    fn the_generation_predicate_passes_each_generation_once_per_uid() {
+        let (caches, _writers) = Caches::new();
+        let mut ks = crate::crd::test_keeper_secret();
+        ks.metadata.uid = Some("u1".into());
+        ks.metadata.generation = Some(1);
+        assert!(caches.new_generation(&ks), "first sight");
+        assert!(
+            !caches.new_generation(&ks),
+            "a status write keeps the generation"
+        );
+        ks.metadata.generation = Some(2);
+        assert!(caches.new_generation(&ks), "a spec change");
+        // Deleted and re-created under the same name: a new UID starts again.
+        ks.metadata.uid = Some("u2".into());
+        assert!(caches.new_generation(&ks));
+        // Objects without a generation or UID are never filtered.
+        ks.metadata.generation = None;
+        assert!(caches.new_generation(&ks));
+        assert!(caches.new_generation(&ks));
     }
 
     #[test]
@@ -367,6 +415,6 @@ mod tests {
         // Once the watch shows the write, it is forgotten.
         ks.status = Some(written);
         caches.observed(&ks);
-        assert!(lock(&caches.written).is_empty());
+        assert!(lock(&caches.known).values().all(|k| k.written.is_none()));
     }
 }

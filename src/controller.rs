@@ -1,7 +1,8 @@
 //! Wires the reconciler into a kube-runtime `Controller`.
 //!
-//! - KeeperSecrets are watched through a generation predicate, so our own status writes do not
-//!   trigger another reconcile (no write loops).
+//! - KeeperSecrets are watched through a generation predicate
+//!   ([`crate::cache::Caches::new_generation`]), so our own status writes do not trigger another
+//!   reconcile (no write loops).
 //! - Secrets are watched metadata-only and only with our managed-by label: memory stays bounded
 //!   however many Secrets the cluster holds, and no secret value is ever cached. A change to one
 //!   maps back to its KeeperSecret through the owner annotation, which every policy (Owner,
@@ -12,12 +13,12 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{debug, warn};
 
@@ -50,14 +51,21 @@ pub async fn run<S: KeeperSource>(
     on_store(reader.clone());
     let main = watcher(keeper_secrets, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(|ks| slim(&mut ks.metadata, None))
+        .modify(|ks| {
+            slim(&mut ks.metadata, None);
+            // Unlike a Secret's, a KeeperSecret's version is never read; every copy of the
+            // controller's object references (store, queue) would carry it.
+            ks.metadata.resource_version = None;
+        })
         .reflect(writers.keeper_secrets)
         .applied_objects()
-        .inspect_ok({
+        .try_filter({
             let caches = ctx.caches.clone();
-            move |ks| caches.observed(ks)
-        })
-        .predicate_filter(predicates::generation, Default::default());
+            move |ks| {
+                caches.observed(ks);
+                future::ready(caches.new_generation(ks))
+            }
+        });
     let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
     let mut targets_store = writers.targets;
     let targets = watcher(
