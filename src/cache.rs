@@ -20,7 +20,7 @@
 //! (see [`Caches::never_attempted`]).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -33,6 +33,7 @@ use sha2::{Digest, Sha256};
 use crate::crd::{KeeperSecret, KeeperSecretStatus};
 use crate::credentials;
 use crate::keeper_source::CredentialKey;
+use crate::lock;
 use crate::metrics::DataTimes;
 
 /// The backlog count is recomputed at most this often (it scans every KeeperSecret).
@@ -257,12 +258,6 @@ impl DataTimes for Caches {
             })
             .collect()
     }
-}
-
-/// Locks `m` even if a panic poisoned it: what these mutexes guard is caches and bookkeeping,
-/// still usable afterwards, and one panic should not take every later caller down with it.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// PURE: the recorded hash, if it was recorded for the same target version, spec and credential.

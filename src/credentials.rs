@@ -12,13 +12,13 @@ use kube::{Api, Client, ResourceExt};
 use zeroize::Zeroizing;
 
 use crate::allowlist::AllowList;
-use crate::cache::lock;
 use crate::crd::{ClusterKeeperStore, KeeperSecret, SecretKeyRef};
 use crate::desired::HashKey;
 use crate::error::Error;
 use crate::keeper_source::{CredentialKey, KeeperSource};
 use crate::ksm::config::KsmConfig;
 use crate::ksm::credential::Credential as KsmCredential;
+use crate::lock;
 use crate::redeem::{TokenRequest, redeem_in_place, token_request};
 
 /// A parsed credential and what is derived from it.

@@ -36,6 +36,8 @@ pub async fn apply_status(
     api.patch_status(name, &params(), &Patch::Apply(body)).await
 }
 
+/// The API server rejects Events whose note is longer (events.k8s.io/v1).
+const NOTE_LIMIT: usize = 1024;
 /// Events waiting to be published; when full, publishers wait (backpressure, never a drop).
 const EVENT_QUEUE: usize = 1024;
 /// Events published at once.
@@ -76,7 +78,7 @@ impl Events {
         Events { queue }
     }
 
-    /// Queues an event on `regarding`.
+    /// Queues an event on `regarding`; a note over the API's 1 kB limit is cut to fit.
     pub async fn publish(
         &self,
         regarding: &ObjectReference,
@@ -88,12 +90,39 @@ impl Events {
         let event = Event {
             type_,
             reason,
-            note: Some(note),
+            note: Some(truncate(note, NOTE_LIMIT)),
             action: action.into(),
             secondary: None,
         };
         if self.queue.send((regarding.clone(), event)).await.is_err() {
             warn!("event publisher stopped; event not published");
         }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes, on a character boundary.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let cut = (0..=max)
+            .rev()
+            .find(|i| s.is_char_boundary(*i))
+            .unwrap_or(0);
+        s.truncate(cut);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_are_cut_to_the_limit_on_a_character_boundary() {
+        assert_eq!(truncate("short".into(), NOTE_LIMIT), "short");
+        let long = "é".repeat(NOTE_LIMIT); // two bytes each
+        let cut = truncate(long, NOTE_LIMIT);
+        assert_eq!(cut.len(), NOTE_LIMIT);
+        // An odd limit falls inside a character: the cut moves back to its start.
+        assert_eq!(truncate("éé".into(), 3), "é");
     }
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::cache::lock;
 use crate::fetcher::ksm_source::KsmSource;
 use crate::fetcher::store::SnapshotStore;
 use crate::fetcher::{CredentialFetcher, FetchSettings, FileBytes, Served};
@@ -18,6 +17,7 @@ use crate::ksm::config::KsmConfig;
 use crate::ksm::error::KsmError;
 use crate::ksm::record::KeeperFile;
 use crate::ksm::token::redeem_token;
+use crate::lock;
 use crate::metrics::Metrics;
 
 /// Identifies one credential: where it came from plus a fingerprint of its content, so a

@@ -25,3 +25,11 @@ pub mod rollout;
 pub mod status;
 pub mod telemetry;
 pub mod template;
+
+use std::sync::{Mutex, MutexGuard};
+
+/// Locks `m` even if a panic poisoned it: what the operator's mutexes guard is caches and
+/// bookkeeping, still usable afterwards, and one panic should not take every later caller down.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -15,7 +15,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::cache::{Caches, lock};
+use crate::cache::Caches;
 use crate::crd::{CreationPolicy, KeeperSecret, KeeperSecretStatus};
 use crate::credentials::Credential;
 use crate::desired::{self, HashKey, Ownership};
@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::refresh::{self, Decision, Target};
 use crate::rollout::Rollouts;
 use crate::status::{self, Synced};
-use crate::{allowlist, guard, k8s, template};
+use crate::{allowlist, guard, k8s, lock, template};
 use zeroize::Zeroizing;
 
 /// Operator-wide settings the reconciler needs (parsed once from the command line).
@@ -383,26 +383,8 @@ async fn report<S>(
             EventType::Normal
         };
         ctx.events
-            .publish(
-                &ks.object_ref(&()),
-                type_,
-                "Sync",
-                t.reason,
-                truncate(t.note, 1024),
-            )
+            .publish(&ks.object_ref(&()), type_, "Sync", t.reason, t.note)
             .await;
     }
     Ok(())
-}
-
-/// Event notes are limited to 1 kB; cut on a character boundary.
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let cut = (0..=max)
-            .rev()
-            .find(|i| s.is_char_boundary(*i))
-            .unwrap_or(0);
-        s.truncate(cut);
-    }
-    s
 }

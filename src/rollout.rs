@@ -23,9 +23,9 @@ use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::cache::lock;
 use crate::crd::{FIELD_MANAGER, KEYS_ANNOTATION, KeeperSecret, WorkloadKind};
 use crate::k8s::Events;
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::refresh;
 

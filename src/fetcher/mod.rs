@@ -21,10 +21,10 @@ pub mod ksm_source;
 pub mod secret_store;
 pub mod store;
 
-use crate::cache::lock;
 use crate::ksm::crypto::{AesKey, b64_url};
 use crate::ksm::error::KsmError;
 use crate::ksm::record::{KeeperFile, Vault};
+use crate::lock;
 use budget::{RateBudget, failure_backoff, jitter};
 use futures::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
