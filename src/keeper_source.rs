@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::fetcher::ksm_source::KsmSource;
 use crate::fetcher::store::SnapshotStore;
 use crate::fetcher::{CredentialFetcher, FetchSettings, FileBytes, Served};
-use crate::ksm::client::{ClientOptions, KsmClient};
+use crate::ksm::client::{ClientOptions, KsmClient, http_client};
 use crate::ksm::config::KsmConfig;
 use crate::ksm::error::KsmError;
 use crate::ksm::record::KeeperFile;
@@ -92,6 +92,9 @@ const MAX_FETCHERS: usize = 4096;
 /// whichever namespace or store it came through.
 pub struct SharedKeeper {
     options: ClientOptions,
+    /// One HTTP client for every credential: one root store and one connection pool per
+    /// Keeper host, rather than one per credential.
+    http: reqwest::Client,
     settings: FetchSettings,
     store: Option<Arc<dyn SnapshotStore>>,
     metrics: Arc<Metrics>,
@@ -99,19 +102,21 @@ pub struct SharedKeeper {
 }
 
 impl SharedKeeper {
+    /// Fails if `options` are unusable (an extra CA that is not a PEM bundle).
     pub fn new(
         options: ClientOptions,
         settings: FetchSettings,
         store: Option<Arc<dyn SnapshotStore>>,
         metrics: Arc<Metrics>,
-    ) -> Self {
-        SharedKeeper {
+    ) -> Result<Self, KsmError> {
+        Ok(SharedKeeper {
+            http: http_client(&options)?,
             options,
             settings,
             store,
             metrics,
             fetchers: Mutex::default(),
-        }
+        })
     }
 
     fn fetcher(
@@ -126,7 +131,7 @@ impl SharedKeeper {
         if fetchers.len() >= MAX_FETCHERS {
             fetchers.clear();
         }
-        let client = KsmClient::new(config.clone(), &self.options)?;
+        let client = KsmClient::with_http(config.clone(), &self.options, self.http.clone())?;
         let source = KsmSource::new(client, self.metrics.clone())?;
         let fetcher = Arc::new(CredentialFetcher::new(
             config.client_id(),
@@ -182,5 +187,27 @@ pub fn client_options(extra_ca_pem: Option<Vec<u8>>) -> ClientOptions {
         extra_ca_pem,
         throttle_retries: 0,
         ..ClientOptions::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unusable_extra_ca_fails_at_startup_not_per_credential() {
+        let keeper = |pem: Option<&[u8]>| {
+            SharedKeeper::new(
+                client_options(pem.map(<[u8]>::to_vec)),
+                FetchSettings::default(),
+                None,
+                Arc::new(Metrics::default()),
+            )
+        };
+        assert!(matches!(
+            keeper(Some(b"not a pem")),
+            Err(KsmError::InvalidCa(_))
+        ));
+        assert!(keeper(None).is_ok());
     }
 }

@@ -153,7 +153,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         fetch_settings,
         store,
         metrics.clone(),
-    );
+    )
+    .context("--keeper-ca-file")?;
     let events = Events::start(client.clone(), reporter);
     let (caches, writers) = Caches::new();
     let caches = Arc::new(caches);

@@ -77,7 +77,10 @@ impl std::fmt::Debug for KsmClient {
     }
 }
 
-fn http_client(options: &ClientOptions) -> Result<reqwest::Client, KsmError> {
+/// The HTTP client for `options` (timeouts, trusted roots). One can serve any number of
+/// [`KsmClient`]s ([`KsmClient::with_http`]): each client built here holds its own root store and
+/// connection pool.
+pub fn http_client(options: &ClientOptions) -> Result<reqwest::Client, KsmError> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .timeout(options.timeout)
@@ -153,13 +156,23 @@ fn throttle_delay(retry_after: Option<Duration>, attempt: u32) -> Duration {
 impl KsmClient {
     /// A client for a bound config. Fails if the config is not bound yet.
     pub fn new(config: KsmConfig, options: &ClientOptions) -> Result<KsmClient, KsmError> {
+        Self::with_http(config, options, http_client(options)?)
+    }
+
+    /// A client for a bound config that sends through `http`, an [`http_client`] built for
+    /// the same `options`.
+    pub fn with_http(
+        config: KsmConfig,
+        options: &ClientOptions,
+        http: reqwest::Client,
+    ) -> Result<KsmClient, KsmError> {
         if !config.is_bound() {
             return Err(ConfigError::NotBound.into());
         }
-        Self::build(config, options)
+        Ok(Self::build(config, options, http))
     }
 
-    fn build(config: KsmConfig, options: &ClientOptions) -> Result<KsmClient, KsmError> {
+    fn build(config: KsmConfig, options: &ClientOptions, http: reqwest::Client) -> KsmClient {
         // Like the SDKs: an id outside the table without a custom key falls back to 10.
         let key_id = match config.server_public_key() {
             Some(_) => config.server_public_key_id(),
@@ -168,9 +181,9 @@ impl KsmClient {
             }
             None => crate::ksm::config::DEFAULT_SERVER_KEY_ID,
         };
-        Ok(KsmClient {
+        KsmClient {
             inner: Arc::new(Inner {
-                http: http_client(options)?,
+                http,
                 options: ClientOptions {
                     extra_ca_pem: None,
                     ..options.clone()
@@ -178,7 +191,7 @@ impl KsmClient {
                 key_id: AtomicU32::new(key_id),
                 config,
             }),
-        })
+        }
     }
 
     pub fn config(&self) -> &KsmConfig {
@@ -193,7 +206,7 @@ impl KsmClient {
         let Some(client_key) = unbound.client_key().cloned() else {
             return Err(KsmError::Binding("config is already bound".into()));
         };
-        let client = Self::build(unbound, options)?;
+        let client = Self::build(unbound, options, http_client(options)?);
         let public_key = b64_std(&client.inner.config.device_key().public_key_bytes());
         let plaintext = client
             .post("get_secret", json!({ "publicKey": public_key }))
