@@ -6,6 +6,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out="$ROOT/target/e2e/bench-smoke.json"
+rm -f "$out" "${out%.json}.png"
 "$ROOT/e2e/bench.sh" --debug --keeper-secrets 20 --credentials 1 --refresh 5s --waves 2 \
   --outage-waves 2 --out "$out"
 python3 - "$out" <<'PY'
@@ -17,7 +18,8 @@ def num(key, v=None):
     return v
 assert d["keeper_secrets"] == 20 and d["credentials"] == 1, d
 for k in ["ready_seconds", "raw_apiserver_seconds", "raw_same_writes_seconds",
-          "change_propagation_seconds",
+          "change_propagation_seconds", "operator_rss_steady_anon_mib",
+          "operator_rss_steady_file_mib",
           "keeper_calls_per_wave", "keeper_calls_between_waves", "operator_rss_peak_mib",
           "operator_rss_steady_mib", "operator_cpu_seconds", "apiserver_requests"]:
     num(k)
@@ -31,5 +33,7 @@ assert set(d["apiserver_requests_by_phase"]) == {"cold_start", "steady_waves",
 assert d["keeper_calls_per_wave"] <= d["credentials"], d["keeper_calls_per_wave"]
 assert d["keeper_calls_between_waves"] == 0, d["keeper_calls_between_waves"]
 assert d["outage"]["all_secrets_kept"] and d["outage"]["all_ready_throughout"], d["outage"]
-print("bench smoke: all keys present and sane")
+png = open(sys.argv[1].removesuffix(".json") + ".png", "rb").read()
+assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000, "chart written"
+print("bench smoke: all keys present and sane, chart written")
 PY

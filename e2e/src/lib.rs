@@ -1,5 +1,6 @@
 //! KSM-compatible test server and end-to-end harness.
 
+pub mod chart;
 pub mod harness;
 pub mod ksm_server;
 pub mod leak_scan;

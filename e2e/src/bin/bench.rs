@@ -161,6 +161,9 @@ async fn main() -> Result<()> {
     std::fs::write(&bench.args.out, format!("{text}\n"))?;
     print_table(&out);
     eprintln!("wrote {}", bench.args.out.display());
+    let png = bench.args.out.with_extension("png");
+    chart(&png, &out)?;
+    eprintln!("wrote {}", png.display());
     Ok(())
 }
 
@@ -764,4 +767,25 @@ fn print_table(out: &serde_json::Map<String, Value>) {
         });
         println!("{name:<28} {}", v.unwrap_or_else(|| "-".into()));
     }
+}
+
+/// A PNG of the cold start against its baselines, captioned with the memory and Keeper figures.
+fn chart(path: &std::path::Path, out: &serde_json::Map<String, Value>) -> Result<()> {
+    let doc = Value::Object(out.clone());
+    let num = |ptr: &str| doc.pointer(ptr).and_then(Value::as_f64).unwrap_or(0.0);
+    let caption = format!(
+        "{} KeeperSecrets on {} credential(s): RSS peak {:.1} MiB, {} Keeper calls per wave",
+        num("/keeper_secrets"),
+        num("/credentials"),
+        num("/operator_rss_peak_mib"),
+        num("/keeper_calls_per_wave"),
+    );
+    let bars = [
+        ("operator: all Ready", "/ready_seconds"),
+        ("raw: the same writes", "/raw_same_writes_seconds"),
+        ("raw: Secret creates", "/raw_apiserver_seconds"),
+        ("bench: KeeperSecret creates", "/apply_seconds"),
+    ]
+    .map(|(label, ptr)| (label.to_string(), num(ptr)));
+    keeper_e2e::chart::bars(path, &caption, "seconds", &bars)
 }
