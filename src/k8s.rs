@@ -102,13 +102,7 @@ impl Events {
 
 /// Cuts `s` to at most `max` bytes, on a character boundary.
 fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let cut = (0..=max)
-            .rev()
-            .find(|i| s.is_char_boundary(*i))
-            .unwrap_or(0);
-        s.truncate(cut);
-    }
+    s.truncate(s.floor_char_boundary(max));
     s
 }
 
