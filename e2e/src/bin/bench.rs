@@ -154,15 +154,16 @@ async fn main() -> Result<()> {
     );
     bench.cleanup().await;
 
-    let text = serde_json::to_string_pretty(&Value::Object(out.clone()))?;
+    let doc = Value::Object(out);
+    let text = serde_json::to_string_pretty(&doc)?;
     if let Some(dir) = bench.args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&bench.args.out, format!("{text}\n"))?;
-    print_table(&out);
+    print_table(&doc);
     eprintln!("wrote {}", bench.args.out.display());
     let png = bench.args.out.with_extension("png");
-    chart(&png, &out)?;
+    chart(&png, &doc)?;
     eprintln!("wrote {}", png.display());
     Ok(())
 }
@@ -731,7 +732,7 @@ fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
-fn print_table(out: &serde_json::Map<String, Value>) {
+fn print_table(doc: &Value) {
     let rows = [
         ("KeeperSecrets", "/keeper_secrets"),
         ("credentials", "/credentials"),
@@ -759,7 +760,6 @@ fn print_table(out: &serde_json::Map<String, Value>) {
         ("load average start", "/load_average/start"),
         ("load average end", "/load_average/end"),
     ];
-    let doc = Value::Object(out.clone());
     for (name, ptr) in rows {
         let v = doc.pointer(ptr).map(|v| match v {
             Value::String(s) => s.clone(),
@@ -770,8 +770,7 @@ fn print_table(out: &serde_json::Map<String, Value>) {
 }
 
 /// A PNG of the cold start against its baselines, captioned with the memory and Keeper figures.
-fn chart(path: &std::path::Path, out: &serde_json::Map<String, Value>) -> Result<()> {
-    let doc = Value::Object(out.clone());
+fn chart(path: &std::path::Path, doc: &Value) -> Result<()> {
     let num = |ptr: &str| doc.pointer(ptr).and_then(Value::as_f64).unwrap_or(0.0);
     let caption = format!(
         "{} KeeperSecrets on {} credential(s): RSS peak {:.1} MiB, {} Keeper calls per wave",
