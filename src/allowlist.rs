@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 
 use crate::crd::{ClusterKeeperStoreSpec, KeeperSecretSpec};
 use crate::error::Error;
-use crate::ksm::notation::Notation;
-use crate::ksm::record::Vault;
+use crate::ksm::notation::{Notation, is_uid_shaped};
+use crate::ksm::record::{Skipped, Vault};
 
 /// The records and shared folders a store allows; built only when one of its lists is set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +49,30 @@ impl AllowList {
             .collect()
     }
 
+    /// The undecryptable entries this list could have let a borrower read; others are not
+    /// named to it at all.
+    fn skipped(&self, skipped: &Skipped, readable: &BTreeSet<&str>) -> Skipped {
+        Skipped {
+            records: skipped
+                .records
+                .intersection(&self.records)
+                .cloned()
+                .collect(),
+            folders: skipped
+                .folders
+                .intersection(&self.folders)
+                .cloned()
+                .collect(),
+            files_of: skipped
+                .files_of
+                .iter()
+                .filter(|uid| readable.contains(uid.as_str()))
+                .cloned()
+                .collect(),
+            unnamed: skipped.unnamed,
+        }
+    }
+
     fn denied(&self, what: String) -> Error {
         Error::NotAllowed(format!(
             "ClusterKeeperStore {} does not allow reading {what}; ask an administrator to add it to spec.allowedRecords or spec.allowedFolders",
@@ -81,16 +105,24 @@ pub fn restrict<'v>(
             return Err(allow.denied(format!("record {uid}")));
         }
     }
-    // A notation names a UID or a title; a UID of a record outside the list is refused, anything
-    // else is resolved against the narrowed vault (titles of forbidden records then never match).
+    // A notation names a UID or a title. A UID-shaped name that is neither a readable record's
+    // UID or title nor listed is refused whether or not such a record exists (so existence
+    // cannot be probed); anything else is resolved against the narrowed vault, where titles of
+    // forbidden records never match.
     let notations = spec
         .data
         .iter()
         .filter_map(|d| d.notation.as_deref()?.parse::<Notation>().ok());
     for n in notations {
-        if vault.records.iter().any(|r| r.uid == n.record) && !readable.contains(n.record.as_str())
-        {
-            return Err(allow.denied(format!("record {}", n.record)));
+        let name = n.record.as_str();
+        let visible = readable.contains(name)
+            || allow.records.contains(name)
+            || vault
+                .records
+                .iter()
+                .any(|r| r.title == name && readable.contains(r.uid.as_str()));
+        if is_uid_shaped(name) && !visible {
+            return Err(allow.denied(format!("record {name}")));
         }
     }
     for folder in spec.data_from.iter().filter_map(|d| d.folder.as_ref()) {
@@ -112,6 +144,7 @@ pub fn restrict<'v>(
             .cloned()
             .collect(),
         warnings: vault.warnings.clone(),
+        skipped: allow.skipped(&vault.skipped, &readable),
     }))
 }
 
@@ -162,7 +195,7 @@ mod tests {
                 record(DIRECT, "Direct", None),
             ],
             folders: vec![folder(FOLDER_A), folder(FOLDER_B)],
-            warnings: vec![],
+            ..Vault::default()
         }
     }
 
@@ -289,12 +322,25 @@ mod tests {
             duplicate_keys: Default::default(),
         };
         denial(allow.as_ref(), &spec(vec![], vec![whole]));
-        // A UID that does not exist is refused the same way, so existence cannot be probed.
+        // A UID that does not exist is refused the same way, so existence cannot be probed,
+        // by selector and by notation alike.
         let msg = denial(
             allow.as_ref(),
             &spec(vec![field("m", by_uid(MISSING))], vec![]),
         );
         assert!(msg.contains(MISSING), "{msg}");
+        let by_notation = |uid: &str| {
+            denial(
+                allow.as_ref(),
+                &spec(
+                    vec![notation("x", &format!("keeper://{uid}/field/password"))],
+                    vec![],
+                ),
+            )
+        };
+        let existing = by_notation(B);
+        let missing = by_notation(MISSING);
+        assert_eq!(existing.replace(B, "UID"), missing.replace(MISSING, "UID"));
     }
 
     #[test]

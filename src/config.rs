@@ -98,6 +98,11 @@ pub struct RunArgs {
     /// (a tenth of refreshInterval, at most 60 s, plus 6 s).
     #[arg(long, env = "KEEPER_OPERATOR_ROLLOUT_DEBOUNCE", default_value = "5s")]
     pub rollout_debounce: kube::core::Duration,
+    /// How long a KeeperSecret may be served from the last good copy while Keeper fails
+    /// before its Ready condition turns False (reason LastGoodCopyExpired). The Secret keeps
+    /// its data either way (Go duration).
+    #[arg(long, env = "KEEPER_OPERATOR_MAX_STALE_AGE", default_value = "24h")]
+    pub max_stale_age: kube::core::Duration,
 }
 
 #[cfg(test)]
@@ -117,6 +122,10 @@ mod tests {
         assert_eq!(a.metrics_bind_address.to_string(), "0.0.0.0:8080");
         assert_eq!(a.concurrency, 4);
         assert_eq!(std::time::Duration::from(a.rollout_debounce).as_secs(), 5);
+        assert_eq!(
+            std::time::Duration::from(a.max_stale_age).as_secs(),
+            24 * 3600
+        );
         assert_eq!(
             std::time::Duration::from(a.default_refresh_interval).as_secs(),
             3600

@@ -119,7 +119,11 @@ pub struct StoreRef {
 }
 
 /// The Secret the operator writes.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(test, x_kube(cel))]
+#[x_kube(validation = Rule::new("!has(self.type) || self.type != 'kubernetes.io/service-account-token'").message("type kubernetes.io/service-account-token is not allowed: the operator does not create ServiceAccount token Secrets"))]
+#[x_kube(validation = Rule::new("!has(self.annotations) || !('kubernetes.io/service-account.name' in self.annotations || 'kubernetes.io/service-account.uid' in self.annotations)").message("annotations may not bind the Secret to a ServiceAccount"))]
+#[x_kube(validation = Rule::new("!has(self.immutable) || !has(self.creationPolicy) || self.creationPolicy != 'Merge'").message("immutable cannot be combined with creationPolicy Merge"))]
 #[serde(rename_all = "camelCase")]
 pub struct Target {
     /// Name of the Secret (default: the KeeperSecret's name). Immutable.
@@ -127,15 +131,19 @@ pub struct Target {
     #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(max = 253))]
     pub name: Option<String>,
     /// Secret type: `Opaque` (default), `kubernetes.io/tls`, `kubernetes.io/dockerconfigjson`,
-    /// `kubernetes.io/basic-auth`, `kubernetes.io/ssh-auth`, ...
+    /// `kubernetes.io/basic-auth`, `kubernetes.io/ssh-auth`, ... (not
+    /// `kubernetes.io/service-account-token`). With creationPolicy Merge it must equal the
+    /// existing Secret's type.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<String>,
     /// Owner (default): the Secret is owned by the KeeperSecret and deleted with it.
     /// Orphan: the Secret is kept when the KeeperSecret is deleted.
-    /// Merge: only our keys are written into an existing Secret that someone else created.
+    /// Merge: only our keys are written into an existing Secret that someone else created,
+    /// of the declared type and with no controller owner (such as cert-manager's).
     #[serde(default)]
     pub creation_policy: CreationPolicy,
-    /// Mark the Secret immutable. Changing its data later requires deleting the Secret.
+    /// Mark the Secret immutable. Changing its data later requires deleting the Secret. Not
+    /// allowed with creationPolicy Merge (the operator never freezes a Secret it did not create).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub immutable: Option<bool>,
     /// Extra labels on the Secret.

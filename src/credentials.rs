@@ -139,7 +139,10 @@ pub async fn load<S: KeeperSource>(
 ) -> Result<Credential, Error> {
     let ns = ks.namespace().unwrap_or_default();
     let (secret_ns, reference, allow) = match (&ks.spec.auth.secret_ref, &ks.spec.auth.store_ref) {
-        (Some(r), None) => (ns.clone(), r.clone(), None),
+        (Some(r), None) => {
+            check_secret_ref_allowed(&ns, operator_ns)?;
+            (ns.clone(), r.clone(), None)
+        }
         (None, Some(store)) => {
             let store = Api::<ClusterKeeperStore>::all(client.clone())
                 .get_opt(&store.name)
@@ -191,6 +194,18 @@ pub async fn load<S: KeeperSource>(
         }
     };
     Ok(Credential { allow, ..cred })
+}
+
+/// Refuses a `secretRef` from the operator's own namespace: its Secrets hold every
+/// ClusterKeeperStore's credential, and naming one directly would read through the store
+/// without its namespace and record allow-lists.
+pub fn check_secret_ref_allowed(ns: &str, operator_ns: Option<&str>) -> Result<(), Error> {
+    if operator_ns == Some(ns) {
+        return Err(Error::NotAllowed(format!(
+            "KeeperSecrets in the operator namespace {ns} must use a storeRef: its Secrets hold ClusterKeeperStore credentials, whose allow-lists a secretRef would bypass"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether a store lends itself to namespace `ns` (by name list or label selector).
@@ -358,5 +373,14 @@ mod tests {
         let labels: BTreeMap<String, String> = [("team".into(), "x".into())].into();
         assert!(check_store_allows(&store, "b", &labels).is_ok());
         assert!(check_store_allows(&store, "b", &none).is_err());
+    }
+
+    #[test]
+    fn the_operator_namespace_only_reads_credentials_through_stores() {
+        let err = check_secret_ref_allowed("keeper-system", Some("keeper-system")).unwrap_err();
+        assert_eq!(err.reason(), "NotAllowed");
+        assert!(err.to_string().contains("storeRef"), "{err}");
+        assert!(check_secret_ref_allowed("shop", Some("keeper-system")).is_ok());
+        assert!(check_secret_ref_allowed("shop", None).is_ok());
     }
 }

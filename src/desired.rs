@@ -73,6 +73,9 @@ pub enum DesiredError {
     /// The keys do not fit the Secret type.
     #[error("Secret type {type_} needs key {key:?}; map or template it")]
     MissingTypeKey { type_: String, key: &'static str },
+    /// The target asks for something a tenant may not get through the operator.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl DesiredError {
@@ -81,6 +84,7 @@ impl DesiredError {
         match self {
             Self::TooLarge { .. } => "TooLarge",
             Self::MissingTypeKey { .. } => "InvalidSpec",
+            Self::Forbidden(_) => "NotAllowed",
         }
     }
 }
@@ -121,6 +125,7 @@ pub fn secret(
         return Err(DesiredError::TooLarge { size });
     }
     let target = ks.spec.target.clone().unwrap_or_default();
+    check_target_allowed(&target)?;
     let type_ = target.type_.clone().unwrap_or_else(|| "Opaque".to_string());
     if let Some(k) = required_keys(&type_)
         .iter()
@@ -165,6 +170,39 @@ pub fn secret(
     Ok(Desired { secret, hash })
 }
 
+/// The Secret type that makes the API server mint a ServiceAccount token into the Secret.
+const SERVICE_ACCOUNT_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
+/// Annotations that bind a Secret to a ServiceAccount (the token controller acts on them).
+const SERVICE_ACCOUNT_ANNOTATIONS: [&str; 2] = [
+    "kubernetes.io/service-account.name",
+    "kubernetes.io/service-account.uid",
+];
+
+/// Refuses targets that would let a tenant act through the operator's write access rather than
+/// merely receive Keeper data: minting ServiceAccount tokens, or freezing a Secret it does not
+/// own. The CRD's validation rules say the same; this holds where they are not enforced.
+pub fn check_target_allowed(target: &crate::crd::Target) -> Result<(), DesiredError> {
+    if target.type_.as_deref() == Some(SERVICE_ACCOUNT_TOKEN_TYPE) {
+        return Err(DesiredError::Forbidden(format!(
+            "target.type {SERVICE_ACCOUNT_TOKEN_TYPE} is not allowed: the operator does not create ServiceAccount token Secrets"
+        )));
+    }
+    if let Some(a) = SERVICE_ACCOUNT_ANNOTATIONS
+        .iter()
+        .find(|a| target.annotations.contains_key(**a))
+    {
+        return Err(DesiredError::Forbidden(format!(
+            "target.annotations may not set {a}: the operator does not bind Secrets to ServiceAccounts"
+        )));
+    }
+    if target.creation_policy == CreationPolicy::Merge && target.immutable.is_some() {
+        return Err(DesiredError::Forbidden(
+            "target.immutable cannot be combined with creationPolicy Merge: the operator never changes the mutability of a Secret it did not create".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Keys the apiserver requires for the built-in Secret types.
 fn required_keys(type_: &str) -> &'static [&'static str] {
     match type_ {
@@ -206,14 +244,28 @@ pub fn ownership(ks: &KeeperSecret, existing: Option<&Secret>) -> Result<Ownersh
             owner.map(String::as_str).unwrap_or_default()
         ));
     }
-    if other_controller && ks.creation_policy() != CreationPolicy::Merge {
+    if other_controller {
         return Err(format!(
-            "Secret {name} is controlled by another object; pick another target.name"
+            "Secret {name} is controlled by another object; pick another target.name (creationPolicy Merge writes only into Secrets without a controller)"
         ));
     }
     match (managed && owner.is_some(), ks.creation_policy()) {
         (true, _) => Ok(Ownership::Ours),
-        (false, CreationPolicy::Merge) => Ok(Ownership::Foreign),
+        (false, CreationPolicy::Merge) => {
+            let declared = ks
+                .spec
+                .target
+                .as_ref()
+                .and_then(|t| t.type_.as_deref())
+                .unwrap_or("Opaque");
+            let actual = s.type_.as_deref().unwrap_or("Opaque");
+            if declared != actual {
+                return Err(format!(
+                    "Secret {name} has type {actual}, not the declared target.type {declared}; creationPolicy Merge writes only into a Secret of the declared type"
+                ));
+            }
+            Ok(Ownership::Foreign)
+        }
         (false, _) => Err(format!(
             "Secret {name} already exists and was not created by keeper-operator; delete it, choose another \
              target.name, or set target.creationPolicy: Merge to add keys to it"

@@ -111,8 +111,12 @@ impl SharedKeeper {
     ) -> Result<Self, KsmError> {
         Ok(SharedKeeper {
             http: http_client(&options)?,
+            // A fetch is one request (the operator's client surfaces throttling at once).
+            settings: FetchSettings {
+                fetch_deadline: options.timeout,
+                ..settings
+            },
             options,
-            settings,
             store,
             metrics,
             fetchers: Mutex::default(),

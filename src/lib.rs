@@ -12,6 +12,7 @@ pub mod error;
 pub mod fetcher;
 pub mod guard;
 pub mod http;
+pub mod incomplete;
 pub mod k8s;
 pub mod keeper_source;
 pub mod ksm;

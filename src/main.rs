@@ -60,6 +60,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.rollout_debounce.is_negative() {
         bail!("--rollout-debounce must not be negative");
     }
+    if args.max_stale_age.is_negative() {
+        bail!("--max-stale-age must not be negative");
+    }
     let extra_ca_pem = match &args.keeper_ca_file {
         Some(path) => Some(
             std::fs::read(path)
@@ -123,6 +126,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         default_refresh_interval: args.default_refresh_interval.into(),
         operator_namespace: args.operator_namespace.clone(),
         rollout_debounce: args.rollout_debounce.into(),
+        max_stale_age: args.max_stale_age.into(),
     };
     let reporter = Reporter {
         controller: "keeper-operator".into(),

@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::refresh::{self, Decision, Target};
 use crate::rollout::Rollouts;
 use crate::status::{self, Synced};
-use crate::{allowlist, guard, k8s, lock, template};
+use crate::{allowlist, guard, incomplete, k8s, lock, template};
 use zeroize::Zeroizing;
 
 /// Operator-wide settings the reconciler needs (parsed once from the command line).
@@ -41,6 +41,8 @@ pub struct Settings {
     pub operator_namespace: Option<String>,
     /// Least time a rollout restart waits for more requests (see [`crate::rollout::window`]).
     pub rollout_debounce: Duration,
+    /// How long the last good copy keeps a KeeperSecret Ready while Keeper is unreachable.
+    pub max_stale_age: Duration,
 }
 
 /// Shared state of all reconciles.
@@ -221,9 +223,11 @@ async fn sync<S: KeeperSource>(
         Served::Fresh(snapshot) => (snapshot, None),
         Served::Stale(snapshot, staleness) => (snapshot, Some(staleness)),
         Served::Unavailable(staleness) => return Err(Error::Keeper((*staleness.error).clone())),
+        // Keeper is slow to answer: free this worker and pick the answer up later.
+        Served::Pending(after) => return Ok(Outcome::Wait(after)),
     };
     let vault = allowlist::restrict(cred.allow.as_ref(), &ks.spec, &snapshot.vault)?;
-    let plan = mapping::plan(&ks.spec, &vault)?;
+    let plan = incomplete::check(&ks.spec, &vault, mapping::plan(&ks.spec, &vault))?;
     let data = resolve_files(ctx, &cred, &vault, plan.entries).await?;
     let data = template::apply(
         ks.spec.target.as_ref().and_then(|t| t.template.as_ref()),
@@ -270,15 +274,18 @@ async fn sync<S: KeeperSource>(
     // reconcile: every KeeperSecret on a credential then falls due in the same wave and the
     // wave costs one Keeper call. While Keeper fails, retry when the fetcher will.
     let next = match &stale {
-        Some(s) => s.retry_in.max(refresh::MIN_INTERVAL),
+        Some(s) => {
+            // Also come back when the copy expires, so Ready turns False on time.
+            let expires_in = until(fetched_at, ctx.settings.max_stale_age);
+            let retry_in = if expires_in.is_zero() {
+                s.retry_in
+            } else {
+                s.retry_in.min(expires_in)
+            };
+            retry_in.max(refresh::MIN_INTERVAL)
+        }
         None => {
-            let age = Timestamp::now().duration_since(fetched_at);
-            let left = jiff::SignedDuration::try_from(interval)
-                .map(|i| i - age)
-                .ok()
-                .and_then(|d| Duration::try_from(d).ok())
-                .unwrap_or(Duration::ZERO);
-            left.max(refresh::MIN_INTERVAL) + refresh::jitter(ks, interval)
+            until(fetched_at, interval).max(refresh::MIN_INTERVAL) + refresh::jitter(ks, interval)
         }
     };
     let synced = Synced {
@@ -290,10 +297,22 @@ async fn sync<S: KeeperSource>(
             reason: s.error.reason(),
             error: s.error.to_string(),
             since: Timestamp::try_from(s.since).unwrap_or(fetched_at),
+            outage: s.error.is_outage(),
+            max_age: ctx.settings.max_stale_age,
         }),
     };
     let new = status::synced(ks, Timestamp::now(), &synced);
     Ok(Outcome::Synced(new, next))
+}
+
+/// Time left until `age` has passed since `since` (zero if it already has).
+fn until(since: Timestamp, age: Duration) -> Duration {
+    let elapsed = Timestamp::now().duration_since(since);
+    jiff::SignedDuration::try_from(age)
+        .map(|a| a - elapsed)
+        .ok()
+        .and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or(Duration::ZERO)
 }
 
 /// Reads the target Secret, remembering its version when its data checks out against its own

@@ -9,6 +9,8 @@ use crate::crd::{KeeperSecret, KeeperSecretStatus, READY, RecordRevision};
 pub const SYNCED: &str = "Synced";
 /// Reason of Ready=True while Keeper fails and the Secret holds the last good copy.
 pub const LAST_GOOD_COPY: &str = "LastGoodCopy";
+/// Reason of Ready=False once the last good copy is older than the operator's maximum age.
+pub const LAST_GOOD_COPY_EXPIRED: &str = "LastGoodCopyExpired";
 /// Condition type that is True while the data is served from the last good copy.
 pub const STALE: &str = "Stale";
 
@@ -36,6 +38,28 @@ pub struct Stale {
     pub error: String,
     /// When Keeper started failing.
     pub since: Timestamp,
+    /// Keeper is unreachable or answered unusably ([`crate::ksm::error::KsmError::is_outage`]),
+    /// rather than refusing the credential.
+    pub outage: bool,
+    /// How old the data may get while an outage keeps the KeeperSecret Ready.
+    pub max_age: std::time::Duration,
+}
+
+impl Stale {
+    /// Ready's status and reason while serving the last good copy: an outage keeps Ready=True
+    /// until the data is older than `max_age`; a refusal (revoked or unknown client, rejected
+    /// client version, ...) is Ready=False at once under its own reason. The data stays either way.
+    fn ready(&self, fetched_at: Timestamp, now: Timestamp) -> (&'static str, &'static str) {
+        let max_age =
+            jiff::SignedDuration::try_from(self.max_age).unwrap_or(jiff::SignedDuration::MAX);
+        if !self.outage {
+            ("False", self.reason)
+        } else if now.duration_since(fetched_at) > max_age {
+            ("False", LAST_GOOD_COPY_EXPIRED)
+        } else {
+            ("True", LAST_GOOD_COPY)
+        }
+    }
 }
 
 /// Status after a successful sync. `lastSyncTime` is when Keeper returned the data, so while
@@ -47,8 +71,9 @@ pub fn synced(ks: &KeeperSecret, now: Timestamp, s: &Synced) -> KeeperSecretStat
         s.keys,
         s.records.len()
     );
-    let (reason, message, stale) = match &s.stale {
+    let (ready, reason, message, stale) = match &s.stale {
         None => (
+            "True",
             SYNCED,
             holds,
             (
@@ -57,18 +82,22 @@ pub fn synced(ks: &KeeperSecret, now: Timestamp, s: &Synced) -> KeeperSecretStat
                 "The data is current".to_string(),
             ),
         ),
-        Some(st) => (
-            LAST_GOOD_COPY,
-            format!(
-                "{holds}, fetched at {}; Keeper failing since {} ({}), serving the last good copy",
-                s.fetched_at, st.since, st.reason
-            ),
+        Some(st) => {
+            let (ready, reason) = st.ready(s.fetched_at, now);
             (
-                "True",
-                st.reason.to_string(),
-                format!("Keeper failing since {}: {}", st.since, st.error),
-            ),
-        ),
+                ready,
+                reason,
+                format!(
+                    "{holds}, fetched at {}; Keeper failing since {} ({}), serving the last good copy",
+                    s.fetched_at, st.since, st.reason
+                ),
+                (
+                    "True",
+                    st.reason.to_string(),
+                    format!("Keeper failing since {}: {}", st.since, st.error),
+                ),
+            )
+        }
     };
     let prev = ks.status.clone().unwrap_or_default();
     let generation = ks.metadata.generation;
@@ -77,7 +106,7 @@ pub fn synced(ks: &KeeperSecret, now: Timestamp, s: &Synced) -> KeeperSecretStat
         READY,
         generation,
         now,
-        "True",
+        ready,
         reason,
         &message,
     );
@@ -259,6 +288,63 @@ mod tests {
             c.message
                 .contains("Secret db holds 2 keys from 1 Keeper records")
         );
+    }
+
+    fn stale(reason: &'static str, outage: bool) -> Synced {
+        Synced {
+            stale: Some(Stale {
+                reason,
+                error: "it failed".into(),
+                since: t(10),
+                outage,
+                max_age: std::time::Duration::from_secs(3600),
+            }),
+            ..ok()
+        }
+    }
+
+    fn conditions(s: &KeeperSecretStatus) -> Vec<(&str, &str, &str)> {
+        s.conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn an_outage_keeps_ready_until_the_copy_is_too_old() {
+        let s = synced(&ks(1, None), t(3600), &stale("KeeperUnavailable", true));
+        assert_eq!(
+            conditions(&s),
+            [
+                (READY, "True", LAST_GOOD_COPY),
+                (STALE, "True", "KeeperUnavailable")
+            ]
+        );
+        let s = synced(&ks(1, None), t(3601), &stale("KeeperUnavailable", true));
+        assert_eq!(
+            conditions(&s),
+            [
+                (READY, "False", LAST_GOOD_COPY_EXPIRED),
+                (STALE, "True", "KeeperUnavailable")
+            ]
+        );
+        assert_eq!(s.data_hash.as_deref(), Some("hmac-sha256:ab"), "data kept");
+    }
+
+    #[test]
+    fn a_refused_credential_is_not_ready_even_with_a_fresh_copy() {
+        let s = synced(&ks(1, None), t(20), &stale("AuthFailed", false));
+        assert_eq!(
+            conditions(&s),
+            [
+                (READY, "False", "AuthFailed"),
+                (STALE, "True", "AuthFailed")
+            ]
+        );
+        assert!(ready(&s).message.contains("serving the last good copy"));
+        let event = transition(None, &s).unwrap();
+        assert!(event.warning);
+        assert_eq!(event.reason, "AuthFailed");
     }
 
     #[test]

@@ -518,3 +518,182 @@ async fn a_glitch_that_empties_a_value_is_refused_but_a_real_change_is_applied()
     );
     Ok(())
 }
+
+/// The client id inside the world's base64 KSM config.
+fn client_id(config: &str) -> Result<String> {
+    let json = keeper_operator::ksm::crypto::b64_decode(config)?;
+    let parsed: serde_json::Value = serde_json::from_slice(&json)?;
+    Ok(parsed["clientId"]
+        .as_str()
+        .context("clientId in the config")?
+        .to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_is_not_ready_but_its_secrets_keep_their_data() -> Result<()> {
+    let w = World::start("cache-revoked").await?;
+    let mut operator = w.operator().await?;
+    w.create(&names("revoked", 0..2), "5s").await?;
+    w.wait_all(2, "Synced").await?;
+    let good = w.snapshot().await?;
+
+    ensure!(
+        w.server.revoke_device(&client_id(&w.config)?),
+        "no such device"
+    );
+    let revoked = w.wait_all(2, "AuthFailed").await?;
+    for ks in &revoked {
+        let ready = ks.ready_condition().context("Ready")?;
+        ensure!(ready.status == "False", "{ready:?}");
+        ensure!(ready.message.contains("last good copy"), "{ready:?}");
+        let stale = condition(ks, "Stale").context("Stale condition")?;
+        ensure!(
+            stale.status == "True" && stale.reason == "AuthFailed",
+            "{stale:?}"
+        );
+    }
+    ensure!(
+        w.snapshot().await? == good,
+        "a revoked credential changed a Secret"
+    );
+
+    // A restarted operator, with only the sealed copy, tells the same truth.
+    operator.kill();
+    let mut restarted = w.operator().await?;
+    let api = w.keeper_secrets();
+    api.patch(
+        "revoked-0000",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "spec": { "refreshInterval": "6s" } })),
+    )
+    .await?;
+    wait_until(
+        "the edited KeeperSecret reports AuthFailed again",
+        TIMEOUT,
+        || {
+            let api = api.clone();
+            async move {
+                let ks = api.get("revoked-0000").await?;
+                let ready = ks.ready_condition().context("Ready")?;
+                let current = ks.status.as_ref().and_then(|s| s.observed_generation)
+                    == ks.metadata.generation;
+                Ok(
+                    (current && ready.reason == "AuthFailed" && ready.status == "False")
+                        .then_some(()),
+                )
+            }
+        },
+    )
+    .await?;
+    ensure!(w.snapshot().await? == good, "data lost after the restart");
+    w.finish(&mut [&mut operator, &mut restarted]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_good_copy_older_than_the_maximum_age_turns_not_ready_and_keeps_its_data()
+-> Result<()> {
+    let w = World::start("cache-expiry").await?;
+    let mut operator = w.operator_builder().arg("--max-stale-age=20s").spawn()?;
+    operator.wait_ready(TIMEOUT).await?;
+    w.create(&names("expiry", 0..1), "5s").await?;
+    w.wait_all(1, "Synced").await?;
+    let good = w.snapshot().await?;
+
+    w.server.faults().set_down(DownMode::Unavailable);
+    w.wait_all(1, "LastGoodCopy").await?;
+    let expired = w.wait_all(1, "LastGoodCopyExpired").await?;
+    let ready = expired[0].ready_condition().context("Ready")?;
+    ensure!(ready.status == "False", "{ready:?}");
+    ensure!(
+        condition(&expired[0], "Stale").is_some_and(|c| c.status == "True"),
+        "not marked stale"
+    );
+    ensure!(w.snapshot().await? == good, "the expired copy was removed");
+
+    w.server.faults().set_down(DownMode::Up);
+    w.wait_all(1, "Synced").await?;
+    w.finish(&mut [&mut operator]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_operator_recreates_a_file_secret_from_the_sealed_copy_while_keeper_is_down()
+-> Result<()> {
+    let w = World::start("cache-restart-files").await?;
+    let mut first = w.operator().await?;
+    let ks = json!({
+        "apiVersion": "keeper-operator.dev/v1alpha1",
+        "kind": "KeeperSecret",
+        "metadata": { "name": "tls" },
+        "spec": {
+            "auth": { "secretRef": { "name": "ksm-config", "key": "config" } },
+            "refreshInterval": "1h",
+            "target": { "name": "tls" },
+            "data": [{ "key": "ca.crt", "notation": format!("keeper://{WEB_CERTIFICATE}/file/cert.pem") }]
+        }
+    });
+    let ks: KeeperSecret = serde_json::from_value(ks)?;
+    w.keeper_secrets()
+        .create(&PostParams::default(), &ks)
+        .await?;
+    w.wait_all(1, "Synced").await?;
+    let good = w.secrets().get("tls").await?.data.context("data")?["ca.crt"]
+        .0
+        .clone();
+
+    // The attachment is sealed beside the snapshot: present, and unreadable at rest.
+    let cache_api: Api<Secret> = Api::namespaced(w.env.cluster.client(), &w.env.chart.namespace);
+    let lp = ListParams::default().labels("app.kubernetes.io/component=last-good-cache");
+    let files = wait_until("the sealed files in the cache Secret", TIMEOUT, || {
+        let cache_api = cache_api.clone();
+        let lp = lp.clone();
+        async move {
+            let caches = cache_api.list(&lp).await?.items;
+            Ok(caches
+                .into_iter()
+                .find_map(|s| s.data?.remove("files"))
+                .map(|b| b.0))
+        }
+    })
+    .await?;
+    let probe = &good[..good.len().min(24)];
+    ensure!(
+        !files.windows(probe.len()).any(|win| win == probe),
+        "attachment readable at rest"
+    );
+
+    first.kill();
+    w.server.faults().set_down(DownMode::Refuse);
+    w.secrets().delete("tls", &DeleteParams::default()).await?;
+    let downloads = w.server.counters().file_downloads();
+
+    let mut second = w.operator().await?;
+    let restored = wait_until(
+        "the file Secret recreated from the sealed copy",
+        TIMEOUT,
+        || {
+            let secrets = w.secrets();
+            async move {
+                Ok(secrets
+                    .get_opt("tls")
+                    .await?
+                    .and_then(|s| s.data?.remove("ca.crt"))
+                    .map(|b| b.0))
+            }
+        },
+    )
+    .await?;
+    ensure!(restored == good, "the recreated file differs");
+    ensure!(
+        w.server.counters().file_downloads() == downloads,
+        "downloaded while Keeper was down"
+    );
+    let ks = w.wait_all(1, "LastGoodCopy").await?.remove(0);
+    ensure!(
+        condition(&ks, "Stale").is_some_and(|c| c.status == "True"),
+        "not marked stale"
+    );
+
+    w.server.faults().set_down(DownMode::Up);
+    w.wait_all(1, "Synced").await?;
+    w.finish(&mut [&mut first, &mut second]).await
+}

@@ -152,3 +152,29 @@ fn every_field_has_a_description() {
         );
     }
 }
+
+#[test]
+fn target_cannot_mint_tokens_or_freeze_merged_secrets() {
+    let with_target = |target: serde_json::Value| {
+        valid(serde_json::json!({
+            "auth": auth(),
+            "data": [{"key": "k", "notation": "a/field/b"}],
+            "target": target,
+        }))
+    };
+    assert!(!with_target(
+        serde_json::json!({"type": "kubernetes.io/service-account-token"})
+    ));
+    assert!(!with_target(
+        serde_json::json!({"annotations": {"kubernetes.io/service-account.name": "default"}})
+    ));
+    assert!(!with_target(
+        serde_json::json!({"creationPolicy": "Merge", "immutable": true})
+    ));
+    assert!(with_target(
+        serde_json::json!({"creationPolicy": "Merge", "type": "kubernetes.io/tls"})
+    ));
+    assert!(with_target(
+        serde_json::json!({"immutable": true, "annotations": {"team": "a"}})
+    ));
+}

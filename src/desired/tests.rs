@@ -228,3 +228,89 @@ fn ownership_rules() {
     }));
     assert_eq!(ownership(&merge, Some(&foreign)), Ok(Ownership::Foreign));
 }
+
+#[test]
+fn merge_refuses_controlled_or_differently_typed_secrets() {
+    let merge = |type_: Option<&str>| {
+        ks(Some(Target {
+            creation_policy: CreationPolicy::Merge,
+            type_: type_.map(Into::into),
+            ..Target::default()
+        }))
+    };
+    let controlled = Secret {
+        metadata: ObjectMeta {
+            name: Some("db".into()),
+            owner_references: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "cert-manager.io/v1".into(),
+                    kind: "Certificate".into(),
+                    name: "db".into(),
+                    uid: "cert-uid".into(),
+                    controller: Some(true),
+                    ..Default::default()
+                },
+            ]),
+            ..ObjectMeta::default()
+        },
+        ..Secret::default()
+    };
+    let msg = ownership(&merge(None), Some(&controlled)).unwrap_err();
+    assert!(msg.contains("controlled by another object"), "{msg}");
+
+    let tls = Secret {
+        metadata: ObjectMeta {
+            name: Some("db".into()),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        ..Secret::default()
+    };
+    let msg = ownership(&merge(None), Some(&tls)).unwrap_err();
+    assert!(msg.contains("type kubernetes.io/tls"), "{msg}");
+    assert_eq!(
+        ownership(&merge(Some("kubernetes.io/tls")), Some(&tls)),
+        Ok(Ownership::Foreign)
+    );
+}
+
+#[test]
+fn targets_that_act_beyond_delivering_data_are_refused() {
+    let refused = |target: Target| {
+        let err = secret(&ks(Some(target)), data(&[("token", b"x")]), &key()).unwrap_err();
+        assert_eq!(err.reason(), "NotAllowed");
+        err.to_string()
+    };
+    let msg = refused(Target {
+        type_: Some("kubernetes.io/service-account-token".into()),
+        ..Target::default()
+    });
+    assert!(msg.contains("service-account-token"), "{msg}");
+    let msg = refused(Target {
+        annotations: [(
+            "kubernetes.io/service-account.name".into(),
+            "default".into(),
+        )]
+        .into(),
+        ..Target::default()
+    });
+    assert!(msg.contains("service-account.name"), "{msg}");
+    let msg = refused(Target {
+        creation_policy: CreationPolicy::Merge,
+        immutable: Some(true),
+        ..Target::default()
+    });
+    assert!(msg.contains("immutable"), "{msg}");
+    // Immutable stays available for Secrets the operator creates.
+    assert!(
+        secret(
+            &ks(Some(Target {
+                immutable: Some(true),
+                ..Target::default()
+            })),
+            data(&[("a", b"1")]),
+            &key()
+        )
+        .is_ok()
+    );
+}

@@ -1,9 +1,13 @@
 //! Shared Keeper access: one fetcher per credential, used by every KeeperSecret on it.
 //!
-//! - **Single flight.** A credential's state sits behind one async mutex. The first caller that
-//!   finds the snapshot too old fetches while holding it; everyone queued behind it then finds a
-//!   fresh snapshot and returns without a call. N KeeperSecrets due together cost one
-//!   `get_secret`, and callers whose data is still fresh cost none.
+//! - **Single flight.** The first caller that finds a credential's snapshot too old starts one
+//!   fetch; callers that arrive while it runs share its result. N KeeperSecrets due together
+//!   cost one `get_secret`, and callers whose data is still fresh cost none.
+//! - **No worker held hostage.** The fetch runs in its own task. Callers wait for it only until
+//!   [`PATIENCE`] after it started; later ones get [`Served::Pending`] at once and come back
+//!   when its deadline has passed. A slow or hanging endpoint of one credential therefore holds
+//!   the shared reconcile workers for at most a few seconds per refresh wave, not for its whole
+//!   request timeout.
 //! - **Whole-credential fetch.** One `get_secret` with no filter returns every record the
 //!   application can read, so titles, folders and every KeeperSecret's needs resolve from it.
 //! - **Budget.** Requests draw from a per-credential token bucket far below Keeper's throttle,
@@ -14,7 +18,9 @@
 //!   per backoff step, not one per KeeperSecret.
 //! - **Persistence.** Every snapshot whose content changed is sealed into a [`SnapshotStore`];
 //!   a process that has no snapshot yet and cannot reach Keeper loads it from there.
-//! - **Files** are downloaded once per record revision and shared.
+//! - **Files** are downloaded once per record revision and shared. The attachments that
+//!   KeeperSecrets map are sealed into the store too (as much as fits beside the snapshot), so a
+//!   restarted operator can also recreate a Secret holding a file while Keeper is down.
 
 pub mod budget;
 pub mod ksm_source;
@@ -32,7 +38,8 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use store::SnapshotStore;
+use store::{Part, SnapshotStore};
+use tokio::time::Instant as TokioInstant;
 use zeroize::Zeroizing;
 
 /// A downloaded, decrypted file, shared by every Secret that maps it.
@@ -62,6 +69,8 @@ pub struct FetchSettings {
     /// First wait after a failed fetch; doubles per consecutive failure up to `backoff_max`.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// The longest one fetch may take (from its start to its decoded result).
+    pub fetch_deadline: Duration,
 }
 
 impl Default for FetchSettings {
@@ -72,6 +81,7 @@ impl Default for FetchSettings {
             budget_window: Duration::from_secs(10),
             backoff_base: Duration::from_secs(5),
             backoff_max: Duration::from_secs(300),
+            fetch_deadline: Duration::from_secs(30),
         }
     }
 }
@@ -110,6 +120,31 @@ pub enum Served {
     Stale(Arc<Snapshot>, Staleness),
     /// Keeper failed and there is no copy at all.
     Unavailable(Staleness),
+    /// A fetch is still running past [`PATIENCE`]; ask again after this long.
+    Pending(Duration),
+}
+
+/// How long after a fetch started its callers wait for it inside a reconcile. Keeper usually
+/// answers well within it; a slower answer is picked up by a later reconcile.
+pub const PATIENCE: Duration = Duration::from_secs(2);
+
+/// How long past its deadline an unfinished fetch is taken for dead.
+const ABANDONED_AFTER: Duration = Duration::from_secs(10);
+
+/// A fetch in progress: when it started, when it gives up at the latest, and a channel that
+/// closes when its result is in the state. Tokio's clock, so tests can run it paused.
+struct InFlight {
+    started: TokioInstant,
+    deadline: TokioInstant,
+    done: tokio::sync::watch::Receiver<()>,
+}
+
+/// A caller's view of the fetch it may wait for.
+struct Waiting {
+    started: TokioInstant,
+    done: tokio::sync::watch::Receiver<()>,
+    /// This caller started it.
+    mine: bool,
 }
 
 /// What the fetchers did, as Prometheus counters (registered by [`crate::metrics`]).
@@ -159,6 +194,11 @@ struct State {
     budget: RateBudget,
     /// Downloaded files by file UID, with the record revision they belong to.
     files: HashMap<String, (i64, FileBytes)>,
+    /// Size of the persisted snapshot: the persisted files get the room it leaves.
+    persisted_len: usize,
+    /// Fingerprint of the persisted files (UIDs and revisions).
+    persisted_files: Option<[u8; 32]>,
+    in_flight: Option<InFlight>,
 }
 
 /// The shared fetcher of one credential.
@@ -207,6 +247,9 @@ impl CredentialFetcher {
                 failure: None,
                 budget,
                 files: HashMap::new(),
+                persisted_len: 0,
+                persisted_files: None,
+                in_flight: None,
             }),
         }
     }
@@ -215,8 +258,60 @@ impl CredentialFetcher {
         &self.id
     }
 
-    /// Data no older than `max_age`, from memory when possible, else from one Keeper call.
-    pub async fn snapshot(&self, max_age: Duration) -> Served {
+    /// Data no older than `max_age`, from memory when possible, else from one Keeper call
+    /// (shared with every caller that arrives while it runs).
+    pub async fn snapshot(self: &Arc<Self>, max_age: Duration) -> Served {
+        let fetch = match self.serve_or_start(max_age).await {
+            Ok(served) => return served,
+            Err(fetch) => fetch,
+        };
+        let patience = (fetch.started + PATIENCE).saturating_duration_since(TokioInstant::now());
+        let mut done = fetch.done;
+        // The channel only ever closes: `changed` returns when the fetch has finished.
+        if tokio::time::timeout(patience, done.changed())
+            .await
+            .is_err()
+        {
+            return self.pending().await;
+        }
+        self.after_fetch(fetch.mine).await
+    }
+
+    /// The outcome of the fetch a caller waited for: the snapshot it produced, or the last good
+    /// copy with its failure. `mine` is true for the caller that started it.
+    async fn after_fetch(&self, mine: bool) -> Served {
+        let mut state = self.state.lock().await;
+        if let Some(failure) = &state.failure {
+            if !mine {
+                self.stats.held_back.inc();
+            }
+            let staleness = staleness(failure, Instant::now());
+            return self.serve_last_good(&mut state, staleness).await;
+        }
+        match &state.snapshot {
+            Some(snapshot) => {
+                if !mine {
+                    self.stats.cache_hits.inc();
+                }
+                Served::Fresh(snapshot.clone())
+            }
+            // A finished fetch leaves a snapshot or a failure; look again later if not.
+            None => Served::Pending(PATIENCE),
+        }
+    }
+
+    /// The answer for a caller that stops waiting on a fetch still in progress.
+    async fn pending(&self) -> Served {
+        let state = self.state.lock().await;
+        let retry_in = state
+            .in_flight
+            .as_ref()
+            .map_or(PATIENCE, |f| pending_retry(f, TokioInstant::now()));
+        Served::Pending(retry_in)
+    }
+
+    /// What can be served without waiting, or the fetch in progress (started here if none).
+    async fn serve_or_start(self: &Arc<Self>, max_age: Duration) -> Result<Served, Waiting> {
         let mut state = self.state.lock().await;
         let now = Instant::now();
         if let Some(snapshot) = &state.snapshot {
@@ -225,15 +320,27 @@ impl CredentialFetcher {
                 .unwrap_or_default();
             if snapshot.origin == Origin::Keeper && age < max_age {
                 self.stats.cache_hits.inc();
-                return Served::Fresh(snapshot.clone());
+                return Ok(Served::Fresh(snapshot.clone()));
             }
+        }
+        if let Some(fetch) = &state.in_flight {
+            // A fetch task always finishes by its deadline; one far past it died (a panic) and
+            // must not block the credential forever.
+            if TokioInstant::now() < fetch.deadline + ABANDONED_AFTER {
+                return Err(Waiting {
+                    started: fetch.started,
+                    done: fetch.done.clone(),
+                    mine: false,
+                });
+            }
+            state.in_flight = None;
         }
         if let Some(failure) = &state.failure
             && now < failure.next_attempt
         {
             self.stats.held_back.inc();
             let staleness = staleness(failure, now);
-            return self.serve_last_good(&mut state, staleness).await;
+            return Ok(self.serve_last_good(&mut state, staleness).await);
         }
         let acquired = state.budget.try_acquire(now);
         self.stats.record_budget(&self.id, &state.budget);
@@ -247,28 +354,58 @@ impl CredentialFetcher {
                 since: SystemTime::now(),
                 retry_in: wait,
             };
-            return self.serve_last_good(&mut state, staleness).await;
+            return Ok(self.serve_last_good(&mut state, staleness).await);
         }
-        match self.fetch_once().await {
+        let (finished, done) = tokio::sync::watch::channel(());
+        let started = TokioInstant::now();
+        state.in_flight = Some(InFlight {
+            started,
+            deadline: started + self.settings.fetch_deadline,
+            done: done.clone(),
+        });
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = tokio::time::timeout(this.settings.fetch_deadline, this.fetch_once())
+                .await
+                .unwrap_or(Err(KsmError::Timeout));
+            let mut state = this.state.lock().await;
+            this.record_fetch(&mut state, result, now).await;
+            state.in_flight = None;
+            drop(finished); // wakes every waiter
+        });
+        Err(Waiting {
+            started,
+            done,
+            mine: true,
+        })
+    }
+
+    /// Puts a fetch's outcome into the state: a new snapshot, or a failure to back off from.
+    async fn record_fetch(
+        &self,
+        state: &mut State,
+        result: Result<(Vault, Zeroizing<Vec<u8>>), KsmError>,
+        started: Instant,
+    ) {
+        match result {
             Ok((vault, body)) => {
                 let fetched_at = SystemTime::now();
                 state.failure = None;
-                self.persist(&mut state, fetched_at, &body).await;
-                let snapshot = Arc::new(Snapshot {
+                self.persist(state, fetched_at, &body).await;
+                forget_old_files(&mut state.files, &vault);
+                self.persist_files(state).await;
+                state.snapshot = Some(Arc::new(Snapshot {
                     vault,
                     fetched_at,
                     origin: Origin::Keeper,
-                });
-                state.snapshot = Some(snapshot.clone());
-                Served::Fresh(snapshot)
+                }));
             }
             Err(error) => {
                 if let KsmError::Throttled { retry_after } = &error {
-                    state.budget.block_for(now, *retry_after);
+                    state.budget.block_for(started, *retry_after);
                     self.stats.record_budget(&self.id, &state.budget);
                 }
-                let staleness = self.record_failure(&mut state, error, now);
-                self.serve_last_good(&mut state, staleness).await
+                self.record_failure(state, error, Instant::now());
             }
         }
     }
@@ -310,6 +447,9 @@ impl CredentialFetcher {
         if state.snapshot.is_none() && !state.store_checked {
             state.store_checked = true;
             state.snapshot = self.restore().await.map(Arc::new);
+            if state.snapshot.is_some() {
+                self.restore_files(&mut state.files).await;
+            }
         }
         match &state.snapshot {
             Some(snapshot) => {
@@ -322,7 +462,7 @@ impl CredentialFetcher {
 
     async fn restore(&self) -> Option<Snapshot> {
         let store = self.store.as_ref()?;
-        let sealed = match store.load(&self.id).await {
+        let sealed = match store.load(&self.id, Part::Snapshot).await {
             Ok(Some(sealed)) => sealed,
             Ok(None) => return None,
             Err(error) => {
@@ -360,10 +500,74 @@ impl CredentialFetcher {
             return;
         }
         let sealed = store::seal(&self.source.cache_key(), fetched_at, body);
-        match store.save(&self.id, sealed).await {
-            Ok(()) => state.persisted = Some(fingerprint),
+        let len = sealed.len();
+        match store.save(&self.id, Part::Snapshot, sealed).await {
+            Ok(()) => {
+                state.persisted = Some(fingerprint);
+                state.persisted_len = len;
+            }
             Err(error) => {
                 tracing::warn!(credential = %self.id, error = %error, "saving the last good copy failed")
+            }
+        }
+    }
+
+    /// Seals the cached files into the store when the set changed, smallest first while they
+    /// fit beside the snapshot.
+    async fn persist_files(&self, state: &mut State) {
+        let Some(store) = &self.store else { return };
+        if state.files.is_empty() && state.persisted_files.is_none() {
+            return;
+        }
+        let mut files: Vec<(&str, i64, &[u8])> = state
+            .files
+            .iter()
+            .map(|(uid, (revision, bytes))| (uid.as_str(), *revision, bytes.as_slice()))
+            .collect();
+        files.sort_by_key(|(uid, _, bytes)| (bytes.len(), *uid));
+        let mut hasher = Sha256::new();
+        for (uid, revision, bytes) in &files {
+            hasher.update(uid.as_bytes());
+            hasher.update(revision.to_be_bytes());
+            hasher.update(bytes.len().to_be_bytes());
+        }
+        let fingerprint: [u8; 32] = hasher.finalize().into();
+        if state.persisted_files == Some(fingerprint) {
+            return;
+        }
+        let budget = store::files_budget(state.persisted_len);
+        let (sealed, left_out) = store::seal_files(&self.source.cache_key(), files, budget);
+        for uid in &left_out {
+            tracing::warn!(credential = %self.id, file = %uid, budget_bytes = budget,
+                "attachment does not fit the last good copy; it is kept in memory only");
+        }
+        match store.save(&self.id, Part::Files, sealed).await {
+            Ok(()) => state.persisted_files = Some(fingerprint),
+            Err(error) => {
+                tracing::warn!(credential = %self.id, error = %error, "saving the last good files failed")
+            }
+        }
+    }
+
+    /// Loads the sealed files beside a restored snapshot (their revisions are checked on use).
+    async fn restore_files(&self, files: &mut HashMap<String, (i64, FileBytes)>) {
+        let Some(store) = &self.store else { return };
+        let sealed = match store.load(&self.id, Part::Files).await {
+            Ok(Some(sealed)) => sealed,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(credential = %self.id, error = %error, "reading the last good files failed");
+                return;
+            }
+        };
+        match store::open_files(&self.source.cache_key(), &sealed) {
+            Ok(stored) => {
+                for file in stored {
+                    files.insert(file.uid, (file.revision, Arc::new(file.content)));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(credential = %self.id, %error, "persisted last good files are unusable")
             }
         }
     }
@@ -383,6 +587,7 @@ impl CredentialFetcher {
         state
             .files
             .insert(file.uid.clone(), (revision, bytes.clone()));
+        self.persist_files(&mut state).await;
         Ok(bytes)
     }
 
@@ -390,6 +595,26 @@ impl CredentialFetcher {
     pub async fn budget_utilization(&self) -> f64 {
         self.state.lock().await.budget.utilization(Instant::now())
     }
+}
+
+/// When a caller turned away from `fetch` should look again: after as long as the fetch has
+/// run so far (a slow answer is picked up soon, a hanging one costs a few looks), and no later
+/// than just after its deadline.
+fn pending_retry(fetch: &InFlight, now: TokioInstant) -> Duration {
+    let running = now.saturating_duration_since(fetch.started);
+    let until_deadline = fetch.deadline.saturating_duration_since(now) + Duration::from_millis(500);
+    running.min(until_deadline).max(PATIENCE)
+}
+
+/// Drops cached files that are no longer attached to a record of `vault` at the revision they
+/// were downloaded for: they would never be served again.
+fn forget_old_files(files: &mut HashMap<String, (i64, FileBytes)>, vault: &Vault) {
+    let current: HashMap<&str, i64> = vault
+        .records
+        .iter()
+        .flat_map(|r| r.files.iter().map(move |f| (f.uid.as_str(), r.revision)))
+        .collect();
+    files.retain(|uid, (revision, _)| current.get(uid.as_str()) == Some(revision));
 }
 
 fn staleness(failure: &Failure, now: Instant) -> Staleness {

@@ -1,7 +1,7 @@
 //! [`SnapshotStore`] in Secrets of the operator's namespace: survives restarts and failover,
 //! and a standby replica reads what the previous leader wrote.
 
-use super::store::SnapshotStore;
+use super::store::{Part, SnapshotStore};
 use futures::future::BoxFuture;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -9,8 +9,13 @@ use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use std::collections::BTreeMap;
 
-const FIELD_MANAGER: &str = "keeper-operator.dev/last-good-cache";
-const DATA_KEY: &str = "snapshot";
+/// Each part has its own data key and field manager, so saving one leaves the other in place.
+fn data_key_and_manager(part: Part) -> (&'static str, &'static str) {
+    match part {
+        Part::Snapshot => ("snapshot", "keeper-operator.dev/last-good-cache"),
+        Part::Files => ("files", "keeper-operator.dev/last-good-files"),
+    }
+}
 
 pub struct SecretStore {
     api: Api<Secret>,
@@ -30,12 +35,17 @@ impl SecretStore {
 }
 
 impl SnapshotStore for SecretStore {
-    fn load<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, anyhow::Result<Option<Vec<u8>>>> {
+    fn load<'a>(
+        &'a self,
+        credential: &'a str,
+        part: Part,
+    ) -> BoxFuture<'a, anyhow::Result<Option<Vec<u8>>>> {
         Box::pin(async move {
+            let (data_key, _) = data_key_and_manager(part);
             let secret = self.api.get_opt(&Self::secret_name(credential)).await?;
             Ok(secret
                 .and_then(|s| s.data)
-                .and_then(|mut d| d.remove(DATA_KEY))
+                .and_then(|mut d| d.remove(data_key))
                 .map(|b| b.0))
         })
     }
@@ -43,9 +53,11 @@ impl SnapshotStore for SecretStore {
     fn save<'a>(
         &'a self,
         credential: &'a str,
+        part: Part,
         sealed: Vec<u8>,
     ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
+            let (data_key, field_manager) = data_key_and_manager(part);
             let name = Self::secret_name(credential);
             let secret = Secret {
                 metadata: ObjectMeta {
@@ -62,11 +74,11 @@ impl SnapshotStore for SecretStore {
                     ])),
                     ..ObjectMeta::default()
                 },
-                data: Some(BTreeMap::from([(DATA_KEY.to_string(), ByteString(sealed))])),
+                data: Some(BTreeMap::from([(data_key.to_string(), ByteString(sealed))])),
                 type_: Some("Opaque".to_string()),
                 ..Secret::default()
             };
-            let params = PatchParams::apply(FIELD_MANAGER).force();
+            let params = PatchParams::apply(field_manager).force();
             self.api
                 .patch(&name, &params, &Patch::Apply(&secret))
                 .await?;

@@ -15,14 +15,115 @@ use zeroize::Zeroizing;
 
 const CACHE_KEY_PURPOSE: &str = "keeper-operator/last-good-cache/v1";
 
-/// Where sealed snapshots live, keyed by credential id (a hash, never the client id itself).
+/// The sealed blobs kept per credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// The last good `get_secret` body ([`seal`]).
+    Snapshot,
+    /// The attachments KeeperSecrets map, by file UID and record revision ([`seal_files`]).
+    Files,
+}
+
+/// Where sealed blobs live, keyed by credential id (a hash, never the client id itself).
 pub trait SnapshotStore: Send + Sync + 'static {
-    fn load<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, anyhow::Result<Option<Vec<u8>>>>;
+    fn load<'a>(
+        &'a self,
+        credential: &'a str,
+        part: Part,
+    ) -> BoxFuture<'a, anyhow::Result<Option<Vec<u8>>>>;
     fn save<'a>(
         &'a self,
         credential: &'a str,
+        part: Part,
         sealed: Vec<u8>,
     ) -> BoxFuture<'a, anyhow::Result<()>>;
+}
+
+/// Room for one credential's sealed blobs together: they share one Secret, and the API server
+/// refuses a Secret over 1 MiB. Attachments get what the snapshot leaves (see [`files_budget`]).
+pub const MAX_STORED_BYTES: usize = 1024 * 1024 - 16 * 1024;
+
+/// Bytes the sealed attachments may take next to a sealed snapshot of `snapshot_len` bytes.
+pub fn files_budget(snapshot_len: usize) -> usize {
+    MAX_STORED_BYTES.saturating_sub(snapshot_len)
+}
+
+/// An attachment kept in the sealed copy: its content as of a record revision.
+pub struct StoredFile {
+    pub uid: String,
+    pub revision: i64,
+    pub content: Zeroizing<Vec<u8>>,
+}
+
+/// `GCM(cache key, entries)`, each entry `uid length (u16) ‖ uid ‖ revision (i64) ‖ content
+/// length (u32) ‖ content`, all big endian. Entries are taken in order while they fit
+/// `budget` sealed bytes; the UIDs of those that did not fit are returned beside the blob.
+pub fn seal_files<'a>(
+    key: &AesKey,
+    files: impl IntoIterator<Item = (&'a str, i64, &'a [u8])>,
+    budget: usize,
+) -> (Vec<u8>, Vec<String>) {
+    const GCM_OVERHEAD: usize = 28;
+    let mut plain = Zeroizing::new(Vec::new());
+    let mut left_out = Vec::new();
+    for (uid, revision, content) in files {
+        let entry_len = 2 + uid.len() + 8 + 4 + content.len();
+        let fits = uid.len() <= usize::from(u16::MAX)
+            && u32::try_from(content.len()).is_ok()
+            && plain.len() + entry_len + GCM_OVERHEAD <= budget;
+        if !fits {
+            left_out.push(uid.to_string());
+            continue;
+        }
+        plain.extend_from_slice(&(uid.len() as u16).to_be_bytes());
+        plain.extend_from_slice(uid.as_bytes());
+        plain.extend_from_slice(&revision.to_be_bytes());
+        plain.extend_from_slice(&(content.len() as u32).to_be_bytes());
+        plain.extend_from_slice(content);
+    }
+    (aes_gcm_encrypt(key, &plain), left_out)
+}
+
+/// Opens [`seal_files`]' blob. A blob that does not authenticate or parse is refused whole.
+pub fn open_files(key: &AesKey, sealed: &[u8]) -> Result<Vec<StoredFile>, CryptoError> {
+    let plain = aes_gcm_decrypt(key, sealed)?;
+    let mut rest: &[u8] = &plain;
+    let mut files = Vec::new();
+    fn take<'b>(rest: &mut &'b [u8], n: usize) -> Result<&'b [u8], CryptoError> {
+        if rest.len() < n {
+            return Err(CryptoError::Decrypt);
+        }
+        let (head, tail) = rest.split_at(n);
+        *rest = tail;
+        Ok(head)
+    }
+    while !rest.is_empty() {
+        let uid_len = u16::from_be_bytes(
+            take(&mut rest, 2)?
+                .try_into()
+                .map_err(|_| CryptoError::Decrypt)?,
+        );
+        let uid = std::str::from_utf8(take(&mut rest, usize::from(uid_len))?)
+            .map_err(|_| CryptoError::Decrypt)?
+            .to_string();
+        let revision = i64::from_be_bytes(
+            take(&mut rest, 8)?
+                .try_into()
+                .map_err(|_| CryptoError::Decrypt)?,
+        );
+        let len = u32::from_be_bytes(
+            take(&mut rest, 4)?
+                .try_into()
+                .map_err(|_| CryptoError::Decrypt)?,
+        );
+        let content = Zeroizing::new(take(&mut rest, len as usize)?.to_vec());
+        files.push(StoredFile {
+            uid,
+            revision,
+            content,
+        });
+    }
+    Ok(files)
 }
 
 /// The key that seals a credential's snapshots.
@@ -56,16 +157,20 @@ pub fn open(key: &AesKey, sealed: &[u8]) -> Result<(SystemTime, Zeroizing<Vec<u8
 /// A process-local store, for tests and for running without persistence.
 #[derive(Default)]
 pub struct MemoryStore {
-    blobs: Mutex<HashMap<String, Vec<u8>>>,
+    blobs: Mutex<HashMap<(String, Part), Vec<u8>>>,
 }
 
 impl SnapshotStore for MemoryStore {
-    fn load<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, anyhow::Result<Option<Vec<u8>>>> {
+    fn load<'a>(
+        &'a self,
+        credential: &'a str,
+        part: Part,
+    ) -> BoxFuture<'a, anyhow::Result<Option<Vec<u8>>>> {
         let blob = self
             .blobs
             .lock()
             .expect("store lock")
-            .get(credential)
+            .get(&(credential.to_string(), part))
             .cloned();
         Box::pin(async move { Ok(blob) })
     }
@@ -73,12 +178,13 @@ impl SnapshotStore for MemoryStore {
     fn save<'a>(
         &'a self,
         credential: &'a str,
+        part: Part,
         sealed: Vec<u8>,
     ) -> BoxFuture<'a, anyhow::Result<()>> {
         self.blobs
             .lock()
             .expect("store lock")
-            .insert(credential.to_string(), sealed);
+            .insert((credential.to_string(), part), sealed);
         Box::pin(async { Ok(()) })
     }
 }
@@ -105,5 +211,34 @@ mod tests {
             open(&app_key, &sealed).is_err(),
             "the app key itself is not the cache key"
         );
+    }
+
+    #[test]
+    fn sealed_files_round_trip_within_their_budget() {
+        let key = cache_key(&AesKey::random());
+        let big = vec![7u8; 600];
+        let files = [
+            ("file-a", 3, &b"-----BEGIN CERTIFICATE-----"[..]),
+            ("file-big", 1, &big[..]),
+            ("file-c", 9, &b"tls key"[..]),
+        ];
+        let (sealed, left_out) = seal_files(&key, files, 200);
+        assert_eq!(left_out, ["file-big"]);
+        assert!(
+            !sealed.windows(11).any(|w| w == b"BEGIN CERTI"),
+            "nothing readable at rest"
+        );
+        let opened = open_files(&key, &sealed).unwrap();
+        let got: Vec<_> = opened
+            .iter()
+            .map(|f| (f.uid.as_str(), f.revision, f.content.as_slice()))
+            .collect();
+        assert_eq!(got, [files[0], files[2]]);
+        assert!(open_files(&cache_key(&AesKey::random()), &sealed).is_err());
+        // A blob that authenticates but does not parse is refused, never half-read.
+        let garbage = aes_gcm_encrypt(&key, &[0, 9, b'x']);
+        assert!(open_files(&key, &garbage).is_err());
+        let (empty, _) = seal_files(&key, [], 100);
+        assert!(open_files(&key, &empty).unwrap().is_empty());
     }
 }

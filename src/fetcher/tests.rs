@@ -1,4 +1,4 @@
-use super::store::{MemoryStore, SnapshotStore};
+use super::store::{MemoryStore, Part, SnapshotStore};
 use super::*;
 use crate::ksm::record::Record;
 use std::sync::Mutex;
@@ -98,20 +98,20 @@ fn fast_settings() -> FetchSettings {
     }
 }
 
-fn fetcher(src: FakeSource, store: Option<Arc<dyn SnapshotStore>>) -> CredentialFetcher {
-    CredentialFetcher::new(
+fn fetcher(src: FakeSource, store: Option<Arc<dyn SnapshotStore>>) -> Arc<CredentialFetcher> {
+    Arc::new(CredentialFetcher::new(
         "client-id",
         Box::new(src),
         store,
         fast_settings(),
         Arc::default(),
-    )
+    ))
 }
 
 fn title(served: &Served) -> Option<String> {
     match served {
         Served::Fresh(s) | Served::Stale(s, _) => Some(s.vault.records[0].title.clone()),
-        Served::Unavailable(_) => None,
+        Served::Unavailable(_) | Served::Pending(_) => None,
     }
 }
 
@@ -218,7 +218,13 @@ async fn the_request_budget_holds_back_a_storm() {
         budget_window: HOUR,
         ..fast_settings()
     };
-    let fetcher = CredentialFetcher::new("id", Box::new(src), None, settings, Arc::default());
+    let fetcher = Arc::new(CredentialFetcher::new(
+        "id",
+        Box::new(src),
+        None,
+        settings,
+        Arc::default(),
+    ));
     for _ in 0..10 {
         fetcher.snapshot(Duration::ZERO).await;
     }
@@ -258,17 +264,22 @@ struct CountingStore {
 }
 
 impl SnapshotStore for CountingStore {
-    fn load<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, anyhow::Result<Option<Vec<u8>>>> {
-        self.inner.load(credential)
+    fn load<'a>(
+        &'a self,
+        credential: &'a str,
+        part: Part,
+    ) -> BoxFuture<'a, anyhow::Result<Option<Vec<u8>>>> {
+        self.inner.load(credential, part)
     }
 
     fn save<'a>(
         &'a self,
         credential: &'a str,
+        part: Part,
         sealed: Vec<u8>,
     ) -> BoxFuture<'a, anyhow::Result<()>> {
         self.saves.fetch_add(1, Ordering::SeqCst);
-        self.inner.save(credential, sealed)
+        self.inner.save(credential, part, sealed)
     }
 }
 
@@ -323,4 +334,138 @@ fn credential_ids_are_stable_and_do_not_reveal_the_client_id() {
         id.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
     );
+}
+
+#[tokio::test]
+async fn a_restarted_fetcher_serves_the_persisted_files_while_keeper_is_down() {
+    let key = AesKey::random();
+    let store = Arc::new(CountingStore::default());
+    let file = KeeperFile {
+        uid: "CCCCCCCCCCCCCCCCCCCCCC".into(),
+        name: "tls.crt".into(),
+        title: "tls.crt".into(),
+        mime_type: None,
+        size: None,
+        url: None,
+        key: AesKey::random(),
+    };
+    let (src, _) = source(vec![Ok("with-file")], &key);
+    let first = fetcher(src, Some(store.clone()));
+    first.snapshot(HOUR).await;
+    let saves = store.saves.load(Ordering::SeqCst);
+    first.file(1, &file).await.unwrap();
+    assert_eq!(
+        store.saves.load(Ordering::SeqCst),
+        saves + 1,
+        "files sealed"
+    );
+    first.file(1, &file).await.unwrap();
+    assert_eq!(
+        store.saves.load(Ordering::SeqCst),
+        saves + 1,
+        "unchanged files not resealed"
+    );
+
+    let (src, _) = source(vec![Err(down)], &key);
+    let downloads = src.downloads.clone();
+    let restarted = fetcher(src, Some(store.clone()));
+    assert!(matches!(restarted.snapshot(HOUR).await, Served::Stale(..)));
+    assert_eq!(&**restarted.file(1, &file).await.unwrap(), b"file-bytes");
+    assert_eq!(
+        downloads.load(Ordering::SeqCst),
+        0,
+        "served from the sealed copy"
+    );
+    // Another revision of the record is not the stored file.
+    restarted.file(2, &file).await.unwrap();
+    assert_eq!(downloads.load(Ordering::SeqCst), 1);
+}
+
+/// A source whose every fetch takes `delay` before answering.
+struct SlowSource {
+    inner: FakeSource,
+    delay: Duration,
+}
+
+impl VaultSource for SlowSource {
+    fn fetch(&self) -> BoxFuture<'_, Result<Zeroizing<Vec<u8>>, KsmError>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.inner.fetch().await
+        })
+    }
+
+    fn decode(&self, body: &[u8]) -> Result<Vault, KsmError> {
+        self.inner.decode(body)
+    }
+
+    fn download<'a>(
+        &'a self,
+        file: &'a KeeperFile,
+    ) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, KsmError>> {
+        self.inner.download(file)
+    }
+
+    fn cache_key(&self) -> AesKey {
+        self.inner.cache_key()
+    }
+}
+
+fn slow_fetcher(delay: Duration, deadline: Duration) -> (Arc<CredentialFetcher>, Arc<AtomicUsize>) {
+    let (inner, fetches) = source(vec![Ok("slow")], &AesKey::random());
+    let settings = FetchSettings {
+        fetch_deadline: deadline,
+        backoff_base: Duration::from_secs(60),
+        backoff_max: Duration::from_secs(120),
+        ..FetchSettings::default()
+    };
+    let fetcher = CredentialFetcher::new(
+        "client-id",
+        Box::new(SlowSource { inner, delay }),
+        None,
+        settings,
+        Arc::default(),
+    );
+    (Arc::new(fetcher), fetches)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_endpoint_holds_callers_only_briefly_and_is_fetched_once() {
+    let (fetcher, fetches) = slow_fetcher(Duration::from_secs(20), Duration::from_secs(30));
+    let start = tokio::time::Instant::now();
+    let Served::Pending(retry_in) = fetcher.snapshot(HOUR).await else {
+        panic!("the first caller must not wait for the whole fetch")
+    };
+    assert_eq!(
+        start.elapsed(),
+        PATIENCE,
+        "the starter waits its patience only"
+    );
+    assert_eq!(retry_in, PATIENCE);
+    // A caller arriving later does not wait at all and does not start another fetch; the
+    // longer the fetch runs, the later it is asked back, never past the deadline.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let later = tokio::time::Instant::now();
+    let Served::Pending(retry_in) = fetcher.snapshot(HOUR).await else {
+        panic!("still fetching")
+    };
+    assert_eq!(later.elapsed(), Duration::ZERO);
+    assert_eq!(retry_in, Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(
+        title(&fetcher.snapshot(HOUR).await).as_deref(),
+        Some("slow")
+    );
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_endpoint_times_out_at_the_fetch_deadline() {
+    let (fetcher, _) = slow_fetcher(Duration::from_secs(3600), Duration::from_secs(30));
+    assert!(matches!(fetcher.snapshot(HOUR).await, Served::Pending(_)));
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    match fetcher.snapshot(HOUR).await {
+        Served::Unavailable(staleness) => assert_eq!(staleness.error.reason(), "KeeperUnavailable"),
+        other => panic!("expected the timeout, got {other:?}"),
+    }
 }

@@ -114,6 +114,24 @@ impl KsmError {
     }
 }
 
+impl KsmError {
+    /// Whether this failure means Keeper is unreachable or answered unusably, as opposed to
+    /// having refused the credential or the request. While an outage lasts, the last good copy
+    /// keeps a KeeperSecret Ready (Stale); a refusal turns it Ready=False with the data kept.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            KsmError::Unavailable(_)
+            | KsmError::Timeout
+            | KsmError::Throttled { .. }
+            | KsmError::Tampered
+            | KsmError::Undecryptable(_)
+            | KsmError::InvalidResponse(_) => true,
+            KsmError::Server { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+}
+
 /// Server-supplied text goes into errors: keep it short and on one line.
 pub(crate) fn sanitize(text: &str) -> String {
     const MAX: usize = 200;
@@ -145,6 +163,32 @@ mod tests {
         );
         assert!(!KsmError::Config(ConfigError::Missing("appKey")).is_transient());
         assert!(!KsmError::Tls("UnknownIssuer".into()).is_transient());
+    }
+
+    #[test]
+    fn outages_are_told_apart_from_refusals() {
+        assert!(KsmError::Unavailable("refused".into()).is_outage());
+        assert!(KsmError::Tampered.is_outage());
+        assert!(KsmError::Undecryptable("x".into()).is_outage());
+        let server = |status| KsmError::Server {
+            status,
+            code: "x".into(),
+            message: String::new(),
+        };
+        assert!(server(503).is_outage());
+        assert!(!server(400).is_outage());
+        assert!(
+            !KsmError::AccessDenied {
+                message: String::new()
+            }
+            .is_outage()
+        );
+        assert!(
+            !KsmError::InvalidClientVersion {
+                info: String::new()
+            }
+            .is_outage()
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 mod parse;
 mod resolve;
 
-pub use resolve::{find_record, resolve};
+pub use resolve::{find_record, is_uid_shaped, resolve};
 
 use crate::ksm::record::KeeperFile;
 

@@ -55,6 +55,29 @@ pub struct Vault {
     /// Non-fatal problems: server warnings and entries skipped because they did not decrypt.
     /// They name UIDs only, never content.
     pub warnings: Vec<String>,
+    /// What those skipped entries were, so a KeeperSecret that would have read one can refuse
+    /// to write an incomplete Secret.
+    pub skipped: Skipped,
+}
+
+/// Entries of a response that did not decrypt, by UID. Their titles and content are unknown.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Records that did not decrypt (also every record of a shared folder whose key did not).
+    pub records: std::collections::BTreeSet<String>,
+    /// Shared folders that lost records this way.
+    pub folders: std::collections::BTreeSet<String>,
+    /// Records some of whose files did not decrypt.
+    pub files_of: std::collections::BTreeSet<String>,
+    /// A record or folder entry without a UID was skipped: any selector may have needed it.
+    pub unnamed: bool,
+}
+
+impl Skipped {
+    /// True when every entry decrypted.
+    pub fn is_empty(&self) -> bool {
+        *self == Skipped::default()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -147,10 +147,12 @@ impl Decoder<'_> {
 
     fn record(&mut self, entry: &Value, wrapping: &AesKey, folder_uid: Option<&str>) {
         let Some(entry) = entry.as_object() else {
+            self.vault.skipped.unnamed = true;
             self.warn("record", "<no uid>", "entry is not an object");
             return;
         };
         let Some(uid) = text(entry, "recordUid") else {
+            self.vault.skipped.unnamed = true;
             self.warn("record", "<no uid>", "entry has no recordUid");
             return;
         };
@@ -160,7 +162,17 @@ impl Decoder<'_> {
                     self.vault.records.push(record);
                 }
             }
-            Err(why) => self.warn("record", uid, why),
+            Err(why) => {
+                self.skip_record(uid, folder_uid);
+                self.warn("record", uid, why);
+            }
+        }
+    }
+
+    fn skip_record(&mut self, uid: &str, folder_uid: Option<&str>) {
+        self.vault.skipped.records.insert(uid.to_string());
+        if let Some(folder) = folder_uid {
+            self.vault.skipped.folders.insert(folder.to_string());
         }
     }
 
@@ -187,6 +199,7 @@ impl Decoder<'_> {
                 Ok(obj) => match decode_file(&record_key, obj) {
                     Ok(f) => files.push(f),
                     Err(why) => {
+                        self.vault.skipped.files_of.insert(uid.to_string());
                         let file_uid = text(obj, "fileUid").unwrap_or("<no uid>");
                         self.vault.warnings.push(format!(
                             "file {} of record {} skipped: {why}",
@@ -195,10 +208,12 @@ impl Decoder<'_> {
                         ));
                     }
                 },
-                Err(why) => self
-                    .vault
-                    .warnings
-                    .push(format!("a file of record {} skipped: {why}", sanitize(uid))),
+                Err(why) => {
+                    self.vault.skipped.files_of.insert(uid.to_string());
+                    self.vault
+                        .warnings
+                        .push(format!("a file of record {} skipped: {why}", sanitize(uid)))
+                }
             }
         }
         let str_of = |k| data.get(k).and_then(Value::as_str).map(str::to_string);
@@ -220,15 +235,24 @@ impl Decoder<'_> {
 
     fn folder(&mut self, entry: &Value) {
         let Some(entry) = entry.as_object() else {
+            self.vault.skipped.unnamed = true;
             self.warn("folder", "<no uid>", "entry is not an object");
             return;
         };
         let Some(uid) = text(entry, "folderUid") else {
+            self.vault.skipped.unnamed = true;
             self.warn("folder", "<no uid>", "entry has no folderUid");
             return;
         };
         let Some(key) = text(entry, "folderKey").and_then(|k| unwrap_gcm(self.app_key, k)) else {
             let records = list(entry, "records").len();
+            self.vault.skipped.folders.insert(uid.to_string());
+            for record in list(entry, "records") {
+                match record.as_object().and_then(|r| text(r, "recordUid")) {
+                    Some(record_uid) => self.skip_record(record_uid, Some(uid)),
+                    None => self.vault.skipped.unnamed = true,
+                }
+            }
             self.warn("shared folder", uid, "folder key does not decrypt");
             self.failed += records;
             self.vault.warnings.push(format!(

@@ -126,6 +126,12 @@ fn one_bad_record_or_file_is_skipped_and_named() {
             .iter()
             .any(|w| w.starts_with("file file0 of record"))
     );
+    assert_eq!(
+        vault.skipped.records,
+        ["rec-direct-00000000001".to_string()].into()
+    );
+    assert_eq!(vault.skipped.files_of.len(), 1);
+    assert!(!vault.skipped.unnamed);
 }
 
 #[test]
@@ -137,6 +143,8 @@ fn a_bad_folder_key_skips_its_records_only() {
     let uids: Vec<_> = vault.records.iter().map(|r| r.uid.as_str()).collect();
     assert_eq!(uids, ["rec-direct-00000000001", "rec-shared-twice-00001"]);
     assert!(vault.warnings.iter().any(|w| w.contains(FOLDER)));
+    assert_eq!(vault.skipped.folders, [FOLDER.to_string()].into());
+    assert!(!vault.skipped.records.is_empty());
 }
 
 #[test]

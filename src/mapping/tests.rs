@@ -98,7 +98,7 @@ fn vault(records: Vec<Record>) -> Vault {
             name: Some("f".into()),
             parent_uid: None,
         }],
-        warnings: vec![],
+        ..Vault::default()
     }
 }
 

@@ -153,6 +153,8 @@ fn the_last_good_copy_keeps_syncing_before_the_interval() {
                 reason: "KeeperUnavailable",
                 error: "connection refused".into(),
                 since: t(0),
+                outage: true,
+                max_age: HOUR,
             }),
         },
     );

@@ -5,7 +5,7 @@ use crate::ksm::record::{Record, find_field};
 use serde_json::Value;
 
 /// `^[A-Za-z0-9_-]{22}$`: the shape of a record UID (16 bytes, base64url).
-pub(crate) fn is_uid_shaped(text: &str) -> bool {
+pub fn is_uid_shaped(text: &str) -> bool {
     text.len() == 22
         && text
             .bytes()
