@@ -189,8 +189,8 @@ pub fn classify_error(status: u16, body: &[u8], retry_after_header: Option<&str>
     let error = string_field(&obj, "error").unwrap_or_default();
     let message = string_field(&obj, "message").unwrap_or_default();
     let throttled_body = code == "throttled" || error == "throttled";
-    if (throttled_body && (status == 403 || status == 429))
-        || status == 429
+    if status == 429
+        || (throttled_body && status == 403)
         || (status == 503 && retry_after_header.is_some())
     {
         let retry_after = obj
