@@ -123,6 +123,7 @@ EOF
     --operator-namespace="$OP_NS" \
     --metrics-bind-address="127.0.0.1:$metrics_port" \
     --keeper-ca-file="$DEMO/ksm/ca.pem" \
+    --keeper-allowed-hosts="$keeper_host" \
     --log-format=plain --log-level=info \
     </dev/null >"$DEMO/keeper-operator.log" 2>&1 &
   echo $! >"$DEMO/keeper-operator.pid"

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::ksm::hosts::{AllowedHosts, HostEntryError};
+
 /// Syncs Keeper Secrets Manager records into native Kubernetes Secrets.
 #[derive(Debug, Parser)]
 #[command(name = "keeper-operator", version)]
@@ -60,6 +62,18 @@ pub struct RunArgs {
     /// TLS-inspecting proxy). Verification always stays on.
     #[arg(long, env = "KEEPER_OPERATOR_KEEPER_CA_FILE")]
     pub keeper_ca_file: Option<PathBuf>,
+    /// Keeper API hosts the operator sends requests to, comma-separated: HOST (any port) or
+    /// HOST:PORT (that port only; IPv6 in brackets). A credential naming another host fails
+    /// with HostNotAllowed before anything is sent. Setting it replaces the default.
+    /// [default: Keeper's regions: keepersecurity.com, keepersecurity.eu, keepersecurity.com.au,
+    /// govcloud.keepersecurity.us, keepersecurity.jp, keepersecurity.ca, il5.keepersecurity.us]
+    #[arg(
+        long,
+        env = "KEEPER_OPERATOR_KEEPER_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_name = "HOST[:PORT],..."
+    )]
+    pub keeper_allowed_hosts: Vec<String>,
     /// Use a coordination.k8s.io Lease so only one replica reconciles.
     #[arg(long, env = "KEEPER_OPERATOR_LEADER_ELECT")]
     pub leader_elect: bool,
@@ -103,6 +117,20 @@ pub struct RunArgs {
     /// its data either way (Go duration).
     #[arg(long, env = "KEEPER_OPERATOR_MAX_STALE_AGE", default_value = "24h")]
     pub max_stale_age: kube::core::Duration,
+}
+
+impl RunArgs {
+    /// `--keeper-allowed-hosts`, or Keeper's regions when it is empty.
+    pub fn allowed_hosts(&self) -> Result<AllowedHosts, HostEntryError> {
+        if self
+            .keeper_allowed_hosts
+            .iter()
+            .all(|h| h.trim().is_empty())
+        {
+            return Ok(AllowedHosts::keeper_regions());
+        }
+        AllowedHosts::parse(&self.keeper_allowed_hosts)
+    }
 }
 
 #[cfg(test)]
@@ -153,5 +181,25 @@ mod tests {
             ("apps", LogFormat::Plain, 8, true)
         );
         assert!(Cli::try_parse_from(["keeper-operator", "run", "--concurrency", "0"]).is_err());
+    }
+
+    #[test]
+    fn allowed_hosts_default_to_keepers_regions_and_are_validated() {
+        let default = run_args(&["keeper-operator", "run"])
+            .allowed_hosts()
+            .unwrap();
+        assert_eq!(default, AllowedHosts::keeper_regions());
+        let a = run_args(&[
+            "keeper-operator",
+            "run",
+            "--keeper-allowed-hosts",
+            "keepersecurity.eu, 127.0.0.1:8443",
+        ]);
+        assert_eq!(
+            a.allowed_hosts().unwrap(),
+            AllowedHosts::parse(["keepersecurity.eu", "127.0.0.1:8443"]).unwrap()
+        );
+        let a = run_args(&["keeper-operator", "run", "--keeper-allowed-hosts=a/b"]);
+        assert!(a.allowed_hosts().is_err());
     }
 }

@@ -15,6 +15,7 @@ use crate::fetcher::{CredentialFetcher, FetchSettings, FileBytes, Served};
 use crate::ksm::client::{ClientOptions, KsmClient, http_client};
 use crate::ksm::config::KsmConfig;
 use crate::ksm::error::KsmError;
+use crate::ksm::hosts::AllowedHosts;
 use crate::ksm::record::KeeperFile;
 use crate::ksm::token::redeem_token;
 use crate::lock;
@@ -66,13 +67,15 @@ pub trait KeeperSource: Send + Sync + 'static {
         max_age: Duration,
     ) -> impl Future<Output = Result<Served, KsmError>> + Send;
 
-    /// The decrypted content of a file attachment of a record at `revision`.
+    /// The decrypted content of a file attachment of a record at `revision`, refused beyond
+    /// `budget` bytes.
     fn file(
         &self,
         cred: &CredentialKey,
         config: &KsmConfig,
         revision: i64,
         file: &KeeperFile,
+        budget: u64,
     ) -> impl Future<Output = Result<FileBytes, KsmError>> + Send;
 
     /// Redeems a one-time token (see [`crate::ksm::token::redeem_token`]) into a bound config.
@@ -165,8 +168,11 @@ impl KeeperSource for SharedKeeper {
         config: &KsmConfig,
         revision: i64,
         file: &KeeperFile,
+        budget: u64,
     ) -> Result<FileBytes, KsmError> {
-        self.fetcher(cred, config)?.file(revision, file).await
+        self.fetcher(cred, config)?
+            .file(revision, file, budget)
+            .await
     }
 
     async fn redeem(
@@ -184,11 +190,13 @@ impl KeeperSource for SharedKeeper {
     }
 }
 
-/// Client options for the operator: the extra CA; throttling is surfaced at once so the
-/// controller requeues the KeeperSecret instead of blocking a worker.
-pub fn client_options(extra_ca_pem: Option<Vec<u8>>) -> ClientOptions {
+/// Client options for the operator: the extra CA and the allowed Keeper hosts (credentials
+/// come from tenants); throttling is surfaced at once so the controller requeues the
+/// KeeperSecret instead of blocking a worker.
+pub fn client_options(extra_ca_pem: Option<Vec<u8>>, allowed_hosts: AllowedHosts) -> ClientOptions {
     ClientOptions {
         extra_ca_pem,
+        allowed_hosts: Some(allowed_hosts),
         throttle_retries: 0,
         ..ClientOptions::default()
     }
@@ -202,7 +210,7 @@ mod tests {
     fn an_unusable_extra_ca_fails_at_startup_not_per_credential() {
         let keeper = |pem: Option<&[u8]>| {
             SharedKeeper::new(
-                client_options(pem.map(<[u8]>::to_vec)),
+                client_options(pem.map(<[u8]>::to_vec), AllowedHosts::keeper_regions()),
                 FetchSettings::default(),
                 None,
                 Arc::new(Metrics::default()),

@@ -152,8 +152,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("--keeper-budget-window must be a positive duration")?,
         ..FetchSettings::default()
     };
+    let allowed_hosts = args.allowed_hosts().context("--keeper-allowed-hosts")?;
     let keeper = SharedKeeper::new(
-        client_options(extra_ca_pem),
+        client_options(extra_ca_pem, allowed_hosts),
         fetch_settings,
         store,
         metrics.clone(),

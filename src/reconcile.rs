@@ -346,13 +346,22 @@ fn check_target(ks: &KeeperSecret, existing: Option<&Secret>) -> Result<(), Erro
 }
 
 /// Downloads file attachments (shared, once per record revision); a failed download fails the
-/// sync, so a file never becomes an empty value.
+/// sync, so a file never becomes an empty value. Each download may use only what the Secret
+/// can still hold after the keys, the inline values and the files before it.
 async fn resolve_files<S: KeeperSource>(
     ctx: &Context<S>,
     cred: &Credential,
     vault: &Vault,
     entries: BTreeMap<String, Source>,
 ) -> Result<BTreeMap<String, Bytes>, Error> {
+    let inline: usize = entries
+        .iter()
+        .map(|(key, source)| match source {
+            Source::Value(v) => key.len() + v.len(),
+            Source::File(_) => key.len(),
+        })
+        .sum();
+    let mut room = desired::MAX_SECRET_BYTES.saturating_sub(inline);
     let mut out = BTreeMap::new();
     for (key, source) in entries {
         let bytes = match source {
@@ -365,8 +374,9 @@ async fn resolve_files<S: KeeperSource>(
                     .map_or(0, |r| r.revision);
                 let bytes = ctx
                     .keeper
-                    .file(&cred.key, &cred.config, revision, &file)
+                    .file(&cred.key, &cred.config, revision, &file, room as u64)
                     .await?;
+                room = room.saturating_sub(bytes.len());
                 Zeroizing::new(bytes.to_vec())
             }
         };

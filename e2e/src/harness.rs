@@ -876,6 +876,8 @@ impl OperatorBuilder {
             .env("KUBECONFIG", &self.kubeconfig)
             .env("POD_NAMESPACE", &self.namespace)
             .env("RUST_BACKTRACE", "1")
+            // The KSM test server listens on 127.0.0.1 (any port); a test may override this.
+            .env("KEEPER_OPERATOR_KEEPER_ALLOWED_HOSTS", "127.0.0.1")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -2,10 +2,15 @@
 //! redemption, every read path and every error path the operator has to tell apart.
 
 use keeper_e2e::ksm_server::uids::{CERT_FILE, DATABASES, POSTGRES, PRODUCTION, STRIPE};
-use keeper_e2e::ksm_server::{DownMode, FileFailure, RateLimit, TestServer, sample_vault};
+use keeper_e2e::ksm_server::{
+    DownMode, FileFailure, RateLimit, RetryAfterHeader, TestServer, ThrottleBody, sample_vault,
+};
 use keeper_operator::ksm::notation::{Notation, NotationValue, resolve};
 use keeper_operator::ksm::{ClientOptions, KsmClient, KsmConfig, KsmError, Query, redeem_token};
 use std::time::{Duration, Instant};
+
+/// What a Secret can hold.
+const BUDGET: u64 = 1 << 20;
 
 fn cert_pem() -> Vec<u8> {
     sample_vault().file(CERT_FILE).unwrap().bytes().unwrap()
@@ -155,7 +160,7 @@ async fn reads_records_folders_files_and_notations() {
     };
     assert_eq!(file.mime_type.as_deref(), Some("application/x-pem-file"));
     assert_eq!(file.size, Some(cert_pem().len() as u64));
-    let content = ksm.download_file(&file).await.unwrap();
+    let content = ksm.download_file(&file, BUDGET).await.unwrap();
     assert_eq!(&*content, cert_pem().as_slice());
 
     // Filters.
@@ -259,6 +264,66 @@ async fn throttling_surfaces_retry_after_or_is_retried() {
     let started = Instant::now();
     patient.get_secrets(&Query::default()).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(700));
+}
+
+#[tokio::test]
+async fn throttling_in_every_form_keeper_and_rate_limiters_send() {
+    let server = start().await;
+    let ksm = client(&server, "operator");
+    let faults = server.faults();
+    let secs = Duration::from_secs;
+    let retry_after = |err: KsmError| match err {
+        KsmError::Throttled { retry_after } => retry_after,
+        other => panic!("not throttling: {other:?}"),
+    };
+    // Keeper's current form: JSON 429 with retry_after.
+    faults.set_throttle_status(429);
+    faults.throttle_next(1, Some(secs(7)));
+    let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
+    assert_eq!(retry_after(err), Some(secs(7)));
+    // A plain-text 429 from a rate limiter, Retry-After in seconds, then as an HTTP-date.
+    faults.set_throttle_form(ThrottleBody::Text, Some(RetryAfterHeader::Seconds));
+    faults.throttle_next(1, Some(secs(9)));
+    let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
+    assert_eq!(retry_after(err), Some(secs(9)));
+    faults.set_throttle_form(ThrottleBody::Text, Some(RetryAfterHeader::HttpDate));
+    faults.throttle_next(1, Some(secs(30)));
+    let delay = retry_after(ksm.get_folders().await.unwrap_err()).unwrap();
+    assert!(delay > secs(27) && delay <= secs(30), "{delay:?}");
+    // A 503 carrying Retry-After is throttling; without it, an outage.
+    faults.set_throttle_status(503);
+    faults.set_throttle_form(ThrottleBody::Text, Some(RetryAfterHeader::Seconds));
+    faults.throttle_next(1, Some(secs(5)));
+    let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
+    assert_eq!(retry_after(err), Some(secs(5)));
+    faults.set_throttle_form(ThrottleBody::Text, None);
+    faults.throttle_next(1, Some(secs(5)));
+    let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
+    assert_eq!(err.reason(), "KeeperUnavailable", "{err:?}");
+    // The throttle body on a 500 is a server error.
+    faults.set_throttle_status(500);
+    faults.set_throttle_form(ThrottleBody::Json, None);
+    faults.throttle_next(1, Some(secs(5)));
+    let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
+    assert_eq!(err.reason(), "KeeperError", "{err:?}");
+
+    // A client with a retry budget waits out a plain-text 429 and succeeds.
+    let patient = client_with(
+        &server,
+        "operator",
+        ClientOptions {
+            throttle_retries: 2,
+            ..options(&server)
+        },
+    );
+    faults.set_throttle_status(429);
+    faults.set_throttle_form(ThrottleBody::Text, Some(RetryAfterHeader::Seconds));
+    faults.throttle_next(1, Some(secs(1)));
+    let before = server.counters().endpoint("get_secret");
+    let started = Instant::now();
+    patient.get_secrets(&Query::default()).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(700));
+    assert_eq!(server.counters().endpoint("get_secret"), before + 2);
 }
 
 #[tokio::test]
@@ -466,12 +531,12 @@ async fn failed_downloads_are_reported() {
         .clone();
     for failure in [FileFailure::Status500, FileFailure::Truncate] {
         server.faults().fail_files_next(1, failure);
-        let err = ksm.download_file(&file).await.unwrap_err();
+        let err = ksm.download_file(&file, BUDGET).await.unwrap_err();
         assert!(matches!(err, KsmError::Download(_)), "{failure:?}: {err:?}");
         assert_eq!(err.reason(), "DownloadFailed");
     }
     assert_eq!(
-        &*ksm.download_file(&file).await.unwrap(),
+        &*ksm.download_file(&file, BUDGET).await.unwrap(),
         cert_pem().as_slice()
     );
     server.set_file_content(CERT_FILE, b"renewed").unwrap();
@@ -482,5 +547,11 @@ async fn failed_downloads_are_reported() {
         .flat_map(|r| r.files.iter())
         .find(|f| f.uid == CERT_FILE)
         .unwrap();
-    assert_eq!(&*ksm.download_file(file).await.unwrap(), b"renewed");
+    assert_eq!(&*ksm.download_file(file, BUDGET).await.unwrap(), b"renewed");
+
+    // Over the caller's budget: refused from the metadata, before any download.
+    let before = server.counters().file_downloads();
+    let err = ksm.download_file(file, 3).await.unwrap_err();
+    assert_eq!(err.reason(), "TooLarge", "{err:?}");
+    assert_eq!(server.counters().file_downloads(), before);
 }

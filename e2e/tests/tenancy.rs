@@ -599,3 +599,51 @@ async fn store_allow_lists_limit_records_and_folders() -> Result<()> {
     }
     env.finish(&server, &[&config], &mut [&mut op]).await
 }
+
+/// A tenant's credential naming a host outside `--keeper-allowed-hosts` (the harness allows
+/// 127.0.0.1, where the test server listens) fails before any request leaves the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_aimed_at_a_host_not_allowed_is_refused_before_any_request() -> Result<()> {
+    let env = TestEnv::new("ten-hosts").await?;
+    let server = TestServer::start(sample_vault()).await?;
+    let config = server.bound_config("operator")?;
+    // Same keys, but `localhost`: the same listener, reached by a name the list lacks.
+    let port = server
+        .hostname()
+        .rsplit_once(':')
+        .map(|(_, p)| p.to_string())
+        .context("test server hostname has no port")?;
+    let mut json: serde_json::Value = serde_json::from_str(&KsmConfig::parse(&config)?.to_json())?;
+    json["hostname"] = format!("localhost:{port}").into();
+    let elsewhere = json.to_string();
+    let secrets: Api<Secret> = env.api();
+    create_secret(
+        &secrets,
+        "ksm-elsewhere",
+        &[("config", elsewhere.as_bytes())],
+    )
+    .await?;
+    create_secret(&secrets, "ksm-ok", &[("config", config.as_bytes())]).await?;
+
+    let mut op = env.operator_for(&server)?.spawn()?;
+    op.wait_ready(TIMEOUT).await?;
+    let kss: Api<KeeperSecret> = env.api();
+    keeper_secret(&kss, "elsewhere", "ksm-elsewhere").await?;
+    let message = wait_ready(&kss, "elsewhere", "False", "HostNotAllowed").await?;
+    ensure!(
+        message.contains(&format!("localhost:{port}")),
+        "the message names the host: {message}"
+    );
+    ensure!(
+        server.counters().total() == 0,
+        "the refused credential reached the server"
+    );
+    ensure!(
+        secrets.get_opt("elsewhere-out").await?.is_none(),
+        "a Secret was written"
+    );
+    // The allowed host still works.
+    keeper_secret(&kss, "ok", "ksm-ok").await?;
+    wait_ready(&kss, "ok", "True", "Synced").await?;
+    env.finish(&server, &[&config], &mut [&mut op]).await
+}

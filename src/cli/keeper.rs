@@ -13,6 +13,7 @@
 //! Failures exit non-zero with one line on stderr, e.g.
 //! `error: resolving keeper://Web/field/pasword: field "pasword" not found`.
 
+use crate::ksm::client::MAX_RESPONSE_BYTES;
 use crate::ksm::notation::{Notation, NotationValue, resolve};
 use crate::ksm::record::{Field, Record};
 use crate::ksm::{ClientOptions, KsmClient, KsmConfig, Query, redeem_token};
@@ -164,7 +165,7 @@ async fn get(client: &KsmClient, notations: &[String], out: &mut impl Write) -> 
     if let [NotationValue::File(file)] = values.as_slice()
         && parsed.len() == 1
     {
-        out.write_all(&client.download_file(file).await?)?;
+        out.write_all(&client.download_file(file, MAX_RESPONSE_BYTES).await?)?;
         return Ok(());
     }
     let mut lines = Vec::with_capacity(values.len());
@@ -172,7 +173,7 @@ async fn get(client: &KsmClient, notations: &[String], out: &mut impl Write) -> 
         lines.push(match value {
             // Several values: a file becomes base64url, as the SDKs' notation results.
             NotationValue::File(file) => {
-                crate::ksm::crypto::b64_url(&client.download_file(file).await?)
+                crate::ksm::crypto::b64_url(&client.download_file(file, MAX_RESPONSE_BYTES).await?)
             }
             other => other.to_text().unwrap_or_default(),
         });

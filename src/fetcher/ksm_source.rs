@@ -53,10 +53,11 @@ impl VaultSource for KsmSource {
     fn download<'a>(
         &'a self,
         file: &'a KeeperFile,
+        budget: u64,
     ) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, KsmError>> {
         Box::pin(async move {
             let start = Instant::now();
-            let result = self.client.download_file(file).await;
+            let result = self.client.download_file(file, budget).await;
             self.metrics
                 .keeper_request("download", outcome(&result), start.elapsed());
             result

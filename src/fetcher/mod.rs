@@ -52,9 +52,11 @@ pub trait VaultSource: Send + Sync + 'static {
     fn fetch(&self) -> BoxFuture<'_, Result<Zeroizing<Vec<u8>>, KsmError>>;
     /// Unwraps a body returned by `fetch` (or restored from the store).
     fn decode(&self, body: &[u8]) -> Result<Vault, KsmError>;
+    /// A file's content; refused (`TooLarge`) beyond `budget` bytes.
     fn download<'a>(
         &'a self,
         file: &'a KeeperFile,
+        budget: u64,
     ) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, KsmError>>;
     /// The key sealing this credential's persisted snapshots.
     fn cache_key(&self) -> AesKey;
@@ -572,8 +574,14 @@ impl CredentialFetcher {
         }
     }
 
-    /// A file's content, downloaded once per revision of the record that holds it.
-    pub async fn file(&self, revision: i64, file: &KeeperFile) -> Result<FileBytes, KsmError> {
+    /// A file's content, downloaded once per revision of the record that holds it; a download
+    /// is refused beyond `budget` bytes.
+    pub async fn file(
+        &self,
+        revision: i64,
+        file: &KeeperFile,
+        budget: u64,
+    ) -> Result<FileBytes, KsmError> {
         {
             let state = self.state.lock().await;
             if let Some((cached, bytes)) = state.files.get(&file.uid)
@@ -582,7 +590,7 @@ impl CredentialFetcher {
                 return Ok(bytes.clone());
             }
         }
-        let bytes = Arc::new(self.source.download(file).await?);
+        let bytes = Arc::new(self.source.download(file, budget).await?);
         let mut state = self.state.lock().await;
         state
             .files

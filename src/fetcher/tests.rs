@@ -55,6 +55,7 @@ impl VaultSource for FakeSource {
     fn download<'a>(
         &'a self,
         _file: &'a KeeperFile,
+        _budget: u64,
     ) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, KsmError>> {
         self.downloads.fetch_add(1, Ordering::SeqCst);
         Box::pin(async { Ok(Zeroizing::new(b"file-bytes".to_vec())) })
@@ -311,10 +312,13 @@ async fn files_download_once_per_record_revision() {
         key: AesKey::random(),
     };
     for _ in 0..3 {
-        assert_eq!(&**fetcher.file(1, &file).await.unwrap(), b"file-bytes");
+        assert_eq!(
+            &**fetcher.file(1, &file, 1 << 20).await.unwrap(),
+            b"file-bytes"
+        );
     }
     assert_eq!(downloads.load(Ordering::SeqCst), 1);
-    fetcher.file(2, &file).await.unwrap();
+    fetcher.file(2, &file, 1 << 20).await.unwrap();
     assert_eq!(downloads.load(Ordering::SeqCst), 2);
 }
 

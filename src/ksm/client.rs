@@ -3,7 +3,8 @@
 
 use crate::ksm::config::{ConfigError, KsmConfig};
 use crate::ksm::crypto::{aes_gcm_decrypt, b64_std};
-use crate::ksm::error::KsmError;
+use crate::ksm::error::{KsmError, sanitize};
+use crate::ksm::hosts::AllowedHosts;
 use crate::ksm::record::{KeeperFile, SharedFolder, Vault};
 use crate::ksm::response::{decode_binding, decode_folders, decode_secrets};
 use crate::ksm::transport::{SealedRequest, builtin_server_key, open_response};
@@ -19,11 +20,18 @@ pub use crate::ksm::token::redeem_token;
 /// The `clientVersion` of the Rust SDK 17.3.0, a string the real backend accepts (§3.3).
 pub const DEFAULT_CLIENT_VERSION: &str = "mr17.3.0";
 
+/// The largest API reply body read (64 MiB). A `get_secret` for hundreds of records with long
+/// notes is a few MiB; anything bigger is refused while streaming, before it is buffered.
+pub const MAX_RESPONSE_BYTES: u64 = 64 << 20;
+
+/// What AES-GCM adds to a file's content on the wire: a 12-byte nonce and a 16-byte tag.
+const GCM_OVERHEAD: u64 = 28;
+
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// PEM bundle trusted in addition to the webpki roots (private endpoints, tests).
     pub extra_ca_pem: Option<Vec<u8>>,
-    /// Whole-request timeout (connect, send, receive).
+    /// Whole-request timeout (connect, send, and reading the whole body).
     pub timeout: Duration,
     pub client_version: String,
     /// How often to follow the server's "use key id N" answer before giving up (§4.3).
@@ -33,6 +41,11 @@ pub struct ClientOptions {
     pub throttle_retries: u32,
     /// The longest single throttle wait; a longer `retry_after` is surfaced instead.
     pub max_throttle_wait: Duration,
+    /// The largest API reply body read ([`MAX_RESPONSE_BYTES`]).
+    pub max_response_bytes: u64,
+    /// The API hosts requests may go to; `None` allows any (the command line, where the user
+    /// picks the host). The operator always sets a list, since tenants pick credentials.
+    pub allowed_hosts: Option<AllowedHosts>,
 }
 
 impl Default for ClientOptions {
@@ -44,6 +57,8 @@ impl Default for ClientOptions {
             max_key_rotations: 3,
             throttle_retries: 3,
             max_throttle_wait: Duration::from_secs(60),
+            max_response_bytes: MAX_RESPONSE_BYTES,
+            allowed_hosts: None,
         }
     }
 }
@@ -77,12 +92,14 @@ impl std::fmt::Debug for KsmClient {
     }
 }
 
-/// The HTTP client for `options` (timeouts, trusted roots). One can serve any number of
+/// The HTTP client for `options` (timeouts, trusted roots; redirects are never followed, so
+/// whoever answers cannot send the request elsewhere). One can serve any number of
 /// [`KsmClient`]s ([`KsmClient::with_http`]): each client built here holds its own root store and
 /// connection pool.
 pub fn http_client(options: &ClientOptions) -> Result<reqwest::Client, KsmError> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(options.timeout)
         .connect_timeout(options.timeout.min(Duration::from_secs(10)));
     if let Some(pem) = &options.extra_ca_pem {
@@ -132,6 +149,49 @@ fn transport_error(err: reqwest::Error) -> KsmError {
         return KsmError::Tls(tls.to_string());
     }
     KsmError::Unavailable(error_chain(&err))
+}
+
+/// Reads a body chunk by chunk, refusing it with `over(announced length)` as soon as it would
+/// pass `limit` bytes, or at once when its `Content-Length` says it will: a hostile or broken
+/// endpoint cannot make the client buffer more than `limit`.
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: u64,
+    over: impl FnOnce(Option<u64>) -> KsmError,
+) -> Result<Vec<u8>, KsmError> {
+    let announced = response.content_length();
+    if announced.is_some_and(|len| len > limit) {
+        return Err(over(announced));
+    }
+    // Sized from the announcement (trusted only up to 1 MiB) to spare reallocations.
+    let capacity = announced.unwrap_or(0).min(limit).min(1 << 20);
+    let mut body = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        if body.len() as u64 + chunk.len() as u64 > limit {
+            return Err(over(None));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Refuses a 3xx: the client does not follow redirects (see [`http_client`]).
+fn refuse_redirect(status: reqwest::StatusCode) -> Result<(), KsmError> {
+    if status.is_redirection() {
+        return Err(KsmError::Redirect {
+            status: status.as_u16(),
+        });
+    }
+    Ok(())
+}
+
+/// How a file is named in errors: UID and name (metadata, never content).
+fn file_label(file: &KeeperFile) -> String {
+    format!(
+        "file {:?} (uid {})",
+        sanitize(&file.name),
+        sanitize(&file.uid)
+    )
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -232,11 +292,21 @@ impl KsmClient {
         }
     }
 
-    fn url(&self, endpoint: &str) -> String {
-        format!(
+    /// The endpoint's URL, if its host is allowed. Checked on the parsed URL, i.e. the host
+    /// the request would really reach, before anything is sent.
+    fn url(&self, endpoint: &str) -> Result<reqwest::Url, KsmError> {
+        let text = format!(
             "https://{}/api/rest/sm/v1/{endpoint}",
             self.inner.config.hostname()
-        )
+        );
+        let url = reqwest::Url::parse(&text).map_err(|_| ConfigError::Invalid {
+            key: "hostname",
+            reason: "not a valid HOST[:PORT]",
+        })?;
+        if let Some(allowed) = &self.inner.options.allowed_hosts {
+            allowed.check(&url)?;
+        }
+        Ok(url)
     }
 
     async fn send_once(
@@ -244,6 +314,7 @@ impl KsmClient {
         endpoint: &str,
         payload: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KsmError> {
+        let url = self.url(endpoint)?;
         let key_id = self.inner.key_id.load(Ordering::Relaxed);
         let sealed = SealedRequest::seal(
             payload,
@@ -254,7 +325,7 @@ impl KsmClient {
         let mut request = self
             .inner
             .http
-            .post(self.url(endpoint))
+            .post(url)
             .header("Content-Type", "application/octet-stream");
         for (name, value) in sealed.headers() {
             request = request.header(name, value);
@@ -264,13 +335,21 @@ impl KsmClient {
             .send()
             .await
             .map_err(transport_error)?;
-        let status = response.status().as_u16();
+        let status = response.status();
+        refuse_redirect(status)?;
         let retry_after = response
             .headers()
             .get("Retry-After")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = response.bytes().await.map_err(transport_error)?;
+        let limit = self.inner.options.max_response_bytes;
+        let body = read_capped(response, limit, |size| KsmError::TooLarge {
+            what: format!("the Keeper reply to {endpoint}"),
+            size,
+            limit,
+        })
+        .await?;
+        let status = status.as_u16();
         open_response(
             &sealed.transmission_key,
             status,
@@ -371,12 +450,38 @@ impl KsmClient {
         decode_folders(self.app_key()?, &plaintext)
     }
 
-    /// Downloads a file (plain GET of its pre-signed URL) and decrypts it with the file key.
-    pub async fn download_file(&self, file: &KeeperFile) -> Result<Zeroizing<Vec<u8>>, KsmError> {
-        let url = file
-            .url
-            .as_deref()
-            .ok_or_else(|| KsmError::Download(format!("file {} has no download URL", file.uid)))?;
+    /// Downloads a file (plain GET of its pre-signed URL, https only) and decrypts it with the
+    /// file key. `budget` is the most content the caller can use (what the Secret can still
+    /// hold): a file whose metadata declares more is refused before any request, and the
+    /// download stops as soon as it passes the declared size or the budget.
+    pub async fn download_file(
+        &self,
+        file: &KeeperFile,
+        budget: u64,
+    ) -> Result<Zeroizing<Vec<u8>>, KsmError> {
+        let url = file.url.as_deref().ok_or_else(|| {
+            KsmError::Download(format!("{} has no download URL", file_label(file)))
+        })?;
+        let url = reqwest::Url::parse(url).map_err(|_| {
+            KsmError::InvalidResponse(format!(
+                "{}: the download URL does not parse",
+                file_label(file)
+            ))
+        })?;
+        if url.scheme() != "https" {
+            return Err(KsmError::InsecureDownload {
+                file: file_label(file),
+                scheme: sanitize(url.scheme()),
+            });
+        }
+        let too_large = |size| KsmError::TooLarge {
+            what: file_label(file),
+            size,
+            limit: budget,
+        };
+        if let Some(size) = file.size.filter(|size| *size > budget) {
+            return Err(too_large(Some(size)));
+        }
         let response = self
             .inner
             .http
@@ -385,16 +490,31 @@ impl KsmClient {
             .await
             .map_err(transport_error)?;
         let status = response.status();
+        refuse_redirect(status)?;
         if !status.is_success() {
             return Err(KsmError::Download(format!(
-                "file {}: HTTP {}",
-                file.uid,
+                "{}: HTTP {}",
+                file_label(file),
                 status.as_u16()
             )));
         }
-        let body = response.bytes().await.map_err(transport_error)?;
-        aes_gcm_decrypt(&file.key, &body)
-            .map_err(|_| KsmError::Download(format!("file {} content does not decrypt", file.uid)))
+        // The declared size (within budget) or else the budget, plus what encryption adds.
+        let content_limit = file.size.unwrap_or(budget).min(budget);
+        let body = read_capped(
+            response,
+            content_limit.saturating_add(GCM_OVERHEAD),
+            |wire| match file.size {
+                Some(declared) => KsmError::InvalidResponse(format!(
+                    "{}: the server sends more than the {declared} bytes its metadata declares",
+                    file_label(file)
+                )),
+                None => too_large(wire.map(|n| n.saturating_sub(GCM_OVERHEAD))),
+            },
+        )
+        .await?;
+        aes_gcm_decrypt(&file.key, &body).map_err(|_| {
+            KsmError::Download(format!("{} content does not decrypt", file_label(file)))
+        })
     }
 }
 

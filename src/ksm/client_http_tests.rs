@@ -11,8 +11,10 @@ use super::crypto::{
 };
 use super::error::KsmError;
 use super::notation::{NotationValue, resolve};
+use super::record::KeeperFile;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,7 +52,7 @@ fn vault(app_key: &AesKey, port: u16) -> (Value, Vec<u8>) {
     let data = json!({"title": "Web", "type": "login",
         "fields": [{"type": "login", "value": ["admin"]}, {"type": "password", "value": ["s3cr3t"]}],
         "custom": [], "notes": "n"});
-    let meta = json!({"name": "cert.pem", "title": "Cert", "type": "text/plain", "size": 3});
+    let meta = json!({"name": "cert.pem", "title": "Cert", "type": "text/plain", "size": FILE_CONTENT.len()});
     let record = json!({
         "recordUid": "6ya_fdc6XTsZ7i7x9Jcodg",
         "recordKey": b64_std(&aes_gcm_encrypt(&folder_key, record_key.as_bytes())),
@@ -144,12 +146,25 @@ fn handle_api(state: &mut State, headers: &[(String, String)], body: &[u8]) -> (
     (200, aes_gcm_encrypt(&tk, response.to_string().as_bytes()))
 }
 
-async fn serve(
-    stream: tokio::net::TcpStream,
-    acceptor: tokio_rustls::TlsAcceptor,
-    state: Arc<Mutex<State>>,
-) -> Option<()> {
-    let mut tls = acceptor.accept(stream).await.ok()?;
+/// A TLS acceptor with a fresh self-signed certificate for 127.0.0.1, and that certificate.
+fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, Vec<u8>) {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    (
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        cert.cert.pem().into_bytes(),
+    )
+}
+
+/// Reads one HTTP/1.1 request (head and `Content-Length` body); returns (head, body).
+async fn read_request<S: tokio::io::AsyncRead + Unpin>(tls: &mut S) -> Option<(String, Vec<u8>)> {
     let mut buf = Vec::new();
     let head_end = loop {
         let mut chunk = [0u8; 4096];
@@ -163,16 +178,11 @@ async fn serve(
         }
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next()?.to_string();
-    let headers: Vec<(String, String)> = lines
+    let length: usize = head
+        .split("\r\n")
         .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse().ok())
+        .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
         .unwrap_or(0);
     while buf.len() < head_end + length {
         let mut chunk = [0u8; 4096];
@@ -182,7 +192,23 @@ async fn serve(
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let body = &buf[head_end..head_end + length];
+    Some((head, buf[head_end..head_end + length].to_vec()))
+}
+
+async fn serve(
+    stream: tokio::net::TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: Arc<Mutex<State>>,
+) -> Option<()> {
+    let mut tls = acceptor.accept(stream).await.ok()?;
+    let (head, body) = read_request(&mut tls).await?;
+    let body = body.as_slice();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next()?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
     let path = request_line.split(' ').nth(1)?.to_string();
     let (status, response) = {
         let mut state = state.lock().unwrap();
@@ -217,16 +243,7 @@ impl FakeKsm {
     pub(crate) async fn start() -> FakeKsm {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.cert.der().clone()], key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (acceptor, ca_pem) = tls_acceptor();
         let app_key = AesKey::random();
         let (vault, file) = vault(&app_key, port);
         let state = Arc::new(Mutex::new(State {
@@ -247,7 +264,7 @@ impl FakeKsm {
         });
         FakeKsm {
             host: format!("127.0.0.1:{port}"),
-            ca_pem: cert.cert.pem().into_bytes(),
+            ca_pem,
             state,
         }
     }
@@ -321,7 +338,10 @@ async fn redeem_fetch_resolve_and_download() {
     let [NotationValue::File(file)] = files.as_slice() else {
         panic!("expected one file");
     };
-    assert_eq!(&*client.download_file(file).await.unwrap(), FILE_CONTENT);
+    assert_eq!(
+        &*client.download_file(file, 1 << 20).await.unwrap(),
+        FILE_CONTENT
+    );
 
     // The token is spent: a second device with the same token is refused.
     let err = redeem_token(
@@ -451,4 +471,347 @@ async fn an_untrusted_certificate_is_a_tls_error() {
         .unwrap_err();
     assert!(matches!(err, KsmError::Tls(_)), "{err:?}");
     assert_eq!(err.reason(), "TlsError");
+}
+
+/// What the raw responder answers every request with.
+#[derive(Clone)]
+enum Reply {
+    /// A status line and headers (no blank line), then the body.
+    Fixed(String, Vec<u8>),
+    /// `200`, chunked, up to `total` bytes in 16 KiB chunks, until the client hangs up.
+    Endless { total: u64 },
+    /// `200` announcing 1000 bytes, then one byte every 100 ms.
+    Drip,
+}
+
+/// A TLS responder that ignores the protocol: for size, redirect and host tests.
+struct RawServer {
+    host: String,
+    ca_pem: Vec<u8>,
+    /// TCP connections accepted.
+    connections: Arc<AtomicUsize>,
+    /// Requests read completely.
+    requests: Arc<AtomicUsize>,
+    /// Body bytes written so far.
+    sent: Arc<AtomicU64>,
+}
+
+impl RawServer {
+    async fn start(reply: Reply) -> RawServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let (acceptor, ca_pem) = tls_acceptor();
+        let server = RawServer {
+            host,
+            ca_pem,
+            connections: Arc::default(),
+            requests: Arc::default(),
+            sent: Arc::default(),
+        };
+        let (connections, requests, sent) = (
+            server.connections.clone(),
+            server.requests.clone(),
+            server.sent.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                connections.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, reply) = (acceptor.clone(), reply.clone());
+                let (requests, sent) = (requests.clone(), sent.clone());
+                tokio::spawn(async move {
+                    let mut tls = acceptor.accept(stream).await.ok()?;
+                    read_request(&mut tls).await?;
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    match reply {
+                        Reply::Fixed(head, body) => {
+                            tls.write_all(format!("{head}\r\n\r\n").as_bytes())
+                                .await
+                                .ok()?;
+                            tls.write_all(&body).await.ok()?;
+                            sent.fetch_add(body.len() as u64, Ordering::SeqCst);
+                        }
+                        Reply::Endless { total } => {
+                            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                            tls.write_all(head.as_bytes()).await.ok()?;
+                            let chunk = vec![b'x'; 16 << 10];
+                            while sent.load(Ordering::SeqCst) < total {
+                                let frame =
+                                    [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"]
+                                        .concat();
+                                tls.write_all(&frame).await.ok()?;
+                                sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                            }
+                            tls.write_all(b"0\r\n\r\n").await.ok()?;
+                        }
+                        Reply::Drip => {
+                            tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
+                                .await
+                                .ok()?;
+                            for _ in 0..1000 {
+                                tls.write_all(b"x").await.ok()?;
+                                tls.flush().await.ok()?;
+                                sent.fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                    tls.shutdown().await.ok()
+                });
+            }
+        });
+        server
+    }
+
+    fn options(&self) -> ClientOptions {
+        ClientOptions {
+            extra_ca_pem: Some(self.ca_pem.clone()),
+            timeout: Duration::from_secs(20),
+            throttle_retries: 0,
+            ..ClientOptions::default()
+        }
+    }
+
+    fn client(&self, options: ClientOptions) -> KsmClient {
+        let config = KsmConfig::unbound(self.host.clone(), AesKey::random(), 10, None)
+            .into_bound(AesKey::random(), None);
+        KsmClient::new(config, &options).unwrap()
+    }
+
+    fn file(&self, url: &str, size: Option<u64>) -> KeeperFile {
+        KeeperFile {
+            uid: "fileUid1".into(),
+            name: "big.bin".into(),
+            title: "Big".into(),
+            mime_type: None,
+            size,
+            url: Some(url.replace("HOST", &self.host)),
+            key: AesKey::random(),
+        }
+    }
+
+    /// Body bytes written once the server has noticed the client hung up.
+    async fn sent_after_hangup(&self) -> u64 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.sent.load(Ordering::SeqCst)
+    }
+}
+
+const ENDLESS: u64 = 256 << 20;
+/// Loopback socket buffers hold a few MiB: far below what an endless sender would push.
+const READ_AT_MOST: u64 = 16 << 20;
+
+#[tokio::test]
+async fn an_oversize_reply_is_refused_while_streaming() {
+    let server = RawServer::start(Reply::Endless { total: ENDLESS }).await;
+    let client = server.client(ClientOptions {
+        max_response_bytes: 64 << 10,
+        ..server.options()
+    });
+    let err = client.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KsmError::TooLarge {
+                size: None,
+                limit: 65536,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.reason(), "TooLarge");
+    assert!(!err.is_transient());
+    let sent = server.sent_after_hangup().await;
+    assert!(sent < READ_AT_MOST, "the server pushed {sent} bytes");
+
+    // An announced length over the cap is refused before reading any of it.
+    let server = RawServer::start(Reply::Fixed(
+        "HTTP/1.1 200 OK\r\ncontent-length: 1073741824".into(),
+        Vec::new(),
+    ))
+    .await;
+    let err = server
+        .client(server.options())
+        .get_folders()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, KsmError::TooLarge { size: Some(1073741824), limit, .. } if limit == super::client::MAX_RESPONSE_BYTES),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_request_deadline_covers_a_slowly_dripped_body() {
+    let server = RawServer::start(Reply::Drip).await;
+    let client = server.client(ClientOptions {
+        timeout: Duration::from_millis(800),
+        ..server.options()
+    });
+    let started = std::time::Instant::now();
+    let err = client.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(matches!(err, KsmError::Timeout), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let file = server.file("https://HOST/files/f", Some(1000));
+    let err = client.download_file(&file, 1 << 20).await.unwrap_err();
+    assert!(matches!(err, KsmError::Timeout), "{err:?}");
+    // The headers arrived: the deadline fired while the body was being read.
+    assert!(server.sent.load(Ordering::SeqCst) > 0);
+}
+
+#[tokio::test]
+async fn a_download_stops_at_the_declared_size_or_the_budget() {
+    let server = RawServer::start(Reply::Endless { total: ENDLESS }).await;
+    let client = server.client(server.options());
+    // Declares 3 bytes and keeps sending.
+    let liar = server.file("https://HOST/files/f", Some(3));
+    let err = client.download_file(&liar, 1 << 20).await.unwrap_err();
+    assert!(matches!(err, KsmError::InvalidResponse(_)), "{err:?}");
+    assert!(err.to_string().contains("3 bytes"), "{err}");
+    assert!(server.sent_after_hangup().await < READ_AT_MOST);
+
+    // No declared size: the budget is the limit.
+    let server = RawServer::start(Reply::Endless { total: ENDLESS }).await;
+    let client = server.client(server.options());
+    let unsized_file = server.file("https://HOST/files/f", None);
+    let err = client.download_file(&unsized_file, 1000).await.unwrap_err();
+    assert!(
+        matches!(err, KsmError::TooLarge { limit: 1000, .. }),
+        "{err:?}"
+    );
+    assert!(server.sent_after_hangup().await < READ_AT_MOST);
+
+    // A Content-Length beyond the declared size is refused up front.
+    let server = RawServer::start(Reply::Fixed(
+        "HTTP/1.1 200 OK\r\ncontent-length: 5000".into(),
+        Vec::new(),
+    ))
+    .await;
+    let file = server.file("https://HOST/files/f", Some(3));
+    let err = server
+        .client(server.options())
+        .download_file(&file, 1 << 20)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, KsmError::InvalidResponse(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_file_over_budget_is_refused_without_a_request() {
+    let server = RawServer::start(Reply::Fixed(
+        "HTTP/1.1 200 OK\r\ncontent-length: 0".into(),
+        Vec::new(),
+    ))
+    .await;
+    let file = server.file("https://HOST/files/f", Some(2 << 20));
+    let err = server
+        .client(server.options())
+        .download_file(&file, 1 << 20)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "TooLarge");
+    assert!(!err.is_transient());
+    let text = err.to_string();
+    for part in ["big.bin", "fileUid1", "2097152", "1048576"] {
+        assert!(text.contains(part), "{text}");
+    }
+    assert_eq!(server.connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let server = RawServer::start(Reply::Fixed(
+        "HTTP/1.1 302 Found\r\nlocation: /elsewhere\r\ncontent-length: 0".into(),
+        Vec::new(),
+    ))
+    .await;
+    let client = server.client(server.options());
+    let err = client.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(matches!(err, KsmError::Redirect { status: 302 }), "{err:?}");
+    assert!(!err.is_transient());
+    let file = server.file("https://HOST/files/f", Some(3));
+    let err = client.download_file(&file, 1 << 20).await.unwrap_err();
+    assert!(matches!(err, KsmError::Redirect { status: 302 }), "{err:?}");
+    // One request each: the redirect target was never asked for.
+    assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn downloads_are_https_only() {
+    let server = RawServer::start(Reply::Fixed(
+        "HTTP/1.1 200 OK\r\ncontent-length: 0".into(),
+        Vec::new(),
+    ))
+    .await;
+    let client = server.client(server.options());
+    for url in [
+        "http://HOST/files/f",
+        "ftp://HOST/f",
+        "file:///etc/passwd",
+        "HTTP://HOST/files/f",
+    ] {
+        let err = client
+            .download_file(&server.file(url, Some(3)), 1 << 20)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, KsmError::InsecureDownload { .. }),
+            "{url}: {err:?}"
+        );
+        assert_eq!(err.reason(), "InsecureDownload");
+        assert!(!err.to_string().contains("/files/f"), "{err}");
+    }
+    assert_eq!(server.connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn only_allowed_hosts_are_contacted() {
+    use super::hosts::AllowedHosts;
+    let server = RawServer::start(Reply::Fixed(
+        "HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0".into(),
+        Vec::new(),
+    ))
+    .await;
+    let port = server.host.rsplit_once(':').unwrap().1.to_string();
+    let with = |list: &[&str]| ClientOptions {
+        allowed_hosts: Some(AllowedHosts::parse(list).unwrap()),
+        ..server.options()
+    };
+    for list in [
+        vec!["keepersecurity.com"],
+        vec!["127.0.0.2", "localhost"],
+        vec!["127.0.0.1:1"],
+    ] {
+        let err = server
+            .client(with(&list))
+            .get_secrets(&Query::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, KsmError::HostNotAllowed { host } if *host == server.host),
+            "{list:?}: {err:?}"
+        );
+        assert!(!err.is_transient());
+        // Redeeming a token goes through the same check.
+        let err = redeem_token(TOKEN, Some(&server.host), None, &with(&list))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "HostNotAllowed");
+    }
+    assert_eq!(server.connections.load(Ordering::SeqCst), 0);
+
+    for list in [vec!["127.0.0.1"], vec!["127.0.0.1:PORT"]] {
+        let list: Vec<String> = list.iter().map(|e| e.replace("PORT", &port)).collect();
+        let options = ClientOptions {
+            allowed_hosts: Some(AllowedHosts::parse(&list).unwrap()),
+            ..server.options()
+        };
+        let err = server
+            .client(options)
+            .get_secrets(&Query::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "KeeperUnavailable", "{err:?}");
+    }
+    assert_eq!(server.requests.load(Ordering::SeqCst), 2);
 }

@@ -48,6 +48,21 @@ pub enum KsmError {
     Binding(String),
     #[error("file download failed: {0}")]
     Download(String),
+    /// A reply or file over a size limit; `what` names it (a file by UID and name, never content).
+    #[error("{what} is too large{}; the limit is {limit} bytes", size_text(.size))]
+    TooLarge {
+        what: String,
+        size: Option<u64>,
+        limit: u64,
+    },
+    /// The credential names an API host outside the operator's allow-list; nothing was sent.
+    #[error("Keeper host {host} is not in the allowed hosts (--keeper-allowed-hosts)")]
+    HostNotAllowed { host: String },
+    /// Redirects are never followed: the target would be chosen by whoever answers.
+    #[error("the Keeper endpoint answered with a redirect (HTTP {status}), which is not followed")]
+    Redirect { status: u16 },
+    #[error("file {file}: download URL scheme {scheme:?} refused (https only)")]
+    InsecureDownload { file: String, scheme: String },
 }
 
 impl From<ConfigError> for KsmError {
@@ -67,6 +82,10 @@ fn retry_after_text(retry_after: &Option<Duration>) -> String {
         Some(d) => format!(" (retry after {}s)", d.as_secs()),
         None => String::new(),
     }
+}
+
+fn size_text(size: &Option<u64>) -> String {
+    size.map_or_else(String::new, |n| format!(" ({n} bytes)"))
 }
 
 fn wrong_key_text(key_id: Option<u32>, custom_key: bool) -> String {
@@ -94,10 +113,14 @@ impl KsmError {
             KsmError::InvalidClientVersion { .. } => "InvalidClientVersion",
             KsmError::WrongServerKey { .. } => "WrongServerKey",
             KsmError::Server { .. } => "KeeperError",
-            KsmError::Tampered | KsmError::Undecryptable(_) | KsmError::InvalidResponse(_) => {
-                "InvalidResponse"
-            }
+            KsmError::Tampered
+            | KsmError::Undecryptable(_)
+            | KsmError::InvalidResponse(_)
+            | KsmError::Redirect { .. } => "InvalidResponse",
             KsmError::Download(_) => "DownloadFailed",
+            KsmError::TooLarge { .. } => "TooLarge",
+            KsmError::HostNotAllowed { .. } => "HostNotAllowed",
+            KsmError::InsecureDownload { .. } => "InsecureDownload",
         }
     }
 
@@ -163,6 +186,24 @@ mod tests {
         );
         assert!(!KsmError::Config(ConfigError::Missing("appKey")).is_transient());
         assert!(!KsmError::Tls("UnknownIssuer".into()).is_transient());
+        let too_large = KsmError::TooLarge {
+            what: "file \"a.pem\" (uid f1)".into(),
+            size: Some(2_000_000),
+            limit: 1_048_576,
+        };
+        assert!(!too_large.is_transient());
+        assert_eq!(too_large.reason(), "TooLarge");
+        assert_eq!(
+            too_large.to_string(),
+            "file \"a.pem\" (uid f1) is too large (2000000 bytes); the limit is 1048576 bytes"
+        );
+        let host = KsmError::HostNotAllowed {
+            host: "evil.example".into(),
+        };
+        assert!(!host.is_transient());
+        assert_eq!(host.reason(), "HostNotAllowed");
+        assert!(host.to_string().contains("evil.example"));
+        assert!(!KsmError::Redirect { status: 302 }.is_transient());
     }
 
     #[test]

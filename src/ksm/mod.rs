@@ -4,6 +4,7 @@ pub mod config;
 pub mod credential;
 pub mod crypto;
 pub mod error;
+pub mod hosts;
 pub mod notation;
 pub mod record;
 pub mod region;

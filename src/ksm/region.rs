@@ -19,3 +19,8 @@ pub fn region_hostname(code: &str) -> Option<&'static str> {
         .find(|(c, _)| c.eq_ignore_ascii_case(code))
         .map(|(_, host)| *host)
 }
+
+/// The API hostnames of every known region (the default allowed hosts).
+pub fn region_hostnames() -> impl Iterator<Item = &'static str> {
+    REGIONS.iter().map(|(_, host)| *host)
+}

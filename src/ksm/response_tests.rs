@@ -256,3 +256,68 @@ proptest! {
         let _ = decode_folders(&app_key, value.to_string().as_bytes());
     }
 }
+
+/// Decrypted record data that is not valid JSON (or not an object) must not reach a warning or
+/// an error: serde_json's messages can quote the input, which here is the record's content.
+#[test]
+fn malformed_decrypted_records_are_never_quoted() {
+    const SECRET: &str = "hunter2-record-value";
+    let app_key = AesKey::random();
+    let bad_plaintexts = [
+        format!(r#"{{"title":"t","fields":[{{"type":"password","value":["{SECRET}"]}}]"#),
+        format!(r#""{SECRET}""#),
+        format!(r#"{{"password": {SECRET}}}"#),
+        format!(r#"{{"fields": [{{"type": "password", "value": 1e999999, "x": "{SECRET}"}}]}}"#),
+        format!("[\"{SECRET}\", \u{0}]"),
+    ];
+    let entry = |i: usize, plaintext: &str| {
+        let record_key = AesKey::random();
+        json!({"recordUid": format!("rec-{i}"), "recordKey": wrap(&app_key, &record_key),
+               "data": b64_std(&aes_gcm_encrypt(&record_key, plaintext.as_bytes())),
+               "files": [{"fileUid": "f", "fileKey": wrap(&record_key, &record_key),
+                          "data": b64_std(&aes_gcm_encrypt(&record_key, plaintext.as_bytes()))}]})
+    };
+    let records: Vec<Value> = bad_plaintexts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| entry(i, p))
+        .collect();
+    // Every record fails: the whole response is an error, and says why without content.
+    let all_bad = json!({"records": records});
+    let err = decode_secrets(&app_key, &padded(&all_bad)).unwrap_err();
+    assert_eq!(err.reason(), "InvalidResponse");
+    assert!(!format!("{err} {err:?}").contains(SECRET), "{err}");
+
+    // With one good record the others become warnings, which must not quote them either.
+    let mut mixed = records.clone();
+    mixed.push(record_entry(&app_key, "rec-good-000000000001", "Good", 0));
+    let vault = decode_secrets(&app_key, &padded(&json!({"records": mixed}))).unwrap();
+    assert_eq!(vault.records.len(), 1);
+    assert_eq!(vault.warnings.len(), bad_plaintexts.len());
+    for warning in &vault.warnings {
+        assert!(!warning.contains(SECRET), "{warning}");
+        assert!(warning.contains("not a JSON object"), "{warning}");
+    }
+
+    // A good record whose file metadata is malformed: the file is skipped, unquoted.
+    let record_key = AesKey::random();
+    let data = json!({"title": "With file", "type": "file", "fields": []});
+    let with_bad_file = json!({"recordUid": "rec-file", "recordKey": wrap(&app_key, &record_key),
+        "data": b64_std(&aes_gcm_encrypt(&record_key, data.to_string().as_bytes())),
+        "files": [{"fileUid": "f1", "fileKey": wrap(&record_key, &record_key),
+                   "data": b64_std(&aes_gcm_encrypt(&record_key, bad_plaintexts[0].as_bytes()))}]});
+    let vault = decode_secrets(&app_key, &padded(&json!({"records": [with_bad_file]}))).unwrap();
+    assert_eq!(vault.records[0].files.len(), 0);
+    assert!(
+        vault.warnings.iter().all(|w| !w.contains(SECRET)),
+        "{:?}",
+        vault.warnings
+    );
+
+    // The transmission-level JSON itself: position only.
+    let broken = format!(r#"{{"records": ["{SECRET}" "#);
+    let err = decode_secrets(&app_key, broken.as_bytes()).unwrap_err();
+    assert!(!err.to_string().contains(SECRET), "{err}");
+    let err = decode_folders(&app_key, broken.as_bytes()).unwrap_err();
+    assert!(!err.to_string().contains(SECRET), "{err}");
+}

@@ -8,7 +8,7 @@ use crate::ksm::crypto::{
 use crate::ksm::error::{KsmError, sanitize};
 use p256::PublicKey;
 use serde_json::Value;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use zeroize::Zeroizing;
 
 /// Keeper's server public keys by id (§4.2): ids 1–7 share one key.
@@ -152,11 +152,32 @@ fn key_id(value: &Value) -> Option<u32> {
     }
 }
 
+/// `Retry-After`: delay-seconds, or an HTTP-date (all three RFC 9110 forms) measured from `now`.
+/// A date in the past means "now"; anything unreadable is ignored.
+pub fn parse_retry_after(header: &str, now: SystemTime) -> Option<Duration> {
+    let header = header.trim();
+    if let Some(delay) = seconds(&Value::from(header)) {
+        return Some(delay);
+    }
+    let at = httpdate::parse_http_date(header).ok()?;
+    let delay = at.duration_since(now).unwrap_or(Duration::ZERO);
+    Some(delay.min(Duration::from_secs(86_400)))
+}
+
 /// Classifies a non-2xx response. The code is `result_code`, falling back to `error` (§7.2).
+///
+/// Throttling (§7): a 403 or 429 whose code is `throttled` (the JSON `retry_after` wins over the
+/// header), any other 429 whatever its body, and a 503 carrying `Retry-After`. A `throttled` body
+/// on another status (e.g. 500) is a server error, as the SDKs treat it.
 pub fn classify_error(status: u16, body: &[u8], retry_after_header: Option<&str>) -> KsmError {
+    let header_delay = || retry_after_header.and_then(|h| parse_retry_after(h, SystemTime::now()));
     let parsed: Option<serde_json::Map<String, Value>> = serde_json::from_slice(body).ok();
     let Some(obj) = parsed else {
-        return if status >= 500 || status == 429 {
+        return if status == 429 || (status == 503 && retry_after_header.is_some()) {
+            KsmError::Throttled {
+                retry_after: header_delay(),
+            }
+        } else if status >= 500 {
             KsmError::Unavailable(format!("HTTP {status} with a non-JSON body"))
         } else {
             KsmError::InvalidResponse(format!("HTTP {status} with a non-JSON body"))
@@ -167,11 +188,15 @@ pub fn classify_error(status: u16, body: &[u8], retry_after_header: Option<&str>
         .unwrap_or_default();
     let error = string_field(&obj, "error").unwrap_or_default();
     let message = string_field(&obj, "message").unwrap_or_default();
-    if code == "throttled" || error == "throttled" {
+    let throttled_body = code == "throttled" || error == "throttled";
+    if status == 429
+        || (throttled_body && status == 403)
+        || (status == 503 && retry_after_header.is_some())
+    {
         let retry_after = obj
             .get("retry_after")
             .and_then(seconds)
-            .or_else(|| retry_after_header.and_then(|h| seconds(&Value::from(h))));
+            .or_else(header_delay);
         return KsmError::Throttled { retry_after };
     }
     if code == "key" || error == "key" {
@@ -336,6 +361,98 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    fn throttled_after(err: KsmError) -> Option<Duration> {
+        match err {
+            KsmError::Throttled { retry_after } => retry_after,
+            other => panic!("not throttling: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn throttling_is_403_or_429_with_the_body_any_429_or_a_503_with_retry_after() {
+        let secs = Duration::from_secs;
+        // Keeper's 429 (since 2026) and the older 403, JSON `retry_after` first.
+        let body = br#"{"error":"throttled","retry_after":12}"#;
+        assert_eq!(
+            throttled_after(classify_error(429, body, Some("3"))),
+            Some(secs(12))
+        );
+        assert_eq!(
+            throttled_after(classify_error(403, body, None)),
+            Some(secs(12))
+        );
+        assert_eq!(
+            throttled_after(classify_error(
+                429,
+                br#"{"result_code":"throttled"}"#,
+                Some("4")
+            )),
+            Some(secs(4))
+        );
+        // Any 429, whatever the body, with or without the header.
+        assert_eq!(
+            throttled_after(classify_error(429, b"Too Many Requests", Some("5"))),
+            Some(secs(5))
+        );
+        assert_eq!(throttled_after(classify_error(429, b"", None)), None);
+        assert_eq!(
+            throttled_after(classify_error(429, br#"{"error":"slow_down"}"#, Some("6"))),
+            Some(secs(6))
+        );
+        // A 503 carrying Retry-After is throttling; a bare 503 is an outage.
+        assert_eq!(
+            throttled_after(classify_error(503, b"<html>busy</html>", Some("30"))),
+            Some(secs(30))
+        );
+        assert_eq!(
+            classify_error(503, b"<html>busy</html>", None).reason(),
+            "KeeperUnavailable"
+        );
+        // The throttle body on a 500 is not throttling.
+        let err = classify_error(500, br#"{"error":"throttled","retry_after":1}"#, Some("1"));
+        assert_eq!(err.reason(), "KeeperError", "{err:?}");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        let secs = Duration::from_secs;
+        assert_eq!(parse_retry_after("120", now), Some(secs(120)));
+        assert_eq!(
+            parse_retry_after(" 2.5 ", now),
+            Some(Duration::from_millis(2500))
+        );
+        // IMF-fixdate, RFC 850 and asctime forms.
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sunday, 06-Nov-94 08:50:37 GMT", now),
+            Some(secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Sun Nov  6 08:49:47 1994", now),
+            Some(secs(10))
+        );
+        // A date already past: retry now. Far future: capped at a day.
+        assert_eq!(
+            parse_retry_after("Sat, 05 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            parse_retry_after("Fri, 06 Nov 2026 08:49:37 GMT", now),
+            Some(secs(86_400))
+        );
+        for junk in ["", "soon", "-5", "Sun, 32 Nov 1994 08:49:37 GMT"] {
+            assert_eq!(parse_retry_after(junk, now), None, "{junk}");
+        }
+        // Through classify_error, against the real clock.
+        let later = httpdate::fmt_http_date(SystemTime::now() + secs(100));
+        let delay = throttled_after(classify_error(429, b"", Some(&later))).unwrap();
+        assert!(delay > secs(90) && delay <= secs(100), "{delay:?}");
     }
 
     proptest! {

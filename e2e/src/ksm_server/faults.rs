@@ -33,6 +33,37 @@ pub enum FileFailure {
     Truncate,
 }
 
+/// The body of throttle answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ThrottleBody {
+    /// Keeper's JSON `{"error": "throttled", ...}`.
+    #[default]
+    Json,
+    /// Plain text, as an edge rate limiter or a load balancer in maintenance sends it.
+    Text,
+}
+
+/// The form of the `Retry-After` header on throttle answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RetryAfterHeader {
+    /// Delay in seconds, e.g. `Retry-After: 7`.
+    Seconds,
+    /// An HTTP-date, e.g. `Retry-After: Sun, 06 Nov 1994 08:49:37 GMT`.
+    HttpDate,
+}
+
+/// One throttle answer to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Throttle {
+    pub status: u16,
+    /// Seconds: in the JSON body's `retry_after` and in the header (1 when unset).
+    pub retry_after: Option<u64>,
+    pub body: ThrottleBody,
+    pub header: Option<RetryAfterHeader>,
+}
+
 /// The real throttle: more than `max_requests` per client id and endpoint within a window that
 /// restarts on every request (PROTOCOL.md §7.1: 100 per 10 s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,8 +81,13 @@ pub struct FaultState {
     pub throttle: u32,
     /// `retry_after` (seconds) in injected throttle bodies; the production body has none.
     pub retry_after: Option<u64>,
-    /// Status of throttle answers: 403 (default, what SDK 17.3 expects) or 429.
+    /// Status of throttle answers: 403 (default, what SDK 17.3 expects), 429 (Keeper's status
+    /// since 2026) or any other, e.g. 503 with a text body and `Retry-After`.
     pub throttle_status: Option<u16>,
+    /// Body of throttle answers (JSON by default).
+    pub throttle_body: ThrottleBody,
+    /// Send `Retry-After` on throttle answers, in this form.
+    pub retry_after_header: Option<RetryAfterHeader>,
     pub down: DownMode,
     /// Cut the connection half-way through the next N API response bodies.
     pub drop: u32,
@@ -154,9 +190,16 @@ impl FaultHandle {
         state.retry_after = retry_after.map(|d| d.as_secs());
     }
 
-    /// 403 (the default) or 429 for throttle answers.
+    /// 403 (the default), 429 or another status for throttle answers.
     pub fn set_throttle_status(&self, status: u16) {
         self.lock().throttle_status = Some(status);
+    }
+
+    /// The body and `Retry-After` header form of throttle answers.
+    pub fn set_throttle_form(&self, body: ThrottleBody, header: Option<RetryAfterHeader>) {
+        let mut state = self.lock();
+        state.throttle_body = body;
+        state.retry_after_header = header;
     }
 
     pub fn set_down(&self, mode: DownMode) {
@@ -210,17 +253,26 @@ impl FaultHandle {
         Duration::from_millis(self.lock().latency_ms)
     }
 
-    /// Consumes one injected throttle: `(status, retry_after)`.
-    pub(crate) fn take_throttle(&self) -> Option<(u16, Option<u64>)> {
-        let mut state = self.lock();
-        take(&mut state.throttle).then(|| (state.throttle_status.unwrap_or(403), state.retry_after))
+    fn throttle(state: &FaultState, retry_after: Option<u64>) -> Throttle {
+        Throttle {
+            status: state.throttle_status.unwrap_or(403),
+            retry_after,
+            body: state.throttle_body,
+            header: state.retry_after_header,
+        }
     }
 
-    /// Counts a request against the rate limit; `Some(status)` when it is over the limit.
-    pub(crate) fn rate_limited(&self, key: &str) -> Option<u16> {
-        let (limit, status) = {
+    /// Consumes one injected throttle.
+    pub(crate) fn take_throttle(&self) -> Option<Throttle> {
+        let mut state = self.lock();
+        take(&mut state.throttle).then(|| Self::throttle(&state, state.retry_after))
+    }
+
+    /// Counts a request against the rate limit; the answer to send when it is over the limit.
+    pub(crate) fn rate_limited(&self, key: &str) -> Option<Throttle> {
+        let (limit, throttle) = {
             let state = self.lock();
-            (state.rate_limit?, state.throttle_status.unwrap_or(403))
+            (state.rate_limit?, Self::throttle(&state, None))
         };
         let now = Instant::now();
         let window = Duration::from_millis(limit.window_ms);
@@ -234,7 +286,7 @@ impl FaultHandle {
         }
         entry.count = entry.count.saturating_add(1);
         entry.last = now;
-        (entry.count > limit.max_requests).then_some(status)
+        (entry.count > limit.max_requests).then_some(throttle)
     }
 
     pub(crate) fn take_wrong_key(&self) -> bool {
@@ -279,8 +331,24 @@ mod tests {
     fn next_n_faults_count_down() {
         let faults = FaultHandle::default();
         faults.throttle_next(2, Some(Duration::from_secs(3)));
-        assert_eq!(faults.take_throttle(), Some((403, Some(3))));
-        assert_eq!(faults.take_throttle(), Some((403, Some(3))));
+        let json_403 = Throttle {
+            status: 403,
+            retry_after: Some(3),
+            body: ThrottleBody::Json,
+            header: None,
+        };
+        assert_eq!(faults.take_throttle(), Some(json_403));
+        faults.set_throttle_status(503);
+        faults.set_throttle_form(ThrottleBody::Text, Some(RetryAfterHeader::HttpDate));
+        assert_eq!(
+            faults.take_throttle(),
+            Some(Throttle {
+                status: 503,
+                body: ThrottleBody::Text,
+                header: Some(RetryAfterHeader::HttpDate),
+                ..json_403
+            })
+        );
         assert_eq!(faults.take_throttle(), None);
         faults.tamper_next(1);
         faults.drop_next(1);
@@ -298,7 +366,10 @@ mod tests {
         }));
         assert_eq!(faults.rate_limited("a get_secret"), None);
         assert_eq!(faults.rate_limited("a get_secret"), None);
-        assert_eq!(faults.rate_limited("a get_secret"), Some(403));
+        assert_eq!(
+            faults.rate_limited("a get_secret").map(|t| t.status),
+            Some(403)
+        );
         assert_eq!(faults.rate_limited("b get_secret"), None);
         faults.set_rate_limit(Some(RateLimit {
             max_requests: 1,

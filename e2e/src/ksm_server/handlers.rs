@@ -64,12 +64,20 @@ fn known_client_version(version: &str) -> bool {
 }
 
 fn error_response(reply: &ErrorReply) -> Response {
-    (
+    let mut response = (
         reply.status,
-        [(header::CONTENT_TYPE, "application/json")],
+        [(header::CONTENT_TYPE, reply.content_type)],
         reply.body.clone(),
     )
-        .into_response()
+        .into_response();
+    if let Some(value) = reply
+        .retry_after
+        .as_deref()
+        .and_then(|v| header::HeaderValue::from_str(v).ok())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 fn unavailable() -> Response {
@@ -225,11 +233,9 @@ fn handle(
         shared
             .faults
             .rate_limited(&format!("{} {endpoint}", client.unwrap_or("-")))
-            .map(|status| (status, None))
     });
-    if let Some((status, retry_after)) = throttle {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-        return Err(ErrorReply::throttled(path, endpoint, status, retry_after));
+    if let Some(throttle) = throttle {
+        return Err(ErrorReply::throttled(path, endpoint, &throttle));
     }
     if shared.faults.take_wrong_key() || key_id != Some(shared.key_id.as_str()) {
         return Err(ErrorReply::wrong_key(shared.key_id_number));

@@ -12,8 +12,9 @@
 //!   unknown client id or an expired, never-used token: 403 `access_denied` "Unable to
 //!   validate application access". The same device repeating its binding request (it lost the
 //!   answer) gets `encryptedAppKey` again; a client that lost its device key cannot recover.
-//! - Throttling: 403 (configurable 429) with the production body; `retry_after` only when a
-//!   test asks for it. The optional rate limit keys on client id + endpoint, window restarting
+//! - Throttling: 403 (configurable 429, or any status) with the production body, or a plain
+//!   text body; `retry_after` and a `Retry-After` header (seconds or HTTP-date) only when a
+//!   test asks for them. The optional rate limit keys on client id + endpoint, window restarting
 //!   on every request, as the SDK comments describe.
 //! - Undecryptable requests: 400 `bad_request`; endpoints other than `get_secret` and
 //!   `get_folders`: 404 (the write endpoints are not implemented).
@@ -40,7 +41,10 @@ mod vault;
 mod wire;
 
 pub use counters::{CounterSnapshot, Counters};
-pub use faults::{DownMode, FaultHandle, FaultState, FileFailure, RateLimit};
+pub use faults::{
+    DownMode, FaultHandle, FaultState, FileFailure, RateLimit, RetryAfterHeader, Throttle,
+    ThrottleBody,
+};
 pub use sample::{SAMPLE_VAULT_JSON, sample_vault, uids};
 pub use spec::{AppSpec, FileSpec, FolderSpec, RecordSpec, VaultSpec, is_valid_uid};
 

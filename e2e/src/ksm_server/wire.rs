@@ -1,6 +1,7 @@
 //! What travels on the wire: request decoding (transmission key, body, signature), the JSON
 //! shapes of responses (PROTOCOL.md §6) and the real server's error bodies (§7.1).
 
+use super::faults::{RetryAfterHeader, Throttle, ThrottleBody};
 use axum::http::{HeaderMap, StatusCode};
 use keeper_operator::ksm::crypto::{AesKey, EcKeyPair, aes_gcm_decrypt, b64_decode, ecies_decrypt};
 use serde::{Deserialize, Serialize};
@@ -152,6 +153,10 @@ pub(crate) struct ErrorReply {
     pub body: String,
     /// Short label for the outcome counters ("throttled", "key", "access_denied", ...).
     pub outcome: &'static str,
+    /// `text/plain` for the throttle text form, else JSON.
+    pub content_type: &'static str,
+    /// A `Retry-After` header value.
+    pub retry_after: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -167,6 +172,7 @@ struct Envelope<'a> {
     retry_after: Option<u64>,
 }
 
+const JSON: &str = "application/json";
 const LOCATION: &str = "default exception manager - api validation exception";
 pub(crate) const SIGNATURE_INVALID: &str = "Signature is invalid";
 pub(crate) const UNABLE_TO_VALIDATE: &str = "Unable to validate application access";
@@ -179,6 +185,8 @@ fn envelope(status: StatusCode, outcome: &'static str, env: Envelope<'_>) -> Err
         status,
         body: serde_json::to_string(&env).unwrap_or_default(),
         outcome,
+        content_type: JSON,
+        retry_after: None,
     }
 }
 
@@ -201,26 +209,40 @@ impl ErrorReply {
     }
 
     /// Throttling as recorded from production (issue external-secrets#4107): 403 by default;
-    /// `retry_after` only when asked for (the SDKs honour it when present).
-    pub fn throttled(
-        path: &str,
-        endpoint: &str,
-        status: StatusCode,
-        retry_after: Option<u64>,
-    ) -> Self {
-        envelope(
-            status,
-            "throttled",
-            Envelope {
-                path,
-                additional_info: "throttled",
-                location: LOCATION,
-                result_code: None,
-                error: "throttled",
-                message: endpoint,
-                retry_after,
+    /// `retry_after` only when asked for (the SDKs honour it when present). The text form and
+    /// the `Retry-After` header are what rate limiters in front of a service send (§7.1).
+    pub fn throttled(path: &str, endpoint: &str, throttle: &Throttle) -> Self {
+        let status = StatusCode::from_u16(throttle.status).unwrap_or(StatusCode::FORBIDDEN);
+        let mut reply = match throttle.body {
+            ThrottleBody::Json => envelope(
+                status,
+                "throttled",
+                Envelope {
+                    path,
+                    additional_info: "throttled",
+                    location: LOCATION,
+                    result_code: None,
+                    error: "throttled",
+                    message: endpoint,
+                    retry_after: throttle.retry_after,
+                },
+            ),
+            ThrottleBody::Text => ErrorReply {
+                status,
+                body: status.canonical_reason().unwrap_or("Throttled").to_string(),
+                outcome: "throttled",
+                content_type: "text/plain",
+                retry_after: None,
             },
-        )
+        };
+        let delay = throttle.retry_after.unwrap_or(1);
+        reply.retry_after = throttle.header.map(|form| match form {
+            RetryAfterHeader::Seconds => delay.to_string(),
+            RetryAfterHeader::HttpDate => httpdate::fmt_http_date(
+                std::time::SystemTime::now() + std::time::Duration::from_secs(delay),
+            ),
+        });
+        reply
     }
 
     /// 403 for an unregistered `clientVersion` (issue #820 body).
@@ -258,6 +280,8 @@ impl ErrorReply {
             })
             .unwrap_or_default(),
             outcome: "key",
+            content_type: JSON,
+            retry_after: None,
         }
     }
 
