@@ -697,3 +697,87 @@ async fn a_restarted_operator_recreates_a_file_secret_from_the_sealed_copy_while
     w.wait_all(1, "Synced").await?;
     w.finish(&mut [&mut first, &mut second]).await
 }
+
+/// The operator's peak resident memory so far (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .context("VmHWM in /proc status")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kib / 1024.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mb_attachment_is_refused_while_other_tenants_keep_syncing() -> Result<()> {
+    let w = World::start("fault-huge-file").await?;
+    let original = w.postgres_password()?;
+    let mut operator = w.operator().await?;
+    w.create(&names("neighbour", 0..3), "5s").await?;
+    w.wait_all(3, "Synced").await?;
+
+    // One tenant maps a 200 MB attachment.
+    w.server
+        .set_file_content(CERT_PEM, &vec![b'x'; 200 * 1024 * 1024])?;
+    let huge: KeeperSecret = serde_json::from_value(json!({
+        "apiVersion": "keeper-operator.dev/v1alpha1",
+        "kind": "KeeperSecret",
+        "metadata": { "name": "huge" },
+        "spec": {
+            "auth": { "secretRef": { "name": "ksm-config", "key": "config" } },
+            "refreshInterval": "5s",
+            "target": { "name": "huge" },
+            "data": [{ "key": "ca.crt", "notation": format!("keeper://{WEB_CERTIFICATE}/file/cert.pem") }]
+        }
+    }))?;
+    let api = w.keeper_secrets();
+    api.create(&PostParams::default(), &huge).await?;
+    wait_until("the huge attachment refused with TooLarge", TIMEOUT, || {
+        let api = api.clone();
+        async move {
+            let ks = api.get("huge").await?;
+            Ok(ks
+                .ready_condition()
+                .filter(|c| c.status == "False" && c.reason == "TooLarge")
+                .cloned())
+        }
+    })
+    .await
+    .and_then(|c| {
+        ensure!(
+            c.message.contains("cert.pem") || c.message.contains(CERT_PEM),
+            "{c:?}"
+        );
+        Ok(())
+    })?;
+
+    // The others keep picking up Keeper changes meanwhile.
+    w.set_postgres_password("rotated-beside-a-huge-file")?;
+    wait_until(
+        "the neighbours hold the rotated password",
+        TIMEOUT,
+        || async {
+            let all = w.snapshot().await?;
+            let done = all
+                .iter()
+                .filter(|(name, (_, d))| {
+                    name.starts_with("neighbour")
+                        && d.get("password")
+                            .is_some_and(|b| b.0 == b"rotated-beside-a-huge-file")
+                })
+                .count();
+            Ok((done == 3).then_some(()))
+        },
+    )
+    .await?;
+    ensure!(original != "rotated-beside-a-huge-file");
+    let peak = peak_rss_mib(operator.pid())?;
+    eprintln!("operator peak RSS with a 200 MB attachment mapped: {peak:.1} MiB");
+    ensure!(peak < 128.0, "peak RSS {peak:.1} MiB");
+    operator.ensure_running()?;
+    w.finish(&mut [&mut operator]).await
+}
