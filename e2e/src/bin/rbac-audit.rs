@@ -11,9 +11,9 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, ExitCode};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use jiff::Timestamp;
 use keeper_e2e::harness::{KUBE_VERSION, run, workspace_root};
@@ -42,7 +42,7 @@ const RELEASE: &str = "keeper-operator";
 /// The harness installs the chart with `watchNamespace` set to another namespace.
 const RENDERINGS: [&[&str]; 2] = [&[], &["--set", "watchNamespace=apps"]];
 
-fn main() -> Result<()> {
+fn main() -> Result<ExitCode> {
     let args = Args::parse();
     let mut grants = BTreeSet::new();
     for values in RENDERINGS {
@@ -86,10 +86,11 @@ fn main() -> Result<()> {
         for p in &problems {
             eprintln!("rbac-audit: {p}");
         }
-        bail!("{} RBAC problem(s)", problems.len());
+        eprintln!("rbac-audit: {} RBAC problem(s)", problems.len());
+        return Ok(ExitCode::FAILURE);
     }
     println!("\nrbac-audit: every granted permission was used; no request was denied");
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read_usage(args: &Args) -> Result<Usage> {
