@@ -86,7 +86,8 @@ impl AuditEvent {
                     Some(sub) => format!("{resource}/{sub}"),
                     None => resource.clone(),
                 },
-                namespaced: o.namespace.is_some(),
+                // The API server files a Namespace under its own name; it is cluster-scoped.
+                namespaced: o.namespace.is_some() && resource != "namespaces",
             })
         }) else {
             // A non-resource URL (discovery, /version): the path is the resource.
@@ -448,6 +449,19 @@ mod tests {
         assert_eq!(accesses[0].resource, "keepersecrets/status");
         assert_eq!(accesses[0].group, "keeper-operator.dev");
         assert!(accesses[0].namespaced);
+        let namespace =
+            r#"{"resource":"namespaces","namespace":"apps","name":"apps","apiVersion":"v1"}"#;
+        let e = parse_line(&line(
+            OP,
+            "keeper-operator/0.1.0",
+            "get",
+            namespace,
+            200,
+            "",
+        ))
+        .unwrap()
+        .unwrap();
+        assert!(!e.accesses()[0].namespaced, "a Namespace is cluster-scoped");
         let review =
             r#"{"resource":"tokenreviews","apiGroup":"authentication.k8s.io","apiVersion":"v1"}"#;
         let e = parse_line(&line(
