@@ -294,41 +294,73 @@ fn expand(rule: &Rule) -> Result<Vec<Grant>> {
     Ok(out)
 }
 
+/// Who asked for what: user, verb, group, resource (with subresource), namespace.
+type RequestKey = (String, String, String, String, Option<String>);
+
+/// A refused request of the operator.
+#[derive(Debug)]
+pub struct Denial {
+    key: RequestKey,
+    at: Timestamp,
+    /// `verb URI (namespace) by user: code`.
+    pub text: String,
+}
+
 /// How each permission was used, by the operator, from `since` on.
 #[derive(Debug, Default)]
 pub struct Usage {
     /// Access (without scope) -> (requests, scopes seen).
     pub used: BTreeMap<Grant, (u64, BTreeSet<&'static str>)>,
-    /// Requests refused: `verb resource (namespace) user code`.
-    pub denied: Vec<String>,
+    /// Requests refused.
+    pub denied: Vec<Denial>,
+    /// When each kind of request was last allowed.
+    allowed: BTreeMap<RequestKey, Timestamp>,
     /// Operator requests counted.
     pub requests: u64,
     /// ServiceAccount users the requests came from.
     pub users: BTreeSet<String>,
+    /// Requests seen (a watch has two events: when it starts and when it ends).
+    seen: std::collections::HashSet<String>,
 }
 
 impl Usage {
     pub fn add(&mut self, event: &AuditEvent, since: Timestamp) {
-        if !event.is_operator() || event.request_received_timestamp < since {
+        if !event.is_operator()
+            || event.request_received_timestamp < since
+            || !self.seen.insert(event.audit_id.clone())
+        {
             return;
         }
         self.requests += 1;
         self.users.insert(event.user.username.clone());
+        let namespace = event.object_ref.as_ref().and_then(|o| o.namespace.clone());
+        let accesses = event.accesses();
+        let key: RequestKey = (
+            event.user.username.clone(),
+            event.verb.clone(),
+            accesses[0].group.clone(),
+            accesses[0].resource.clone(),
+            namespace.clone(),
+        );
+        let at = event.request_received_timestamp;
         if event.denied() {
-            let ns = event
-                .object_ref
-                .as_ref()
-                .and_then(|o| o.namespace.as_deref())
-                .unwrap_or("-");
-            self.denied.push(format!(
-                "{} {} (namespace {ns}) by {}: {:?}",
-                event.verb,
-                event.request_uri,
-                event.user.username,
-                event.code()
-            ));
+            self.denied.push(Denial {
+                key,
+                at,
+                text: format!(
+                    "{} {} (namespace {}) by {}: {:?}",
+                    event.verb,
+                    event.request_uri,
+                    namespace.as_deref().unwrap_or("-"),
+                    event.user.username,
+                    event.code()
+                ),
+            });
+        } else {
+            let last = self.allowed.entry(key).or_insert(at);
+            *last = (*last).max(at);
         }
-        for access in event.accesses() {
+        for access in accesses {
             let scope = if access.namespaced {
                 "namespaced"
             } else {
@@ -377,8 +409,22 @@ impl Usage {
                 ));
             }
         }
-        problems.extend(self.denied.iter().map(|d| format!("denied: {d}")));
+        problems.extend(
+            self.denied
+                .iter()
+                .filter(|d| !self.retried_and_allowed(d))
+                .map(|d| format!("denied: {}", d.text)),
+        );
         problems
+    }
+
+    /// Whether the same user was allowed the same request after it was denied: then the denial
+    /// was not missing RBAC but the API server's authorizer not having loaded RBAC yet (it
+    /// refuses everything in the first moments after it starts; the fault tests restart it).
+    pub fn retried_and_allowed(&self, denial: &Denial) -> bool {
+        self.allowed
+            .get(&denial.key)
+            .is_some_and(|last| *last > denial.at)
     }
 
     /// The used-vs-granted table, one line per permission.
@@ -414,9 +460,12 @@ impl Usage {
 mod tests {
     use super::*;
 
+    /// An audit line with a fresh auditID.
     fn line(user: &str, agent: &str, verb: &str, object: &str, code: u16, extra: &str) -> String {
+        static IDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         format!(
-            r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a1","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/apps/secrets/db?fieldManager=x","verb":"{verb}","user":{{"username":"{user}","groups":["system:serviceaccounts"]}},"userAgent":"{agent}","objectRef":{object},"responseStatus":{{"metadata":{{}},"code":{code}}},"requestReceivedTimestamp":"2026-12-01T17:00:00.123456Z","stageTimestamp":"2026-12-01T17:00:00.130000Z"{extra}}}"#
+            r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{id}","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/apps/secrets/db?fieldManager=x","verb":"{verb}","user":{{"username":"{user}","groups":["system:serviceaccounts"]}},"userAgent":"{agent}","objectRef":{object},"responseStatus":{{"metadata":{{}},"code":{code}}},"requestReceivedTimestamp":"2026-12-01T17:00:00.123456Z","stageTimestamp":"2026-12-01T17:00:00.130000Z"{extra}}}"#
         )
     }
 
@@ -511,7 +560,45 @@ mod tests {
         }
         assert_eq!(usage.requests, 2);
         assert_eq!(usage.denied.len(), 1);
-        assert!(usage.denied[0].starts_with("delete /api/v1/namespaces/apps/secrets/db"));
+        // A watch's start and end share an auditID: one request.
+        let watch = line(OP, "keeper-operator/0.1.0", "watch", SECRET, 200, "");
+        for stage in ["ResponseStarted", "ResponseComplete"] {
+            let l = watch.replace("ResponseComplete", stage);
+            usage.add(&parse_line(&l).unwrap().unwrap(), since());
+        }
+        assert_eq!(usage.requests, 3);
+        assert!(
+            usage.denied[0]
+                .text
+                .starts_with("delete /api/v1/namespaces/apps/secrets/db")
+        );
+        let problems = usage.verdict(&BTreeSet::new(), &[]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("denied: delete"));
+
+        // Refused while the API server was starting, allowed when retried: not missing RBAC.
+        let watch = |at: &str, code: u16, extra: &str| {
+            line(OP, "keeper-operator/0.1.0", "watch", SECRET, code, extra)
+                .replace("2026-12-01T17:00:00.123456Z", at)
+        };
+        let mut usage = Usage::default();
+        for l in [
+            watch("2026-12-01T17:00:01Z", 403, forbid),
+            watch("2026-12-01T17:00:02Z", 200, ""),
+        ] {
+            usage.add(&parse_line(&l).unwrap().unwrap(), since());
+        }
+        assert!(usage.retried_and_allowed(&usage.denied[0]));
+        assert!(usage.verdict(&BTreeSet::new(), &[]).is_empty());
+        // Allowed only before the refusal: the refusal stands.
+        let mut usage = Usage::default();
+        for l in [
+            watch("2026-12-01T17:00:01Z", 200, ""),
+            watch("2026-12-01T17:00:02Z", 403, forbid),
+        ] {
+            usage.add(&parse_line(&l).unwrap().unwrap(), since());
+        }
+        assert_eq!(usage.verdict(&BTreeSet::new(), &[]).len(), 1);
     }
 
     const CHART: &str = r#"
