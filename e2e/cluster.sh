@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real, local Kubernetes control plane for tests and the demo: etcd + kube-apiserver (RBAC on,
 # its own PKI, loopback only) + kube-controller-manager (garbage collection, namespace deletion,
-# default ServiceAccounts, ClusterRole aggregation). No kubelet: pods never run.
+# default ServiceAccounts, ClusterRole aggregation). No kubelet: pods never run. kube-apiserver
+# writes an audit log of ServiceAccounts' requests to $STATE/logs/audit.log (e2e/audit-policy.yaml).
 #
 #   e2e/cluster.sh up     start it in the background (or reuse a healthy one); prints the admin kubeconfig path
 #   e2e/cluster.sh down   stop every process by its PID
@@ -136,16 +137,17 @@ stop_all() { # in dependency order, each given time to shut down cleanly
   ((n == 0)) || log "stopped $n process(es)"
 }
 
-# kube-apiserver on the ports recorded in $RUN/ports (so a restart comes back at the same URL).
-start_apiserver() {
-  local bin etcd_port api_port
-  bin=$(awk -F= '$1=="BIN_DIR"{print $2}' "$RUN/ports")
+# kube-apiserver's flags, from the ports recorded in $RUN/ports (so a restart comes back at the
+# same URL). --advertise-address/--endpoint-reconciler-type: hosts without a default route. The
+# default admission plugins stay on, including ServiceAccount: the controller-manager below
+# creates the default ServiceAccounts it relies on. The audit log (ServiceAccounts' requests,
+# metadata only; e2e/audit-policy.yaml) feeds the RBAC check (e2e/src/bin/rbac-audit.rs); it is
+# rotated at 100 MB, keeping 5 old files.
+apiserver_args() {
+  local etcd_port api_port
   etcd_port=$(awk -F= '$1=="ETCD_PORT"{print $2}' "$RUN/ports")
   api_port=$(awk -F= '$1=="API_PORT"{print $2}' "$RUN/ports")
-  # --advertise-address/--endpoint-reconciler-type: hosts without a default route. The default
-  # admission plugins stay on, including ServiceAccount: the controller-manager below creates the
-  # default ServiceAccounts it relies on.
-  spawn kube-apiserver "$bin/kube-apiserver" \
+  printf '%s\n' \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
     --bind-address=127.0.0.1 --secure-port="$api_port" \
     --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
@@ -157,9 +159,32 @@ start_apiserver() {
     --service-account-signing-key-file="$PKI/sa.key" \
     --service-cluster-ip-range=10.0.0.0/24 \
     --authorization-mode=RBAC \
-    --allow-privileged=true --profiling=false
+    --allow-privileged=true --profiling=false \
+    --audit-policy-file="$STATE/audit-policy.yaml" \
+    --audit-log-path="$LOGS/audit.log" --audit-log-format=json --audit-log-mode=blocking \
+    --audit-log-maxsize=100 --audit-log-maxbackup=5
+}
+
+# What the running kube-apiserver was started with: its flags and audit policy. `up` restarts
+# an apiserver whose configuration differs (e.g. one started before audit logging existed).
+apiserver_config_hash() {
+  { apiserver_args; cat "$ROOT/e2e/audit-policy.yaml"; } | sha256sum | cut -c1-16
+}
+
+start_apiserver() {
+  local bin api_port args
+  bin=$(awk -F= '$1=="BIN_DIR"{print $2}' "$RUN/ports")
+  api_port=$(awk -F= '$1=="API_PORT"{print $2}' "$RUN/ports")
+  cp "$ROOT/e2e/audit-policy.yaml" "$STATE/audit-policy.yaml"
+  mapfile -t args < <(apiserver_args)
+  spawn kube-apiserver "$bin/kube-apiserver" "${args[@]}"
+  apiserver_config_hash >"$RUN/apiserver.config"
   wait_for "kube-apiserver /readyz" kube-apiserver \
     curl -fsS --cacert "$PKI/serving-ca.crt" "https://127.0.0.1:$api_port/readyz"
+}
+
+apiserver_config_current() {
+  [[ -f "$RUN/apiserver.config" && "$(<"$RUN/apiserver.config")" == "$(apiserver_config_hash)" ]]
 }
 
 # Stops kube-apiserver (etcd and the controller-manager keep running), keeps it down for
@@ -178,6 +203,10 @@ restart_apiserver() {
 
 up() {
   if healthy; then
+    if ! apiserver_config_current; then
+      log "kube-apiserver runs with an older configuration (flags or audit policy); restarting it"
+      restart_apiserver 0
+    fi
     log "reusing the running control plane at $(api_url)"
     echo "$KUBECONFIG_OUT"
     return

@@ -165,6 +165,9 @@ Try:
   eval "\$(e2e/cluster.sh env)"
   kubectl -n $APP_NS get keepersecrets,secrets
   kubectl -n $APP_NS delete secret shop-db && sleep 3 && kubectl -n $APP_NS get secret shop-db   # restored
+  # /metrics wants a token allowed to read it (the chart's metrics-reader ClusterRole):
+  kubectl create clusterrolebinding demo-metrics --clusterrole=$RELEASE-metrics-reader --serviceaccount=$APP_NS:default
+  curl -H "Authorization: Bearer \$(kubectl -n $APP_NS create token default)" http://127.0.0.1:$metrics_port/metrics
 
 Stop everything:  e2e/demo.sh stop
 EOF

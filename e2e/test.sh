@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# THE test command: static checks, generated-file drift, chart checks and the whole cargo test
-# suite (unit, e2e against a real local control plane, interop), with per-phase timings.
+# THE test command: static checks, generated-file drift, chart checks, the whole cargo test
+# suite (unit, e2e against a real local control plane, interop) and the RBAC audit of what the
+# suite's operators did, with per-phase timings.
 #
 #   e2e/test.sh                  run everything (the control plane is built on first use, then cached)
 #   E2E_KEEP_CLUSTER=1 e2e/test.sh   leave the test control plane running afterwards
@@ -97,5 +98,13 @@ fuzz_replay() { (cd e2e/fuzz && cargo fmt --check && CARGO_TARGET_DIR="$ROOT/tar
 phase "fuzz replay" fuzz_replay
 phase "libFuzzer" e2e/fuzz.sh "${FUZZ_SECONDS:-15}"
 # --no-fail-fast: every test binary runs, so one failure does not hide others.
+AUDIT_SINCE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 phase "cargo test" cargo test --workspace --locked --no-fail-fast
+# The chart grants the operator exactly what its requests in the test run used, and none of
+# them was denied (kube-apiserver's audit log, see e2e/cluster.sh).
+rbac_audit() {
+  cargo run --quiet --locked -p keeper-e2e --bin rbac-audit -- \
+    --audit-dir "$E2E_STATE_DIR/logs" --since "$AUDIT_SINCE"
+}
+phase "rbac audit" rbac_audit
 phase "bench smoke" e2e/bench-smoke.sh

@@ -47,6 +47,11 @@ pub struct RunArgs {
         default_value = "0.0.0.0:8080"
     )]
     pub metrics_bind_address: SocketAddr,
+    /// Serve /metrics only to callers whose bearer token passes a TokenReview and whose user
+    /// may `get` the non-resource URL /metrics (SubjectAccessReview). Turn off only where the
+    /// port is protected otherwise. /healthz and /readyz are always open.
+    #[arg(long, env = "KEEPER_OPERATOR_METRICS_AUTH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics_auth: bool,
     /// Log format.
     #[arg(
         long,
@@ -149,6 +154,7 @@ mod tests {
         let a = run_args(&["keeper-operator", "run"]);
         assert_eq!(a.metrics_bind_address.to_string(), "0.0.0.0:8080");
         assert_eq!(a.concurrency, 4);
+        assert!(a.metrics_auth, "metrics are protected by default");
         assert_eq!(std::time::Duration::from(a.rollout_debounce).as_secs(), 5);
         assert_eq!(
             std::time::Duration::from(a.max_stale_age).as_secs(),
@@ -170,7 +176,9 @@ mod tests {
             "--concurrency",
             "8",
             "--leader-elect",
+            "--metrics-auth=false",
         ]);
+        assert!(!a.metrics_auth);
         assert_eq!(
             (
                 a.watch_namespace.as_str(),

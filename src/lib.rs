@@ -19,6 +19,7 @@ pub mod ksm;
 pub mod leader;
 pub mod mapping;
 pub mod metrics;
+pub mod metrics_auth;
 pub mod reconcile;
 pub mod redeem;
 pub mod refresh;

@@ -18,6 +18,7 @@ use keeper_operator::k8s::Events;
 use keeper_operator::keeper_source::{SharedKeeper, client_options};
 use keeper_operator::leader::{Elector, LEASE_NAME};
 use keeper_operator::metrics::Metrics;
+use keeper_operator::metrics_auth::{KubeReviewer, MetricsAuth};
 use keeper_operator::reconcile::{Context, Settings};
 use keeper_operator::{controller, http, telemetry};
 use kube::runtime::events::Reporter;
@@ -70,9 +71,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to Kubernetes (KUBECONFIG or in-cluster)")?;
+    let client = kube_client().await?;
     let metrics = Arc::new(Metrics::default());
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("keeper-operator-{}", std::process::id()));
@@ -99,13 +98,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 args.metrics_bind_address
             )
         })?;
-    info!(address = %args.metrics_bind_address, "serving /metrics, /healthz, /readyz");
+    info!(
+        address = %args.metrics_bind_address,
+        metrics_auth = args.metrics_auth,
+        "serving /metrics, /healthz, /readyz"
+    );
+    let metrics_auth = args.metrics_auth.then(|| {
+        Arc::new(MetricsAuth::new(Box::new(KubeReviewer::new(
+            client.clone(),
+        ))))
+    });
     let server = tokio::spawn(
         axum::serve(
             listener,
             http::router(http::Health {
                 ready: ready.clone(),
                 metrics: metrics.clone(),
+                metrics_auth,
             }),
         )
         .with_graceful_shutdown(stopped(&stop))
@@ -211,6 +220,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         elector.release().await;
     }
     finish(server).await
+}
+
+/// A client from KUBECONFIG or the in-cluster config that names itself in the User-Agent, so API
+/// server logs and audit events tell the operator's requests from other users of its token.
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer()
+        .await
+        .context("connecting to Kubernetes (KUBECONFIG or in-cluster)")?;
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(concat!(
+            "keeper-operator/",
+            env!("CARGO_PKG_VERSION")
+        )),
+    ));
+    kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
 async fn finish(server: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {

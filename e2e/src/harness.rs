@@ -20,9 +20,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    NonResourceAttributes, ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use kube::api::{ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, Resource};
@@ -362,6 +363,13 @@ pub struct SaToken {
     value: String,
 }
 
+impl SaToken {
+    /// The bearer token itself (for an `Authorization` header; never print it).
+    pub fn secret(&self) -> &str {
+        &self.value
+    }
+}
+
 impl fmt::Debug for SaToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SaToken(<redacted>)")
@@ -462,6 +470,24 @@ pub async fn can_i(
                 resource: Some(resource.into()),
                 namespace: namespace.map(Into::into),
                 ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let resp = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await?;
+    Ok(resp.status.map(|s| s.allowed).unwrap_or(false))
+}
+
+/// Asks the API server whether the client's user may `get` the non-resource URL `path`.
+pub async fn may_get_url(client: &Client, path: &str) -> Result<bool> {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            non_resource_attributes: Some(NonResourceAttributes {
+                path: Some(path.into()),
+                verb: Some("get".into()),
             }),
             ..Default::default()
         },
@@ -614,6 +640,7 @@ pub struct TestEnv {
     /// Kubeconfig authenticating as the chart's ServiceAccount.
     pub operator_kubeconfig: PathBuf,
     dir: PathBuf,
+    metrics_reader: tokio::sync::OnceCell<SaToken>,
 }
 
 impl TestEnv {
@@ -643,7 +670,64 @@ impl TestEnv {
             app_namespace: app_ns,
             operator_kubeconfig,
             dir,
+            metrics_reader: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// A token of ServiceAccount `metrics-reader` in the operator namespace, bound to the
+    /// chart's `<fullname>-metrics-reader` ClusterRole, as a Prometheus would be: what
+    /// [`Operator::scrape_metrics`] needs. Made once per environment; returns once the API
+    /// server's authorizer allows it (a fresh binding takes a moment).
+    pub async fn metrics_reader_token(&self) -> Result<&SaToken> {
+        self.metrics_reader
+            .get_or_try_init(|| async {
+                let ns = &self.chart.namespace;
+                let sa = "metrics-reader";
+                let account = ServiceAccount {
+                    metadata: ObjectMeta {
+                        name: Some(sa.into()),
+                        ..ObjectMeta::default()
+                    },
+                    ..ServiceAccount::default()
+                };
+                Api::<ServiceAccount>::namespaced(self.cluster.client(), ns)
+                    .create(&PostParams::default(), &account)
+                    .await
+                    .with_context(|| format!("creating ServiceAccount {ns}/{sa}"))?;
+                let binding = ClusterRoleBinding {
+                    metadata: ObjectMeta {
+                        name: Some(format!("{ns}-metrics-reader")),
+                        labels: Some([(E2E_LABEL.to_string(), "true".to_string())].into()),
+                        ..ObjectMeta::default()
+                    },
+                    role_ref: RoleRef {
+                        api_group: Some("rbac.authorization.k8s.io".into()),
+                        kind: "ClusterRole".into(),
+                        name: format!("{}-metrics-reader", chart_fullname(&self.chart.release)),
+                    },
+                    subjects: Some(vec![Subject {
+                        kind: "ServiceAccount".into(),
+                        name: sa.into(),
+                        namespace: Some(ns.clone()),
+                        ..Subject::default()
+                    }]),
+                };
+                Api::<ClusterRoleBinding>::all(self.cluster.client())
+                    .create(&PostParams::default(), &binding)
+                    .await
+                    .context("binding the metrics-reader ClusterRole")?;
+                let token = self
+                    .cluster
+                    .service_account_token(ns, sa, Duration::from_secs(7200))
+                    .await?;
+                let client = self.cluster.token_client(&token, ns).await?;
+                wait_until("the metrics reader's binding", DEFAULT_TIMEOUT, || async {
+                    Ok(may_get_url(&client, "/metrics").await?.then_some(()))
+                })
+                .await?;
+                Ok::<_, anyhow::Error>(token)
+            })
+            .await
     }
 
     /// Directory for this test's artefacts (operator logs, kubeconfig).
@@ -931,6 +1015,25 @@ impl Operator {
         Ok(())
     }
 
+    /// `GET path` on the metrics port, with a bearer token if given: (status code, body).
+    pub async fn get(&self, path: &str, bearer: Option<&str>) -> Result<(u16, String)> {
+        let mut req = http_client().get(format!("{}{path}", self.metrics_url()));
+        if let Some(token) = bearer {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.with_context(|| format!("GET {path}"))?;
+        let code = resp.status().as_u16();
+        Ok((code, resp.text().await?))
+    }
+
+    /// The operator's `/metrics`, read as a scraper holding `token` would (see
+    /// [`TestEnv::metrics_reader_token`]).
+    pub async fn scrape_metrics(&self, token: &SaToken) -> Result<String> {
+        let (code, body) = self.get("/metrics", Some(token.secret())).await?;
+        ensure!(code == 200, "GET /metrics answered {code}: {body}");
+        Ok(body)
+    }
+
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let url = format!("{}/readyz", self.metrics_url());
@@ -961,6 +1064,18 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn http_client() -> reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("an HTTP client without TLS settings builds")
+        })
+        .clone()
 }
 
 /// A plain HTTP GET on loopback (no client library needed for /readyz); true on a 200.

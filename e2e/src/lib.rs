@@ -4,4 +4,5 @@ pub mod chart;
 pub mod harness;
 pub mod ksm_server;
 pub mod leak_scan;
+pub mod rbac_audit;
 pub mod world;

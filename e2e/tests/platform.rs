@@ -90,7 +90,12 @@ async fn chart_lints_strictly() -> Result<()> {
         run(&mut cmd, None)?;
     }
     // The schema rejects unknown and mistyped values.
-    for bad in ["replicaCount=many", "logging.format=xml", "nosuchvalue=1"] {
+    for bad in [
+        "replicaCount=many",
+        "logging.format=xml",
+        "nosuchvalue=1",
+        "metrics.auth=maybe",
+    ] {
         let mut cmd = cluster.helm();
         cmd.args(["lint", "--strict"])
             .arg(chart_dir())
@@ -208,12 +213,18 @@ async fn chart_rbac_is_least_privilege_with_watch_namespace() -> Result<()> {
         ("watch", group, "keepersecrets", app),
         ("patch", group, "keepersecrets/status", app),
         ("create", "", "secrets", app),
-        ("delete", "", "secrets", app),
+        ("update", "", "secrets", app),
         ("create", "events.k8s.io", "events", app),
-        ("patch", "events.k8s.io", "events", app),
         ("patch", "apps", "deployments", app),
-        ("list", group, "clusterkeeperstores", None),
-        ("watch", "", "namespaces", None),
+        ("get", group, "clusterkeeperstores", None),
+        ("get", "", "namespaces", None),
+        ("create", "authentication.k8s.io", "tokenreviews", None),
+        (
+            "create",
+            "authorization.k8s.io",
+            "subjectaccessreviews",
+            None,
+        ),
         ("create", "coordination.k8s.io", "leases", op),
         ("update", "coordination.k8s.io", "leases", op),
         ("get", "", "secrets", op),
@@ -239,6 +250,16 @@ async fn chart_rbac_is_least_privilege_with_watch_namespace() -> Result<()> {
         ("get", "apps", "deployments", app),
         ("delete", "apps", "deployments", app),
         ("update", group, "clusterkeeperstores", None),
+        // Nothing the operator never does: it reads KeeperSecrets only from its watch cache,
+        // writes their status only by apply, never deletes a Secret, never patches an event
+        // series, gets single stores and namespaces, and never lists its own namespace.
+        ("get", group, "keepersecrets", app),
+        ("update", group, "keepersecrets/status", app),
+        ("delete", "", "secrets", app),
+        ("patch", "events.k8s.io", "events", app),
+        ("list", group, "clusterkeeperstores", None),
+        ("watch", "", "namespaces", None),
+        ("list", "", "secrets", op),
     ] {
         assert!(
             !can_i(&client, verb, g, res, ns).await?,
@@ -285,7 +306,7 @@ async fn chart_rbac_cluster_wide_mode() -> Result<()> {
         )
         .await?
     );
-    assert!(can_i(&client, "patch", "events.k8s.io", "events", Some(&other)).await?);
+    assert!(can_i(&client, "create", "events.k8s.io", "events", Some(&other)).await?);
     assert!(
         !can_i(
             &client,
@@ -446,6 +467,101 @@ async fn leak_scan_catches_planted_values() -> Result<()> {
         "pool-7f3a9c2e",
     ] {
         assert!(!report.contains(value), "the report shows a value");
+    }
+    Ok(())
+}
+
+/// `/metrics` names every KeeperSecret, so it answers only callers RBAC allows, checked by the
+/// operator on the real API server (TokenReview, then SubjectAccessReview for `get /metrics`):
+/// 401 without or with a bad token, 403 for a ServiceAccount without the chart's
+/// metrics-reader ClusterRole, 200 with it. The probes stay open; `--metrics-auth=false` (for
+/// clusters that protect the port otherwise) opens /metrics again.
+#[tokio::test]
+async fn metrics_answer_only_callers_allowed_to_get_them() -> Result<()> {
+    let env = TestEnv::new("metrics-auth").await?;
+    let mut op = env.operator().spawn()?;
+    op.wait_ready(Duration::from_secs(60)).await?;
+
+    assert_eq!(op.get("/healthz", None).await?.0, 200);
+    assert_eq!(op.get("/readyz", None).await?.0, 200);
+    let (code, body) = op.get("/metrics", None).await?;
+    assert_eq!(code, 401, "{body}");
+    assert!(!body.contains("keeper_operator_"), "{body}");
+    let forged = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06YWRtaW4ifQ.c2lnbmF0dXJl";
+    assert_eq!(op.get("/metrics", Some(forged)).await?.0, 401);
+
+    // A valid ServiceAccount token without the ClusterRole.
+    let sa = k8s_openapi::api::core::v1::ServiceAccount {
+        metadata: kube::api::ObjectMeta {
+            name: Some("stranger".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::namespaced(env.cluster.client(), &env.app_namespace)
+        .create(&PostParams::default(), &sa)
+        .await?;
+    let stranger = env
+        .cluster
+        .service_account_token(&env.app_namespace, "stranger", Duration::from_secs(600))
+        .await?;
+    let (code, body) = op.get("/metrics", Some(stranger.secret())).await?;
+    assert_eq!(code, 403, "{body}");
+    assert!(!body.contains("keeper_operator_"), "{body}");
+
+    // Bound to <fullname>-metrics-reader, as the README tells Prometheus' ServiceAccount.
+    let reader = env.metrics_reader_token().await?;
+    for _ in 0..3 {
+        let text = op.scrape_metrics(reader).await?;
+        assert!(text.contains("keeper_operator_leader 1"), "{text}");
+        assert!(text.contains("keeper_operator_reconcile_duration_seconds"));
+    }
+    op.ensure_running()?;
+    let logs = op.logs();
+    for token in [reader.secret(), stranger.secret(), forged] {
+        assert!(!logs.contains(token), "a bearer token in the operator log");
+    }
+    op.kill();
+
+    let mut open = env.operator().arg("--metrics-auth=false").spawn()?;
+    open.wait_ready(Duration::from_secs(60)).await?;
+    let (code, body) = open.get("/metrics", None).await?;
+    assert_eq!(code, 200);
+    assert!(body.contains("keeper_operator_leader 1"), "{body}");
+    Ok(())
+}
+
+/// The chart wires the flag, the review permissions and the scrapers' ClusterRole to
+/// `metrics.auth`, and a ServiceMonitor then sends Prometheus' token.
+#[tokio::test]
+async fn chart_protects_metrics_unless_told_otherwise() -> Result<()> {
+    let cluster = Cluster::connect().await?;
+    let on = cluster.render_chart("ko", "ko", &[("serviceMonitor.enabled", "true")])?;
+    assert!(on.contains("- --metrics-auth=true"));
+    assert!(on.contains("name: ko-keeper-operator-metrics-reader"));
+    assert!(on.contains("nonResourceURLs: [\"/metrics\"]"));
+    assert!(on.contains("resources: [\"tokenreviews\"]"));
+    assert!(on.contains("resources: [\"subjectaccessreviews\"]"));
+    assert!(on.contains("bearerTokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token"));
+    let off = cluster.render_chart(
+        "ko",
+        "ko",
+        &[
+            ("serviceMonitor.enabled", "true"),
+            ("metrics.auth", "false"),
+        ],
+    )?;
+    assert!(off.contains("- --metrics-auth=false"));
+    for absent in [
+        "metrics-reader",
+        "tokenreviews",
+        "subjectaccessreviews",
+        "bearerTokenFile",
+    ] {
+        assert!(
+            !off.contains(absent),
+            "{absent} rendered with metrics.auth=false"
+        );
     }
     Ok(())
 }

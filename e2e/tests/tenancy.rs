@@ -64,13 +64,10 @@ fn value(s: &Secret, key: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn scrape(op: &Operator) -> Result<String> {
-    let text = reqwest::get(format!("{}/metrics", op.metrics_url()))
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
-    Ok(text)
+/// The operator's metrics, read with a token allowed to (as a Prometheus bound to the chart's
+/// metrics-reader ClusterRole).
+async fn scrape(env: &TestEnv, op: &Operator) -> Result<String> {
+    op.scrape_metrics(env.metrics_reader_token().await?).await
 }
 
 /// Sum over lines of `metric{labels}` exactly (value after the last space).
@@ -137,7 +134,7 @@ async fn one_time_token_is_redeemed_once_by_the_leader_of_two_replicas() -> Resu
     let mut any = 0.0;
     let mut leaders = Vec::new();
     for op in &ops {
-        let text = scrape(op).await?;
+        let text = scrape(&env, op).await?;
         leaders.push(sample(&text, "keeper_operator_leader"));
         success += sample(
             &text,
@@ -345,7 +342,7 @@ async fn a_record_change_restarts_the_consuming_deployment_once() -> Result<()> 
         Some("shop"),
         "the patch keeps other annotations"
     );
-    let text = scrape(&op).await?;
+    let text = scrape(&env, &op).await?;
     let restarted =
         r#"keeper_operator_rollout_restarts_total{kind="Deployment",outcome="restarted"}"#;
     assert_eq!(sample(&text, restarted), 1.0, "{text}");
@@ -408,7 +405,7 @@ async fn a_record_change_restarts_the_consuming_deployment_once() -> Result<()> 
         (generation + 1, Some(first)),
         "a no-op restarted the Deployment"
     );
-    let text = scrape(&op).await?;
+    let text = scrape(&env, &op).await?;
     assert_eq!(sample(&text, restarted), before);
 
     // The metrics of this run: leader (no election), Keeper latency, budget use, data age;
@@ -453,9 +450,9 @@ async fn a_record_change_restarts_the_consuming_deployment_once() -> Result<()> 
     // Deleting a KeeperSecret removes its series.
     kss.delete("feed-a", &Default::default()).await?;
     wait_until("feed-a's data age series gone", TIMEOUT, || {
-        let op = &op;
+        let (env, op) = (&env, &op);
         async move {
-            let text = scrape(op).await?;
+            let text = scrape(env, op).await?;
             Ok((!text.contains(r#"name="feed-a""#)).then_some(()))
         }
     })
