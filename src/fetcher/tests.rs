@@ -357,13 +357,13 @@ async fn a_restarted_fetcher_serves_the_persisted_files_while_keeper_is_down() {
     let first = fetcher(src, Some(store.clone()));
     first.snapshot(HOUR).await;
     let saves = store.saves.load(Ordering::SeqCst);
-    first.file(1, &file).await.unwrap();
+    first.file(1, &file, 1 << 20).await.unwrap();
     assert_eq!(
         store.saves.load(Ordering::SeqCst),
         saves + 1,
         "files sealed"
     );
-    first.file(1, &file).await.unwrap();
+    first.file(1, &file, 1 << 20).await.unwrap();
     assert_eq!(
         store.saves.load(Ordering::SeqCst),
         saves + 1,
@@ -374,14 +374,17 @@ async fn a_restarted_fetcher_serves_the_persisted_files_while_keeper_is_down() {
     let downloads = src.downloads.clone();
     let restarted = fetcher(src, Some(store.clone()));
     assert!(matches!(restarted.snapshot(HOUR).await, Served::Stale(..)));
-    assert_eq!(&**restarted.file(1, &file).await.unwrap(), b"file-bytes");
+    assert_eq!(
+        &**restarted.file(1, &file, 1 << 20).await.unwrap(),
+        b"file-bytes"
+    );
     assert_eq!(
         downloads.load(Ordering::SeqCst),
         0,
         "served from the sealed copy"
     );
     // Another revision of the record is not the stored file.
-    restarted.file(2, &file).await.unwrap();
+    restarted.file(2, &file, 1 << 20).await.unwrap();
     assert_eq!(downloads.load(Ordering::SeqCst), 1);
 }
 
@@ -406,8 +409,9 @@ impl VaultSource for SlowSource {
     fn download<'a>(
         &'a self,
         file: &'a KeeperFile,
+        budget: u64,
     ) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, KsmError>> {
-        self.inner.download(file)
+        self.inner.download(file, budget)
     }
 
     fn cache_key(&self) -> AesKey {
