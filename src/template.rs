@@ -1,8 +1,10 @@
 //! PURE: renders `spec.target.template` with MiniJinja.
 //!
 //! Every mapped value is a variable named after its key and also sits in the `data` map
-//! (for keys such as `tls.crt` that are not identifiers). Undefined variables are errors, and
-//! rendering runs on a fuel budget so a hostile template cannot spin forever.
+//! (for keys such as `tls.crt` that are not identifiers). Undefined variables are errors;
+//! rendering runs on a fuel budget so a hostile template cannot spin forever or exhaust memory,
+//! and its output is capped at the Secret size limit. Errors carry the key, the kind and the
+//! line, never a value.
 
 use std::collections::BTreeMap;
 use std::io;
