@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Secret;
 use keeper_e2e::harness::{Operator, TestEnv, create_secret, wait_until, workspace_root};
-use keeper_e2e::ksm_server::{DownMode, TestServer, VaultSpec};
+use keeper_e2e::ksm_server::{DownMode, RecordSpec, TestServer, VaultSpec};
 use keeper_operator::crd::{KeeperSecret, MANAGED_BY_LABEL};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -541,13 +541,23 @@ fn stripe_template(name: &str, template: &str, type_: &str) -> String {
 }
 
 /// Templates that fail over a numeric value (the PIN) and over strings, output over the Secret
-/// limit, a notation asking a value for a property, and a Secret the API server refuses because
-/// of its value: each ends Ready=False with its reason, and the leak scan at the end finds no
-/// value of the vault in status, Events or the operator's debug log.
+/// limit, a notation asking a value for a property, a Secret the API server refuses because of
+/// its value, an ambiguous title and a missing Merge target: each ends Ready=False with its
+/// reason, and the leak scan at the end finds no value of the vault in status, Events or the
+/// operator's debug log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_over_secret_values_show_no_value() -> Result<()> {
     let w = World::start("ctl-value-errors").await?;
     let ns = w.env.app_namespace.clone();
+    // A second "Stripe API" (with its own PIN) makes the title ambiguous (added before
+    // the first fetch, so every sync sees it).
+    let twin: RecordSpec = serde_json::from_value(serde_json::json!({
+        "uid": "TwinStripeRecord000001", "title": "Stripe API", "type": "login",
+        "folderUid": keeper_e2e::ksm_server::uids::PRODUCTION,
+        "fields": [ { "type": "password", "value": [ "sk_twin_9dQm2LxV7pRz4Tk" ] } ],
+        "custom": [ { "type": "pinCode", "label": "Support PIN", "value": [ "60418253" ] } ],
+    }))?;
+    w.server.set_record(twin)?;
     let opaque = [
         ("pin-div", "{{ (pin | int) // 0 }}", "InvalidSpec"),
         ("pin-mod", "{{ (pin | int) % 0 }}", "InvalidSpec"),
@@ -587,6 +597,16 @@ async fn failures_over_secret_values_show_no_value() -> Result<()> {
         keeper_e2e::ksm_server::uids::STRIPE
     );
     w.env.cluster.apply(&property, &["-n", &ns])?;
+    let stripe_uid = format!(r#"{{"uid":"{}"}}"#, keeper_e2e::ksm_server::uids::STRIPE);
+    let by_title = stripe_template("pin-title", "{{ (pin | int) // 0 }}", "Opaque")
+        .replace(&stripe_uid, r#"{"title":"Stripe API"}"#);
+    w.env.cluster.apply(&by_title, &["-n", &ns])?;
+    // Merge needs a Secret someone else created.
+    let merge = stripe_template("pin-merge", "{{ pin }}", "Opaque").replace(
+        r#""type":"Opaque""#,
+        r#""type":"Opaque","creationPolicy":"Merge""#,
+    );
+    w.env.cluster.apply(&merge, &["-n", &ns])?;
 
     let expected = opaque
         .iter()
@@ -594,6 +614,8 @@ async fn failures_over_secret_values_show_no_value() -> Result<()> {
         .chain([
             ("pw-docker", "KubernetesError"),
             ("pin-property", "FieldNotFound"),
+            ("pin-title", "AmbiguousTitle"),
+            ("pin-merge", "TargetNotFound"),
         ]);
     for (name, reason) in expected {
         let ks = w.wait_reason(name, "False", reason).await?;
