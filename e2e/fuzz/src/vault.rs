@@ -268,3 +268,29 @@ pub fn spec(data: &[u8]) {
         Err(e) => assert_error_clean(&tenant, e.into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "shows a piece of a vault value")]
+    fn a_value_in_an_error_is_caught() {
+        assert_no_value(
+            "{{ (pin | int) // 0 }}",
+            &format!("unable to calculate {PIN} // 0"),
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "shows a piece of a vault value")]
+    fn a_piece_of_a_value_is_caught() {
+        assert_no_value("", &format!("near {}", &PASSWORD[5..19]));
+    }
+
+    #[test]
+    fn a_value_the_input_holds_is_the_tenant_s_own_text() {
+        let source = format!("{{{{ '{PASSWORD}' | int }}}}");
+        assert_no_value(&source, &format!("syntax error near '{PASSWORD}'"));
+    }
+}
