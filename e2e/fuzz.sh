@@ -17,7 +17,7 @@ CARGO_FUZZ_VERSION=0.13.2
 SECONDS_EACH=${1:-60}
 shift || true
 TARGETS=("$@")
-((${#TARGETS[@]} > 0)) || TARGETS=(notation config token response record)
+((${#TARGETS[@]} > 0)) || TARGETS=(notation config token response record template spec)
 
 log() { printf '[fuzz] %s\n' "$*" >&2; }
 

@@ -9,8 +9,9 @@ use crate::ksm::error::KsmError;
 use crate::mapping::MappingError;
 use crate::template::TemplateError;
 
-/// Why a reconcile did not reach Ready=True.
-#[derive(Debug, thiserror::Error)]
+/// Why a reconcile did not reach Ready=True. `Debug` prints the reason and the message, so it
+/// is as free of values as `Display`.
+#[derive(thiserror::Error)]
 pub enum Error {
     /// Keeper could not be read (down, throttled, refused the credential, bad response).
     #[error("reading Keeper failed: {0}")]
@@ -45,9 +46,63 @@ pub enum Error {
     /// The write would lose data while Keeper is unchanged.
     #[error(transparent)]
     Guard(#[from] crate::guard::GuardError),
-    /// The Kubernetes API failed.
-    #[error("Kubernetes API: {0}")]
+    /// The Kubernetes API failed. Shown through [`kube_summary`], never with the API's message.
+    #[error("Kubernetes API: {}", kube_summary(.0))]
     Kube(#[from] kube::Error),
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple(self.reason())
+            .field(&self.to_string())
+            .finish()
+    }
+}
+
+/// Causes of an API error listed at most (the rest are counted).
+const MAX_CAUSES: usize = 5;
+
+/// What a Kubernetes API error may show: HTTP code, reason, the object and the fields the API
+/// names, never a message. The API server, admission webhooks and policies (CEL
+/// `messageExpression`s) may quote the object they rejected, and a rejected Secret write holds
+/// the synced values; a JSON decoding error can quote the text it failed on.
+pub fn kube_summary(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => {
+            let reason = if status.reason.is_empty() {
+                "Failure"
+            } else {
+                &status.reason
+            };
+            let mut text = format!("HTTP {} {reason}", status.code);
+            if let Some(details) = &status.details {
+                if !details.kind.is_empty() {
+                    text.push_str(&format!(" ({} {:?})", details.kind, details.name));
+                }
+                let causes: Vec<String> = details
+                    .causes
+                    .iter()
+                    .take(MAX_CAUSES)
+                    .map(|c| format!("{} {}", c.field, c.reason).trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                if !causes.is_empty() {
+                    text.push_str(&format!(": {}", causes.join(", ")));
+                }
+                if details.causes.len() > MAX_CAUSES {
+                    text.push_str(&format!(" and {} more", details.causes.len() - MAX_CAUSES));
+                }
+            }
+            text
+        }
+        kube::Error::SerdeError(e) => format!(
+            "the API server's answer could not be decoded (line {}, column {})",
+            e.line(),
+            e.column()
+        ),
+        // Connection, TLS, auth and request-building failures: they never see an object.
+        other => other.to_string(),
+    }
 }
 
 impl Error {
@@ -56,7 +111,8 @@ impl Error {
         match self {
             Error::Keeper(e) => e.reason(),
             Error::Mapping(e) => e.reason(),
-            Error::Template(_) | Error::InvalidSpec(_) => "InvalidSpec",
+            Error::Template(e) => e.reason(),
+            Error::InvalidSpec(_) => "InvalidSpec",
             Error::Desired(e) => e.reason(),
             Error::Auth(_) => "AuthFailed",
             Error::TokenRedemption { .. } => "TokenRedemptionFailed",
@@ -92,6 +148,58 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::core::response::{StatusCause, StatusDetails};
+
+    /// What an API server, a webhook or a CEL policy answers to a Secret write it refuses: the
+    /// messages quote the value.
+    fn refused(value: &str) -> kube::Error {
+        let mut status = kube::core::Status::failure(
+            &format!(
+                "admission webhook \"policy.example\" denied the request: data.password {value:?} is too weak"
+            ),
+            "Invalid",
+        );
+        status.code = 422;
+        status.details = Some(StatusDetails {
+            name: "db".into(),
+            kind: "secrets".into(),
+            causes: vec![StatusCause {
+                reason: "FieldValueInvalid".into(),
+                message: format!("Invalid value: {value:?}: invalid character 'H'"),
+                field: "data[.dockerconfigjson]".into(),
+            }],
+            group: String::new(),
+            uid: String::new(),
+            retry_after_seconds: 0,
+        });
+        kube::Error::Api(status.boxed())
+    }
+
+    #[test]
+    fn api_errors_show_code_reason_and_fields_never_the_message() {
+        let err = Error::from(refused("Hunter2-Xq9vLp"));
+        for text in [err.to_string(), format!("{err:?}")] {
+            assert!(!text.contains("Hunter2"), "{text}");
+            assert!(!text.contains("denied"), "{text}");
+        }
+        assert_eq!(
+            err.to_string(),
+            "Kubernetes API: HTTP 422 Invalid (secrets \"db\"): data[.dockerconfigjson] FieldValueInvalid"
+        );
+        assert_eq!(err.reason(), "KubernetesError");
+    }
+
+    #[test]
+    fn decoding_errors_do_not_quote_the_text() {
+        let serde = serde_json::from_str::<u8>("\"Hunter2-Xq9vLp\"").unwrap_err();
+        assert!(
+            serde.to_string().contains("Hunter2"),
+            "the raw error quotes it"
+        );
+        let err = Error::from(kube::Error::SerdeError(serde));
+        assert!(!err.to_string().contains("Hunter2"), "{err}");
+        assert!(!format!("{err:?}").contains("Hunter2"), "{err:?}");
+    }
 
     #[test]
     fn backoff_grows_caps_and_honours_retry_after() {

@@ -180,7 +180,9 @@ pub async fn redeem_in_place<S: KeeperSource>(
             let mut release = claim.clone();
             release.annotations_mut().remove(CLAIM_ANNOTATION);
             if let Err(err) = api.replace(&name, &PostParams::default(), &release).await {
-                warn!(error = %err, secret = name, "could not release the token claim");
+                // The body holds the token: the API's message could quote it.
+                let error = crate::error::kube_summary(&err);
+                warn!(error, secret = name, "could not release the token claim");
             }
             return Err(e);
         }

@@ -4,8 +4,8 @@
 //!
 //! What counts as secret (everything else is an identifier users see anyway, e.g. logins,
 //! hostnames, URLs, titles, labels, plain `text` custom fields, dates):
-//! - fields and custom fields of a secret type ([`SECRET_FIELD_TYPES`]), every string leaf of
-//!   their value (so `keyPair.privateKey`, `paymentCard.cardSecurityCode`, …);
+//! - fields and custom fields of a secret type ([`SECRET_FIELD_TYPES`]), every string or number
+//!   leaf of their value (so `keyPair.privateKey`, `paymentCard.cardSecurityCode`, a PIN, …);
 //! - record notes;
 //! - file contents (the whole text, each line of a text file, and its base64 form);
 //! - from a KSM config: `privateKey`, `appKey`, `clientKey`, and the whole config (JSON and
@@ -137,9 +137,9 @@ impl SecretValues {
             let label = field["label"].as_str().unwrap_or(type_);
             let origin = format!("record {} {kind} {label}", record.uid);
             let mut leaves = Vec::new();
-            string_leaves(&field["value"], &mut leaves);
+            leaves_as_text(&field["value"], &mut leaves);
             for leaf in leaves {
-                self.add_text(&origin, leaf);
+                self.add_text(&origin, &leaf);
             }
         }
         if let Some(notes) = &record.notes {
@@ -210,11 +210,13 @@ impl SecretValues {
     }
 }
 
-fn string_leaves<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+/// String and number leaves (a PIN or an account number may be stored as a JSON number), as text.
+fn leaves_as_text(v: &Value, out: &mut Vec<String>) {
     match v {
-        Value::String(s) => out.push(s),
-        Value::Array(a) => a.iter().for_each(|x| string_leaves(x, out)),
-        Value::Object(o) => o.values().for_each(|x| string_leaves(x, out)),
+        Value::String(s) => out.push(s.clone()),
+        Value::Number(n) => out.push(n.to_string()),
+        Value::Array(a) => a.iter().for_each(|x| leaves_as_text(x, out)),
+        Value::Object(o) => o.values().for_each(|x| leaves_as_text(x, out)),
         _ => {}
     }
 }
@@ -264,9 +266,10 @@ mod tests {
 
         let b64 = b64_std(pw.as_bytes());
         assert_eq!(s.find(&hay("event", &b64)).len(), 1, "base64 form");
-        // A custom secret field, notes, a file line, the binary file's base64.
+        // A custom secret field, the numeric PIN, notes, a file line, the binary file's base64.
         for text in [
             "token pool-7f3a9c2e here",
+            "invalid operation: unable to calculate 73195482 // 0",
             "Primary database of the shop. Rotate quarterly.",
             "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKiss",
         ] {
@@ -279,6 +282,18 @@ mod tests {
             m.find(&hay("log", r#"x "line one\n\"quoted\"" y"#)).len(),
             1
         );
+    }
+
+    #[test]
+    fn numeric_leaves_are_secrets_too() {
+        let record: RecordSpec = serde_json::from_value(serde_json::json!({
+            "uid": "NumericRecordUid000001", "title": "Card", "type": "bankCard",
+            "fields": [], "custom": [ { "type": "pinCode", "label": "PIN", "value": [ 4829173650u64 ] } ],
+        }))
+        .unwrap();
+        let mut s = SecretValues::default();
+        s.add_record(&record);
+        assert_eq!(s.find(&hay("status", "calculate 4829173650 // 0")).len(), 1);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Secret;
 use keeper_e2e::harness::{Operator, TestEnv, create_secret, wait_until, workspace_root};
-use keeper_e2e::ksm_server::{DownMode, TestServer, VaultSpec};
+use keeper_e2e::ksm_server::{DownMode, RecordSpec, TestServer, VaultSpec};
 use keeper_operator::crd::{KeeperSecret, MANAGED_BY_LABEL};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -513,6 +513,120 @@ async fn specific_failures_and_cel_rejections() -> Result<()> {
             .collect::<Vec<_>>(),
         ["mine"]
     );
+    w.finish().await
+}
+
+/// A KeeperSecret mapping the Stripe record's numeric PIN, password and webhook secret under
+/// `pin`, `password` and `webhook`, rendering `template` into key `DATABASE_URL` of a Secret
+/// of type `type_`.
+fn stripe_template(name: &str, template: &str, type_: &str) -> String {
+    let stripe = keeper_e2e::ksm_server::uids::STRIPE;
+    let field = |key: &str, field: &str| serde_json::json!({ "key": key, "record": { "uid": stripe }, "field": field });
+    let key = if type_ == "Opaque" {
+        "DATABASE_URL"
+    } else {
+        ".dockerconfigjson"
+    };
+    serde_json::json!({
+        "apiVersion": "keeper-operator.dev/v1alpha1", "kind": "KeeperSecret",
+        "metadata": { "name": name },
+        "spec": {
+            "auth": { "secretRef": { "name": "ksm-config", "key": "config" } },
+            "data": [ field("pin", "Support PIN"), field("password", "password"),
+                      field("webhook", "Webhook Secret") ],
+            "target": { "type": type_, "template": { "data": { key: template } } },
+        }
+    })
+    .to_string()
+}
+
+/// Templates that fail over a numeric value (the PIN) and over strings, output over the Secret
+/// limit, a notation asking a value for a property, a Secret the API server refuses because of
+/// its value, an ambiguous title and a missing Merge target: each ends Ready=False with its
+/// reason, and the leak scan at the end finds no value of the vault in status, Events or the
+/// operator's debug log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_over_secret_values_show_no_value() -> Result<()> {
+    let w = World::start("ctl-value-errors").await?;
+    let ns = w.env.app_namespace.clone();
+    // A second "Stripe API" (with its own PIN) makes the title ambiguous (added before
+    // the first fetch, so every sync sees it).
+    let twin: RecordSpec = serde_json::from_value(serde_json::json!({
+        "uid": "TwinStripeRecord000001", "title": "Stripe API", "type": "login",
+        "folderUid": keeper_e2e::ksm_server::uids::PRODUCTION,
+        "fields": [ { "type": "password", "value": [ "sk_twin_9dQm2LxV7pRz4Tk" ] } ],
+        "custom": [ { "type": "pinCode", "label": "Support PIN", "value": [ "60418253" ] } ],
+    }))?;
+    w.server.set_record(twin)?;
+    let opaque = [
+        ("pin-div", "{{ (pin | int) // 0 }}", "InvalidSpec"),
+        ("pin-mod", "{{ (pin | int) % 0 }}", "InvalidSpec"),
+        ("pin-str", "{{ pin // 0 }}", "InvalidSpec"),
+        ("pin-range", "{{ range(pin | int) }}", "InvalidSpec"),
+        ("pin-key", "{{ data[pin] }}", "InvalidSpec"),
+        ("pw-int", "{{ password | int }}", "InvalidSpec"),
+        ("pw-add", "{{ password + 1 }}", "InvalidSpec"),
+        ("pw-key", "{{ data[password] }}", "InvalidSpec"),
+        ("pw-attr", "{{ password.foo }}", "InvalidSpec"),
+        ("pw-filter", "{{ password ~ 1 | foo }}", "InvalidSpec"),
+        ("pw-repeat", "{{ password * 99999999999 }}", "InvalidSpec"),
+        ("pw-format", "{{ '%d' | format(webhook) }}", "InvalidSpec"),
+        ("pw-b64", "{{ webhook | b64decode }}", "InvalidSpec"),
+        (
+            "pin-large",
+            "{% for i in range(200) %}{{ pin * 1000 }}{% endfor %}",
+            "TooLarge",
+        ),
+    ];
+    for (name, template, _) in opaque {
+        w.env
+            .cluster
+            .apply(&stripe_template(name, template, "Opaque"), &["-n", &ns])?;
+    }
+    // The API server validates a dockerconfigjson Secret's value as JSON and refuses it.
+    let docker = stripe_template(
+        "pw-docker",
+        "{{ password }}",
+        "kubernetes.io/dockerconfigjson",
+    );
+    w.env.cluster.apply(&docker, &["-n", &ns])?;
+    let property = format!(
+        r#"{{"apiVersion":"keeper-operator.dev/v1alpha1","kind":"KeeperSecret","metadata":{{"name":"pin-property"}},
+        "spec":{{"auth":{{"secretRef":{{"name":"ksm-config","key":"config"}}}},
+                "data":[{{"key":"k","notation":"keeper://{}/custom_field/Support PIN[0][digits]"}}]}}}}"#,
+        keeper_e2e::ksm_server::uids::STRIPE
+    );
+    w.env.cluster.apply(&property, &["-n", &ns])?;
+    let stripe_uid = format!(r#"{{"uid":"{}"}}"#, keeper_e2e::ksm_server::uids::STRIPE);
+    let by_title = stripe_template("pin-title", "{{ (pin | int) // 0 }}", "Opaque")
+        .replace(&stripe_uid, r#"{"title":"Stripe API"}"#);
+    w.env.cluster.apply(&by_title, &["-n", &ns])?;
+    // Merge needs a Secret someone else created.
+    let merge = stripe_template("pin-merge", "{{ pin }}", "Opaque").replace(
+        r#""type":"Opaque""#,
+        r#""type":"Opaque","creationPolicy":"Merge""#,
+    );
+    w.env.cluster.apply(&merge, &["-n", &ns])?;
+
+    let expected = opaque
+        .iter()
+        .map(|(name, _, reason)| (*name, *reason))
+        .chain([
+            ("pw-docker", "KubernetesError"),
+            ("pin-property", "FieldNotFound"),
+            ("pin-title", "AmbiguousTitle"),
+            ("pin-merge", "TargetNotFound"),
+        ]);
+    for (name, reason) in expected {
+        let ks = w.wait_reason(name, "False", reason).await?;
+        let message = &ks.ready_condition().context("Ready")?.message;
+        if reason == "InvalidSpec" {
+            ensure!(
+                message.contains(r#"template for key "DATABASE_URL" at line 1"#),
+                "{name}: {message}"
+            );
+        }
+    }
     w.finish().await
 }
 

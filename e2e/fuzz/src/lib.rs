@@ -1,8 +1,9 @@
 //! Fuzz targets over every parser of untrusted input: the notation parser (KeeperSecret specs),
 //! the KSM config and one-time token parsers (credential Secrets), the server-response opener and
 //! decoder (`transport::open_response` + `response::decode_secrets`) and the record parser (the
-//! decrypted record JSON inside a response). A target must return for every input; a panic is a
-//! crash.
+//! decrypted record JSON inside a response); and over what tenants write: templates
+//! (`template`) and whole KeeperSecret specs (`spec`, mapping + template + the desired Secret)
+//! against a fixed vault (`vault.rs`). A target must return for every input; a panic is a crash.
 //!
 //! On stable, `tests/replay.rs` runs each target over its committed corpus (`corpus/<target>/`)
 //! and over deterministic mutations of it. With nightly and cargo-fuzz, the same functions are
@@ -17,6 +18,10 @@ use keeper_operator::ksm::response::decode_secrets;
 use keeper_operator::ksm::token::OneTimeToken;
 use keeper_operator::ksm::transport::open_response;
 
+mod vault;
+
+pub use vault::{spec, template};
+
 /// A fuzz target: must not panic on any input.
 pub type Target = fn(&[u8]);
 
@@ -27,6 +32,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("token", token),
     ("response", response),
     ("record", record),
+    ("template", template),
+    ("spec", spec),
 ];
 
 /// A fixed key, so a corpus entry means the same thing on every run.

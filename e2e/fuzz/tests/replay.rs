@@ -59,6 +59,17 @@ const INTERESTING: &[&[u8]] = &[
     b"null",
     b"\xc3\xa9",
     b"\xf0\x9f\x94\x91",
+    b"{{ ",
+    b" }}",
+    b"{% ",
+    b" %}",
+    b" | int",
+    b" // 0",
+    b" * 99999999",
+    b" ~ ",
+    b"password",
+    b"pin",
+    b"\"template\"",
 ];
 
 fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {

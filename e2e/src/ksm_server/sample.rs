@@ -29,7 +29,8 @@ pub mod uids {
     pub const CERT_FILE: &str = "SP4eXwtZ4A3YYDQ0Rjrpcw";
     /// File bundle.bin of "Web Certificate".
     pub const BUNDLE_FILE: &str = "nB2sOuesTb5_sVck9oX-Aw";
-    /// "Stripe API", shared directly with the app `operator`.
+    /// "Stripe API", shared directly with the app `operator`; custom fields "Webhook Secret"
+    /// and the numeric "Support PIN".
     pub const STRIPE: &str = "SsxoiM-FPCF65F54JaY3jQ";
     /// "Postgres" of Staging (same title as the production one), seen by the app `ci`.
     pub const STAGING_POSTGRES: &str = "qzT_rmdvraJvbefxOoUyCQ";

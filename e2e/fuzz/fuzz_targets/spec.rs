@@ -1,0 +1,5 @@
+//! libFuzzer entry point for the `spec` target (see src/lib.rs).
+#![no_main]
+#![allow(unsafe_code)] // fuzz_target! exports the C entry point libFuzzer calls
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| keeper_fuzz::spec(data));
