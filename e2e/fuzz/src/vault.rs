@@ -113,7 +113,7 @@ fn vault() -> Vault {
             name: Some("Fuzz".into()),
             parent_uid: None,
         }],
-        warnings: vec![],
+        ..Vault::default()
     }
 }
 
