@@ -475,8 +475,13 @@ pub async fn can_i(
         },
         ..Default::default()
     };
+    self_review(client, &review).await
+}
+
+/// Sends a SelfSubjectAccessReview; true when the API server allows it.
+async fn self_review(client: &Client, review: &SelfSubjectAccessReview) -> Result<bool> {
     let resp = Api::<SelfSubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
+        .create(&PostParams::default(), review)
         .await?;
     Ok(resp.status.map(|s| s.allowed).unwrap_or(false))
 }
@@ -493,10 +498,7 @@ pub async fn may_get_url(client: &Client, path: &str) -> Result<bool> {
         },
         ..Default::default()
     };
-    let resp = Api::<SelfSubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
-        .await?;
-    Ok(resp.status.map(|s| s.allowed).unwrap_or(false))
+    self_review(client, &review).await
 }
 
 /// Polls `check` every 200 ms until it yields a value or `timeout` passes.

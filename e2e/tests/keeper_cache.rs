@@ -20,6 +20,21 @@ use serde_json::json;
 const WEB_CERTIFICATE: &str = "eOg9gnMeK3HgPNAqf7KB7g";
 const CERT_PEM: &str = "SP4eXwtZ4A3YYDQ0Rjrpcw";
 
+/// A KeeperSecret `name` writing Secret `name` with the web certificate's `cert.pem` as `ca.crt`.
+fn file_keeper_secret(name: &str, refresh: &str) -> Result<KeeperSecret> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "keeper-operator.dev/v1alpha1",
+        "kind": "KeeperSecret",
+        "metadata": { "name": name },
+        "spec": {
+            "auth": { "secretRef": { "name": "ksm-config", "key": "config" } },
+            "refreshInterval": refresh,
+            "target": { "name": name },
+            "data": [{ "key": "ca.crt", "notation": format!("keeper://{WEB_CERTIFICATE}/file/cert.pem") }]
+        }
+    }))?)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_keeper_secrets_cost_one_keeper_call() -> Result<()> {
     let w = World::start("cache-scale").await?;
@@ -272,18 +287,7 @@ async fn a_restarted_operator_serves_the_sealed_copy_while_keeper_is_down() -> R
 async fn a_failed_file_download_keeps_the_file_and_downloads_once_per_revision() -> Result<()> {
     let w = World::start("cache-files").await?;
     let mut operator = w.operator().await?;
-    let ks = json!({
-        "apiVersion": "keeper-operator.dev/v1alpha1",
-        "kind": "KeeperSecret",
-        "metadata": { "name": "cert" },
-        "spec": {
-            "auth": { "secretRef": { "name": "ksm-config", "key": "config" } },
-            "refreshInterval": "5s",
-            "target": { "name": "cert" },
-            "data": [{ "key": "ca.crt", "notation": format!("keeper://{WEB_CERTIFICATE}/file/cert.pem") }]
-        }
-    });
-    let ks: KeeperSecret = serde_json::from_value(ks)?;
+    let ks = file_keeper_secret("cert", "5s")?;
     w.keeper_secrets()
         .create(&PostParams::default(), &ks)
         .await?;
@@ -620,18 +624,7 @@ async fn a_restarted_operator_recreates_a_file_secret_from_the_sealed_copy_while
 -> Result<()> {
     let w = World::start("cache-restart-files").await?;
     let mut first = w.operator().await?;
-    let ks = json!({
-        "apiVersion": "keeper-operator.dev/v1alpha1",
-        "kind": "KeeperSecret",
-        "metadata": { "name": "tls" },
-        "spec": {
-            "auth": { "secretRef": { "name": "ksm-config", "key": "config" } },
-            "refreshInterval": "1h",
-            "target": { "name": "tls" },
-            "data": [{ "key": "ca.crt", "notation": format!("keeper://{WEB_CERTIFICATE}/file/cert.pem") }]
-        }
-    });
-    let ks: KeeperSecret = serde_json::from_value(ks)?;
+    let ks = file_keeper_secret("tls", "1h")?;
     w.keeper_secrets()
         .create(&PostParams::default(), &ks)
         .await?;
@@ -723,17 +716,7 @@ async fn a_200_mb_attachment_is_refused_while_other_tenants_keep_syncing() -> Re
     // One tenant maps a 200 MB attachment.
     w.server
         .set_file_content(CERT_PEM, &vec![b'x'; 200 * 1024 * 1024])?;
-    let huge: KeeperSecret = serde_json::from_value(json!({
-        "apiVersion": "keeper-operator.dev/v1alpha1",
-        "kind": "KeeperSecret",
-        "metadata": { "name": "huge" },
-        "spec": {
-            "auth": { "secretRef": { "name": "ksm-config", "key": "config" } },
-            "refreshInterval": "5s",
-            "target": { "name": "huge" },
-            "data": [{ "key": "ca.crt", "notation": format!("keeper://{WEB_CERTIFICATE}/file/cert.pem") }]
-        }
-    }))?;
+    let huge = file_keeper_secret("huge", "5s")?;
     let api = w.keeper_secrets();
     api.create(&PostParams::default(), &huge).await?;
     wait_until("the huge attachment refused with TooLarge", TIMEOUT, || {
