@@ -1,5 +1,6 @@
-//! Known-answer tests on real recorded Keeper traffic (`../shared/ksm/fake_data.json`,
-//! PROTOCOL.md Appendix B), fed through the same decoder the client uses.
+//! Known-answer tests on real recorded Keeper traffic (`e2e/testdata/keeper-fake-data.json`,
+//! MIT-licensed by Keeper Security, see the `.LICENSE` file beside it), fed through the same
+//! decoder the client uses.
 
 use crate::ksm::crypto::{AesKey, aes_gcm_decrypt, b64_decode, b64_std, client_id};
 use crate::ksm::error::KsmError;
@@ -7,14 +8,17 @@ use crate::ksm::response::{decode_binding, decode_secrets};
 use crate::ksm::transport::open_response;
 use serde_json::Value;
 
-const FAKE_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/ksm/fake_data.json");
+const FAKE_DATA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/e2e/testdata/keeper-fake-data.json"
+);
 const TOKEN: &str = "YyIhK5wXFHj36wGBAOmBsxI3v5rIruINrC8KXjyM58c";
 const APP_KEY: &str = "6hxMRiJZlIRwZFeuO1XJTv22Ai8D/+tJEEdQXmmm7iA=";
 const FOLDER: &str = "y6FBhg7C-wy2zaM0-ouI-Q";
 
 /// The recorded (transmission key, body, status) triples.
 fn recorded() -> Vec<(AesKey, Vec<u8>, u16)> {
-    let text = std::fs::read_to_string(FAKE_DATA).expect("../shared/ksm/fake_data.json");
+    let text = std::fs::read_to_string(FAKE_DATA).expect("e2e/testdata/keeper-fake-data.json");
     let items: Vec<Value> = serde_json::from_str(&text).unwrap();
     items
         .iter()
