@@ -13,7 +13,7 @@ use crate::crd::{
     DataFromItem, DataItem, DuplicateKeyPolicy, KeeperSecretSpec, RecordRevision, RecordSelector,
 };
 use crate::ksm::client::Query;
-use crate::ksm::notation::{self, Notation, NotationError, NotationValue};
+use crate::ksm::notation::{self, Notation, NotationError, NotationValue, is_uid_shaped};
 use crate::ksm::record::{Field, KeeperFile, Record, Vault, find_field};
 
 /// Secret bytes that are wiped from memory when dropped.
@@ -85,7 +85,7 @@ pub fn query(spec: &KeeperSecretSpec) -> Query {
                 .parse::<Notation>()
                 .ok()
                 .map(|n| n.record)
-                .filter(|r| is_uid(r)),
+                .filter(|r| is_uid_shaped(r)),
             (None, None) => None,
         };
         match uid {
@@ -105,12 +105,6 @@ pub fn query(spec: &KeeperSecretSpec) -> Query {
         records: uids,
         ..Query::default()
     }
-}
-
-fn is_uid(s: &str) -> bool {
-    s.len() == 22
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Maps the spec onto the fetched vault: `dataFrom` items in order, then `data` items.
