@@ -172,15 +172,18 @@ apiserver_config_hash() {
 }
 
 start_apiserver() {
-  local bin api_port args
+  local bin api_port args started
   bin=$(awk -F= '$1=="BIN_DIR"{print $2}' "$RUN/ports")
   api_port=$(awk -F= '$1=="API_PORT"{print $2}' "$RUN/ports")
   cp "$ROOT/e2e/audit-policy.yaml" "$STATE/audit-policy.yaml"
   mapfile -t args < <(apiserver_args)
+  started=$(date -u +%FT%T.%NZ)
   spawn kube-apiserver "$bin/kube-apiserver" "${args[@]}"
   apiserver_config_hash >"$RUN/apiserver.config"
   wait_for "kube-apiserver /readyz" kube-apiserver \
     curl -fsS --cacert "$PKI/serving-ca.crt" "https://127.0.0.1:$api_port/readyz"
+  # When it started and became ready: the RBAC check excuses refusals while it loads RBAC.
+  printf '%s %s\n' "$started" "$(date -u +%FT%T.%NZ)" >>"$LOGS/apiserver-starts"
 }
 
 apiserver_config_current() {

@@ -297,11 +297,49 @@ fn expand(rule: &Rule) -> Result<Vec<Grant>> {
 /// Who asked for what: user, verb, group, resource (with subresource), namespace.
 type RequestKey = (String, String, String, String, Option<String>);
 
+/// One start of kube-apiserver, as `e2e/cluster.sh` records it in `apiserver-starts`: when the
+/// process was spawned and when `/readyz` first answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiServerStart {
+    pub spawned: Timestamp,
+    pub ready: Timestamp,
+}
+
+impl ApiServerStart {
+    /// How long after `/readyz` the authorizer may still lack RBAC (its informers sync on their
+    /// own); clients that back off come back well after that.
+    const SETTLE: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
+
+    fn covers(&self, at: Timestamp) -> bool {
+        self.spawned <= at && at <= self.ready + Self::SETTLE
+    }
+}
+
+/// Parses `apiserver-starts`: a line per start, `<spawned> <ready>` in RFC 3339.
+pub fn parse_starts(text: &str) -> Result<Vec<ApiServerStart>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let mut parts = line.split_whitespace();
+            let (Some(spawned), Some(ready), None) = (parts.next(), parts.next(), parts.next())
+            else {
+                bail!("expected `<spawned> <ready>`, got {line:?}");
+            };
+            Ok(ApiServerStart {
+                spawned: spawned.parse().context("spawned")?,
+                ready: ready.parse().context("ready")?,
+            })
+        })
+        .collect()
+}
+
 /// A refused request of the operator.
 #[derive(Debug)]
 pub struct Denial {
     key: RequestKey,
     at: Timestamp,
+    /// The permission it asked for.
+    grant: Grant,
     /// `verb URI (namespace) by user: code`.
     pub text: String,
 }
@@ -347,6 +385,11 @@ impl Usage {
             self.denied.push(Denial {
                 key,
                 at,
+                grant: Grant {
+                    group: accesses[0].group.clone(),
+                    resource: accesses[0].resource.clone(),
+                    verb: accesses[0].verb.clone(),
+                },
                 text: format!(
                     "{} {} (namespace {}) by {}: {:?}",
                     event.verb,
@@ -379,7 +422,12 @@ impl Usage {
 
     /// The grants no request used, minus the exceptions; an exception for a grant that was used
     /// or is not granted at all is reported too, so the list cannot go stale.
-    pub fn verdict(&self, granted: &BTreeSet<Grant>, exceptions: &[Exception]) -> Vec<String> {
+    pub fn verdict(
+        &self,
+        granted: &BTreeSet<Grant>,
+        exceptions: &[Exception],
+        starts: &[ApiServerStart],
+    ) -> Vec<String> {
         let mut problems = Vec::new();
         let is_exception = |g: &Grant| {
             exceptions
@@ -412,19 +460,28 @@ impl Usage {
         problems.extend(
             self.denied
                 .iter()
-                .filter(|d| !self.retried_and_allowed(d))
+                .filter(|d| !self.excused(d, granted, starts))
                 .map(|d| format!("denied: {}", d.text)),
         );
         problems
     }
 
-    /// Whether the same user was allowed the same request after it was denied: then the denial
-    /// was not missing RBAC but the API server's authorizer not having loaded RBAC yet (it
-    /// refuses everything in the first moments after it starts; the fault tests restart it).
-    pub fn retried_and_allowed(&self, denial: &Denial) -> bool {
-        self.allowed
+    /// Whether a denial is the API server's authorizer not having loaded RBAC yet rather than
+    /// missing RBAC: a starting API server refuses everything for a moment (the fault tests
+    /// restart it). So it is excused when the same request was allowed when retried, or when
+    /// the chart grants it and it was refused while an API server was starting.
+    pub fn excused(
+        &self,
+        denial: &Denial,
+        granted: &BTreeSet<Grant>,
+        starts: &[ApiServerStart],
+    ) -> bool {
+        let retried_and_allowed = self
+            .allowed
             .get(&denial.key)
-            .is_some_and(|last| *last > denial.at)
+            .is_some_and(|last| *last > denial.at);
+        retried_and_allowed
+            || (granted.contains(&denial.grant) && starts.iter().any(|s| s.covers(denial.at)))
     }
 
     /// The used-vs-granted table, one line per permission.
@@ -572,7 +629,7 @@ mod tests {
                 .text
                 .starts_with("delete /api/v1/namespaces/apps/secrets/db")
         );
-        let problems = usage.verdict(&BTreeSet::new(), &[]);
+        let problems = usage.verdict(&BTreeSet::new(), &[], &[]);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].starts_with("denied: delete"));
 
@@ -588,8 +645,8 @@ mod tests {
         ] {
             usage.add(&parse_line(&l).unwrap().unwrap(), since());
         }
-        assert!(usage.retried_and_allowed(&usage.denied[0]));
-        assert!(usage.verdict(&BTreeSet::new(), &[]).is_empty());
+        assert!(usage.excused(&usage.denied[0], &BTreeSet::new(), &[]));
+        assert!(usage.verdict(&BTreeSet::new(), &[], &[]).is_empty());
         // Allowed only before the refusal: the refusal stands.
         let mut usage = Usage::default();
         for l in [
@@ -598,7 +655,35 @@ mod tests {
         ] {
             usage.add(&parse_line(&l).unwrap().unwrap(), since());
         }
-        assert_eq!(usage.verdict(&BTreeSet::new(), &[]).len(), 1);
+        assert_eq!(usage.verdict(&BTreeSet::new(), &[], &[]).len(), 1);
+
+        // Refused while an API server was starting, never retried before the run ended: excused
+        // only if the chart grants the request, and only inside that start's window.
+        let starts = parse_starts(
+            "2026-12-01T17:00:00.5Z 2026-12-01T17:00:01.5Z\n\n\
+             2026-12-01T18:00:00Z 2026-12-01T18:00:01Z\n",
+        )
+        .unwrap();
+        assert_eq!(starts.len(), 2);
+        let watch_secrets: BTreeSet<Grant> = [grant("watch", "", "secrets")].into();
+        for (at, granted, excused) in [
+            ("2026-12-01T17:00:01Z", &watch_secrets, true),
+            ("2026-12-01T17:00:11Z", &watch_secrets, true),
+            ("2026-12-01T17:00:12Z", &watch_secrets, false),
+            ("2026-12-01T17:00:00.4Z", &watch_secrets, false),
+            ("2026-12-01T17:00:01Z", &BTreeSet::new(), false),
+        ] {
+            let mut usage = Usage::default();
+            usage.add(
+                &parse_line(&watch(at, 403, forbid)).unwrap().unwrap(),
+                since(),
+            );
+            let problems = usage.verdict(granted, &[], &starts);
+            let problem = problems.iter().any(|p| p.starts_with("denied: watch"));
+            assert_eq!(!problem, excused, "{at} {granted:?}: {problems:?}");
+        }
+        assert!(parse_starts("2026-12-01T17:00:00Z").is_err());
+        assert!(parse_starts("yesterday today").is_err());
     }
 
     const CHART: &str = r#"
@@ -697,7 +782,7 @@ subjects: [{kind: ServiceAccount, name: prometheus, namespace: monitoring}]
             let l = line(OP, "keeper-operator/0.1.0", verb, object, code, "");
             usage.add(&parse_line(&l).unwrap().unwrap(), since());
         }
-        let problems = usage.verdict(&grants, &[]);
+        let problems = usage.verdict(&grants, &[], &[]);
         assert_eq!(
             problems,
             [
@@ -708,7 +793,7 @@ subjects: [{kind: ServiceAccount, name: prometheus, namespace: monitoring}]
             grant: ("patch", "keeper-operator.dev", "keepersecrets/status"),
             why: "test",
         }];
-        assert!(usage.verdict(&grants, &excused).is_empty());
+        assert!(usage.verdict(&grants, &excused, &[]).is_empty());
         let stale = [
             Exception {
                 grant: ("get", "", "secrets"),
@@ -719,7 +804,7 @@ subjects: [{kind: ServiceAccount, name: prometheus, namespace: monitoring}]
                 why: "not granted",
             },
         ];
-        let problems = usage.verdict(&grants, &stale);
+        let problems = usage.verdict(&grants, &stale, &[]);
         assert!(
             problems
                 .iter()
