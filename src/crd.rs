@@ -10,8 +10,6 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// API group of every resource in this crate.
-pub const GROUP: &str = "keeper-operator.dev";
 /// Field manager for every server-side apply the controller makes.
 pub const FIELD_MANAGER: &str = "keeper-operator.dev/controller";
 /// Label put on every Secret the operator writes; the controller watches only these.

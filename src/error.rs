@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::backoff;
 use crate::desired::DesiredError;
 use crate::ksm::error::KsmError;
 use crate::mapping::MappingError;
@@ -134,8 +135,9 @@ impl Error {
             Error::TokenRedemption { transient, .. } => *transient,
             _ => false,
         };
-        let (base, cap): (u64, u64) = if transient { (5, 300) } else { (30, 600) };
-        let delay = Duration::from_secs(base.saturating_mul(1u64 << attempt.min(10)).min(cap));
+        let (base, cap) = if transient { (5, 300) } else { (30, 600) };
+        let delay =
+            backoff::exponential(attempt, Duration::from_secs(base), Duration::from_secs(cap));
         match self {
             Error::Keeper(KsmError::Throttled {
                 retry_after: Some(after),

@@ -1,5 +1,6 @@
 //! keeper-operator: syncs Keeper Secrets Manager records into native Kubernetes Secrets.
 pub mod allowlist;
+pub mod backoff;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -12,8 +12,7 @@ use zeroize::Zeroizing;
 use crate::crd::{
     DataFromItem, DataItem, DuplicateKeyPolicy, KeeperSecretSpec, RecordRevision, RecordSelector,
 };
-use crate::ksm::client::Query;
-use crate::ksm::notation::{self, Notation, NotationError, NotationValue, is_uid_shaped};
+use crate::ksm::notation::{self, Notation, NotationError, NotationValue};
 use crate::ksm::record::{Field, KeeperFile, Record, Vault, find_field};
 
 /// Secret bytes that are wiped from memory when dropped.
@@ -71,39 +70,6 @@ impl MappingError {
             Self::FieldNotFound(_) => "FieldNotFound",
             Self::Notation { source, .. } => source.reason(),
         }
-    }
-}
-
-/// The narrowest Keeper query for the spec: just the named records when every selector is a
-/// UID; everything otherwise (titles and folders can only be matched against the full list).
-pub fn query(spec: &KeeperSecretSpec) -> Query {
-    let mut uids = Vec::new();
-    for item in &spec.data {
-        let uid = match (&item.record, &item.notation) {
-            (Some(sel), _) => sel.uid.clone(),
-            (None, Some(n)) => n
-                .parse::<Notation>()
-                .ok()
-                .map(|n| n.record)
-                .filter(|r| is_uid_shaped(r)),
-            (None, None) => None,
-        };
-        match uid {
-            Some(u) => uids.push(u),
-            None => return Query::default(),
-        }
-    }
-    for item in &spec.data_from {
-        match item.record.as_ref().and_then(|r| r.uid.clone()) {
-            Some(u) => uids.push(u),
-            None => return Query::default(),
-        }
-    }
-    uids.sort();
-    uids.dedup();
-    Query {
-        records: uids,
-        ..Query::default()
     }
 }
 

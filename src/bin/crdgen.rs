@@ -1,21 +1,51 @@
-//! Prints the CRDs as YAML, or writes them into a directory when one is given:
-//! `cargo run --bin crdgen -- crds/`.
-use std::path::PathBuf;
+//! Generates the CRDs from the Rust types into `crds/` and the chart's copy
+//! (`helm/keeper-operator/files/crds/`):
+//!
+//! ```text
+//! cargo run --bin crdgen              # write both
+//! cargo run --bin crdgen -- --check   # fail, naming the files, if either has drifted
+//! cargo run --bin crdgen -- --stdout  # print them as one YAML stream
+//! ```
+use std::path::Path;
+use std::process::ExitCode;
 
-fn main() -> anyhow::Result<()> {
-    let files = keeper_operator::crd_yaml::all()?;
-    match std::env::args_os().nth(1).map(PathBuf::from) {
-        Some(dir) => {
-            std::fs::create_dir_all(&dir)?;
-            for (name, yaml) in files {
-                std::fs::write(dir.join(name), yaml)?;
-            }
+use clap::Parser;
+use keeper_operator::crd_yaml;
+
+/// Generates the operator's CustomResourceDefinitions.
+#[derive(Parser)]
+struct Args {
+    /// Only check that the committed files match; write nothing.
+    #[arg(long, conflicts_with = "stdout")]
+    check: bool,
+    /// Print the CRDs instead of writing them.
+    #[arg(long)]
+    stdout: bool,
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    let args = Args::parse();
+    // The repository this binary was built from.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if args.stdout {
+        for (_, yaml) in crd_yaml::all()? {
+            print!("---\n{yaml}");
         }
-        None => {
-            for (_, yaml) in files {
-                print!("---\n{yaml}");
+    } else if args.check {
+        let problems = crd_yaml::drift(root)?;
+        if !problems.is_empty() {
+            for p in &problems {
+                eprintln!("crdgen: {p}");
             }
+            eprintln!("crdgen: run `cargo run --bin crdgen` and commit the result");
+            return Ok(ExitCode::FAILURE);
         }
+        println!(
+            "crdgen: {} match the Rust types",
+            crd_yaml::DIRS.join(" and ")
+        );
+    } else {
+        crd_yaml::write(root)?;
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

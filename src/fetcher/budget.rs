@@ -5,7 +5,6 @@
 //! operator from ever reaching it, and a block set from `retry_after` honours the server when
 //! something else sharing the credential did.
 
-use rand::Rng;
 use std::time::{Duration, Instant};
 
 /// The default wait when Keeper throttles without saying for how long: its window is 10 s.
@@ -75,22 +74,6 @@ impl RateBudget {
     }
 }
 
-/// Exponential backoff after failed fetches: `base · 2^(failures-1)`, capped.
-pub fn failure_backoff(failures: u32, base: Duration, max: Duration) -> Duration {
-    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
-    base.saturating_mul(factor).min(max)
-}
-
-/// Spreads retries by ±`fraction` so that many waiters do not return in the same instant.
-pub fn jitter(delay: Duration, fraction: f64) -> Duration {
-    let spread = delay.as_secs_f64() * fraction.clamp(0.0, 1.0);
-    if spread <= 0.0 {
-        return delay;
-    }
-    let offset = rand::thread_rng().gen_range(-spread..=spread);
-    Duration::from_secs_f64((delay.as_secs_f64() + offset).max(0.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,23 +120,5 @@ mod tests {
         budget.block_for(t0, Some(Duration::from_secs(60)));
         budget.block_for(t0, Some(Duration::from_secs(1)));
         assert_eq!(budget.try_acquire(t0), Err(Duration::from_secs(60)));
-    }
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let base = Duration::from_secs(5);
-        let max = Duration::from_secs(300);
-        assert_eq!(failure_backoff(1, base, max), Duration::from_secs(5));
-        assert_eq!(failure_backoff(3, base, max), Duration::from_secs(20));
-        assert_eq!(failure_backoff(40, base, max), max);
-    }
-
-    #[test]
-    fn jitter_stays_within_its_fraction() {
-        for _ in 0..100 {
-            let d = jitter(Duration::from_secs(10), 0.25);
-            assert!(d >= Duration::from_millis(7500) && d <= Duration::from_millis(12500));
-        }
-        assert_eq!(jitter(Duration::from_secs(3), 0.0), Duration::from_secs(3));
     }
 }

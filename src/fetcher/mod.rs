@@ -27,11 +27,12 @@ pub mod ksm_source;
 pub mod secret_store;
 pub mod store;
 
+use crate::backoff;
 use crate::ksm::crypto::{AesKey, b64_url};
 use crate::ksm::error::KsmError;
 use crate::ksm::record::{KeeperFile, Vault};
 use crate::lock;
-use budget::{RateBudget, failure_backoff, jitter};
+use budget::RateBudget;
 use futures::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest, Sha256};
@@ -256,10 +257,6 @@ impl CredentialFetcher {
         }
     }
 
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     /// Data no older than `max_age`, from memory when possible, else from one Keeper call
     /// (shared with every caller that arrives while it runs).
     pub async fn snapshot(self: &Arc<Self>, max_age: Duration) -> Served {
@@ -424,8 +421,12 @@ impl CredentialFetcher {
             .failure
             .as_ref()
             .map_or_else(SystemTime::now, |f| f.since);
-        let mut wait = jitter(
-            failure_backoff(count, self.settings.backoff_base, self.settings.backoff_max),
+        let mut wait = backoff::jitter(
+            backoff::exponential(
+                count.saturating_sub(1),
+                self.settings.backoff_base,
+                self.settings.backoff_max,
+            ),
             0.2,
         );
         if let KsmError::Throttled {

@@ -1,6 +1,7 @@
 //! The async KSM client: HTTPS (rustls, verification always on) to
 //! `https://HOST/api/rest/sm/v1/ENDPOINT`, with key-id rotation and throttle handling (§4.3, §7).
 
+use crate::backoff;
 use crate::ksm::config::{ConfigError, KsmConfig};
 use crate::ksm::crypto::{aes_gcm_decrypt, b64_std};
 use crate::ksm::error::{KsmError, sanitize};
@@ -208,9 +209,14 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 /// Delay before throttle retry `attempt` (0-based): the server's `retry_after`, else
 /// 11·2^n s as the SDKs do, with ±25 % jitter so many clients do not retry in lockstep.
 fn throttle_delay(retry_after: Option<Duration>, attempt: u32) -> Duration {
-    let base = retry_after.unwrap_or_else(|| Duration::from_secs(11u64 << attempt.min(5)));
-    let jitter = 0.75 + rand::random::<f64>() * 0.5;
-    base.mul_f64(jitter)
+    let base = retry_after.unwrap_or_else(|| {
+        backoff::exponential(
+            attempt,
+            Duration::from_secs(11),
+            Duration::from_secs(11 << 5),
+        )
+    });
+    backoff::jitter(base, 0.25)
 }
 
 impl KsmClient {
