@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Scale benchmark (issue #7), run on purpose: N KeeperSecrets over C credentials against the real
+# Scale benchmark, run on purpose: N KeeperSecrets over C credentials against the real
 # local control plane and the KSM test server. Writes JSON to --out and prints a table.
 #
 #   e2e/bench.sh --keeper-secrets N --credentials C --out FILE [--debug] [bench options...]

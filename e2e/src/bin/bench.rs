@@ -1,4 +1,4 @@
-//! Scale benchmark (issue #7), run on purpose through `e2e/bench.sh`: N KeeperSecrets over C
+//! Scale benchmark, run on purpose through `e2e/bench.sh`: N KeeperSecrets over C
 //! credentials against the real local control plane, the operator binary (as the chart's
 //! ServiceAccount) and the in-process KSM test server. Writes JSON and prints a table.
 //!
@@ -786,5 +786,5 @@ fn chart(path: &std::path::Path, doc: &Value) -> Result<()> {
         ("bench: KeeperSecret creates", "/apply_seconds"),
     ]
     .map(|(label, ptr)| (label.to_string(), num(ptr)));
-    keeper_e2e::chart::bars(path, &caption, "seconds", &bars)
+    keeper_e2e::plot::bars(path, &caption, "seconds", &bars)
 }

@@ -1,4 +1,4 @@
-//! PNG bar charts for the bench's results (issue #7). Text is drawn with an embedded DejaVu font,
+//! PNG bar charts for the bench's results. Text is drawn with an embedded DejaVu font,
 //! so charts render the same on any machine, with no system fonts.
 
 use std::path::Path;
