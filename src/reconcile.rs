@@ -1,10 +1,15 @@
-//! The reconciler: credential → refresh gate → Keeper → mapping → template → apply → status.
+//! The reconciler. One KeeperSecret's sync is a pipeline (see [`sync`]):
 //!
-//! Every pure step lives in its own module; this file only sequences them and does the I/O.
-//! On any failure the existing Secret is left untouched (the last good copy stays), the
-//! Ready condition says why, and `error_policy` retries with backoff.
+//! observe (credential, target Secret, memo) → decide (is anything due?) → fetch (the
+//! credential's shared snapshot) → build (allow-list, mapping, files, template, desired Secret)
+//! → guard and apply (Secret, then rollout restarts) → report (status, event).
+//!
+//! Every decision is a pure function in its own module (`refresh`, `mapping`, `template`,
+//! `desired`, `guard`, `status`); this file sequences them and does the I/O. On any failure the
+//! existing Secret is left untouched (the last good copy stays), the Ready condition says why,
+//! and `error_policy` retries with backoff.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +21,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
 use crate::cache::Caches;
-use crate::crd::{CreationPolicy, KeeperSecret, KeeperSecretStatus};
+use crate::crd::{CreationPolicy, KeeperSecret, KeeperSecretStatus, RecordRevision};
 use crate::credentials::Credential;
 use crate::desired::{self, HashKey, Ownership};
 use crate::error::Error;
@@ -108,6 +113,8 @@ pub async fn reconcile<S: KeeperSource>(
     ctx: Arc<Context<S>>,
 ) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile();
+    // The clock is read once: every decision of this reconcile is made as of the same instant.
+    let now = Timestamp::now();
     let mut ks = (*ks).clone();
     ctx.caches.with_latest_status(&mut ks);
     // Parsed once, for the sync and the status-time resolution. An invalid interval fails the
@@ -120,7 +127,7 @@ pub async fn reconcile<S: KeeperSource>(
             .unwrap_or(&ctx.settings.default_refresh_interval),
     );
     let result = match interval {
-        Ok(interval) => sync(&mut ks, &ctx, interval).await,
+        Ok(interval) => sync(&ks, &ctx, interval, now).await,
         Err(e) => Err(e),
     };
     match result {
@@ -136,7 +143,7 @@ pub async fn reconcile<S: KeeperSource>(
             Ok(Action::requeue(after))
         }
         Err(e) => {
-            let new = status::failed(&ks, Timestamp::now(), e.reason(), &e.to_string());
+            let new = status::failed(&ks, now, e.reason(), &e.to_string());
             if let Err(report_err) = report(&ctx, &ks, new, resolution).await {
                 warn!(error = %report_err, "could not record the failure in status");
             }
@@ -160,13 +167,102 @@ pub fn error_policy<S>(ks: Arc<KeeperSecret>, err: &Error, ctx: Arc<Context<S>>)
     Action::requeue(delay)
 }
 
-/// Syncs `ks`, whose refresh interval is `interval`.
+/// Syncs `ks`, whose refresh interval is `interval`, as of `now`: a pipeline whose steps are
+/// each one function. Steps marked API or Keeper do I/O; the others are pure.
 async fn sync<S: KeeperSource>(
-    ks: &mut KeeperSecret,
+    ks: &KeeperSecret,
     ctx: &Context<S>,
     interval: Duration,
+    now: Timestamp,
 ) -> Result<Outcome, Error> {
-    let ns = ks.namespace().unwrap_or_default();
+    // Observe (API: the credential; the target, unless the memo vouches for it).
+    let seen = observe(ctx, ks).await?;
+    // Decide (pure).
+    let target = match &seen.target {
+        Seen::Vouched(hash) => Target::Present(Some(hash)),
+        Seen::Read(existing) => Target::of(existing.as_ref(), &seen.hash_key),
+    };
+    let synced_at = ctx.caches.synced_at(ks);
+    let backlog = ctx.caches.never_attempted();
+    let why = match refresh::due(ks, target, synced_at, backlog, now, interval) {
+        Decision::Wait(after) => return Ok(Outcome::Wait(after)),
+        Decision::Sync(why) => why,
+    };
+    debug!(?why, "syncing from Keeper");
+    if let Seen::Read(existing) = &seen.target {
+        check_target(ks, existing.as_ref())?;
+    }
+    // Fetch (Keeper: the credential's shared snapshot, or its last good copy).
+    let (snapshot, stale) = match ctx
+        .keeper
+        .vault(&seen.cred.key, &seen.cred.config, interval)
+        .await?
+    {
+        Served::Fresh(snapshot) => (snapshot, None),
+        Served::Stale(snapshot, staleness) => (snapshot, Some(staleness)),
+        Served::Unavailable(staleness) => return Err(Error::Keeper((*staleness.error).clone())),
+        // Keeper is slow to answer: free this worker and pick the answer up later.
+        Served::Pending(after) => return Ok(Outcome::Wait(after)),
+    };
+    // Build (pure, but for file attachments: Keeper, shared once per record revision).
+    let built = build(ctx, ks, &seen, &snapshot.vault).await?;
+    // Guard and apply (API: the target, if not read yet; the Secret; rollout restarts).
+    if apply(ctx, ks, seen, &built, interval).await? {
+        info!(
+            secret = ks.target_name(),
+            keys = built.keys,
+            ?why,
+            stale = stale.is_some(),
+            "wrote Secret"
+        );
+    }
+    // Report (pure): the status to write and when to come back.
+    let fetched_at = Timestamp::try_from(snapshot.fetched_at).unwrap_or(now);
+    let max_stale_age = ctx.settings.max_stale_age;
+    let next = refresh::next(
+        ks,
+        fetched_at,
+        now,
+        interval,
+        stale.as_ref().map(|s| s.retry_in),
+        max_stale_age,
+    );
+    let synced = Synced {
+        records: built.records.into_iter().collect(),
+        data_hash: built.desired.hash,
+        keys: built.keys,
+        fetched_at,
+        stale: stale.map(|s| status::Stale {
+            reason: s.error.reason(),
+            error: s.error.to_string(),
+            since: Timestamp::try_from(s.since).unwrap_or(fetched_at),
+            outage: s.error.is_outage(),
+            max_age: max_stale_age,
+        }),
+    };
+    Ok(Outcome::Synced(status::synced(ks, now, &synced), next))
+}
+
+/// What a reconcile starts from: the credential, and the target Secret as far as it is known.
+struct Observed {
+    cred: Arc<Credential>,
+    hash_key: HashKey,
+    secrets: Api<Secret>,
+    target: Seen,
+}
+
+/// How the target Secret is known.
+enum Seen {
+    /// The memo vouches that it still holds data with this hash (it was not read).
+    Vouched(String),
+    /// Read from the API server (`None`: it does not exist).
+    Read(Option<Secret>),
+}
+
+/// Observe: loads the credential and learns what the target holds, reading it only when the
+/// managed-Secret reflector cannot vouch that it is still the version whose data we last wrote
+/// or verified (values are never cached).
+async fn observe<S: KeeperSource>(ctx: &Context<S>, ks: &KeeperSecret) -> Result<Observed, Error> {
     let cred = ctx
         .caches
         .credentials
@@ -178,141 +274,88 @@ async fn sync<S: KeeperSource>(
         )
         .await?;
     let hash_key = cred.hash_key(ks.metadata.uid.as_deref().unwrap_or_default());
-    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
-    // The target is read only when the managed-Secret reflector cannot vouch that it is still
-    // the version whose data we last wrote or verified (values are never cached).
-    let known = ctx.caches.target_hash(ks, &cred.key);
-    let synced_at = ctx.caches.synced_at(ks);
-    let mut read: Option<Option<Secret>> = None;
-    let decision = match &known {
-        Some(hash) => refresh::decide(
-            ks,
-            Target::Present(Some(hash)),
-            synced_at,
-            Timestamp::now(),
-            interval,
-        ),
-        None => {
-            let existing = read_target(ctx, ks, &cred, &hash_key, &secrets).await?;
-            let target = Target::of(existing.as_ref(), &hash_key);
-            let decision = refresh::decide(ks, target, synced_at, Timestamp::now(), interval);
-            read = Some(existing);
-            decision
-        }
+    let secrets =
+        Api::<Secret>::namespaced(ctx.client.clone(), &ks.namespace().unwrap_or_default());
+    let target = match ctx.caches.target_hash(ks, &cred.key) {
+        Some(hash) => Seen::Vouched(hash),
+        None => Seen::Read(read_target(ctx, ks, &cred, &hash_key, &secrets).await?),
     };
-    let why = match decision {
-        Decision::Wait(after) => return Ok(Outcome::Wait(after)),
-        Decision::Sync(why) => why,
-    };
-    if let Some(after) = refresh::defer(
-        why,
-        ctx.caches.never_attempted(),
-        ks,
-        synced_at,
-        Timestamp::now(),
-        interval,
-    ) {
-        return Ok(Outcome::Wait(after));
-    }
-    debug!(?why, "syncing from Keeper");
-
-    if let Some(existing) = &read {
-        check_target(ks, existing.as_ref())?;
-    }
-    let (snapshot, stale) = match ctx.keeper.vault(&cred.key, &cred.config, interval).await? {
-        Served::Fresh(snapshot) => (snapshot, None),
-        Served::Stale(snapshot, staleness) => (snapshot, Some(staleness)),
-        Served::Unavailable(staleness) => return Err(Error::Keeper((*staleness.error).clone())),
-        // Keeper is slow to answer: free this worker and pick the answer up later.
-        Served::Pending(after) => return Ok(Outcome::Wait(after)),
-    };
-    let vault = allowlist::restrict(cred.allow.as_ref(), &ks.spec, &snapshot.vault)?;
-    let plan = incomplete::check(&ks.spec, &vault, mapping::plan(&ks.spec, &vault))?;
-    let data = resolve_files(ctx, &cred, &vault, plan.entries).await?;
-    let data = template::apply(
-        ks.spec.target.as_ref().and_then(|t| t.template.as_ref()),
-        data,
-    )?;
-    let keys = data.len();
-    let desired = desired::secret(ks, data, &hash_key)?;
-    // A vouched-for Secret that already holds this data (same hash, same spec) needs no read.
-    if known.as_deref() != Some(desired.hash.as_str()) {
-        let existing = match read {
-            Some(existing) => existing,
-            None => {
-                let existing = read_target(ctx, ks, &cred, &hash_key, &secrets).await?;
-                check_target(ks, existing.as_ref())?;
-                existing
-            }
-        };
-        let current = existing
-            .as_ref()
-            .is_some_and(|e| desired::is_up_to_date(e, &desired.secret));
-        if !current {
-            guard::check(ks, existing.as_ref(), &desired.secret, &plan.records)?;
-            let written = k8s::apply_secret(&secrets, &desired.secret).await?;
-            ctx.caches
-                .verified_target(ks, &cred.key, &written, &desired.hash);
-            ctx.rollouts.after_write(
-                ks,
-                interval,
-                existing.as_ref(),
-                &desired.secret,
-                &desired.hash,
-            );
-            info!(
-                secret = ks.target_name(),
-                keys,
-                ?why,
-                stale = stale.is_some(),
-                "wrote Secret"
-            );
-        }
-    }
-    let fetched_at = Timestamp::try_from(snapshot.fetched_at).unwrap_or_else(|_| Timestamp::now());
-    // The next refresh is due one interval after the data was fetched, not after this
-    // reconcile: every KeeperSecret on a credential then falls due in the same wave and the
-    // wave costs one Keeper call. While Keeper fails, retry when the fetcher will.
-    let next = match &stale {
-        Some(s) => {
-            // Also come back when the copy expires, so Ready turns False on time.
-            let expires_in = until(fetched_at, ctx.settings.max_stale_age);
-            let retry_in = if expires_in.is_zero() {
-                s.retry_in
-            } else {
-                s.retry_in.min(expires_in)
-            };
-            retry_in.max(refresh::MIN_INTERVAL)
-        }
-        None => {
-            until(fetched_at, interval).max(refresh::MIN_INTERVAL) + refresh::jitter(ks, interval)
-        }
-    };
-    let synced = Synced {
-        records: plan.records.into_iter().collect(),
-        data_hash: desired.hash,
-        keys,
-        fetched_at,
-        stale: stale.map(|s| status::Stale {
-            reason: s.error.reason(),
-            error: s.error.to_string(),
-            since: Timestamp::try_from(s.since).unwrap_or(fetched_at),
-            outage: s.error.is_outage(),
-            max_age: ctx.settings.max_stale_age,
-        }),
-    };
-    let new = status::synced(ks, Timestamp::now(), &synced);
-    Ok(Outcome::Synced(new, next))
+    Ok(Observed {
+        cred,
+        hash_key,
+        secrets,
+        target,
+    })
 }
 
-/// Time left until `age` has passed since `since` (zero if it already has).
-fn until(since: Timestamp, age: Duration) -> Duration {
-    let elapsed = Timestamp::now().duration_since(since);
-    jiff::SignedDuration::try_from(age)
-        .map(|a| a - elapsed)
-        .ok()
-        .and_then(|d| Duration::try_from(d).ok())
-        .unwrap_or(Duration::ZERO)
+/// The Secret a sync wants, and what it was built from.
+struct Built {
+    desired: desired::Desired,
+    /// The records it maps, with their revisions.
+    records: BTreeSet<RecordRevision>,
+    keys: usize,
+}
+
+/// Build: restricts the vault to what the credential may read, maps the spec onto it
+/// (downloading mapped files), renders the template and computes the desired Secret.
+async fn build<S: KeeperSource>(
+    ctx: &Context<S>,
+    ks: &KeeperSecret,
+    seen: &Observed,
+    vault: &Vault,
+) -> Result<Built, Error> {
+    let vault = allowlist::restrict(seen.cred.allow.as_ref(), &ks.spec, vault)?;
+    let plan = incomplete::check(&ks.spec, &vault, mapping::plan(&ks.spec, &vault))?;
+    let data = resolve_files(ctx, &seen.cred, &vault, plan.entries).await?;
+    let template = ks.spec.target.as_ref().and_then(|t| t.template.as_ref());
+    let data = template::apply(template, data)?;
+    let keys = data.len();
+    Ok(Built {
+        desired: desired::secret(ks, data, &seen.hash_key)?,
+        records: plan.records,
+        keys,
+    })
+}
+
+/// Guard and apply: writes the desired Secret unless the target already holds it (`true` when
+/// it wrote). A vouched-for
+/// target with the same hash (same data, same spec) needs no read; otherwise the target is read
+/// (if observe did not), checked for ownership, compared, and the write guard has the last word.
+async fn apply<S: KeeperSource>(
+    ctx: &Context<S>,
+    ks: &KeeperSecret,
+    seen: Observed,
+    built: &Built,
+    interval: Duration,
+) -> Result<bool, Error> {
+    let desired = &built.desired;
+    let existing = match seen.target {
+        Seen::Vouched(hash) if hash == desired.hash => return Ok(false),
+        Seen::Read(existing) => existing,
+        Seen::Vouched(_) => {
+            let existing = read_target(ctx, ks, &seen.cred, &seen.hash_key, &seen.secrets).await?;
+            check_target(ks, existing.as_ref())?;
+            existing
+        }
+    };
+    if existing
+        .as_ref()
+        .is_some_and(|e| desired::is_up_to_date(e, &desired.secret))
+    {
+        return Ok(false);
+    }
+    guard::check(ks, existing.as_ref(), &desired.secret, &built.records)?;
+    let written = k8s::apply_secret(&seen.secrets, &desired.secret).await?;
+    ctx.caches
+        .verified_target(ks, &seen.cred.key, &written, &desired.hash);
+    ctx.rollouts.after_write(
+        ks,
+        interval,
+        existing.as_ref(),
+        &desired.secret,
+        &desired.hash,
+    );
+    Ok(true)
 }
 
 /// Reads the target Secret, remembering its version when its data checks out against its own

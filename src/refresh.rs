@@ -165,6 +165,62 @@ pub fn defer(
     (age < interval + interval.max(MAX_DEFERRAL)).then_some(BACKLOG_RETRY)
 }
 
+/// [`decide`], then [`defer`]: whether this reconcile reads Keeper, given what is known of the
+/// target, an unrecorded later sync, and how many KeeperSecrets were never reconciled.
+pub fn due(
+    ks: &KeeperSecret,
+    target: Target,
+    synced_at: Option<Timestamp>,
+    never_attempted: usize,
+    now: Timestamp,
+    interval: Duration,
+) -> Decision {
+    match decide(ks, target, synced_at, now, interval) {
+        Decision::Sync(why) => match defer(why, never_attempted, ks, synced_at, now, interval) {
+            Some(after) => Decision::Wait(after),
+            None => Decision::Sync(why),
+        },
+        wait => wait,
+    }
+}
+
+/// When to reconcile again after a sync of data fetched at `fetched_at`. Fresh data: one
+/// interval after the fetch, not after this reconcile, so every KeeperSecret on a credential
+/// falls due in the same wave and the wave costs one Keeper call. The last good copy (Keeper
+/// failing): when the fetcher retries (`retry_in`), or when the copy turns older than
+/// `max_stale_age` if that is sooner, so Ready turns False on time.
+pub fn next(
+    ks: &KeeperSecret,
+    fetched_at: Timestamp,
+    now: Timestamp,
+    interval: Duration,
+    retry_in: Option<Duration>,
+    max_stale_age: Duration,
+) -> Duration {
+    match retry_in {
+        Some(retry_in) => {
+            let expires_in = until(fetched_at, max_stale_age, now);
+            let retry_in = if expires_in.is_zero() {
+                retry_in
+            } else {
+                retry_in.min(expires_in)
+            };
+            retry_in.max(MIN_INTERVAL)
+        }
+        None => until(fetched_at, interval, now).max(MIN_INTERVAL) + jitter(ks, interval),
+    }
+}
+
+/// Time left at `now` until `age` has passed since `since` (zero if it already has).
+fn until(since: Timestamp, age: Duration, now: Timestamp) -> Duration {
+    let elapsed = now.duration_since(since);
+    jiff::SignedDuration::try_from(age)
+        .map(|a| a - elapsed)
+        .ok()
+        .and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or(Duration::ZERO)
+}
+
 /// Below this, a status that only moves `lastSyncTime` is not rewritten (see
 /// [`crate::status::worth_writing`]): at least one interval, and at least this long.
 pub const STATUS_TIME_RESOLUTION: Duration = Duration::from_secs(300);

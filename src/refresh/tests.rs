@@ -218,3 +218,62 @@ fn a_whole_second_status_time_is_not_due_before_the_fetch_it_records() {
         Decision::Wait(Duration::from_millis(500) + jitter(&ks, HOUR))
     );
 }
+
+#[test]
+fn a_due_refresh_defers_to_the_backlog_and_a_correction_does_not() {
+    let (ks, s) = synced_pair();
+    let current = Target::of(Some(&s), &key());
+    assert_eq!(
+        due(&ks, current, None, 5, t(3601), HOUR),
+        Decision::Wait(BACKLOG_RETRY)
+    );
+    assert_eq!(
+        due(&ks, current, None, 0, t(3601), HOUR),
+        Decision::Sync(Why::Due)
+    );
+    assert_eq!(
+        due(&ks, Target::Missing, None, 5, t(3601), HOUR),
+        Decision::Sync(Why::SecretMissing)
+    );
+    assert_eq!(
+        due(&ks, current, None, 5, t(600), HOUR),
+        decide(&ks, current, None, t(600), HOUR),
+        "not due: the backlog changes nothing"
+    );
+}
+
+#[test]
+fn the_next_refresh_follows_the_fetch_or_the_fetchers_retry() {
+    let (ks, _) = synced_pair();
+    let day = Duration::from_secs(86_400);
+    // Fresh data fetched 600 s ago: the rest of the interval, plus this object's spread.
+    assert_eq!(
+        next(&ks, t(0), t(600), HOUR, None, day),
+        Duration::from_secs(3000) + jitter(&ks, HOUR)
+    );
+    // Long overdue (a slow reconcile): no sooner than the floor.
+    assert_eq!(
+        next(&ks, t(0), t(9000), HOUR, None, day),
+        MIN_INTERVAL + jitter(&ks, HOUR)
+    );
+    // The last good copy: when the fetcher retries...
+    let retry = Some(Duration::from_secs(40));
+    assert_eq!(
+        next(&ks, t(0), t(600), HOUR, retry, day),
+        Duration::from_secs(40)
+    );
+    // ...or when the copy expires, if sooner, so Ready turns False on time...
+    assert_eq!(
+        next(&ks, t(0), t(86_390), HOUR, retry, day),
+        MIN_INTERVAL.max(Duration::from_secs(10))
+    );
+    // ...and once it has expired, at the fetcher's pace, never below the floor.
+    assert_eq!(
+        next(&ks, t(0), t(90_000), HOUR, retry, day),
+        Duration::from_secs(40)
+    );
+    assert_eq!(
+        next(&ks, t(0), t(600), HOUR, Some(Duration::ZERO), day),
+        MIN_INTERVAL
+    );
+}
