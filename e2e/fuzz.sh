@@ -22,7 +22,9 @@ TARGETS=("$@")
 log() { printf '[fuzz] %s\n' "$*" >&2; }
 
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
-  log "error: libFuzzer needs the nightly toolchain: rustup toolchain install nightly"
+  log "error: the nightly Rust toolchain is missing; cargo-fuzz needs it to build the libFuzzer"
+  log "targets with AddressSanitizer. Add it with: rustup toolchain install nightly"
+  log "(a local e2e/test.sh can skip this phase with E2E_SKIP_LIBFUZZER=1; with CI=true it always runs)"
   exit 1
 fi
 FUZZ_ROOT="$CACHE/cargo-fuzz-$CARGO_FUZZ_VERSION"

@@ -1,5 +1,6 @@
 //! The async KSM client: HTTPS (rustls, verification always on) to
-//! `https://HOST/api/rest/sm/v1/ENDPOINT`, with key-id rotation and throttle handling (§4.3, §7).
+//! `https://HOST/api/rest/sm/v1/ENDPOINT`, with key-id rotation and throttle handling
+//! (docs/protocol.md#key-rotation, docs/protocol.md#throttling).
 
 use crate::backoff;
 use crate::ksm::config::{ConfigError, KsmConfig};
@@ -18,7 +19,8 @@ use zeroize::Zeroizing;
 
 pub use crate::ksm::token::redeem_token;
 
-/// The `clientVersion` of the Rust SDK 17.3.0, a string the real backend accepts (§3.3).
+/// The `clientVersion` of the Rust SDK 17.3.0, a string the real backend accepts
+/// (docs/protocol.md#payload).
 pub const DEFAULT_CLIENT_VERSION: &str = "mr17.3.0";
 
 /// The largest API reply body read (64 MiB). A `get_secret` for hundreds of records with long
@@ -35,7 +37,8 @@ pub struct ClientOptions {
     /// Whole-request timeout (connect, send, and reading the whole body).
     pub timeout: Duration,
     pub client_version: String,
-    /// How often to follow the server's "use key id N" answer before giving up (§4.3).
+    /// How often to follow the server's "use key id N" answer before giving up
+    /// (docs/protocol.md#key-rotation).
     pub max_key_rotations: u32,
     /// How often to sleep and retry when throttled. `0` surfaces `Throttled { retry_after }`
     /// at once, so a caller with its own scheduler (the operator) never blocks.
@@ -264,7 +267,8 @@ impl KsmClient {
         &self.inner.config
     }
 
-    /// Binds an unbound config (the one-time token flow, §1.4) and returns the bound config.
+    /// Binds an unbound config (the one-time token flow, docs/protocol.md#binding) and returns
+    /// the bound config.
     pub(crate) async fn bind(
         unbound: KsmConfig,
         options: &ClientOptions,

@@ -73,7 +73,7 @@ fn error(status: u16, body: Value) -> (u16, Vec<u8>) {
     (status, body.to_string().into_bytes())
 }
 
-/// One API request, as Appendix A of PROTOCOL.md describes the server side.
+/// One API request, answered as the test server does (docs/protocol.md#the-test-server).
 fn handle_api(state: &mut State, headers: &[(String, String)], body: &[u8]) -> (u16, Vec<u8>) {
     let header = |name: &str| {
         headers

@@ -6,7 +6,7 @@
 use crate::ksm::crypto::AesKey;
 use std::fmt;
 
-/// One Keeper record (PROTOCOL.md §6.3).
+/// One Keeper record (docs/protocol.md#records).
 #[derive(Clone, PartialEq)]
 pub struct Record {
     pub uid: String,

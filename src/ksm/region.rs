@@ -1,4 +1,5 @@
-//! Keeper regions: the codes accepted as token prefixes and as config hostnames (§1.1).
+//! Keeper regions: the codes accepted as token prefixes and as config hostnames
+//! (docs/protocol.md#hosts-and-regions).
 
 pub const DEFAULT_HOSTNAME: &str = "keepersecurity.com";
 

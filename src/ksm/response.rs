@@ -1,4 +1,5 @@
-//! Decoding decrypted `get_secret` / `get_folders` JSON through the key hierarchy (§6):
+//! Decoding decrypted `get_secret` / `get_folders` JSON through the key hierarchy
+//! (docs/protocol.md#key-hierarchy):
 //! app key → shared-folder key → record key → record data; record key → file key → metadata;
 //! for `get_folders`, CBC sub-folder keys under the root shared folder's key.
 //!
@@ -34,7 +35,8 @@ fn parse_object(plaintext: &[u8]) -> Result<Obj, KsmError> {
     }
 }
 
-/// A non-empty string; `null`, missing and `""` are all "absent" (SDKs differ, §3.3).
+/// A non-empty string; `null`, missing and `""` are all "absent" (SDKs differ,
+/// docs/protocol.md#payload).
 fn text<'a>(obj: &'a Obj, key: &str) -> Option<&'a str> {
     obj.get(key)?
         .as_str()
@@ -62,7 +64,8 @@ type EntryError = &'static str;
 fn gcm_json(key: &AesKey, b64: Option<&str>, what: EntryError) -> Result<Obj, EntryError> {
     let data = b64_decode(b64.ok_or(what)?).map_err(|_| what)?;
     let plain = aes_gcm_decrypt(key, &data).map_err(|_| what)?;
-    // Real plaintexts are right-padded with spaces (§11); JSON parsing ignores them.
+    // Real plaintexts are right-padded with spaces (docs/protocol.md#encodings); JSON parsing
+    // ignores them.
     match serde_json::from_slice(&plain) {
         Ok(Value::Object(obj)) => Ok(obj),
         _ => Err("decrypted data is not a JSON object"),
@@ -74,7 +77,7 @@ fn unwrap_gcm(wrapping: &AesKey, b64: &str) -> Option<AesKey> {
 }
 
 /// The app key from a binding response: `encryptedAppKey` opened with the token's client key,
-/// plus the `appOwnerPublicKey` as sent (§1.4).
+/// plus the `appOwnerPublicKey` as sent (docs/protocol.md#binding).
 pub fn decode_binding(
     client_key: &AesKey,
     plaintext: &[u8],
@@ -183,7 +186,7 @@ impl Decoder<'_> {
         wrapping: &AesKey,
         folder_uid: Option<&str>,
     ) -> Result<Record, EntryError> {
-        // PY/RS/GO use the app key when `recordKey` is absent (§6.1).
+        // PY/RS/GO use the app key when `recordKey` is absent (docs/protocol.md#records).
         let record_key = match text(entry, "recordKey") {
             Some(k) => unwrap_gcm(wrapping, k).ok_or("record key does not decrypt")?,
             None => self.app_key.clone(),
@@ -272,7 +275,7 @@ impl Decoder<'_> {
     }
 }
 
-/// Decodes a decrypted `get_secret` response with the app key (§6.1–§6.3, §6.6).
+/// Decodes a decrypted `get_secret` response with the app key (docs/protocol.md#key-hierarchy).
 pub fn decode_secrets(app_key: &AesKey, plaintext: &[u8]) -> Result<Vault, KsmError> {
     let obj = parse_object(plaintext)?;
     let mut decoder = Decoder {
@@ -308,8 +311,9 @@ struct RawFolder<'a> {
     data: Option<&'a str>,
 }
 
-/// Unwraps a folder's key: GCM under the app key for a shared folder (no parent), otherwise
-/// CBC under the key of the root shared folder found by walking `parent` (§6.4).
+/// Unwraps a folder's key: GCM under the app key for a shared folder (no parent), otherwise CBC
+/// under the key of the root shared folder found by walking `parent`
+/// (docs/protocol.md#folder-keys).
 fn folder_key(
     app_key: &AesKey,
     folders: &HashMap<&str, RawFolder<'_>>,

@@ -1,4 +1,5 @@
-//! One-time access tokens (PROTOCOL.md §1.1) and their redemption, i.e. device binding (§1.4).
+//! One-time access tokens (docs/protocol.md#token-format) and their redemption, i.e. device
+//! binding (docs/protocol.md#binding).
 
 use crate::ksm::client::{ClientOptions, KsmClient};
 use crate::ksm::config::{DEFAULT_SERVER_KEY_ID, KsmConfig, normalize_hostname, parse_server_key};
@@ -74,7 +75,7 @@ impl OneTimeToken {
         })
     }
 
-    /// The client id the server knows this token by (§1.2).
+    /// The client id the server knows this token by (docs/protocol.md#client-id).
     pub fn client_id(&self) -> String {
         crate::ksm::crypto::client_id(self.client_key.as_bytes())
     }
@@ -91,7 +92,8 @@ impl fmt::Debug for OneTimeToken {
 
 /// Redeems a one-time token: generates a device key, binds it with a first `get_secret` that
 /// carries the public key, decrypts the app key with the token's client key, then fetches
-/// again with the bound config as every SDK does (§1.4) and returns that config.
+/// again with the bound config as every SDK does (docs/protocol.md#binding) and returns that
+/// config.
 ///
 /// `hostname` overrides the token prefix (needed for a `HOST:PORT`); `server_key` (id,
 /// base64url point) overrides both the IL5 token key and the built-in key table.
@@ -170,7 +172,8 @@ mod tests {
             OneTimeToken::parse(&format!("IL5:{KEY}:18:AAAA")).unwrap_err(),
             TokenError::ServerKey
         );
-        // Only IL5 has the 4-part form; a host with a port cannot be a prefix (§1.1).
+        // Only IL5 has the 4-part form; a host with a port cannot be a prefix
+        // (docs/protocol.md#token-format).
         assert_eq!(
             OneTimeToken::parse(&format!("US:{KEY}:18:{point}")).unwrap_err(),
             TokenError::Parts(4)

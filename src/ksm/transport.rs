@@ -1,4 +1,5 @@
-//! Request sealing and response opening (PROTOCOL.md §3–§5, §7), independent of HTTP so that
+//! Request sealing and response opening (docs/protocol.md#requests,
+//! docs/protocol.md#responses, docs/protocol.md#errors), independent of HTTP so that
 //! recorded traffic can be fed straight in: `open_response(transmission_key, status, body)`.
 
 use crate::ksm::crypto::{
@@ -11,7 +12,7 @@ use serde_json::Value;
 use std::time::{Duration, SystemTime};
 use zeroize::Zeroizing;
 
-/// Keeper's server public keys by id (§4.2): ids 1–7 share one key.
+/// Keeper's server public keys by id (docs/protocol.md#server-keys): ids 1–7 share one key.
 const SERVER_KEYS: [(u32, &str); 12] = [
     (
         7,
@@ -97,7 +98,8 @@ impl SealedRequest {
         }
     }
 
-    /// `PublicKeyId`, `TransmissionKey` and `Authorization` headers (§3.1).
+    /// `PublicKeyId`, `TransmissionKey` and `Authorization` headers
+    /// (docs/protocol.md#url-and-headers).
     pub fn headers(&self) -> [(&'static str, String); 3] {
         [
             ("PublicKeyId", self.key_id.to_string()),
@@ -111,7 +113,8 @@ impl SealedRequest {
 }
 
 /// Opens a response: a 2xx body is `AES-GCM(transmission key, JSON)` (empty is allowed); any
-/// other status carries a plaintext JSON error body, classified per §7.
+/// other status carries a plaintext JSON error body, classified per
+/// docs/protocol.md#errors.
 pub fn open_response(
     transmission_key: &AesKey,
     status: u16,
@@ -164,11 +167,13 @@ pub fn parse_retry_after(header: &str, now: SystemTime) -> Option<Duration> {
     Some(delay.min(Duration::from_secs(86_400)))
 }
 
-/// Classifies a non-2xx response. The code is `result_code`, falling back to `error` (§7.2).
+/// Classifies a non-2xx response. The code is `result_code`, falling back to `error`
+/// (docs/protocol.md#errors).
 ///
-/// Throttling (§7): a 403 or 429 whose code is `throttled` (the JSON `retry_after` wins over the
-/// header), any other 429 whatever its body, and a 503 carrying `Retry-After`. A `throttled` body
-/// on another status (e.g. 500) is a server error, as the SDKs treat it.
+/// Throttling (docs/protocol.md#throttling): a 403 or 429 whose code is `throttled` (the JSON
+/// `retry_after` wins over the header), any other 429 whatever its body, and a 503 carrying
+/// `Retry-After`. A `throttled` body on another status (e.g. 500) is a server error, as the SDKs
+/// treat it.
 pub fn classify_error(status: u16, body: &[u8], retry_after_header: Option<&str>) -> KsmError {
     let header_delay = || retry_after_header.and_then(|h| parse_retry_after(h, SystemTime::now()));
     let parsed: Option<serde_json::Map<String, Value>> = serde_json::from_slice(body).ok();

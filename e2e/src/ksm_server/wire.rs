@@ -1,5 +1,6 @@
 //! What travels on the wire: request decoding (transmission key, body, signature), the JSON
-//! shapes of responses (PROTOCOL.md §6) and the real server's error bodies (§7.1).
+//! shapes of responses (docs/protocol.md#responses) and the real server's error bodies
+//! (docs/protocol.md#errors).
 
 use super::faults::{RetryAfterHeader, Throttle, ThrottleBody};
 use axum::http::{HeaderMap, StatusCode};
@@ -10,13 +11,15 @@ use serde::{Deserialize, Serialize};
 /// against the device key the client id is bound to.
 pub(crate) struct DecodedRequest {
     pub transmission_key: AesKey,
-    /// `TransmissionKey raw bytes ‖ encrypted body`: what the device signed (§5).
+    /// `TransmissionKey raw bytes ‖ encrypted body`: what the device signed
+    /// (docs/protocol.md#signature).
     pub signed: Vec<u8>,
     pub signature: Option<Vec<u8>>,
     pub payload: Payload,
 }
 
-/// The fields of a request payload the server reads; `null` and absent are the same (§3.3).
+/// The fields of a request payload the server reads; `null` and absent are the same
+/// (docs/protocol.md#payload).
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Payload {
@@ -78,7 +81,8 @@ pub(crate) fn decode_request(
     })
 }
 
-/// `get_secret` response (§6.1). Both `records` and `folders` are always present.
+/// `get_secret` response (docs/protocol.md#key-hierarchy). Both `records` and `folders` are always
+/// present.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct SecretsResponse {
@@ -126,8 +130,8 @@ pub(crate) struct FileJson {
     pub thumbnail_url: Option<String>,
 }
 
-/// `get_folders` response (§6.4). The binding fields appear only when this call bound the
-/// device (only the Rust SDK binds through `get_folders`).
+/// `get_folders` response (docs/protocol.md#folder-keys). The binding fields appear only when this
+/// call bound the device (only the Rust SDK binds through `get_folders`).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct FoldersResponse {
@@ -210,7 +214,8 @@ impl ErrorReply {
 
     /// Throttling as recorded from production (issue external-secrets#4107): 403 by default;
     /// `retry_after` only when asked for (the SDKs honour it when present). The text form and
-    /// the `Retry-After` header are what rate limiters in front of a service send (§7.1).
+    /// the `Retry-After` header are what rate limiters in front of a service send
+    /// (docs/protocol.md#throttling).
     pub fn throttled(path: &str, endpoint: &str, throttle: &Throttle) -> Self {
         let status = StatusCode::from_u16(throttle.status).unwrap_or(StatusCode::FORBIDDEN);
         let mut reply = match throttle.body {
@@ -263,7 +268,8 @@ impl ErrorReply {
         )
     }
 
-    /// 401 wrong transmission key id; `key_id` is a JSON number (§4.3).
+    /// 401 wrong transmission key id; `key_id` is a JSON number
+    /// (docs/protocol.md#key-rotation).
     pub fn wrong_key(key_id: u32) -> Self {
         #[derive(Serialize)]
         struct KeyError {

@@ -1,4 +1,4 @@
-//! Resolving a parsed notation against decrypted records (PROTOCOL.md §8.2).
+//! Resolving a parsed notation against decrypted records (docs/protocol.md#notation-resolution).
 
 use super::{FieldKind, Notation, NotationError, NotationValue, Selector};
 use crate::ksm::record::{Record, find_field};
