@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use crate::backoff;
-use crate::desired::DesiredError;
 use crate::ksm::error::KsmError;
-use crate::mapping::MappingError;
-use crate::template::TemplateError;
+use crate::sync::desired::DesiredError;
+use crate::sync::mapping::MappingError;
+use crate::sync::template::TemplateError;
 
 /// Why a reconcile did not reach Ready=True. `Debug` prints the reason and the message, so it
 /// is as free of values as `Display`.
@@ -46,7 +46,7 @@ pub enum Error {
     InvalidSpec(String),
     /// The write would lose data while Keeper is unchanged.
     #[error(transparent)]
-    Guard(#[from] crate::guard::GuardError),
+    Guard(#[from] crate::sync::write_guard::GuardError),
     /// The Kubernetes API failed. Shown through [`kube_summary`], never with the API's message.
     #[error("Kubernetes API: {}", kube_summary(.0))]
     Kube(#[from] kube::Error),

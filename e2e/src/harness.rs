@@ -767,7 +767,7 @@ impl TestEnv {
     /// sealed cache Secrets in the operator namespace (ClusterKeeperStore has no status).
     pub async fn leak_haystacks(&self) -> Result<Vec<(String, String)>> {
         use k8s_openapi::api::core::v1::Event;
-        use keeper_operator::crd::KeeperSecret;
+        use keeper_operator::api::KeeperSecret;
         use kube::api::ListParams;
 
         let mut out = Vec::new();

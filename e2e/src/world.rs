@@ -9,7 +9,7 @@ use anyhow::{Context, Result, ensure};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use keeper_operator::crd::KeeperSecret;
+use keeper_operator::api::KeeperSecret;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::json;

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Secret;
 use keeper_e2e::harness::{Operator, TestEnv, create_secret, wait_until, workspace_root};
 use keeper_e2e::ksm_server::{DownMode, RecordSpec, TestServer, VaultSpec};
-use keeper_operator::crd::{KeeperSecret, MANAGED_BY_LABEL};
+use keeper_operator::api::{KeeperSecret, MANAGED_BY_LABEL};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 

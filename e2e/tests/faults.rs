@@ -11,7 +11,7 @@ use keeper_e2e::harness::{Operator, wait_until};
 use keeper_e2e::world::{
     TIMEOUT, World, assert_passwords_in, check_password_in, condition, names, password,
 };
-use keeper_operator::leader::LEASE_NAME;
+use keeper_operator::runtime::leader::LEASE_NAME;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
 use tokio::sync::Mutex;

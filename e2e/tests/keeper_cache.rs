@@ -12,7 +12,7 @@ use keeper_e2e::ksm_server::{DownMode, FileFailure};
 use keeper_e2e::world::{
     POSTGRES, TIMEOUT, World, assert_passwords_in, condition, keeper_secret, names, password,
 };
-use keeper_operator::crd::KeeperSecret;
+use keeper_operator::api::KeeperSecret;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;

@@ -10,7 +10,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use keeper_e2e::harness::{self, Cluster, TestEnv, can_i, run, workspace_root};
 use keeper_e2e::ksm_server::{SAMPLE_VAULT_JSON, TestServer, VaultSpec, uids};
 use keeper_e2e::leak_scan::SecretValues;
-use keeper_operator::crd::KeeperSecret;
+use keeper_operator::api::KeeperSecret;
 use kube::Api;
 use kube::api::{
     ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,

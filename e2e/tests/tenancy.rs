@@ -8,10 +8,10 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::Secret;
 use keeper_e2e::harness::{Operator, TestEnv, create_secret, unique_name, wait_until};
 use keeper_e2e::ksm_server::{RecordSpec, TestServer, sample_vault, uids};
-use keeper_operator::crd::{ClusterKeeperStore, KeeperSecret};
+use keeper_operator::api::{ClusterKeeperStore, KeeperSecret};
+use keeper_operator::k8s::redeem::{CLAIM_ANNOTATION, REDEEMED_ANNOTATION};
+use keeper_operator::k8s::rollout::RESTARTED_AT_ANNOTATION;
 use keeper_operator::ksm::config::KsmConfig;
-use keeper_operator::redeem::{CLAIM_ANNOTATION, REDEEMED_ANNOTATION};
-use keeper_operator::rollout::RESTARTED_AT_ANNOTATION;
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use keeper_operator::crd_yaml;
+use keeper_operator::api::yaml;
 
 /// Generates the operator's CustomResourceDefinitions.
 #[derive(Parser)]
@@ -28,11 +28,11 @@ fn main() -> anyhow::Result<ExitCode> {
     // The repository this binary was built from.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     if args.stdout {
-        for (_, yaml) in crd_yaml::all()? {
+        for (_, yaml) in yaml::all()? {
             print!("---\n{yaml}");
         }
     } else if args.check {
-        let problems = crd_yaml::drift(root)?;
+        let problems = yaml::drift(root)?;
         if !problems.is_empty() {
             for p in &problems {
                 eprintln!("crdgen: {p}");
@@ -40,12 +40,9 @@ fn main() -> anyhow::Result<ExitCode> {
             eprintln!("crdgen: run `cargo run --bin crdgen` and commit the result");
             return Ok(ExitCode::FAILURE);
         }
-        println!(
-            "crdgen: {} match the Rust types",
-            crd_yaml::DIRS.join(" and ")
-        );
+        println!("crdgen: {} match the Rust types", yaml::DIRS.join(" and "));
     } else {
-        crd_yaml::write(root)?;
+        yaml::write(root)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,14 +7,14 @@
 
 use std::collections::BTreeMap;
 
-use keeper_operator::crd::{KeeperSecret, KeeperSecretSpec, Template, TemplateMergePolicy};
-use keeper_operator::desired::{self, HashKey, MAX_SECRET_BYTES};
+use keeper_operator::api::{KeeperSecret, KeeperSecretSpec, Template, TemplateMergePolicy};
 use keeper_operator::error::Error;
 use keeper_operator::ksm::crypto::AesKey;
 use keeper_operator::ksm::notation::Notation;
 use keeper_operator::ksm::record::{Field, KeeperFile, Record, SharedFolder, Vault};
-use keeper_operator::mapping::{self, Bytes, Source};
-use keeper_operator::template;
+use keeper_operator::sync::desired::{self, HashKey, MAX_SECRET_BYTES};
+use keeper_operator::sync::mapping::{self, Bytes, Source};
+use keeper_operator::sync::template;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -228,7 +228,6 @@ pub fn spec(data: &[u8]) {
         return;
     };
     let tenant = tenant_text(input, &spec);
-    let _ = mapping::query(&spec);
     let plan = match mapping::plan(&spec, &vault()) {
         Ok(plan) => plan,
         Err(e) => return assert_error_clean(&tenant, e.into()),

@@ -19,7 +19,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use keeper_e2e::harness::{Operator, TestEnv};
 use keeper_e2e::ksm_server::{AppSpec, DownMode, TestServer, VaultSpec};
-use keeper_operator::crd::KeeperSecret;
+use keeper_operator::api::KeeperSecret;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};

@@ -1,0 +1,423 @@
+//! The `keeper-operator.dev/v1alpha1` API: `KeeperSecret` and `ClusterKeeperStore`.
+//!
+//! Doc comments become the CRD descriptions that `kubectl explain` prints; CEL rules
+//! (`x_kube(validation = ...)`) are enforced by the apiserver at admission time.
+
+pub mod yaml;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Field manager for every server-side apply the controller makes.
+pub const FIELD_MANAGER: &str = "keeper-operator.dev/controller";
+/// Label put on every Secret the operator writes; the controller watches only these.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY_VALUE: &str = "keeper-operator";
+/// Annotation naming the KeeperSecret (same namespace) that writes a Secret.
+pub const OWNER_ANNOTATION: &str = "keeper-operator.dev/owner";
+/// Annotation with the keyed hash of the data the operator last wrote.
+pub const DATA_HASH_ANNOTATION: &str = "keeper-operator.dev/data-hash";
+/// Annotation listing the data keys the operator wrote (comma-separated, sorted).
+pub const KEYS_ANNOTATION: &str = "keeper-operator.dev/keys";
+/// Type of the condition that summarises a KeeperSecret.
+pub const READY: &str = "Ready";
+
+/// Valid Secret data key.
+pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+const UID_PATTERN: &str = r"^[A-Za-z0-9_-]{22}$";
+const DNS_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// Syncs Keeper Secrets Manager records into a native Kubernetes Secret.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "keeper-operator.dev",
+    version = "v1alpha1",
+    kind = "KeeperSecret",
+    namespaced,
+    shortname = "ks",
+    category = "keeper",
+    status = "KeeperSecretStatus",
+    derive = "PartialEq",
+    doc = "KeeperSecret syncs Keeper Secrets Manager records into a native Kubernetes Secret.",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#,
+    printcolumn = r#"{"name":"Last Sync","type":"date","jsonPath":".status.lastSyncTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[cfg_attr(test, kube(cel))]
+#[x_kube(validation = Rule::new("size(self.data) + size(self.dataFrom) > 0").message("set at least one entry in data or dataFrom"))]
+#[x_kube(validation = Rule::new("(has(self.target) && has(self.target.name) ? self.target.name : '') == (has(oldSelf.target) && has(oldSelf.target.name) ? oldSelf.target.name : '')").message("target.name is immutable: create a new KeeperSecret instead"))]
+#[serde(rename_all = "camelCase")]
+pub struct KeeperSecretSpec {
+    /// Where the Keeper Secrets Manager credentials come from.
+    pub auth: Auth,
+    /// How often the operator re-reads Keeper, as a Go duration (`30s`, `5m`, `1h30m`).
+    /// Defaults to the operator's `--default-refresh-interval` (1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub refresh_interval: Option<String>,
+    /// The Secret to write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    /// Single values, each written under its own key. Applied after `dataFrom`, so a key
+    /// here wins over the same key produced by `dataFrom`.
+    #[serde(default)]
+    pub data: Vec<DataItem>,
+    /// Whole records or whole shared folders, every field becoming a key. Items apply in
+    /// order; a later item wins over an earlier one for the same key.
+    #[serde(default)]
+    pub data_from: Vec<DataFromItem>,
+    /// Deployments, StatefulSets and DaemonSets in this namespace to restart (as `kubectl
+    /// rollout restart` does) when the synced data changes. Not on the first sync, not when a
+    /// deleted Secret is restored with the same data; restarts of one workload requested within
+    /// one refresh wave (at least the operator's `--rollout-debounce`) are coalesced into one.
+    /// Needs the chart's `rbac.rolloutRestart`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollout_restart: Vec<RolloutTarget>,
+}
+
+/// Credentials: exactly one of `secretRef` or `storeRef`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(test, x_kube(cel))]
+#[x_kube(validation = Rule::new("has(self.secretRef) != has(self.storeRef)").message("set exactly one of secretRef or storeRef"))]
+#[serde(rename_all = "camelCase")]
+pub struct Auth {
+    /// A Secret in this KeeperSecret's namespace holding a KSM configuration (base64 or JSON,
+    /// as produced by `ksm init` or the Keeper SDKs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// A ClusterKeeperStore that allows this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_ref: Option<StoreRef>,
+}
+
+/// A key of a Secret.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret's data.
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN))]
+    pub key: String,
+}
+
+/// A reference to a ClusterKeeperStore.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct StoreRef {
+    /// Name of the ClusterKeeperStore.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The Secret the operator writes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(test, x_kube(cel))]
+#[x_kube(validation = Rule::new("!has(self.type) || self.type != 'kubernetes.io/service-account-token'").message("type kubernetes.io/service-account-token is not allowed: the operator does not create ServiceAccount token Secrets"))]
+#[x_kube(validation = Rule::new("!has(self.annotations) || !('kubernetes.io/service-account.name' in self.annotations || 'kubernetes.io/service-account.uid' in self.annotations)").message("annotations may not bind the Secret to a ServiceAccount"))]
+#[x_kube(validation = Rule::new("!has(self.immutable) || !has(self.creationPolicy) || self.creationPolicy != 'Merge'").message("immutable cannot be combined with creationPolicy Merge"))]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// Name of the Secret (default: the KeeperSecret's name). Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(max = 253))]
+    pub name: Option<String>,
+    /// Secret type: `Opaque` (default), `kubernetes.io/tls`, `kubernetes.io/dockerconfigjson`,
+    /// `kubernetes.io/basic-auth`, `kubernetes.io/ssh-auth`, ... (not
+    /// `kubernetes.io/service-account-token`). With creationPolicy Merge it must equal the
+    /// existing Secret's type.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    /// Owner (default): the Secret is owned by the KeeperSecret and deleted with it.
+    /// Orphan: the Secret is kept when the KeeperSecret is deleted.
+    /// Merge: only our keys are written into an existing Secret that someone else created,
+    /// of the declared type and with no controller owner (such as cert-manager's).
+    #[serde(default)]
+    pub creation_policy: CreationPolicy,
+    /// Mark the Secret immutable. Changing its data later requires deleting the Secret. Not
+    /// allowed with creationPolicy Merge (the operator never freezes a Secret it did not create).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutable: Option<bool>,
+    /// Extra labels on the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra annotations on the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Render keys from templates instead of (or on top of) the mapped values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Template>,
+}
+
+/// How the operator relates to the target Secret.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CreationPolicy {
+    /// The Secret gets an owner reference and is garbage-collected with the KeeperSecret.
+    #[default]
+    Owner,
+    /// The Secret is labelled and annotated but has no owner reference.
+    Orphan,
+    /// Write only our keys into an existing Secret created by someone else.
+    Merge,
+}
+
+/// Templates rendered with MiniJinja (Jinja2 syntax).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(test, x_kube(cel))]
+#[serde(rename_all = "camelCase")]
+pub struct Template {
+    /// Secret key → template. Every mapped value is available by its key, both as a
+    /// variable (`{{ password }}`) and in the `data` map (`{{ data["tls.crt"] }}`).
+    /// Filters: `b64encode`, `b64decode`, `tojson`, plus the Jinja2 built-ins.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[-._a-zA-Z0-9]+$'))").message("template keys must be valid Secret keys (letters, digits, '-', '_', '.')"))]
+    pub data: BTreeMap<String, String>,
+    /// Replace (default): the Secret holds only the templated keys.
+    /// Merge: the Secret holds the mapped values plus the templated keys.
+    #[serde(default)]
+    pub merge_policy: TemplateMergePolicy,
+}
+
+/// Whether templated keys replace or extend the mapped values.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TemplateMergePolicy {
+    /// Only templated keys are written.
+    #[default]
+    Replace,
+    /// Mapped values are written too; a templated key wins on conflict.
+    Merge,
+}
+
+/// Selects a Keeper record by UID or by exact title (exactly one).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(test, x_kube(cel))]
+#[x_kube(validation = Rule::new("has(self.uid) != has(self.title)").message("set exactly one of uid or title"))]
+pub struct RecordSelector {
+    /// Record UID (22 characters, URL-safe base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = UID_PATTERN))]
+    pub uid: Option<String>,
+    /// Exact record title; more than one match is reported as AmbiguousTitle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub title: Option<String>,
+}
+
+/// One Secret key: either a Keeper notation, or a record plus a field or file.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(test, x_kube(cel))]
+#[x_kube(validation = Rule::new("has(self.notation) != has(self.record)").message("set exactly one of notation or record"))]
+#[x_kube(validation = Rule::new("!has(self.record) || (has(self.field) != has(self.file))").message("with record, set exactly one of field or file"))]
+#[x_kube(validation = Rule::new("!has(self.notation) || !(has(self.field) || has(self.file) || has(self.custom) || has(self.property))").message("field, file, custom and property go with record, not with notation"))]
+#[x_kube(validation = Rule::new("has(self.field) || !(has(self.custom) || has(self.property))").message("custom and property need field"))]
+#[serde(rename_all = "camelCase")]
+pub struct DataItem {
+    /// Secret key to write.
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN), length(min = 1, max = 253))]
+    pub key: String,
+    /// Keeper notation, e.g. `keeper://<uid or title>/field/password`,
+    /// `keeper://<uid>/custom_field/API Key`, `keeper://<uid>/field/host[0][hostName]`,
+    /// `keeper://<uid>/file/cert.pem`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub notation: Option<String>,
+    /// The record to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<RecordSelector>,
+    /// Field label (case-sensitive) or type (case-insensitive), e.g. `password`, `login`, `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub field: Option<String>,
+    /// Search only custom fields (true) or only standard fields (false); default both,
+    /// standard fields first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom: Option<bool>,
+    /// For complex values (host, name, phone...): the property to take, e.g. `hostName`.
+    /// Without it a complex value is written as compact JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub property: Option<String>,
+    /// File attachment by name, title or UID; its bytes are written unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub file: Option<String>,
+}
+
+/// Many keys at once: every field of a record, or of every record in a shared folder.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(test, x_kube(cel))]
+#[x_kube(validation = Rule::new("has(self.record) != has(self.folder)").message("set exactly one of record or folder"))]
+#[serde(rename_all = "camelCase")]
+pub struct DataFromItem {
+    /// Every field, custom field, file and the notes of this record become keys named
+    /// after the field label (or type), sanitized to a valid Secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<RecordSelector>,
+    /// Every record in this shared folder; keys are `<record title>_<field key>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<FolderSelector>,
+    /// Prefix added to every key of this item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]*$"))]
+    pub prefix: Option<String>,
+    /// What to do when two fields map to the same key. Suffix (default): later ones get
+    /// `_2`, `_3`, ... First: later ones are skipped. Never fails the record.
+    #[serde(default)]
+    pub duplicate_keys: DuplicateKeyPolicy,
+}
+
+/// A shared folder.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FolderSelector {
+    /// Shared folder UID.
+    #[schemars(regex(pattern = UID_PATTERN))]
+    pub uid: String,
+}
+
+/// Policy for fields that map to the same Secret key.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DuplicateKeyPolicy {
+    /// Keep every value: the 2nd gets `_2`, the 3rd `_3`, ...
+    #[default]
+    Suffix,
+    /// Keep the first value, skip the others.
+    First,
+}
+
+/// A workload to restart when the Secret changes.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RolloutTarget {
+    /// Kind of the workload.
+    pub kind: WorkloadKind,
+    /// Name of the workload in this namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Workload kinds that can be restarted.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WorkloadKind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+}
+
+/// Observed state of a KeeperSecret. Never contains secret values.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeeperSecretStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` is True when the Secret holds the current Keeper data; its reason says why not
+    /// (KeeperUnavailable, Throttled, AuthFailed, RecordNotFound, AmbiguousTitle, FieldNotFound,
+    /// InvalidSpec, NotAllowed, SecretOwnedElsewhere, TooLarge, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// When Keeper data was last read successfully and written to the Secret. Moves every
+    /// refresh at intervals of 5m or more; at shorter intervals at most every 5m when nothing
+    /// else in the status changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+    /// Keeper records (UID and revision) the Secret was built from at the last sync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<RecordRevision>,
+    /// Keyed hash (HMAC-SHA256) of the data written at the last sync; also on the Secret as
+    /// the `keeper-operator.dev/data-hash` annotation. Reveals nothing about the values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_hash: Option<String>,
+    /// Name of the Secret written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+}
+
+/// A record and the revision that was synced.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RecordRevision {
+    /// Record UID.
+    pub uid: String,
+    /// Record revision.
+    pub revision: i64,
+}
+
+/// Shared Keeper credentials that an administrator lends to some namespaces.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "keeper-operator.dev",
+    version = "v1alpha1",
+    kind = "ClusterKeeperStore",
+    shortname = "cks",
+    category = "keeper",
+    derive = "PartialEq",
+    doc = "ClusterKeeperStore lends Keeper credentials from the operator's namespace to selected namespaces."
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterKeeperStoreSpec {
+    /// Secret in the operator's namespace holding the KSM configuration (base64 or JSON).
+    pub credentials_secret_ref: SecretKeyRef,
+    /// Namespaces whose labels match may use this store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Namespaces, by name, that may use this store.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Shared folder UIDs whose records borrowers may read, and which `dataFrom.folder` may
+    /// name. When this or `allowedRecords` is set, a record is readable only if its UID is in
+    /// `allowedRecords` or it is shared through a folder listed here (sub-folders of a listed
+    /// folder included for records, but a `dataFrom.folder` must be listed itself); anything
+    /// else is refused with Ready=False, reason NotAllowed. Both empty: no restriction.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_folders: Vec<String>,
+    /// Record UIDs borrowers may read (see `allowedFolders`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_records: Vec<String>,
+}
+
+impl KeeperSecret {
+    /// Name of the Secret this KeeperSecret writes.
+    pub fn target_name(&self) -> String {
+        self.spec
+            .target
+            .as_ref()
+            .and_then(|t| t.name.clone())
+            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+
+    /// The creation policy, defaulted.
+    pub fn creation_policy(&self) -> CreationPolicy {
+        self.spec
+            .target
+            .as_ref()
+            .map(|t| t.creation_policy)
+            .unwrap_or_default()
+    }
+
+    /// The Ready condition, if any.
+    pub fn ready_condition(&self) -> Option<&Condition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// A KeeperSecret named `db` with an empty spec, for unit tests to build on.
+#[cfg(test)]
+pub(crate) fn test_keeper_secret() -> KeeperSecret {
+    KeeperSecret::new("db", KeeperSecretSpec::default())
+}

@@ -1,0 +1,415 @@
+//! What the reconciler remembers between reconciles, so a settled KeeperSecret costs no API
+//! request and a cold start costs about one write per object:
+//!
+//! - the controller's reflectors: every KeeperSecret, and the name and `resourceVersion` of every
+//!   managed Secret (no value is ever cached);
+//! - recently loaded credentials ([`credentials::Cache`]);
+//! - per KeeperSecret, one [`Known`] entry:
+//!   - the generation last passed to the reconciler (the controller's generation predicate);
+//!   - what the target Secret was last written or verified as: while the reflector still shows
+//!     that `resourceVersion`, the Secret cannot have changed and is not read again;
+//!   - the status last written, until the watch delivers it: a reconcile triggered by our own
+//!     Secret write then does not mistake the lagging cached status for "never synced" (this
+//!     replaces reading the KeeperSecret again before each sync);
+//!   - when it last synced, where the status was not rewritten for that alone (see
+//!     [`crate::sync::status::worth_writing`]).
+//!
+//! The entries are keyed by a 128-bit digest of the UID and hold fixed-size digests where they
+//! can: at 10,000 KeeperSecrets, one compact map is several MiB less than a map per concern keyed
+//! by UID strings (plus kube's predicate cache). Entries of deleted KeeperSecrets are forgotten
+//! (see [`Caches::never_attempted`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use sha2::{Digest, Sha256};
+
+use crate::api::{KeeperSecret, KeeperSecretStatus};
+use crate::k8s::credentials;
+use crate::keeper::CredentialKey;
+use crate::lock;
+use crate::runtime::metrics::DataTimes;
+
+/// The backlog count is recomputed at most this often (it scans every KeeperSecret).
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Caches shared by all reconciles.
+pub struct Caches {
+    keeper_secrets: Store<KeeperSecret>,
+    targets: Store<PartialObjectMeta<Secret>>,
+    /// Recently loaded credentials.
+    pub credentials: credentials::Cache,
+    known: Mutex<HashMap<UidKey, Known>>,
+    backlog: Mutex<Option<(Instant, usize)>>,
+}
+
+/// The reflector writers behind [`Caches`], fed by the controller's watches.
+pub struct Writers {
+    /// KeeperSecrets.
+    pub keeper_secrets: Writer<KeeperSecret>,
+    /// Managed Secrets, metadata only.
+    pub targets: Writer<PartialObjectMeta<Secret>>,
+}
+
+/// A digest of a KeeperSecret's UID: 16 bytes inline instead of a 36-character string.
+type UidKey = [u8; 16];
+
+fn uid_key(uid: &str) -> UidKey {
+    let digest = Sha256::digest(uid.as_bytes());
+    let mut key = [0; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
+/// What the operator knows of one KeeperSecret beyond the reflector (see the module docs).
+#[derive(Debug, Default)]
+struct Known {
+    generation: Option<i64>,
+    verified: Option<Verified>,
+    written: Option<Box<KeeperSecretStatus>>,
+    synced_at: Option<Timestamp>,
+}
+
+/// A target Secret known to hold data hashing to `hash`, for as long as the same `pin` holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Verified {
+    pin: Pin,
+    hash: Box<str>,
+}
+
+/// A digest of the target's `resourceVersion`, the KeeperSecret's generation (which pins the
+/// spec, target name included) and the fingerprint of the credential the hash is keyed by.
+type Pin = [u8; 32];
+
+/// PURE: see [`Pin`].
+fn pin(resource_version: &str, generation: Option<i64>, credential: &[u8; 32]) -> Pin {
+    let mut h = Sha256::new();
+    // Length-prefixed, so no two (version, generation) pairs share an encoding.
+    h.update((resource_version.len() as u64).to_be_bytes());
+    h.update(resource_version.as_bytes());
+    match generation {
+        Some(g) => {
+            h.update([1]);
+            h.update(g.to_be_bytes());
+        }
+        None => h.update([0]),
+    }
+    h.update(credential);
+    h.finalize().into()
+}
+
+impl Caches {
+    /// Empty caches and the writers that fill their reflectors.
+    pub fn new() -> (Caches, Writers) {
+        let (keeper_secrets, ks_writer) = reflector::store();
+        let (targets, targets_writer) = reflector::store();
+        let caches = Caches {
+            keeper_secrets,
+            targets,
+            credentials: credentials::Cache::default(),
+            known: Mutex::default(),
+            backlog: Mutex::default(),
+        };
+        let writers = Writers {
+            keeper_secrets: ks_writer,
+            targets: targets_writer,
+        };
+        (caches, writers)
+    }
+
+    /// Runs `f` on the entry of `ks`, if it has a UID; `None` if it has none.
+    fn with_known<T>(&self, ks: &KeeperSecret, f: impl FnOnce(&mut Known) -> T) -> Option<T> {
+        let key = uid_key(ks.metadata.uid.as_deref()?);
+        Some(f(lock(&self.known).entry(key).or_default()))
+    }
+
+    /// Whether `ks` (from the watch) has a generation not yet passed to the reconciler: the
+    /// controller's generation predicate, so our own status writes trigger no reconcile. Kept
+    /// here rather than in kube's `predicate_filter`, whose per-object map of name, namespace
+    /// and UID strings cost ~0.3 KB per KeeperSecret.
+    pub fn new_generation(&self, ks: &KeeperSecret) -> bool {
+        let Some(generation) = ks.metadata.generation else {
+            return true;
+        };
+        self.with_known(ks, |known| {
+            known.generation.replace(generation) != Some(generation)
+        })
+        .unwrap_or(true)
+    }
+
+    /// The data hash the target Secret of `ks` holds, when the reflector shows it unchanged
+    /// since it was last written or verified for this spec and credential; `None` means "read it".
+    pub fn target_hash(&self, ks: &KeeperSecret, credential: &CredentialKey) -> Option<String> {
+        let seen = self
+            .targets
+            .get(&ObjectRef::new(&ks.target_name()).within(&ks.namespace()?))?;
+        let now = pin(
+            seen.metadata.resource_version.as_deref()?,
+            ks.metadata.generation,
+            credential.fingerprint(),
+        );
+        self.with_known(ks, |known| {
+            vouched(known.verified.as_ref()?, &now).map(str::to_string)
+        })?
+    }
+
+    /// Remembers that `secret` (as returned by the API server) holds data hashing to `hash`.
+    pub fn verified_target(
+        &self,
+        ks: &KeeperSecret,
+        credential: &CredentialKey,
+        secret: &Secret,
+        hash: &str,
+    ) {
+        let Some(rv) = secret.metadata.resource_version.as_deref() else {
+            return;
+        };
+        let verified = Verified {
+            pin: pin(rv, ks.metadata.generation, credential.fingerprint()),
+            hash: hash.into(),
+        };
+        self.with_known(ks, |known| known.verified = Some(verified));
+    }
+
+    /// Remembers the status just written for `ks`.
+    pub fn wrote_status(&self, ks: &KeeperSecret, status: KeeperSecretStatus) {
+        self.with_known(ks, |known| known.written = Some(Box::new(status)));
+    }
+
+    /// Remembers that `ks` synced at `at` without rewriting its status for that.
+    pub fn synced_without_status(&self, ks: &KeeperSecret, at: Timestamp) {
+        self.with_known(ks, |known| known.synced_at = Some(at));
+    }
+
+    /// The last sync of `ks` that its status does not show, if any.
+    pub fn synced_at(&self, ks: &KeeperSecret) -> Option<Timestamp> {
+        self.with_known(ks, |known| known.synced_at)?
+    }
+
+    /// Gives `ks` (from the reflector) the status last written for it, if the reflector has
+    /// not caught up with that write yet.
+    pub fn with_latest_status(&self, ks: &mut KeeperSecret) {
+        let latest = self.with_known(ks, |known| {
+            match latest(ks.status.as_ref(), known.written.as_deref()) {
+                Latest::Cached => None,
+                Latest::CaughtUp => {
+                    known.written = None;
+                    None
+                }
+                Latest::Written(status) => Some(status.clone()),
+            }
+        });
+        if let Some(Some(status)) = latest {
+            ks.status = Some(status);
+        }
+    }
+
+    /// Forgets the status written for `ks` once the watch delivers it, so only writes still in
+    /// flight are remembered: a status copy per KeeperSecret would otherwise stay until its next
+    /// reconcile, and statuses are most of an object's size.
+    pub fn observed(&self, ks: &KeeperSecret) {
+        self.with_known(ks, |known| {
+            if latest(ks.status.as_ref(), known.written.as_deref()) == Latest::CaughtUp {
+                known.written = None;
+            }
+        });
+    }
+
+    /// How many KeeperSecrets have never been reconciled (no status yet). Recounted at most
+    /// once per [`BACKLOG_EVERY`]; each count also forgets entries of deleted KeeperSecrets.
+    pub fn never_attempted(&self) -> usize {
+        let mut backlog = lock(&self.backlog);
+        if let Some((at, n)) = *backlog
+            && at.elapsed() < BACKLOG_EVERY
+        {
+            return n;
+        }
+        let all = self.keeper_secrets.state();
+        let n = all.iter().filter(|ks| ks.status.is_none()).count();
+        let live: HashSet<UidKey> = all
+            .iter()
+            .filter_map(|ks| ks.metadata.uid.as_deref().map(uid_key))
+            .collect();
+        lock(&self.known).retain(|key, _| live.contains(key));
+        *backlog = Some((Instant::now(), n));
+        n
+    }
+}
+
+/// Each synced KeeperSecret's fetch time: its status `lastSyncTime`, or the later sync that the
+/// status was not rewritten for.
+impl DataTimes for Caches {
+    fn data_times(&self) -> Vec<(String, String, Timestamp)> {
+        let known = lock(&self.known);
+        self.keeper_secrets
+            .state()
+            .iter()
+            .filter_map(|ks| {
+                let status = ks.status.as_ref()?.last_sync_time.as_ref().map(|t| t.0);
+                let key = uid_key(ks.metadata.uid.as_deref()?);
+                let later = known.get(&key).and_then(|k| k.synced_at);
+                Some((ks.namespace()?, ks.name_any(), status.max(later)?))
+            })
+            .collect()
+    }
+}
+
+/// PURE: the recorded hash, if it was recorded for the same target version, spec and credential.
+fn vouched<'a>(entry: &'a Verified, now: &Pin) -> Option<&'a str> {
+    (entry.pin == *now).then_some(&*entry.hash)
+}
+
+/// Which status a reconcile should start from.
+#[derive(Debug, PartialEq)]
+enum Latest<'a> {
+    /// Nothing was written since the reflector's copy: use it.
+    Cached,
+    /// The reflector shows what was written: use it and forget the write.
+    CaughtUp,
+    /// The reflector lags behind this write. The operator is the status's only writer (one
+    /// leader), so its last write is the truth.
+    Written(&'a KeeperSecretStatus),
+}
+
+/// PURE: see [`Latest`].
+fn latest<'a>(
+    cached: Option<&KeeperSecretStatus>,
+    written: Option<&'a KeeperSecretStatus>,
+) -> Latest<'a> {
+    match written {
+        None => Latest::Cached,
+        Some(w) if cached == Some(w) => Latest::CaughtUp,
+        Some(w) => Latest::Written(w),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::runtime::watcher;
+
+    use super::*;
+
+    #[test]
+    fn only_the_recorded_version_for_the_same_spec_and_credential_is_vouched_for() {
+        let cred = *CredentialKey::new("ns/ksm/config", b"cred").fingerprint();
+        let entry = Verified {
+            pin: pin("42", Some(1), &cred),
+            hash: "hmac-sha256:ab".into(),
+        };
+        assert_eq!(
+            vouched(&entry, &pin("42", Some(1), &cred)),
+            Some("hmac-sha256:ab")
+        );
+        // Any write (a hand edit, a deletion and re-creation) moves the resourceVersion.
+        assert_eq!(vouched(&entry, &pin("43", Some(1), &cred)), None);
+        // A spec change (another target name included) moves the generation.
+        assert_eq!(vouched(&entry, &pin("42", Some(2), &cred)), None);
+        assert_eq!(vouched(&entry, &pin("42", None, &cred)), None);
+        let rotated = CredentialKey::new("ns/ksm/config", b"rotated");
+        assert_eq!(
+            vouched(&entry, &pin("42", Some(1), rotated.fingerprint())),
+            None
+        );
+        // The version is length-prefixed: "4" + generation never aliases "42" + another.
+        assert_ne!(pin("4", Some(21), &cred), pin("42", Some(1), &cred));
+    }
+
+    #[test]
+    fn the_generation_predicate_passes_each_generation_once_per_uid() {
+        let (caches, _writers) = Caches::new();
+        let mut ks = crate::api::test_keeper_secret();
+        ks.metadata.uid = Some("u1".into());
+        ks.metadata.generation = Some(1);
+        assert!(caches.new_generation(&ks), "first sight");
+        assert!(
+            !caches.new_generation(&ks),
+            "a status write keeps the generation"
+        );
+        ks.metadata.generation = Some(2);
+        assert!(caches.new_generation(&ks), "a spec change");
+        // Deleted and re-created under the same name: a new UID starts again.
+        ks.metadata.uid = Some("u2".into());
+        assert!(caches.new_generation(&ks));
+        // Objects without a generation or UID are never filtered.
+        ks.metadata.generation = None;
+        assert!(caches.new_generation(&ks));
+        assert!(caches.new_generation(&ks));
+    }
+
+    #[test]
+    fn the_last_written_status_wins_until_the_reflector_shows_it() {
+        let old = KeeperSecretStatus::default();
+        let new = KeeperSecretStatus {
+            data_hash: Some("h".into()),
+            ..KeeperSecretStatus::default()
+        };
+        assert_eq!(latest(Some(&old), None), Latest::Cached);
+        assert_eq!(latest(None, Some(&new)), Latest::Written(&new));
+        assert_eq!(latest(Some(&old), Some(&new)), Latest::Written(&new));
+        assert_eq!(latest(Some(&new), Some(&new)), Latest::CaughtUp);
+    }
+
+    #[test]
+    fn data_times_take_the_later_of_status_and_a_remembered_sync() {
+        let (caches, mut writers) = Caches::new();
+        let t = |secs| Timestamp::from_second(secs).unwrap();
+        let ks = |name: &str, uid: &str, synced: Option<i64>| {
+            let mut ks = crate::api::test_keeper_secret();
+            ks.metadata.name = Some(name.into());
+            ks.metadata.namespace = Some("shop".into());
+            ks.metadata.uid = Some(uid.into());
+            ks.status = synced.map(|s| KeeperSecretStatus {
+                last_sync_time: Some(Time(t(s))),
+                ..KeeperSecretStatus::default()
+            });
+            ks
+        };
+        let db = ks("db", "u1", Some(1_000));
+        let quiet = ks("quiet", "u2", Some(1_000));
+        for k in [&db, &quiet, &ks("new", "u3", None)] {
+            writers
+                .keeper_secrets
+                .apply_watcher_event(&watcher::Event::Apply(k.clone()));
+        }
+        caches.synced_without_status(&db, t(1_300));
+        caches.synced_without_status(&quiet, t(900));
+        let mut times = caches.data_times();
+        times.sort();
+        assert_eq!(
+            times,
+            vec![
+                ("shop".into(), "db".into(), t(1_300)),
+                ("shop".into(), "quiet".into(), t(1_000)),
+            ],
+            "never-synced objects have no data time"
+        );
+    }
+
+    #[test]
+    fn a_written_status_is_forgotten_once_the_watch_delivers_it() {
+        let (caches, _writers) = Caches::new();
+        let mut ks = crate::api::test_keeper_secret();
+        ks.metadata.uid = Some("u1".into());
+        let written = KeeperSecretStatus {
+            data_hash: Some("h".into()),
+            ..KeeperSecretStatus::default()
+        };
+        caches.wrote_status(&ks, written.clone());
+        // An older copy (the watch lags behind the write) keeps the write remembered.
+        caches.observed(&ks);
+        let mut lagging = ks.clone();
+        caches.with_latest_status(&mut lagging);
+        assert_eq!(lagging.status.as_ref(), Some(&written));
+        // Once the watch shows the write, it is forgotten.
+        ks.status = Some(written);
+        caches.observed(&ks);
+        assert!(lock(&caches.known).values().all(|k| k.written.is_none()));
+    }
+}

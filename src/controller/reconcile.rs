@@ -1,0 +1,463 @@
+//! The reconciler. One KeeperSecret's sync is a pipeline (see [`sync`]):
+//!
+//! observe (credential, target Secret, memo) → decide (is anything due?) → fetch (the
+//! credential's shared snapshot) → build (allow-list, mapping, files, template, desired Secret)
+//! → guard and apply (Secret, then rollout restarts) → report (status, event).
+//!
+//! Every decision is a pure function in its own module (`refresh`, `mapping`, `template`,
+//! `desired`, `guard`, `status`); this file sequences them and does the I/O. On any failure the
+//! existing Secret is left untouched (the last good copy stays), the Ready condition says why,
+//! and `error_policy` retries with backoff.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{debug, info, warn};
+
+use crate::api::{CreationPolicy, KeeperSecret, KeeperSecretStatus, RecordRevision};
+use crate::controller::memo::Caches;
+use crate::error::Error;
+use crate::k8s::Events;
+use crate::k8s::credentials::Credential;
+use crate::k8s::rollout::Rollouts;
+use crate::keeper::KeeperSource;
+use crate::keeper::fetcher::Served;
+use crate::ksm::record::Vault;
+use crate::runtime::metrics::Metrics;
+use crate::sync::desired::{self, HashKey, Ownership};
+use crate::sync::mapping::{self, Bytes, Source};
+use crate::sync::refresh::{self, Decision, Target};
+use crate::sync::status::{self, Synced};
+use crate::sync::{allowlist, incomplete, template, write_guard};
+use crate::{k8s, lock};
+use zeroize::Zeroizing;
+
+/// Operator-wide settings the reconciler needs (parsed once from the command line).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Refresh interval for KeeperSecrets that do not set one.
+    pub default_refresh_interval: Duration,
+    /// Where ClusterKeeperStore credentials live.
+    pub operator_namespace: Option<String>,
+    /// Least time a rollout restart waits for more requests (see [`crate::k8s::rollout::window`]).
+    pub rollout_debounce: Duration,
+    /// How long the last good copy keeps a KeeperSecret Ready while Keeper is unreachable.
+    pub max_stale_age: Duration,
+}
+
+/// Shared state of all reconciles.
+pub struct Context<S> {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Keeper access.
+    pub keeper: S,
+    /// Event publisher.
+    pub events: Events,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub settings: Settings,
+    /// Debounced rollout restarts (`spec.rolloutRestart`).
+    pub rollouts: Rollouts,
+    /// Reflectors and what earlier reconciles learned.
+    pub caches: Arc<Caches>,
+    /// Consecutive failures per KeeperSecret UID, for backoff; cleared on success.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl<S> Context<S> {
+    /// A context for the controller.
+    pub fn new(
+        client: Client,
+        keeper: S,
+        events: Events,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+        caches: Arc<Caches>,
+    ) -> Self {
+        let rollouts = Rollouts::new(
+            client.clone(),
+            events.clone(),
+            metrics.clone(),
+            settings.rollout_debounce,
+        );
+        Context {
+            client,
+            keeper,
+            events,
+            metrics,
+            settings,
+            rollouts,
+            caches,
+            failures: Mutex::default(),
+        }
+    }
+}
+
+enum Outcome {
+    /// Nothing was due.
+    Wait(Duration),
+    /// Keeper was read and the Secret is current.
+    Synced(KeeperSecretStatus, Duration),
+}
+
+/// Reconciles one KeeperSecret.
+#[tracing::instrument(skip_all, fields(namespace = ks.namespace().unwrap_or_default(), name = ks.name_any()))]
+pub async fn reconcile<S: KeeperSource>(
+    ks: Arc<KeeperSecret>,
+    ctx: Arc<Context<S>>,
+) -> Result<Action, Error> {
+    let timer = ctx.metrics.reconcile();
+    // The clock is read once: every decision of this reconcile is made as of the same instant.
+    let now = Timestamp::now();
+    let mut ks = (*ks).clone();
+    ctx.caches.with_latest_status(&mut ks);
+    // Parsed once, for the sync and the status-time resolution. An invalid interval fails the
+    // sync, and that failure's status is compared at the default interval's resolution.
+    let interval =
+        refresh::interval(&ks, ctx.settings.default_refresh_interval).map_err(Error::InvalidSpec);
+    let resolution = refresh::status_time_resolution(
+        *interval
+            .as_ref()
+            .unwrap_or(&ctx.settings.default_refresh_interval),
+    );
+    let result = match interval {
+        Ok(interval) => sync(&ks, &ctx, interval, now).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(Outcome::Wait(after)) => {
+            debug!(requeue_after = ?after, "nothing due");
+            timer.finish("skipped", "");
+            Ok(Action::requeue(after))
+        }
+        Ok(Outcome::Synced(new, after)) => {
+            lock(&ctx.failures).remove(ks.uid().as_deref().unwrap_or_default());
+            report(&ctx, &ks, new, resolution).await?;
+            timer.finish("synced", status::SYNCED);
+            Ok(Action::requeue(after))
+        }
+        Err(e) => {
+            let new = status::failed(&ks, now, e.reason(), &e.to_string());
+            if let Err(report_err) = report(&ctx, &ks, new, resolution).await {
+                warn!(error = %report_err, "could not record the failure in status");
+            }
+            timer.finish("error", e.reason());
+            Err(e)
+        }
+    }
+}
+
+/// Retries failures with per-object exponential backoff.
+pub fn error_policy<S>(ks: Arc<KeeperSecret>, err: &Error, ctx: Arc<Context<S>>) -> Action {
+    let attempt = {
+        let mut failures = lock(&ctx.failures);
+        let n = failures.entry(ks.uid().unwrap_or_default()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n - 1
+    };
+    let delay = err.backoff(attempt);
+    warn!(namespace = ks.namespace().unwrap_or_default(), name = ks.name_any(), reason = err.reason(),
+          error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Syncs `ks`, whose refresh interval is `interval`, as of `now`: a pipeline whose steps are
+/// each one function. Steps marked API or Keeper do I/O; the others are pure.
+async fn sync<S: KeeperSource>(
+    ks: &KeeperSecret,
+    ctx: &Context<S>,
+    interval: Duration,
+    now: Timestamp,
+) -> Result<Outcome, Error> {
+    // Observe (API: the credential; the target, unless the memo vouches for it).
+    let seen = observe(ctx, ks).await?;
+    // Decide (pure).
+    let target = match &seen.target {
+        Seen::Vouched(hash) => Target::Present(Some(hash)),
+        Seen::Read(existing) => Target::of(existing.as_ref(), &seen.hash_key),
+    };
+    let synced_at = ctx.caches.synced_at(ks);
+    let backlog = ctx.caches.never_attempted();
+    let why = match refresh::due(ks, target, synced_at, backlog, now, interval) {
+        Decision::Wait(after) => return Ok(Outcome::Wait(after)),
+        Decision::Sync(why) => why,
+    };
+    debug!(?why, "syncing from Keeper");
+    if let Seen::Read(existing) = &seen.target {
+        check_target(ks, existing.as_ref())?;
+    }
+    // Fetch (Keeper: the credential's shared snapshot, or its last good copy).
+    let (snapshot, stale) = match ctx
+        .keeper
+        .vault(&seen.cred.key, &seen.cred.config, interval)
+        .await?
+    {
+        Served::Fresh(snapshot) => (snapshot, None),
+        Served::Stale(snapshot, staleness) => (snapshot, Some(staleness)),
+        Served::Unavailable(staleness) => return Err(Error::Keeper((*staleness.error).clone())),
+        // Keeper is slow to answer: free this worker and pick the answer up later.
+        Served::Pending(after) => return Ok(Outcome::Wait(after)),
+    };
+    // Build (pure, but for file attachments: Keeper, shared once per record revision).
+    let built = build(ctx, ks, &seen, &snapshot.vault).await?;
+    // Guard and apply (API: the target, if not read yet; the Secret; rollout restarts).
+    if apply(ctx, ks, seen, &built, interval).await? {
+        info!(
+            secret = ks.target_name(),
+            keys = built.keys,
+            ?why,
+            stale = stale.is_some(),
+            "wrote Secret"
+        );
+    }
+    // Report (pure): the status to write and when to come back.
+    let fetched_at = Timestamp::try_from(snapshot.fetched_at).unwrap_or(now);
+    let max_stale_age = ctx.settings.max_stale_age;
+    let next = refresh::next(
+        ks,
+        fetched_at,
+        now,
+        interval,
+        stale.as_ref().map(|s| s.retry_in),
+        max_stale_age,
+    );
+    let synced = Synced {
+        records: built.records.into_iter().collect(),
+        data_hash: built.desired.hash,
+        keys: built.keys,
+        fetched_at,
+        stale: stale.map(|s| status::Stale {
+            reason: s.error.reason(),
+            error: s.error.to_string(),
+            since: Timestamp::try_from(s.since).unwrap_or(fetched_at),
+            outage: s.error.is_outage(),
+            max_age: max_stale_age,
+        }),
+    };
+    Ok(Outcome::Synced(status::synced(ks, now, &synced), next))
+}
+
+/// What a reconcile starts from: the credential, and the target Secret as far as it is known.
+struct Observed {
+    cred: Arc<Credential>,
+    hash_key: HashKey,
+    secrets: Api<Secret>,
+    target: Seen,
+}
+
+/// How the target Secret is known.
+enum Seen {
+    /// The memo vouches that it still holds data with this hash (it was not read).
+    Vouched(String),
+    /// Read from the API server (`None`: it does not exist).
+    Read(Option<Secret>),
+}
+
+/// Observe: loads the credential and learns what the target holds, reading it only when the
+/// managed-Secret reflector cannot vouch that it is still the version whose data we last wrote
+/// or verified (values are never cached).
+async fn observe<S: KeeperSource>(ctx: &Context<S>, ks: &KeeperSecret) -> Result<Observed, Error> {
+    let cred = ctx
+        .caches
+        .credentials
+        .load(
+            &ctx.client,
+            &ctx.keeper,
+            ks,
+            ctx.settings.operator_namespace.as_deref(),
+        )
+        .await?;
+    let hash_key = cred.hash_key(ks.metadata.uid.as_deref().unwrap_or_default());
+    let secrets =
+        Api::<Secret>::namespaced(ctx.client.clone(), &ks.namespace().unwrap_or_default());
+    let target = match ctx.caches.target_hash(ks, &cred.key) {
+        Some(hash) => Seen::Vouched(hash),
+        None => Seen::Read(read_target(ctx, ks, &cred, &hash_key, &secrets).await?),
+    };
+    Ok(Observed {
+        cred,
+        hash_key,
+        secrets,
+        target,
+    })
+}
+
+/// The Secret a sync wants, and what it was built from.
+struct Built {
+    desired: desired::Desired,
+    /// The records it maps, with their revisions.
+    records: BTreeSet<RecordRevision>,
+    keys: usize,
+}
+
+/// Build: restricts the vault to what the credential may read, maps the spec onto it
+/// (downloading mapped files), renders the template and computes the desired Secret.
+async fn build<S: KeeperSource>(
+    ctx: &Context<S>,
+    ks: &KeeperSecret,
+    seen: &Observed,
+    vault: &Vault,
+) -> Result<Built, Error> {
+    let vault = allowlist::restrict(seen.cred.allow.as_ref(), &ks.spec, vault)?;
+    let plan = incomplete::check(&ks.spec, &vault, mapping::plan(&ks.spec, &vault))?;
+    let data = resolve_files(ctx, &seen.cred, &vault, plan.entries).await?;
+    let template = ks.spec.target.as_ref().and_then(|t| t.template.as_ref());
+    let data = template::apply(template, data)?;
+    let keys = data.len();
+    Ok(Built {
+        desired: desired::secret(ks, data, &seen.hash_key)?,
+        records: plan.records,
+        keys,
+    })
+}
+
+/// Guard and apply: writes the desired Secret unless the target already holds it (`true` when
+/// it wrote). A vouched-for
+/// target with the same hash (same data, same spec) needs no read; otherwise the target is read
+/// (if observe did not), checked for ownership, compared, and the write guard has the last word.
+async fn apply<S: KeeperSource>(
+    ctx: &Context<S>,
+    ks: &KeeperSecret,
+    seen: Observed,
+    built: &Built,
+    interval: Duration,
+) -> Result<bool, Error> {
+    let desired = &built.desired;
+    let existing = match seen.target {
+        Seen::Vouched(hash) if hash == desired.hash => return Ok(false),
+        Seen::Read(existing) => existing,
+        Seen::Vouched(_) => {
+            let existing = read_target(ctx, ks, &seen.cred, &seen.hash_key, &seen.secrets).await?;
+            check_target(ks, existing.as_ref())?;
+            existing
+        }
+    };
+    if existing
+        .as_ref()
+        .is_some_and(|e| desired::is_up_to_date(e, &desired.secret))
+    {
+        return Ok(false);
+    }
+    write_guard::check(ks, existing.as_ref(), &desired.secret, &built.records)?;
+    let written = k8s::apply_secret(&seen.secrets, &desired.secret).await?;
+    ctx.caches
+        .verified_target(ks, &seen.cred.key, &written, &desired.hash);
+    ctx.rollouts.after_write(
+        ks,
+        interval,
+        existing.as_ref(),
+        &desired.secret,
+        &desired.hash,
+    );
+    Ok(true)
+}
+
+/// Reads the target Secret, remembering its version when its data checks out against its own
+/// hash annotation.
+async fn read_target<S>(
+    ctx: &Context<S>,
+    ks: &KeeperSecret,
+    cred: &Credential,
+    hash_key: &HashKey,
+    secrets: &Api<Secret>,
+) -> Result<Option<Secret>, Error> {
+    let existing = secrets.get_opt(&ks.target_name()).await?;
+    if let Some(secret) = &existing
+        && let Some(hash) = desired::verified_hash(secret, hash_key)
+    {
+        ctx.caches.verified_target(ks, &cred.key, secret, hash);
+    }
+    Ok(existing)
+}
+
+/// Refuses a target owned by someone else, or a missing one that Merge was meant to add to.
+fn check_target(ks: &KeeperSecret, existing: Option<&Secret>) -> Result<(), Error> {
+    let ownership = desired::ownership(ks, existing).map_err(Error::OwnedElsewhere)?;
+    if ownership == Ownership::Absent && ks.creation_policy() == CreationPolicy::Merge {
+        return Err(Error::TargetNotFound(format!(
+            "creationPolicy Merge adds keys to an existing Secret, and Secret {} does not exist; create it or use Owner",
+            ks.target_name()
+        )));
+    }
+    Ok(())
+}
+
+/// Downloads file attachments (shared, once per record revision); a failed download fails the
+/// sync, so a file never becomes an empty value. Each download may use only what the Secret
+/// can still hold after the keys, the inline values and the files before it.
+async fn resolve_files<S: KeeperSource>(
+    ctx: &Context<S>,
+    cred: &Credential,
+    vault: &Vault,
+    entries: BTreeMap<String, Source>,
+) -> Result<BTreeMap<String, Bytes>, Error> {
+    let inline: usize = entries
+        .iter()
+        .map(|(key, source)| match source {
+            Source::Value(v) => key.len() + v.len(),
+            Source::File(_) => key.len(),
+        })
+        .sum();
+    let mut room = desired::MAX_SECRET_BYTES.saturating_sub(inline);
+    let mut out = BTreeMap::new();
+    for (key, source) in entries {
+        let bytes = match source {
+            Source::Value(v) => v,
+            Source::File(file) => {
+                let revision = vault
+                    .records
+                    .iter()
+                    .find(|r| r.files.iter().any(|f| f.uid == file.uid))
+                    .map_or(0, |r| r.revision);
+                let bytes = ctx
+                    .keeper
+                    .file(&cred.key, &cred.config, revision, &file, room as u64)
+                    .await?;
+                room = room.saturating_sub(bytes.len());
+                Zeroizing::new(bytes.to_vec())
+            }
+        };
+        out.insert(key, bytes);
+    }
+    Ok(out)
+}
+
+/// Writes the status if it changed (beyond `lastSyncTime` moving less than `resolution`) and
+/// publishes an event if Ready transitioned.
+async fn report<S>(
+    ctx: &Context<S>,
+    ks: &KeeperSecret,
+    new: KeeperSecretStatus,
+    resolution: Duration,
+) -> Result<(), Error> {
+    if !status::worth_writing(ks.status.as_ref(), &new, resolution) {
+        if let Some(at) = &new.last_sync_time {
+            ctx.caches.synced_without_status(ks, at.0);
+        }
+        return Ok(());
+    }
+    let api =
+        Api::<KeeperSecret>::namespaced(ctx.client.clone(), &ks.namespace().unwrap_or_default());
+    let written = k8s::apply_status(&api, &ks.name_any(), &new).await?;
+    if let Some(status) = written.status {
+        ctx.caches.wrote_status(ks, status);
+    }
+    if let Some(t) = status::transition(ks.status.as_ref(), &new) {
+        let type_ = if t.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.events
+            .publish(&ks.object_ref(&()), type_, "Sync", t.reason, t.note)
+            .await;
+    }
+    Ok(())
+}

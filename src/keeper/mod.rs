@@ -1,0 +1,227 @@
+//! The one door to Keeper. The reconciler only sees [`KeeperSource`]; [`SharedKeeper`] gives
+//! every credential one shared fetcher (single flight, request budget, last good copy: see
+//! [`crate::keeper::fetcher`]).
+
+pub mod fetcher;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::keeper::fetcher::ksm_source::KsmSource;
+use crate::keeper::fetcher::store::SnapshotStore;
+use crate::keeper::fetcher::{CredentialFetcher, FetchSettings, FileBytes, Served};
+use crate::ksm::client::{ClientOptions, KsmClient, http_client};
+use crate::ksm::config::KsmConfig;
+use crate::ksm::error::KsmError;
+use crate::ksm::hosts::AllowedHosts;
+use crate::ksm::record::KeeperFile;
+use crate::ksm::token::redeem_token;
+use crate::lock;
+use crate::runtime::metrics::Metrics;
+
+/// Identifies one credential: where it came from plus a fingerprint of its content, so a
+/// rotated credential is a new key (and gets a new client) while equal ones share.
+#[derive(Clone, Hash, PartialEq, Eq)]
+pub struct CredentialKey {
+    source: String,
+    fingerprint: [u8; 32],
+}
+
+impl CredentialKey {
+    /// `source` names the Secret (`namespace/name/key`); `credential` is its content.
+    pub fn new(source: impl Into<String>, credential: &[u8]) -> Self {
+        CredentialKey {
+            source: source.into(),
+            fingerprint: Sha256::digest(credential).into(),
+        }
+    }
+
+    /// SHA-256 of the credential's content.
+    pub fn fingerprint(&self) -> &[u8; 32] {
+        &self.fingerprint
+    }
+}
+
+impl std::fmt::Debug for CredentialKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The fingerprint is a hash of a high-entropy credential; a short prefix helps
+        // correlate rotations in logs without revealing anything.
+        let short: String = self.fingerprint[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        write!(f, "CredentialKey({}, {short})", self.source)
+    }
+}
+
+/// Read access to Keeper, shared per credential.
+pub trait KeeperSource: Send + Sync + 'static {
+    /// The credential's vault, fetched within `max_age` when Keeper answers; otherwise the last
+    /// good copy marked stale, or why there is none. `Err` only when no client can be built.
+    fn vault(
+        &self,
+        cred: &CredentialKey,
+        config: &KsmConfig,
+        max_age: Duration,
+    ) -> impl Future<Output = Result<Served, KsmError>> + Send;
+
+    /// The decrypted content of a file attachment of a record at `revision`, refused beyond
+    /// `budget` bytes.
+    fn file(
+        &self,
+        cred: &CredentialKey,
+        config: &KsmConfig,
+        revision: i64,
+        file: &KeeperFile,
+        budget: u64,
+    ) -> impl Future<Output = Result<FileBytes, KsmError>> + Send;
+
+    /// Redeems a one-time token (see [`crate::ksm::token::redeem_token`]) into a bound config.
+    fn redeem(
+        &self,
+        token: &str,
+        hostname: Option<&str>,
+        server_key: Option<(String, String)>,
+    ) -> impl Future<Output = Result<KsmConfig, KsmError>> + Send;
+}
+
+/// Bound on live fetchers; beyond it the least recently created are dropped (they only hold
+/// caches that refill on the next wave, and persisted snapshots survive in the store).
+const MAX_FETCHERS: usize = 4096;
+
+/// One [`CredentialFetcher`] per credential content, shared by every KeeperSecret using it,
+/// whichever namespace or store it came through.
+pub struct SharedKeeper {
+    options: ClientOptions,
+    /// One HTTP client for every credential: one root store and one connection pool per
+    /// Keeper host, rather than one per credential.
+    http: reqwest::Client,
+    settings: FetchSettings,
+    store: Option<Arc<dyn SnapshotStore>>,
+    metrics: Arc<Metrics>,
+    fetchers: Mutex<HashMap<[u8; 32], Arc<CredentialFetcher>>>,
+}
+
+impl SharedKeeper {
+    /// Fails if `options` are unusable (an extra CA that is not a PEM bundle).
+    pub fn new(
+        options: ClientOptions,
+        settings: FetchSettings,
+        store: Option<Arc<dyn SnapshotStore>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, KsmError> {
+        Ok(SharedKeeper {
+            http: http_client(&options)?,
+            // A fetch is one request (the operator's client surfaces throttling at once).
+            settings: FetchSettings {
+                fetch_deadline: options.timeout,
+                ..settings
+            },
+            options,
+            store,
+            metrics,
+            fetchers: Mutex::default(),
+        })
+    }
+
+    fn fetcher(
+        &self,
+        cred: &CredentialKey,
+        config: &KsmConfig,
+    ) -> Result<Arc<CredentialFetcher>, KsmError> {
+        let mut fetchers = lock(&self.fetchers);
+        if let Some(f) = fetchers.get(&cred.fingerprint) {
+            return Ok(f.clone());
+        }
+        if fetchers.len() >= MAX_FETCHERS {
+            fetchers.clear();
+        }
+        let client = KsmClient::with_http(config.clone(), &self.options, self.http.clone())?;
+        let source = KsmSource::new(client, self.metrics.clone())?;
+        let fetcher = Arc::new(CredentialFetcher::new(
+            config.client_id(),
+            Box::new(source),
+            self.store.clone(),
+            self.settings.clone(),
+            self.metrics.fetch_stats(),
+        ));
+        fetchers.insert(cred.fingerprint, fetcher.clone());
+        Ok(fetcher)
+    }
+}
+
+impl KeeperSource for SharedKeeper {
+    async fn vault(
+        &self,
+        cred: &CredentialKey,
+        config: &KsmConfig,
+        max_age: Duration,
+    ) -> Result<Served, KsmError> {
+        Ok(self.fetcher(cred, config)?.snapshot(max_age).await)
+    }
+
+    async fn file(
+        &self,
+        cred: &CredentialKey,
+        config: &KsmConfig,
+        revision: i64,
+        file: &KeeperFile,
+        budget: u64,
+    ) -> Result<FileBytes, KsmError> {
+        self.fetcher(cred, config)?
+            .file(revision, file, budget)
+            .await
+    }
+
+    async fn redeem(
+        &self,
+        token: &str,
+        hostname: Option<&str>,
+        server_key: Option<(String, String)>,
+    ) -> Result<KsmConfig, KsmError> {
+        let outcome = redeem_token(token, hostname, server_key, &self.options).await;
+        self.metrics.token_redemption(match &outcome {
+            Ok(_) => "success",
+            Err(e) => e.reason(),
+        });
+        outcome
+    }
+}
+
+/// Client options for the operator: the extra CA and the allowed Keeper hosts (credentials
+/// come from tenants); throttling is surfaced at once so the controller requeues the
+/// KeeperSecret instead of blocking a worker.
+pub fn client_options(extra_ca_pem: Option<Vec<u8>>, allowed_hosts: AllowedHosts) -> ClientOptions {
+    ClientOptions {
+        extra_ca_pem,
+        allowed_hosts: Some(allowed_hosts),
+        throttle_retries: 0,
+        ..ClientOptions::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unusable_extra_ca_fails_at_startup_not_per_credential() {
+        let keeper = |pem: Option<&[u8]>| {
+            SharedKeeper::new(
+                client_options(pem.map(<[u8]>::to_vec), AllowedHosts::keeper_regions()),
+                FetchSettings::default(),
+                None,
+                Arc::new(Metrics::default()),
+            )
+        };
+        assert!(matches!(
+            keeper(Some(b"not a pem")),
+            Err(KsmError::InvalidCa(_))
+        ));
+        assert!(keeper(None).is_ok());
+    }
+}

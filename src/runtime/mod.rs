@@ -1,0 +1,8 @@
+//! Process plumbing of `keeper-operator run`: the HTTP endpoints (health, readiness,
+//! metrics and their authorization), telemetry, and leader election.
+
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod metrics_auth;
+pub mod telemetry;

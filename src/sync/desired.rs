@@ -1,0 +1,325 @@
+//! PURE: the Secret a KeeperSecret should produce, and whether an existing Secret already is it.
+//!
+//! The data hash is an HMAC-SHA256 keyed per KeeperSecret with a key derived from the Keeper
+//! credential (see [`HashKey`]): a bare hash of short passwords could be brute-forced by anyone
+//! allowed to read annotations or status, a keyed one cannot without the credential — and
+//! whoever holds the credential can read the values from Keeper anyway.
+
+use std::collections::BTreeMap;
+
+use hmac::{Hmac, Mac};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::api::{
+    CreationPolicy, DATA_HASH_ANNOTATION, KEYS_ANNOTATION, KeeperSecret, MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE, OWNER_ANNOTATION,
+};
+use crate::sync::mapping::Bytes;
+
+/// Kubernetes rejects Secrets whose data exceeds 1 MiB.
+pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
+
+/// Per-KeeperSecret HMAC key; never printed.
+#[derive(Clone)]
+pub struct HashKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HashKey(<redacted>)")
+    }
+}
+
+impl HashKey {
+    /// Derives the key from the credential text and the KeeperSecret's UID, so equal data in two
+    /// KeeperSecrets hashes differently and nobody without the credential can test guesses.
+    pub fn derive(credential: &[u8], keeper_secret_uid: &str) -> HashKey {
+        let mut h = Sha256::new();
+        h.update(b"keeper-operator.dev/data-hash/v1\0");
+        h.update(keeper_secret_uid.as_bytes());
+        h.update(b"\0");
+        h.update(credential);
+        HashKey(Zeroizing::new(h.finalize().into()))
+    }
+
+    /// `hmac-sha256:<hex>` over the sorted keys and their values (length-prefixed).
+    pub fn hash<'a>(&self, data: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_slice())
+            .expect("HMAC takes any key length");
+        let mut entries: Vec<(&str, &[u8])> = data.into_iter().collect();
+        entries.sort_unstable_by_key(|(k, _)| *k);
+        for (k, v) in entries {
+            mac.update(&(k.len() as u64).to_be_bytes());
+            mac.update(k.as_bytes());
+            mac.update(&(v.len() as u64).to_be_bytes());
+            mac.update(v);
+        }
+        let digest = mac.finalize().into_bytes();
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("hmac-sha256:{hex}")
+    }
+}
+
+/// Why the desired Secret cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum DesiredError {
+    /// Over the 1 MiB limit.
+    #[error("the Secret would hold {size} bytes, over the 1 MiB limit; map fewer fields or files")]
+    TooLarge { size: usize },
+    /// The keys do not fit the Secret type.
+    #[error("Secret type {type_} needs key {key:?}; map or template it")]
+    MissingTypeKey { type_: String, key: &'static str },
+    /// The target asks for something a tenant may not get through the operator.
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+impl DesiredError {
+    /// Stable reason for status and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "TooLarge",
+            Self::MissingTypeKey { .. } => "InvalidSpec",
+            Self::Forbidden(_) => "NotAllowed",
+        }
+    }
+}
+
+/// The Secret to apply and the hash of its data.
+pub struct Desired {
+    /// The full object for server-side apply.
+    pub secret: Secret,
+    /// Value of the data-hash annotation.
+    pub hash: String,
+}
+
+impl std::fmt::Debug for Desired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Desired")
+            .field("name", &self.secret.metadata.name)
+            .field(
+                "keys",
+                &self
+                    .secret
+                    .data
+                    .as_ref()
+                    .map(|d| d.keys().collect::<Vec<_>>()),
+            )
+            .field("hash", &self.hash)
+            .finish()
+    }
+}
+
+/// Builds the Secret for `ks` holding `data`.
+pub fn secret(
+    ks: &KeeperSecret,
+    data: BTreeMap<String, Bytes>,
+    key: &HashKey,
+) -> Result<Desired, DesiredError> {
+    let size: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_SECRET_BYTES {
+        return Err(DesiredError::TooLarge { size });
+    }
+    let target = ks.spec.target.clone().unwrap_or_default();
+    check_target_allowed(&target)?;
+    let type_ = target.type_.clone().unwrap_or_else(|| "Opaque".to_string());
+    if let Some(k) = required_keys(&type_)
+        .iter()
+        .find(|k| !data.contains_key(**k))
+    {
+        return Err(DesiredError::MissingTypeKey { type_, key: k });
+    }
+    let hash = key.hash(data.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+    let mut labels = target.labels;
+    labels.insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string());
+    let mut annotations = target.annotations;
+    annotations.insert(OWNER_ANNOTATION.to_string(), ks.name_any());
+    annotations.insert(DATA_HASH_ANNOTATION.to_string(), hash.clone());
+    annotations.insert(
+        KEYS_ANNOTATION.to_string(),
+        data.keys().cloned().collect::<Vec<_>>().join(","),
+    );
+    let owner_references = match target.creation_policy {
+        CreationPolicy::Owner => ks.controller_owner_ref(&()).map(|r| vec![r]),
+        CreationPolicy::Orphan | CreationPolicy::Merge => None,
+    };
+    // Only a Secret we create gets our type: Merge must not fight the creator over it.
+    let type_ = (target.creation_policy != CreationPolicy::Merge).then_some(type_);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(ks.target_name()),
+            namespace: ks.namespace(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references,
+            ..ObjectMeta::default()
+        },
+        type_,
+        immutable: target.immutable,
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, ByteString(v.to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    };
+    Ok(Desired { secret, hash })
+}
+
+/// The Secret type that makes the API server mint a ServiceAccount token into the Secret.
+const SERVICE_ACCOUNT_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
+/// Annotations that bind a Secret to a ServiceAccount (the token controller acts on them).
+const SERVICE_ACCOUNT_ANNOTATIONS: [&str; 2] = [
+    "kubernetes.io/service-account.name",
+    "kubernetes.io/service-account.uid",
+];
+
+/// Refuses targets that would let a tenant act through the operator's write access rather than
+/// merely receive Keeper data: minting ServiceAccount tokens, or freezing a Secret it does not
+/// own. The CRD's validation rules say the same; this holds where they are not enforced.
+pub fn check_target_allowed(target: &crate::api::Target) -> Result<(), DesiredError> {
+    if target.type_.as_deref() == Some(SERVICE_ACCOUNT_TOKEN_TYPE) {
+        return Err(DesiredError::Forbidden(format!(
+            "target.type {SERVICE_ACCOUNT_TOKEN_TYPE} is not allowed: the operator does not create ServiceAccount token Secrets"
+        )));
+    }
+    if let Some(a) = SERVICE_ACCOUNT_ANNOTATIONS
+        .iter()
+        .find(|a| target.annotations.contains_key(**a))
+    {
+        return Err(DesiredError::Forbidden(format!(
+            "target.annotations may not set {a}: the operator does not bind Secrets to ServiceAccounts"
+        )));
+    }
+    if target.creation_policy == CreationPolicy::Merge && target.immutable.is_some() {
+        return Err(DesiredError::Forbidden(
+            "target.immutable cannot be combined with creationPolicy Merge: the operator never changes the mutability of a Secret it did not create".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Keys the apiserver requires for the built-in Secret types.
+fn required_keys(type_: &str) -> &'static [&'static str] {
+    match type_ {
+        "kubernetes.io/tls" => &["tls.crt", "tls.key"],
+        "kubernetes.io/dockerconfigjson" => &[".dockerconfigjson"],
+        "kubernetes.io/dockercfg" => &[".dockercfg"],
+        "kubernetes.io/ssh-auth" => &["ssh-privatekey"],
+        _ => &[],
+    }
+}
+
+/// Who the existing Secret belongs to, from our point of view.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// No Secret yet.
+    Absent,
+    /// Written by this KeeperSecret (or adoptable: same name, our label).
+    Ours,
+    /// Someone else's Secret that Merge may write into.
+    Foreign,
+}
+
+/// Refuses to write into a Secret another KeeperSecret owns, or (unless Merge) one we did not create.
+pub fn ownership(ks: &KeeperSecret, existing: Option<&Secret>) -> Result<Ownership, String> {
+    let Some(s) = existing else {
+        return Ok(Ownership::Absent);
+    };
+    let name = s.name_any();
+    let managed = s.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE);
+    let owner = s.annotations().get(OWNER_ANNOTATION);
+    let my_uid = ks.metadata.uid.as_deref();
+    let other_controller = s
+        .owner_references()
+        .iter()
+        .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) != my_uid);
+    if owner.is_some_and(|o| *o != ks.name_any()) {
+        return Err(format!(
+            "Secret {name} is written by KeeperSecret {}; pick another target.name",
+            owner.map(String::as_str).unwrap_or_default()
+        ));
+    }
+    if other_controller {
+        return Err(format!(
+            "Secret {name} is controlled by another object; pick another target.name (creationPolicy Merge writes only into Secrets without a controller)"
+        ));
+    }
+    match (managed && owner.is_some(), ks.creation_policy()) {
+        (true, _) => Ok(Ownership::Ours),
+        (false, CreationPolicy::Merge) => {
+            let declared = ks
+                .spec
+                .target
+                .as_ref()
+                .and_then(|t| t.type_.as_deref())
+                .unwrap_or("Opaque");
+            let actual = s.type_.as_deref().unwrap_or("Opaque");
+            if declared != actual {
+                return Err(format!(
+                    "Secret {name} has type {actual}, not the declared target.type {declared}; creationPolicy Merge writes only into a Secret of the declared type"
+                ));
+            }
+            Ok(Ownership::Foreign)
+        }
+        (false, _) => Err(format!(
+            "Secret {name} already exists and was not created by keeper-operator; delete it, choose another \
+             target.name, or set target.creationPolicy: Merge to add keys to it"
+        )),
+    }
+}
+
+/// True when `existing` already holds what `desired` would write, so no write is needed.
+pub fn is_up_to_date(existing: &Secret, desired: &Secret) -> bool {
+    let subset = |want: &Option<BTreeMap<String, String>>,
+                  have: &Option<BTreeMap<String, String>>| {
+        want.iter()
+            .flatten()
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    };
+    let data_equal = desired
+        .data
+        .iter()
+        .flatten()
+        .all(|(k, v)| existing.data.as_ref().and_then(|d| d.get(k)) == Some(v));
+    let refs_ok = desired.metadata.owner_references.iter().flatten().all(|r| {
+        existing
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|e| e.uid == r.uid)
+    });
+    let type_ok = desired.type_.is_none()
+        || desired.type_ == existing.type_.clone().or(Some("Opaque".into()));
+    data_equal
+        && refs_ok
+        && type_ok
+        && (desired.immutable.is_none() || desired.immutable == existing.immutable)
+        && subset(&desired.metadata.labels, &existing.metadata.labels)
+        && subset(
+            &desired.metadata.annotations,
+            &existing.metadata.annotations,
+        )
+}
+
+/// Verifies the Secret's data against its own hash annotation (detects hand edits and deleted
+/// keys without contacting Keeper). Returns the annotation when it checks out.
+pub fn verified_hash<'a>(secret: &'a Secret, key: &HashKey) -> Option<&'a str> {
+    let annotations = secret.metadata.annotations.as_ref()?;
+    let claimed = annotations.get(DATA_HASH_ANNOTATION)?;
+    let keys = annotations.get(KEYS_ANNOTATION)?;
+    let data = secret.data.as_ref();
+    let mut entries = Vec::new();
+    for k in keys.split(',').filter(|k| !k.is_empty()) {
+        entries.push((k, data?.get(k)?.0.as_slice()));
+    }
+    (key.hash(entries) == *claimed).then_some(claimed.as_str())
+}
+
+#[cfg(test)]
+mod tests;

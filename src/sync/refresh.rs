@@ -1,0 +1,253 @@
+//! PURE: should this reconcile read Keeper, or is everything current?
+//!
+//! Skipping is what keeps Keeper traffic at one read per interval and makes status writes
+//! converge: a KeeperSecret is left alone only when its spec was synced (generation), the last
+//! sync is younger than the refresh interval, and the Secret still carries exactly the data we
+//! wrote (verified against the keyed hash, so deleted or hand-edited Secrets resync at once).
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use sha2::{Digest, Sha256};
+
+use crate::api::KeeperSecret;
+use crate::sync::desired::{self, HashKey};
+
+/// Precision of times in status (RFC 3339 with whole seconds).
+const STATUS_TIME_PRECISION: jiff::SignedDuration = jiff::SignedDuration::from_secs(1);
+
+/// Refresh intervals below this are raised to it.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What a reconcile should do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Read Keeper and write what changed, for this reason.
+    Sync(Why),
+    /// Nothing to do until the refresh is due.
+    Wait(Duration),
+}
+
+/// Why a sync is needed (for logs).
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Why {
+    /// Never synced, or the last attempt failed.
+    NotSynced,
+    /// The Secret holds the last good copy because Keeper failed: keep trying (the shared
+    /// fetcher's backoff decides when a request is really sent).
+    Stale,
+    /// The spec changed since the last sync.
+    SpecChanged,
+    /// The refresh interval has elapsed.
+    Due,
+    /// The target Secret is gone.
+    SecretMissing,
+    /// The target Secret no longer holds the data we wrote.
+    SecretChanged,
+}
+
+/// What is known about the target Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// It does not exist.
+    Missing,
+    /// It exists and its data matches this data-hash annotation; `None` when it does not
+    /// (hand-edited, keys deleted, or hashed with another credential).
+    Present(Option<&'a str>),
+}
+
+impl<'a> Target<'a> {
+    /// Verifies a Secret as read from the API server.
+    pub fn of(secret: Option<&'a Secret>, key: &HashKey) -> Self {
+        match secret {
+            None => Target::Missing,
+            Some(s) => Target::Present(desired::verified_hash(s, key)),
+        }
+    }
+}
+
+/// The refresh interval of `ks`, falling back to `default`; an unparsable value yields an error
+/// message (admission validates the format, so this only guards old objects).
+pub fn interval(ks: &KeeperSecret, default: Duration) -> Result<Duration, String> {
+    let Some(text) = ks.spec.refresh_interval.as_deref() else {
+        return Ok(default.max(MIN_INTERVAL));
+    };
+    let parsed: kube::core::Duration = text.parse().map_err(|e| {
+        format!("refreshInterval {text:?} is not a duration like 30s, 5m or 1h: {e}")
+    })?;
+    if parsed.is_negative() {
+        return Err(format!("refreshInterval {text:?} must not be negative"));
+    }
+    let d: Duration = parsed.into();
+    Ok(d.max(MIN_INTERVAL))
+}
+
+/// Decides whether to sync now.
+/// `synced_at` is a sync newer than `status.lastSyncTime` shows (see
+/// [`crate::sync::status::worth_writing`]).
+pub fn decide(
+    ks: &KeeperSecret,
+    target: Target,
+    synced_at: Option<Timestamp>,
+    now: Timestamp,
+    interval: Duration,
+) -> Decision {
+    let status = ks.status.as_ref();
+    let ready = ks.ready_condition().is_some_and(|c| c.status == "True");
+    let (Some(status), true) = (status, ready) else {
+        return Decision::Sync(Why::NotSynced);
+    };
+    let stale = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == crate::sync::status::STALE && c.status == "True");
+    if stale {
+        return Decision::Sync(Why::Stale);
+    }
+    if status.observed_generation != ks.metadata.generation {
+        return Decision::Sync(Why::SpecChanged);
+    }
+    let Some(last) = status.last_sync_time.as_ref() else {
+        return Decision::Sync(Why::NotSynced);
+    };
+    match target {
+        Target::Missing => return Decision::Sync(Why::SecretMissing),
+        Target::Present(Some(h)) if Some(h) == status.data_hash.as_deref() => {}
+        Target::Present(_) => return Decision::Sync(Why::SecretChanged),
+    }
+    // lastSyncTime has whole seconds and the fetch it records was up to a second later: counting
+    // from the start of that second would find the refresh due while the credential's shared
+    // snapshot is still fresh, so the reconcile would get the old data and miss the wave.
+    let recorded = last.0 + STATUS_TIME_PRECISION;
+    let last = synced_at.map_or(recorded, |s| s.max(recorded));
+    let elapsed = now.duration_since(last);
+    let remaining =
+        jiff::SignedDuration::try_from(interval).unwrap_or(jiff::SignedDuration::MAX) - elapsed;
+    match Duration::try_from(remaining) {
+        Ok(left) if !left.is_zero() => Decision::Wait(left + jitter(ks, interval)),
+        _ => Decision::Sync(Why::Due),
+    }
+}
+
+/// How far apart [`jitter`] spreads the refreshes of KeeperSecrets with this interval.
+pub fn jitter_span(interval: Duration) -> Duration {
+    (interval / 10).min(Duration::from_secs(60))
+}
+
+/// How long a merely due refresh waits while KeeperSecrets that were never reconciled are
+/// queued (see [`defer`]).
+pub const BACKLOG_RETRY: Duration = Duration::from_secs(2);
+
+/// The least a due refresh may be deferred for a backlog (see [`defer`]): a cold start of
+/// thousands of objects takes minutes, longer than short refresh intervals.
+pub const MAX_DEFERRAL: Duration = Duration::from_secs(300);
+
+/// Cold objects first: while some KeeperSecrets were never reconciled, a refresh that is merely
+/// due waits [`BACKLOG_RETRY`], so a cold start converges even when the refresh interval is
+/// shorter than one pass over everything. Corrections (spec changed, Secret edited or deleted,
+/// Keeper failing) never wait, and no refresh waits beyond one extra interval (at least
+/// [`MAX_DEFERRAL`]), so a backlog that cannot drain never starves refreshes.
+pub fn defer(
+    why: Why,
+    never_attempted: usize,
+    ks: &KeeperSecret,
+    synced_at: Option<Timestamp>,
+    now: Timestamp,
+    interval: Duration,
+) -> Option<Duration> {
+    if why != Why::Due || never_attempted == 0 {
+        return None;
+    }
+    let last = ks.status.as_ref()?.last_sync_time.as_ref()?.0;
+    let last = synced_at.map_or(last, |s| s.max(last));
+    let age = Duration::try_from(now.duration_since(last)).unwrap_or(Duration::ZERO);
+    (age < interval + interval.max(MAX_DEFERRAL)).then_some(BACKLOG_RETRY)
+}
+
+/// [`decide`], then [`defer`]: whether this reconcile reads Keeper, given what is known of the
+/// target, an unrecorded later sync, and how many KeeperSecrets were never reconciled.
+pub fn due(
+    ks: &KeeperSecret,
+    target: Target,
+    synced_at: Option<Timestamp>,
+    never_attempted: usize,
+    now: Timestamp,
+    interval: Duration,
+) -> Decision {
+    match decide(ks, target, synced_at, now, interval) {
+        Decision::Sync(why) => match defer(why, never_attempted, ks, synced_at, now, interval) {
+            Some(after) => Decision::Wait(after),
+            None => Decision::Sync(why),
+        },
+        wait => wait,
+    }
+}
+
+/// When to reconcile again after a sync of data fetched at `fetched_at`. Fresh data: one
+/// interval after the fetch, not after this reconcile, so every KeeperSecret on a credential
+/// falls due in the same wave and the wave costs one Keeper call. The last good copy (Keeper
+/// failing): when the fetcher retries (`retry_in`), or when the copy turns older than
+/// `max_stale_age` if that is sooner, so Ready turns False on time.
+pub fn next(
+    ks: &KeeperSecret,
+    fetched_at: Timestamp,
+    now: Timestamp,
+    interval: Duration,
+    retry_in: Option<Duration>,
+    max_stale_age: Duration,
+) -> Duration {
+    match retry_in {
+        Some(retry_in) => {
+            let expires_in = until(fetched_at, max_stale_age, now);
+            let retry_in = if expires_in.is_zero() {
+                retry_in
+            } else {
+                retry_in.min(expires_in)
+            };
+            retry_in.max(MIN_INTERVAL)
+        }
+        None => until(fetched_at, interval, now).max(MIN_INTERVAL) + jitter(ks, interval),
+    }
+}
+
+/// Time left at `now` until `age` has passed since `since` (zero if it already has).
+fn until(since: Timestamp, age: Duration, now: Timestamp) -> Duration {
+    let elapsed = now.duration_since(since);
+    jiff::SignedDuration::try_from(age)
+        .map(|a| a - elapsed)
+        .ok()
+        .and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or(Duration::ZERO)
+}
+
+/// Below this, a status that only moves `lastSyncTime` is not rewritten (see
+/// [`crate::sync::status::worth_writing`]): at least one interval, and at least this long.
+pub const STATUS_TIME_RESOLUTION: Duration = Duration::from_secs(300);
+
+/// The resolution of `lastSyncTime` in status for `interval`: every wave at long intervals,
+/// every few minutes at short ones.
+pub fn status_time_resolution(interval: Duration) -> Duration {
+    interval.max(STATUS_TIME_RESOLUTION)
+}
+
+/// A stable per-object offset (up to a tenth of the interval, at most a minute) so many
+/// KeeperSecrets created together do not all refresh in the same instant.
+pub fn jitter(ks: &KeeperSecret, interval: Duration) -> Duration {
+    let span = jitter_span(interval).as_millis() as u64;
+    if span == 0 {
+        return Duration::ZERO;
+    }
+    let seed = ks
+        .metadata
+        .uid
+        .as_deref()
+        .or(ks.metadata.name.as_deref())
+        .unwrap_or_default();
+    let digest = Sha256::digest(seed.as_bytes());
+    let n = u64::from_be_bytes(digest[..8].try_into().unwrap_or_default());
+    Duration::from_millis(n % span)
+}
+
+#[cfg(test)]
+mod tests;

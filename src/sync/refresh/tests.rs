@@ -1,0 +1,279 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use zeroize::Zeroizing;
+
+use super::*;
+use crate::sync::status::{self, Synced};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_700_000_000 + secs).unwrap()
+}
+
+fn key() -> HashKey {
+    HashKey::derive(b"cred", "uid-1")
+}
+
+fn base() -> KeeperSecret {
+    let mut ks = crate::api::test_keeper_secret();
+    ks.metadata.uid = Some("uid-1".into());
+    ks.metadata.namespace = Some("ns".into());
+    ks.metadata.generation = Some(1);
+    ks
+}
+
+/// A KeeperSecret synced at t(0) and the Secret that sync wrote.
+fn synced_pair() -> (KeeperSecret, Secret) {
+    let mut ks = base();
+    let data: BTreeMap<String, Zeroizing<Vec<u8>>> =
+        [("a".to_string(), Zeroizing::new(b"1".to_vec()))].into();
+    let d = desired::secret(&ks, data, &key()).unwrap();
+    ks.status = Some(status::synced(
+        &ks,
+        t(0),
+        &Synced {
+            records: vec![],
+            data_hash: d.hash.clone(),
+            keys: 1,
+            fetched_at: t(0),
+            stale: None,
+        },
+    ));
+    (ks, d.secret)
+}
+
+#[test]
+fn fresh_object_syncs() {
+    assert_eq!(
+        decide(&base(), Target::Missing, None, t(0), HOUR),
+        Decision::Sync(Why::NotSynced)
+    );
+}
+
+#[test]
+fn current_object_waits_until_due_with_bounded_jitter() {
+    let (ks, s) = synced_pair();
+    let Decision::Wait(d) = decide(&ks, Target::of(Some(&s), &key()), None, t(600), HOUR) else {
+        panic!("should wait")
+    };
+    assert!(
+        d >= Duration::from_secs(3001) && d <= Duration::from_secs(3061),
+        "{d:?}"
+    );
+    assert_eq!(
+        jitter(&ks, HOUR),
+        jitter(&ks, HOUR),
+        "jitter is stable per object"
+    );
+}
+
+#[test]
+fn due_spec_change_failure_and_secret_drift_all_sync() {
+    let (ks, s) = synced_pair();
+    assert_eq!(
+        decide(&ks, Target::of(Some(&s), &key()), None, t(3601), HOUR),
+        Decision::Sync(Why::Due)
+    );
+    let mut changed = ks.clone();
+    changed.metadata.generation = Some(2);
+    assert_eq!(
+        decide(&changed, Target::of(Some(&s), &key()), None, t(1), HOUR),
+        Decision::Sync(Why::SpecChanged)
+    );
+    let mut failed = ks.clone();
+    failed.status = Some(status::failed(&ks, t(1), "KeeperUnavailable", "down"));
+    assert_eq!(
+        decide(&failed, Target::of(Some(&s), &key()), None, t(2), HOUR),
+        Decision::Sync(Why::NotSynced)
+    );
+    assert_eq!(
+        decide(&ks, Target::Missing, None, t(1), HOUR),
+        Decision::Sync(Why::SecretMissing)
+    );
+    let mut edited = s.clone();
+    edited
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("a".into(), ByteString(b"hand-edited".to_vec()));
+    assert_eq!(
+        decide(&ks, Target::of(Some(&edited), &key()), None, t(1), HOUR),
+        Decision::Sync(Why::SecretChanged)
+    );
+    let mut reannotated = s.clone();
+    reannotated
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove(crate::api::DATA_HASH_ANNOTATION);
+    assert_eq!(
+        decide(
+            &ks,
+            Target::of(Some(&reannotated), &key()),
+            None,
+            t(1),
+            HOUR
+        ),
+        Decision::Sync(Why::SecretChanged)
+    );
+    let rotated = HashKey::derive(b"new cred", "uid-1");
+    assert_eq!(
+        decide(&ks, Target::of(Some(&s), &rotated), None, t(1), HOUR),
+        Decision::Sync(Why::SecretChanged)
+    );
+}
+
+#[test]
+fn interval_parsing() {
+    let mut ks = base();
+    assert_eq!(interval(&ks, HOUR), Ok(HOUR));
+    ks.spec.refresh_interval = Some("1h30m".into());
+    assert_eq!(interval(&ks, HOUR), Ok(Duration::from_secs(5400)));
+    ks.spec.refresh_interval = Some("1ms".into());
+    assert_eq!(interval(&ks, HOUR), Ok(MIN_INTERVAL));
+    ks.spec.refresh_interval = Some("soon".into());
+    assert!(interval(&ks, HOUR).unwrap_err().contains("soon"));
+}
+
+#[test]
+fn the_last_good_copy_keeps_syncing_before_the_interval() {
+    let (mut ks, secret) = synced_pair();
+    let stale = status::synced(
+        &ks,
+        t(0),
+        &Synced {
+            records: vec![],
+            data_hash: ks.status.as_ref().unwrap().data_hash.clone().unwrap(),
+            keys: 1,
+            fetched_at: t(0),
+            stale: Some(status::Stale {
+                reason: "KeeperUnavailable",
+                error: "connection refused".into(),
+                since: t(0),
+                outage: true,
+                max_age: HOUR,
+            }),
+        },
+    );
+    ks.status = Some(stale);
+    assert_eq!(
+        decide(&ks, Target::of(Some(&secret), &key()), None, t(1), HOUR),
+        Decision::Sync(Why::Stale)
+    );
+}
+
+#[test]
+fn due_refreshes_wait_for_never_reconciled_objects_but_not_forever() {
+    let (ks, _) = synced_pair();
+    let defer = |why, backlog, at| defer(why, backlog, &ks, None, t(at), HOUR);
+    assert_eq!(defer(Why::Due, 3, 3600), Some(BACKLOG_RETRY));
+    assert_eq!(defer(Why::Due, 0, 3600), None, "no backlog");
+    assert_eq!(
+        defer(Why::Due, 3, 7200),
+        None,
+        "overdue by a whole interval"
+    );
+    for why in [
+        Why::NotSynced,
+        Why::Stale,
+        Why::SpecChanged,
+        Why::SecretMissing,
+        Why::SecretChanged,
+    ] {
+        assert_eq!(defer(why, 3, 3600), None, "{why:?} never waits");
+    }
+}
+
+#[test]
+fn a_remembered_sync_newer_than_the_status_postpones_the_refresh() {
+    let (ks, s) = synced_pair();
+    let target = Target::of(Some(&s), &key());
+    assert_eq!(
+        decide(&ks, target, Some(t(3000)), t(3600), HOUR),
+        Decision::Wait(Duration::from_secs(3000) + jitter(&ks, HOUR))
+    );
+    assert_eq!(
+        decide(&ks, target, Some(t(-10)), t(3601), HOUR),
+        Decision::Sync(Why::Due),
+        "an older remembered time never wins"
+    );
+    assert_eq!(
+        status_time_resolution(Duration::from_secs(10)),
+        STATUS_TIME_RESOLUTION
+    );
+    assert_eq!(status_time_resolution(HOUR), HOUR);
+}
+
+#[test]
+fn a_whole_second_status_time_is_not_due_before_the_fetch_it_records() {
+    // Fetched at t(0) + 0.7 s, recorded as t(0): at t(3600) + 0.5 s the shared snapshot is still
+    // fresh, so the refresh must wait for it.
+    let (ks, s) = synced_pair();
+    let now = t(3600) + jiff::SignedDuration::from_millis(500);
+    assert_eq!(
+        decide(&ks, Target::of(Some(&s), &key()), None, now, HOUR),
+        Decision::Wait(Duration::from_millis(500) + jitter(&ks, HOUR))
+    );
+}
+
+#[test]
+fn a_due_refresh_defers_to_the_backlog_and_a_correction_does_not() {
+    let (ks, s) = synced_pair();
+    let current = Target::of(Some(&s), &key());
+    assert_eq!(
+        due(&ks, current, None, 5, t(3601), HOUR),
+        Decision::Wait(BACKLOG_RETRY)
+    );
+    assert_eq!(
+        due(&ks, current, None, 0, t(3601), HOUR),
+        Decision::Sync(Why::Due)
+    );
+    assert_eq!(
+        due(&ks, Target::Missing, None, 5, t(3601), HOUR),
+        Decision::Sync(Why::SecretMissing)
+    );
+    assert_eq!(
+        due(&ks, current, None, 5, t(600), HOUR),
+        decide(&ks, current, None, t(600), HOUR),
+        "not due: the backlog changes nothing"
+    );
+}
+
+#[test]
+fn the_next_refresh_follows_the_fetch_or_the_fetchers_retry() {
+    let (ks, _) = synced_pair();
+    let day = Duration::from_secs(86_400);
+    // Fresh data fetched 600 s ago: the rest of the interval, plus this object's spread.
+    assert_eq!(
+        next(&ks, t(0), t(600), HOUR, None, day),
+        Duration::from_secs(3000) + jitter(&ks, HOUR)
+    );
+    // Long overdue (a slow reconcile): no sooner than the floor.
+    assert_eq!(
+        next(&ks, t(0), t(9000), HOUR, None, day),
+        MIN_INTERVAL + jitter(&ks, HOUR)
+    );
+    // The last good copy: when the fetcher retries...
+    let retry = Some(Duration::from_secs(40));
+    assert_eq!(
+        next(&ks, t(0), t(600), HOUR, retry, day),
+        Duration::from_secs(40)
+    );
+    // ...or when the copy expires, if sooner, so Ready turns False on time...
+    assert_eq!(
+        next(&ks, t(0), t(86_390), HOUR, retry, day),
+        MIN_INTERVAL.max(Duration::from_secs(10))
+    );
+    // ...and once it has expired, at the fetcher's pace, never below the floor.
+    assert_eq!(
+        next(&ks, t(0), t(90_000), HOUR, retry, day),
+        Duration::from_secs(40)
+    );
+    assert_eq!(
+        next(&ks, t(0), t(600), HOUR, Some(Duration::ZERO), day),
+        MIN_INTERVAL
+    );
+}

@@ -1,0 +1,461 @@
+//! PURE: status and Ready-condition computation, and which transitions deserve an event.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::{KeeperSecret, KeeperSecretStatus, READY, RecordRevision};
+
+/// Reason of a Ready=True condition.
+pub const SYNCED: &str = "Synced";
+/// Reason of Ready=True while Keeper fails and the Secret holds the last good copy.
+pub const LAST_GOOD_COPY: &str = "LastGoodCopy";
+/// Reason of Ready=False once the last good copy is older than the operator's maximum age.
+pub const LAST_GOOD_COPY_EXPIRED: &str = "LastGoodCopyExpired";
+/// Condition type that is True while the data is served from the last good copy.
+pub const STALE: &str = "Stale";
+
+/// What a successful sync produced.
+#[derive(Debug)]
+pub struct Synced {
+    /// Records read, with revisions.
+    pub records: Vec<RecordRevision>,
+    /// Keyed hash of the data written.
+    pub data_hash: String,
+    /// Number of keys written.
+    pub keys: usize,
+    /// When Keeper returned the data.
+    pub fetched_at: Timestamp,
+    /// Set when Keeper failed and the data is the last good copy.
+    pub stale: Option<Stale>,
+}
+
+/// Why the synced data is not fresh.
+#[derive(Debug)]
+pub struct Stale {
+    /// Stable reason of the Keeper failure.
+    pub reason: &'static str,
+    /// The failure, for humans.
+    pub error: String,
+    /// When Keeper started failing.
+    pub since: Timestamp,
+    /// Keeper is unreachable or answered unusably ([`crate::ksm::error::KsmError::is_outage`]),
+    /// rather than refusing the credential.
+    pub outage: bool,
+    /// How old the data may get while an outage keeps the KeeperSecret Ready.
+    pub max_age: std::time::Duration,
+}
+
+impl Stale {
+    /// Ready's status and reason while serving the last good copy: an outage keeps Ready=True
+    /// until the data is older than `max_age`; a refusal (revoked or unknown client, rejected
+    /// client version, ...) is Ready=False at once under its own reason. The data stays either way.
+    fn ready(&self, fetched_at: Timestamp, now: Timestamp) -> (&'static str, &'static str) {
+        let max_age =
+            jiff::SignedDuration::try_from(self.max_age).unwrap_or(jiff::SignedDuration::MAX);
+        if !self.outage {
+            ("False", self.reason)
+        } else if now.duration_since(fetched_at) > max_age {
+            ("False", LAST_GOOD_COPY_EXPIRED)
+        } else {
+            ("True", LAST_GOOD_COPY)
+        }
+    }
+}
+
+/// Status after a successful sync. `lastSyncTime` is when Keeper returned the data, so while
+/// Keeper is down it stays put and shows how old the Secret's data is.
+pub fn synced(ks: &KeeperSecret, now: Timestamp, s: &Synced) -> KeeperSecretStatus {
+    let secret = ks.target_name();
+    let holds = format!(
+        "Secret {secret} holds {} keys from {} Keeper records",
+        s.keys,
+        s.records.len()
+    );
+    let (ready, reason, message, stale) = match &s.stale {
+        None => (
+            "True",
+            SYNCED,
+            holds,
+            (
+                "False",
+                "Fresh".to_string(),
+                "The data is current".to_string(),
+            ),
+        ),
+        Some(st) => {
+            let (ready, reason) = st.ready(s.fetched_at, now);
+            (
+                ready,
+                reason,
+                format!(
+                    "{holds}, fetched at {}; Keeper failing since {} ({}), serving the last good copy",
+                    s.fetched_at, st.since, st.reason
+                ),
+                (
+                    "True",
+                    st.reason.to_string(),
+                    format!("Keeper failing since {}: {}", st.since, st.error),
+                ),
+            )
+        }
+    };
+    let prev = ks.status.clone().unwrap_or_default();
+    let generation = ks.metadata.generation;
+    let conditions = with_condition(
+        &prev.conditions,
+        READY,
+        generation,
+        now,
+        ready,
+        reason,
+        &message,
+    );
+    let conditions = with_condition(
+        &conditions,
+        STALE,
+        generation,
+        now,
+        stale.0,
+        &stale.1,
+        &stale.2,
+    );
+    KeeperSecretStatus {
+        observed_generation: generation,
+        conditions,
+        last_sync_time: Some(Time(s.fetched_at)),
+        records: s.records.clone(),
+        data_hash: Some(s.data_hash.clone()),
+        secret_name: Some(secret),
+    }
+}
+
+/// Status after a failure: the last sync's time, records and hash stay, because the Secret
+/// still holds that data (the operator never wipes it on failure).
+pub fn failed(
+    ks: &KeeperSecret,
+    now: Timestamp,
+    reason: &str,
+    message: &str,
+) -> KeeperSecretStatus {
+    let prev = ks.status.clone().unwrap_or_default();
+    KeeperSecretStatus {
+        observed_generation: ks.metadata.generation,
+        conditions: with_condition(
+            &prev.conditions,
+            READY,
+            ks.metadata.generation,
+            now,
+            "False",
+            reason,
+            message,
+        ),
+        ..prev
+    }
+}
+
+/// Replaces one condition; `lastTransitionTime` only moves when its status flips. Ready stays
+/// first in the list.
+fn with_condition(
+    prev: &[Condition],
+    type_: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+    status: &str,
+    reason: &str,
+    message: &str,
+) -> Vec<Condition> {
+    let last_transition_time = match prev.iter().find(|c| c.type_ == type_) {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    let condition = Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: generation,
+        last_transition_time,
+    };
+    let mut out: Vec<Condition> = prev.iter().filter(|c| c.type_ != type_).cloned().collect();
+    if type_ == READY {
+        out.insert(0, condition);
+    } else {
+        out.push(condition);
+    }
+    out
+}
+
+/// Whether `new` is worth writing over `old`. A status that differs only by a `lastSyncTime`
+/// less than `resolution` later is not: at short refresh intervals rewriting it every wave
+/// would cost one write per KeeperSecret per interval for a timestamp nobody acts on (the
+/// reconciler remembers the newer time itself).
+pub fn worth_writing(
+    old: Option<&KeeperSecretStatus>,
+    new: &KeeperSecretStatus,
+    resolution: std::time::Duration,
+) -> bool {
+    let Some(old) = old else {
+        return true;
+    };
+    let (Some(before), Some(after)) = (&old.last_sync_time, &new.last_sync_time) else {
+        return old != new;
+    };
+    let same_otherwise = KeeperSecretStatus {
+        last_sync_time: Some(after.clone()),
+        ..old.clone()
+    } == *new;
+    let moved = after.0.duration_since(before.0);
+    !same_otherwise
+        || moved < jiff::SignedDuration::ZERO
+        || moved >= jiff::SignedDuration::try_from(resolution).unwrap_or(jiff::SignedDuration::MAX)
+}
+
+/// An event to publish.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// Warning (failure) or Normal (recovered / first sync).
+    pub warning: bool,
+    /// Stable reason (the condition reason).
+    pub reason: String,
+    /// Human-readable note (the condition message).
+    pub note: String,
+}
+
+/// An event is due only when Ready's status or reason changes (new failure kind, recovery,
+/// first sync) — never for a repeat, so a flapping Keeper does not flood the namespace.
+pub fn transition(
+    before: Option<&KeeperSecretStatus>,
+    after: &KeeperSecretStatus,
+) -> Option<Transition> {
+    let ready = |s: &KeeperSecretStatus| s.conditions.iter().find(|c| c.type_ == READY).cloned();
+    let new = ready(after)?;
+    let old = before.and_then(ready);
+    if old.is_some_and(|o| o.status == new.status && o.reason == new.reason) {
+        return None;
+    }
+    Some(Transition {
+        warning: new.status != "True",
+        reason: new.reason,
+        note: new.message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ks(generation: i64, status: Option<KeeperSecretStatus>) -> KeeperSecret {
+        let mut ks = crate::api::test_keeper_secret();
+        ks.metadata.generation = Some(generation);
+        ks.status = status;
+        ks
+    }
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).unwrap()
+    }
+
+    fn ok() -> Synced {
+        Synced {
+            records: vec![RecordRevision {
+                uid: "u".into(),
+                revision: 3,
+            }],
+            data_hash: "hmac-sha256:ab".into(),
+            keys: 2,
+            fetched_at: t(0),
+            stale: None,
+        }
+    }
+
+    fn ready(s: &KeeperSecretStatus) -> &Condition {
+        s.conditions.iter().find(|c| c.type_ == READY).unwrap()
+    }
+
+    #[test]
+    fn synced_sets_everything() {
+        let s = synced(&ks(4, None), t(0), &ok());
+        assert_eq!(s.observed_generation, Some(4));
+        assert_eq!(s.last_sync_time, Some(Time(t(0))));
+        assert_eq!(s.secret_name.as_deref(), Some("db"));
+        assert_eq!(s.data_hash.as_deref(), Some("hmac-sha256:ab"));
+        let c = ready(&s);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), c.observed_generation),
+            ("True", "Synced", Some(4))
+        );
+        assert!(
+            c.message
+                .contains("Secret db holds 2 keys from 1 Keeper records")
+        );
+    }
+
+    fn stale(reason: &'static str, outage: bool) -> Synced {
+        Synced {
+            stale: Some(Stale {
+                reason,
+                error: "it failed".into(),
+                since: t(10),
+                outage,
+                max_age: std::time::Duration::from_secs(3600),
+            }),
+            ..ok()
+        }
+    }
+
+    fn conditions(s: &KeeperSecretStatus) -> Vec<(&str, &str, &str)> {
+        s.conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn an_outage_keeps_ready_until_the_copy_is_too_old() {
+        let s = synced(&ks(1, None), t(3600), &stale("KeeperUnavailable", true));
+        assert_eq!(
+            conditions(&s),
+            [
+                (READY, "True", LAST_GOOD_COPY),
+                (STALE, "True", "KeeperUnavailable")
+            ]
+        );
+        let s = synced(&ks(1, None), t(3601), &stale("KeeperUnavailable", true));
+        assert_eq!(
+            conditions(&s),
+            [
+                (READY, "False", LAST_GOOD_COPY_EXPIRED),
+                (STALE, "True", "KeeperUnavailable")
+            ]
+        );
+        assert_eq!(s.data_hash.as_deref(), Some("hmac-sha256:ab"), "data kept");
+    }
+
+    #[test]
+    fn a_refused_credential_is_not_ready_even_with_a_fresh_copy() {
+        let s = synced(&ks(1, None), t(20), &stale("AuthFailed", false));
+        assert_eq!(
+            conditions(&s),
+            [
+                (READY, "False", "AuthFailed"),
+                (STALE, "True", "AuthFailed")
+            ]
+        );
+        assert!(ready(&s).message.contains("serving the last good copy"));
+        let event = transition(None, &s).unwrap();
+        assert!(event.warning);
+        assert_eq!(event.reason, "AuthFailed");
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_status_flip() {
+        let first = synced(&ks(1, None), t(0), &ok());
+        let again = synced(&ks(1, Some(first.clone())), t(60), &ok());
+        assert_eq!(ready(&again).last_transition_time, Time(t(0)));
+        let down = failed(
+            &ks(1, Some(again.clone())),
+            t(120),
+            "KeeperUnavailable",
+            "Keeper is down",
+        );
+        assert_eq!(ready(&down).last_transition_time, Time(t(120)));
+        let throttled = failed(&ks(1, Some(down.clone())), t(180), "Throttled", "slow down");
+        assert_eq!(
+            ready(&throttled).last_transition_time,
+            Time(t(120)),
+            "reason change is not a transition"
+        );
+    }
+
+    #[test]
+    fn failure_keeps_last_good_sync_details() {
+        let good = synced(&ks(1, None), t(0), &ok());
+        let bad = failed(
+            &ks(2, Some(good.clone())),
+            t(30),
+            "RecordNotFound",
+            "record uid x not found",
+        );
+        assert_eq!(bad.last_sync_time, good.last_sync_time);
+        assert_eq!(bad.records, good.records);
+        assert_eq!(bad.data_hash, good.data_hash);
+        assert_eq!(bad.observed_generation, Some(2));
+        assert_eq!(ready(&bad).status, "False");
+    }
+
+    #[test]
+    fn unchanged_outcome_yields_identical_status() {
+        let first = failed(&ks(1, None), t(0), "AuthFailed", "bad config");
+        let second = failed(
+            &ks(1, Some(first.clone())),
+            t(90),
+            "AuthFailed",
+            "bad config",
+        );
+        assert_eq!(first, second, "identical status means no write");
+    }
+
+    #[test]
+    fn a_status_that_only_moves_last_sync_time_a_little_is_not_rewritten() {
+        let min = std::time::Duration::from_secs(60);
+        let at = |secs| Synced {
+            fetched_at: t(secs),
+            ..ok()
+        };
+        let first = synced(&ks(1, None), t(0), &at(0));
+        assert!(worth_writing(None, &first, min));
+        let soon = synced(&ks(1, Some(first.clone())), t(10), &at(10));
+        assert!(!worth_writing(Some(&first), &soon, min));
+        let later = synced(&ks(1, Some(first.clone())), t(60), &at(60));
+        assert!(worth_writing(Some(&first), &later, min));
+        let changed = synced(
+            &ks(1, Some(first.clone())),
+            t(10),
+            &Synced {
+                data_hash: "hmac-sha256:cd".into(),
+                ..at(10)
+            },
+        );
+        assert!(worth_writing(Some(&first), &changed, min));
+        let respec = synced(&ks(2, Some(first.clone())), t(10), &at(10));
+        assert!(worth_writing(Some(&first), &respec, min));
+    }
+
+    #[test]
+    fn events_only_on_transitions() {
+        let first = synced(&ks(1, None), t(0), &ok());
+        assert_eq!(
+            transition(None, &first),
+            Some(Transition {
+                warning: false,
+                reason: "Synced".into(),
+                note: ready(&first).message.clone()
+            })
+        );
+        let again = synced(&ks(1, Some(first.clone())), t(60), &ok());
+        assert_eq!(transition(Some(&first), &again), None);
+        let down = failed(
+            &ks(1, Some(again.clone())),
+            t(90),
+            "KeeperUnavailable",
+            "down",
+        );
+        assert!(transition(Some(&again), &down).unwrap().warning);
+        let still = failed(
+            &ks(1, Some(down.clone())),
+            t(95),
+            "KeeperUnavailable",
+            "down",
+        );
+        assert_eq!(transition(Some(&down), &still), None);
+        let other = failed(&ks(1, Some(still.clone())), t(99), "Throttled", "slow");
+        assert_eq!(
+            transition(Some(&still), &other).unwrap().reason,
+            "Throttled"
+        );
+        let back = synced(&ks(1, Some(other.clone())), t(120), &ok());
+        let ev = transition(Some(&other), &back).unwrap();
+        assert!(!ev.warning);
+        assert_eq!(ev.reason, "Synced");
+    }
+}
