@@ -181,7 +181,7 @@ async fn sync<S: KeeperSource>(
     // Decide (pure).
     let target = match &seen.target {
         Seen::Vouched(hash) => Target::Present(Some(hash)),
-        Seen::Read(existing) => Target::of(existing.as_ref(), &seen.hash_key),
+        Seen::Read(existing) => Target::of(existing.as_deref(), &seen.hash_key),
     };
     let synced_at = ctx.caches.synced_at(ks);
     let backlog = ctx.caches.never_attempted();
@@ -191,7 +191,7 @@ async fn sync<S: KeeperSource>(
     };
     debug!(?why, "syncing from Keeper");
     if let Seen::Read(existing) = &seen.target {
-        check_target(ks, existing.as_ref())?;
+        check_target(ks, existing.as_deref())?;
     }
     // Fetch (Keeper: the credential's shared snapshot, or its last good copy).
     let (snapshot, stale) = match ctx
@@ -257,7 +257,7 @@ enum Seen {
     /// The memo vouches that it still holds data with this hash (it was not read).
     Vouched(String),
     /// Read from the API server (`None`: it does not exist).
-    Read(Option<Secret>),
+    Read(Option<Box<Secret>>),
 }
 
 /// Observe: loads the credential and learns what the target holds, reading it only when the
@@ -279,7 +279,11 @@ async fn observe<S: KeeperSource>(ctx: &Context<S>, ks: &KeeperSecret) -> Result
         Api::<Secret>::namespaced(ctx.client.clone(), &ks.namespace().unwrap_or_default());
     let target = match ctx.caches.target_hash(ks, &cred.key) {
         Some(hash) => Seen::Vouched(hash),
-        None => Seen::Read(read_target(ctx, ks, &cred, &hash_key, &secrets).await?),
+        None => Seen::Read(
+            read_target(ctx, ks, &cred, &hash_key, &secrets)
+                .await?
+                .map(Box::new),
+        ),
     };
     Ok(Observed {
         cred,
@@ -332,7 +336,7 @@ async fn apply<S: KeeperSource>(
     let desired = &built.desired;
     let existing = match seen.target {
         Seen::Vouched(hash) if hash == desired.hash => return Ok(false),
-        Seen::Read(existing) => existing,
+        Seen::Read(existing) => existing.map(|e| *e),
         Seen::Vouched(_) => {
             let existing = read_target(ctx, ks, &seen.cred, &seen.hash_key, &seen.secrets).await?;
             check_target(ks, existing.as_ref())?;
