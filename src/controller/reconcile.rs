@@ -31,7 +31,7 @@ use crate::keeper::fetcher::Served;
 use crate::ksm::record::Vault;
 use crate::runtime::metrics::Metrics;
 use crate::sync::desired::{self, HashKey, Ownership};
-use crate::sync::mapping::{self, Bytes, Source};
+use crate::sync::mapping::{self, Bytes, Content};
 use crate::sync::refresh::{self, Decision, Target};
 use crate::sync::status::{self, Synced};
 use crate::sync::{allowlist, incomplete, template, write_guard};
@@ -400,21 +400,21 @@ async fn resolve_files<S: KeeperSource>(
     ctx: &Context<S>,
     cred: &Credential,
     vault: &Vault,
-    entries: BTreeMap<String, Source>,
+    entries: BTreeMap<String, Content>,
 ) -> Result<BTreeMap<String, Bytes>, Error> {
     let inline: usize = entries
         .iter()
         .map(|(key, source)| match source {
-            Source::Value(v) => key.len() + v.len(),
-            Source::File(_) => key.len(),
+            Content::Value(v) => key.len() + v.len(),
+            Content::File(_) => key.len(),
         })
         .sum();
     let mut room = desired::MAX_SECRET_BYTES.saturating_sub(inline);
     let mut out = BTreeMap::new();
     for (key, source) in entries {
         let bytes = match source {
-            Source::Value(v) => v,
-            Source::File(file) => {
+            Content::Value(v) => v,
+            Content::File(file) => {
                 let revision = vault
                     .records
                     .iter()

@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::k8s::redeem::{TokenRequest, redeem_in_place, token_request};
 use crate::keeper::{CredentialKey, KeeperSource};
 use crate::ksm::config::KsmConfig;
-use crate::ksm::credential::Credential as KsmCredential;
+use crate::ksm::credential::CredentialValue;
 use crate::lock;
 use crate::sync::allowlist::AllowList;
 use crate::sync::desired::HashKey;
@@ -251,9 +251,9 @@ pub fn parse(secret: Option<&Secret>, ns: &str, r: &SecretKeyRef) -> Result<Stor
             .map_err(|_| Error::Auth(format!("{where_} key {:?} is not text", r.key)))?
             .to_string(),
     );
-    let config = match KsmCredential::parse(text.trim()) {
-        Ok(KsmCredential::Config(config)) => *config,
-        Ok(KsmCredential::OneTimeToken(_)) => {
+    let config = match CredentialValue::parse(text.trim()) {
+        Ok(CredentialValue::Config(config)) => *config,
+        Ok(CredentialValue::OneTimeToken(_)) => {
             return token_request(secret, text.trim(), &where_, &r.key).map(Stored::Token);
         }
         Err(e) => {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::keeper::fetcher::ksm_source::KsmSource;
-use crate::keeper::fetcher::store::SnapshotStore;
+use crate::keeper::fetcher::ksm_upstream::KsmUpstream;
+use crate::keeper::fetcher::sealed::SnapshotStore;
 use crate::keeper::fetcher::{CredentialFetcher, FetchSettings, FileBytes, Served};
 use crate::ksm::client::{ClientOptions, KsmClient, http_client};
 use crate::ksm::config::KsmConfig;
@@ -141,7 +141,7 @@ impl SharedKeeper {
             fetchers.clear();
         }
         let client = KsmClient::with_http(config.clone(), &self.options, self.http.clone())?;
-        let source = KsmSource::new(client, self.metrics.clone())?;
+        let source = KsmUpstream::new(client, self.metrics.clone())?;
         let fetcher = Arc::new(CredentialFetcher::new(
             config.client_id(),
             Box::new(source),

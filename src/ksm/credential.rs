@@ -6,19 +6,19 @@ use crate::ksm::token::OneTimeToken;
 
 /// A stored credential, told apart by content. `Debug` of both variants is redacted.
 #[derive(Clone, Debug)]
-pub enum Credential {
+pub enum CredentialValue {
     Config(Box<KsmConfig>),
     OneTimeToken(OneTimeToken),
 }
 
-impl Credential {
+impl CredentialValue {
     /// A config when the text is (base64 of) a JSON object, else a one-time token. A text that
     /// is neither reports the config error, which names what is wrong.
-    pub fn parse(text: &str) -> Result<Credential, ConfigError> {
+    pub fn parse(text: &str) -> Result<CredentialValue, ConfigError> {
         match KsmConfig::parse(text) {
-            Ok(config) => Ok(Credential::Config(Box::new(config))),
+            Ok(config) => Ok(CredentialValue::Config(Box::new(config))),
             Err(ConfigError::NotConfig) => OneTimeToken::parse(text)
-                .map(Credential::OneTimeToken)
+                .map(CredentialValue::OneTimeToken)
                 .map_err(|_| ConfigError::NotConfig),
             Err(err) => Err(err),
         }
@@ -36,8 +36,8 @@ mod tests {
             .into_bound(AesKey::random(), None);
         for text in [config.to_json(), config.to_base64()] {
             assert!(matches!(
-                Credential::parse(&text),
-                Ok(Credential::Config(_))
+                CredentialValue::parse(&text),
+                Ok(CredentialValue::Config(_))
             ));
         }
         for token in [
@@ -45,16 +45,16 @@ mod tests {
             "US:YyIhK5wXFHj36wGBAOmBsxI3v5rIruINrC8KXjyM58c\n",
         ] {
             assert!(matches!(
-                Credential::parse(token),
-                Ok(Credential::OneTimeToken(_))
+                CredentialValue::parse(token),
+                Ok(CredentialValue::OneTimeToken(_))
             ));
         }
         assert_eq!(
-            Credential::parse("hello world").unwrap_err(),
+            CredentialValue::parse("hello world").unwrap_err(),
             ConfigError::NotConfig
         );
         assert_eq!(
-            Credential::parse(r#"{"hostname":"h"}"#).unwrap_err(),
+            CredentialValue::parse(r#"{"hostname":"h"}"#).unwrap_err(),
             ConfigError::Missing("clientId")
         );
     }

@@ -1,6 +1,6 @@
 //! PURE: Keeper records + a KeeperSecret's `data`/`dataFrom` → Secret keys.
 //!
-//! Files are not downloaded here: they come out as [`Source::File`] and the reconciler
+//! Files are not downloaded here: they come out as [`Content::File`] and the reconciler
 //! fetches their bytes, so this module stays free of I/O.
 
 use std::collections::btree_map::Entry;
@@ -18,19 +18,19 @@ use crate::ksm::record::{Field, KeeperFile, Record, Vault, find_field};
 /// Secret bytes that are wiped from memory when dropped.
 pub type Bytes = Zeroizing<Vec<u8>>;
 
-/// Where the value of one Secret key comes from.
-pub enum Source {
+/// What one Secret key holds: the value itself, or a file attachment still to download.
+pub enum Content {
     /// The value itself.
     Value(Bytes),
     /// A file attachment still to be downloaded.
     File(KeeperFile),
 }
 
-impl std::fmt::Debug for Source {
+impl std::fmt::Debug for Content {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Source::Value(v) => write!(f, "Value(<{} bytes redacted>)", v.len()),
-            Source::File(file) => write!(f, "File({})", file.uid),
+            Content::Value(v) => write!(f, "Value(<{} bytes redacted>)", v.len()),
+            Content::File(file) => write!(f, "File({})", file.uid),
         }
     }
 }
@@ -39,7 +39,7 @@ impl std::fmt::Debug for Source {
 #[derive(Debug, Default)]
 pub struct Plan {
     /// Secret key → value source.
-    pub entries: BTreeMap<String, Source>,
+    pub entries: BTreeMap<String, Content>,
     /// Records read, with their revisions (for status).
     pub records: BTreeSet<RecordRevision>,
 }
@@ -138,7 +138,7 @@ fn data_item<'a>(
     item: &DataItem,
     records: &[&'a Record],
     all: &[Record],
-) -> Result<(Source, Option<&'a Record>), MappingError> {
+) -> Result<(Content, Option<&'a Record>), MappingError> {
     if let Some(text) = &item.notation {
         let err = |source| MappingError::Notation {
             key: item.key.clone(),
@@ -158,7 +158,10 @@ fn data_item<'a>(
         .ok_or_else(|| missing(&item.key, "record"))?;
     let record = find_record(records, sel)?;
     if let Some(file) = &item.file {
-        return Ok((Source::File(find_file(record, file)?.clone()), Some(record)));
+        return Ok((
+            Content::File(find_file(record, file)?.clone()),
+            Some(record),
+        ));
     }
     let name = item
         .field
@@ -177,7 +180,7 @@ fn data_item<'a>(
             record.uid
         ))
     })?;
-    Ok((Source::Value(bytes), Some(record)))
+    Ok((Content::Value(bytes), Some(record)))
 }
 
 /// Admission (CEL) rejects these; an object stored before the rules existed still gets a clear error.
@@ -239,20 +242,20 @@ pub fn field_bytes(values: &[Value], property: Option<&str>) -> Option<Bytes> {
     }))
 }
 
-fn notation_source(values: Vec<NotationValue>) -> Source {
+fn notation_source(values: Vec<NotationValue>) -> Content {
     let mut texts = Vec::with_capacity(values.len());
     for v in values {
         match v {
-            NotationValue::File(f) => return Source::File(f),
+            NotationValue::File(f) => return Content::File(f),
             NotationValue::Text(s) => texts.push(Value::String(s)),
             NotationValue::Json(j) => texts.push(j),
         }
     }
     // `field_bytes` with no property cannot fail.
-    Source::Value(field_bytes(&texts, None).unwrap_or_default())
+    Content::Value(field_bytes(&texts, None).unwrap_or_default())
 }
 
-type Entries = BTreeMap<String, Source>;
+type Entries = BTreeMap<String, Content>;
 
 fn data_from<'a>(
     item: &DataFromItem,
@@ -297,9 +300,9 @@ fn data_from<'a>(
 
 /// Every non-empty field (standard, then custom), every file, and the notes of a record,
 /// keyed by sanitized label (or type, when unlabelled) / file name / `notes`.
-fn record_entries(record: &Record) -> Vec<(String, Source)> {
+fn record_entries(record: &Record) -> Vec<(String, Content)> {
     let fields = record.fields.iter().chain(&record.custom);
-    let mut out: Vec<(String, Source)> = fields
+    let mut out: Vec<(String, Content)> = fields
         // fileRef only lists attachment UIDs; the files themselves are mapped below.
         .filter(|f| !f.value.is_empty() && f.field_type != "fileRef")
         .filter_map(|f| {
@@ -310,7 +313,7 @@ fn record_entries(record: &Record) -> Vec<(String, Source)> {
                 .unwrap_or(&f.field_type);
             Some((
                 sanitize_key(name),
-                Source::Value(field_bytes(&f.value, None)?),
+                Content::Value(field_bytes(&f.value, None)?),
             ))
         })
         .collect();
@@ -318,12 +321,12 @@ fn record_entries(record: &Record) -> Vec<(String, Source)> {
         record
             .files
             .iter()
-            .map(|f| (sanitize_key(&f.name), Source::File(f.clone()))),
+            .map(|f| (sanitize_key(&f.name), Content::File(f.clone()))),
     );
     if let Some(notes) = record.notes.as_deref().filter(|n| !n.is_empty()) {
         out.push((
             "notes".to_string(),
-            Source::Value(Zeroizing::new(notes.as_bytes().to_vec())),
+            Content::Value(Zeroizing::new(notes.as_bytes().to_vec())),
         ));
     }
     out
@@ -343,7 +346,7 @@ impl Keys {
         }
     }
 
-    fn insert(&mut self, key: String, source: Source) {
+    fn insert(&mut self, key: String, source: Content) {
         let base = match self.entries.entry(key) {
             Entry::Vacant(slot) => {
                 slot.insert(source);

@@ -13,7 +13,7 @@ use keeper_operator::ksm::crypto::AesKey;
 use keeper_operator::ksm::notation::Notation;
 use keeper_operator::ksm::record::{Field, KeeperFile, Record, SharedFolder, Vault};
 use keeper_operator::sync::desired::{self, HashKey, MAX_SECRET_BYTES};
-use keeper_operator::sync::mapping::{self, Bytes, Source};
+use keeper_operator::sync::mapping::{self, Bytes, Content};
 use keeper_operator::sync::template;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -236,8 +236,8 @@ pub fn spec(data: &[u8]) {
         .entries
         .into_iter()
         .map(|(key, source)| match source {
-            Source::Value(v) => (key, v),
-            Source::File(f) => (key, file_bytes(&f.uid)),
+            Content::Value(v) => (key, v),
+            Content::File(f) => (key, file_bytes(&f.uid)),
         })
         .collect();
     let template = spec.target.as_ref().and_then(|t| t.template.as_ref());

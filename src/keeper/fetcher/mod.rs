@@ -23,9 +23,9 @@
 //!   restarted operator can also recreate a Secret holding a file while Keeper is down.
 
 pub mod budget;
-pub mod ksm_source;
+pub mod ksm_upstream;
+pub mod sealed;
 pub mod secret_store;
-pub mod store;
 
 use crate::backoff;
 use crate::ksm::crypto::{AesKey, b64_url};
@@ -35,11 +35,11 @@ use crate::lock;
 use budget::RateBudget;
 use futures::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
+use sealed::{Part, SnapshotStore};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use store::{Part, SnapshotStore};
 use tokio::time::Instant as TokioInstant;
 use zeroize::Zeroizing;
 
@@ -47,7 +47,7 @@ use zeroize::Zeroizing;
 pub type FileBytes = Arc<Zeroizing<Vec<u8>>>;
 
 /// What a fetcher needs from Keeper for one credential (the real one wraps `KsmClient`).
-pub trait VaultSource: Send + Sync + 'static {
+pub trait Upstream: Send + Sync + 'static {
     /// One `get_secret` for everything the application can read: the decrypted response body,
     /// whose record data is still encrypted under the application key.
     fn fetch(&self) -> BoxFuture<'_, Result<Zeroizing<Vec<u8>>, KsmError>>;
@@ -207,7 +207,7 @@ struct State {
 /// The shared fetcher of one credential.
 pub struct CredentialFetcher {
     id: String,
-    source: Box<dyn VaultSource>,
+    source: Box<dyn Upstream>,
     store: Option<Arc<dyn SnapshotStore>>,
     settings: FetchSettings,
     stats: Arc<FetchStats>,
@@ -225,7 +225,7 @@ pub fn credential_id(client_id: &str) -> String {
 impl CredentialFetcher {
     pub fn new(
         client_id: &str,
-        source: Box<dyn VaultSource>,
+        source: Box<dyn Upstream>,
         store: Option<Arc<dyn SnapshotStore>>,
         settings: FetchSettings,
         stats: Arc<FetchStats>,
@@ -473,7 +473,7 @@ impl CredentialFetcher {
                 return None;
             }
         };
-        let restored = store::open(&self.source.cache_key(), &sealed)
+        let restored = sealed::open(&self.source.cache_key(), &sealed)
             .map_err(|e| e.to_string())
             .and_then(|(fetched_at, body)| {
                 let vault = self.source.decode(&body).map_err(|e| e.to_string())?;
@@ -502,7 +502,7 @@ impl CredentialFetcher {
         if state.persisted == Some(fingerprint) {
             return;
         }
-        let sealed = store::seal(&self.source.cache_key(), fetched_at, body);
+        let sealed = sealed::seal(&self.source.cache_key(), fetched_at, body);
         let len = sealed.len();
         match store.save(&self.id, Part::Snapshot, sealed).await {
             Ok(()) => {
@@ -538,8 +538,8 @@ impl CredentialFetcher {
         if state.persisted_files == Some(fingerprint) {
             return;
         }
-        let budget = store::files_budget(state.persisted_len);
-        let (sealed, left_out) = store::seal_files(&self.source.cache_key(), files, budget);
+        let budget = sealed::files_budget(state.persisted_len);
+        let (sealed, left_out) = sealed::seal_files(&self.source.cache_key(), files, budget);
         for uid in &left_out {
             tracing::warn!(credential = %self.id, file = %uid, budget_bytes = budget,
                 "attachment does not fit the last good copy; it is kept in memory only");
@@ -563,7 +563,7 @@ impl CredentialFetcher {
                 return;
             }
         };
-        match store::open_files(&self.source.cache_key(), &sealed) {
+        match sealed::open_files(&self.source.cache_key(), &sealed) {
             Ok(stored) => {
                 for file in stored {
                     files.insert(file.uid, (file.revision, Arc::new(file.content)));

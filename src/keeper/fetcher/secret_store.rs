@@ -1,7 +1,7 @@
 //! [`SnapshotStore`] in Secrets of the operator's namespace: survives restarts and failover,
 //! and a standby replica reads what the previous leader wrote.
 
-use super::store::{Part, SnapshotStore};
+use super::sealed::{Part, SnapshotStore};
 use futures::future::BoxFuture;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;

@@ -1,4 +1,4 @@
-use super::store::{MemoryStore, Part, SnapshotStore};
+use super::sealed::{MemoryStore, Part, SnapshotStore};
 use super::*;
 use crate::ksm::record::Record;
 use std::sync::Mutex;
@@ -25,7 +25,7 @@ fn source(results: Script, key: &AesKey) -> (FakeSource, Arc<AtomicUsize>) {
     (fake, fetches)
 }
 
-impl VaultSource for FakeSource {
+impl Upstream for FakeSource {
     fn fetch(&self) -> BoxFuture<'_, Result<Zeroizing<Vec<u8>>, KsmError>> {
         self.fetches.fetch_add(1, Ordering::SeqCst);
         let next = {
@@ -62,7 +62,7 @@ impl VaultSource for FakeSource {
     }
 
     fn cache_key(&self) -> AesKey {
-        store::cache_key(&self.key)
+        sealed::cache_key(&self.key)
     }
 }
 
@@ -394,7 +394,7 @@ struct SlowSource {
     delay: Duration,
 }
 
-impl VaultSource for SlowSource {
+impl Upstream for SlowSource {
     fn fetch(&self) -> BoxFuture<'_, Result<Zeroizing<Vec<u8>>, KsmError>> {
         Box::pin(async move {
             tokio::time::sleep(self.delay).await;

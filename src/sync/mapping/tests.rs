@@ -153,7 +153,7 @@ fn from_record(sel: RecordSelector, policy: DuplicateKeyPolicy) -> DataFromItem 
 
 fn text(plan: &Plan, key: &str) -> String {
     match plan.entries.get(key) {
-        Some(Source::Value(v)) => String::from_utf8(v.to_vec()).unwrap(),
+        Some(Content::Value(v)) => String::from_utf8(v.to_vec()).unwrap(),
         other => panic!("{key}: {other:?}"),
     }
 }
@@ -267,7 +267,7 @@ fn files_by_record_and_notation_stay_files() {
     let plan = plan(&spec(vec![f, n], vec![]), &vault(vec![login()])).unwrap();
     for k in ["tls.crt", "n.crt"] {
         assert!(
-            matches!(&plan.entries[k], Source::File(file) if file.uid == "f1"),
+            matches!(&plan.entries[k], Content::File(file) if file.uid == "f1"),
             "{k}"
         );
     }
@@ -344,7 +344,7 @@ fn data_from_record_maps_every_field_with_suffix_policy() {
         ("a".into(), "c".into())
     );
     assert_eq!(text(&plan, "notes"), "note text");
-    assert!(matches!(plan.entries["cert.pem"], Source::File(_)));
+    assert!(matches!(plan.entries["cert.pem"], Content::File(_)));
 }
 
 #[test]

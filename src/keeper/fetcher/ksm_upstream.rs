@@ -1,7 +1,7 @@
-//! The real [`VaultSource`]: a `KsmClient` for one bound credential.
+//! The real [`Upstream`]: a `KsmClient` for one bound credential.
 
-use super::VaultSource;
-use super::store::cache_key;
+use super::Upstream;
+use super::sealed::cache_key;
 use crate::ksm::client::{KsmClient, Query};
 use crate::ksm::config::ConfigError;
 use crate::ksm::crypto::AesKey;
@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::Instant;
 use zeroize::Zeroizing;
 
-pub struct KsmSource {
+pub struct KsmUpstream {
     client: KsmClient,
     cache_key: AesKey,
     metrics: Arc<Metrics>,
 }
 
-impl KsmSource {
+impl KsmUpstream {
     /// Fails for an unbound config: only a bound credential has the key that seals its cache.
     pub fn new(client: KsmClient, metrics: Arc<Metrics>) -> Result<Self, KsmError> {
         let app_key = client
@@ -27,7 +27,7 @@ impl KsmSource {
             .app_key()
             .ok_or(KsmError::Config(ConfigError::NotBound))?;
         let cache_key = cache_key(app_key);
-        Ok(KsmSource {
+        Ok(KsmUpstream {
             client,
             cache_key,
             metrics,
@@ -35,7 +35,7 @@ impl KsmSource {
     }
 }
 
-impl VaultSource for KsmSource {
+impl Upstream for KsmUpstream {
     fn fetch(&self) -> BoxFuture<'_, Result<Zeroizing<Vec<u8>>, KsmError>> {
         Box::pin(async move {
             let start = Instant::now();
