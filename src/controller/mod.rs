@@ -9,6 +9,8 @@
 //!   Orphan, Merge) sets — so deleted or hand-edited targets are restored promptly. Their
 //!   `resourceVersion`s also spare the reconciler reading a Secret that has not changed.
 
+#[cfg(test)]
+pub mod fixtures;
 pub mod memo;
 pub mod reconcile;
 

@@ -465,3 +465,6 @@ async fn report<S>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,281 @@
+//! The reconciler's orchestration against a fake API server and a fake Keeper
+//! ([`crate::controller::fixtures`]): which requests each situation costs, what gets written,
+//! and what is refused.
+
+use serde_json::json;
+
+use super::*;
+use crate::controller::fixtures::{
+    Fixture, bound_config, keeper_secret_path as ks_path, secret_path,
+};
+use crate::ksm::config::KsmConfig;
+use crate::ksm::record::{Field, Record};
+
+const NS: &str = "shop";
+const UID: &str = "AAAAAAAAAAAAAAAAAAAAAA";
+const OTHER: &str = "BBBBBBBBBBBBBBBBBBBBBB";
+
+fn record(uid: &str, password: &str, revision: i64) -> Record {
+    Record {
+        uid: uid.into(),
+        title: format!("record {uid}"),
+        record_type: "login".into(),
+        revision,
+        folder_uid: None,
+        inner_folder_uid: None,
+        fields: vec![Field {
+            field_type: "password".into(),
+            label: None,
+            value: vec![json!(password)],
+        }],
+        custom: vec![],
+        notes: None,
+        files: vec![],
+    }
+}
+
+fn keeper_has(f: &Fixture, records: Vec<Record>) {
+    *lock(&f.ctx.keeper.vault) = Vault {
+        records,
+        ..Vault::default()
+    };
+}
+
+/// KeeperSecret `db` mapping the password of `UID`, with `spec` merged over that.
+fn keeper_secret(spec: serde_json::Value) -> KeeperSecret {
+    let mut value = json!({
+        "apiVersion": "keeper-operator.dev/v1alpha1",
+        "kind": "KeeperSecret",
+        "metadata": {"name": "db", "namespace": NS},
+        "spec": {
+            "auth": {"secretRef": {"name": "ksm-config", "key": "config"}},
+            "data": [{"key": "password", "record": {"uid": UID}, "field": "password"}],
+        },
+    });
+    for (key, v) in spec.as_object().into_iter().flatten() {
+        value["spec"][key] = v.clone();
+    }
+    serde_json::from_value(value).expect("a valid KeeperSecret")
+}
+
+/// A fixture with a stored credential and Keeper holding `UID` with password `s3cret`.
+fn fixture() -> Fixture {
+    let f = Fixture::new();
+    f.credential(NS, "ksm-config", &bound_config().to_json());
+    keeper_has(&f, vec![record(UID, "s3cret", 1)]);
+    f
+}
+
+/// A fixture after KeeperSecret `db` synced once and the watch delivered its Secret.
+async fn synced() -> Fixture {
+    let mut f = fixture();
+    f.create(&keeper_secret(json!({})));
+    f.reconcile(NS, "db").await.expect("the first sync");
+    f.watch_secret(NS, "db");
+    f.api.take_requests();
+    f
+}
+
+fn password(f: &Fixture) -> Vec<u8> {
+    let secret = f.secret(NS, "db").expect("the Secret exists");
+    secret.data.unwrap_or_default()["password"].0.clone()
+}
+
+fn ready(f: &Fixture) -> (String, String) {
+    let ks = f.keeper_secret(NS, "db");
+    let ready = ks.ready_condition().expect("a Ready condition");
+    (ready.status.clone(), ready.reason.clone())
+}
+
+fn secret_writes(requests: &[String]) -> usize {
+    requests
+        .iter()
+        .filter(|r| r.starts_with("PATCH /api/v1/") && r.contains("/secrets/"))
+        .count()
+}
+
+#[tokio::test]
+async fn a_new_keeper_secret_costs_one_keeper_call_and_four_requests() {
+    let f = fixture();
+    f.create(&keeper_secret(json!({})));
+    f.reconcile(NS, "db").await.unwrap();
+    assert_eq!(
+        f.api.take_requests(),
+        [
+            format!("GET {}", secret_path(NS, "ksm-config")),
+            format!("GET {}", secret_path(NS, "db")),
+            format!("PATCH {}", secret_path(NS, "db")),
+            format!("PATCH {}/status", ks_path(NS, "db")),
+        ]
+    );
+    assert_eq!(f.keeper_calls(), 1);
+    assert_eq!(password(&f), b"s3cret");
+    assert_eq!(ready(&f), ("True".into(), "Synced".into()));
+    let status = f.keeper_secret(NS, "db").status.unwrap();
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.records[0].uid, UID);
+    // The Ready transition is announced once, off the reconcile's path.
+    for _ in 0..100 {
+        if !f.api.events().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(f.api.events(), ["Synced"]);
+}
+
+#[tokio::test]
+async fn a_settled_keeper_secret_costs_no_request_and_no_keeper_call() {
+    let f = synced().await;
+    f.reconcile(NS, "db").await.unwrap();
+    assert_eq!(f.api.take_requests(), Vec::<String>::new());
+    assert_eq!(f.keeper_calls(), 1, "only the first sync read Keeper");
+}
+
+#[tokio::test]
+async fn a_hand_edited_secret_is_read_and_restored_without_rewriting_status() {
+    let mut f = synced().await;
+    let path = secret_path(NS, "db");
+    f.api
+        .edit(&path, |s| s["data"]["password"] = json!("aGFja2Vk"));
+    f.watch_secret(NS, "db");
+    f.reconcile(NS, "db").await.unwrap();
+    assert_eq!(
+        f.api.take_requests(),
+        [format!("GET {path}"), format!("PATCH {path}")],
+        "the version moved, so the memo no longer vouches: one read, one write, and the \
+         status (same data, same records) is not rewritten"
+    );
+    assert_eq!(password(&f), b"s3cret");
+}
+
+#[tokio::test]
+async fn merge_into_a_missing_secret_is_refused_without_a_write() {
+    let f = fixture();
+    f.create(&keeper_secret(
+        json!({"target": {"creationPolicy": "Merge"}}),
+    ));
+    let err = f.reconcile(NS, "db").await.unwrap_err();
+    assert_eq!(err.reason(), "TargetNotFound");
+    let requests = f.api.take_requests();
+    assert_eq!(secret_writes(&requests), 0, "{requests:?}");
+    assert_eq!(f.keeper_calls(), 0, "refused before reading Keeper");
+    assert_eq!(ready(&f), ("False".into(), "TargetNotFound".into()));
+}
+
+#[tokio::test]
+async fn merge_adds_keys_to_a_foreign_secret_and_keeps_its_own() {
+    let f = fixture();
+    f.api.put(
+        &secret_path(NS, "db"),
+        json!({"metadata": {"name": "db", "namespace": NS}, "type": "Opaque",
+               "data": {"user": "YXBw"}}),
+    );
+    f.create(&keeper_secret(
+        json!({"target": {"creationPolicy": "Merge"}}),
+    ));
+    f.reconcile(NS, "db").await.unwrap();
+    let data = f.secret(NS, "db").unwrap().data.unwrap();
+    assert_eq!(data["password"].0, b"s3cret");
+    assert_eq!(data["user"].0, b"app");
+}
+
+#[tokio::test]
+async fn a_secret_created_by_someone_else_is_never_written() {
+    let f = fixture();
+    let foreign =
+        json!({"metadata": {"name": "db", "namespace": NS}, "data": {"password": "bWluZQ=="}});
+    f.api.put(&secret_path(NS, "db"), foreign);
+    f.create(&keeper_secret(json!({})));
+    let err = f.reconcile(NS, "db").await.unwrap_err();
+    assert_eq!(err.reason(), "SecretOwnedElsewhere");
+    assert_eq!(secret_writes(&f.api.take_requests()), 0);
+    assert_eq!(password(&f), b"mine");
+}
+
+#[tokio::test]
+async fn the_write_guard_refuses_to_empty_a_value_while_keeper_is_unchanged() {
+    let mut f = synced().await;
+    // Same record revision, yet the value decrypted empty: a glitch, not a change in Keeper.
+    keeper_has(&f, vec![record(UID, "", 1)]);
+    // Someone edits the Secret, so it is synced again at once.
+    let path = secret_path(NS, "db");
+    f.api
+        .edit(&path, |s| s["data"]["password"] = json!("ZWRpdGVk"));
+    f.watch_secret(NS, "db");
+    let err = f.reconcile(NS, "db").await.unwrap_err();
+    assert_eq!(err.reason(), "WriteRefused");
+    assert_eq!(secret_writes(&f.api.take_requests()), 0);
+    assert_eq!(password(&f), b"edited", "nothing is emptied");
+
+    // A new revision in Keeper is a real change: the same empty value is then written.
+    keeper_has(&f, vec![record(UID, "", 2)]);
+    f.reconcile(NS, "db").await.unwrap();
+    assert_eq!(password(&f), b"");
+}
+
+#[tokio::test]
+async fn a_one_time_token_is_redeemed_in_place_then_used() {
+    let f = Fixture::new();
+    keeper_has(&f, vec![record(UID, "s3cret", 1)]);
+    let token = format!("US:{}", crate::ksm::crypto::b64_url(&[7; 32]));
+    f.credential(NS, "ksm-config", &token);
+    f.create(&keeper_secret(json!({})));
+    f.reconcile(NS, "db").await.unwrap();
+    assert_eq!(*lock(&f.ctx.keeper.redeemed), std::slice::from_ref(&token));
+    let stored = f.secret(NS, "ksm-config").unwrap().data.unwrap()["config"].clone();
+    let stored = String::from_utf8(stored.0).unwrap();
+    assert!(
+        KsmConfig::parse(&stored).is_ok_and(|c| c.is_bound()),
+        "the token is replaced by the bound config"
+    );
+    let requests = f.api.take_requests();
+    let cred = secret_path(NS, "ksm-config");
+    assert_eq!(requests[0], format!("GET {cred}"));
+    assert!(
+        requests[1..]
+            .iter()
+            .take_while(|r| r.contains("ksm-config"))
+            .all(|r| *r == format!("PUT {cred}")),
+        "claimed and stored through conditioned updates: {requests:?}"
+    );
+    assert_eq!(password(&f), b"s3cret");
+}
+
+#[tokio::test]
+async fn a_store_borrower_cannot_read_a_record_the_store_does_not_allow() {
+    let f = Fixture::new();
+    keeper_has(
+        &f,
+        vec![record(UID, "s3cret", 1), record(OTHER, "other", 1)],
+    );
+    f.credential("keeper-system", "shared", &bound_config().to_json());
+    f.api.put(
+        "/apis/keeper-operator.dev/v1alpha1/clusterkeeperstores/shared",
+        json!({"apiVersion": "keeper-operator.dev/v1alpha1", "kind": "ClusterKeeperStore",
+               "metadata": {"name": "shared"},
+               "spec": {"credentialsSecretRef": {"name": "shared", "key": "config"},
+                        "namespaces": [NS], "allowedRecords": [OTHER]}}),
+    );
+    f.api.put(
+        &format!("/api/v1/namespaces/{NS}"),
+        json!({"metadata": {"name": NS}}),
+    );
+    let store = json!({"storeRef": {"name": "shared"}});
+    f.create(&keeper_secret(json!({"auth": store})));
+    let err = f.reconcile(NS, "db").await.unwrap_err();
+    assert_eq!(err.reason(), "NotAllowed");
+    let message = err.to_string();
+    assert!(!message.contains("s3cret"), "{message}");
+    assert!(f.secret(NS, "db").is_none());
+
+    // The allowed record syncs through the same store.
+    let allowed = json!([{"key": "password", "record": {"uid": OTHER}, "field": "password"}]);
+    let ks = keeper_secret(json!({"auth": store, "data": allowed}));
+    f.api.edit(&ks_path(NS, "db"), |v| {
+        v["spec"] = serde_json::to_value(&ks.spec).unwrap();
+        v["metadata"]["generation"] = json!(2);
+    });
+    f.reconcile(NS, "db").await.unwrap();
+    assert_eq!(password(&f), b"other");
+}
