@@ -12,8 +12,16 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Field manager for every server-side apply the controller makes.
+// Every label, annotation, field manager and well-known key the operator puts on or reads from
+// objects, in one place.
+
+/// Field manager of the controller's server-side applies (Secrets, status, rollout patches).
 pub const FIELD_MANAGER: &str = "keeper-operator.dev/controller";
+/// Field manager of the sealed last good copy in a credential's cache Secret.
+pub const SNAPSHOT_FIELD_MANAGER: &str = "keeper-operator.dev/last-good-cache";
+/// Field manager of the sealed attachments in a credential's cache Secret (its own, so saving
+/// them leaves the snapshot in place and the other way round).
+pub const FILES_FIELD_MANAGER: &str = "keeper-operator.dev/last-good-files";
 /// Label put on every Secret the operator writes; the controller watches only these.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`].
@@ -24,6 +32,16 @@ pub const OWNER_ANNOTATION: &str = "keeper-operator.dev/owner";
 pub const DATA_HASH_ANNOTATION: &str = "keeper-operator.dev/data-hash";
 /// Annotation listing the data keys the operator wrote (comma-separated, sorted).
 pub const KEYS_ANNOTATION: &str = "keeper-operator.dev/keys";
+/// Pod-template annotation whose change makes the workload controller roll its pods.
+pub const RESTARTED_AT_ANNOTATION: &str = "keeper-operator.dev/restartedAt";
+/// On a credential Secret while a redeemer holds its one-time token (RFC 3339 time of the claim).
+pub const CLAIM_ANNOTATION: &str = "keeper-operator.dev/token-redemption-started";
+/// On a credential Secret once its token was replaced by its config (RFC 3339 time).
+pub const REDEEMED_ANNOTATION: &str = "keeper-operator.dev/token-redeemed-at";
+/// Optional key in the credential Secret: `HOST[:PORT]`, overrides the token's region prefix.
+pub const HOSTNAME_KEY: &str = "hostname";
+/// Optional key in the credential Secret: `ID:BASE64URL_POINT`, a custom Keeper server key.
+pub const SERVER_KEY_KEY: &str = "serverPublicKey";
 /// Type of the condition that summarises a KeeperSecret.
 pub const READY: &str = "Ready";
 

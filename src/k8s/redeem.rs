@@ -21,14 +21,7 @@ use crate::error::Error;
 use crate::keeper::KeeperSource;
 use crate::ksm::token::OneTimeToken;
 
-/// Set while a redeemer holds the token (value: RFC 3339 time of the claim).
-pub const CLAIM_ANNOTATION: &str = "keeper-operator.dev/token-redemption-started";
-/// Set once the token was replaced by its config (value: RFC 3339 time).
-pub const REDEEMED_ANNOTATION: &str = "keeper-operator.dev/token-redeemed-at";
-/// Optional key in the credential Secret: `HOST[:PORT]`, overrides the token's region prefix.
-pub const HOSTNAME_KEY: &str = "hostname";
-/// Optional key in the credential Secret: `ID:BASE64URL_POINT`, a custom Keeper server key.
-pub const SERVER_KEY_KEY: &str = "serverPublicKey";
+use crate::api::{CLAIM_ANNOTATION, HOSTNAME_KEY, REDEEMED_ANNOTATION, SERVER_KEY_KEY};
 /// A claim older than this is considered abandoned (its redeemer died); redeeming again is
 /// then safe: an unspent token binds, a spent one is refused by Keeper.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(120);

@@ -23,14 +23,13 @@ use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::api::{FIELD_MANAGER, KEYS_ANNOTATION, KeeperSecret, WorkloadKind};
+use crate::api::{
+    FIELD_MANAGER, KEYS_ANNOTATION, KeeperSecret, RESTARTED_AT_ANNOTATION, WorkloadKind,
+};
 use crate::k8s::Events;
 use crate::lock;
 use crate::runtime::metrics::Metrics;
 use crate::sync::refresh;
-
-/// Pod-template annotation whose change makes the workload controller roll its pods.
-pub const RESTARTED_AT_ANNOTATION: &str = "keeper-operator.dev/restartedAt";
 
 /// PURE: whether writing `desired` over `existing` changes the data consumers see.
 ///

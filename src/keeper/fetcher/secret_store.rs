@@ -2,6 +2,7 @@
 //! and a standby replica reads what the previous leader wrote.
 
 use super::sealed::{Part, SnapshotStore};
+use crate::api::{FILES_FIELD_MANAGER, SNAPSHOT_FIELD_MANAGER};
 use futures::future::BoxFuture;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -12,8 +13,8 @@ use std::collections::BTreeMap;
 /// Each part has its own data key and field manager, so saving one leaves the other in place.
 fn data_key_and_manager(part: Part) -> (&'static str, &'static str) {
     match part {
-        Part::Snapshot => ("snapshot", "keeper-operator.dev/last-good-cache"),
-        Part::Files => ("files", "keeper-operator.dev/last-good-files"),
+        Part::Snapshot => ("snapshot", SNAPSHOT_FIELD_MANAGER),
+        Part::Files => ("files", FILES_FIELD_MANAGER),
     }
 }
 
