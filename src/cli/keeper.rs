@@ -327,7 +327,7 @@ mod tests {
 
     #[tokio::test]
     async fn get_and_records_output() {
-        use crate::ksm::client_http_tests::{FILE_CONTENT, FakeKsm};
+        use crate::ksm::fixtures::{FILE_CONTENT, FakeKsm};
         let ksm = FakeKsm::start().await;
         let client = ksm.bound_client().await;
         let run_get = |notations: &[&str]| {

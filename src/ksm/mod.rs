@@ -17,6 +17,6 @@ pub use config::KsmConfig;
 pub use error::KsmError;
 
 #[cfg(test)]
-pub(crate) mod client_http_tests;
+pub(crate) mod fixtures;
 #[cfg(test)]
 mod known_answer_tests;

@@ -382,5 +382,4 @@ pub fn decode_folders(app_key: &AesKey, plaintext: &[u8]) -> Result<Vec<SharedFo
 }
 
 #[cfg(test)]
-#[path = "response_tests.rs"]
 mod tests;

@@ -1,307 +1,106 @@
-//! The client over real HTTPS against a tiny in-process KSM responder (rustls, its own
-//! self-signed certificate and server key): binding, fetch, download and every error path.
-//! The full test server with fault injection lives in the e2e crate; this one is just enough
-//! to exercise the client's own request and retry logic.
+//! The client: its pure helpers, and over real HTTPS against the in-process responder in
+//! [`crate::ksm::fixtures`]: binding, fetch, download and every error path.
 
-use super::client::{ClientOptions, KsmClient, Query, redeem_token};
-use super::config::KsmConfig;
-use super::crypto::{
-    AesKey, EcKeyPair, aes_gcm_decrypt, aes_gcm_encrypt, b64_decode, b64_std, b64_url, client_id,
-    ecies_decrypt, verify_der,
-};
-use super::error::KsmError;
-use super::notation::{NotationValue, resolve};
-use super::record::KeeperFile;
-use serde_json::{Value, json};
-use std::collections::VecDeque;
+use crate::ksm::crypto::AesKey;
+use crate::ksm::fixtures::*;
+use crate::ksm::notation::{NotationValue, resolve};
+use crate::ksm::record::KeeperFile;
+use serde_json::Value;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-const TOKEN: &str = "YyIhK5wXFHj36wGBAOmBsxI3v5rIruINrC8KXjyM58c";
-pub(crate) const FILE_CONTENT: &[u8] = b"-----BEGIN CERTIFICATE-----\nfake\n";
+use super::*;
 
-enum Fault {
-    Throttle(f64),
-    WrongKey(u32),
-    Tamper,
-    BadGateway,
-}
-
-struct State {
-    server: EcKeyPair,
-    client_key: AesKey,
-    app_key: AesKey,
-    device: Option<[u8; 65]>,
-    vault: Value,
-    file: Vec<u8>,
-    faults: VecDeque<Fault>,
-    /// (endpoint, PublicKeyId header) of every API request.
-    seen: Vec<(String, String)>,
-}
-
-pub(crate) struct FakeKsm {
-    host: String,
-    ca_pem: Vec<u8>,
-    state: Arc<Mutex<State>>,
-}
-
-fn vault(app_key: &AesKey, port: u16) -> (Value, Vec<u8>) {
-    let (folder_key, record_key, file_key) = (AesKey::random(), AesKey::random(), AesKey::random());
-    let data = json!({"title": "Web", "type": "login",
-        "fields": [{"type": "login", "value": ["admin"]}, {"type": "password", "value": ["s3cr3t"]}],
-        "custom": [], "notes": "n"});
-    let meta = json!({"name": "cert.pem", "title": "Cert", "type": "text/plain", "size": FILE_CONTENT.len()});
-    let record = json!({
-        "recordUid": "6ya_fdc6XTsZ7i7x9Jcodg",
-        "recordKey": b64_std(&aes_gcm_encrypt(&folder_key, record_key.as_bytes())),
-        "data": b64_std(&aes_gcm_encrypt(&record_key, data.to_string().as_bytes())),
-        "revision": 5, "isEditable": false, "folderUid": null, "innerFolderUid": null,
-        "files": [{"fileUid": "f1", "url": format!("https://127.0.0.1:{port}/files/f1"),
-                   "fileKey": b64_std(&aes_gcm_encrypt(&record_key, file_key.as_bytes())),
-                   "data": b64_std(&aes_gcm_encrypt(&file_key, meta.to_string().as_bytes()))}]});
-    let value = json!({"appData": null, "encryptedAppKey": null, "appOwnerPublicKey": null,
-        "expiresOn": 0, "warnings": null, "extra": null, "records": null,
-        "folders": [{"folderUid": "y6FBhg7C-wy2zaM0-ouI-Q", "data": null, "parent": null,
-                     "folderKey": b64_std(&aes_gcm_encrypt(app_key, folder_key.as_bytes())),
-                     "records": [record]}]});
-    (value, aes_gcm_encrypt(&file_key, FILE_CONTENT))
-}
-
-fn error(status: u16, body: Value) -> (u16, Vec<u8>) {
-    (status, body.to_string().into_bytes())
-}
-
-/// One API request, answered as the test server does (docs/protocol.md#the-test-server).
-fn handle_api(state: &mut State, headers: &[(String, String)], body: &[u8]) -> (u16, Vec<u8>) {
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
-    match state.faults.pop_front() {
-        Some(Fault::Throttle(secs)) => {
-            return error(403, json!({"error": "throttled", "retry_after": secs}));
-        }
-        Some(Fault::WrongKey(id)) => {
-            return error(
-                401,
-                json!({"key_id": id, "error": "key", "message": "invalid key id"}),
-            );
-        }
-        Some(Fault::BadGateway) => return (502, b"Bad Gateway".to_vec()),
-        Some(Fault::Tamper) | None => {}
+#[test]
+fn throttle_delay_honours_retry_after_with_jitter() {
+    for _ in 0..50 {
+        let d = throttle_delay(Some(Duration::from_secs(8)), 0);
+        assert!(d >= Duration::from_secs(6) && d <= Duration::from_secs(10));
+        let d = throttle_delay(None, 1);
+        assert!(d >= Duration::from_secs_f64(16.5) && d <= Duration::from_secs_f64(27.5));
     }
-    let denied = |message: &str| error(403, json!({"error": "access_denied", "message": message}));
-    let Some(tk_raw) = header("TransmissionKey").and_then(|t| b64_decode(t).ok()) else {
-        return error(400, json!({"error": "bad_request"}));
-    };
-    let Ok(tk) = ecies_decrypt(state.server.secret_key(), &tk_raw) else {
-        return error(
-            400,
-            json!({"error": "bad_request", "message": "transmission key"}),
-        );
-    };
-    let tk = AesKey::from_slice(&tk).unwrap();
-    let payload: Value = serde_json::from_slice(&aes_gcm_decrypt(&tk, body).unwrap()).unwrap();
-    if payload["clientVersion"] != "mr17.3.0" {
-        return error(
-            403,
-            json!({"result_code": "invalid_client_version", "error": "client_version",
-                   "additional_info": format!("invalid client version id: {}", payload["clientVersion"])}),
-        );
-    }
-    if payload["clientId"] != client_id(state.client_key.as_bytes()) {
-        return denied("Unable to validate application access");
-    }
-    let mut just_bound = false;
-    if state.device.is_none() {
-        let Some(point) = payload["publicKey"]
-            .as_str()
-            .and_then(|p| b64_decode(p).ok())
-        else {
-            return denied("Unable to validate application access");
-        };
-        state.device = Some(point.try_into().unwrap());
-        just_bound = true;
-    }
-    let signature = header("Authorization")
-        .and_then(|a| a.strip_prefix("Signature "))
-        .and_then(|s| b64_decode(s).ok())
-        .unwrap_or_default();
-    let signed = [tk_raw.as_slice(), body].concat();
-    if !verify_der(&state.device.unwrap(), &signed, &signature) {
-        return denied("Signature is invalid");
-    }
-    let mut response = state.vault.clone();
-    if just_bound {
-        response["encryptedAppKey"] = json!(b64_std(&aes_gcm_encrypt(
-            &state.client_key,
-            state.app_key.as_bytes()
-        )));
-        response["appOwnerPublicKey"] = json!(b64_std(&EcKeyPair::generate().public_key_bytes()));
-    }
-    (200, aes_gcm_encrypt(&tk, response.to_string().as_bytes()))
 }
 
-/// A TLS acceptor with a fresh self-signed certificate for 127.0.0.1, and that certificate.
-fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, Vec<u8>) {
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .unwrap();
-    (
-        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-        cert.cert.pem().into_bytes(),
-    )
-}
-
-/// Reads one HTTP/1.1 request (head and `Content-Length` body); returns (head, body).
-async fn read_request<S: tokio::io::AsyncRead + Unpin>(tls: &mut S) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        let mut chunk = [0u8; 4096];
-        let n = tls.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let length: usize = head
-        .split("\r\n")
-        .filter_map(|l| l.split_once(':'))
-        .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0);
-    while buf.len() < head_end + length {
-        let mut chunk = [0u8; 4096];
-        let n = tls.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Some((head, buf[head_end..head_end + length].to_vec()))
-}
-
-async fn serve(
-    stream: tokio::net::TcpStream,
-    acceptor: tokio_rustls::TlsAcceptor,
-    state: Arc<Mutex<State>>,
-) -> Option<()> {
-    let mut tls = acceptor.accept(stream).await.ok()?;
-    let (head, body) = read_request(&mut tls).await?;
-    let body = body.as_slice();
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next()?.to_string();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let path = request_line.split(' ').nth(1)?.to_string();
-    let (status, response) = {
-        let mut state = state.lock().unwrap();
-        if path == "/files/f1" {
-            (200, state.file.clone())
-        } else {
-            let endpoint = path.rsplit('/').next().unwrap_or_default().to_string();
-            let key_id = headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case("PublicKeyId"))
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default();
-            state.seen.push((endpoint, key_id));
-            let tamper = matches!(state.faults.front(), Some(Fault::Tamper));
-            let (status, mut body) = handle_api(&mut state, &headers, body);
-            if tamper && status == 200 {
-                body[20] ^= 1;
-            }
-            (status, body)
-        }
-    };
-    let head = format!(
-        "HTTP/1.1 {status} X\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        response.len()
+#[test]
+fn unbound_configs_are_refused() {
+    let unbound = KsmConfig::unbound(
+        "localhost".into(),
+        crate::ksm::crypto::AesKey::random(),
+        10,
+        None,
     );
-    tls.write_all(head.as_bytes()).await.ok()?;
-    tls.write_all(&response).await.ok()?;
-    tls.shutdown().await.ok()
+    let err = KsmClient::new(unbound, &ClientOptions::default()).unwrap_err();
+    assert_eq!(err.reason(), "InvalidConfig");
 }
 
-impl FakeKsm {
-    pub(crate) async fn start() -> FakeKsm {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (acceptor, ca_pem) = tls_acceptor();
-        let app_key = AesKey::random();
-        let (vault, file) = vault(&app_key, port);
-        let state = Arc::new(Mutex::new(State {
-            server: EcKeyPair::generate(),
-            client_key: AesKey::from_b64(TOKEN).unwrap(),
-            app_key,
-            device: None,
-            vault,
-            file,
-            faults: VecDeque::new(),
-            seen: Vec::new(),
-        }));
-        let shared = state.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, acceptor.clone(), shared.clone()));
-            }
-        });
-        FakeKsm {
-            host: format!("127.0.0.1:{port}"),
-            ca_pem,
-            state,
+fn client_for(hostname: String, timeout: Duration) -> KsmClient {
+    let config = KsmConfig::unbound(hostname, crate::ksm::crypto::AesKey::random(), 10, None)
+        .into_bound(crate::ksm::crypto::AesKey::random(), None);
+    let options = ClientOptions {
+        timeout,
+        ..ClientOptions::default()
+    };
+    KsmClient::new(config, &options).unwrap()
+}
+
+/// A loopback listener that answers every connection with `reply` (or nothing).
+async fn listener(reply: Option<&'static [u8]>) -> String {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Some(reply) = reply {
+                    let _ = socket.write_all(reply).await;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
         }
-    }
+    });
+    addr.to_string()
+}
 
-    fn server_key(&self) -> (String, String) {
-        let point = self.state.lock().unwrap().server.public_key_bytes();
-        ("10".to_string(), b64_url(&point))
-    }
-
-    fn options(&self) -> ClientOptions {
-        ClientOptions {
-            extra_ca_pem: Some(self.ca_pem.clone()),
-            timeout: Duration::from_secs(10),
-            ..ClientOptions::default()
-        }
-    }
-
-    fn fault(&self, fault: Fault) {
-        self.state.lock().unwrap().faults.push_back(fault);
-    }
-
-    fn seen(&self) -> Vec<(String, String)> {
-        std::mem::take(&mut self.state.lock().unwrap().seen)
-    }
-
-    pub(crate) async fn bound_client(&self) -> KsmClient {
-        let config = redeem_token(
-            TOKEN,
-            Some(&self.host),
-            Some(self.server_key()),
-            &self.options(),
-        )
+#[tokio::test]
+async fn transport_failures_are_classified() {
+    // Plain HTTP where TLS is expected: the handshake fails inside rustls.
+    let host = listener(Some(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")).await;
+    let err = client_for(host, Duration::from_secs(5))
+        .get_secrets(&Query::default())
         .await
-        .unwrap();
-        self.seen();
-        KsmClient::new(config, &self.options()).unwrap()
-    }
+        .unwrap_err();
+    assert!(matches!(err, KsmError::Tls(_)), "{err:?}");
+    assert_eq!(err.reason(), "TlsError");
+
+    // A server that accepts and never answers.
+    let host = listener(None).await;
+    let err = client_for(host, Duration::from_millis(300))
+        .get_folders()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, KsmError::Timeout), "{err:?}");
+
+    // Nothing listening.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let err = client_for(format!("127.0.0.1:{port}"), Duration::from_secs(5))
+        .get_secrets(&Query::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "KeeperUnavailable", "{err:?}");
+}
+
+#[test]
+fn bad_extra_ca_is_a_config_error() {
+    let options = ClientOptions {
+        extra_ca_pem: Some(b"not a pem".to_vec()),
+        ..ClientOptions::default()
+    };
+    let err = http_client(&options).unwrap_err();
+    assert_eq!(err.reason(), "InvalidConfig");
 }
 
 #[tokio::test]
@@ -636,7 +435,7 @@ async fn an_oversize_reply_is_refused_while_streaming() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, KsmError::TooLarge { size: Some(1073741824), limit, .. } if limit == super::client::MAX_RESPONSE_BYTES),
+        matches!(err, KsmError::TooLarge { size: Some(1073741824), limit, .. } if limit == MAX_RESPONSE_BYTES),
         "{err:?}"
     );
 }
@@ -766,7 +565,7 @@ async fn downloads_are_https_only() {
 
 #[tokio::test]
 async fn only_allowed_hosts_are_contacted() {
-    use super::hosts::AllowedHosts;
+    use crate::ksm::hosts::AllowedHosts;
     let server = RawServer::start(Reply::Fixed(
         "HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0".into(),
         Vec::new(),
