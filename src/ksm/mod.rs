@@ -19,4 +19,4 @@ pub use error::KsmError;
 #[cfg(test)]
 pub(crate) mod fixtures;
 #[cfg(test)]
-mod known_answer_tests;
+mod tests;
