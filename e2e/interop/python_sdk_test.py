@@ -10,6 +10,7 @@ Every check prints one line; any failure raises, so the exit status is non-zero.
 import base64
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -178,8 +179,36 @@ def main():
     bound = SecretsManager(config=InMemoryKeyValueStorage(config_b64), verify_ssl_certs=True)
     check("pre-bound base64 config", len(bound.get_secrets()) == 4)
 
+    # 11. The notation table: the SDK's answers, for compare_notations.py to hold ours against.
+    table = os.environ.get("NOTATION_TABLE")
+    if table:
+        answers = {text: sdk_notation(bound, text) for text in read_table(table)}
+        with open(os.path.join(state_dir, "notations-python.json"), "w") as f:
+            json.dump(answers, f)
+        check("notation table answered", len(answers) > 0, table)
+
     admin.call("POST", "/admin/faults/reset")
     print(f"python SDK: {len(PASSED)} passed, 0 failed", flush=True)
+
+
+def read_table(path):
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+
+# A property as the only bracket (`field/host[port]`): only the SDK's getter takes that form.
+PROPERTY_ONLY = re.compile(r"/(field|custom_field)/(\\.|[^\[])*\[[A-Za-z][^\]]*\]$", re.IGNORECASE)
+
+
+def sdk_notation(sm, text):
+    """{"values": [...]} as the SDK answers `text`, or {"error": "..."}."""
+    try:
+        if PROPERTY_ONLY.search(text):
+            value = sm.get_notation(text)
+            return {"values": [value if isinstance(value, str) else json.dumps(value)]}
+        return {"values": sm.get_notation_results(text)}
+    except Exception as error:
+        return {"error": type(error).__name__}
 
 
 if __name__ == "__main__":

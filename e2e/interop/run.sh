@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Proves that ksm-test-server speaks Keeper's protocol: the OFFICIAL Keeper SDKs, unmodified,
-# bind a one-time token, fetch, resolve notations, download a file and list folders against it.
+# bind a one-time token, fetch, resolve notations, download a file and list folders against it;
+# then keeper-operator resolves a table of notations (notations.txt) as the Python SDK does.
 #
 #   Python:     keeper-secrets-manager-core==17.3.0 (PyPI), in a venv this script creates
 #   JavaScript: @keeper-security/secrets-manager-core@17.5.0 (npm)
@@ -81,8 +82,15 @@ log "server up: $(tr -d '\n ' <"$STATE/server.json")"
 
 status=0
 log "Python SDK $PY_SDK_VERSION"
-REQUESTS_CA_BUNDLE="$STATE/ca.pem" KSM_CONFIG_SKIP_MODE=TRUE \
+REQUESTS_CA_BUNDLE="$STATE/ca.pem" KSM_CONFIG_SKIP_MODE=TRUE NOTATION_TABLE="$HERE/notations.txt" \
     "$VENV/bin/python" "$HERE/python_sdk_test.py" "$STATE" "$VAULT" || status=1
+log "notations: keeper-operator against the Python SDK's answers"
+OPERATOR_BIN=${KEEPER_OPERATOR_BIN:-}
+if [ -z "$OPERATOR_BIN" ]; then
+    (cd "$ROOT" && cargo build --quiet -p keeper-operator --bin keeper-operator)
+    OPERATOR_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/keeper-operator"
+fi
+python3 "$HERE/compare_notations.py" "$STATE" "$HERE/notations.txt" "$OPERATOR_BIN" || status=1
 log "JavaScript SDK $JS_SDK_VERSION"
 NODE_PATH="$NODE_DIR/node_modules" NODE_EXTRA_CA_CERTS="$STATE/ca.pem" \
     node "$HERE/js_sdk_test.js" "$STATE" "$VAULT" || status=1

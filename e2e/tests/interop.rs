@@ -1,5 +1,5 @@
 //! Runs `e2e/interop/run.sh`: the official Keeper Python and JavaScript SDKs against
-//! `ksm-test-server`. Outside CI a machine without python3/node/npm skips it with a message;
+//! `ksm-test-server`, and the operator's notation resolver against the Python SDK's answers. Outside CI a machine without python3/node/npm skips it with a message;
 //! with `CI=true` a missing tool is a failure, never a silent skip.
 
 use std::process::Command;
@@ -30,6 +30,10 @@ fn official_sdks_talk_to_the_test_server() {
     let output = Command::new("bash")
         .arg(script)
         .env("KSM_TEST_SERVER_BIN", env!("CARGO_BIN_EXE_ksm-test-server"))
+        .env(
+            "KEEPER_OPERATOR_BIN",
+            keeper_e2e::harness::operator_binary().expect("the operator binary"),
+        )
         .output()
         .expect("run interop/run.sh");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -37,7 +41,7 @@ fn official_sdks_talk_to_the_test_server() {
     println!("{stdout}");
     eprintln!("{stderr}");
     assert!(output.status.success(), "interop/run.sh failed");
-    for sdk in ["python SDK", "javascript SDK"] {
+    for sdk in ["python SDK", "javascript SDK", "notations"] {
         assert!(
             stdout
                 .lines()

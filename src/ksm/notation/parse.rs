@@ -95,7 +95,9 @@ fn parse_index(text: &str) -> Result<Option<usize>, NotationError> {
         return Ok(None);
     }
     if !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(syntax("value index must be [] or [N]"));
+        return Err(syntax(
+            "value index must be [], [N] or a property name such as [first]",
+        ));
     }
     text.parse()
         .map(Some)
@@ -174,6 +176,15 @@ fn parse_notation(input: &str) -> Result<Notation, NotationError> {
     if property.as_deref() == Some("") {
         return Err(syntax("property index must not be empty"));
     }
+    // A property as the only bracket (`name[first]`, as Keeper's documentation writes it) is,
+    // as in the SDKs' getter, that property of the first value: `name[0][first]`. Property
+    // names start with a letter, so `[-1]` and the like stay errors.
+    let (index, property) = match (index, property) {
+        (Some(text), None) if text.starts_with(|c: char| c.is_ascii_alphabetic()) => {
+            (Some("0".to_string()), Some(text))
+        }
+        other => other,
+    };
     let index = match index {
         Some(text) => parse_index(&text)?,
         None => None,
@@ -308,6 +319,33 @@ mod tests {
     }
 
     #[test]
+    fn a_property_as_the_only_bracket_means_that_property_of_the_first_value() {
+        for (text, name, property) in [
+            ("r/field/name[first]", "name", "first"),
+            ("r/field/host[hostName]", "host", "hostName"),
+            ("r/field/host[port]", "host", "port"),
+            (r"r/field/x[a\]b]", "x", "a]b"),
+        ] {
+            assert_eq!(
+                parse(text).unwrap().selector,
+                field(FieldKind::Standard, name, Some(0), Some(property)),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            parse("r/custom_field/Phone[number]").unwrap().to_string(),
+            "keeper://r/custom_field/Phone[0][number]",
+            "written back in the long form"
+        );
+        // `[]` and `[N]` keep their meaning; a property after a property is still an error.
+        assert_eq!(
+            parse("r/field/name[]").unwrap().selector,
+            field(FieldKind::Standard, "name", None, None)
+        );
+        assert!(parse("r/field/name[first][last]").is_err());
+    }
+
+    #[test]
     fn base64_form_is_decoded() {
         let encoded = b64_url("keeper://uid/field/login".as_bytes());
         let n = parse(&encoded).unwrap();
@@ -328,7 +366,7 @@ mod tests {
             "r/field/",
             "r/field/x[0]trailing",
             "r/field/x[0][a][b]",
-            "r/field/x[abc]",
+            "r/field/x[abc][def]",
             "r/field/x[-1]",
             "r/field/x[0",
             "r/field/x[[0]]",

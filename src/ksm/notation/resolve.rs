@@ -227,6 +227,10 @@ mod tests {
         );
         assert_eq!(t("Web/field/name[][last]"), ["Lovelace"]);
         assert_eq!(t("Web/field/name[1][first]"), ["Bob"]);
+        // The property as the only bracket: of the first value, as the SDKs' getter answers.
+        assert_eq!(t("Web/field/name[first]"), ["Ada"]);
+        assert_eq!(t("Web/field/name[last]"), ["Lovelace"]);
+        assert_eq!(t("Web/custom_field/Phone[number]"), ["555"]);
         assert_eq!(t("Web/field/Born"), ["1700000000000"]);
         assert_eq!(t("Web/custom_field/API Key"), ["k1"]);
         assert_eq!(t("Web/custom_field/Phone[0][number]"), ["555"]);
