@@ -1,6 +1,7 @@
 //! One app namespace with the chart installed, a KSM test server holding the sample vault, a
 //! bound credential Secret `ksm-config`, and helpers to create and watch KeeperSecrets that map
-//! the Postgres password: the shared setup of the cache and fault scenarios.
+//! the Postgres password: the shared setup of the controller, cache and fault scenarios. Also
+//! the KeeperSecret manifests and waits those scenarios share.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,7 +15,9 @@ use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::json;
 
-use crate::harness::{Operator, OperatorBuilder, TestEnv, wait_until};
+use crate::harness::{
+    Operator, OperatorBuilder, TestEnv, secret_bytes, secret_text, wait_until, workspace_root,
+};
 use crate::ksm_server::{RecordSpec, TestServer, sample_vault};
 
 /// How long a scenario waits for anything.
@@ -29,6 +32,8 @@ pub struct World {
     pub ca: std::path::PathBuf,
     /// The KSM config given to the operator (its key material is scanned for).
     pub config: String,
+    /// How long this world's waits last.
+    timeout: Duration,
 }
 
 impl World {
@@ -46,22 +51,129 @@ impl World {
             server,
             ca,
             config,
+            timeout: TIMEOUT,
         })
+    }
+
+    /// The same world with waits of `timeout` instead of [`TIMEOUT`].
+    pub fn with_timeout(mut self, timeout: Duration) -> World {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long this world's waits last.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// An operator trusting the test server's CA, otherwise with the operator's defaults; not
+    /// yet started.
+    pub fn plain_operator_builder(&self) -> OperatorBuilder {
+        self.env
+            .operator()
+            .arg(format!("--keeper-ca-file={}", self.ca.display()))
     }
 
     /// An operator for this world (trusts the test server's CA), not yet started.
     pub fn operator_builder(&self) -> OperatorBuilder {
-        self.env
-            .operator()
-            .arg(format!("--keeper-ca-file={}", self.ca.display()))
-            .arg("--concurrency=8")
+        self.plain_operator_builder().arg("--concurrency=8")
     }
 
     /// A started, ready operator for this world.
     pub async fn operator(&self) -> Result<Operator> {
         let mut operator = self.operator_builder().spawn()?;
-        operator.wait_ready(TIMEOUT).await?;
+        operator.wait_ready(self.timeout).await?;
         Ok(operator)
+    }
+
+    /// Applies `e2e/examples/<file>` verbatim in the app namespace, as admin.
+    pub fn apply_example(&self, file: &str) -> Result<()> {
+        let path = workspace_root().join("e2e/examples").join(file);
+        let manifest =
+            std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+        // The KSM test server runs on this runtime: block a worker, not the runtime.
+        tokio::task::block_in_place(|| {
+            self.env
+                .cluster
+                .apply(&manifest, &["-n", &self.env.app_namespace])
+        })?;
+        Ok(())
+    }
+
+    /// `kubectl wait --for=condition=Ready`, exactly as users and Argo CD do.
+    pub fn kubectl_wait_ready(&self, name: &str) -> Result<()> {
+        let mut cmd = self.env.cluster.kubectl();
+        cmd.args(["wait", "--for=condition=Ready"])
+            .arg(format!("--timeout={}s", self.timeout.as_secs()))
+            .args(["-n", &self.env.app_namespace])
+            .arg(format!("keepersecret/{name}"));
+        // The KSM test server runs on this runtime: block a worker, not the runtime.
+        let out = tokio::task::block_in_place(|| cmd.output())?;
+        ensure!(
+            out.status.success(),
+            "kubectl wait: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Waits until KeeperSecret `name`'s Ready condition has this status and reason.
+    pub async fn wait_reason(
+        &self,
+        name: &str,
+        status: &str,
+        reason: &str,
+    ) -> Result<KeeperSecret> {
+        self.wait_condition(name, "Ready", status, reason).await
+    }
+
+    /// Waits until KeeperSecret `name`'s condition `type_` has this status and reason.
+    pub async fn wait_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+        reason: &str,
+    ) -> Result<KeeperSecret> {
+        wait_for_reason(
+            &self.keeper_secrets(),
+            name,
+            type_,
+            status,
+            reason,
+            self.timeout,
+        )
+        .await
+    }
+
+    /// Waits until Secret `name` exists and `check` accepts its data.
+    pub async fn wait_secret(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&BTreeMap<String, Vec<u8>>) -> bool,
+    ) -> Result<Secret> {
+        let api = self.secrets();
+        let check = &check;
+        wait_until(&format!("Secret {name}: {what}"), self.timeout, || {
+            let api = api.clone();
+            async move {
+                let Some(s) = api.get_opt(name).await? else {
+                    return Ok(None);
+                };
+                Ok(check(&secret_bytes(&s)).then_some(s))
+            }
+        })
+        .await
+    }
+
+    /// The test server's current value of standard field `field_type` of record `uid` (what a
+    /// Secret must hold).
+    pub fn vault_value(&self, uid: &str, field_type: &str) -> Result<String> {
+        self.server
+            .record(uid)?
+            .field_text(field_type)
+            .with_context(|| format!("record {uid} has no text {field_type} field"))
     }
 
     /// Ends the scenario: stops the operators and fails on any leaked secret value.
@@ -109,7 +221,7 @@ impl World {
         let api = self.keeper_secrets();
         wait_until(
             &format!("{count} KeeperSecrets Ready reason {reason}"),
-            TIMEOUT,
+            self.timeout,
             || {
                 let api = api.clone();
                 async move {
@@ -159,14 +271,7 @@ impl World {
 
     /// The Postgres password the test server currently holds.
     pub fn postgres_password(&self) -> Result<String> {
-        let record = self.server.record(POSTGRES)?;
-        record
-            .fields
-            .iter()
-            .find(|f| f["type"] == "password")
-            .and_then(|f| f["value"][0].as_str())
-            .map(str::to_string)
-            .context("the Postgres record has no password")
+        self.vault_value(POSTGRES, "password")
     }
 
     /// Changes the Postgres password in Keeper (a new record revision); returns the revision.
@@ -176,19 +281,62 @@ impl World {
     }
 }
 
-/// A KeeperSecret `name` writing Secret `name` with the Postgres password under `password`.
-pub fn keeper_secret(name: &str, refresh: &str) -> serde_json::Value {
+/// A KeeperSecret manifest `name` with this `spec`.
+pub fn keeper_secret_manifest(name: &str, spec: serde_json::Value) -> serde_json::Value {
     json!({
         "apiVersion": "keeper-operator.dev/v1alpha1",
         "kind": "KeeperSecret",
         "metadata": { "name": name },
-        "spec": {
+        "spec": spec,
+    })
+}
+
+/// Creates KeeperSecret `name` with this `spec`, as admin.
+pub async fn create_keeper_secret(
+    api: &Api<KeeperSecret>,
+    name: &str,
+    spec: serde_json::Value,
+) -> Result<KeeperSecret> {
+    let ks: KeeperSecret = serde_json::from_value(keeper_secret_manifest(name, spec))?;
+    Ok(api.create(&PostParams::default(), &ks).await?)
+}
+
+/// A KeeperSecret `name` writing Secret `name` with the Postgres password under `password`.
+pub fn keeper_secret(name: &str, refresh: &str) -> serde_json::Value {
+    keeper_secret_manifest(
+        name,
+        json!({
             "auth": { "secretRef": { "name": "ksm-config", "key": "config" } },
             "refreshInterval": refresh,
             "target": { "name": name },
             "data": [{ "key": "password", "notation": format!("keeper://{POSTGRES}/field/password") }]
-        }
-    })
+        }),
+    )
+}
+
+/// Waits until KeeperSecret `name`'s condition `type_` has this status and reason; returns it.
+pub async fn wait_for_reason(
+    api: &Api<KeeperSecret>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    timeout: Duration,
+) -> Result<KeeperSecret> {
+    wait_until(
+        &format!("{name} {type_}={status} reason {reason}"),
+        timeout,
+        || async move {
+            let ks = api.get(name).await?;
+            let ok = ks
+                .status
+                .iter()
+                .flat_map(|s| &s.conditions)
+                .any(|c| c.type_ == type_ && c.status == status && c.reason == reason);
+            Ok(ok.then_some(ks))
+        },
+    )
+    .await
 }
 
 /// `prefix-0000`, `prefix-0001`, ... for the range.
@@ -210,8 +358,7 @@ pub fn condition<'a>(
 
 /// The `password` key of a Secret, as text.
 pub fn password(secret: &Secret) -> Option<String> {
-    let value = secret.data.as_ref()?.get("password")?;
-    Some(String::from_utf8_lossy(&value.0).into_owned())
+    secret_text(secret, "password")
 }
 
 /// Secret `name` (its `data`) holds a password from `allowed`; a missing one never passes, not

@@ -3,201 +3,47 @@
 //! the README examples in `e2e/examples/`, applied verbatim.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Secret;
-use keeper_e2e::harness::{Operator, TestEnv, create_secret, wait_until, workspace_root};
-use keeper_e2e::ksm_server::{DownMode, RecordSpec, TestServer, VaultSpec};
+use keeper_e2e::harness::{Operator, create_secret, secret_bytes, wait_until, workspace_root};
+use keeper_e2e::ksm_server::{DownMode, RecordSpec};
+use keeper_e2e::world::{POSTGRES, World};
 use keeper_operator::api::{KeeperSecret, MANAGED_BY_LABEL};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-const POSTGRES: &str = "YP6qLSSxX3qEJLYyQs6iZw";
 
 /// Tests run on a multi-thread runtime because the KSM test server shares it with blocking
 /// kubectl calls.
 ///
-/// One test's world: control plane namespace + chart, a KSM test server, a running operator.
-struct World {
-    env: TestEnv,
-    server: TestServer,
-    operator: Operator,
-    /// The KSM config given to the operator (its key material is scanned for).
-    config: String,
+/// One test's world (control plane namespace + chart, a KSM test server) with waits of
+/// [`TIMEOUT`], and its running operator.
+async fn start(name: &str) -> Result<(World, Operator)> {
+    let w = World::start(name).await?.with_timeout(TIMEOUT);
+    let operator = debug_operator(&w).await?;
+    Ok((w, operator))
 }
 
-impl World {
-    async fn start(name: &str) -> Result<World> {
-        let env = TestEnv::new(name).await?;
-        let text =
-            std::fs::read_to_string(workspace_root().join("e2e/testdata/sample-vault.json"))?;
-        let server = TestServer::start(VaultSpec::from_json(&text)?).await?;
-        let ca = env.dir().join("keeper-ca.pem");
-        std::fs::create_dir_all(env.dir())?;
-        std::fs::write(&ca, server.ca_pem())?;
-        let config = server.bound_config("operator")?;
-        create_secret(
-            &env.api::<Secret>(),
-            "ksm-config",
-            &[("config", config.as_bytes())],
-        )
-        .await?;
-        let mut operator = World::operator(&env)?;
-        operator.wait_ready(TIMEOUT).await?;
-        Ok(World {
-            env,
-            server,
-            operator,
-            config,
-        })
-    }
-
-    /// The operator at debug level, so the leak scan covers debug logs too.
-    fn operator(env: &TestEnv) -> Result<Operator> {
-        env.operator()
-            .arg(format!(
-                "--keeper-ca-file={}",
-                env.dir().join("keeper-ca.pem").display()
-            ))
-            .arg("--log-level=debug")
-            .spawn()
-    }
-
-    /// Ends the scenario: stops the operator and fails on any leaked secret value.
-    async fn finish(mut self) -> Result<()> {
-        self.env
-            .finish(&self.server, &[&self.config], &mut [&mut self.operator])
-            .await
-    }
-
-    fn apply_example(&self, file: &str) -> Result<()> {
-        let path: PathBuf = workspace_root().join("e2e/examples").join(file);
-        let manifest =
-            std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-        tokio::task::block_in_place(|| {
-            self.env
-                .cluster
-                .apply(&manifest, &["-n", &self.env.app_namespace])
-        })?;
-        Ok(())
-    }
-
-    fn secrets(&self) -> Api<Secret> {
-        self.env.api()
-    }
-
-    fn keeper_secrets(&self) -> Api<KeeperSecret> {
-        self.env.api()
-    }
-
-    /// `kubectl wait --for=condition=Ready`, exactly as users and Argo CD do.
-    fn kubectl_wait_ready(&self, name: &str) -> Result<()> {
-        let mut cmd = self.env.cluster.kubectl();
-        cmd.args([
-            "wait",
-            "--for=condition=Ready",
-            "--timeout=60s",
-            "-n",
-            &self.env.app_namespace,
-        ])
-        .arg(format!("keepersecret/{name}"));
-        // The KSM test server runs on this runtime: block a worker, not the runtime.
-        let out = tokio::task::block_in_place(|| cmd.output())?;
-        ensure!(
-            out.status.success(),
-            "kubectl wait: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    }
-
-    /// Waits until the Ready condition has this status and reason.
-    async fn wait_reason(&self, name: &str, status: &str, reason: &str) -> Result<KeeperSecret> {
-        self.wait_condition(name, "Ready", status, reason).await
-    }
-
-    /// Waits until condition `type_` has this status and reason.
-    async fn wait_condition(
-        &self,
-        name: &str,
-        type_: &str,
-        status: &str,
-        reason: &str,
-    ) -> Result<KeeperSecret> {
-        let api = self.keeper_secrets();
-        wait_until(
-            &format!("{name} {type_}={status} reason {reason}"),
-            TIMEOUT,
-            || {
-                let api = api.clone();
-                async move {
-                    let ks = api.get(name).await?;
-                    let ok = ks
-                        .status
-                        .iter()
-                        .flat_map(|s| &s.conditions)
-                        .any(|c| c.type_ == type_ && c.status == status && c.reason == reason);
-                    Ok(ok.then_some(ks))
-                }
-            },
-        )
-        .await
-    }
-
-    /// Waits until the Secret exists and `check` accepts its data.
-    async fn wait_secret(
-        &self,
-        name: &str,
-        what: &str,
-        check: impl Fn(&BTreeMap<String, Vec<u8>>) -> bool,
-    ) -> Result<Secret> {
-        let api = self.secrets();
-        let check = &check;
-        wait_until(&format!("Secret {name}: {what}"), TIMEOUT, || {
-            let api = api.clone();
-            async move {
-                let Some(s) = api.get_opt(name).await? else {
-                    return Ok(None);
-                };
-                Ok(check(&data(&s)).then_some(s))
-            }
-        })
-        .await
-    }
-}
-
-fn data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
-    s.data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect()
+/// A ready operator at debug level, so the leak scan covers debug logs too.
+async fn debug_operator(w: &World) -> Result<Operator> {
+    let mut operator = w
+        .plain_operator_builder()
+        .arg("--log-level=debug")
+        .spawn()?;
+    operator.wait_ready(TIMEOUT).await?;
+    Ok(operator)
 }
 
 fn text(d: &BTreeMap<String, Vec<u8>>, k: &str) -> String {
     String::from_utf8_lossy(d.get(k).map(Vec::as_slice).unwrap_or_default()).into_owned()
 }
 
-/// The sample vault's value of a field of a record (what the Secret must hold).
-fn vault_value(server: &TestServer, uid: &str, field_type: &str) -> Result<String> {
-    let record = server.record(uid)?;
-    let field = record
-        .fields
-        .iter()
-        .find(|f| f["type"] == field_type)
-        .context("field")?;
-    Ok(field["value"][0]
-        .as_str()
-        .context("string value")?
-        .to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn examples_produce_the_documented_secrets() -> Result<()> {
-    let w = World::start("ctl-examples").await?;
+    let (w, mut operator) = start("ctl-examples").await?;
     for f in [
         "keepersecret.yaml",
         "database.yaml",
@@ -219,26 +65,20 @@ async fn examples_produce_the_documented_secrets() -> Result<()> {
         w.kubectl_wait_ready(ks)?;
     }
 
-    let shop = data(&w.secrets().get("shop-db").await?);
+    let shop = secret_bytes(&w.secrets().get("shop-db").await?);
     assert_eq!(
         shop.keys().collect::<Vec<_>>(),
         ["password", "stripe-api-key", "url", "username"]
     );
     assert_eq!(
         text(&shop, "stripe-api-key"),
-        vault_value(&w.server, "SsxoiM-FPCF65F54JaY3jQ", "password")?
+        w.vault_value("SsxoiM-FPCF65F54JaY3jQ", "password")?
     );
 
     let pg = w.secrets().get("postgres-credentials").await?;
-    let d = data(&pg);
-    assert_eq!(
-        text(&d, "username"),
-        vault_value(&w.server, POSTGRES, "login")?
-    );
-    assert_eq!(
-        text(&d, "password"),
-        vault_value(&w.server, POSTGRES, "password")?
-    );
+    let d = secret_bytes(&pg);
+    assert_eq!(text(&d, "username"), w.vault_value(POSTGRES, "login")?);
+    assert_eq!(text(&d, "password"), w.vault_value(POSTGRES, "password")?);
     assert_eq!(
         d.keys().collect::<Vec<_>>(),
         ["analytics-host", "environment", "password", "username"]
@@ -259,7 +99,7 @@ async fn examples_produce_the_documented_secrets() -> Result<()> {
     assert!(pg.string_data.is_none());
 
     let url = text(
-        &data(&w.secrets().get("analytics-url").await?),
+        &secret_bytes(&w.secrets().get("analytics-url").await?),
         "DATABASE_URL",
     );
     assert!(
@@ -267,12 +107,12 @@ async fn examples_produce_the_documented_secrets() -> Result<()> {
         "templated URL has the expected shape"
     );
     assert_eq!(
-        data(&w.secrets().get("analytics-url").await?).len(),
+        secret_bytes(&w.secrets().get("analytics-url").await?).len(),
         1,
         "Replace keeps only templated keys"
     );
 
-    let files = data(&w.secrets().get("web-certificate").await?);
+    let files = secret_bytes(&w.secrets().get("web-certificate").await?);
     assert!(text(&files, "ca.crt").starts_with("-----BEGIN CERTIFICATE-----"));
     let bundle = &files["bundle.bin"];
     assert_eq!(
@@ -282,7 +122,7 @@ async fn examples_produce_the_documented_secrets() -> Result<()> {
     );
 
     let all = w.secrets().get("postgres-all").await?;
-    let keys = data(&all);
+    let keys = secret_bytes(&all);
     assert!(
         keys.contains_key("Replica") && keys.contains_key("Replica_2"),
         "repeated labels are suffixed: {:?}",
@@ -294,7 +134,7 @@ async fn examples_produce_the_documented_secrets() -> Result<()> {
         "Orphan has no owner reference"
     );
 
-    let folder = data(&w.secrets().get("production").await?);
+    let folder = secret_bytes(&w.secrets().get("production").await?);
     assert!(
         folder.contains_key("Postgres_password") && folder.contains_key("Web_Certificate_cert.pem"),
         "{:?}",
@@ -315,15 +155,15 @@ async fn examples_produce_the_documented_secrets() -> Result<()> {
     );
     let status_text = serde_json::to_string(&status)?;
     assert!(
-        !status_text.contains(&vault_value(&w.server, POSTGRES, "password")?),
+        !status_text.contains(&w.vault_value(POSTGRES, "password")?),
         "no secret value in status"
     );
-    w.finish().await
+    w.finish(&mut [&mut operator]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keeper_edits_propagate_and_targets_heal() -> Result<()> {
-    let w = World::start("ctl-refresh").await?;
+    let (w, mut operator) = start("ctl-refresh").await?;
     w.apply_example("database.yaml")?;
     w.kubectl_wait_ready("postgres")?;
     let before = w
@@ -373,12 +213,12 @@ async fn keeper_edits_propagate_and_targets_heal() -> Result<()> {
         text(d, "password") == "rotated-in-keeper"
     })
     .await?;
-    w.finish().await
+    w.finish(&mut [&mut operator]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keeper_outage_keeps_the_last_good_secret_and_recovers() -> Result<()> {
-    let w = World::start("ctl-outage").await?;
+    let (w, mut operator) = start("ctl-outage").await?;
     w.apply_example("database.yaml")?;
     w.kubectl_wait_ready("postgres")?;
     let good = w.secrets().get("postgres-credentials").await?;
@@ -405,7 +245,7 @@ async fn keeper_outage_keeps_the_last_good_secret_and_recovers() -> Result<()> {
         during.metadata.resource_version, good.metadata.resource_version,
         "Secret untouched while Keeper is down"
     );
-    assert_eq!(data(&during), data(&good));
+    assert_eq!(secret_bytes(&during), secret_bytes(&good));
     assert_eq!(
         ks.status.and_then(|s| s.last_sync_time),
         synced_at,
@@ -417,12 +257,12 @@ async fn keeper_outage_keeps_the_last_good_secret_and_recovers() -> Result<()> {
     w.wait_reason("postgres", "True", "Synced").await?;
     w.wait_condition("postgres", "Stale", "False", "Fresh")
         .await?;
-    w.finish().await
+    w.finish(&mut [&mut operator]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owner_secrets_are_collected_and_orphans_kept() -> Result<()> {
-    let w = World::start("ctl-gc").await?;
+    let (w, mut operator) = start("ctl-gc").await?;
     w.apply_example("database.yaml")?;
     w.apply_example("whole-record.yaml")?;
     w.kubectl_wait_ready("postgres")?;
@@ -450,12 +290,12 @@ async fn owner_secrets_are_collected_and_orphans_kept() -> Result<()> {
         w.secrets().get_opt("postgres-all").await?.is_some(),
         "Orphan Secret stays"
     );
-    w.finish().await
+    w.finish(&mut [&mut operator]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn specific_failures_and_cel_rejections() -> Result<()> {
-    let w = World::start("ctl-errors").await?;
+    let (w, mut operator) = start("ctl-errors").await?;
     let ns = w.env.app_namespace.clone();
 
     // CEL: exactly one auth form; the apiserver rejects it with our message.
@@ -508,12 +348,12 @@ async fn specific_failures_and_cel_rejections() -> Result<()> {
     w.wait_reason("postgres", "False", "SecretOwnedElsewhere")
         .await?;
     assert_eq!(
-        data(&w.secrets().get("postgres-credentials").await?)
+        secret_bytes(&w.secrets().get("postgres-credentials").await?)
             .keys()
             .collect::<Vec<_>>(),
         ["mine"]
     );
-    w.finish().await
+    w.finish(&mut [&mut operator]).await
 }
 
 /// A KeeperSecret mapping the Stripe record's numeric PIN, password and webhook secret under
@@ -547,7 +387,7 @@ fn stripe_template(name: &str, template: &str, type_: &str) -> String {
 /// operator's debug log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_over_secret_values_show_no_value() -> Result<()> {
-    let w = World::start("ctl-value-errors").await?;
+    let (w, mut operator) = start("ctl-value-errors").await?;
     let ns = w.env.app_namespace.clone();
     // A second "Stripe API" (with its own PIN) makes the title ambiguous (added before
     // the first fetch, so every sync sees it).
@@ -627,12 +467,12 @@ async fn failures_over_secret_values_show_no_value() -> Result<()> {
             );
         }
     }
-    w.finish().await
+    w.finish(&mut [&mut operator]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_store_lends_credentials_to_selected_namespaces() -> Result<()> {
-    let w = World::start("ctl-store").await?;
+    let (w, mut operator) = start("ctl-store").await?;
     let operator_ns = w.env.chart.namespace.clone();
     let config = w.server.bound_config("operator")?;
     let shared: Api<Secret> = Api::namespaced(w.env.cluster.client(), &operator_ns);
@@ -661,20 +501,19 @@ async fn cluster_store_lends_credentials_to_selected_namespaces() -> Result<()> 
         .patch("stripe", &PatchParams::default(), &Patch::Merge(&touch))
         .await?;
     w.kubectl_wait_ready("stripe")?;
-    let d = data(&w.secrets().get("stripe").await?);
+    let d = secret_bytes(&w.secrets().get("stripe").await?);
     assert_eq!(
         text(&d, "api-key"),
-        vault_value(&w.server, "SsxoiM-FPCF65F54JaY3jQ", "password")?
+        w.vault_value("SsxoiM-FPCF65F54JaY3jQ", "password")?
     );
-    let mut w = w;
     w.env
-        .finish(&w.server, &[&w.config, &config], &mut [&mut w.operator])
+        .finish(&w.server, &[&w.config, &config], &mut [&mut operator])
         .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settled_objects_cost_no_writes_and_no_keeper_calls_even_after_restart() -> Result<()> {
-    let mut w = World::start("ctl-quiet").await?;
+    let (w, mut operator) = start("ctl-quiet").await?;
     w.apply_example("connection-url.yaml")?; // default refresh interval: 1h
     w.kubectl_wait_ready("analytics-url")?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -706,9 +545,8 @@ async fn settled_objects_cost_no_writes_and_no_keeper_calls_even_after_restart()
     );
 
     // A restarted operator finds everything current: no Keeper call, no write.
-    w.operator.kill();
-    w.operator = World::operator(&w.env)?;
-    w.operator.wait_ready(TIMEOUT).await?;
+    operator.kill();
+    operator = debug_operator(&w).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let restarted = versions(
         &w.keeper_secrets().get("analytics-url").await?,
@@ -720,5 +558,5 @@ async fn settled_objects_cost_no_writes_and_no_keeper_calls_even_after_restart()
         calls,
         "restart costs no Keeper call"
     );
-    w.finish().await
+    w.finish(&mut [&mut operator]).await
 }

@@ -10,7 +10,8 @@ use k8s_openapi::api::core::v1::Secret;
 use keeper_e2e::harness::wait_until;
 use keeper_e2e::ksm_server::{DownMode, FileFailure};
 use keeper_e2e::world::{
-    POSTGRES, TIMEOUT, World, assert_passwords_in, condition, keeper_secret, names, password,
+    POSTGRES, TIMEOUT, World, assert_passwords_in, condition, keeper_secret,
+    keeper_secret_manifest, names, password,
 };
 use keeper_operator::api::KeeperSecret;
 use kube::Api;
@@ -22,17 +23,15 @@ const CERT_PEM: &str = "SP4eXwtZ4A3YYDQ0Rjrpcw";
 
 /// A KeeperSecret `name` writing Secret `name` with the web certificate's `cert.pem` as `ca.crt`.
 fn file_keeper_secret(name: &str, refresh: &str) -> Result<KeeperSecret> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "keeper-operator.dev/v1alpha1",
-        "kind": "KeeperSecret",
-        "metadata": { "name": name },
-        "spec": {
+    Ok(serde_json::from_value(keeper_secret_manifest(
+        name,
+        json!({
             "auth": { "secretRef": { "name": "ksm-config", "key": "config" } },
             "refreshInterval": refresh,
             "target": { "name": name },
             "data": [{ "key": "ca.crt", "notation": format!("keeper://{WEB_CERTIFICATE}/file/cert.pem") }]
-        }
-    }))?)
+        }),
+    ))?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

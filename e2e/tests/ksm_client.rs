@@ -3,7 +3,8 @@
 
 use keeper_e2e::ksm_server::uids::{CERT_FILE, DATABASES, POSTGRES, PRODUCTION, STRIPE};
 use keeper_e2e::ksm_server::{
-    DownMode, FileFailure, RateLimit, RetryAfterHeader, TestServer, ThrottleBody, sample_vault,
+    DownMode, FileFailure, RateLimit, RetryAfterHeader, TestServer, ThrottleBody, sample_file,
+    sample_vault,
 };
 use keeper_operator::ksm::notation::{Notation, NotationValue, resolve};
 use keeper_operator::ksm::{ClientOptions, KsmClient, KsmConfig, KsmError, Query, redeem_token};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 const BUDGET: u64 = 1 << 20;
 
 fn cert_pem() -> Vec<u8> {
-    sample_vault().file(CERT_FILE).unwrap().bytes().unwrap()
+    sample_file(CERT_FILE)
 }
 
 /// Trusts the server's CA; no automatic throttle retries, so each error surfaces.

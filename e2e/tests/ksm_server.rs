@@ -1,261 +1,25 @@
 //! The test server checked with raw protocol crypto (no client library in between): binding,
 //! signatures, filtering, the key hierarchy, error bodies, faults, counters and the admin API.
 
+use keeper_e2e::ksm_server::client::{Call, Device, RawClient, all_records, field, record_uids};
 use keeper_e2e::ksm_server::uids::{
     ANALYTICS, BUNDLE_FILE, CERT_FILE, DATABASES, POSTGRES, PRODUCTION, STAGING,
     STAGING_POSTGRES as STAGING_PG, STRIPE, WEB_CERT,
 };
 use keeper_e2e::ksm_server::{
-    DownMode, FileFailure, FileSpec, RateLimit, ServerOptions, TestServer, VaultSpec, sample_vault,
+    DownMode, FileFailure, FileSpec, RateLimit, ServerOptions, TestServer, VaultSpec, sample_file,
+    sample_vault,
 };
 use keeper_operator::ksm::crypto::{
-    AesKey, EcKeyPair, aes_gcm_decrypt, aes_gcm_encrypt, b64_decode, b64_std, b64_url, client_id,
-    ecies_encrypt, parse_public_key,
+    AesKey, aes_gcm_decrypt, aes_gcm_encrypt, b64_decode, b64_std, b64_url, ecies_encrypt,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
 
-fn sample() -> VaultSpec {
-    sample_vault()
-}
-
-fn sample_file(uid: &str) -> Vec<u8> {
-    sample().file(uid).unwrap().bytes().unwrap()
-}
-
-/// A device as a client holds it: its key, client id, and (once bound) the app key.
-struct Device {
-    key: EcKeyPair,
-    client_id: String,
-    client_key: Vec<u8>,
-    app_key: Option<AesKey>,
-}
-
-impl Device {
-    /// Unwraps `encryptedAppKey` of a binding answer with the token's client key.
-    fn accept_binding(&mut self, answer: &Value) {
-        let wrapped = b64_decode(answer["encryptedAppKey"].as_str().unwrap()).unwrap();
-        let client_key = AesKey::from_slice(&self.client_key).unwrap();
-        self.app_key = Some(client_key.unwrap_key(&wrapped).unwrap());
-    }
-
-    fn from_token(token: &str) -> Self {
-        let client_key = b64_decode(token).unwrap();
-        Device {
-            key: EcKeyPair::generate(),
-            client_id: client_id(&client_key),
-            client_key,
-            app_key: None,
-        }
-    }
-
-    fn from_config(config_b64: &str) -> (Self, Value) {
-        let config: Value = serde_json::from_slice(&b64_decode(config_b64).unwrap()).unwrap();
-        let key =
-            EcKeyPair::from_pkcs8_der(&b64_decode(config["privateKey"].as_str().unwrap()).unwrap())
-                .unwrap();
-        let device = Device {
-            key,
-            client_id: config["clientId"].as_str().unwrap().to_string(),
-            client_key: Vec::new(),
-            app_key: Some(AesKey::from_b64(config["appKey"].as_str().unwrap()).unwrap()),
-        };
-        (device, config)
-    }
-}
-
-struct Reply {
-    status: u16,
-    body: Vec<u8>,
-    key: AesKey,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        let plain = aes_gcm_decrypt(&self.key, &self.body).expect("response decrypts");
-        serde_json::from_slice(&plain).expect("response is JSON")
-    }
-
-    fn error(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("error body is JSON")
-    }
-}
-
-/// What to send; defaults produce a correct request.
-struct Call<'a> {
-    endpoint: &'a str,
-    payload: Value,
-    key_id: Option<&'a str>,
-    corrupt_signature: bool,
-}
-
-impl<'a> Call<'a> {
-    fn new(endpoint: &'a str, device: &Device) -> Self {
-        Call {
-            endpoint,
-            payload: json!({ "clientVersion": "mr17.3.0", "clientId": device.client_id }),
-            key_id: None,
-            corrupt_signature: false,
-        }
-    }
-    /// A first call that carries the device public key, as every SDK binds.
-    fn binding(endpoint: &'a str, device: &Device) -> Self {
-        let public = b64_std(&device.key.public_key_bytes());
-        Self::new(endpoint, device).with("publicKey", json!(public))
-    }
-
-    fn with(mut self, key: &str, value: Value) -> Self {
-        self.payload[key] = value;
-        self
-    }
-}
-
-struct Raw {
-    http: reqwest::Client,
-    hostname: String,
-    server_key: p256::PublicKey,
-    key_id: String,
-}
-
-impl Raw {
-    fn new(server: &TestServer) -> Self {
-        let (key_id, key) = server.server_public_key();
-        Raw {
-            http: reqwest::Client::builder()
-                .use_rustls_tls()
-                .tls_built_in_root_certs(false)
-                .add_root_certificate(
-                    reqwest::Certificate::from_pem(server.ca_pem().as_bytes()).unwrap(),
-                )
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-            hostname: server.hostname(),
-            server_key: parse_public_key(&b64_decode(&key).unwrap()).unwrap(),
-            key_id,
-        }
-    }
-
-    async fn try_send(&self, device: &Device, call: Call<'_>) -> reqwest::Result<Reply> {
-        let tk = AesKey::random();
-        let tk_blob = ecies_encrypt(&self.server_key, tk.as_bytes());
-        let body = aes_gcm_encrypt(&tk, &serde_json::to_vec(&call.payload).unwrap());
-        let mut signed = [tk_blob.as_slice(), &body].concat();
-        if call.corrupt_signature {
-            signed.push(0);
-        }
-        let signature = device.key.sign_der(&signed);
-        let response = self
-            .http
-            .post(format!(
-                "https://{}/api/rest/sm/v1/{}",
-                self.hostname, call.endpoint
-            ))
-            .header("Content-Type", "application/octet-stream")
-            .header("PublicKeyId", call.key_id.unwrap_or(&self.key_id))
-            .header("TransmissionKey", b64_std(&tk_blob))
-            .header(
-                "Authorization",
-                format!("Signature {}", b64_std(&signature)),
-            )
-            .body(body)
-            .send()
-            .await?;
-        let status = response.status().as_u16();
-        let body = response.bytes().await?.to_vec();
-        Ok(Reply {
-            status,
-            body,
-            key: tk,
-        })
-    }
-
-    /// The status of a correct request.
-    async fn status(&self, device: &Device, endpoint: &str) -> u16 {
-        self.send(device, Call::new(endpoint, device)).await.status
-    }
-
-    async fn send(&self, device: &Device, call: Call<'_>) -> Reply {
-        self.try_send(device, call)
-            .await
-            .expect("request completes")
-    }
-
-    /// Binds a token-created device: get_secret with publicKey; returns the binding answer.
-    async fn bind(&self, device: &mut Device) -> Value {
-        let reply = self.send(device, Call::binding("get_secret", device)).await;
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        let json = reply.json();
-        device.accept_binding(&json);
-        json
-    }
-
-    async fn get(&self, url: &str) -> reqwest::Result<(u16, Vec<u8>)> {
-        let response = self.http.get(url).send().await?;
-        let status = response.status().as_u16();
-        Ok((status, response.bytes().await?.to_vec()))
-    }
-}
-
-/// A decrypted record: `(uid, record JSON, record key, files JSON)`.
-fn decrypt_record(record: &Value, wrapping: &AesKey) -> (String, Value, AesKey) {
-    let key = wrapping
-        .unwrap_key(&b64_decode(record["recordKey"].as_str().unwrap()).unwrap())
-        .unwrap();
-    let data =
-        aes_gcm_decrypt(&key, &b64_decode(record["data"].as_str().unwrap()).unwrap()).unwrap();
-    let text = std::str::from_utf8(&data).unwrap();
-    assert!(text.len().is_multiple_of(128), "space padded to 128 bytes");
-    (
-        record["recordUid"].as_str().unwrap().to_string(),
-        serde_json::from_str(text).unwrap(),
-        key,
-    )
-}
-
-/// Every record in a get_secret response, decrypted: uid → (record JSON, key, raw record).
-fn all_records(response: &Value, app_key: &AesKey) -> Vec<(String, Value, AesKey, Value)> {
-    let mut out = Vec::new();
-    for record in response["records"].as_array().into_iter().flatten() {
-        let (uid, json, key) = decrypt_record(record, app_key);
-        out.push((uid, json, key, record.clone()));
-    }
-    for folder in response["folders"].as_array().into_iter().flatten() {
-        let folder_key = app_key
-            .unwrap_key(&b64_decode(folder["folderKey"].as_str().unwrap()).unwrap())
-            .unwrap();
-        for record in folder["records"].as_array().unwrap() {
-            let (uid, json, key) = decrypt_record(record, &folder_key);
-            out.push((uid, json, key, record.clone()));
-        }
-    }
-    out
-}
-
-fn uids(records: &[(String, Value, AesKey, Value)]) -> Vec<String> {
-    let mut uids: Vec<String> = records.iter().map(|r| r.0.clone()).collect();
-    uids.sort();
-    uids
-}
-
-fn field<'a>(record: &'a Value, kind: &str) -> &'a Value {
-    record["fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["type"] == kind)
-        .unwrap()
-}
-
 #[tokio::test]
 async fn binding_then_full_fetch_decrypts_the_whole_key_hierarchy() {
-    let server = TestServer::start(sample()).await.unwrap();
-    let raw = Raw::new(&server);
+    let server = TestServer::start(sample_vault()).await.unwrap();
+    let raw = RawClient::new(&server);
     let token = server.issue_token("operator").unwrap();
     assert_eq!(token.len(), 43);
     let mut device = Device::from_token(&token);
@@ -291,7 +55,7 @@ async fn binding_then_full_fetch_decrypts_the_whole_key_hierarchy() {
     let records = all_records(&second, &app_key);
     let mut expected = vec![POSTGRES, ANALYTICS, WEB_CERT, STRIPE];
     expected.sort();
-    assert_eq!(uids(&records), expected);
+    assert_eq!(record_uids(&records), expected);
 
     let postgres = records.iter().find(|r| r.0 == POSTGRES).unwrap();
     assert_eq!(postgres.1["title"], "Postgres");
@@ -345,8 +109,8 @@ async fn binding_then_full_fetch_decrypts_the_whole_key_hierarchy() {
 
 #[tokio::test]
 async fn binding_through_get_folders_like_the_rust_sdk() {
-    let server = TestServer::start(sample()).await.unwrap();
-    let raw = Raw::new(&server);
+    let server = TestServer::start(sample_vault()).await.unwrap();
+    let raw = RawClient::new(&server);
     let mut device = Device::from_token(&server.issue_token("ci").unwrap());
     let reply = raw
         .send(&device, Call::binding("get_folders", &device))
@@ -357,13 +121,13 @@ async fn binding_through_get_folders_like_the_rust_sdk() {
     assert_eq!(json["folders"][0]["folderUid"], STAGING);
     let reply = raw.send(&device, Call::new("get_secret", &device)).await;
     let records = all_records(&reply.json(), device.app_key.as_ref().unwrap());
-    assert_eq!(uids(&records), vec![STAGING_PG.to_string()]);
+    assert_eq!(record_uids(&records), vec![STAGING_PG.to_string()]);
 }
 
 #[tokio::test]
 async fn a_generated_vault_serves_thousands_of_records() {
     let server = TestServer::start(VaultSpec::generated(2000)).await.unwrap();
-    let raw = Raw::new(&server);
+    let raw = RawClient::new(&server);
     let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
     let reply = raw.send(&device, Call::new("get_secret", &device)).await;
     let records = all_records(&reply.json(), device.app_key.as_ref().unwrap());
@@ -378,8 +142,8 @@ async fn a_generated_vault_serves_thousands_of_records() {
 
 #[tokio::test]
 async fn bound_config_has_every_sdk_key_and_works_without_binding() {
-    let server = TestServer::start(sample()).await.unwrap();
-    let raw = Raw::new(&server);
+    let server = TestServer::start(sample_vault()).await.unwrap();
+    let raw = RawClient::new(&server);
     let (device, config) = Device::from_config(&server.bound_config("ci").unwrap());
     let keys: Vec<&String> = config.as_object().unwrap().keys().collect();
     assert_eq!(
@@ -403,13 +167,13 @@ async fn bound_config_has_every_sdk_key_and_works_without_binding() {
     let reply = raw.send(&device, Call::new("get_secret", &device)).await;
     assert_eq!(reply.status, 200);
     let records = all_records(&reply.json(), device.app_key.as_ref().unwrap());
-    assert_eq!(uids(&records), vec![STAGING_PG.to_string()]);
+    assert_eq!(record_uids(&records), vec![STAGING_PG.to_string()]);
 }
 
 #[tokio::test]
 async fn tokens_cannot_be_reused_expired_or_guessed() {
-    let server = TestServer::start(sample()).await.unwrap();
-    let raw = Raw::new(&server);
+    let server = TestServer::start(sample_vault()).await.unwrap();
+    let raw = RawClient::new(&server);
     let token = server.issue_token("operator").unwrap();
     let mut first = Device::from_token(&token);
     raw.bind(&mut first).await;
@@ -465,8 +229,8 @@ async fn tokens_cannot_be_reused_expired_or_guessed() {
 
 #[tokio::test]
 async fn bad_signatures_are_rejected_with_the_real_body() {
-    let server = TestServer::start(sample()).await.unwrap();
-    let raw = Raw::new(&server);
+    let server = TestServer::start(sample_vault()).await.unwrap();
+    let raw = RawClient::new(&server);
     let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
     let mut call = Call::new("get_secret", &device);
     call.corrupt_signature = true;
@@ -486,8 +250,8 @@ async fn bad_signatures_are_rejected_with_the_real_body() {
 
 #[tokio::test]
 async fn requested_records_and_folders_filter_the_response() {
-    let server = TestServer::start(sample()).await.unwrap();
-    let raw = Raw::new(&server);
+    let server = TestServer::start(sample_vault()).await.unwrap();
+    let raw = RawClient::new(&server);
     let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
     let app_key = device.app_key.clone().unwrap();
     let fetch = |call: Call<'static>| {
@@ -497,7 +261,7 @@ async fn requested_records_and_folders_filter_the_response() {
         async move {
             let reply = raw.send(device, call).await;
             assert_eq!(reply.status, 200);
-            uids(&all_records(&reply.json(), app_key))
+            record_uids(&all_records(&reply.json(), app_key))
         }
     };
     let client = device.client_id.clone();
@@ -557,8 +321,8 @@ async fn requested_records_and_folders_filter_the_response() {
 
 #[tokio::test]
 async fn get_folders_uses_gcm_for_shared_and_cbc_for_sub_folders() {
-    let server = TestServer::start(sample()).await.unwrap();
-    let raw = Raw::new(&server);
+    let server = TestServer::start(sample_vault()).await.unwrap();
+    let raw = RawClient::new(&server);
     let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
     let app_key = device.app_key.clone().unwrap();
     let reply = raw.send(&device, Call::new("get_folders", &device)).await;
@@ -596,8 +360,8 @@ async fn get_folders_uses_gcm_for_shared_and_cbc_for_sub_folders() {
 
 #[tokio::test]
 async fn client_versions_key_ids_and_garbage_get_the_real_errors() {
-    let server = TestServer::start(sample()).await.unwrap();
-    let raw = Raw::new(&server);
+    let server = TestServer::start(sample_vault()).await.unwrap();
+    let raw = RawClient::new(&server);
     let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
 
     let reply = raw
@@ -674,8 +438,10 @@ async fn a_server_with_another_key_id_names_it_in_key_errors() {
         key_id: "17".into(),
         ..ServerOptions::default()
     };
-    let server = TestServer::start_with(sample(), options).await.unwrap();
-    let raw = Raw::new(&server);
+    let server = TestServer::start_with(sample_vault(), options)
+        .await
+        .unwrap();
+    let raw = RawClient::new(&server);
     let (device, config) = Device::from_config(&server.bound_config("operator").unwrap());
     assert_eq!(config["serverPublicKeyId"], "17");
     let mut call = Call::new("get_secret", &device);
@@ -687,8 +453,8 @@ async fn a_server_with_another_key_id_names_it_in_key_errors() {
 
 #[tokio::test]
 async fn throttling_injected_and_rate_limited() {
-    let server = TestServer::start(sample()).await.unwrap();
-    let raw = Raw::new(&server);
+    let server = TestServer::start(sample_vault()).await.unwrap();
+    let raw = RawClient::new(&server);
     let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
     server
         .faults()
@@ -726,8 +492,8 @@ async fn throttling_injected_and_rate_limited() {
 
 #[tokio::test]
 async fn tampered_truncated_and_dropped_responses() {
-    let server = TestServer::start(sample()).await.unwrap();
-    let raw = Raw::new(&server);
+    let server = TestServer::start(sample_vault()).await.unwrap();
+    let raw = RawClient::new(&server);
     let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
 
     server.faults().tamper_next(1);
@@ -753,8 +519,8 @@ async fn tampered_truncated_and_dropped_responses() {
 
 #[tokio::test]
 async fn down_modes_refuse_connections_or_answer_503() {
-    let server = TestServer::start(sample()).await.unwrap();
-    let raw = Raw::new(&server);
+    let server = TestServer::start(sample_vault()).await.unwrap();
+    let raw = RawClient::new(&server);
     let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
     assert_eq!(raw.status(&device, "get_secret").await, 200);
 
@@ -787,8 +553,8 @@ async fn down_modes_refuse_connections_or_answer_503() {
 
 #[tokio::test]
 async fn hostile_requests_get_4xx_and_the_server_keeps_working() {
-    let server = TestServer::start(sample()).await.unwrap();
-    let raw = Raw::new(&server);
+    let server = TestServer::start(sample_vault()).await.unwrap();
+    let raw = RawClient::new(&server);
     let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
     let server_key = raw.server_key;
     let garbage_payloads: [&[u8]; 5] = [
@@ -829,8 +595,8 @@ async fn hostile_requests_get_4xx_and_the_server_keeps_working() {
 
 #[tokio::test]
 async fn latency_delays_answers() {
-    let server = TestServer::start(sample()).await.unwrap();
-    let raw = Raw::new(&server);
+    let server = TestServer::start(sample_vault()).await.unwrap();
+    let raw = RawClient::new(&server);
     let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
     server.faults().set_latency(Duration::from_millis(300));
     let started = std::time::Instant::now();
@@ -841,8 +607,8 @@ async fn latency_delays_answers() {
 
 #[tokio::test]
 async fn file_downloads_can_fail_and_change() {
-    let server = TestServer::start(sample()).await.unwrap();
-    let raw = Raw::new(&server);
+    let server = TestServer::start(sample_vault()).await.unwrap();
+    let raw = RawClient::new(&server);
     let url = format!("https://{}/files/{CERT_FILE}", server.hostname());
     let (status, good) = raw.get(&url).await.unwrap();
     assert_eq!(status, 200);
@@ -871,8 +637,8 @@ async fn file_downloads_can_fail_and_change() {
 
 #[tokio::test]
 async fn live_edits_bump_revisions_and_show_up() {
-    let server = TestServer::start(sample()).await.unwrap();
-    let raw = Raw::new(&server);
+    let server = TestServer::start(sample_vault()).await.unwrap();
+    let raw = RawClient::new(&server);
     let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
     let app_key = device.app_key.clone().unwrap();
     let fetch = || async {
@@ -910,7 +676,7 @@ async fn live_edits_bump_revisions_and_show_up() {
     assert_eq!(fetch().await.len(), 5);
     server.delete_record(STRIPE).unwrap();
     server.delete_record("Bq3Fz1T0aQ3mJc4oR2cR9w").unwrap();
-    let left = uids(&fetch().await);
+    let left = record_uids(&fetch().await);
     let mut expected = vec![POSTGRES, ANALYTICS, WEB_CERT];
     expected.sort();
     assert_eq!(left, expected);
@@ -920,8 +686,8 @@ async fn live_edits_bump_revisions_and_show_up() {
 
 #[tokio::test]
 async fn counters_split_by_client_app_endpoint_and_outcome() {
-    let server = TestServer::start(sample()).await.unwrap();
-    let raw = Raw::new(&server);
+    let server = TestServer::start(sample_vault()).await.unwrap();
+    let raw = RawClient::new(&server);
     let (a, _) = Device::from_config(&server.bound_config("operator").unwrap());
     let (b, _) = Device::from_config(&server.bound_config("ci").unwrap());
     raw.send(&a, Call::new("get_secret", &a)).await;
@@ -949,8 +715,8 @@ async fn counters_split_by_client_app_endpoint_and_outcome() {
 
 #[tokio::test]
 async fn max_concurrent_counts_overlapping_requests() {
-    let server = TestServer::start(sample()).await.unwrap();
-    let raw = Raw::new(&server);
+    let server = TestServer::start(sample_vault()).await.unwrap();
+    let raw = RawClient::new(&server);
     let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
     server.faults().set_latency(Duration::from_millis(300));
     let calls = (0..5).map(|_| raw.status(&device, "get_secret"));
@@ -970,7 +736,7 @@ async fn max_concurrent_counts_overlapping_requests() {
 
 #[tokio::test]
 async fn tls_fails_without_the_test_ca() {
-    let server = TestServer::start(sample()).await.unwrap();
+    let server = TestServer::start(sample_vault()).await.unwrap();
     let http = reqwest::Client::builder().use_rustls_tls().build().unwrap();
     let error = http
         .get(format!("https://{}/files/{CERT_FILE}", server.hostname()))
@@ -980,7 +746,7 @@ async fn tls_fails_without_the_test_ca() {
     assert!(error.is_connect(), "{error:?}");
     assert!(server.ca_pem().starts_with("-----BEGIN CERTIFICATE-----"));
     // localhost is in the certificate too.
-    let raw = Raw::new(&server);
+    let raw = RawClient::new(&server);
     let port = server.hostname().rsplit(':').next().unwrap().to_string();
     let (status, _) = raw
         .get(&format!("https://localhost:{port}/files/{CERT_FILE}"))
@@ -991,7 +757,7 @@ async fn tls_fails_without_the_test_ca() {
 
 #[tokio::test]
 async fn admin_api_drives_the_same_controls() {
-    let server = TestServer::start(sample()).await.unwrap();
+    let server = TestServer::start(sample_vault()).await.unwrap();
     let admin = server
         .serve_admin("127.0.0.1:0".parse().unwrap())
         .await
@@ -1046,7 +812,7 @@ async fn admin_api_drives_the_same_controls() {
         .unwrap();
     assert_eq!(state["throttle"], 1);
     assert_eq!(state["down"], "up");
-    let raw = Raw::new(&server);
+    let raw = RawClient::new(&server);
     let reply = raw.send(&device, Call::new("get_secret", &device)).await;
     assert_eq!(reply.error()["retry_after"], 2);
     let bad = http

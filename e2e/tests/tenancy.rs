@@ -6,8 +6,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::Secret;
-use keeper_e2e::harness::{Operator, TestEnv, create_secret, unique_name, wait_until};
-use keeper_e2e::ksm_server::{RecordSpec, TestServer, sample_vault, uids};
+use keeper_e2e::harness::{Operator, TestEnv, create_secret, secret_text, unique_name, wait_until};
+use keeper_e2e::ksm_server::{TestServer, sample_vault, uids};
+use keeper_e2e::world::{POSTGRES, create_keeper_secret, wait_for_reason};
 use keeper_operator::api::{CLAIM_ANNOTATION, REDEEMED_ANNOTATION, RESTARTED_AT_ANNOTATION};
 use keeper_operator::api::{ClusterKeeperStore, KeeperSecret};
 use keeper_operator::ksm::config::KsmConfig;
@@ -15,21 +16,15 @@ use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-const POSTGRES: &str = "YP6qLSSxX3qEJLYyQs6iZw";
 
 /// A KeeperSecret reading the Postgres password with the credential in Secret `cred`.
 async fn keeper_secret(api: &Api<KeeperSecret>, name: &str, cred: &str) -> Result<()> {
-    let ks: KeeperSecret = serde_json::from_value(serde_json::json!({
-        "apiVersion": "keeper-operator.dev/v1alpha1",
-        "kind": "KeeperSecret",
-        "metadata": { "name": name },
-        "spec": {
-            "auth": { "secretRef": { "name": cred, "key": "config" } },
-            "target": { "name": format!("{name}-out") },
-            "data": [ { "key": "password", "notation": format!("keeper://{POSTGRES}/field/password") } ],
-        },
-    }))?;
-    api.create(&PostParams::default(), &ks).await?;
+    let spec = serde_json::json!({
+        "auth": { "secretRef": { "name": cred, "key": "config" } },
+        "target": { "name": format!("{name}-out") },
+        "data": [ { "key": "password", "notation": format!("keeper://{POSTGRES}/field/password") } ],
+    });
+    create_keeper_secret(api, name, spec).await?;
     Ok(())
 }
 
@@ -40,27 +35,13 @@ async fn wait_ready(
     status: &str,
     reason: &str,
 ) -> Result<String> {
-    wait_until(&format!("{name} Ready={status} {reason}"), TIMEOUT, || {
-        let api = api.clone();
-        async move {
-            let ks = api.get(name).await?;
-            Ok(ks
-                .status
-                .iter()
-                .flat_map(|s| &s.conditions)
-                .find(|c| c.type_ == "Ready" && c.status == status && c.reason == reason)
-                .map(|c| c.message.clone()))
-        }
-    })
-    .await
+    let ks = wait_for_reason(api, name, "Ready", status, reason, TIMEOUT).await?;
+    let ready = ks.ready_condition().context("Ready")?;
+    Ok(ready.message.clone())
 }
 
 fn value(s: &Secret, key: &str) -> String {
-    s.data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-        .unwrap_or_default()
+    secret_text(s, key).unwrap_or_default()
 }
 
 /// The operator's metrics, read with a token allowed to (as a Prometheus bound to the chart's
@@ -201,22 +182,8 @@ async fn keeper_secret_with(
     let mut spec = spec;
     spec["refreshInterval"] = "5s".into();
     spec["target"] = serde_json::json!({ "name": format!("{name}-out") });
-    let ks: KeeperSecret = serde_json::from_value(serde_json::json!({
-        "apiVersion": "keeper-operator.dev/v1alpha1",
-        "kind": "KeeperSecret",
-        "metadata": { "name": name },
-        "spec": spec,
-    }))?;
-    api.create(&PostParams::default(), &ks).await?;
+    create_keeper_secret(api, name, spec).await?;
     Ok(())
-}
-
-fn password_of(record: &RecordSpec) -> Option<String> {
-    record
-        .fields
-        .iter()
-        .find(|f| f["type"] == "password")
-        .and_then(|f| f["value"][0].as_str().map(str::to_string))
 }
 
 /// (generation, restartedAt) of a Deployment: every pod-template change bumps the generation.
@@ -570,7 +537,10 @@ async fn store_allow_lists_limit_records_and_folders() -> Result<()> {
     for name in ["unlisted-out", "direct-out", "folder-out", "titled-out"] {
         ensure!(secrets.get_opt(name).await?.is_none(), "{name} was written");
     }
-    let stripe = password_of(&server.record(uids::STRIPE)?).context("stripe password")?;
+    let stripe = server
+        .record(uids::STRIPE)?
+        .field_text("password")
+        .context("stripe password")?;
     let listed = secrets.get("listed-out").await?;
     assert_eq!(value(&listed, "stripe"), stripe);
 

@@ -22,6 +22,7 @@ use keeper_e2e::ksm_server::{AppSpec, DownMode, TestServer, VaultSpec};
 use keeper_operator::api::KeeperSecret;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 /// Records in the generated vault; KeeperSecret i maps record i mod RECORDS plus record 0.
@@ -68,6 +69,73 @@ struct Bench {
     own: OwnRequests,
 }
 
+/// The bench's result: what the JSON file holds and the table shows. Typed, so a renamed field
+/// fails to compile wherever it is read. Each phase fills its part.
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    keeper_secrets: usize,
+    credentials: usize,
+    refresh_interval_seconds: f64,
+    concurrency: usize,
+    operator_binary: String,
+    apply_seconds: f64,
+    ready_seconds: f64,
+    sync_latency_ms: SyncLatency,
+    keeper_calls_cold_start: u64,
+    keeper_calls_per_wave: f64,
+    keeper_calls_between_waves: u64,
+    steady_window: SteadyWindow,
+    change_propagation_seconds: f64,
+    outage: Outage,
+    operator_rss_peak_mib: f64,
+    operator_rss_steady_mib: f64,
+    /// What the steady RSS is made of: heap and stacks vs the binary's resident code and data.
+    operator_rss_steady_anon_mib: f64,
+    operator_rss_steady_file_mib: f64,
+    operator_cpu_seconds: f64,
+    apiserver_requests: u64,
+    apiserver_requests_by_verb: BTreeMap<String, u64>,
+    bench_own_requests_subtracted: u64,
+    /// Per phase, including the bench's own requests (its creates and once-a-second LISTs).
+    apiserver_requests_by_phase: BTreeMap<String, BTreeMap<String, u64>>,
+    raw_apiserver_seconds: f64,
+    ready_to_raw_ratio: f64,
+    raw_same_writes_seconds: f64,
+    ready_to_same_writes_ratio: f64,
+    load_average: LoadAverage,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct SyncLatency {
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    resolution_ms: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct SteadyWindow {
+    waves: u32,
+    keeper_requests_all_endpoints: u64,
+    get_secret: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Outage {
+    seconds: f64,
+    keeper_calls_during: u64,
+    keeper_calls_without_sharing: u64,
+    all_secrets_kept: bool,
+    all_ready_throughout: bool,
+    recovery_seconds: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct LoadAverage {
+    start: String,
+    end: String,
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -84,26 +152,23 @@ async fn main() -> Result<()> {
     let mut bench = Bench::start(args, refresh).await?;
     let mut operator = bench.spawn_operator().await?;
     let pid = operator.pid();
-    let mut out = serde_json::Map::new();
-    out.insert("keeper_secrets".into(), json!(bench.args.keeper_secrets));
-    out.insert("credentials".into(), json!(bench.args.credentials));
-    out.insert(
-        "refresh_interval_seconds".into(),
-        json!(refresh.as_secs_f64()),
-    );
-    out.insert("concurrency".into(), json!(bench.args.concurrency));
-    out.insert(
-        "operator_binary".into(),
-        json!(std::env::var("KEEPER_OPERATOR_BIN").unwrap_or_else(|_| "target/debug".into())),
-    );
+    let mut out = Report {
+        keeper_secrets: bench.args.keeper_secrets,
+        credentials: bench.args.credentials,
+        refresh_interval_seconds: refresh.as_secs_f64(),
+        concurrency: bench.args.concurrency,
+        operator_binary: std::env::var("KEEPER_OPERATOR_BIN")
+            .unwrap_or_else(|_| "target/debug".into()),
+        ..Report::default()
+    };
 
     let client = bench.env.cluster.client();
     let api_before = apiserver_counts(&client).await?;
-    let mut phases = serde_json::Map::new();
+    let mut phases = BTreeMap::new();
     let mut phase_start = api_before.1.clone();
     let mut end_phase = async |name: &str| -> Result<()> {
         let now = apiserver_counts(&client).await?.1;
-        phases.insert(name.into(), json!(diff_by_verb(&phase_start, &now)));
+        phases.insert(name.to_string(), diff_by_verb(&phase_start, &now));
         phase_start = now;
         Ok(())
     };
@@ -120,50 +185,35 @@ async fn main() -> Result<()> {
     operator.ensure_running()?;
     let api_after = apiserver_counts(&client).await?;
     let peak = rss_mib(pid)?.peak;
-    out.insert("operator_rss_peak_mib".into(), json!(round2(peak)));
-    out.insert("operator_rss_steady_mib".into(), json!(round2(steady.now)));
-    // What the steady RSS is made of: heap and stacks vs the binary's resident code and data.
-    out.insert(
-        "operator_rss_steady_anon_mib".into(),
-        json!(round2(steady.anon)),
-    );
-    out.insert(
-        "operator_rss_steady_file_mib".into(),
-        json!(round2(steady.file)),
-    );
-    out.insert(
-        "operator_cpu_seconds".into(),
-        json!(round2(cpu_seconds(pid)?)),
-    );
-    let operator_requests = (api_after.0 - api_before.0).saturating_sub(bench.own.0);
-    out.insert("apiserver_requests".into(), json!(operator_requests));
-    out.insert(
-        "apiserver_requests_by_verb".into(),
-        json!(diff_by_verb(&api_before.1, &api_after.1)),
-    );
-    out.insert("bench_own_requests_subtracted".into(), json!(bench.own.0));
-    // Per phase, including the bench's own requests (its creates and once-a-second LISTs).
-    out.insert("apiserver_requests_by_phase".into(), Value::Object(phases));
+    out.operator_rss_peak_mib = round2(peak);
+    out.operator_rss_steady_mib = round2(steady.now);
+    out.operator_rss_steady_anon_mib = round2(steady.anon);
+    out.operator_rss_steady_file_mib = round2(steady.file);
+    out.operator_cpu_seconds = round2(cpu_seconds(pid)?);
+    out.apiserver_requests = (api_after.0 - api_before.0).saturating_sub(bench.own.0);
+    out.apiserver_requests_by_verb = diff_by_verb(&api_before.1, &api_after.1);
+    out.bench_own_requests_subtracted = bench.own.0;
+    out.apiserver_requests_by_phase = phases;
     drop(operator);
 
     bench.raw_apiserver(&mut out).await?;
     bench.raw_same_writes(&mut out).await?;
-    out.insert(
-        "load_average".into(),
-        json!({"start": load_start, "end": loadavg()}),
-    );
+    out.load_average = LoadAverage {
+        start: load_start,
+        end: loadavg(),
+    };
     bench.cleanup().await;
 
-    let doc = Value::Object(out);
-    let text = serde_json::to_string_pretty(&doc)?;
+    // Through a JSON value, whose keys are sorted: the file keeps the key order it always had.
+    let text = serde_json::to_string_pretty(&serde_json::to_value(&out)?)?;
     if let Some(dir) = bench.args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&bench.args.out, format!("{text}\n"))?;
-    print_table(&doc);
+    print_table(&out);
     eprintln!("wrote {}", bench.args.out.display());
     let png = bench.args.out.with_extension("png");
-    chart(&png, &doc)?;
+    chart(&png, &out)?;
     eprintln!("wrote {}", png.display());
     Ok(())
 }
@@ -269,7 +319,7 @@ impl Bench {
         }
     }
 
-    async fn cold_start(&mut self, out: &mut serde_json::Map<String, Value>) -> Result<()> {
+    async fn cold_start(&mut self, out: &mut Report) -> Result<()> {
         let n = self.args.keeper_secrets;
         let calls_before = self.get_secret_calls();
         let api = self.keeper_secrets();
@@ -291,28 +341,22 @@ impl Bench {
         let mut latencies: Vec<f64> = all.iter().filter_map(sync_latency_ms).collect();
         ensure!(latencies.len() == n, "some KeeperSecrets lack timestamps");
         latencies.sort_by(f64::total_cmp);
-        out.insert("apply_seconds".into(), json!(round2(applied.as_secs_f64())));
-        out.insert("ready_seconds".into(), json!(round2(ready.as_secs_f64())));
-        out.insert(
-            "sync_latency_ms".into(),
-            json!({
-                "p50": percentile(&latencies, 50.0),
-                "p95": percentile(&latencies, 95.0),
-                "p99": percentile(&latencies, 99.0),
-                "resolution_ms": 1000,
-            }),
-        );
-        out.insert(
-            "keeper_calls_cold_start".into(),
-            json!(self.get_secret_calls() - calls_before),
-        );
+        out.apply_seconds = round2(applied.as_secs_f64());
+        out.ready_seconds = round2(ready.as_secs_f64());
+        out.sync_latency_ms = SyncLatency {
+            p50: percentile(&latencies, 50.0),
+            p95: percentile(&latencies, 95.0),
+            p99: percentile(&latencies, 99.0),
+            resolution_ms: 1000,
+        };
+        out.keeper_calls_cold_start = self.get_secret_calls() - calls_before;
         Ok(())
     }
 
     /// Samples per-credential counters over `waves` refresh intervals. A call that follows the
     /// same credential's previous call by less than half an interval is not a new wave: it is
     /// counted "between waves".
-    async fn steady_waves(&mut self, out: &mut serde_json::Map<String, Value>) -> Result<()> {
+    async fn steady_waves(&mut self, out: &mut Report) -> Result<()> {
         // Let the cold start's jittered first refreshes line up before measuring.
         tokio::time::sleep(self.refresh).await;
         let window = self.refresh * self.args.waves;
@@ -338,22 +382,19 @@ impl Bench {
         }
         let get_secret = self.get_secret_calls() - get_before;
         let waves = f64::from(self.args.waves);
-        out.insert(
-            "keeper_calls_per_wave".into(),
-            json!(round2(get_secret as f64 / waves)),
-        );
-        out.insert("keeper_calls_between_waves".into(), json!(between));
-        out.insert(
-            "steady_window".into(),
-            json!({"waves": self.args.waves, "keeper_requests_all_endpoints": total,
-                   "get_secret": get_secret}),
-        );
+        out.keeper_calls_per_wave = round2(get_secret as f64 / waves);
+        out.keeper_calls_between_waves = between;
+        out.steady_window = SteadyWindow {
+            waves: self.args.waves,
+            keeper_requests_all_endpoints: total,
+            get_secret,
+        };
         Ok(())
     }
 
     /// Edits record 0 (mapped by every KeeperSecret under key `shared`) and waits until every
     /// managed Secret holds the new value.
-    async fn change_propagation(&mut self, out: &mut serde_json::Map<String, Value>) -> Result<()> {
+    async fn change_propagation(&mut self, out: &mut Report) -> Result<()> {
         let uid = self.record_uids[0].clone();
         let mut record = self.server.record(&uid)?;
         let value = format!("rotated-{}", std::process::id());
@@ -381,16 +422,13 @@ impl Bench {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        out.insert(
-            "change_propagation_seconds".into(),
-            json!(round2(start.elapsed().as_secs_f64())),
-        );
+        out.change_propagation_seconds = round2(start.elapsed().as_secs_f64());
         Ok(())
     }
 
     /// Keeper refuses service for `outage_waves` intervals; every Secret must stay unchanged and
     /// every KeeperSecret Ready (from the last good copy), then recover once Keeper is back.
-    async fn outage(&mut self, out: &mut serde_json::Map<String, Value>) -> Result<()> {
+    async fn outage(&mut self, out: &mut Report) -> Result<()> {
         let before = secret_data(&self.list_secrets().await?);
         let n = self.args.keeper_secrets;
         ensure!(
@@ -413,22 +451,19 @@ impl Bench {
         self.server.faults().set_down(DownMode::Up);
         let back = Instant::now();
         self.wait_all("recovery to Synced", is_synced).await?;
-        out.insert(
-            "outage".into(),
-            json!({
-                "seconds": round2(duration.as_secs_f64()),
-                "keeper_calls_during": calls,
-                "keeper_calls_without_sharing": n as u64 * u64::from(self.args.outage_waves),
-                "all_secrets_kept": kept && secret_data(&self.list_secrets().await?).len() == n,
-                "all_ready_throughout": ready_throughout,
-                "recovery_seconds": round2(back.elapsed().as_secs_f64()),
-            }),
-        );
+        out.outage = Outage {
+            seconds: round2(duration.as_secs_f64()),
+            keeper_calls_during: calls,
+            keeper_calls_without_sharing: n as u64 * u64::from(self.args.outage_waves),
+            all_secrets_kept: kept && secret_data(&self.list_secrets().await?).len() == n,
+            all_ready_throughout: ready_throughout,
+            recovery_seconds: round2(back.elapsed().as_secs_f64()),
+        };
         Ok(())
     }
 
     /// The limit: N Secrets created straight at the API server with the same concurrency.
-    async fn raw_apiserver(&mut self, out: &mut serde_json::Map<String, Value>) -> Result<()> {
+    async fn raw_apiserver(&mut self, out: &mut Report) -> Result<()> {
         let ns = self.env.cluster.fresh_namespace("bench-raw").await?;
         let api: Api<Secret> = Api::namespaced(self.env.cluster.client(), &ns);
         let n = self.args.keeper_secrets;
@@ -442,12 +477,9 @@ impl Bench {
             }
         })
         .await?;
-        insert_baseline(
-            out,
-            "raw_apiserver_seconds",
-            "ready_to_raw_ratio",
-            start.elapsed(),
-        );
+        let (raw, ratio) = baseline(out, start.elapsed());
+        out.raw_apiserver_seconds = raw;
+        out.ready_to_raw_ratio = ratio;
         delete_namespace(&self.env.cluster.client(), &ns).await;
         Ok(())
     }
@@ -455,7 +487,7 @@ impl Bench {
     /// The limit for the same writes: what a cold start cannot do without (the user's create of
     /// each KeeperSecret, the create of its Secret, one status write), issued by a minimal client
     /// one object after another at the same concurrency, in a namespace no operator watches.
-    async fn raw_same_writes(&mut self, out: &mut serde_json::Map<String, Value>) -> Result<()> {
+    async fn raw_same_writes(&mut self, out: &mut Report) -> Result<()> {
         let client = self.env.cluster.client();
         let ns = self.env.cluster.fresh_namespace("bench-raw-same").await?;
         let keeper_secrets: Api<KeeperSecret> = Api::namespaced(client.clone(), &ns);
@@ -494,12 +526,9 @@ impl Bench {
             }
         })
         .await?;
-        insert_baseline(
-            out,
-            "raw_same_writes_seconds",
-            "ready_to_same_writes_ratio",
-            start.elapsed(),
-        );
+        let (raw, ratio) = baseline(out, start.elapsed());
+        out.raw_same_writes_seconds = raw;
+        out.ready_to_same_writes_ratio = ratio;
         delete_namespace(&self.env.cluster.client(), &ns).await;
         Ok(())
     }
@@ -550,17 +579,10 @@ where
     Ok(())
 }
 
-/// Records a raw baseline's time under `key` and the operator's ready time as a ratio to it.
-fn insert_baseline(
-    out: &mut serde_json::Map<String, Value>,
-    key: &str,
-    ratio_key: &str,
-    took: Duration,
-) {
+/// A raw baseline's time and the operator's ready time as a ratio to it, both rounded.
+fn baseline(out: &Report, took: Duration) -> (f64, f64) {
     let raw = took.as_secs_f64();
-    out.insert(key.into(), json!(round2(raw)));
-    let ready = out["ready_seconds"].as_f64().unwrap_or(f64::NAN);
-    out.insert(ratio_key.into(), json!(round2(ready / raw)));
+    (round2(raw), round2(out.ready_seconds / raw))
 }
 
 /// A Secret shaped like the ones the operator writes in the bench (two keys).
@@ -732,59 +754,77 @@ fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
-fn print_table(doc: &Value) {
+fn print_table(r: &Report) {
     let rows = [
-        ("KeeperSecrets", "/keeper_secrets"),
-        ("credentials", "/credentials"),
-        ("ready (s)", "/ready_seconds"),
-        ("raw API server (s)", "/raw_apiserver_seconds"),
-        ("ready / raw", "/ready_to_raw_ratio"),
-        ("raw same writes (s)", "/raw_same_writes_seconds"),
-        ("ready / raw same writes", "/ready_to_same_writes_ratio"),
-        ("sync latency p50 (ms)", "/sync_latency_ms/p50"),
-        ("sync latency p95 (ms)", "/sync_latency_ms/p95"),
-        ("sync latency p99 (ms)", "/sync_latency_ms/p99"),
-        ("change propagation (s)", "/change_propagation_seconds"),
-        ("Keeper calls cold start", "/keeper_calls_cold_start"),
-        ("Keeper calls per wave", "/keeper_calls_per_wave"),
-        ("Keeper calls between waves", "/keeper_calls_between_waves"),
-        ("outage: Keeper calls", "/outage/keeper_calls_during"),
-        ("outage: Secrets kept", "/outage/all_secrets_kept"),
-        ("outage: recovery (s)", "/outage/recovery_seconds"),
-        ("operator RSS peak (MiB)", "/operator_rss_peak_mib"),
-        ("operator RSS steady (MiB)", "/operator_rss_steady_mib"),
-        ("  of it heap+stacks (MiB)", "/operator_rss_steady_anon_mib"),
-        ("  of it code+data (MiB)", "/operator_rss_steady_file_mib"),
-        ("operator CPU (s)", "/operator_cpu_seconds"),
-        ("API server requests", "/apiserver_requests"),
-        ("load average start", "/load_average/start"),
-        ("load average end", "/load_average/end"),
+        ("KeeperSecrets", json!(r.keeper_secrets)),
+        ("credentials", json!(r.credentials)),
+        ("ready (s)", json!(r.ready_seconds)),
+        ("raw API server (s)", json!(r.raw_apiserver_seconds)),
+        ("ready / raw", json!(r.ready_to_raw_ratio)),
+        ("raw same writes (s)", json!(r.raw_same_writes_seconds)),
+        (
+            "ready / raw same writes",
+            json!(r.ready_to_same_writes_ratio),
+        ),
+        ("sync latency p50 (ms)", json!(r.sync_latency_ms.p50)),
+        ("sync latency p95 (ms)", json!(r.sync_latency_ms.p95)),
+        ("sync latency p99 (ms)", json!(r.sync_latency_ms.p99)),
+        (
+            "change propagation (s)",
+            json!(r.change_propagation_seconds),
+        ),
+        ("Keeper calls cold start", json!(r.keeper_calls_cold_start)),
+        ("Keeper calls per wave", json!(r.keeper_calls_per_wave)),
+        (
+            "Keeper calls between waves",
+            json!(r.keeper_calls_between_waves),
+        ),
+        ("outage: Keeper calls", json!(r.outage.keeper_calls_during)),
+        ("outage: Secrets kept", json!(r.outage.all_secrets_kept)),
+        ("outage: recovery (s)", json!(r.outage.recovery_seconds)),
+        ("operator RSS peak (MiB)", json!(r.operator_rss_peak_mib)),
+        (
+            "operator RSS steady (MiB)",
+            json!(r.operator_rss_steady_mib),
+        ),
+        (
+            "  of it heap+stacks (MiB)",
+            json!(r.operator_rss_steady_anon_mib),
+        ),
+        (
+            "  of it code+data (MiB)",
+            json!(r.operator_rss_steady_file_mib),
+        ),
+        ("operator CPU (s)", json!(r.operator_cpu_seconds)),
+        ("API server requests", json!(r.apiserver_requests)),
+        ("load average start", json!(r.load_average.start)),
+        ("load average end", json!(r.load_average.end)),
     ];
-    for (name, ptr) in rows {
-        let v = doc.pointer(ptr).map(|v| match v {
-            Value::String(s) => s.clone(),
+    // Values as the JSON file shows them (a whole f64 keeps its ".0", NaN is null).
+    for (name, v) in rows {
+        let shown = match v {
+            Value::String(s) => s,
             other => other.to_string(),
-        });
-        println!("{name:<28} {}", v.unwrap_or_else(|| "-".into()));
+        };
+        println!("{name:<28} {shown}");
     }
 }
 
 /// A PNG of the cold start against its baselines, captioned with the memory and Keeper figures.
-fn chart(path: &std::path::Path, doc: &Value) -> Result<()> {
-    let num = |ptr: &str| doc.pointer(ptr).and_then(Value::as_f64).unwrap_or(0.0);
+fn chart(path: &std::path::Path, r: &Report) -> Result<()> {
     let caption = format!(
         "{} KeeperSecrets on {} credential(s): RSS peak {:.1} MiB, {} Keeper calls per wave",
-        num("/keeper_secrets"),
-        num("/credentials"),
-        num("/operator_rss_peak_mib"),
-        num("/keeper_calls_per_wave"),
+        r.keeper_secrets as f64,
+        r.credentials as f64,
+        r.operator_rss_peak_mib,
+        r.keeper_calls_per_wave,
     );
     let bars = [
-        ("operator: all Ready", "/ready_seconds"),
-        ("raw: the same writes", "/raw_same_writes_seconds"),
-        ("raw: Secret creates", "/raw_apiserver_seconds"),
-        ("bench: KeeperSecret creates", "/apply_seconds"),
+        ("operator: all Ready", r.ready_seconds),
+        ("raw: the same writes", r.raw_same_writes_seconds),
+        ("raw: Secret creates", r.raw_apiserver_seconds),
+        ("bench: KeeperSecret creates", r.apply_seconds),
     ]
-    .map(|(label, ptr)| (label.to_string(), num(ptr)));
+    .map(|(label, value)| (label.to_string(), value));
     keeper_e2e::plot::bars(path, &caption, "seconds", &bars)
 }

@@ -30,6 +30,7 @@
 //! ```
 
 mod admin;
+pub mod client;
 mod counters;
 mod faults;
 mod handlers;
@@ -45,7 +46,7 @@ pub use faults::{
     DownMode, FaultHandle, FaultState, FileFailure, RateLimit, RetryAfterHeader, Throttle,
     ThrottleBody,
 };
-pub use sample::{SAMPLE_VAULT_JSON, sample_vault, uids};
+pub use sample::{SAMPLE_VAULT_JSON, sample_file, sample_vault, uids};
 pub use spec::{AppSpec, FileSpec, FolderSpec, RecordSpec, VaultSpec, is_valid_uid};
 
 use anyhow::{Context, anyhow};

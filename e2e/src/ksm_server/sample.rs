@@ -11,6 +11,13 @@ pub fn sample_vault() -> VaultSpec {
     VaultSpec::from_json(SAMPLE_VAULT_JSON).expect("the bundled sample vault is valid")
 }
 
+/// The content of file `uid` of the sample vault.
+pub fn sample_file(uid: &str) -> Vec<u8> {
+    let vault = sample_vault();
+    let file = vault.file(uid).expect("a file of the sample vault");
+    file.bytes().expect("the sample vault's files decode")
+}
+
 /// UIDs of the sample vault.
 pub mod uids {
     /// Shared folder "Production".

@@ -273,6 +273,15 @@ impl VaultSpec {
 }
 
 impl RecordSpec {
+    /// The first value of standard field `field_type`, when it is text.
+    pub fn field_text(&self, field_type: &str) -> Option<String> {
+        self.fields
+            .iter()
+            .find(|f| f["type"] == field_type)
+            .and_then(|f| f["value"][0].as_str())
+            .map(str::to_string)
+    }
+
     /// Validates one record against the set of known folders.
     pub fn validate(&self, folder_exists: impl Fn(&str) -> bool) -> anyhow::Result<()> {
         check_uid("record", &self.uid)?;
