@@ -210,10 +210,14 @@ fn status(code: StatusCode, reason: &str) -> Response<Body> {
     )
 }
 
-/// A Keeper that serves `vault` (or fails with `failure`) and counts its calls.
+/// A Keeper behind a shared fetcher: `vault` is what Keeper holds now; a caller gets the data
+/// last fetched while it is younger than the caller's `max_age`, else a fetch (counted in
+/// `calls`) takes `vault` at that moment. `failure` makes fetches fail.
 #[derive(Default)]
 pub struct FakeKeeper {
     pub vault: Mutex<Vault>,
+    /// The data last fetched and when.
+    pub fetched: Mutex<Option<(Vault, SystemTime)>>,
     /// Content of file attachments by file UID.
     pub files: Mutex<HashMap<String, Vec<u8>>>,
     /// When set, `vault` answers that Keeper is unavailable.
@@ -229,19 +233,25 @@ impl KeeperSource for FakeKeeper {
         &self,
         _cred: &crate::keeper::CredentialKey,
         _config: &KsmConfig,
-        _max_age: Duration,
+        max_age: Duration,
     ) -> Result<Served, KsmError> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        if let Some(error) = lock(&self.failure).clone() {
-            return Ok(Served::Unavailable(Staleness {
-                error: Arc::new(error),
-                since: SystemTime::now(),
-                retry_in: Duration::from_secs(30),
-            }));
+        let mut fetched = lock(&self.fetched);
+        let young = |at: &SystemTime| at.elapsed().unwrap_or_default() < max_age;
+        if !fetched.as_ref().is_some_and(|(_, at)| young(at)) {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            if let Some(error) = lock(&self.failure).clone() {
+                return Ok(Served::Unavailable(Staleness {
+                    error: Arc::new(error),
+                    since: SystemTime::now(),
+                    retry_in: Duration::from_secs(30),
+                }));
+            }
+            *fetched = Some((lock(&self.vault).clone(), SystemTime::now()));
         }
+        let (vault, fetched_at) = fetched.clone().expect("fetched above");
         Ok(Served::Fresh(Arc::new(Snapshot {
-            vault: lock(&self.vault).clone(),
-            fetched_at: SystemTime::now(),
+            vault,
+            fetched_at,
             origin: Origin::Keeper,
         })))
     }

@@ -27,7 +27,7 @@ use crate::k8s::Events;
 use crate::k8s::credentials::Credential;
 use crate::k8s::rollout::Rollouts;
 use crate::keeper::KeeperSource;
-use crate::keeper::fetcher::Served;
+use crate::keeper::fetcher::{Served, Snapshot};
 use crate::ksm::record::Vault;
 use crate::runtime::metrics::Metrics;
 use crate::sync::desired::{self, HashKey, Ownership};
@@ -194,7 +194,7 @@ async fn sync<S: KeeperSource>(
         check_target(ks, existing.as_deref())?;
     }
     // Fetch (Keeper: the credential's shared snapshot, or its last good copy).
-    let (snapshot, stale) = match ctx
+    let (mut snapshot, stale) = match ctx
         .keeper
         .vault(&seen.cred.key, &seen.cred.config, interval)
         .await?
@@ -205,8 +205,14 @@ async fn sync<S: KeeperSource>(
         // Keeper is slow to answer: free this worker and pick the answer up later.
         Served::Pending(after) => return Ok(Outcome::Wait(after)),
     };
-    // Build (pure, but for file attachments: Keeper, shared once per record revision).
-    let built = build(ctx, ks, &seen, &snapshot.vault).await?;
+    // Build (pure, but for file attachments and a record missing from older data: Keeper).
+    let built = match build(ctx, ks, &seen, &snapshot.vault).await {
+        Err(e) if stale.is_none() && missing_from_older_data(&e, ks, &snapshot, now) => {
+            snapshot = refetch(ctx, &seen, e).await?;
+            build(ctx, ks, &seen, &snapshot.vault).await?
+        }
+        built => built?,
+    };
     // Guard and apply (API: the target, if not read yet; the Secret; rollout restarts).
     if apply(ctx, ks, seen, &built, interval).await? {
         info!(
@@ -218,7 +224,7 @@ async fn sync<S: KeeperSource>(
         );
     }
     // Report (pure): the status to write and when to come back.
-    let fetched_at = Timestamp::try_from(snapshot.fetched_at).unwrap_or(now);
+    let fetched_at = fetched_at(&snapshot, now);
     let max_stale_age = ctx.settings.max_stale_age;
     let next = refresh::next(
         ks,
@@ -242,6 +248,39 @@ async fn sync<S: KeeperSource>(
         }),
     };
     Ok(Outcome::Synced(status::synced(ks, now, &synced), next))
+}
+
+/// When `snapshot` was fetched (`now` if its clock reading is out of range).
+fn fetched_at(snapshot: &Snapshot, now: Timestamp) -> Timestamp {
+    Timestamp::try_from(snapshot.fetched_at).unwrap_or(now)
+}
+
+/// Whether `e` is a record or field that a new spec names and that may have been created in
+/// Keeper after the shared data was fetched (see [`refresh::refetch_on_miss`]).
+fn missing_from_older_data(e: &Error, ks: &KeeperSecret, data: &Snapshot, now: Timestamp) -> bool {
+    matches!(e.reason(), "RecordNotFound" | "FieldNotFound")
+        && refresh::refetch_on_miss(ks, fetched_at(data, now), now)
+}
+
+/// Reads Keeper again for data at most [`refresh::REFETCH_FLOOR`] old; `miss` if none comes.
+async fn refetch<S: KeeperSource>(
+    ctx: &Context<S>,
+    seen: &Observed,
+    miss: Error,
+) -> Result<Arc<Snapshot>, Error> {
+    debug!(
+        reason = miss.reason(),
+        "not in the shared data; reading Keeper again"
+    );
+    let floor = refresh::REFETCH_FLOOR;
+    match ctx
+        .keeper
+        .vault(&seen.cred.key, &seen.cred.config, floor)
+        .await?
+    {
+        Served::Fresh(fresher) => Ok(fresher),
+        _ => Err(miss),
+    }
 }
 
 /// What a reconcile starts from: the credential, and the target Secret as far as it is known.

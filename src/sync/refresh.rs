@@ -184,6 +184,24 @@ pub fn due(
     }
 }
 
+/// How old the shared data must be before a missing record or field reads Keeper again.
+pub const REFETCH_FLOOR: Duration = Duration::from_secs(10);
+
+/// Whether a sync that found a record or field missing in data fetched at `fetched_at` should
+/// read Keeper again at once. A user who creates a record and then applies a KeeperSecret for it
+/// should not wait for the credential's next refresh. Only a generation not synced or attempted
+/// yet qualifies (a new or changed spec), and only data older than [`REFETCH_FLOOR`]: the
+/// failure is recorded for that generation, so retries of a reference that stays missing wait
+/// for the normal refresh and cost no extra call.
+pub fn refetch_on_miss(ks: &KeeperSecret, fetched_at: Timestamp, now: Timestamp) -> bool {
+    let new_generation = ks
+        .status
+        .as_ref()
+        .is_none_or(|s| s.observed_generation != ks.metadata.generation);
+    let age = Duration::try_from(now.duration_since(fetched_at)).unwrap_or(Duration::ZERO);
+    new_generation && age > REFETCH_FLOOR
+}
+
 /// When to reconcile again after a sync of data fetched at `fetched_at`. Fresh data: one
 /// interval after the fetch, not after this reconcile, so every KeeperSecret on a credential
 /// falls due in the same wave and the wave costs one Keeper call. The last good copy (Keeper

@@ -34,11 +34,25 @@ fn record(uid: &str, password: &str, revision: i64) -> Record {
     }
 }
 
+/// Keeper holds `records`, and the shared data is due for a refresh.
 fn keeper_has(f: &Fixture, records: Vec<Record>) {
+    keeper_now_holds(f, records);
+    *lock(&f.ctx.keeper.fetched) = None;
+}
+
+/// Keeper holds `records` from now on; the shared data keeps what it fetched before.
+fn keeper_now_holds(f: &Fixture, records: Vec<Record>) {
     *lock(&f.ctx.keeper.vault) = Vault {
         records,
         ..Vault::default()
     };
+}
+
+/// The shared data was fetched `age` ago.
+fn age_shared_data(f: &Fixture, age: Duration) {
+    if let Some((_, at)) = lock(&f.ctx.keeper.fetched).as_mut() {
+        *at -= age;
+    }
 }
 
 /// KeeperSecret `db` mapping the password of `UID`, with `spec` merged over that.
@@ -278,4 +292,38 @@ async fn a_store_borrower_cannot_read_a_record_the_store_does_not_allow() {
     });
     f.reconcile(NS, "db").await.unwrap();
     assert_eq!(password(&f), b"other");
+}
+
+#[tokio::test]
+async fn a_record_created_after_the_last_fetch_is_read_at_once_and_only_once() {
+    let f = synced().await;
+    // A user creates a record in Keeper a minute after the credential's last fetch, then
+    // applies a KeeperSecret for it.
+    keeper_now_holds(&f, vec![record(UID, "s3cret", 1), record(OTHER, "new", 1)]);
+    age_shared_data(&f, Duration::from_secs(60));
+    let mapped =
+        |uid: &str| json!([{"key": "password", "record": {"uid": uid}, "field": "password"}]);
+    let create = |name: &str, uid: &str| {
+        let mut ks = keeper_secret(json!({"data": mapped(uid), "target": {"name": name}}));
+        ks.metadata.name = Some(name.into());
+        f.create(&ks);
+    };
+    create("fresh", OTHER);
+    f.reconcile(NS, "fresh").await.unwrap();
+    assert_eq!(f.keeper_calls(), 2, "one more fetch, at once");
+    let data = f.secret(NS, "fresh").unwrap().data.unwrap();
+    assert_eq!(data["password"].0, b"new");
+
+    // A record that does not exist: the data is seconds old, so no fetch for it...
+    let nobody = "CCCCCCCCCCCCCCCCCCCCCC";
+    create("typo", nobody);
+    let err = f.reconcile(NS, "typo").await.unwrap_err();
+    assert_eq!(err.reason(), "RecordNotFound");
+    assert_eq!(f.keeper_calls(), 2);
+    // ...and once its failure is recorded, retries wait for the normal refresh however old
+    // the data gets: a reference that stays missing never adds calls.
+    age_shared_data(&f, Duration::from_secs(600));
+    let err = f.reconcile(NS, "typo").await.unwrap_err();
+    assert_eq!(err.reason(), "RecordNotFound");
+    assert_eq!(f.keeper_calls(), 2);
 }
