@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::Secret;
 use keeper_e2e::harness::wait_until;
 use keeper_e2e::ksm_server::{DownMode, FileFailure};
 use keeper_e2e::world::{
-    POSTGRES, TIMEOUT, World, assert_passwords_in, condition, keeper_secret,
-    keeper_secret_manifest, names, password,
+    POSTGRES, TIMEOUT, World, assert_passwords_in, condition, create_keeper_secret, keeper_secret,
+    keeper_secret_manifest, names, password, wait_for_reason,
 };
 use keeper_operator::api::KeeperSecret;
 use kube::Api;
@@ -762,4 +762,65 @@ async fn a_200_mb_attachment_is_refused_while_other_tenants_keep_syncing() -> Re
     ensure!(peak < 128.0, "peak RSS {peak:.1} MiB");
     operator.ensure_running()?;
     w.finish(&mut [&mut operator]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_created_after_the_last_fetch_syncs_at_once_with_one_more_call() -> Result<()> {
+    let w = World::start("cache-new-record").await?;
+    let _operator = w.operator().await?;
+    w.create(&names("known", 0..1), "1h").await?;
+    w.wait_all(1, "Synced").await?;
+    let calls = w.get_secret_calls();
+    // The shared data ages past the refetch floor (10 s); the refresh interval is an hour.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+
+    // A user creates a record in the app's shared folder, then a KeeperSecret for it.
+    const CREATED: &str = "N3wRec0rdCreatedLaterw";
+    let mut record = w.postgres_with_password(json!(["created-later"]))?;
+    record.uid = CREATED.into();
+    record.title = "Created later".into();
+    w.server.set_record(record)?;
+    let spec = |uid: &str, name: &str| {
+        json!({
+            "auth": { "secretRef": { "name": "ksm-config", "key": "config" } },
+            "refreshInterval": "1h",
+            "target": { "name": name },
+            "data": [{ "key": "password", "notation": format!("keeper://{uid}/field/password") }]
+        })
+    };
+    let api = w.keeper_secrets();
+    let started = Instant::now();
+    create_keeper_secret(&api, "later", spec(CREATED, "later")).await?;
+    wait_for_reason(
+        &api,
+        "later",
+        "Ready",
+        "True",
+        "Synced",
+        Duration::from_secs(30),
+    )
+    .await?;
+    eprintln!(
+        "a record created after the last fetch synced in {:?}",
+        started.elapsed()
+    );
+    let secret = w.secrets().get("later").await?;
+    ensure!(password(&secret).as_deref() == Some("created-later"));
+    ensure!(
+        w.get_secret_calls() == calls + 1,
+        "expected one more get_secret, got {}",
+        w.get_secret_calls() - calls
+    );
+
+    // A record that never comes costs no call: not at once (the data is seconds old), and not on
+    // the retry after the first backoff (30 s), when that generation's failure is recorded.
+    create_keeper_secret(&api, "typo", spec("CCCCCCCCCCCCCCCCCCCCCC", "typo")).await?;
+    wait_for_reason(&api, "typo", "Ready", "False", "RecordNotFound", TIMEOUT).await?;
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    ensure!(
+        w.get_secret_calls() == calls + 1,
+        "a missing record cost {} more get_secret",
+        w.get_secret_calls() - calls - 1
+    );
+    Ok(())
 }

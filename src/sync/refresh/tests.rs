@@ -282,8 +282,14 @@ fn the_next_refresh_follows_the_fetch_or_the_fetchers_retry() {
 fn only_a_new_generation_on_older_data_refetches_a_miss() {
     let (synced, _) = synced_pair();
     let mut fresh = base();
-    assert!(refetch_on_miss(&fresh, t(0), t(11)), "never synced, data 11 s old");
-    assert!(!refetch_on_miss(&fresh, t(0), t(10)), "data within the floor");
+    assert!(
+        refetch_on_miss(&fresh, t(0), t(11)),
+        "never synced, data 11 s old"
+    );
+    assert!(
+        !refetch_on_miss(&fresh, t(0), t(10)),
+        "data within the floor"
+    );
     assert!(
         !refetch_on_miss(&synced, t(0), t(3000)),
         "this generation was synced or attempted: wait for the refresh"
