@@ -63,6 +63,10 @@ async fn examples_produce_the_documented_secrets() -> Result<()> {
         "production",
     ] {
         w.kubectl_wait_ready(ks)?;
+        // What Flux's kstatus reads: done reconciling, nothing stalled.
+        w.wait_condition(ks, "Reconciling", "False", "Synced")
+            .await?;
+        w.wait_condition(ks, "Stalled", "False", "Synced").await?;
     }
 
     let shop = secret_bytes(&w.secrets().get("shop-db").await?);
@@ -327,6 +331,11 @@ async fn specific_failures_and_cel_rejections() -> Result<()> {
                 "data":[{"key":"k","record":{"title":"No Such Record"},"field":"password"}]}}"#;
     w.env.cluster.apply(missing, &["-n", &ns])?;
     let ks = w.wait_reason("missing", "False", "RecordNotFound").await?;
+    // Never synced, and creating the record would fix it: still reconciling, not stalled.
+    w.wait_condition("missing", "Reconciling", "True", "RecordNotFound")
+        .await?;
+    w.wait_condition("missing", "Stalled", "False", "Retrying")
+        .await?;
     assert!(
         ks.ready_condition()
             .context("Ready")?
@@ -346,6 +355,9 @@ async fn specific_failures_and_cel_rejections() -> Result<()> {
     create_secret(&w.secrets(), "postgres-credentials", &[("mine", b"x")]).await?;
     w.apply_example("database.yaml")?;
     w.wait_reason("postgres", "False", "SecretOwnedElsewhere")
+        .await?;
+    // No retry fixes that: stalled, which Flux reports as failed rather than waiting forever.
+    w.wait_condition("postgres", "Stalled", "True", "SecretOwnedElsewhere")
         .await?;
     assert_eq!(
         secret_bytes(&w.secrets().get("postgres-credentials").await?)

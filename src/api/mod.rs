@@ -340,7 +340,10 @@ pub struct KeeperSecretStatus {
     pub observed_generation: Option<i64>,
     /// `Ready` is True when the Secret holds the current Keeper data; its reason says why not
     /// (KeeperUnavailable, Throttled, AuthFailed, RecordNotFound, AmbiguousTitle, FieldNotFound,
-    /// InvalidSpec, NotAllowed, SecretOwnedElsewhere, TooLarge, ...).
+    /// InvalidSpec, NotAllowed, SecretOwnedElsewhere, TooLarge, ...). `Stale` is True while the
+    /// Secret holds the last good copy because Keeper fails. For Flux and kstatus,
+    /// `Reconciling` is True until this generation first syncs, and `Stalled` is True on a
+    /// failure no retry fixes (InvalidSpec, AmbiguousTitle, NotAllowed, SecretOwnedElsewhere).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// When Keeper data was last read successfully and written to the Secret. Moves every

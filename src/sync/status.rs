@@ -13,6 +13,18 @@ pub const LAST_GOOD_COPY: &str = "LastGoodCopy";
 pub const LAST_GOOD_COPY_EXPIRED: &str = "LastGoodCopyExpired";
 /// Condition type that is True while the data is served from the last good copy.
 pub const STALE: &str = "Stale";
+/// kstatus condition (Flux, `kstatus`): True until the current generation has synced once.
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus condition: True when no retry can succeed until someone changes something.
+pub const STALLED: &str = "Stalled";
+
+/// Failures no retry fixes: the spec, a store's rules or another owner's Secret must change.
+const STALLING: [&str; 4] = [
+    "InvalidSpec",
+    "AmbiguousTitle",
+    "NotAllowed",
+    "SecretOwnedElsewhere",
+];
 
 /// What a successful sync produced.
 #[derive(Debug)]
@@ -119,6 +131,13 @@ pub fn synced(ks: &KeeperSecret, now: Timestamp, s: &Synced) -> KeeperSecretStat
         &stale.1,
         &stale.2,
     );
+    let conditions = with_progress(
+        &conditions,
+        generation,
+        now,
+        ("False", SYNCED, "This generation has synced"),
+        ("False", SYNCED, "Nothing blocks the sync"),
+    );
     KeeperSecretStatus {
         observed_generation: generation,
         conditions,
@@ -138,19 +157,69 @@ pub fn failed(
     message: &str,
 ) -> KeeperSecretStatus {
     let prev = ks.status.clone().unwrap_or_default();
+    let generation = ks.metadata.generation;
+    let conditions = with_condition(
+        &prev.conditions,
+        READY,
+        generation,
+        now,
+        "False",
+        reason,
+        message,
+    );
+    // Once this generation has synced, a later failure is not "still reconciling": the Secret
+    // holds this spec's data and Ready says what is wrong now.
+    let synced_before = prev.conditions.iter().any(|c| {
+        c.type_ == RECONCILING
+            && c.status == "False"
+            && c.reason == SYNCED
+            && c.observed_generation == generation
+    });
+    let (reconciling, stalled) = if STALLING.contains(&reason) {
+        (("False", reason, message), ("True", reason, message))
+    } else {
+        let retrying = ("False", "Retrying", "The operator retries with backoff");
+        if synced_before {
+            (("False", SYNCED, "This generation has synced"), retrying)
+        } else {
+            (("True", reason, message), retrying)
+        }
+    };
     KeeperSecretStatus {
-        observed_generation: ks.metadata.generation,
-        conditions: with_condition(
-            &prev.conditions,
-            READY,
-            ks.metadata.generation,
-            now,
-            "False",
-            reason,
-            message,
-        ),
+        observed_generation: generation,
+        conditions: with_progress(&conditions, generation, now, reconciling, stalled),
         ..prev
     }
+}
+
+/// Sets the kstatus conditions `Reconciling` and `Stalled` (status, reason, message).
+fn with_progress(
+    conditions: &[Condition],
+    generation: Option<i64>,
+    now: Timestamp,
+    reconciling: (&str, &str, &str),
+    stalled: (&str, &str, &str),
+) -> Vec<Condition> {
+    let (status, reason, message) = reconciling;
+    let conditions = with_condition(
+        conditions,
+        RECONCILING,
+        generation,
+        now,
+        status,
+        reason,
+        message,
+    );
+    let (status, reason, message) = stalled;
+    with_condition(
+        &conditions,
+        STALLED,
+        generation,
+        now,
+        status,
+        reason,
+        message,
+    )
 }
 
 /// Replaces one condition; `lastTransitionTime` only moves when its status flips. Ready stays
@@ -314,7 +383,7 @@ mod tests {
     fn an_outage_keeps_ready_until_the_copy_is_too_old() {
         let s = synced(&ks(1, None), t(3600), &stale("KeeperUnavailable", true));
         assert_eq!(
-            conditions(&s),
+            conditions(&s)[..2],
             [
                 (READY, "True", LAST_GOOD_COPY),
                 (STALE, "True", "KeeperUnavailable")
@@ -322,7 +391,7 @@ mod tests {
         );
         let s = synced(&ks(1, None), t(3601), &stale("KeeperUnavailable", true));
         assert_eq!(
-            conditions(&s),
+            conditions(&s)[..2],
             [
                 (READY, "False", LAST_GOOD_COPY_EXPIRED),
                 (STALE, "True", "KeeperUnavailable")
@@ -335,7 +404,7 @@ mod tests {
     fn a_refused_credential_is_not_ready_even_with_a_fresh_copy() {
         let s = synced(&ks(1, None), t(20), &stale("AuthFailed", false));
         assert_eq!(
-            conditions(&s),
+            conditions(&s)[..2],
             [
                 (READY, "False", "AuthFailed"),
                 (STALE, "True", "AuthFailed")
@@ -345,6 +414,47 @@ mod tests {
         let event = transition(None, &s).unwrap();
         assert!(event.warning);
         assert_eq!(event.reason, "AuthFailed");
+    }
+
+    /// The kstatus conditions Flux and `kstatus` read: InProgress (Reconciling=True) until the
+    /// generation first syncs, Failed (Stalled=True) on what no retry fixes, Current after.
+    #[test]
+    fn reconciling_until_the_generation_syncs_and_stalled_on_what_no_retry_fixes() {
+        let progress = |s: &KeeperSecretStatus| {
+            let find = |t: &str| {
+                let c = s.conditions.iter().find(|c| c.type_ == t).unwrap();
+                (c.status.clone(), c.reason.clone(), c.observed_generation)
+            };
+            (find(RECONCILING), find(STALLED))
+        };
+        let yes = |reason: &str, g| ("True".to_string(), reason.to_string(), Some(g));
+        let no = |reason: &str, g| ("False".to_string(), reason.to_string(), Some(g));
+
+        // A first attempt that fails on something a retry may fix: still reconciling.
+        let missing = failed(&ks(1, None), t(0), "RecordNotFound", "record x not found");
+        assert_eq!(
+            progress(&missing),
+            (yes("RecordNotFound", 1), no("Retrying", 1))
+        );
+        // What no retry fixes: stalled, not reconciling.
+        for reason in STALLING {
+            let s = failed(&ks(1, None), t(0), reason, "m");
+            assert_eq!(progress(&s), (no(reason, 1), yes(reason, 1)), "{reason}");
+        }
+        // Synced: current, from a fresh or a last good copy.
+        let done = synced(&ks(1, Some(missing)), t(5), &ok());
+        assert_eq!(progress(&done), (no(SYNCED, 1), no(SYNCED, 1)));
+        let stale_ok = synced(&ks(1, None), t(5), &stale("KeeperUnavailable", true));
+        assert_eq!(progress(&stale_ok), (no(SYNCED, 1), no(SYNCED, 1)));
+        // A later failure of the same generation does not turn it back to reconciling...
+        let later = failed(&ks(1, Some(done.clone())), t(9), "KubernetesError", "m");
+        assert_eq!(progress(&later), (no(SYNCED, 1), no("Retrying", 1)));
+        // ...but a new generation reconciles until it syncs.
+        let edited = failed(&ks(2, Some(done)), t(9), "FieldNotFound", "m");
+        assert_eq!(
+            progress(&edited),
+            (yes("FieldNotFound", 2), no("Retrying", 2))
+        );
     }
 
     #[test]
