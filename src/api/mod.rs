@@ -71,7 +71,7 @@ const DNS_SUBDOMAIN_PATTERN: &str =
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[cfg_attr(test, kube(cel))]
-#[x_kube(validation = Rule::new("size(self.data) + size(self.dataFrom) > 0").message("set at least one entry in data or dataFrom"))]
+#[x_kube(validation = Rule::new("(has(self.data) ? size(self.data) : 0) + (has(self.dataFrom) ? size(self.dataFrom) : 0) > 0").message("set at least one entry in data or dataFrom"))]
 #[x_kube(validation = Rule::new("(has(self.target) && has(self.target.name) ? self.target.name : '') == (has(oldSelf.target) && has(oldSelf.target.name) ? oldSelf.target.name : '')").message("target.name is immutable: create a new KeeperSecret instead"))]
 #[serde(rename_all = "camelCase")]
 pub struct KeeperSecretSpec {
