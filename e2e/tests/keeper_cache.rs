@@ -824,3 +824,55 @@ async fn a_record_created_after_the_last_fetch_syncs_at_once_with_one_more_call(
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_sync_and_flux_requests_sync_at_once_and_are_answered() -> Result<()> {
+    let w = World::start("cache-force-sync").await?;
+    let _operator = w.operator().await?;
+    w.create(&names("asked", 0..2), "1h").await?;
+    w.wait_all(2, "Synced").await?;
+    let calls = w.get_secret_calls();
+    // Past the few seconds a requested sync may reuse; nothing is due for an hour.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    w.set_postgres_password("rotated-on-request")?;
+
+    let api = w.keeper_secrets();
+    let requests = [
+        ("asked-0000", "keeper-operator.dev/force-sync", "1"),
+        (
+            "asked-0001",
+            "reconcile.fluxcd.io/requestedAt",
+            "2026-12-01T10:00:00.000000000Z",
+        ),
+    ];
+    let started = Instant::now();
+    for (name, annotation, value) in requests {
+        let patch = json!({ "metadata": { "annotations": { annotation: value } } });
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    for (name, _, value) in requests {
+        wait_until(&format!("{name} answers {value}"), TIMEOUT, || {
+            let api = api.clone();
+            async move {
+                let ks = api.get(name).await?;
+                let handled = ks.status.and_then(|s| s.last_handled_reconcile_at);
+                Ok((handled.as_deref() == Some(value)).then_some(()))
+            }
+        })
+        .await?;
+        let secret = w.secrets().get(name).await?;
+        ensure!(
+            password(&secret).as_deref() == Some("rotated-on-request"),
+            "{name}"
+        );
+    }
+    eprintln!("two sync requests answered in {:?}", started.elapsed());
+    // Both shared one Keeper call.
+    ensure!(
+        w.get_secret_calls() == calls + 1,
+        "requests cost {} get_secret",
+        w.get_secret_calls() - calls
+    );
+    Ok(())
+}

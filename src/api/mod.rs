@@ -32,6 +32,11 @@ pub const OWNER_ANNOTATION: &str = "keeper-operator.dev/owner";
 pub const DATA_HASH_ANNOTATION: &str = "keeper-operator.dev/data-hash";
 /// Annotation listing the data keys the operator wrote (comma-separated, sorted).
 pub const KEYS_ANNOTATION: &str = "keeper-operator.dev/keys";
+/// On a KeeperSecret: any new value asks for an immediate sync (answered in
+/// `status.lastHandledReconcileAt`).
+pub const FORCE_SYNC_ANNOTATION: &str = "keeper-operator.dev/force-sync";
+/// Flux's "reconcile now" annotation (`flux reconcile`), honoured like [`FORCE_SYNC_ANNOTATION`].
+pub const FLUX_REQUESTED_AT_ANNOTATION: &str = "reconcile.fluxcd.io/requestedAt";
 /// Pod-template annotation whose change makes the workload controller roll its pods.
 pub const RESTARTED_AT_ANNOTATION: &str = "keeper-operator.dev/restartedAt";
 /// On a credential Secret while a redeemer holds its one-time token (RFC 3339 time of the claim).
@@ -361,6 +366,10 @@ pub struct KeeperSecretStatus {
     /// Name of the Secret written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// The value of the `keeper-operator.dev/force-sync` (or Flux's
+    /// `reconcile.fluxcd.io/requestedAt`) annotation whose sync request was last handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
 }
 
 /// A record and the revision that was synced.

@@ -35,6 +35,7 @@ use crate::k8s::credentials;
 use crate::keeper::CredentialKey;
 use crate::lock;
 use crate::runtime::metrics::DataTimes;
+use crate::sync::refresh;
 
 /// The backlog count is recomputed at most this often (it scans every KeeperSecret).
 const BACKLOG_EVERY: Duration = Duration::from_secs(1);
@@ -71,6 +72,8 @@ fn uid_key(uid: &str) -> UidKey {
 #[derive(Debug, Default)]
 struct Known {
     generation: Option<i64>,
+    /// Digest of the sync-request annotations last seen ([`refresh::sync_request`]).
+    request: Option<u64>,
     verified: Option<Verified>,
     written: Option<Box<KeeperSecretStatus>>,
     synced_at: Option<Timestamp>,
@@ -129,16 +132,24 @@ impl Caches {
         Some(f(lock(&self.known).entry(key).or_default()))
     }
 
-    /// Whether `ks` (from the watch) has a generation not yet passed to the reconciler: the
-    /// controller's generation predicate, so our own status writes trigger no reconcile. Kept
-    /// here rather than in kube's `predicate_filter`, whose per-object map of name, namespace
-    /// and UID strings cost ~0.3 KB per KeeperSecret.
+    /// Whether `ks` (from the watch) has a generation, or a sync request, not yet passed to the
+    /// reconciler: the controller's predicate, so our own status writes trigger no reconcile
+    /// while `kubectl annotate ... keeper-operator.dev/force-sync=...` does. Kept here rather
+    /// than in kube's `predicate_filter`, whose per-object map of name, namespace and UID
+    /// strings cost ~0.3 KB per KeeperSecret.
     pub fn new_generation(&self, ks: &KeeperSecret) -> bool {
         let Some(generation) = ks.metadata.generation else {
             return true;
         };
+        let request = refresh::sync_request(ks).map(|r| {
+            let digest = Sha256::digest(r.as_bytes());
+            u64::from_be_bytes(digest[..8].try_into().unwrap_or_default())
+        });
         self.with_known(ks, |known| {
-            known.generation.replace(generation) != Some(generation)
+            let new_generation = known.generation.replace(generation) != Some(generation);
+            let new_request = request.is_some() && known.request != request;
+            known.request = request;
+            new_generation || new_request
         })
         .unwrap_or(true)
     }
@@ -337,6 +348,21 @@ mod tests {
         // Deleted and re-created under the same name: a new UID starts again.
         ks.metadata.uid = Some("u2".into());
         assert!(caches.new_generation(&ks));
+        // A new sync request passes; the same one again (our status write) does not.
+        ks.metadata.annotations = Some(
+            [(
+                crate::api::FORCE_SYNC_ANNOTATION.to_string(),
+                "1".to_string(),
+            )]
+            .into(),
+        );
+        assert!(caches.new_generation(&ks), "a force-sync request");
+        assert!(!caches.new_generation(&ks));
+        ks.metadata.annotations = None;
+        assert!(
+            !caches.new_generation(&ks),
+            "removing the annotation asks nothing"
+        );
         // Objects without a generation or UID are never filtered.
         ks.metadata.generation = None;
         assert!(caches.new_generation(&ks));

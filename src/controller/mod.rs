@@ -27,7 +27,10 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{debug, warn};
 
-use crate::api::{KeeperSecret, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_ANNOTATION};
+use crate::api::{
+    FLUX_REQUESTED_AT_ANNOTATION, FORCE_SYNC_ANNOTATION, KeeperSecret, MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE, OWNER_ANNOTATION,
+};
 use crate::controller::memo::Writers;
 use crate::controller::reconcile::{Context, error_policy, reconcile};
 use crate::keeper::KeeperSource;
@@ -57,7 +60,11 @@ pub async fn run<S: KeeperSource>(
     let main = watcher(keeper_secrets, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|ks| {
-            slim(&mut ks.metadata, None);
+            // The sync-request annotations are the only ones the reconciler reads.
+            slim(
+                &mut ks.metadata,
+                &[FORCE_SYNC_ANNOTATION, FLUX_REQUESTED_AT_ANNOTATION],
+            );
             // Unlike a Secret's, a KeeperSecret's version is never read; every copy of the
             // controller's object references (store, queue) would carry it.
             ks.metadata.resource_version = None;
@@ -78,7 +85,7 @@ pub async fn run<S: KeeperSource>(
         watcher::Config::default().labels(&managed).any_semantic(),
     )
     .default_backoff()
-    .modify(|meta| slim(&mut meta.metadata, Some(OWNER_ANNOTATION)))
+    .modify(|meta| slim(&mut meta.metadata, &[OWNER_ANNOTATION]))
     // The owner annotation only maps an event to its KeeperSecret; the store keeps versions.
     .map_ok(move |event| {
         targets_store.apply_watcher_event(&event.clone().modify(version_only));
@@ -109,11 +116,15 @@ pub async fn run<S: KeeperSource>(
 /// dropped, which keeps memory small at scale and means a Merge-policy Secret applied with
 /// kubectl never brings its values (in last-applied) into the cache. `annotation` is the one
 /// annotation kept, if any.
-fn slim(meta: &mut ObjectMeta, annotation: Option<&str>) {
-    let annotations = annotation.and_then(|key| {
-        let value = meta.annotations.as_mut()?.remove(key)?;
-        Some(BTreeMap::from([(key.to_string(), value)]))
-    });
+fn slim(meta: &mut ObjectMeta, keep: &[&str]) {
+    let annotations: BTreeMap<String, String> = keep
+        .iter()
+        .filter_map(|key| {
+            let value = meta.annotations.as_mut()?.remove(*key)?;
+            Some((key.to_string(), value))
+        })
+        .collect();
+    let annotations = (!annotations.is_empty()).then_some(annotations);
     *meta = ObjectMeta {
         name: meta.name.take(),
         namespace: meta.namespace.take(),
@@ -171,7 +182,7 @@ mod tests {
             ..ObjectMeta::default()
         };
         let mut keeper_secret = meta.clone();
-        slim(&mut meta, Some(OWNER_ANNOTATION));
+        slim(&mut meta, &[OWNER_ANNOTATION]);
         let expected = ObjectMeta {
             name: Some("db".into()),
             namespace: Some("apps".into()),
@@ -182,14 +193,19 @@ mod tests {
             ..ObjectMeta::default()
         };
         assert_eq!(meta, expected);
-        slim(&mut keeper_secret, None);
+        slim(&mut keeper_secret, &[FORCE_SYNC_ANNOTATION]);
         assert_eq!(
             keeper_secret,
             ObjectMeta {
                 annotations: None,
-                ..expected
+                ..expected.clone()
             }
         );
+        let mut asked = expected.clone();
+        asked.annotations = Some([(FORCE_SYNC_ANNOTATION.to_string(), "1".to_string())].into());
+        let mut kept = asked.clone();
+        slim(&mut kept, &[FORCE_SYNC_ANNOTATION]);
+        assert_eq!(kept, asked, "a sync request survives");
     }
 
     #[test]

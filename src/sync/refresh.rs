@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use sha2::{Digest, Sha256};
 
-use crate::api::KeeperSecret;
+use crate::api::{FLUX_REQUESTED_AT_ANNOTATION, FORCE_SYNC_ANNOTATION, KeeperSecret};
 use crate::sync::desired::{self, HashKey};
 
 /// Precision of times in status (RFC 3339 with whole seconds).
@@ -45,6 +45,8 @@ pub enum Why {
     SecretMissing,
     /// The target Secret no longer holds the data we wrote.
     SecretChanged,
+    /// Someone asked for a sync (the force-sync or Flux's requestedAt annotation).
+    Requested,
 }
 
 /// What is known about the target Secret.
@@ -98,6 +100,9 @@ pub fn decide(
     let (Some(status), true) = (status, ready) else {
         return Decision::Sync(Why::NotSynced);
     };
+    if requested_sync(ks).is_some() {
+        return Decision::Sync(Why::Requested);
+    }
     let stale = status
         .conditions
         .iter()
@@ -128,6 +133,24 @@ pub fn decide(
         Ok(left) if !left.is_zero() => Decision::Wait(left + jitter(ks, interval)),
         _ => Decision::Sync(Why::Due),
     }
+}
+
+/// The value of the sync-request annotations of `ks` (`keeper-operator.dev/force-sync`, Flux's
+/// `reconcile.fluxcd.io/requestedAt`; both joined by `,` when both are set), if any.
+pub fn sync_request(ks: &KeeperSecret) -> Option<String> {
+    let annotations = ks.metadata.annotations.as_ref()?;
+    let values: Vec<&str> = [FORCE_SYNC_ANNOTATION, FLUX_REQUESTED_AT_ANNOTATION]
+        .iter()
+        .filter_map(|a| annotations.get(*a).map(String::as_str))
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+/// A sync request of `ks` its status has not answered yet.
+pub fn requested_sync(ks: &KeeperSecret) -> Option<String> {
+    let request = sync_request(ks)?;
+    let handled = ks.status.as_ref()?.last_handled_reconcile_at.as_deref();
+    (handled != Some(request.as_str())).then_some(request)
 }
 
 /// How far apart [`jitter`] spreads the refreshes of KeeperSecrets with this interval.

@@ -145,6 +145,7 @@ pub fn synced(ks: &KeeperSecret, now: Timestamp, s: &Synced) -> KeeperSecretStat
         records: s.records.clone(),
         data_hash: Some(s.data_hash.clone()),
         secret_name: Some(secret),
+        last_handled_reconcile_at: handled(ks, &prev),
     }
 }
 
@@ -188,8 +189,15 @@ pub fn failed(
     KeeperSecretStatus {
         observed_generation: generation,
         conditions: with_progress(&conditions, generation, now, reconciling, stalled),
+        last_handled_reconcile_at: handled(ks, &prev),
         ..prev
     }
+}
+
+/// The sync request this attempt answers (see [`crate::sync::refresh::sync_request`]), or the
+/// one answered before when there is none now.
+fn handled(ks: &KeeperSecret, prev: &KeeperSecretStatus) -> Option<String> {
+    crate::sync::refresh::sync_request(ks).or_else(|| prev.last_handled_reconcile_at.clone())
 }
 
 /// Sets the kstatus conditions `Reconciling` and `Stalled` (status, reason, message).

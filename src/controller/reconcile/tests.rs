@@ -327,3 +327,27 @@ async fn a_record_created_after_the_last_fetch_is_read_at_once_and_only_once() {
     assert_eq!(err.reason(), "RecordNotFound");
     assert_eq!(f.keeper_calls(), 2);
 }
+
+#[tokio::test]
+async fn a_sync_request_reads_keeper_at_once_and_is_answered_in_status() {
+    let mut f = synced().await;
+    keeper_now_holds(&f, vec![record(UID, "rotated", 2)]);
+    age_shared_data(&f, Duration::from_secs(60));
+    // Nothing is due for an hour...
+    f.reconcile(NS, "db").await.unwrap();
+    assert_eq!(password(&f), b"s3cret");
+    // ...until someone asks.
+    f.api.edit(&ks_path(NS, "db"), |ks| {
+        ks["metadata"]["annotations"] = json!({(crate::api::FORCE_SYNC_ANNOTATION): "now"});
+    });
+    f.reconcile(NS, "db").await.unwrap();
+    assert_eq!(password(&f), b"rotated");
+    assert_eq!(f.keeper_calls(), 2);
+    let status = f.keeper_secret(NS, "db").status.unwrap();
+    assert_eq!(status.last_handled_reconcile_at.as_deref(), Some("now"));
+    // Answered: once the watch delivers the new Secret, the next reconcile is quiet again.
+    f.watch_secret(NS, "db");
+    f.api.take_requests();
+    f.reconcile(NS, "db").await.unwrap();
+    assert_eq!(f.api.take_requests(), Vec::<String>::new());
+}

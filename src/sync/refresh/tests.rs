@@ -298,3 +298,44 @@ fn only_a_new_generation_on_older_data_refetches_a_miss() {
     fresh.metadata.generation = Some(2);
     assert!(refetch_on_miss(&fresh, t(0), t(60)), "a changed spec");
 }
+
+#[test]
+fn an_unanswered_sync_request_syncs_at_once() {
+    let (mut ks, s) = synced_pair();
+    let current = Target::of(Some(&s), &key());
+    assert!(matches!(
+        decide(&ks, current, None, t(60), HOUR),
+        Decision::Wait(_)
+    ));
+    let annotate = |ks: &mut KeeperSecret, key: &str, value: &str| {
+        ks.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(key.into(), value.into());
+    };
+    annotate(&mut ks, crate::api::FORCE_SYNC_ANNOTATION, "1");
+    assert_eq!(sync_request(&ks).as_deref(), Some("1"));
+    assert_eq!(
+        decide(&ks, current, None, t(60), HOUR),
+        Decision::Sync(Why::Requested)
+    );
+    assert_eq!(
+        defer(Why::Requested, 5, &ks, None, t(60), HOUR),
+        None,
+        "a request never waits for the backlog"
+    );
+    // Answered: waits again until the next request.
+    ks.status.as_mut().unwrap().last_handled_reconcile_at = Some("1".into());
+    assert!(matches!(
+        decide(&ks, current, None, t(60), HOUR),
+        Decision::Wait(_)
+    ));
+    // Flux's annotation counts too; with both, the request is both values.
+    annotate(
+        &mut ks,
+        crate::api::FLUX_REQUESTED_AT_ANNOTATION,
+        "2026-12-01T10:00:00Z",
+    );
+    assert_eq!(sync_request(&ks).as_deref(), Some("1,2026-12-01T10:00:00Z"));
+    assert_eq!(requested_sync(&ks), sync_request(&ks));
+}
