@@ -32,7 +32,7 @@ use crate::ksm::record::Vault;
 use crate::runtime::metrics::Metrics;
 use crate::sync::desired::{self, HashKey, Ownership};
 use crate::sync::mapping::{self, Bytes, Content};
-use crate::sync::refresh::{self, Decision, Target, Why};
+use crate::sync::refresh::{self, Decision, Target};
 use crate::sync::status::{self, Synced};
 use crate::sync::{allowlist, incomplete, template, write_guard};
 use crate::{k8s, lock};
@@ -194,11 +194,7 @@ async fn sync<S: KeeperSource>(
         check_target(ks, existing.as_deref())?;
     }
     // Fetch (Keeper: the credential's shared snapshot, or its last good copy).
-    // A requested sync takes data at most a few seconds old (within the credential's budget).
-    let max_age = match why {
-        Why::Requested => refresh::REFETCH_FLOOR.min(interval),
-        _ => interval,
-    };
+    let max_age = refresh::max_age(why, interval);
     let (mut snapshot, stale) = match ctx
         .keeper
         .vault(&seen.cred.key, &seen.cred.config, max_age)

@@ -207,6 +207,15 @@ pub fn due(
     }
 }
 
+/// How old the shared data this sync may use can be: one interval, or, for a requested sync,
+/// a few seconds (so a request reads Keeper, yet many requests at once share one call).
+pub fn max_age(why: Why, interval: Duration) -> Duration {
+    match why {
+        Why::Requested => REFETCH_FLOOR.min(interval),
+        _ => interval,
+    }
+}
+
 /// How old the shared data must be before a missing record or field reads Keeper again.
 pub const REFETCH_FLOOR: Duration = Duration::from_secs(10);
 

@@ -324,6 +324,8 @@ fn an_unanswered_sync_request_syncs_at_once() {
         None,
         "a request never waits for the backlog"
     );
+    assert_eq!(max_age(Why::Requested, HOUR), REFETCH_FLOOR);
+    assert_eq!(max_age(Why::Due, HOUR), HOUR);
     // Answered: waits again until the next request.
     ks.status.as_mut().unwrap().last_handled_reconcile_at = Some("1".into());
     assert!(matches!(
