@@ -184,7 +184,9 @@ async fn main() -> Result<()> {
     end_phase("outage").await?;
     operator.ensure_running()?;
     let api_after = apiserver_counts(&client).await?;
-    let peak = rss_mib(pid)?.peak;
+    // The kernel updates VmHWM lazily (not on every page fault), so an earlier VmRSS reading
+    // can exceed a later VmHWM: the peak is the highest of all readings.
+    let peak = rss_mib(pid)?.peak.max(steady.peak).max(steady.now);
     out.operator_rss_peak_mib = round2(peak);
     out.operator_rss_steady_mib = round2(steady.now);
     out.operator_rss_steady_anon_mib = round2(steady.anon);
