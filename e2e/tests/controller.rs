@@ -41,20 +41,22 @@ fn text(d: &BTreeMap<String, Vec<u8>>, k: &str) -> String {
     String::from_utf8_lossy(d.get(k).map(Vec::as_slice).unwrap_or_default()).into_owned()
 }
 
+/// The KeeperSecret examples of `e2e/examples/`.
+const EXAMPLES: [&str; 6] = [
+    "keepersecret.yaml",
+    "database.yaml",
+    "connection-url.yaml",
+    "files.yaml",
+    "whole-record.yaml",
+    "folder.yaml",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn examples_produce_the_documented_secrets() -> Result<()> {
     let (w, mut operator) = start("ctl-examples").await?;
     // No drift in GitOps diffs: the API server stores every example's spec exactly as written
     // (no defaulted fields, which Argo CD and Flux would show as a permanent difference).
-    for f in [
-        "keepersecret.yaml",
-        "database.yaml",
-        "connection-url.yaml",
-        "files.yaml",
-        "whole-record.yaml",
-        "folder.yaml",
-        "cluster-store.yaml",
-    ] {
+    for f in EXAMPLES.iter().chain(&["cluster-store.yaml"]) {
         let path = keeper_e2e::harness::workspace_root()
             .join("e2e/examples")
             .join(f);
@@ -70,14 +72,7 @@ async fn examples_produce_the_documented_secrets() -> Result<()> {
             "{f}: the stored spec differs"
         );
     }
-    for f in [
-        "keepersecret.yaml",
-        "database.yaml",
-        "connection-url.yaml",
-        "files.yaml",
-        "whole-record.yaml",
-        "folder.yaml",
-    ] {
+    for f in EXAMPLES {
         w.apply_example(f)?;
     }
     for ks in [
