@@ -593,3 +593,79 @@ async fn settled_objects_cost_no_writes_and_no_keeper_calls_even_after_restart()
     );
     w.finish(&mut [&mut operator]).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_policies_decide_what_reads_keeper_again() -> Result<()> {
+    let (w, mut operator) = start("ctl-policy").await?;
+    let api = w.keeper_secrets();
+    // (name, refreshInterval, refreshPolicy)
+    let objects = [
+        ("periodic", "5s", None),
+        ("on-change", "5s", Some("OnChange")),
+        ("zero", "0", None),
+        ("created-once", "5s", Some("CreatedOnce")),
+    ];
+    for (name, interval, policy) in objects {
+        let mut manifest = keeper_e2e::world::keeper_secret(name, interval);
+        if let Some(policy) = policy {
+            manifest["spec"]["refreshPolicy"] = policy.into();
+        }
+        let ks: KeeperSecret = serde_json::from_value(manifest)?;
+        api.create(&Default::default(), &ks).await?;
+    }
+    for (name, ..) in objects {
+        w.kubectl_wait_ready(name)?;
+    }
+    let first = w.postgres_password()?;
+
+    // Rotated in Keeper: only the periodic one follows on its own.
+    w.set_postgres_password("rotated-for-policies")?;
+    w.wait_secret("periodic", "periodic refresh", |d| {
+        text(d, "password") == "rotated-for-policies"
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    for name in ["on-change", "zero", "created-once"] {
+        let s = w.secrets().get(name).await?;
+        let held = text(&secret_bytes(&s), "password");
+        ensure!(held == first, "{name} refreshed on a timer");
+    }
+
+    // Hand-edited: OnChange restores (with current data), CreatedOnce keeps the edit.
+    let edit = serde_json::json!({"data": {"password": "ZWRpdGVk"}});
+    for name in ["on-change", "created-once"] {
+        w.secrets()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&edit))
+            .await?;
+    }
+    w.wait_secret("on-change", "restored after edit", |d| {
+        text(d, "password") == "rotated-for-policies"
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let kept = w.secrets().get("created-once").await?;
+    ensure!(
+        text(&secret_bytes(&kept), "password") == "edited",
+        "CreatedOnce overwrote a hand edit"
+    );
+
+    // Deleted: CreatedOnce writes it again.
+    w.secrets()
+        .delete("created-once", &DeleteParams::default())
+        .await?;
+    w.wait_secret("created-once", "recreated after delete", |d| {
+        text(d, "password") == "rotated-for-policies"
+    })
+    .await?;
+
+    // A sync request reaches a KeeperSecret with periodic refreshes off.
+    let request = serde_json::json!({"metadata": {"annotations": {
+        keeper_operator::api::FORCE_SYNC_ANNOTATION: "now"}}});
+    api.patch("zero", &PatchParams::default(), &Patch::Merge(&request))
+        .await?;
+    w.wait_secret("zero", "synced on request", |d| {
+        text(d, "password") == "rotated-for-policies"
+    })
+    .await?;
+    w.finish(&mut [&mut operator]).await
+}

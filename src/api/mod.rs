@@ -52,7 +52,7 @@ pub const READY: &str = "Ready";
 
 /// Valid Secret data key.
 pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
-const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+const DURATION_PATTERN: &str = r"^(0|([0-9]+(\.[0-9]+)?(ms|s|m|h))+)$";
 const UID_PATTERN: &str = r"^[A-Za-z0-9_-]{22}$";
 const DNS_SUBDOMAIN_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
@@ -83,10 +83,19 @@ pub struct KeeperSecretSpec {
     /// Where the Keeper Secrets Manager credentials come from.
     pub auth: Auth,
     /// How often the operator re-reads Keeper, as a Go duration (`30s`, `5m`, `1h30m`).
-    /// Defaults to the operator's `--default-refresh-interval` (1h).
+    /// Defaults to the operator's `--default-refresh-interval` (1h). `0` turns periodic
+    /// refreshes off (as refreshPolicy OnChange does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub refresh_interval: Option<String>,
+    /// When Keeper is read again after the first sync. Periodic (default): every
+    /// refreshInterval, and at once when the spec changes or the Secret is deleted or edited.
+    /// OnChange: only when the spec changes or the Secret is deleted or edited. CreatedOnce:
+    /// only when the Secret is missing (first sync, or deleted) or the spec changes; edits to
+    /// the Secret are kept. Every policy honours the force-sync annotation, and none touches
+    /// the Secret while Keeper is unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_policy: Option<RefreshPolicy>,
     /// The Secret to write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Target>,
@@ -105,6 +114,18 @@ pub struct KeeperSecretSpec {
     /// Needs the chart's `rbac.rolloutRestart`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rollout_restart: Vec<RolloutTarget>,
+}
+
+/// When a KeeperSecret reads Keeper again after its first sync.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RefreshPolicy {
+    /// Every refreshInterval, and whenever the spec or the Secret changes.
+    #[default]
+    Periodic,
+    /// Whenever the spec or the Secret changes; never on a timer.
+    OnChange,
+    /// When the Secret is missing or the spec changes; edits to the Secret are kept.
+    CreatedOnce,
 }
 
 /// Credentials: exactly one of `secretRef` or `storeRef`.

@@ -11,7 +11,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use sha2::{Digest, Sha256};
 
-use crate::api::{FLUX_REQUESTED_AT_ANNOTATION, FORCE_SYNC_ANNOTATION, KeeperSecret};
+use crate::api::{
+    FLUX_REQUESTED_AT_ANNOTATION, FORCE_SYNC_ANNOTATION, KeeperSecret, RefreshPolicy,
+};
 use crate::sync::desired::{self, HashKey};
 
 /// Precision of times in status (RFC 3339 with whole seconds).
@@ -69,8 +71,10 @@ impl<'a> Target<'a> {
     }
 }
 
-/// The refresh interval of `ks`, falling back to `default`; an unparsable value yields an error
-/// message (admission validates the format, so this only guards old objects).
+/// The refresh interval of `ks`, falling back to `default` (also for `0`, which turns periodic
+/// refreshes off but still bounds the age of the data a change is synced with); an unparsable
+/// value yields an error message (admission validates the format, so this only guards old
+/// objects).
 pub fn interval(ks: &KeeperSecret, default: Duration) -> Result<Duration, String> {
     let Some(text) = ks.spec.refresh_interval.as_deref() else {
         return Ok(default.max(MIN_INTERVAL));
@@ -82,7 +86,26 @@ pub fn interval(ks: &KeeperSecret, default: Duration) -> Result<Duration, String
         return Err(format!("refreshInterval {text:?} must not be negative"));
     }
     let d: Duration = parsed.into();
+    if d.is_zero() {
+        return Ok(default.max(MIN_INTERVAL));
+    }
     Ok(d.max(MIN_INTERVAL))
+}
+
+/// The refresh policy `ks` follows: its `refreshPolicy`, where `refreshInterval: 0` turns
+/// Periodic into OnChange.
+pub fn policy(ks: &KeeperSecret) -> RefreshPolicy {
+    let declared = ks.spec.refresh_policy.unwrap_or_default();
+    let zero = ks
+        .spec
+        .refresh_interval
+        .as_deref()
+        .and_then(|t| t.parse::<kube::core::Duration>().ok())
+        .is_some_and(|d| Duration::from(d).is_zero());
+    match declared {
+        RefreshPolicy::Periodic if zero => RefreshPolicy::OnChange,
+        declared => declared,
+    }
 }
 
 /// Decides whether to sync now.
@@ -116,10 +139,17 @@ pub fn decide(
     let Some(last) = status.last_sync_time.as_ref() else {
         return Decision::Sync(Why::NotSynced);
     };
+    let policy = policy(ks);
     match target {
         Target::Missing => return Decision::Sync(Why::SecretMissing),
         Target::Present(Some(h)) if Some(h) == status.data_hash.as_deref() => {}
+        // CreatedOnce keeps whatever the Secret holds now.
+        Target::Present(_) if policy == RefreshPolicy::CreatedOnce => {}
         Target::Present(_) => return Decision::Sync(Why::SecretChanged),
+    }
+    if policy != RefreshPolicy::Periodic {
+        // Only a change wakes this object; looking again after an interval costs no call.
+        return Decision::Wait(interval);
     }
     // lastSyncTime has whole seconds and the fetch it records was up to a second later: counting
     // from the start of that second would find the refresh due while the credential's shared
@@ -257,6 +287,7 @@ pub fn next(
             };
             retry_in.max(MIN_INTERVAL)
         }
+        None if policy(ks) != RefreshPolicy::Periodic => interval,
         None => until(fetched_at, interval, now).max(MIN_INTERVAL) + jitter(ks, interval),
     }
 }

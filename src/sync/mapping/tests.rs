@@ -109,6 +109,7 @@ fn spec(data: Vec<DataItem>, data_from: Vec<DataFromItem>) -> KeeperSecretSpec {
             store_ref: None,
         },
         refresh_interval: None,
+        refresh_policy: None,
         target: None,
         data,
         data_from,

@@ -136,6 +136,77 @@ fn interval_parsing() {
     assert_eq!(interval(&ks, HOUR), Ok(MIN_INTERVAL));
     ks.spec.refresh_interval = Some("soon".into());
     assert!(interval(&ks, HOUR).unwrap_err().contains("soon"));
+    // 0 turns the timer off; the default still bounds the age of the data a change uses.
+    ks.spec.refresh_interval = Some("0".into());
+    assert_eq!(interval(&ks, HOUR), Ok(HOUR));
+    assert_eq!(policy(&ks), RefreshPolicy::OnChange);
+    ks.spec.refresh_policy = Some(RefreshPolicy::CreatedOnce);
+    assert_eq!(policy(&ks), RefreshPolicy::CreatedOnce);
+    ks.spec.refresh_interval = Some("10s".into());
+    ks.spec.refresh_policy = None;
+    assert_eq!(policy(&ks), RefreshPolicy::Periodic);
+}
+
+/// `ks` synced at t(0) under `policy`, the Secret it wrote, and that Secret hand-edited.
+fn synced_under(policy: RefreshPolicy) -> (KeeperSecret, Secret, Secret) {
+    let (mut ks, s) = synced_pair();
+    ks.spec.refresh_policy = Some(policy);
+    let mut edited = s.clone();
+    edited
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("a".into(), ByteString(b"hand-edited".to_vec()));
+    (ks, s, edited)
+}
+
+#[test]
+fn on_change_never_refreshes_on_a_timer_but_heals_the_secret() {
+    let (ks, s, edited) = synced_under(RefreshPolicy::OnChange);
+    let wait = decide(&ks, Target::of(Some(&s), &key()), None, t(10 * 3600), HOUR);
+    assert_eq!(wait, Decision::Wait(HOUR), "no refresh however late");
+    let edit = decide(&ks, Target::of(Some(&edited), &key()), None, t(5), HOUR);
+    assert_eq!(edit, Decision::Sync(Why::SecretChanged));
+    let gone = decide(&ks, Target::Missing, None, t(5), HOUR);
+    assert_eq!(gone, Decision::Sync(Why::SecretMissing));
+    let mut changed = ks.clone();
+    changed.metadata.generation = Some(2);
+    let spec = decide(&changed, Target::of(Some(&s), &key()), None, t(5), HOUR);
+    assert_eq!(spec, Decision::Sync(Why::SpecChanged));
+    let mut asked = ks.clone();
+    asked.metadata.annotations = Some([(FORCE_SYNC_ANNOTATION.to_string(), "1".into())].into());
+    let request = decide(&asked, Target::of(Some(&s), &key()), None, t(5), HOUR);
+    assert_eq!(request, Decision::Sync(Why::Requested));
+    assert_eq!(next(&ks, t(0), t(1), HOUR, None, HOUR), HOUR);
+}
+
+#[test]
+fn created_once_keeps_edits_and_only_recreates_a_missing_secret() {
+    let (ks, s, edited) = synced_under(RefreshPolicy::CreatedOnce);
+    for target in [
+        Target::of(Some(&s), &key()),
+        Target::of(Some(&edited), &key()),
+    ] {
+        let late = decide(&ks, target, None, t(10 * 3600), HOUR);
+        assert_eq!(late, Decision::Wait(HOUR), "kept: {target:?}");
+    }
+    let gone = decide(&ks, Target::Missing, None, t(5), HOUR);
+    assert_eq!(gone, Decision::Sync(Why::SecretMissing));
+    let mut changed = ks.clone();
+    changed.metadata.generation = Some(2);
+    let spec = decide(
+        &changed,
+        Target::of(Some(&edited), &key()),
+        None,
+        t(5),
+        HOUR,
+    );
+    assert_eq!(spec, Decision::Sync(Why::SpecChanged));
+    // Keeper failing on the first sync: retried like any other policy.
+    let mut failed = ks.clone();
+    failed.status = Some(status::failed(&ks, t(1), "KeeperUnavailable", "down"));
+    let retry = decide(&failed, Target::Missing, None, t(2), HOUR);
+    assert_eq!(retry, Decision::Sync(Why::NotSynced));
 }
 
 #[test]
