@@ -23,6 +23,9 @@ pub enum Error {
     /// A template did not render.
     #[error(transparent)]
     Template(#[from] TemplateError),
+    /// A value did not decode as its `decodingStrategy` says.
+    #[error(transparent)]
+    Decoding(#[from] crate::sync::decoding::DecodingError),
     /// The rendered Secret is not acceptable.
     #[error(transparent)]
     Desired(#[from] DesiredError),
@@ -113,6 +116,7 @@ impl Error {
             Error::Keeper(e) => e.reason(),
             Error::Mapping(e) => e.reason(),
             Error::Template(e) => e.reason(),
+            Error::Decoding(e) => e.reason(),
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::Desired(e) => e.reason(),
             Error::Auth(_) => "AuthFailed",

@@ -293,6 +293,26 @@ pub struct DataItem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub file: Option<String>,
+    /// How the value is stored in Keeper: None (default, written as is), Base64, Base64URL
+    /// (decoded before writing; padding optional, whitespace ignored), or Auto (decoded when it
+    /// is valid base64 or base64url, else written as is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoding_strategy: Option<DecodingStrategy>,
+}
+
+/// How a value stored in Keeper is decoded before it is written.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DecodingStrategy {
+    /// Written as stored.
+    #[default]
+    None,
+    /// Standard base64 (RFC 4648 §4).
+    Base64,
+    /// URL-safe base64 (RFC 4648 §5).
+    #[serde(rename = "Base64URL")]
+    Base64Url,
+    /// Base64, else base64url, else as stored.
+    Auto,
 }
 
 /// Many keys at once: every field of a record, or of every record in a shared folder.
@@ -316,6 +336,9 @@ pub struct DataFromItem {
     /// `_2`, `_3`, ... First: later ones are skipped. Never fails the record.
     #[serde(default)]
     pub duplicate_keys: DuplicateKeyPolicy,
+    /// How every value of this item is stored in Keeper (see `data[].decodingStrategy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoding_strategy: Option<DecodingStrategy>,
 }
 
 /// A shared folder.

@@ -34,7 +34,7 @@ use crate::sync::desired::{self, HashKey, Ownership};
 use crate::sync::mapping::{self, Bytes, Content};
 use crate::sync::refresh::{self, Decision, Target};
 use crate::sync::status::{self, Synced};
-use crate::sync::{allowlist, incomplete, template, write_guard};
+use crate::sync::{allowlist, decoding, incomplete, template, write_guard};
 use crate::{k8s, lock};
 use zeroize::Zeroizing;
 
@@ -352,6 +352,7 @@ async fn build<S: KeeperSource>(
     let vault = allowlist::restrict(seen.cred.allow.as_ref(), &ks.spec, vault)?;
     let plan = incomplete::check(&ks.spec, &vault, mapping::plan(&ks.spec, &vault))?;
     let data = resolve_files(ctx, &seen.cred, &vault, plan.entries).await?;
+    let data = decoding::apply(&plan.decoding, data)?;
     let template = ks.spec.target.as_ref().and_then(|t| t.template.as_ref());
     let data = template::apply(template, data)?;
     let keys = data.len();

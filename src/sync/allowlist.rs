@@ -231,6 +231,7 @@ mod tests {
             custom: None,
             property: None,
             file: None,
+            decoding_strategy: None,
         }
     }
 
@@ -243,6 +244,7 @@ mod tests {
             custom: None,
             property: None,
             file: None,
+            decoding_strategy: None,
         }
     }
 
@@ -252,6 +254,7 @@ mod tests {
             folder: Some(FolderSelector { uid: uid.into() }),
             prefix: None,
             duplicate_keys: Default::default(),
+            decoding_strategy: None,
         }
     }
 
@@ -320,6 +323,7 @@ mod tests {
             folder: None,
             prefix: None,
             duplicate_keys: Default::default(),
+            decoding_strategy: None,
         };
         denial(allow.as_ref(), &spec(vec![], vec![whole]));
         // A UID that does not exist is refused the same way, so existence cannot be probed,

@@ -10,7 +10,8 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use crate::api::{
-    DataFromItem, DataItem, DuplicateKeyPolicy, KeeperSecretSpec, RecordRevision, RecordSelector,
+    DataFromItem, DataItem, DecodingStrategy, DuplicateKeyPolicy, KeeperSecretSpec, RecordRevision,
+    RecordSelector,
 };
 use crate::ksm::notation::{self, Notation, NotationError, NotationValue};
 use crate::ksm::record::{Field, KeeperFile, Record, Vault, find_field};
@@ -42,6 +43,8 @@ pub struct Plan {
     pub entries: BTreeMap<String, Content>,
     /// Records read, with their revisions (for status).
     pub records: BTreeSet<RecordRevision>,
+    /// Secret key → how its value is stored in Keeper (keys decoded as stored are absent).
+    pub decoding: BTreeMap<String, DecodingStrategy>,
 }
 
 /// Why a mapping failed. Messages name records/fields/files, never values.
@@ -79,15 +82,29 @@ pub fn plan(spec: &KeeperSecretSpec, vault: &Vault) -> Result<Plan, MappingError
     let mut plan = Plan::default();
     for item in &spec.data_from {
         let (entries, used) = data_from(item, &records, vault)?;
+        for key in entries.keys() {
+            plan.decode(key, item.decoding_strategy);
+        }
         plan.entries.extend(entries);
         plan.records.extend(used.iter().map(|r| revision(r)));
     }
     for item in &spec.data {
         let (source, record) = data_item(item, &records, &vault.records)?;
+        plan.decode(&item.key, item.decoding_strategy);
         plan.entries.insert(item.key.clone(), source);
         plan.records.extend(record.map(revision));
     }
     Ok(plan)
+}
+
+impl Plan {
+    /// Records how the value now mapped to `key` is stored (a later item replaces it all).
+    fn decode(&mut self, key: &str, strategy: Option<DecodingStrategy>) {
+        match strategy {
+            None | Some(DecodingStrategy::None) => self.decoding.remove(key),
+            Some(s) => self.decoding.insert(key.to_string(), s),
+        };
+    }
 }
 
 /// The same record can appear twice (shared directly and through a folder).

@@ -126,6 +126,7 @@ fn by_field(key: &str, sel: RecordSelector, f: &str) -> DataItem {
         custom: None,
         property: None,
         file: None,
+        decoding_strategy: None,
     }
 }
 
@@ -149,6 +150,7 @@ fn from_record(sel: RecordSelector, policy: DuplicateKeyPolicy) -> DataFromItem 
         folder: None,
         prefix: None,
         duplicate_keys: policy,
+        decoding_strategy: None,
     }
 }
 
@@ -284,6 +286,7 @@ fn notation_values_and_revisions() {
         custom: None,
         property: None,
         file: None,
+        decoding_strategy: None,
     };
     let items = vec![
         item("pw", &format!("keeper://{UID_A}/field/password")),
@@ -370,6 +373,7 @@ fn data_from_folder_prefixes_titles_and_data_wins() {
         folder: Some(FolderSelector { uid: FOLDER.into() }),
         prefix: Some("app.".into()),
         duplicate_keys: DuplicateKeyPolicy::Suffix,
+        decoding_strategy: None,
     };
     let over = by_field("app.Web_password", uid(UID_B), "password");
     let mut v = vault(vec![login(), other()]);
@@ -396,6 +400,7 @@ fn unknown_folder_is_record_not_found_but_empty_folder_is_fine() {
         folder: Some(FolderSelector { uid: u.into() }),
         prefix: None,
         duplicate_keys: DuplicateKeyPolicy::Suffix,
+        decoding_strategy: None,
     };
     assert_eq!(
         plan(&spec(vec![], vec![item(UID_B)]), &vault(vec![]))
@@ -444,4 +449,33 @@ fn keys_are_sanitized() {
     assert_eq!(sanitize_key(".."), "___");
     assert_eq!(sanitize_key("ключ"), "____");
     assert!(sanitize_key(&"x".repeat(500)).len() <= 253);
+}
+
+#[test]
+fn the_item_that_maps_a_key_last_says_how_it_is_decoded() {
+    let whole = DataFromItem {
+        decoding_strategy: Some(DecodingStrategy::Base64),
+        ..from_record(uid(UID_A), DuplicateKeyPolicy::First)
+    };
+    let as_stored = by_field("login", uid(UID_A), "login");
+    let auto = DataItem {
+        decoding_strategy: Some(DecodingStrategy::Auto),
+        ..by_field("web", uid(UID_B), "password")
+    };
+    let plan = plan(
+        &spec(vec![as_stored, auto], vec![whole]),
+        &vault(vec![login(), other()]),
+    )
+    .unwrap();
+    assert_eq!(
+        plan.decoding.get("password"),
+        Some(&DecodingStrategy::Base64)
+    );
+    assert_eq!(plan.decoding.get("web"), Some(&DecodingStrategy::Auto));
+    assert_eq!(
+        plan.decoding.get("login"),
+        None,
+        "data replaced the dataFrom value"
+    );
+    assert_eq!(plan.decoding.len(), plan.entries.len() - 1);
 }
