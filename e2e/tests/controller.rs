@@ -669,3 +669,137 @@ async fn refresh_policies_decide_what_reads_keeper_again() -> Result<()> {
     .await?;
     w.finish(&mut [&mut operator]).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_values_decode_and_deleted_records_follow_the_deletion_policy() -> Result<()> {
+    let (w, mut operator) = start("ctl-deletion").await?;
+    const ENCODED: &str = "EncodedValuesRecord001";
+    const DOOMED: &str = "DoomedRecord0000000001";
+    for (uid, title, password) in [
+        (ENCODED, "Encoded values", "aGVsbG8/Pz4+"),
+        (DOOMED, "Doomed", "doomed password!"),
+    ] {
+        let mut record = w.postgres_with_password(serde_json::json!([password]))?;
+        record.uid = uid.into();
+        record.title = title.into();
+        w.server.set_record(record)?;
+    }
+    let by_record = |key: &str, uid: &str, decoding: Option<&str>| {
+        let mut item = serde_json::json!({"key": key, "record": {"uid": uid}, "field": "password"});
+        if let Some(d) = decoding {
+            item["decodingStrategy"] = d.into();
+        }
+        item
+    };
+    let spec = |name: &str, deletion: Option<&str>, data: Vec<serde_json::Value>| {
+        let mut target = serde_json::json!({"name": name});
+        if let Some(policy) = deletion {
+            target["deletionPolicy"] = policy.into();
+        }
+        serde_json::json!({
+            "auth": {"secretRef": {"name": "ksm-config", "key": "config"}},
+            "refreshInterval": "5s",
+            "target": target,
+            "data": data,
+        })
+    };
+    let api = w.keeper_secrets();
+    let objects = [
+        (
+            "decoded",
+            spec(
+                "decoded",
+                None,
+                vec![
+                    by_record("base64", ENCODED, Some("Base64")),
+                    by_record("auto", ENCODED, Some("Auto")),
+                    by_record("auto-plain", DOOMED, Some("Auto")),
+                    by_record("stored", ENCODED, None),
+                ],
+            ),
+        ),
+        (
+            "wrong-alphabet",
+            spec(
+                "wrong-alphabet",
+                None,
+                vec![by_record("v", ENCODED, Some("Base64URL"))],
+            ),
+        ),
+        (
+            "delete-all",
+            spec(
+                "delete-all",
+                Some("Delete"),
+                vec![by_record("v", DOOMED, None)],
+            ),
+        ),
+        (
+            "merge-some",
+            spec(
+                "merge-some",
+                Some("Merge"),
+                vec![
+                    by_record("kept", ENCODED, None),
+                    by_record("gone", DOOMED, None),
+                ],
+            ),
+        ),
+        (
+            "retain",
+            spec("retain", None, vec![by_record("v", DOOMED, None)]),
+        ),
+    ];
+    for (name, spec) in &objects {
+        keeper_e2e::world::create_keeper_secret(&api, name, spec.clone()).await?;
+    }
+
+    // Decoding.
+    w.wait_secret("decoded", "decoded values", |d| {
+        text(d, "base64") == "hello??>>"
+            && text(d, "auto") == "hello??>>"
+            && text(d, "auto-plain") == "doomed password!"
+            && text(d, "stored") == "aGVsbG8/Pz4+"
+    })
+    .await?;
+    let failed = w
+        .wait_reason("wrong-alphabet", "False", "DecodingFailed")
+        .await?;
+    let message = keeper_e2e::world::condition(&failed, "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    ensure!(
+        message.contains("\"v\"") && message.contains("base64url") && !message.contains("aGVs"),
+        "a specific message without the value: {message}"
+    );
+    ensure!(w.secrets().get_opt("wrong-alphabet").await?.is_none());
+
+    // The record is deleted in Keeper.
+    for name in ["delete-all", "merge-some", "retain"] {
+        w.kubectl_wait_ready(name)?;
+    }
+    w.server.delete_record(DOOMED)?;
+    let secrets = w.secrets();
+    wait_until("Delete removes the Secret", TIMEOUT, || {
+        let secrets = secrets.clone();
+        async move { Ok(secrets.get_opt("delete-all").await?.is_none().then_some(())) }
+    })
+    .await?;
+    w.wait_reason("delete-all", "True", "RecordDeleted").await?;
+    w.wait_secret("merge-some", "only the gone key removed", |d| {
+        d.len() == 1 && text(d, "kept") == "aGVsbG8/Pz4+"
+    })
+    .await?;
+    let merged = w.wait_reason("merge-some", "True", "RecordDeleted").await?;
+    let message = keeper_e2e::world::condition(&merged, "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    ensure!(message.contains(DOOMED), "names the record: {message}");
+    w.wait_reason("retain", "False", "RecordNotFound").await?;
+    let kept = w.secrets().get("retain").await?;
+    ensure!(
+        text(&secret_bytes(&kept), "v") == "doomed password!",
+        "Retain keeps the value"
+    );
+    w.finish(&mut [&mut operator]).await
+}

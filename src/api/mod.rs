@@ -186,6 +186,13 @@ pub struct Target {
     /// of the declared type and with no controller owner (such as cert-manager's).
     #[serde(default)]
     pub creation_policy: CreationPolicy,
+    /// What happens to the keys of a record deleted in Keeper (or no longer shared with the
+    /// application). Retain (default): the Secret keeps them and Ready turns False with reason
+    /// RecordNotFound. Delete: its keys are removed, and a Secret the operator created whose
+    /// every record is gone is deleted. Merge: its keys are removed, the Secret always stays.
+    /// Either way Ready stays True with reason RecordDeleted naming the records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
     /// Mark the Secret immutable. Changing its data later requires deleting the Secret. Not
     /// allowed with creationPolicy Merge (the operator never freezes a Secret it did not create).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -210,6 +217,18 @@ pub enum CreationPolicy {
     /// The Secret is labelled and annotated but has no owner reference.
     Orphan,
     /// Write only our keys into an existing Secret created by someone else.
+    Merge,
+}
+
+/// What happens to the keys of a record that is gone from Keeper.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeletionPolicy {
+    /// Keep the keys; report RecordNotFound.
+    #[default]
+    Retain,
+    /// Remove the keys; delete the Secret (if the operator created it) once all are gone.
+    Delete,
+    /// Remove the keys; keep the Secret.
     Merge,
 }
 
@@ -474,6 +493,15 @@ impl KeeperSecret {
             .target
             .as_ref()
             .map(|t| t.creation_policy)
+            .unwrap_or_default()
+    }
+
+    /// The deletion policy, defaulted.
+    pub fn deletion_policy(&self) -> DeletionPolicy {
+        self.spec
+            .target
+            .as_ref()
+            .and_then(|t| t.deletion_policy)
             .unwrap_or_default()
     }
 

@@ -20,7 +20,9 @@ use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::api::{CreationPolicy, KeeperSecret, KeeperSecretStatus, RecordRevision};
+use crate::api::{
+    CreationPolicy, DeletionPolicy, KeeperSecret, KeeperSecretStatus, RecordRevision,
+};
 use crate::controller::memo::Caches;
 use crate::error::Error;
 use crate::k8s::Events;
@@ -207,21 +209,35 @@ async fn sync<S: KeeperSource>(
         Served::Pending(after) => return Ok(Outcome::Wait(after)),
     };
     // Build (pure, but for file attachments and a record missing from older data: Keeper).
-    let built = match build(ctx, ks, &seen, &snapshot.vault).await {
-        Err(e) if stale.is_none() && missing_from_older_data(&e, ks, &snapshot, now) => {
-            snapshot = refetch(ctx, &seen, e).await?;
+    let fresh = stale.is_none();
+    let mut built = match build(ctx, ks, &seen, &snapshot.vault).await {
+        Err(e) if fresh && missing_from_older_data(e.reason(), ks, &snapshot, now) => {
+            snapshot = refetch(ctx, &seen).await?.ok_or(e)?;
             build(ctx, ks, &seen, &snapshot.vault).await?
         }
         built => built?,
     };
+    // A record a deletion policy leaves out may be new rather than deleted.
+    if fresh
+        && !built.gone.is_empty()
+        && missing_from_older_data("RecordNotFound", ks, &snapshot, now)
+        && let Some(fresher) = refetch(ctx, &seen).await?
+    {
+        snapshot = fresher;
+        built = build(ctx, ks, &seen, &snapshot.vault).await?;
+    }
     // Guard and apply (API: the target, if not read yet; the Secret; rollout restarts).
     if apply(ctx, ks, seen, &built, interval).await? {
+        let wrote = match built.write {
+            Write::Apply(_) => "wrote Secret",
+            Write::Delete { .. } => "deleted Secret: every record it maps is gone from Keeper",
+        };
         info!(
             secret = ks.target_name(),
             keys = built.keys,
             ?why,
             stale = stale.is_some(),
-            "wrote Secret"
+            "{wrote}"
         );
     }
     // Report (pure): the status to write and when to come back.
@@ -235,10 +251,15 @@ async fn sync<S: KeeperSource>(
         stale.as_ref().map(|s| s.retry_in),
         max_stale_age,
     );
+    let data_hash = match built.write {
+        Write::Apply(desired) => desired.hash,
+        Write::Delete { hash } => hash,
+    };
     let synced = Synced {
         records: built.records.into_iter().collect(),
-        data_hash: built.desired.hash,
+        data_hash,
         keys: built.keys,
+        gone: built.gone.into_iter().collect(),
         fetched_at,
         stale: stale.map(|s| status::Stale {
             reason: s.error.reason(),
@@ -256,31 +277,33 @@ fn fetched_at(snapshot: &Snapshot, now: Timestamp) -> Timestamp {
     Timestamp::try_from(snapshot.fetched_at).unwrap_or(now)
 }
 
-/// Whether `e` is a record or field that a new spec names and that may have been created in
-/// Keeper after the shared data was fetched (see [`refresh::refetch_on_miss`]).
-fn missing_from_older_data(e: &Error, ks: &KeeperSecret, data: &Snapshot, now: Timestamp) -> bool {
-    matches!(e.reason(), "RecordNotFound" | "FieldNotFound")
+/// Whether a failure with this `reason` is a record or field that a new spec names and that may
+/// have been created in Keeper after the shared data was fetched (see
+/// [`refresh::refetch_on_miss`]).
+fn missing_from_older_data(
+    reason: &str,
+    ks: &KeeperSecret,
+    data: &Snapshot,
+    now: Timestamp,
+) -> bool {
+    matches!(reason, "RecordNotFound" | "FieldNotFound")
         && refresh::refetch_on_miss(ks, fetched_at(data, now), now)
 }
 
-/// Reads Keeper again for data at most [`refresh::REFETCH_FLOOR`] old; `miss` if none comes.
+/// Reads Keeper again for data at most [`refresh::REFETCH_FLOOR`] old (`None` if none comes).
 async fn refetch<S: KeeperSource>(
     ctx: &Context<S>,
     seen: &Observed,
-    miss: Error,
-) -> Result<Arc<Snapshot>, Error> {
-    debug!(
-        reason = miss.reason(),
-        "not in the shared data; reading Keeper again"
-    );
+) -> Result<Option<Arc<Snapshot>>, Error> {
+    debug!("not in the shared data; reading Keeper again");
     let floor = refresh::REFETCH_FLOOR;
     match ctx
         .keeper
         .vault(&seen.cred.key, &seen.cred.config, floor)
         .await?
     {
-        Served::Fresh(fresher) => Ok(fresher),
-        _ => Err(miss),
+        Served::Fresh(fresher) => Ok(Some(fresher)),
+        _ => Ok(None),
     }
 }
 
@@ -335,10 +358,21 @@ async fn observe<S: KeeperSource>(ctx: &Context<S>, ks: &KeeperSecret) -> Result
 
 /// The Secret a sync wants, and what it was built from.
 struct Built {
-    desired: desired::Desired,
+    write: Write,
     /// The records it maps, with their revisions.
     records: BTreeSet<RecordRevision>,
     keys: usize,
+    /// Records gone from Keeper whose keys the deletion policy left out.
+    gone: BTreeSet<String>,
+}
+
+/// What a sync does to the target Secret.
+enum Write {
+    /// Make it hold this.
+    Apply(desired::Desired),
+    /// Delete it: every record it maps is gone and deletionPolicy is Delete. `hash` is the
+    /// keyed hash of no data.
+    Delete { hash: String },
 }
 
 /// Build: restricts the vault to what the credential may read, maps the spec onto it
@@ -351,15 +385,29 @@ async fn build<S: KeeperSource>(
 ) -> Result<Built, Error> {
     let vault = allowlist::restrict(seen.cred.allow.as_ref(), &ks.spec, vault)?;
     let plan = incomplete::check(&ks.spec, &vault, mapping::plan(&ks.spec, &vault))?;
+    let all_gone = plan.entries.is_empty() && !plan.gone.is_empty();
+    if all_gone
+        && ks.deletion_policy() == DeletionPolicy::Delete
+        && ks.creation_policy() != CreationPolicy::Merge
+    {
+        let hash = seen.hash_key.hash(std::iter::empty());
+        return Ok(Built {
+            write: Write::Delete { hash },
+            records: plan.records,
+            keys: 0,
+            gone: plan.gone,
+        });
+    }
     let data = resolve_files(ctx, &seen.cred, &vault, plan.entries).await?;
     let data = decoding::apply(&plan.decoding, data)?;
     let template = ks.spec.target.as_ref().and_then(|t| t.template.as_ref());
     let data = template::apply(template, data)?;
     let keys = data.len();
     Ok(Built {
-        desired: desired::secret(ks, data, &seen.hash_key)?,
+        write: Write::Apply(desired::secret(ks, data, &seen.hash_key)?),
         records: plan.records,
         keys,
+        gone: plan.gone,
     })
 }
 
@@ -374,7 +422,10 @@ async fn apply<S: KeeperSource>(
     built: &Built,
     interval: Duration,
 ) -> Result<bool, Error> {
-    let desired = &built.desired;
+    let desired = match &built.write {
+        Write::Apply(desired) => desired,
+        Write::Delete { .. } => return delete(ctx, ks, seen).await,
+    };
     let existing = match seen.target {
         Seen::Vouched(hash) if hash == desired.hash => return Ok(false),
         Seen::Read(existing) => existing.map(|e| *e),
@@ -402,6 +453,19 @@ async fn apply<S: KeeperSource>(
         &desired.hash,
     );
     Ok(true)
+}
+
+/// Deletes the target Secret if it exists and is ours (`true` when it did).
+async fn delete<S>(ctx: &Context<S>, ks: &KeeperSecret, seen: Observed) -> Result<bool, Error> {
+    let existing = match seen.target {
+        Seen::Read(existing) => existing.map(|e| *e),
+        Seen::Vouched(_) => read_target(ctx, ks, &seen.cred, &seen.hash_key, &seen.secrets).await?,
+    };
+    let Some(existing) = existing else {
+        return Ok(false);
+    };
+    check_target(ks, Some(&existing))?;
+    Ok(k8s::delete_secret(&seen.secrets, &existing).await?)
 }
 
 /// Reads the target Secret, remembering its version when its data checks out against its own

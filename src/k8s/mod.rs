@@ -26,6 +26,24 @@ pub async fn apply_secret(api: &Api<Secret>, secret: &Secret) -> Result<Secret, 
     api.patch(&name, &params(), &Patch::Apply(secret)).await
 }
 
+/// Deletes `secret` if it is still the object read (same UID and resourceVersion, so an edit or a
+/// replacement made since is never deleted); `false` when it was already gone or changed.
+pub async fn delete_secret(api: &Api<Secret>, secret: &Secret) -> Result<bool, kube::Error> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let dp = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: secret.metadata.uid.clone(),
+            resource_version: secret.metadata.resource_version.clone(),
+        }),
+        ..Default::default()
+    };
+    match api.delete(&name, &dp).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Applies the whole status with a minimal body.
 pub async fn apply_status(
     api: &Api<KeeperSecret>,

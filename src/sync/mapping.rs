@@ -10,8 +10,8 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use crate::api::{
-    DataFromItem, DataItem, DecodingStrategy, DuplicateKeyPolicy, KeeperSecretSpec, RecordRevision,
-    RecordSelector,
+    DataFromItem, DataItem, DecodingStrategy, DeletionPolicy, DuplicateKeyPolicy, KeeperSecretSpec,
+    RecordRevision, RecordSelector,
 };
 use crate::ksm::notation::{self, Notation, NotationError, NotationValue};
 use crate::ksm::record::{Field, KeeperFile, Record, Vault, find_field};
@@ -45,6 +45,9 @@ pub struct Plan {
     pub records: BTreeSet<RecordRevision>,
     /// Secret key → how its value is stored in Keeper (keys decoded as stored are absent).
     pub decoding: BTreeMap<String, DecodingStrategy>,
+    /// Records (or shared folders) not found whose keys a deletion policy left out, described
+    /// by their selector.
+    pub gone: BTreeSet<String>,
 }
 
 /// Why a mapping failed. Messages name records/fields/files, never values.
@@ -76,12 +79,18 @@ impl MappingError {
     }
 }
 
-/// Maps the spec onto the fetched vault: `dataFrom` items in order, then `data` items.
+/// Maps the spec onto the fetched vault: `dataFrom` items in order, then `data` items. With a
+/// deletion policy other than Retain, an item whose record (or folder) is not found maps nothing
+/// and is listed in [`Plan::gone`].
 pub fn plan(spec: &KeeperSecretSpec, vault: &Vault) -> Result<Plan, MappingError> {
     let records = dedup(&vault.records);
+    let policy = spec.target.as_ref().and_then(|t| t.deletion_policy);
     let mut plan = Plan::default();
     for item in &spec.data_from {
-        let (entries, used) = data_from(item, &records, vault)?;
+        let Some((entries, used)) = plan.unless_gone(policy, data_from(item, &records, vault))?
+        else {
+            continue;
+        };
         for key in entries.keys() {
             plan.decode(key, item.decoding_strategy);
         }
@@ -89,7 +98,10 @@ pub fn plan(spec: &KeeperSecretSpec, vault: &Vault) -> Result<Plan, MappingError
         plan.records.extend(used.iter().map(|r| revision(r)));
     }
     for item in &spec.data {
-        let (source, record) = data_item(item, &records, &vault.records)?;
+        let found = data_item(item, &records, &vault.records);
+        let Some((source, record)) = plan.unless_gone(policy, found)? else {
+            continue;
+        };
         plan.decode(&item.key, item.decoding_strategy);
         plan.entries.insert(item.key.clone(), source);
         plan.records.extend(record.map(revision));
@@ -98,6 +110,29 @@ pub fn plan(spec: &KeeperSecretSpec, vault: &Vault) -> Result<Plan, MappingError
 }
 
 impl Plan {
+    /// What an item found, or `None` when its record is gone and `policy` drops its keys.
+    fn unless_gone<T>(
+        &mut self,
+        policy: Option<DeletionPolicy>,
+        found: Result<T, MappingError>,
+    ) -> Result<Option<T>, MappingError> {
+        let drops = !matches!(policy, None | Some(DeletionPolicy::Retain));
+        match found {
+            Err(MappingError::RecordNotFound(what)) if drops => {
+                self.gone.insert(what);
+                Ok(None)
+            }
+            Err(MappingError::Notation {
+                source: NotationError::RecordNotFound(what),
+                ..
+            }) if drops => {
+                self.gone.insert(format!("record {what:?}"));
+                Ok(None)
+            }
+            found => found.map(Some),
+        }
+    }
+
     /// Records how the value now mapped to `key` is stored (a later item replaces it all).
     fn decode(&mut self, key: &str, strategy: Option<DecodingStrategy>) {
         match strategy {

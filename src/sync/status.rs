@@ -3,7 +3,7 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::{KeeperSecret, KeeperSecretStatus, READY, RecordRevision};
+use crate::api::{DeletionPolicy, KeeperSecret, KeeperSecretStatus, READY, RecordRevision};
 
 /// Reason of a Ready=True condition.
 pub const SYNCED: &str = "Synced";
@@ -13,6 +13,8 @@ pub const LAST_GOOD_COPY: &str = "LastGoodCopy";
 pub const LAST_GOOD_COPY_EXPIRED: &str = "LastGoodCopyExpired";
 /// Condition type that is True while the data is served from the last good copy.
 pub const STALE: &str = "Stale";
+/// Ready reason: synced, and a deletion policy removed the keys of records gone from Keeper.
+pub const RECORD_DELETED: &str = "RecordDeleted";
 /// kstatus condition (Flux, `kstatus`): True until the current generation has synced once.
 pub const RECONCILING: &str = "Reconciling";
 /// kstatus condition: True when no retry can succeed until someone changes something.
@@ -35,6 +37,8 @@ pub struct Synced {
     pub data_hash: String,
     /// Number of keys written.
     pub keys: usize,
+    /// Records (or folders) gone from Keeper whose keys the deletion policy removed.
+    pub gone: Vec<String>,
     /// When Keeper returned the data.
     pub fetched_at: Timestamp,
     /// Set when Keeper failed and the data is the last good copy.
@@ -74,6 +78,25 @@ impl Stale {
     }
 }
 
+/// Ready's message when a deletion policy removed the keys of records gone from Keeper.
+fn gone_message(ks: &KeeperSecret, s: &Synced, holds: String) -> String {
+    const SHOWN: usize = 5;
+    let mut gone: Vec<&str> = s.gone.iter().map(String::as_str).take(SHOWN).collect();
+    if s.gone.len() > SHOWN {
+        gone.push("...");
+    }
+    let policy = ks.deletion_policy();
+    let done = if s.keys == 0 && policy == DeletionPolicy::Delete {
+        format!("Secret {} was deleted", ks.target_name())
+    } else {
+        holds
+    };
+    format!(
+        "{done}; not found in Keeper (deleted, or no longer shared), so their keys were removed (deletionPolicy {policy:?}): {}",
+        gone.join(", ")
+    )
+}
+
 /// Status after a successful sync. `lastSyncTime` is when Keeper returned the data, so while
 /// Keeper is down it stays put and shows how old the Secret's data is.
 pub fn synced(ks: &KeeperSecret, now: Timestamp, s: &Synced) -> KeeperSecretStatus {
@@ -84,6 +107,16 @@ pub fn synced(ks: &KeeperSecret, now: Timestamp, s: &Synced) -> KeeperSecretStat
         s.records.len()
     );
     let (ready, reason, message, stale) = match &s.stale {
+        None if !s.gone.is_empty() => (
+            "True",
+            RECORD_DELETED,
+            gone_message(ks, s, holds),
+            (
+                "False",
+                "Fresh".to_string(),
+                "The data is current".to_string(),
+            ),
+        ),
         None => (
             "True",
             SYNCED,
@@ -340,6 +373,7 @@ mod tests {
             }],
             data_hash: "hmac-sha256:ab".into(),
             keys: 2,
+            gone: vec![],
             fetched_at: t(0),
             stale: None,
         }
@@ -347,6 +381,41 @@ mod tests {
 
     fn ready(s: &KeeperSecretStatus) -> &Condition {
         s.conditions.iter().find(|c| c.type_ == READY).unwrap()
+    }
+
+    #[test]
+    fn removed_keys_of_deleted_records_are_named_and_ready() {
+        let gone = Synced {
+            gone: vec!["uid AAAA".into(), "title \"Old\"".into()],
+            ..ok()
+        };
+        let mut ks = ks(1, None);
+        ks.spec.target = Some(crate::api::Target {
+            deletion_policy: Some(DeletionPolicy::Merge),
+            ..Default::default()
+        });
+        let c = ready(&synced(&ks, t(0), &gone)).clone();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", RECORD_DELETED)
+        );
+        assert!(
+            c.message.starts_with("Secret db holds 2 keys"),
+            "{}",
+            c.message
+        );
+        assert!(
+            c.message
+                .contains("(deletionPolicy Merge): uid AAAA, title \"Old\"")
+        );
+        ks.spec.target.as_mut().unwrap().deletion_policy = Some(DeletionPolicy::Delete);
+        let deleted = Synced { keys: 0, ..gone };
+        let c = ready(&synced(&ks, t(0), &deleted)).clone();
+        assert!(
+            c.message.starts_with("Secret db was deleted;"),
+            "{}",
+            c.message
+        );
     }
 
     #[test]

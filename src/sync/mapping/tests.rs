@@ -479,3 +479,50 @@ fn the_item_that_maps_a_key_last_says_how_it_is_decoded() {
     );
     assert_eq!(plan.decoding.len(), plan.entries.len() - 1);
 }
+
+#[test]
+fn a_deletion_policy_leaves_out_what_is_gone_and_retain_fails() {
+    let items = || {
+        (
+            vec![
+                by_field("pw", uid(UID_A), "password"),
+                DataItem {
+                    notation: Some(format!("keeper://{UID_B}/field/password")),
+                    record: None,
+                    field: None,
+                    ..by_field("web", uid(UID_B), "password")
+                },
+            ],
+            vec![from_record(title("Gone"), DuplicateKeyPolicy::First)],
+        )
+    };
+    let with = |policy: Option<DeletionPolicy>| {
+        let (data, data_from) = items();
+        let mut spec = spec(data, data_from);
+        spec.target = Some(crate::api::Target {
+            deletion_policy: policy,
+            ..Default::default()
+        });
+        plan(&spec, &vault(vec![login()]))
+    };
+    for retain in [None, Some(DeletionPolicy::Retain)] {
+        assert_eq!(with(retain).unwrap_err().reason(), "RecordNotFound");
+    }
+    for policy in [DeletionPolicy::Delete, DeletionPolicy::Merge] {
+        let plan = with(Some(policy)).unwrap();
+        assert_eq!(plan.entries.keys().collect::<Vec<_>>(), ["pw"]);
+        let gone: Vec<&str> = plan.gone.iter().map(String::as_str).collect();
+        assert_eq!(
+            gone,
+            ["record \"BBBBBBBBBBBBBBBBBBBBBB\"", "titled \"Gone\""]
+        );
+    }
+    // Only a missing record is left out: a missing field still fails.
+    let mut spec = spec(vec![by_field("x", uid(UID_A), "nope")], vec![]);
+    spec.target = Some(crate::api::Target {
+        deletion_policy: Some(DeletionPolicy::Delete),
+        ..Default::default()
+    });
+    let err = plan(&spec, &vault(vec![login()])).unwrap_err();
+    assert_eq!(err.reason(), "FieldNotFound");
+}

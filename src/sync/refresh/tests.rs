@@ -37,6 +37,7 @@ fn synced_pair() -> (KeeperSecret, Secret) {
             records: vec![],
             data_hash: d.hash.clone(),
             keys: 1,
+            gone: vec![],
             fetched_at: t(0),
             stale: None,
         },
@@ -219,6 +220,7 @@ fn the_last_good_copy_keeps_syncing_before_the_interval() {
             records: vec![],
             data_hash: ks.status.as_ref().unwrap().data_hash.clone().unwrap(),
             keys: 1,
+            gone: vec![],
             fetched_at: t(0),
             stale: Some(status::Stale {
                 reason: "KeeperUnavailable",
