@@ -369,7 +369,7 @@ struct Built {
 /// What a sync does to the target Secret.
 enum Write {
     /// Make it hold this.
-    Apply(desired::Desired),
+    Apply(Box<desired::Desired>),
     /// Delete it: every record it maps is gone and deletionPolicy is Delete. `hash` is the
     /// keyed hash of no data.
     Delete { hash: String },
@@ -404,7 +404,7 @@ async fn build<S: KeeperSource>(
     let data = template::apply(template, data)?;
     let keys = data.len();
     Ok(Built {
-        write: Write::Apply(desired::secret(ks, data, &seen.hash_key)?),
+        write: Write::Apply(Box::new(desired::secret(ks, data, &seen.hash_key)?)),
         records: plan.records,
         keys,
         gone: plan.gone,
