@@ -10,7 +10,9 @@ use k8s_openapi::api::core::v1::Secret;
 use keeper_e2e::harness::{Operator, create_secret, secret_bytes, wait_until, workspace_root};
 use keeper_e2e::ksm_server::{DownMode, RecordSpec};
 use keeper_e2e::world::{POSTGRES, World};
-use keeper_operator::api::{KeeperSecret, MANAGED_BY_LABEL};
+use keeper_operator::api::{
+    ClusterKeeperStore, ClusterKeeperStoreStatus, KeeperSecret, MANAGED_BY_LABEL,
+};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 
@@ -503,6 +505,30 @@ async fn failures_over_secret_values_show_no_value() -> Result<()> {
     w.finish(&mut [&mut operator]).await
 }
 
+/// Waits until ClusterKeeperStore `name` is Ready with this status and reason and `check`
+/// accepts its status (written every 20 s).
+async fn wait_store(
+    stores: &Api<ClusterKeeperStore>,
+    name: &str,
+    ready: (&str, &str),
+    check: impl Fn(&ClusterKeeperStoreStatus) -> bool,
+) -> Result<ClusterKeeperStoreStatus> {
+    let check = &check;
+    wait_until(
+        &format!("ClusterKeeperStore {name} Ready {ready:?}"),
+        TIMEOUT,
+        || async move {
+            let status = stores.get(name).await?.status.unwrap_or_default();
+            let is_ready = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && (c.status.as_str(), c.reason.as_str()) == ready);
+            Ok((is_ready && check(&status)).then_some(status))
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_store_lends_credentials_to_selected_namespaces() -> Result<()> {
     let (w, mut operator) = start("ctl-store").await?;
@@ -517,6 +543,26 @@ async fn cluster_store_lends_credentials_to_selected_namespaces() -> Result<()> 
 
     w.apply_example("store-user.yaml")?;
     w.wait_reason("stripe", "False", "NotAllowed").await?;
+    // Store health: the credential parses, nothing asked Keeper through it yet, one refusal.
+    let stores: Api<ClusterKeeperStore> = Api::all(w.env.cluster.client());
+    wait_store(&stores, "shared", ("Unknown", "NotUsed"), |s| {
+        s.keeper_secrets == Some(1) && s.refused_keeper_secrets == Some(1)
+    })
+    .await?;
+    let broken = serde_json::json!({
+        "apiVersion": "keeper-operator.dev/v1alpha1", "kind": "ClusterKeeperStore",
+        "metadata": {"name": "no-credential"},
+        "spec": {"credentialsSecretRef": {"name": "missing", "key": "config"}}
+    });
+    stores
+        .create(&Default::default(), &serde_json::from_value(broken)?)
+        .await?;
+    let status = wait_store(&stores, "no-credential", ("False", "AuthFailed"), |s| {
+        s.keeper_secrets == Some(0)
+    })
+    .await?;
+    let message = &status.conditions[0].message;
+    ensure!(message.contains("does not exist"), "says why: {message}");
 
     let label =
         serde_json::json!({"metadata": {"labels": {"keeper-operator.dev/store": "shared"}}});
@@ -539,6 +585,23 @@ async fn cluster_store_lends_credentials_to_selected_namespaces() -> Result<()> 
         text(&d, "api-key"),
         w.vault_value("SsxoiM-FPCF65F54JaY3jQ", "password")?
     );
+    let app = w.env.app_namespace.clone();
+    let status = wait_store(&stores, "shared", ("True", "KeeperAnswered"), |s| {
+        s.refused_keeper_secrets == Some(0) && s.namespaces == [app.clone()]
+    })
+    .await?;
+    ensure!(status.last_fetch_time.is_some());
+    let mut get = w.env.cluster.kubectl();
+    get.args(["get", "clusterkeeperstores", "shared"]);
+    let out = tokio::task::block_in_place(|| get.output())?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        table.contains("KEEPERSECRETS") && table.contains("KeeperAnswered"),
+        "printer columns: {table}"
+    );
+    stores
+        .delete("no-credential", &DeleteParams::default())
+        .await?;
     w.env
         .finish(&w.server, &[&w.config, &config], &mut [&mut operator])
         .await

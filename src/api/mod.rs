@@ -453,7 +453,13 @@ pub struct RecordRevision {
     shortname = "cks",
     category = "keeper",
     derive = "PartialEq",
-    doc = "ClusterKeeperStore lends Keeper credentials from the operator's namespace to selected namespaces."
+    status = "ClusterKeeperStoreStatus",
+    doc = "ClusterKeeperStore lends Keeper credentials from the operator's namespace to selected namespaces.",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"KeeperSecrets","type":"integer","jsonPath":".status.keeperSecrets"}"#,
+    printcolumn = r#"{"name":"Last Fetch","type":"date","jsonPath":".status.lastFetchTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterKeeperStoreSpec {
@@ -475,6 +481,35 @@ pub struct ClusterKeeperStoreSpec {
     /// Record UIDs borrowers may read (see `allowedFolders`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_records: Vec<String>,
+}
+
+/// Observed state of a ClusterKeeperStore, from what the operator already knows: no Keeper call
+/// is made for it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterKeeperStoreStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` is True when the credential parses and Keeper's last answer to it succeeded.
+    /// False with the reason of the failure (AuthFailed for a missing or unreadable credential
+    /// Secret, KeeperUnavailable, Throttled, ...); Unknown while no KeeperSecret has used the
+    /// store since the operator started (NotUsed) or a one-time token awaits its first use
+    /// (TokenNotRedeemed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// When Keeper last answered for this store's credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fetch_time: Option<Time>,
+    /// Number of KeeperSecrets that name this store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keeper_secrets: Option<i32>,
+    /// Namespaces whose KeeperSecrets use this store and are admitted by it (at most 100).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Number of KeeperSecrets that name this store but are refused (Ready reason NotAllowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_keeper_secrets: Option<i32>,
 }
 
 impl KeeperSecret {

@@ -26,7 +26,7 @@ use crate::api::KeeperSecret;
 use crate::error::Error;
 use crate::k8s::Events;
 use crate::keeper::KeeperSource;
-use crate::keeper::fetcher::{FileBytes, Origin, Served, Snapshot, Staleness};
+use crate::keeper::fetcher::{FileBytes, Health, Origin, Served, Snapshot, Staleness};
 use crate::ksm::config::KsmConfig;
 use crate::ksm::crypto::AesKey;
 use crate::ksm::error::KsmError;
@@ -269,6 +269,17 @@ impl KeeperSource for FakeKeeper {
             .cloned()
             .unwrap_or_default();
         Ok(Arc::new(zeroize::Zeroizing::new(content)))
+    }
+
+    async fn health(&self, _cred: &crate::keeper::CredentialKey) -> Option<Health> {
+        let fetched_at = lock(&self.fetched).as_ref().map(|(_, at)| *at);
+        let failure = lock(&self.failure)
+            .clone()
+            .map(|e| (Arc::new(e), SystemTime::now()));
+        (fetched_at.is_some() || failure.is_some()).then_some(Health {
+            fetched_at,
+            failure,
+        })
     }
 
     async fn redeem(

@@ -13,10 +13,12 @@
 pub mod fixtures;
 pub mod memo;
 pub mod reconcile;
+pub mod stores;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
@@ -92,6 +94,8 @@ pub async fn run<S: KeeperSource>(
         event
     })
     .touched_objects();
+    // Store status runs beside the controller (so only on the leader) and stops with it.
+    let stores = tokio::spawn(stores::run(ctx.clone(), reader.clone()));
     Controller::for_stream(main, reader)
         .watches_stream(targets, |meta| {
             let owner = meta.annotations().get(OWNER_ANNOTATION)?;
@@ -109,6 +113,24 @@ pub async fn run<S: KeeperSource>(
             }
         })
         .await;
+    stores.abort();
+}
+
+/// Waits until `store` holds its initial list; `false` if its reflector is gone. kube's
+/// readiness latch wakes only its most recent waiter, and the Controller waits on it too, so
+/// this polls instead of parking on it once.
+pub async fn listed<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    loop {
+        let wait = tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready());
+        match wait.await {
+            Ok(ready) => return ready.is_ok(),
+            Err(_) => continue,
+        }
+    }
 }
 
 /// What the reflectors keep of an object's metadata: only what the operator reads. Everything

@@ -1,5 +1,5 @@
 //! The few Kubernetes writes the controller makes: server-side apply of the Secret and of the
-//! KeeperSecret status, always forced under the one field manager, and best-effort events.
+//! KeeperSecret and ClusterKeeperStore status, always forced under the one field manager, and best-effort events.
 
 pub mod credentials;
 pub mod redeem;
@@ -13,7 +13,10 @@ use kube::{Api, Client, Resource};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::api::{FIELD_MANAGER, KeeperSecret, KeeperSecretStatus};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::FIELD_MANAGER;
 
 fn params() -> PatchParams {
     // Controllers own their fields outright; forcing resolves conflicts with hand edits.
@@ -44,15 +47,18 @@ pub async fn delete_secret(api: &Api<Secret>, secret: &Secret) -> Result<bool, k
     }
 }
 
-/// Applies the whole status with a minimal body.
-pub async fn apply_status(
-    api: &Api<KeeperSecret>,
+/// Applies the whole status (of a KeeperSecret or a ClusterKeeperStore) with a minimal body.
+pub async fn apply_status<K>(
+    api: &Api<K>,
     name: &str,
-    status: &KeeperSecretStatus,
-) -> Result<KeeperSecret, kube::Error> {
+    status: &impl Serialize,
+) -> Result<K, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
     let body = serde_json::json!({
-        "apiVersion": KeeperSecret::api_version(&()),
-        "kind": KeeperSecret::kind(&()),
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "status": status,
     });
     api.patch_status(name, &params(), &Patch::Apply(body)).await

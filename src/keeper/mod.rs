@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::keeper::fetcher::ksm_upstream::KsmUpstream;
 use crate::keeper::fetcher::sealed::SnapshotStore;
-use crate::keeper::fetcher::{CredentialFetcher, FetchSettings, FileBytes, Served};
+use crate::keeper::fetcher::{CredentialFetcher, FetchSettings, FileBytes, Health, Served};
 use crate::ksm::client::{ClientOptions, KsmClient, http_client};
 use crate::ksm::config::KsmConfig;
 use crate::ksm::error::KsmError;
@@ -79,6 +79,10 @@ pub trait KeeperSource: Send + Sync + 'static {
         file: &KeeperFile,
         budget: u64,
     ) -> impl Future<Output = Result<FileBytes, KsmError>> + Send;
+
+    /// What the credential's fetcher knows of Keeper's recent answers, without asking Keeper;
+    /// `None` while nothing has used the credential.
+    fn health(&self, cred: &CredentialKey) -> impl Future<Output = Option<Health>> + Send;
 
     /// Redeems a one-time token (see [`crate::ksm::token::redeem_token`]) into a bound config.
     fn redeem(
@@ -175,6 +179,11 @@ impl KeeperSource for SharedKeeper {
         self.fetcher(cred, config)?
             .file(revision, file, budget)
             .await
+    }
+
+    async fn health(&self, cred: &CredentialKey) -> Option<Health> {
+        let fetcher = lock(&self.fetchers).get(&cred.fingerprint).cloned()?;
+        Some(fetcher.health().await)
     }
 
     async fn redeem(

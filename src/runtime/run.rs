@@ -233,20 +233,9 @@ where
 {
     move |store| {
         tokio::spawn(async move {
-            // kube's readiness latch wakes only its most recent waiter, and the Controller
-            // waits on it too: re-poll instead of parking on it once.
-            loop {
-                match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready())
-                    .await
-                {
-                    Ok(Ok(())) => {
-                        ready.store(true, Ordering::Relaxed);
-                        info!("KeeperSecret cache synced; ready");
-                        return;
-                    }
-                    Ok(Err(_)) => return,
-                    Err(_) => continue,
-                }
+            if controller::listed(&store).await {
+                ready.store(true, Ordering::Relaxed);
+                info!("KeeperSecret cache synced; ready");
             }
         });
     }

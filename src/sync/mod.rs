@@ -8,5 +8,6 @@ pub mod incomplete;
 pub mod mapping;
 pub mod refresh;
 pub mod status;
+pub mod store_status;
 pub mod template;
 pub mod write_guard;

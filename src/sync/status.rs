@@ -265,7 +265,7 @@ fn with_progress(
 
 /// Replaces one condition; `lastTransitionTime` only moves when its status flips. Ready stays
 /// first in the list.
-fn with_condition(
+pub(crate) fn with_condition(
     prev: &[Condition],
     type_: &str,
     generation: Option<i64>,

@@ -115,6 +115,15 @@ pub struct Staleness {
     pub retry_in: Duration,
 }
 
+/// What a credential's fetcher knows of Keeper's recent answers, learned without asking it.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    /// When Keeper last answered with data (a copy restored from the sealed store does not count).
+    pub fetched_at: Option<SystemTime>,
+    /// The failure of the latest attempts, and since when they fail.
+    pub failure: Option<(Arc<KsmError>, SystemTime)>,
+}
+
 /// The answer to "give me this credential's data".
 #[derive(Debug, Clone)]
 pub enum Served {
@@ -598,6 +607,19 @@ impl CredentialFetcher {
             .insert(file.uid.clone(), (revision, bytes.clone()));
         self.persist_files(&mut state).await;
         Ok(bytes)
+    }
+
+    /// What the latest fetches found; makes no call.
+    pub async fn health(&self) -> Health {
+        let state = self.state.lock().await;
+        Health {
+            fetched_at: state
+                .snapshot
+                .as_ref()
+                .filter(|s| s.origin == Origin::Keeper)
+                .map(|s| s.fetched_at),
+            failure: state.failure.as_ref().map(|f| (f.error.clone(), f.since)),
+        }
     }
 
     /// Fraction of the request budget in use (for metrics).
