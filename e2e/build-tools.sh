@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds the e2e control-plane tools (kube-apiserver, kube-controller-manager, kubectl, etcd, helm)
-# from the pinned Go wrapper modules in e2e/tools/ and prints the directory holding them.
+# from the pinned Go wrapper modules in e2e/tools/, and the GitOps status checker (gitops-check,
+# e2e/tools/gitops-check), and prints a directory holding all of them.
 #
 # Binaries are cached outside the work tree under a key derived from the go.mod/go.sum files, the
-# Go version and the build flags, so a warm run only checks a stamp file. Ready-made binaries are
-# used instead of building when `E2E_BIN_DIR` or `KUBEBUILDER_ASSETS` (setup-envtest layout) holds
-# them; whatever is missing there is still built.
+# Go version and the build flags, so a warm run only checks a stamp file. The checker has its own
+# key (which also covers its source), so changing it never rebuilds the control plane. Ready-made
+# binaries are used instead of building when `E2E_BIN_DIR` or `KUBEBUILDER_ASSETS`
+# (setup-envtest layout) holds them; whatever is missing there is still built.
 #
 # Usage: e2e/build-tools.sh            (progress on stderr, the bin dir on stdout)
 set -euo pipefail
@@ -29,16 +31,65 @@ missing=()
 for t in "${ALL_TOOLS[@]}"; do
   [[ -n "$EXT" && -x "$EXT/$t" ]] || missing+=("$t")
 done
+
+# --- the GitOps checker ----------------------------------------------------------------------------
+CHECK_SRC="$TOOLS/gitops-check"
+CHECK_LDFLAGS="-s -w"
+
+# Prints the path of gitops-check, built if needed.
+checker() {
+  if [[ -n "$EXT" && -x "$EXT/gitops-check" ]]; then echo "$EXT/gitops-check"; return; fi
+  command -v go >/dev/null || die "Go is required to build gitops-check (or put it in E2E_BIN_DIR)"
+  local key dir
+  key=$( { cat "$CHECK_SRC"/go.mod "$CHECK_SRC"/go.sum "$CHECK_SRC"/*.go; go version
+    echo "$GOFLAGS|$CHECK_LDFLAGS"; } | sha256sum | cut -c1-16)
+  dir="$CACHE/bin/gitops-check-$key"
+  if [[ ! -x "$dir/gitops-check" ]]; then
+    mkdir -p "$CACHE/bin"
+    # Its own lock: a cold control-plane build elsewhere must not hold it up.
+    exec 7>"$CACHE/bin/.lock-gitops-check"
+    flock 7
+    if [[ ! -x "$dir/gitops-check" ]]; then
+      log "gitops-check: building"
+      rm -rf "$dir.tmp"
+      (cd "$CHECK_SRC" && go build -ldflags="$CHECK_LDFLAGS" -o "$dir.tmp/gitops-check" . >&2) \
+        || die "gitops-check: go build failed"
+      mv "$dir.tmp" "$dir"
+    fi
+    exec 7>&-
+  fi
+  echo "$dir/gitops-check"
+}
+
+# Prints a directory of symlinks to the control-plane tools (each from $EXT when it has it, else
+# from $BIN_DIR) and the checker. Links are only (re)made when wrong, so concurrent runs never
+# see a tool missing.
+publish() {
+  local check merged t target
+  check=$(checker)
+  merged="$CACHE/bin/tools-$(printf '%s|%s|%s' "$EXT" "${BIN_DIR:-}" "$check" | sha256sum | cut -c1-16)"
+  mkdir -p "$merged"
+  for t in "${ALL_TOOLS[@]}" gitops-check; do
+    if [[ $t == gitops-check ]]; then target=$check
+    elif [[ -n "$EXT" && -x "$EXT/$t" ]]; then target="$EXT/$t"
+    else target="$BIN_DIR/$t"
+    fi
+    [[ "$(readlink "$merged/$t" 2>/dev/null)" == "$target" ]] || ln -sfn "$target" "$merged/$t"
+  done
+  [[ -z "$EXT" ]] || log "using ready-made binaries from $EXT, built: ${missing[*]:-none}"
+  echo "$merged"
+}
+
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-trimpath -modcacherw"
+
 if [[ ${#missing[@]} -eq 0 ]]; then
-  log "using ready-made binaries in $EXT"
-  echo "$EXT"
+  publish
   exit 0
 fi
 needs() { local t; for t in "$@"; do [[ " ${missing[*]} " == *" $t "* ]] && return 0; done; return 1; }
 
 # --- build flags (kept identical across runs so GOCACHE and the stamp stay valid) ----------------
 command -v go >/dev/null || die "Go is required to build the control plane (or set E2E_BIN_DIR / KUBEBUILDER_ASSETS)"
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-trimpath -modcacherw"
 
 modver() { awk -v m="$2" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$TOOLS/$1/go.mod"; }
 KV=$(modver k8s k8s.io/kubernetes)
@@ -60,22 +111,10 @@ for p in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
 done
 ETCD_LDFLAGS="-s -w"
 
-KEY=$( { cat "$TOOLS"/*/go.mod "$TOOLS"/*/go.sum; go version; echo "$GOFLAGS|$K8S_LDFLAGS|$K8S_TAGS|$HELM_LDFLAGS|$ETCD_LDFLAGS"; } \
-  | sha256sum | cut -c1-16)
+# The control-plane modules only (in the order a glob would list them, which keeps earlier keys).
+KEY=$( { cat "$TOOLS"/{etcd,helm,k8s}/go.mod "$TOOLS"/{etcd,helm,k8s}/go.sum; go version
+  echo "$GOFLAGS|$K8S_LDFLAGS|$K8S_TAGS|$HELM_LDFLAGS|$ETCD_LDFLAGS"; } | sha256sum | cut -c1-16)
 BIN_DIR="$CACHE/bin/$KEY"
-
-# With ready-made binaries, combine them and the built ones in a directory of symlinks.
-publish() {
-  if [[ -z "$EXT" ]]; then echo "$BIN_DIR"; return; fi
-  local merged
-  merged="$CACHE/bin/merged-$(printf '%s|%s' "$EXT" "$KEY" | sha256sum | cut -c1-16)"
-  mkdir -p "$merged"
-  for t in "${ALL_TOOLS[@]}"; do
-    if [[ -x "$EXT/$t" ]]; then ln -sfn "$EXT/$t" "$merged/$t"; else ln -sfn "$BIN_DIR/$t" "$merged/$t"; fi
-  done
-  log "using ready-made binaries from $EXT, built: ${missing[*]}"
-  echo "$merged"
-}
 
 have_all() { local t; for t in "${missing[@]}"; do [[ -x "$BIN_DIR/$t" ]] || return 1; done; }
 if [[ -f "$BIN_DIR/.complete" ]] && have_all; then publish; exit 0; fi

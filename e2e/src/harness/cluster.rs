@@ -96,6 +96,12 @@ impl Cluster {
         c
     }
 
+    /// `gitops-check` (`e2e/tools/gitops-check`): what kstatus and Argo CD's Lua engine make of
+    /// an object.
+    pub fn gitops_check(&self) -> Command {
+        Command::new(self.paths.bin_dir.join("gitops-check"))
+    }
+
     /// `helm` with the admin kubeconfig.
     pub fn helm(&self) -> Command {
         let mut c = Command::new(self.paths.bin_dir.join("helm"));
