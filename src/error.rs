@@ -8,7 +8,7 @@ use crate::backoff;
 use crate::ksm::error::KsmError;
 use crate::sync::desired::DesiredError;
 use crate::sync::mapping::MappingError;
-use crate::sync::template::TemplateError;
+use crate::sync::template::{SourceError, TemplateError};
 
 /// Why a reconcile did not reach Ready=True. `Debug` prints the reason and the message, so it
 /// is as free of values as `Display`.
@@ -23,6 +23,9 @@ pub enum Error {
     /// A template did not render.
     #[error(transparent)]
     Template(#[from] TemplateError),
+    /// A `templateFrom` ConfigMap or Secret is missing or unusable.
+    #[error(transparent)]
+    TemplateSource(#[from] SourceError),
     /// The rendered Secret is not acceptable.
     #[error(transparent)]
     Desired(#[from] DesiredError),
@@ -113,6 +116,7 @@ impl Error {
             Error::Keeper(e) => e.reason(),
             Error::Mapping(e) => e.reason(),
             Error::Template(e) => e.reason(),
+            Error::TemplateSource(e) => e.reason(),
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::Desired(e) => e.reason(),
             Error::Auth(_) => "AuthFailed",

@@ -352,14 +352,35 @@ async fn build<S: KeeperSource>(
     let vault = allowlist::restrict(seen.cred.allow.as_ref(), &ks.spec, vault)?;
     let plan = incomplete::check(&ks.spec, &vault, mapping::plan(&ks.spec, &vault))?;
     let data = resolve_files(ctx, &seen.cred, &vault, plan.entries).await?;
-    let template = ks.spec.target.as_ref().and_then(|t| t.template.as_ref());
-    let data = template::apply(template, data)?;
+    let data = render(ctx, ks, data, &seen.hash_key).await?;
     let keys = data.len();
     Ok(Built {
         desired: desired::secret(ks, data, &seen.hash_key)?,
         records: plan.records,
         keys,
     })
+}
+
+/// Renders the template, if any, with the templates `templateFrom` names (API: one read each).
+/// Off the async workers: `htpasswd` spends CPU time by design.
+async fn render<S>(
+    ctx: &Context<S>,
+    ks: &KeeperSecret,
+    data: BTreeMap<String, Bytes>,
+    key: &HashKey,
+) -> Result<BTreeMap<String, Bytes>, Error> {
+    let Some(template) = ks.spec.target.as_ref().and_then(|t| t.template.clone()) else {
+        return Ok(data);
+    };
+    let namespace = ks.namespace().unwrap_or_default();
+    let from = k8s::templates::read(&ctx.client, &namespace, &template.template_from).await?;
+    let key = key.clone();
+    let rendering =
+        tokio::task::spawn_blocking(move || template::apply(Some(&template), from, data, &key));
+    match rendering.await {
+        Ok(rendered) => Ok(rendered?),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 /// Guard and apply: writes the desired Secret unless the target already holds it (`true` when
