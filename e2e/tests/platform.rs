@@ -216,6 +216,7 @@ async fn chart_rbac_is_least_privilege_with_watch_namespace() -> Result<()> {
         ("update", "", "secrets", app),
         ("create", "events.k8s.io", "events", app),
         ("patch", "apps", "deployments", app),
+        ("get", "", "configmaps", app),
         ("get", group, "clusterkeeperstores", None),
         ("get", "", "namespaces", None),
         ("create", "authentication.k8s.io", "tokenreviews", None),
@@ -242,6 +243,10 @@ async fn chart_rbac_is_least_privilege_with_watch_namespace() -> Result<()> {
         ("list", group, "keepersecrets", Some(other.as_str())),
         ("update", group, "keepersecrets", app),
         ("create", "", "configmaps", app),
+        // templateFrom reads one named ConfigMap at a time, in watched namespaces only.
+        ("list", "", "configmaps", app),
+        ("watch", "", "configmaps", app),
+        ("get", "", "configmaps", Some(other.as_str())),
         ("delete", "", "secrets", op),
         ("create", "coordination.k8s.io", "leases", app),
         ("delete", "", "namespaces", None),
