@@ -8,7 +8,7 @@ use crate::backoff;
 use crate::ksm::error::KsmError;
 use crate::sync::desired::DesiredError;
 use crate::sync::mapping::MappingError;
-use crate::sync::template::TemplateError;
+use crate::sync::template::{SourceError, TemplateError};
 
 /// Why a reconcile did not reach Ready=True. `Debug` prints the reason and the message, so it
 /// is as free of values as `Display`.
@@ -26,6 +26,9 @@ pub enum Error {
     /// A value did not decode as its `decodingStrategy` says.
     #[error(transparent)]
     Decoding(#[from] crate::sync::decoding::DecodingError),
+    /// A `templateFrom` ConfigMap or Secret is missing or unusable.
+    #[error(transparent)]
+    TemplateSource(#[from] SourceError),
     /// The rendered Secret is not acceptable.
     #[error(transparent)]
     Desired(#[from] DesiredError),
@@ -117,6 +120,7 @@ impl Error {
             Error::Mapping(e) => e.reason(),
             Error::Template(e) => e.reason(),
             Error::Decoding(e) => e.reason(),
+            Error::TemplateSource(e) => e.reason(),
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::Desired(e) => e.reason(),
             Error::Auth(_) => "AuthFailed",

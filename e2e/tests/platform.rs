@@ -216,7 +216,11 @@ async fn chart_rbac_is_least_privilege_with_watch_namespace() -> Result<()> {
         ("update", "", "secrets", app),
         ("create", "events.k8s.io", "events", app),
         ("patch", "apps", "deployments", app),
+        ("get", "", "configmaps", app),
         ("get", group, "clusterkeeperstores", None),
+        ("list", group, "clusterkeeperstores", None),
+        ("patch", group, "clusterkeeperstores/status", None),
+        ("delete", "", "secrets", app),
         ("get", "", "namespaces", None),
         ("create", "authentication.k8s.io", "tokenreviews", None),
         (
@@ -242,6 +246,10 @@ async fn chart_rbac_is_least_privilege_with_watch_namespace() -> Result<()> {
         ("list", group, "keepersecrets", Some(other.as_str())),
         ("update", group, "keepersecrets", app),
         ("create", "", "configmaps", app),
+        // templateFrom reads one named ConfigMap at a time, in watched namespaces only.
+        ("list", "", "configmaps", app),
+        ("watch", "", "configmaps", app),
+        ("get", "", "configmaps", Some(other.as_str())),
         ("delete", "", "secrets", op),
         ("create", "coordination.k8s.io", "leases", app),
         ("delete", "", "namespaces", None),
@@ -251,13 +259,13 @@ async fn chart_rbac_is_least_privilege_with_watch_namespace() -> Result<()> {
         ("delete", "apps", "deployments", app),
         ("update", group, "clusterkeeperstores", None),
         // Nothing the operator never does: it reads KeeperSecrets only from its watch cache,
-        // writes their status only by apply, never deletes a Secret, never patches an event
-        // series, gets single stores and namespaces, and never lists its own namespace.
+        // writes their status only by apply, never patches an event series, never watches
+        // stores or namespaces, and never lists its own namespace.
         ("get", group, "keepersecrets", app),
         ("update", group, "keepersecrets/status", app),
-        ("delete", "", "secrets", app),
         ("patch", "events.k8s.io", "events", app),
-        ("list", group, "clusterkeeperstores", None),
+        ("watch", group, "clusterkeeperstores", None),
+        ("update", group, "clusterkeeperstores/status", None),
         ("watch", "", "namespaces", None),
         ("list", "", "secrets", op),
     ] {

@@ -239,14 +239,59 @@ pub enum DeletionPolicy {
 pub struct Template {
     /// Secret key → template. Every mapped value is available by its key, both as a
     /// variable (`{{ password }}`) and in the `data` map (`{{ data["tls.crt"] }}`).
-    /// Filters: `b64encode`, `b64decode`, `tojson`, plus the Jinja2 built-ins.
+    /// Filters: `b64encode`, `b64decode`, `b64urlencode`, `b64urldecode`, `hexencode`,
+    /// `hexdecode`, `sha256`, `tojson`, `fromjson`, `toyaml`, `fromyaml`, `pem_blocks`,
+    /// `pem_certificates`, `pem_private_key`, `pem_join`; function `htpasswd(user, password)`;
+    /// plus the Jinja2 built-ins. A key here wins over the same key from `templateFrom`.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self.all(k, k.matches('^[-._a-zA-Z0-9]+$'))").message("template keys must be valid Secret keys (letters, digits, '-', '_', '.')"))]
     pub data: BTreeMap<String, String>,
+    /// ConfigMaps or Secrets in this namespace whose keys are templates, each for the Secret key
+    /// of the same name (all keys, or the listed `items`). Read at every sync: a change shows at
+    /// the next refresh, or at once with the `keeper-operator.dev/force-sync` annotation. Later
+    /// entries win over earlier ones for the same key. At most 64 templates and 1 MiB in all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub template_from: Vec<TemplateFrom>,
     /// Replace (default): the Secret holds only the templated keys.
     /// Merge: the Secret holds the mapped values plus the templated keys.
     #[serde(default)]
     pub merge_policy: TemplateMergePolicy,
+}
+
+/// Where templates come from: exactly one of `configMap` or `secret`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(test, x_kube(cel))]
+#[x_kube(validation = Rule::new("has(self.configMap) != has(self.secret)").message("set exactly one of configMap or secret"))]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateFrom {
+    /// A ConfigMap in this namespace (its `data` and `binaryData`, as UTF-8 text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<TemplateSourceRef>,
+    /// A Secret in this namespace, for templates that are themselves confidential; they are
+    /// never logged or quoted in errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<TemplateSourceRef>,
+}
+
+/// A ConfigMap or Secret holding templates.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TemplateSourceRef {
+    /// Name of the ConfigMap or Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Keys to use (each must exist); empty: every key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub items: Vec<TemplateSourceItem>,
+}
+
+/// One key of a template source.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TemplateSourceItem {
+    /// The key: its value is the template for the Secret key of the same name.
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN), length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// Whether templated keys replace or extend the mapped values.

@@ -96,6 +96,24 @@ fn template_keys_must_be_secret_keys() {
 }
 
 #[test]
+fn template_from_names_exactly_one_source() {
+    let spec = |entry: serde_json::Value| {
+        serde_json::json!({
+            "auth": auth(),
+            "data": [{"key": "k", "notation": "a/field/b"}],
+            "target": {"template": {"templateFrom": [entry]}},
+        })
+    };
+    let source = serde_json::json!({"name": "t", "items": [{"key": "tls.crt"}]});
+    assert!(valid(spec(serde_json::json!({"configMap": source}))));
+    assert!(valid(spec(serde_json::json!({"secret": source}))));
+    assert!(!valid(spec(
+        serde_json::json!({"configMap": source, "secret": source})
+    )));
+    assert!(!valid(spec(serde_json::json!({}))));
+}
+
+#[test]
 fn target_name_is_immutable() {
     let spec = |name: Option<&str>| {
         let mut s =

@@ -400,8 +400,7 @@ async fn build<S: KeeperSource>(
     }
     let data = resolve_files(ctx, &seen.cred, &vault, plan.entries).await?;
     let data = decoding::apply(&plan.decoding, data)?;
-    let template = ks.spec.target.as_ref().and_then(|t| t.template.as_ref());
-    let data = template::apply(template, data)?;
+    let data = render(ctx, ks, data, &seen.hash_key).await?;
     let keys = data.len();
     Ok(Built {
         write: Write::Apply(Box::new(desired::secret(ks, data, &seen.hash_key)?)),
@@ -409,6 +408,28 @@ async fn build<S: KeeperSource>(
         keys,
         gone: plan.gone,
     })
+}
+
+/// Renders the template, if any, with the templates `templateFrom` names (API: one read each).
+/// Off the async workers: `htpasswd` spends CPU time by design.
+async fn render<S>(
+    ctx: &Context<S>,
+    ks: &KeeperSecret,
+    data: BTreeMap<String, Bytes>,
+    key: &HashKey,
+) -> Result<BTreeMap<String, Bytes>, Error> {
+    let Some(template) = ks.spec.target.as_ref().and_then(|t| t.template.clone()) else {
+        return Ok(data);
+    };
+    let namespace = ks.namespace().unwrap_or_default();
+    let from = k8s::templates::read(&ctx.client, &namespace, &template.template_from).await?;
+    let key = key.clone();
+    let rendering =
+        tokio::task::spawn_blocking(move || template::apply(Some(&template), from, data, &key));
+    match rendering.await {
+        Ok(rendered) => Ok(rendered?),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 /// Guard and apply: writes the desired Secret unless the target already holds it (`true` when

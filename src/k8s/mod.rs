@@ -4,6 +4,7 @@
 pub mod credentials;
 pub mod redeem;
 pub mod rollout;
+pub mod templates;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};

@@ -62,6 +62,21 @@ impl HashKey {
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("hmac-sha256:{hex}")
     }
+
+    /// A keyed digest of `parts` for `purpose` (such as a deterministic bcrypt salt): the same
+    /// for the same inputs, credential and KeeperSecret, and unguessable without the credential.
+    /// Starts with `u64::MAX`, which no key's length in [`Self::hash`] can be, so the two never
+    /// share an input.
+    pub fn digest(&self, purpose: &str, parts: &[&[u8]]) -> Zeroizing<[u8; 32]> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_slice())
+            .expect("HMAC takes any key length");
+        mac.update(&u64::MAX.to_be_bytes());
+        for part in std::iter::once(purpose.as_bytes()).chain(parts.iter().copied()) {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        Zeroizing::new(mac.finalize().into_bytes().into())
+    }
 }
 
 /// Why the desired Secret cannot be built.

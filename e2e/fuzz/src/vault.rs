@@ -171,6 +171,11 @@ fn template_values() -> BTreeMap<String, Bytes> {
     ])
 }
 
+/// The hash key of the fuzzed KeeperSecret (it also salts `htpasswd`).
+fn fuzz_key() -> HashKey {
+    HashKey::derive(b"fuzz credential", "00000000-0000-0000-0000-000000000001")
+}
+
 /// Template text, up to four keys separated by NUL; the first byte's low bit picks Merge.
 pub fn template(data: &[u8]) {
     let Some((&first, rest)) = data.split_first() else {
@@ -192,8 +197,9 @@ pub fn template(data: &[u8]) {
             .map(|(i, source)| (format!("k{i}"), source.to_string()))
             .collect(),
         merge_policy,
+        template_from: vec![],
     };
-    match template::apply(Some(&template), template_values()) {
+    match template::apply(Some(&template), BTreeMap::new(), template_values(), &fuzz_key()) {
         Ok(out) => assert!(size(&out) <= MAX_SECRET_BYTES, "rendered over the limit"),
         Err(e) => assert_error_clean(text, e.into()),
     }
@@ -242,7 +248,7 @@ pub fn spec(data: &[u8]) {
         .collect();
     let template = spec.target.as_ref().and_then(|t| t.template.as_ref());
     let templated = template.is_some_and(|t| !t.data.is_empty());
-    let data = match template::apply(template, values) {
+    let data = match template::apply(template, BTreeMap::new(), values, &fuzz_key()) {
         Ok(data) => data,
         Err(e) => return assert_error_clean(&tenant, e.into()),
     };
@@ -252,7 +258,7 @@ pub fn spec(data: &[u8]) {
     let mut ks = KeeperSecret::new("fuzz", spec);
     ks.metadata.namespace = Some("tenant".into());
     ks.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());
-    let key = HashKey::derive(b"fuzz credential", "00000000-0000-0000-0000-000000000001");
+    let key = fuzz_key();
     match desired::secret(&ks, data, &key) {
         Ok(d) => {
             let stored: usize = d

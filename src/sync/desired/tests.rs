@@ -151,6 +151,23 @@ fn hash_is_keyed_and_order_independent() {
 }
 
 #[test]
+fn digests_are_stable_keyed_and_separated_by_purpose_and_parts() {
+    let d = |k: &HashKey, purpose: &str, parts: &[&[u8]]| *k.digest(purpose, parts);
+    let a = d(&key(), "salt", &[b"user", b"pw"]);
+    assert_eq!(a, d(&key(), "salt", &[b"user", b"pw"]));
+    assert_ne!(
+        a,
+        d(
+            &HashKey::derive(b"credential", "uid-2"),
+            "salt",
+            &[b"user", b"pw"]
+        )
+    );
+    assert_ne!(a, d(&key(), "other", &[b"user", b"pw"]));
+    assert_ne!(a, d(&key(), "salt", &[b"use", b"rpw"]), "length-prefixed");
+}
+
+#[test]
 fn verified_hash_detects_edits_and_deleted_keys_but_ignores_foreign_keys() {
     let mut s = secret(&ks(None), data(&[("a", b"1"), ("b", b"2")]), &key())
         .unwrap()
