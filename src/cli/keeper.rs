@@ -23,6 +23,7 @@ use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 /// Inspect Keeper Secrets Manager records with a KSM config, or redeem a one-time token.
 #[derive(clap::Args)]
@@ -122,15 +123,19 @@ pub async fn run_keeper_command(args: KeeperArgs) -> anyhow::Result<()> {
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<KsmConfig> {
-    let text = match path {
+    Ok(KsmConfig::parse(&load_config_text(path)?)?)
+}
+
+/// The KSM config text of `path`, else of `$KSM_CONFIG`.
+pub(crate) fn load_config_text(path: Option<&PathBuf>) -> anyhow::Result<Zeroizing<String>> {
+    Ok(Zeroizing::new(match path {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading config file {}", path.display()))?,
         None => match std::env::var("KSM_CONFIG") {
             Ok(text) => text,
             Err(_) => bail!("no KSM config: pass --config FILE or set KSM_CONFIG"),
         },
-    };
-    Ok(KsmConfig::parse(&text)?)
+    }))
 }
 
 fn split_server_key(text: &str) -> anyhow::Result<(String, String)> {
@@ -142,7 +147,7 @@ fn split_server_key(text: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
-fn print_warnings(warnings: &[String]) {
+pub(crate) fn print_warnings(warnings: &[String]) {
     for warning in warnings {
         eprintln!("warning: {warning}");
     }

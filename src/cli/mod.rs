@@ -2,6 +2,7 @@
 //! can also be set by environment variable.
 
 pub mod keeper;
+pub mod plugin;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,463 @@
+//! `kubectl keeper …`: the operator binary installed as `kubectl-keeper` (a kubectl plugin).
+//!
+//! `status`, `refresh` and `why` read and annotate KeeperSecrets with the caller's own
+//! kubeconfig; `render` is a dry run against Keeper with a local KSM config that prints key
+//! names, sizes and keyed hashes, never a value.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+
+use crate::api::{FORCE_SYNC_ANNOTATION, KeeperSecret};
+use crate::cli::keeper::{load_config_text, print_warnings};
+use crate::ksm::client::MAX_RESPONSE_BYTES;
+use crate::ksm::{ClientOptions, KsmClient, KsmConfig, Query};
+use crate::sync::desired::HashKey;
+use crate::sync::mapping::{self, Bytes, Content};
+use crate::sync::status::STALE;
+use crate::sync::{decoding, template};
+
+/// KeeperSecrets from the command line: status, refresh, render, why.
+#[derive(Debug, clap::Parser)]
+#[command(name = "kubectl keeper", version)]
+pub struct PluginCli {
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(short, long, global = true)]
+    pub namespace: Option<String>,
+    #[command(subcommand)]
+    pub command: PluginCommand,
+}
+
+/// Subcommands of `kubectl keeper`.
+#[derive(Debug, clap::Subcommand)]
+pub enum PluginCommand {
+    /// Every KeeperSecret with Ready, reason, staleness and the age of its data.
+    Status {
+        /// In every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+    /// Ask for a sync now (the force-sync annotation) and wait until it is answered.
+    Refresh {
+        /// The KeeperSecret.
+        name: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "60s")]
+        timeout: kube::core::Duration,
+    },
+    /// Dry run: what a KeeperSecret manifest would write, as key names, sizes and keyed hashes.
+    Render {
+        /// The KeeperSecret manifest (YAML or JSON).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// KSM config file (JSON or base64) [default: $KSM_CONFIG].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// PEM file with extra CA certificates to trust for the Keeper endpoint.
+        #[arg(long, value_name = "PEM")]
+        ca_file: Option<PathBuf>,
+    },
+    /// Why a KeeperSecret is in its state: its conditions and latest events, in plain words.
+    Why {
+        /// The KeeperSecret.
+        name: String,
+    },
+}
+
+/// Runs a `kubectl keeper` subcommand, writing to stdout.
+pub async fn run_plugin(cli: PluginCli) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if let PluginCommand::Render {
+        file,
+        config,
+        ca_file,
+    } = cli.command
+    {
+        return render(&file, config.as_ref(), ca_file.as_ref(), &mut out).await;
+    }
+    let client = Client::try_default()
+        .await
+        .context("connecting to the cluster (kubeconfig)")?;
+    let namespace = cli
+        .namespace
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let api: Api<KeeperSecret> = Api::namespaced(client.clone(), &namespace);
+    match cli.command {
+        PluginCommand::Status { all_namespaces } => {
+            let api = if all_namespaces {
+                Api::all(client)
+            } else {
+                api
+            };
+            let list = api.list(&ListParams::default()).await?.items;
+            write!(out, "{}", status_table(&list, Timestamp::now()))?;
+        }
+        PluginCommand::Refresh { name, timeout } => {
+            let answer = refresh(&api, &name, timeout.into()).await?;
+            writeln!(out, "{answer}")?;
+        }
+        PluginCommand::Why { name } => {
+            let ks = api.get(&name).await?;
+            let events: Api<Event> = Api::namespaced(client, &namespace);
+            let selector = format!("involvedObject.kind=KeeperSecret,involvedObject.name={name}");
+            let mut events = events
+                .list(&ListParams::default().fields(&selector))
+                .await?
+                .items;
+            events.sort_by_key(event_time);
+            write!(out, "{}", explain(&ks, &events))?;
+        }
+        PluginCommand::Render { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+/// One line per KeeperSecret: namespace, name, Ready, reason, Stale, data age, Secret.
+pub fn status_table(list: &[KeeperSecret], now: Timestamp) -> String {
+    let mut rows = vec![
+        [
+            "NAMESPACE",
+            "NAME",
+            "READY",
+            "REASON",
+            "STALE",
+            "DATA AGE",
+            "SECRET",
+        ]
+        .map(String::from),
+    ];
+    for ks in list {
+        let status = ks.status.clone().unwrap_or_default();
+        let condition = |type_: &str| status.conditions.iter().find(|c| c.type_ == type_);
+        let ready = condition(crate::api::READY);
+        let age = status.last_sync_time.as_ref().map(|t| {
+            let secs = now.duration_since(t.0).as_secs().max(0);
+            short_age(Duration::from_secs(secs.unsigned_abs()))
+        });
+        rows.push([
+            ks.namespace().unwrap_or_default(),
+            ks.name_any(),
+            ready.map_or("Unknown", |c| c.status.as_str()).to_string(),
+            ready.map_or("", |c| c.reason.as_str()).to_string(),
+            condition(STALE)
+                .map_or("", |c| c.status.as_str())
+                .to_string(),
+            age.unwrap_or_else(|| "-".into()),
+            ks.target_name(),
+        ]);
+    }
+    table(&rows)
+}
+
+/// Left-aligned columns, three spaces apart, as kubectl prints them.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut text = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        text.push_str(cells.join("   ").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// kubectl's age format: `42s`, `5m`, `3h`, `2d`.
+fn short_age(age: Duration) -> String {
+    let s = age.as_secs();
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 => format!("{}m", s / 60),
+        7200..172_800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// Sets the force-sync annotation to a new value and waits until the status answers it.
+async fn refresh(api: &Api<KeeperSecret>, name: &str, timeout: Duration) -> anyhow::Result<String> {
+    let request = Timestamp::now().to_string();
+    let patch = serde_json::json!({"metadata": {"annotations": {FORCE_SYNC_ANNOTATION: request}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let ks = api.get(name).await?;
+        let handled = ks
+            .status
+            .as_ref()
+            .and_then(|s| s.last_handled_reconcile_at.as_deref());
+        // With Flux's annotation also set, the status joins both values.
+        if handled.is_some_and(|h| h.split(',').any(|v| v == request)) {
+            let ready = ks.ready_condition();
+            return Ok(format!(
+                "keepersecret/{name} synced: Ready={} ({})",
+                ready.map_or("Unknown", |c| c.status.as_str()),
+                ready.map_or("", |c| c.reason.as_str())
+            ));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "keepersecret/{name} did not answer the sync request within {}s; is the operator running? (`kubectl keeper why {name}`)",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn event_time(e: &Event) -> Option<Timestamp> {
+    e.event_time
+        .as_ref()
+        .map(|t| t.0)
+        .or(e.last_timestamp.as_ref().map(|t| t.0))
+        .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+/// Conditions and the latest events of `ks`, in plain words.
+pub fn explain(ks: &KeeperSecret, events: &[Event]) -> String {
+    const EVENTS: usize = 10;
+    let name = ks.name_any();
+    let mut text = String::new();
+    let status = ks.status.clone().unwrap_or_default();
+    let synced = status.observed_generation == ks.metadata.generation;
+    text.push_str(&match status.observed_generation {
+        None => format!("keepersecret/{name} has no status yet: the operator has not handled it (is it running, and does it watch this namespace?)\n"),
+        Some(_) if !synced => format!("keepersecret/{name}: the operator has not handled its latest spec (generation {}) yet\n", ks.metadata.generation.unwrap_or_default()),
+        Some(_) => format!("keepersecret/{name} writes Secret {}\n", ks.target_name()),
+    });
+    for c in &status.conditions {
+        let state = match (c.type_.as_str(), c.status.as_str()) {
+            ("Ready", "True") => "is ready",
+            ("Ready", _) => "is NOT ready",
+            ("Stale", "True") => "serves the last good copy",
+            ("Stale", _) => "has current data",
+            ("Reconciling", "True") => "is still reconciling this spec",
+            ("Reconciling", _) => "has synced this spec",
+            ("Stalled", "True") => "is stalled until someone changes something",
+            ("Stalled", _) => "is not stalled",
+            _ => "",
+        };
+        text.push_str(&format!(
+            "  {} {state} ({}={}, {}): {}\n",
+            c.type_, c.type_, c.status, c.reason, c.message
+        ));
+    }
+    if let Some(t) = &status.last_sync_time {
+        text.push_str(&format!("  data fetched from Keeper at {}\n", t.0));
+    }
+    let latest: Vec<&Event> = events.iter().rev().take(EVENTS).collect();
+    if latest.is_empty() {
+        text.push_str("No recent events.\n");
+    } else {
+        text.push_str("Latest events (newest first):\n");
+        for e in latest {
+            let at = event_time(e).map_or_else(|| "?".into(), |t| t.to_string());
+            text.push_str(&format!(
+                "  {at} {} {}: {}\n",
+                e.type_.as_deref().unwrap_or("Normal"),
+                e.reason.as_deref().unwrap_or_default(),
+                e.message.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    text
+}
+
+/// The dry run of `render`: reads Keeper with the local config and prints what would be written.
+async fn render(
+    file: &PathBuf,
+    config: Option<&PathBuf>,
+    ca_file: Option<&PathBuf>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let manifest =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let ks: KeeperSecret = serde_yaml_ng::from_str(&manifest)
+        .with_context(|| format!("{} is not a KeeperSecret manifest", file.display()))?;
+    if ks
+        .spec
+        .target
+        .as_ref()
+        .and_then(|t| t.template.as_ref())
+        .is_some_and(|t| !t.template_from.is_empty())
+    {
+        bail!(
+            "render uses inline templates only: templateFrom reads ConfigMaps and Secrets in the cluster"
+        );
+    }
+    let text = load_config_text(config)?;
+    let options = ClientOptions {
+        extra_ca_pem: ca_file
+            .map(|p| std::fs::read(p).with_context(|| format!("reading CA file {}", p.display())))
+            .transpose()?,
+        ..ClientOptions::default()
+    };
+    let client = KsmClient::new(KsmConfig::parse(&text)?, &options)?;
+    let vault = client.get_secrets(&Query::default()).await?;
+    print_warnings(&vault.warnings);
+    let plan = mapping::plan(&ks.spec, &vault)?;
+    let mut data = BTreeMap::new();
+    for (key, content) in plan.entries {
+        let bytes: Bytes = match content {
+            Content::Value(v) => v,
+            Content::File(f) => zeroize::Zeroizing::new(
+                client.download_file(&f, MAX_RESPONSE_BYTES).await?.to_vec(),
+            ),
+        };
+        data.insert(key, bytes);
+    }
+    let data = decoding::apply(&plan.decoding, data)?;
+    let key = HashKey::derive(text.as_bytes(), "kubectl-keeper-render");
+    let template = ks.spec.target.as_ref().and_then(|t| t.template.as_ref());
+    let data = template::apply(template, BTreeMap::new(), data, &key)?;
+    for gone in &plan.gone {
+        eprintln!("warning: {gone} is not in Keeper; the deletion policy leaves its keys out");
+    }
+    write!(out, "{}", render_table(&ks, &data, &key))?;
+    Ok(())
+}
+
+/// Key, size and keyed hash of each value (the hash key derives from the KSM config, so only
+/// someone holding it can test a guess against a hash).
+pub fn render_table(ks: &KeeperSecret, data: &BTreeMap<String, Bytes>, key: &HashKey) -> String {
+    let mut rows = vec![["KEY", "BYTES", "HASH"].map(String::from)];
+    for (k, v) in data {
+        let hash = key.hash([(k.as_str(), v.as_slice())]);
+        rows.push([k.clone(), v.len().to_string(), hash]);
+    }
+    format!(
+        "Secret {} ({} keys):\n{}",
+        ks.target_name(),
+        data.len(),
+        table(&rows)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::sync::status;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).unwrap()
+    }
+
+    fn ks(name: &str) -> KeeperSecret {
+        let mut ks = crate::api::test_keeper_secret();
+        ks.metadata.name = Some(name.into());
+        ks.metadata.namespace = Some("shop".into());
+        ks.metadata.generation = Some(1);
+        ks
+    }
+
+    #[test]
+    fn status_lines_show_ready_reason_staleness_and_age() {
+        let mut ok = ks("db");
+        ok.status = Some(status::failed(
+            &ok,
+            t(0),
+            "RecordNotFound",
+            "record x not found",
+        ));
+        ok.status.as_mut().unwrap().last_sync_time = Some(Time(t(0)));
+        let fresh = ks("new");
+        let text = status_table(&[ok, fresh], t(5400));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "NAMESPACE   NAME   READY     REASON           STALE   DATA AGE   SECRET"
+        );
+        assert_eq!(
+            lines[1],
+            "shop        db     False     RecordNotFound           90m        db"
+        );
+        assert_eq!(
+            lines[2],
+            "shop        new    Unknown                            -          new"
+        );
+    }
+
+    #[test]
+    fn ages_read_like_kubectls() {
+        let age = |s| short_age(Duration::from_secs(s));
+        assert_eq!(
+            [age(5), age(300), age(10_800), age(345_600)],
+            ["5s", "5m", "3h", "4d"]
+        );
+    }
+
+    #[test]
+    fn why_puts_conditions_and_events_in_words() {
+        let mut failed = ks("db");
+        failed.status = Some(status::failed(
+            &failed,
+            t(0),
+            "NotAllowed",
+            "store s refuses ns shop",
+        ));
+        let event = Event {
+            type_: Some("Warning".into()),
+            reason: Some("NotAllowed".into()),
+            message: Some("store s refuses ns shop".into()),
+            event_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                t(1),
+            )),
+            ..Event::default()
+        };
+        let text = explain(&failed, &[event]);
+        assert!(
+            text.contains("Ready is NOT ready (Ready=False, NotAllowed): store s refuses ns shop"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Stalled is stalled until someone changes something"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Warning NotAllowed: store s refuses ns shop"),
+            "{text}"
+        );
+        let text = explain(&ks("new"), &[]);
+        assert!(
+            text.starts_with("keepersecret/new has no status yet"),
+            "{text}"
+        );
+        assert!(text.ends_with("No recent events.\n"), "{text}");
+    }
+
+    #[test]
+    fn render_shows_sizes_and_keyed_hashes_never_values() {
+        let data = [(
+            "password".to_string(),
+            zeroize::Zeroizing::new(b"hunter2".to_vec()),
+        )]
+        .into();
+        let key = HashKey::derive(b"config", "kubectl-keeper-render");
+        let text = render_table(&ks("db"), &data, &key);
+        assert!(
+            text.starts_with("Secret db (1 keys):\nKEY        BYTES   HASH\npassword   7       "),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"));
+        let other = render_table(
+            &ks("db"),
+            &data,
+            &HashKey::derive(b"other", "kubectl-keeper-render"),
+        );
+        assert_ne!(text, other, "the hash depends on the credential");
+    }
+}
