@@ -388,6 +388,28 @@ async fn specific_failures_and_cel_rejections() -> Result<()> {
             .collect::<Vec<_>>(),
         ["mine"]
     );
+    // The status says what adopting it would do, by key name only.
+    let refused = w.keeper_secrets().get("postgres").await?;
+    let message = &refused.ready_condition().context("Ready")?.message;
+    ensure!(
+        message.contains("set target.adopt: true")
+            && message.contains("; change: none; drop: mine)"),
+        "names the keys: {message}"
+    );
+    // Adopted on request: exactly the synced keys, and managed from then on.
+    let adopt = serde_json::json!({"spec": {"target": {"adopt": true}}});
+    w.keeper_secrets()
+        .patch("postgres", &PatchParams::default(), &Patch::Merge(&adopt))
+        .await?;
+    w.wait_reason("postgres", "True", "Synced").await?;
+    let adopted = w.secrets().get("postgres-credentials").await?;
+    ensure!(
+        !secret_bytes(&adopted).contains_key("mine"),
+        "foreign key dropped"
+    );
+    ensure!(secret_bytes(&adopted).contains_key("password"));
+    let labels = adopted.metadata.labels.unwrap_or_default();
+    ensure!(labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some("keeper-operator"));
     w.finish(&mut [&mut operator]).await
 }
 

@@ -193,6 +193,12 @@ pub struct Target {
     /// Either way Ready stays True with reason RecordDeleted naming the records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
+    /// Take over an existing Secret of this name that keeper-operator did not create and no
+    /// other controller owns: it then holds exactly the synced keys (others are dropped) and the
+    /// operator's labels and annotations. Without it such a Secret is left untouched and the
+    /// status names the keys taking it over would add, change and drop (never values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt: Option<bool>,
     /// Mark the Secret immutable. Changing its data later requires deleting the Secret. Not
     /// allowed with creationPolicy Merge (the operator never freezes a Secret it did not create).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -574,6 +580,15 @@ impl KeeperSecret {
             .as_ref()
             .map(|t| t.creation_policy)
             .unwrap_or_default()
+    }
+
+    /// Whether `target.adopt` is set.
+    pub fn adopts(&self) -> bool {
+        self.spec
+            .target
+            .as_ref()
+            .and_then(|t| t.adopt)
+            .unwrap_or(false)
     }
 
     /// The deletion policy, defaulted.

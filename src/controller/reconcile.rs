@@ -456,14 +456,26 @@ async fn apply<S: KeeperSource>(
             existing
         }
     };
-    if existing
+    // An unmanaged Secret is replaced whole (adopted), or refused with the keys it would touch.
+    let unmanaged = existing
+        .as_ref()
+        .filter(|e| desired::ownership(ks, Some(e)) == Ok(Ownership::Unmanaged));
+    if let Some(e) = unmanaged {
+        desired::adoption(ks, e, &desired.secret).map_err(Error::OwnedElsewhere)?;
+    } else if existing
         .as_ref()
         .is_some_and(|e| desired::is_up_to_date(e, &desired.secret))
     {
         return Ok(false);
     }
     write_guard::check(ks, existing.as_ref(), &desired.secret, &built.records)?;
-    let written = k8s::apply_secret(&seen.secrets, &desired.secret).await?;
+    let written = match unmanaged {
+        Some(e) => {
+            info!(secret = ks.target_name(), "adopting an existing Secret");
+            k8s::replace_secret(&seen.secrets, e, &desired.secret).await?
+        }
+        None => k8s::apply_secret(&seen.secrets, &desired.secret).await?,
+    };
     ctx.caches
         .verified_target(ks, &seen.cred.key, &written, &desired.hash);
     ctx.rollouts.after_write(
@@ -486,6 +498,10 @@ async fn delete<S>(ctx: &Context<S>, ks: &KeeperSecret, seen: Observed) -> Resul
         return Ok(false);
     };
     check_target(ks, Some(&existing))?;
+    // Only a Secret the operator wrote is ever deleted.
+    if desired::ownership(ks, Some(&existing)) != Ok(Ownership::Ours) {
+        return Ok(false);
+    }
     Ok(k8s::delete_secret(&seen.secrets, &existing).await?)
 }
 

@@ -30,6 +30,23 @@ pub async fn apply_secret(api: &Api<Secret>, secret: &Secret) -> Result<Secret, 
     api.patch(&name, &params(), &Patch::Apply(secret)).await
 }
 
+/// Replaces `existing` (an adopted Secret) with `desired` as a whole, conditioned on the
+/// version read: keys, labels and annotations others set are dropped. Later writes are applies.
+pub async fn replace_secret(
+    api: &Api<Secret>,
+    existing: &Secret,
+    desired: &Secret,
+) -> Result<Secret, kube::Error> {
+    let mut secret = desired.clone();
+    secret.metadata.resource_version = existing.metadata.resource_version.clone();
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let pp = kube::api::PostParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..Default::default()
+    };
+    api.replace(&name, &pp, &secret).await
+}
+
 /// Deletes `secret` if it is still the object read (same UID and resourceVersion, so an edit or a
 /// replacement made since is never deleted); `false` when it was already gone or changed.
 pub async fn delete_secret(api: &Api<Secret>, secret: &Secret) -> Result<bool, kube::Error> {

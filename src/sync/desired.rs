@@ -238,6 +238,9 @@ pub enum Ownership {
     Ours,
     /// Someone else's Secret that Merge may write into.
     Foreign,
+    /// A Secret keeper-operator did not create and no controller owns: taken over only with
+    /// `target.adopt` (see [`adoption`]).
+    Unmanaged,
 }
 
 /// Refuses to write into a Secret another KeeperSecret owns, or (unless Merge) one we did not create.
@@ -281,11 +284,51 @@ pub fn ownership(ks: &KeeperSecret, existing: Option<&Secret>) -> Result<Ownersh
             }
             Ok(Ownership::Foreign)
         }
-        (false, _) => Err(format!(
-            "Secret {name} already exists and was not created by keeper-operator; delete it, choose another \
-             target.name, or set target.creationPolicy: Merge to add keys to it"
-        )),
+        (false, _) => Ok(Ownership::Unmanaged),
     }
+}
+
+/// Whether taking over the unmanaged Secret `existing` to write `desired` is allowed: only with
+/// `target.adopt` and the same type (a Secret's type cannot change). The refusal names the keys
+/// adoption would add, change and drop, never a value.
+pub fn adoption(ks: &KeeperSecret, existing: &Secret, desired: &Secret) -> Result<(), String> {
+    let name = existing.name_any();
+    let actual = existing.type_.as_deref().unwrap_or("Opaque");
+    let wanted = desired.type_.as_deref().unwrap_or("Opaque");
+    if actual != wanted {
+        return Err(format!(
+            "Secret {name} already exists with type {actual}, not {wanted}, and a Secret's type cannot change; delete it or declare target.type {actual}"
+        ));
+    }
+    if ks.adopts() {
+        return Ok(());
+    }
+    let empty = BTreeMap::new();
+    let have = existing.data.as_ref().unwrap_or(&empty);
+    let want = desired.data.as_ref().unwrap_or(&empty);
+    let list = |keys: Vec<&String>| match keys.as_slice() {
+        [] => "none".to_string(),
+        keys => keys
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let add = want.keys().filter(|k| !have.contains_key(*k)).collect();
+    let change = want
+        .iter()
+        .filter(|(k, v)| have.get(*k).is_some_and(|h| h != *v))
+        .map(|(k, _)| k)
+        .collect();
+    let drop = have.keys().filter(|k| !want.contains_key(*k)).collect();
+    Err(format!(
+        "Secret {name} already exists and was not created by keeper-operator; set target.adopt: true to take it over \
+         (it would add keys: {}; change: {}; drop: {}), choose another target.name, or set \
+         target.creationPolicy: Merge to add keys to it",
+        list(add),
+        list(change),
+        list(drop)
+    ))
 }
 
 /// True when `existing` already holds what `desired` would write, so no write is needed.

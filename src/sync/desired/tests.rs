@@ -234,10 +234,9 @@ fn ownership_rules() {
         },
         ..Secret::default()
     };
-    assert!(
-        ownership(&ks(None), Some(&foreign))
-            .unwrap_err()
-            .contains("creationPolicy: Merge")
+    assert_eq!(
+        ownership(&ks(None), Some(&foreign)),
+        Ok(Ownership::Unmanaged)
     );
     let merge = ks(Some(Target {
         creation_policy: CreationPolicy::Merge,
@@ -330,4 +329,44 @@ fn targets_that_act_beyond_delivering_data_are_refused() {
         )
         .is_ok()
     );
+}
+
+#[test]
+fn adoption_needs_the_flag_and_names_the_keys_it_would_touch() {
+    let desired = secret(
+        &ks(None),
+        data(&[("a", b"1"), ("b", b"2"), ("c", b"3")]),
+        &key(),
+    )
+    .unwrap()
+    .secret;
+    let mut existing = Secret {
+        metadata: ObjectMeta {
+            name: Some("db".into()),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(
+            [("a", "1"), ("b", "secret-old"), ("z", "secret-z")]
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .into(),
+        ),
+        ..Secret::default()
+    };
+    let msg = adoption(&ks(None), &existing, &desired).unwrap_err();
+    assert!(
+        msg.contains(
+            "set target.adopt: true to take it over (it would add keys: c; change: b; drop: z)"
+        ),
+        "{msg}"
+    );
+    assert!(!msg.contains("secret-"), "no value: {msg}");
+    let adopter = ks(Some(Target {
+        adopt: Some(true),
+        ..Target::default()
+    }));
+    assert_eq!(adoption(&adopter, &existing, &desired), Ok(()));
+    existing.type_ = Some("kubernetes.io/tls".into());
+    let msg = adoption(&adopter, &existing, &desired).unwrap_err();
+    assert!(msg.contains("type kubernetes.io/tls, not Opaque"), "{msg}");
 }
