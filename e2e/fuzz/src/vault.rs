@@ -199,7 +199,12 @@ pub fn template(data: &[u8]) {
         merge_policy,
         template_from: vec![],
     };
-    match template::apply(Some(&template), BTreeMap::new(), template_values(), &fuzz_key()) {
+    match template::apply(
+        Some(&template),
+        BTreeMap::new(),
+        template_values(),
+        &fuzz_key(),
+    ) {
         Ok(out) => assert!(size(&out) <= MAX_SECRET_BYTES, "rendered over the limit"),
         Err(e) => assert_error_clean(text, e.into()),
     }
