@@ -553,7 +553,14 @@ async fn wait_store(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_store_lends_credentials_to_selected_namespaces() -> Result<()> {
-    let (w, mut operator) = start("ctl-store").await?;
+    let w = World::start("ctl-store").await?.with_timeout(TIMEOUT);
+    // The one operator of the suite that writes store status (they all watch one namespace).
+    let mut operator = w
+        .plain_operator_builder()
+        .arg("--log-level=debug")
+        .arg("--store-status=true")
+        .spawn()?;
+    operator.wait_ready(TIMEOUT).await?;
     let operator_ns = w.env.chart.namespace.clone();
     let config = w.server.bound_config("operator")?;
     let shared: Api<Secret> = Api::namespaced(w.env.cluster.client(), &operator_ns);

@@ -89,6 +89,11 @@ pub struct RunArgs {
     /// Namespace the operator runs in (holds ClusterKeeperStore credentials).
     #[arg(long, env = "POD_NAMESPACE")]
     pub operator_namespace: Option<String>,
+    /// Keep ClusterKeeperStore status (health, borrowers) up to date [default: true when
+    /// watching all namespaces]. An operator watching one namespace sees only that namespace's
+    /// borrowers, so by default it leaves store status to a cluster-wide one.
+    #[arg(long, env = "KEEPER_OPERATOR_STORE_STATUS", action = clap::ArgAction::Set)]
+    pub store_status: Option<bool>,
     /// KeeperSecrets reconciled in parallel.
     #[arg(long, env = "KEEPER_OPERATOR_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,

@@ -38,12 +38,13 @@ use crate::controller::reconcile::{Context, error_policy, reconcile};
 use crate::keeper::KeeperSource;
 
 /// Runs the controller until `shutdown` resolves, feeding the reflectors of `ctx.caches`
-/// through `writers`. The KeeperSecret store is returned through `on_store` so readiness can
-/// wait for the initial list.
+/// through `writers`, and with `store_status` the ClusterKeeperStore status pass. The
+/// KeeperSecret store is returned through `on_store` so readiness can wait for the initial list.
 pub async fn run<S: KeeperSource>(
     ctx: Arc<Context<S>>,
     writers: Writers,
     watch_namespace: Option<&str>,
+    store_status: bool,
     concurrency: u16,
     on_store: impl FnOnce(Store<KeeperSecret>),
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
@@ -95,7 +96,7 @@ pub async fn run<S: KeeperSource>(
     })
     .touched_objects();
     // Store status runs beside the controller (so only on the leader) and stops with it.
-    let stores = tokio::spawn(stores::run(ctx.clone(), reader.clone()));
+    let stores = store_status.then(|| tokio::spawn(stores::run(ctx.clone(), reader.clone())));
     Controller::for_stream(main, reader)
         .watches_stream(targets, |meta| {
             let owner = meta.annotations().get(OWNER_ANNOTATION)?;
@@ -113,7 +114,9 @@ pub async fn run<S: KeeperSource>(
             }
         })
         .await;
-    stores.abort();
+    if let Some(stores) = stores {
+        stores.abort();
+    }
 }
 
 /// Waits until `store` holds its initial list; `false` if its reflector is gone. kube's

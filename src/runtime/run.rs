@@ -178,10 +178,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let watch_namespace = Some(args.watch_namespace.as_str()).filter(|ns| !ns.is_empty());
+    let store_status = args.store_status.unwrap_or(watch_namespace.is_none());
     controller::run(
         ctx,
         writers,
         watch_namespace,
+        store_status,
         args.concurrency,
         {
             let mark_ready = mark_ready_when_synced(ready);
