@@ -1,8 +1,14 @@
 # syntax=docker/dockerfile:1
 # Multi-stage build of the operator: a Rust builder, then a distroless non-root runtime that holds
 # only the binary (TLS via rustls with its bundled roots; glibc from the cc base image).
+#
+# Both base images are build arguments, so a mirror or a pinned digest can stand in for them.
+# e2e/image.sh assembles the same runtime stage offline (no Docker, no registry) from this file.
 
-FROM rust:1.95-bookworm AS builder
+ARG RUST_IMAGE=docker.io/library/rust:1.95-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+
+FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
@@ -15,7 +21,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p keeper-operator --bin keeper-operator \
     && install -D -m 0755 target/release/keeper-operator /out/keeper-operator
 
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.title="keeper-operator" \
       org.opencontainers.image.description="Syncs Keeper Secrets Manager records into Kubernetes Secrets" \
       org.opencontainers.image.licenses="Apache-2.0"

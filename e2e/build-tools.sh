@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the e2e control-plane tools (kube-apiserver, kube-controller-manager, kubectl, etcd, helm)
-# from the pinned Go wrapper modules in e2e/tools/, and the GitOps status checker (gitops-check,
+# from the pinned Go wrapper modules in e2e/tools/, the node (kubelet, kube-scheduler, from
+# e2e/tools/node at the same Kubernetes version) and the GitOps status checker (gitops-check,
 # e2e/tools/gitops-check), and prints a directory holding all of them.
 #
 # Binaries are cached outside the work tree under a key derived from the go.mod/go.sum files, the
-# Go version and the build flags, so a warm run only checks a stamp file. The checker has its own
-# key (which also covers its source), so changing it never rebuilds the control plane. Ready-made
+# Go version and the build flags, so a warm run only checks a stamp file. The node and the checker
+# have keys of their own, so changing them never rebuilds the control plane. Ready-made
 # binaries are used instead of building when `E2E_BIN_DIR` or `KUBEBUILDER_ASSETS`
 # (setup-envtest layout) holds them; whatever is missing there is still built.
 #
@@ -32,45 +33,60 @@ for t in "${ALL_TOOLS[@]}"; do
   [[ -n "$EXT" && -x "$EXT/$t" ]] || missing+=("$t")
 done
 
-# --- the GitOps checker ----------------------------------------------------------------------------
-CHECK_SRC="$TOOLS/gitops-check"
-CHECK_LDFLAGS="-s -w"
+# --- tools with their own cache keys ---------------------------------------------------------------
+# The GitOps checker and the node (kubelet, kube-scheduler) each have their own key, which covers
+# their module files, sources, Go version and flags, so changing them never rebuilds the control
+# plane and vice versa.
 
-# Prints the path of gitops-check, built if needed.
-checker() {
-  if [[ -n "$EXT" && -x "$EXT/gitops-check" ]]; then echo "$EXT/gitops-check"; return; fi
-  command -v go >/dev/null || die "Go is required to build gitops-check (or put it in E2E_BIN_DIR)"
-  local key dir
-  key=$( { cat "$CHECK_SRC"/go.mod "$CHECK_SRC"/go.sum "$CHECK_SRC"/*.go; go version
-    echo "$GOFLAGS|$CHECK_LDFLAGS"; } | sha256sum | cut -c1-16)
-  dir="$CACHE/bin/gitops-check-$key"
-  if [[ ! -x "$dir/gitops-check" ]]; then
+# Builds `packages` of the Go module in `dir` into $CACHE/bin/<name>-<key> (once, under a lock of
+# its own) and prints that directory.
+keyed_build() { # name, module dir, go install arguments (flags, then packages)...
+  local name=$1 src=$2 key dir
+  shift 2
+  command -v go >/dev/null || die "Go is required to build $name (or put it in E2E_BIN_DIR)"
+  key=$( { cat "$src"/go.mod "$src"/go.sum; cat "$src"/*.go 2>/dev/null || true; go version
+    echo "$GOFLAGS|$*"; } | sha256sum | cut -c1-16)
+  dir="$CACHE/bin/$name-$key"
+  if [[ ! -f "$dir/.complete" ]]; then
     mkdir -p "$CACHE/bin"
     # Its own lock: a cold control-plane build elsewhere must not hold it up.
-    exec 7>"$CACHE/bin/.lock-gitops-check"
+    exec 7>"$CACHE/bin/.lock-$name"
     flock 7
-    if [[ ! -x "$dir/gitops-check" ]]; then
-      log "gitops-check: building"
+    if [[ ! -f "$dir/.complete" ]]; then
+      log "$name: building (a cold build takes minutes)"
       rm -rf "$dir.tmp"
-      (cd "$CHECK_SRC" && go build -ldflags="$CHECK_LDFLAGS" -o "$dir.tmp/gitops-check" . >&2) \
-        || die "gitops-check: go build failed"
+      (cd "$src" && GOBIN="$dir.tmp" go install "$@" >&2) || die "$name: go build failed"
+      touch "$dir.tmp/.complete"
       mv "$dir.tmp" "$dir"
     fi
     exec 7>&-
   fi
-  echo "$dir/gitops-check"
+  echo "$dir"
+}
+
+# Prints the path of tool `name`: ready-made in $EXT, else built under its own key.
+keyed_tool() { # name, then keyed_build's arguments
+  local name=$1
+  shift
+  if [[ -n "$EXT" && -x "$EXT/$name" ]]; then echo "$EXT/$name"; return; fi
+  echo "$(keyed_build "$@")/$name"
 }
 
 # Prints a directory of symlinks to the control-plane tools (each from $EXT when it has it, else
 # from $BIN_DIR) and the checker. Links are only (re)made when wrong, so concurrent runs never
 # see a tool missing.
 publish() {
-  local check merged t target
-  check=$(checker)
-  merged="$CACHE/bin/tools-$(printf '%s|%s|%s' "$EXT" "${BIN_DIR:-}" "$check" | sha256sum | cut -c1-16)"
+  local -A own
+  local merged t target
+  own[gitops-check]=$(keyed_tool gitops-check gitops-check "$TOOLS/gitops-check" -ldflags="-s -w" .)
+  for t in kubelet kube-scheduler; do
+    own[$t]=$(keyed_tool "$t" node "$TOOLS/node" -tags="$K8S_TAGS" -pgo=off -ldflags="$K8S_LDFLAGS" \
+      k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler)
+  done
+  merged="$CACHE/bin/tools-$(printf '%s|%s|%s' "$EXT" "${BIN_DIR:-}" "${own[*]}" | sha256sum | cut -c1-16)"
   mkdir -p "$merged"
-  for t in "${ALL_TOOLS[@]}" gitops-check; do
-    if [[ $t == gitops-check ]]; then target=$check
+  for t in "${ALL_TOOLS[@]}" "${!own[@]}"; do
+    if [[ -n "${own[$t]:-}" ]]; then target=${own[$t]}
     elif [[ -n "$EXT" && -x "$EXT/$t" ]]; then target="$EXT/$t"
     else target="$BIN_DIR/$t"
     fi
@@ -80,17 +96,7 @@ publish() {
   echo "$merged"
 }
 
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-trimpath -modcacherw"
-
-if [[ ${#missing[@]} -eq 0 ]]; then
-  publish
-  exit 0
-fi
-needs() { local t; for t in "$@"; do [[ " ${missing[*]} " == *" $t "* ]] && return 0; done; return 1; }
-
 # --- build flags (kept identical across runs so GOCACHE and the stamp stay valid) ----------------
-command -v go >/dev/null || die "Go is required to build the control plane (or set E2E_BIN_DIR / KUBEBUILDER_ASSETS)"
-
 modver() { awk -v m="$2" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$TOOLS/$1/go.mod"; }
 KV=$(modver k8s k8s.io/kubernetes)
 HV=$(modver helm helm.sh/helm/v3)
@@ -110,6 +116,16 @@ for p in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
   HELM_LDFLAGS+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$KMINOR"
 done
 ETCD_LDFLAGS="-s -w"
+
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-trimpath -modcacherw"
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  publish
+  exit 0
+fi
+needs() { local t; for t in "$@"; do [[ " ${missing[*]} " == *" $t "* ]] && return 0; done; return 1; }
+
+command -v go >/dev/null || die "Go is required to build the control plane (or set E2E_BIN_DIR / KUBEBUILDER_ASSETS)"
 
 # The control-plane modules only (in the order a glob would list them, which keeps earlier keys).
 KEY=$( { cat "$TOOLS"/{etcd,helm,k8s}/go.mod "$TOOLS"/{etcd,helm,k8s}/go.sum; go version

@@ -14,6 +14,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/keeper-operator-e2e"
 export E2E_STATE_DIR="${E2E_TEST_STATE_DIR:-$CACHE/test-cluster}"
+# The cluster with a node (e2e/tests/node.rs starts it): apart, so its Pods never meet the other
+# tests' operators.
+export E2E_NODE_STATE_DIR="${E2E_NODE_STATE_DIR:-$CACHE/node-cluster}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 TIMINGS=()
@@ -24,6 +27,7 @@ summary() {
   local rc=$?
   if [[ -n "$CLUSTER_STARTED" && -z "${E2E_KEEP_CLUSTER:-}" ]]; then
     e2e/cluster.sh down || true
+    E2E_STATE_DIR=$E2E_NODE_STATE_DIR e2e/cluster.sh down || true
   fi
   [[ -z "$CURRENT" ]] || TIMINGS+=("$(printf '%-22s %5ss  FAILED' "$CURRENT" $((SECONDS - PHASE_T0)))")
   echo
@@ -96,6 +100,8 @@ libfuzzer() {
   e2e/fuzz.sh "${FUZZ_SECONDS:-15}"
 }
 phase "libFuzzer" libfuzzer
+# The operator image for the node tests, from the release build (e2e/image.sh; no Docker).
+phase "operator image" e2e/image.sh operator
 # --no-fail-fast: every test binary runs, so one failure does not hide others.
 AUDIT_SINCE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 phase "cargo test" cargo test --workspace --locked --no-fail-fast

@@ -12,15 +12,65 @@ use k8s_openapi::api::authorization::v1::{
     NonResourceAttributes, ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::PostParams;
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+use kube::api::{ObjectMeta, PostParams};
 use kube::config::Kubeconfig;
 use kube::{Api, Client};
 
-use super::Cluster;
 use super::cluster::client_from_kubeconfig;
 use super::process::{artefact_dir, unique_name, write_private};
+use super::{Cluster, DEFAULT_TIMEOUT, E2E_LABEL, chart_fullname, wait_until};
 
 impl Cluster {
+    /// A token of ServiceAccount `metrics-reader` in `namespace`, bound to the ClusterRole
+    /// `<fullname>-metrics-reader` of chart release `release`, as a Prometheus would be. Returns
+    /// once the API server's authorizer allows it (a fresh binding takes a moment).
+    pub async fn metrics_reader(&self, namespace: &str, release: &str) -> Result<SaToken> {
+        let sa = "metrics-reader";
+        let account = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some(sa.into()),
+                ..ObjectMeta::default()
+            },
+            ..ServiceAccount::default()
+        };
+        Api::<ServiceAccount>::namespaced(self.client(), namespace)
+            .create(&PostParams::default(), &account)
+            .await
+            .with_context(|| format!("creating ServiceAccount {namespace}/{sa}"))?;
+        let binding = ClusterRoleBinding {
+            metadata: ObjectMeta {
+                name: Some(format!("{namespace}-metrics-reader")),
+                labels: Some([(E2E_LABEL.to_string(), "true".to_string())].into()),
+                ..ObjectMeta::default()
+            },
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "ClusterRole".into(),
+                name: format!("{}-metrics-reader", chart_fullname(release)),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: sa.into(),
+                namespace: Some(namespace.to_string()),
+                ..Subject::default()
+            }]),
+        };
+        Api::<ClusterRoleBinding>::all(self.client())
+            .create(&PostParams::default(), &binding)
+            .await
+            .context("binding the metrics-reader ClusterRole")?;
+        let token = self
+            .service_account_token(namespace, sa, Duration::from_secs(7200))
+            .await?;
+        let client = self.token_client(&token, namespace).await?;
+        wait_until("the metrics reader's binding", DEFAULT_TIMEOUT, || async {
+            Ok(may_get_url(&client, "/metrics").await?.then_some(()))
+        })
+        .await?;
+        Ok(token)
+    }
+
     /// Mints a token for a ServiceAccount through the TokenRequest API, exactly as a pod gets one.
     pub async fn service_account_token(
         &self,

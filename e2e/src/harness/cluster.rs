@@ -31,39 +31,56 @@ fn paths() -> Result<Paths> {
 }
 
 fn resolve_paths() -> Result<Paths> {
-    let root = workspace_root();
-    let bin_dir = PathBuf::from(script_output(&root.join("e2e/build-tools.sh"), &[])?);
     let admin_kubeconfig = match std::env::var_os("E2E_KUBECONFIG") {
         Some(p) => PathBuf::from(p),
-        None => {
-            // The same dedicated test cluster e2e/test.sh uses, never the demo's.
-            let state = std::env::var_os("E2E_TEST_STATE_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    let cache = std::env::var_os("XDG_CACHE_HOME")
-                        .map(PathBuf::from)
-                        .or_else(|| {
-                            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache"))
-                        })
-                        .unwrap_or_else(|| PathBuf::from("/tmp"));
-                    cache.join("keeper-operator-e2e/test-cluster")
-                });
-            let mut cmd = Command::new("bash");
-            cmd.arg(root.join("e2e/cluster.sh"))
-                .arg("up")
-                .env("E2E_STATE_DIR", state);
-            PathBuf::from(last_line(&mut cmd)?)
-        }
+        // The same dedicated test cluster e2e/test.sh uses, never the demo's.
+        None => start_cluster(&state_dir("E2E_TEST_STATE_DIR", "test-cluster"), &[])?,
     };
+    Ok(Paths {
+        bin_dir: bin_dir()?,
+        admin_kubeconfig,
+    })
+}
+
+/// The directory of the e2e tools (`e2e/build-tools.sh`), built once per process.
+fn bin_dir() -> Result<PathBuf> {
+    static BIN_DIR: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BIN_DIR
+        .get_or_init(|| {
+            script_output(&workspace_root().join("e2e/build-tools.sh"), &[])
+                .map(PathBuf::from)
+                .map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(|e| anyhow!("the e2e tools are not available: {e}"))
+}
+
+/// A cluster state directory: `$var`, else `<cache>/keeper-operator-e2e/<default>`.
+pub(super) fn state_dir(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from("/tmp"))
+            .join("keeper-operator-e2e")
+            .join(default)
+    })
+}
+
+/// `e2e/cluster.sh up` (with `args`) in state directory `state`; returns the admin kubeconfig.
+pub(super) fn start_cluster(state: &Path, args: &[&str]) -> Result<PathBuf> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(workspace_root().join("e2e/cluster.sh"))
+        .arg("up")
+        .args(args)
+        .env("E2E_STATE_DIR", state);
+    let admin_kubeconfig = PathBuf::from(last_line(&mut cmd)?);
     ensure!(
         admin_kubeconfig.is_file(),
         "admin kubeconfig {} does not exist",
         admin_kubeconfig.display()
     );
-    Ok(Paths {
-        admin_kubeconfig,
-        bin_dir,
-    })
+    Ok(admin_kubeconfig)
 }
 
 /// The local control plane, seen as its admin.
@@ -77,6 +94,17 @@ impl Cluster {
     pub async fn connect() -> Result<Cluster> {
         let paths = tokio::task::spawn_blocking(paths).await??;
         let client = client_from_kubeconfig(&paths.admin_kubeconfig).await?;
+        Ok(Cluster { paths, client })
+    }
+
+    /// Connects to the control plane whose admin kubeconfig is `admin_kubeconfig`.
+    pub(super) async fn connect_to(admin_kubeconfig: PathBuf) -> Result<Cluster> {
+        let bin_dir = tokio::task::spawn_blocking(bin_dir).await??;
+        let client = client_from_kubeconfig(&admin_kubeconfig).await?;
+        let paths = Paths {
+            admin_kubeconfig,
+            bin_dir,
+        };
         Ok(Cluster { paths, client })
     }
 

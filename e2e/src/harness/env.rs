@@ -6,16 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
-use kube::api::{ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Resource};
 
 use super::process::{artefact_dir, unique_name, write_private};
-use super::{
-    ChartInstall, Cluster, DEFAULT_TIMEOUT, E2E_LABEL, Operator, OperatorBuilder, SaToken,
-    chart_fullname, create_secret, may_get_url, wait_until,
-};
+use super::{ChartInstall, Cluster, Operator, OperatorBuilder, SaToken, create_secret};
 use crate::ksm_server::TestServer;
 use crate::leak_scan::SecretValues;
 
@@ -69,52 +64,9 @@ impl TestEnv {
     /// server's authorizer allows it (a fresh binding takes a moment).
     pub async fn metrics_reader_token(&self) -> Result<&SaToken> {
         self.metrics_reader
-            .get_or_try_init(|| async {
-                let ns = &self.chart.namespace;
-                let sa = "metrics-reader";
-                let account = ServiceAccount {
-                    metadata: ObjectMeta {
-                        name: Some(sa.into()),
-                        ..ObjectMeta::default()
-                    },
-                    ..ServiceAccount::default()
-                };
-                Api::<ServiceAccount>::namespaced(self.cluster.client(), ns)
-                    .create(&PostParams::default(), &account)
-                    .await
-                    .with_context(|| format!("creating ServiceAccount {ns}/{sa}"))?;
-                let binding = ClusterRoleBinding {
-                    metadata: ObjectMeta {
-                        name: Some(format!("{ns}-metrics-reader")),
-                        labels: Some([(E2E_LABEL.to_string(), "true".to_string())].into()),
-                        ..ObjectMeta::default()
-                    },
-                    role_ref: RoleRef {
-                        api_group: Some("rbac.authorization.k8s.io".into()),
-                        kind: "ClusterRole".into(),
-                        name: format!("{}-metrics-reader", chart_fullname(&self.chart.release)),
-                    },
-                    subjects: Some(vec![Subject {
-                        kind: "ServiceAccount".into(),
-                        name: sa.into(),
-                        namespace: Some(ns.clone()),
-                        ..Subject::default()
-                    }]),
-                };
-                Api::<ClusterRoleBinding>::all(self.cluster.client())
-                    .create(&PostParams::default(), &binding)
-                    .await
-                    .context("binding the metrics-reader ClusterRole")?;
-                let token = self
-                    .cluster
-                    .service_account_token(ns, sa, Duration::from_secs(7200))
-                    .await?;
-                let client = self.cluster.token_client(&token, ns).await?;
-                wait_until("the metrics reader's binding", DEFAULT_TIMEOUT, || async {
-                    Ok(may_get_url(&client, "/metrics").await?.then_some(()))
-                })
-                .await?;
-                Ok::<_, anyhow::Error>(token)
+            .get_or_try_init(|| {
+                self.cluster
+                    .metrics_reader(&self.chart.namespace, &self.chart.release)
             })
             .await
     }

@@ -1,0 +1,188 @@
+//! A cluster with a node (`e2e/cluster.sh up --node`): its own control plane, kube-scheduler and
+//! a kubelet on a private containerd, so the chart's Deployment really runs as Pods. Images are
+//! built offline by `e2e/image.sh` and imported into that containerd.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+
+use super::Cluster;
+use super::cluster::{start_cluster, state_dir};
+use super::process::{run, workspace_root};
+
+/// The node cluster: its admin view and what `e2e/cluster.sh` recorded about the node.
+pub struct NodeCluster {
+    pub cluster: Cluster,
+    /// `KEY=value` lines of the cluster's `run/ports` file.
+    facts: BTreeMap<String, String>,
+}
+
+/// An image built by `e2e/image.sh`.
+#[derive(Clone, Debug)]
+pub struct Image {
+    /// Its reference, e.g. `docker.io/library/keeper-operator:e2e-0123456789ab`.
+    pub reference: String,
+    /// The OCI archive holding it.
+    pub archive: PathBuf,
+}
+
+impl Image {
+    /// The repository part of the reference.
+    pub fn repository(&self) -> &str {
+        self.reference.rsplit_once(':').map_or("", |(r, _)| r)
+    }
+
+    /// The tag part of the reference.
+    pub fn tag(&self) -> &str {
+        self.reference.rsplit_once(':').map_or("", |(_, t)| t)
+    }
+}
+
+/// Builds (or finds, when nothing changed) image `which` (`operator` or `pause`) with
+/// `e2e/image.sh`.
+pub fn build_image(which: &str) -> Result<Image> {
+    let out = super::process::script_output(&workspace_root().join("e2e/image.sh"), &[which])?;
+    let (reference, archive) = out
+        .split_once(' ')
+        .with_context(|| format!("e2e/image.sh {which} printed {out:?}"))?;
+    Ok(Image {
+        reference: reference.to_string(),
+        archive: PathBuf::from(archive),
+    })
+}
+
+impl NodeCluster {
+    /// Starts (or reuses) the node cluster in `E2E_NODE_STATE_DIR` (default
+    /// `~/.cache/keeper-operator-e2e/node-cluster`), apart from the shared test cluster, so the
+    /// Pods it runs never meet the other tests' operators.
+    pub async fn start() -> Result<NodeCluster> {
+        let state = state_dir("E2E_NODE_STATE_DIR", "node-cluster");
+        let admin =
+            tokio::task::spawn_blocking(move || start_cluster(&state, &["--node"])).await??;
+        let ports = admin.with_file_name("run").join("ports");
+        let facts = std::fs::read_to_string(&ports)
+            .with_context(|| ports.display().to_string())?
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Ok(NodeCluster {
+            cluster: Cluster::connect_to(admin).await?,
+            facts,
+        })
+    }
+
+    fn fact(&self, key: &str) -> Result<&str> {
+        self.facts
+            .get(key)
+            .map(String::as_str)
+            .with_context(|| format!("the node cluster recorded no {key}"))
+    }
+
+    /// The node's name.
+    pub fn node_name(&self) -> Result<&str> {
+        self.fact("NODE_NAME")
+    }
+
+    /// The API server's port on 127.0.0.1.
+    pub fn api_port(&self) -> Result<u16> {
+        Ok(self.fact("API_PORT")?.parse()?)
+    }
+
+    /// `ctr` against the node's containerd, in the namespace the kubelet uses.
+    fn ctr(&self) -> Result<Command> {
+        let mut cmd = Command::new("ctr");
+        cmd.args([
+            "--address",
+            self.fact("CONTAINERD_ADDRESS")?,
+            "-n",
+            "k8s.io",
+        ]);
+        Ok(cmd)
+    }
+
+    /// Imports `image` into the node's containerd.
+    pub fn import(&self, image: &Image) -> Result<()> {
+        let mut cmd = self.ctr()?;
+        cmd.args(["images", "import"]).arg(&image.archive);
+        run(&mut cmd, None).map(|_| ())
+    }
+
+    /// Gives `image` a second tag `tag` on the node; returns the new image.
+    pub fn tag(&self, image: &Image, tag: &str) -> Result<Image> {
+        let target = Image {
+            reference: format!("{}:{tag}", image.repository()),
+            archive: image.archive.clone(),
+        };
+        let mut cmd = self.ctr()?;
+        cmd.args([
+            "images",
+            "tag",
+            "--force",
+            &image.reference,
+            &target.reference,
+        ]);
+        run(&mut cmd, None)?;
+        Ok(target)
+    }
+
+    /// `runc` against the node's containers.
+    fn runc(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = Command::new("runc");
+        cmd.args(["--root", self.fact("RUNC_ROOT")?]).args(args);
+        Ok(run(&mut cmd, None)?.stdout)
+    }
+
+    /// The host PID of container `id`'s first process (`containerd://<id>` in a Pod's status).
+    pub fn container_pid(&self, id: &str) -> Result<u32> {
+        let state: serde_json::Value = serde_json::from_str(&self.runc(&["state", id])?)?;
+        let pid = state["pid"].as_u64().context("runc state without a pid")?;
+        ensure!(pid > 0, "container {id} is not running");
+        Ok(pid as u32)
+    }
+
+    /// Kills container `id` with SIGKILL, as an OOM kill or a crash would end it.
+    pub fn kill_container(&self, id: &str) -> Result<()> {
+        self.runc(&["kill", id, "KILL"]).map(|_| ())
+    }
+}
+
+/// `<id>` of a container ID `containerd://<id>`.
+pub fn container_id(status_id: &str) -> Result<&str> {
+    status_id
+        .strip_prefix("containerd://")
+        .with_context(|| format!("not a containerd container: {status_id}"))
+}
+
+/// The uid a process runs as (real uid, from `/proc/<pid>/status`).
+pub fn process_uid(pid: u32) -> Result<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .context("no Uid line")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("empty Uid line")?
+        .parse()?)
+}
+
+/// The mount options of the root filesystem a process sees (`/proc/<pid>/mountinfo`).
+pub fn root_mount_options(pid: u32) -> Result<Vec<String>> {
+    let mountinfo =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("mountinfo"))?;
+    let root = mountinfo
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))
+        .context("no root mount")?;
+    Ok(root
+        .split_whitespace()
+        .nth(5)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::to_string)
+        .collect())
+}
