@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # THE test command: static checks, generated-file drift, chart checks, the whole cargo test
-# suite (unit, e2e against a real local control plane, interop) and the RBAC audit of what the
-# suite's operators did, with per-phase timings.
+# suite (unit, e2e against a real local control plane, the operator image as a Pod on a node,
+# interop) and the RBAC audit of what the suite's operators did, with per-phase timings.
 #
 #   e2e/test.sh                  run everything (the control plane is built on first use, then cached)
 #   E2E_KEEP_CLUSTER=1 e2e/test.sh   leave the test control plane running afterwards

@@ -183,7 +183,8 @@ async fn the_chart_runs_the_image_on_a_node() -> Result<()> {
             "watchNamespace": app_ns,
             "keeperCA": { "configMap": "keeper-ca" },
             "keeperAllowedHosts": ["127.0.0.1"],
-            "metrics": { "port": metrics_port },
+            // Loopback only: the Pod turns Ready only if the kubelet probes it on loopback.
+            "metrics": { "port": metrics_port, "bindAddress": "127.0.0.1" },
         }))?,
     )?;
     let install = Install {
