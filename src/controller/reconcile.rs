@@ -315,6 +315,26 @@ struct Observed {
     target: Seen,
 }
 
+impl Observed {
+    /// The target Secret as observe read it (sync has checked it), or, when the memo only
+    /// vouched for it, read and checked now. Takes it out of `self.target`.
+    async fn take_existing<S>(
+        &mut self,
+        ctx: &Context<S>,
+        ks: &KeeperSecret,
+    ) -> Result<Option<Secret>, Error> {
+        match std::mem::replace(&mut self.target, Seen::Read(None)) {
+            Seen::Read(existing) => Ok(existing.map(|e| *e)),
+            Seen::Vouched(_) => {
+                let existing =
+                    read_target(ctx, ks, &self.cred, &self.hash_key, &self.secrets).await?;
+                check_target(ks, existing.as_ref())?;
+                Ok(existing)
+            }
+        }
+    }
+}
+
 /// How the target Secret is known.
 enum Seen {
     /// The memo vouches that it still holds data with this hash (it was not read).
@@ -439,7 +459,7 @@ async fn render<S>(
 async fn apply<S: KeeperSource>(
     ctx: &Context<S>,
     ks: &KeeperSecret,
-    seen: Observed,
+    mut seen: Observed,
     built: &Built,
     interval: Duration,
 ) -> Result<bool, Error> {
@@ -447,15 +467,10 @@ async fn apply<S: KeeperSource>(
         Write::Apply(desired) => desired,
         Write::Delete { .. } => return delete(ctx, ks, seen).await,
     };
-    let existing = match seen.target {
-        Seen::Vouched(hash) if hash == desired.hash => return Ok(false),
-        Seen::Read(existing) => existing.map(|e| *e),
-        Seen::Vouched(_) => {
-            let existing = read_target(ctx, ks, &seen.cred, &seen.hash_key, &seen.secrets).await?;
-            check_target(ks, existing.as_ref())?;
-            existing
-        }
-    };
+    if matches!(&seen.target, Seen::Vouched(hash) if *hash == desired.hash) {
+        return Ok(false);
+    }
+    let existing = seen.take_existing(ctx, ks).await?;
     // An unmanaged Secret is replaced whole (adopted), or refused with the keys it would touch.
     let unmanaged = existing
         .as_ref()
@@ -489,15 +504,10 @@ async fn apply<S: KeeperSource>(
 }
 
 /// Deletes the target Secret if it exists and is ours (`true` when it did).
-async fn delete<S>(ctx: &Context<S>, ks: &KeeperSecret, seen: Observed) -> Result<bool, Error> {
-    let existing = match seen.target {
-        Seen::Read(existing) => existing.map(|e| *e),
-        Seen::Vouched(_) => read_target(ctx, ks, &seen.cred, &seen.hash_key, &seen.secrets).await?,
-    };
-    let Some(existing) = existing else {
+async fn delete<S>(ctx: &Context<S>, ks: &KeeperSecret, mut seen: Observed) -> Result<bool, Error> {
+    let Some(existing) = seen.take_existing(ctx, ks).await? else {
         return Ok(false);
     };
-    check_target(ks, Some(&existing))?;
     // Only a Secret the operator wrote is ever deleted.
     if desired::ownership(ks, Some(&existing)) != Ok(Ownership::Ours) {
         return Ok(false);

@@ -67,10 +67,7 @@ async fn update_all<S: KeeperSource>(
 /// Loads `store`'s credential as a KeeperSecret using it would, but never redeems a token.
 async fn credential<S: KeeperSource>(ctx: &Context<S>, store: &ClusterKeeperStore) -> Credential {
     let Some(ns) = ctx.settings.operator_namespace.as_deref() else {
-        return Credential::Failed(
-            "InvalidSpec",
-            "stores need the operator namespace (--operator-namespace / POD_NAMESPACE)".into(),
-        );
+        return Credential::Failed("InvalidSpec", credentials::NO_OPERATOR_NAMESPACE.into());
     };
     let reference = &store.spec.credentials_secret_ref;
     let secret = match Api::<Secret>::namespaced(ctx.client.clone(), ns)

@@ -63,6 +63,10 @@ pub enum Stored {
 /// time, and a wave over thousands of KeeperSecrets costs a handful of reads instead of one each.
 pub const REUSE_FOR: Duration = Duration::from_secs(5);
 
+/// Why a store's credential cannot be read: stores keep it in the operator's own namespace.
+pub const NO_OPERATOR_NAMESPACE: &str =
+    "ClusterKeeperStores need the operator namespace (--operator-namespace / POD_NAMESPACE)";
+
 /// Credentials loaded within the last [`REUSE_FOR`], by what a KeeperSecret points at (its
 /// namespace and `spec.auth`, so neither a namespace nor a store check is ever shared). Holds key
 /// material only in parsed form, never printed; expired entries go at the next load.
@@ -155,12 +159,8 @@ pub async fn load<S: KeeperSource>(
                 .await?
                 .map(|n| n.labels().clone());
             check_store_allows(&store, &ns, &labels.unwrap_or_default())?;
-            let operator_ns = operator_ns.ok_or_else(|| {
-                Error::InvalidSpec(
-                    "storeRef needs the operator namespace (--operator-namespace / POD_NAMESPACE)"
-                        .into(),
-                )
-            })?;
+            let operator_ns =
+                operator_ns.ok_or_else(|| Error::InvalidSpec(NO_OPERATOR_NAMESPACE.into()))?;
             (
                 operator_ns.to_string(),
                 store.spec.credentials_secret_ref.clone(),

@@ -97,7 +97,13 @@ pub fn compute(
                 ),
             ),
             None => match fetched_at {
-                Some(at) => ("True", "KeeperAnswered", format!("Keeper answered at {at}")),
+                // The time is in lastFetchTime; the message stays the same from one answer to
+                // the next.
+                Some(_) => (
+                    "True",
+                    "KeeperAnswered",
+                    "Keeper answered the latest request for this credential".to_string(),
+                ),
                 None => (
                     "Unknown",
                     "NotUsed",

@@ -93,12 +93,7 @@ fn due_spec_change_failure_and_secret_drift_all_sync() {
         decide(&ks, Target::Missing, None, t(1), HOUR),
         Decision::Sync(Why::SecretMissing)
     );
-    let mut edited = s.clone();
-    edited
-        .data
-        .as_mut()
-        .unwrap()
-        .insert("a".into(), ByteString(b"hand-edited".to_vec()));
+    let edited = hand_edited(&s);
     assert_eq!(
         decide(&ks, Target::of(Some(&edited), &key()), None, t(1), HOUR),
         Decision::Sync(Why::SecretChanged)
@@ -148,16 +143,22 @@ fn interval_parsing() {
     assert_eq!(policy(&ks), RefreshPolicy::Periodic);
 }
 
-/// `ks` synced at t(0) under `policy`, the Secret it wrote, and that Secret hand-edited.
-fn synced_under(policy: RefreshPolicy) -> (KeeperSecret, Secret, Secret) {
-    let (mut ks, s) = synced_pair();
-    ks.spec.refresh_policy = Some(policy);
+/// `s` with key `a` changed by hand.
+fn hand_edited(s: &Secret) -> Secret {
     let mut edited = s.clone();
     edited
         .data
         .as_mut()
         .unwrap()
         .insert("a".into(), ByteString(b"hand-edited".to_vec()));
+    edited
+}
+
+/// `ks` synced at t(0) under `policy`, the Secret it wrote, and that Secret hand-edited.
+fn synced_under(policy: RefreshPolicy) -> (KeeperSecret, Secret, Secret) {
+    let (mut ks, s) = synced_pair();
+    ks.spec.refresh_policy = Some(policy);
+    let edited = hand_edited(&s);
     (ks, s, edited)
 }
 
