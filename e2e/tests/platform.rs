@@ -151,6 +151,17 @@ async fn chart_renders_and_passes_server_validation() -> Result<()> {
     )?;
     assert!(ha.contains("- --leader-elect"));
     assert!(ha.contains("kind: PodDisruptionBudget"));
+    assert!(ha.contains("maxSurge: 1"), "HA surges a standby in first");
+    // On the node's network a surge Pod may find no free port: one Pod at a time instead.
+    let host_ha = cluster.render_chart(
+        &op_ns,
+        &op_ns,
+        &[("replicaCount", "2"), ("hostNetwork", "true")],
+    )?;
+    assert!(host_ha.contains("hostNetwork: true"));
+    assert!(host_ha.contains("dnsPolicy: ClusterFirstWithHostNet"));
+    assert!(host_ha.contains("maxSurge: 0") && host_ha.contains("maxUnavailable: 1"));
+    assert!(host_ha.contains("host: 127.0.0.1"), "probes on loopback");
     assert!(ha.contains(&format!("- --watch-namespace={app_ns}")));
     for manifest in [&wide, &ha] {
         let out = cluster.apply(manifest, &["--dry-run=server", "--validate=strict"])?;
