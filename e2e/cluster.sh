@@ -5,10 +5,11 @@
 # ReplicaSets, EndpointSlices, PodDisruptionBudgets, kube-root-ca.crt). kube-apiserver writes an
 # audit log of ServiceAccounts' requests to $STATE/logs/audit.log (e2e/audit-policy.yaml).
 #
-# With --node it also runs a node, so pods run: kube-scheduler, and a kubelet (node "localhost")
-# on its own containerd and runc from the distribution's packages, with a loopback-only CNI
-# configuration. Pods on it use hostNetwork and reach everything on 127.0.0.1; the sandbox
-# (pause) image is built locally by e2e/image.sh. See docs/e2e-node.md.
+# With --node it also runs two nodes, so pods run: kube-scheduler, and two kubelets ("localhost"
+# on this host's network, "node-b" in a network namespace of its own), each on its own
+# containerd and runc from the distribution's packages, with a loopback-only CNI configuration.
+# Pods on them use hostNetwork and reach everything on 127.0.0.1; the sandbox (pause) image is
+# built locally by e2e/image.sh. See docs/e2e-node.md.
 #
 #   e2e/cluster.sh up [--node]   start it in the background (or reuse a healthy one); prints the admin kubeconfig path
 #   e2e/cluster.sh down   stop every process by its PID
@@ -32,17 +33,21 @@ CONTROLLERS=(garbage-collector-controller namespace-controller serviceaccount-co
   clusterrole-aggregation-controller deployment-controller replicaset-controller
   endpointslice-controller disruption-controller root-ca-certificate-publisher-controller
   node-lifecycle-controller)
-NODE_NAME=localhost # the API server reaches the kubelet by this name (address type Hostname)
-NODE="$STATE/node"
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 pid_of() { # prints the PID of a component we started, if it is still that process
-  local f="$RUN/$1.pid" pid
+  local f="$RUN/$1.pid" pid exe
   [[ -f "$f" ]] || return 1
   pid=$(<"$f")
-  [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == */"$1" ]] && echo "$pid"
+  case $1 in
+    relay-*) exe='python3*' ;;
+    *-b) exe=${1%-b} ;; # node-b's containerd and kubelet
+    *) exe=$1 ;;
+  esac
+  # shellcheck disable=SC2053 # $exe is a pattern
+  [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == */$exe ]] && echo "$pid"
 }
 
 api_url() { [[ -f "$RUN/ports" ]] && awk -F= '$1=="API_PORT"{print "https://127.0.0.1:" $2}' "$RUN/ports"; }
@@ -93,11 +98,14 @@ make_pki() {
 # system:node:<name>, which the Node authorizer scopes to its own pods), and the API server's
 # client certificate for calling the kubelet (logs).
 node_pki() {
-  [[ -f "$PKI/kubelet.crt" && -f "$PKI/node.crt" && -f "$PKI/apiserver-kubelet-client.crt" ]] && return
+  [[ -f "$PKI/node-b.crt" && -f "$PKI/apiserver-kubelet-client.crt" ]] && return
   {
-    leaf_cert kubelet "/CN=$NODE_NAME" serving-ca \
-      $'subjectAltName=DNS:'"$NODE_NAME"$',IP:127.0.0.1\nextendedKeyUsage=serverAuth'
-    leaf_cert node "/O=system:nodes/CN=system:node:$NODE_NAME" client-ca extendedKeyUsage=clientAuth
+    leaf_cert kubelet /CN=localhost serving-ca \
+      $'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth'
+    leaf_cert node /O=system:nodes/CN=system:node:localhost client-ca extendedKeyUsage=clientAuth
+    leaf_cert kubelet-b /CN=node-b serving-ca \
+      $'subjectAltName=DNS:node-b,IP:127.0.0.1\nextendedKeyUsage=serverAuth'
+    leaf_cert node-b /O=system:nodes/CN=system:node:node-b client-ca extendedKeyUsage=clientAuth
     leaf_cert apiserver-kubelet-client /CN=kube-apiserver-kubelet-client client-ca \
       extendedKeyUsage=clientAuth
   } >>"$LOGS/pki.log" 2>&1 || { cat "$LOGS/pki.log" >&2; die "openssl failed"; }
@@ -168,13 +176,9 @@ stop_component() { # name: TERM, up to 15 s to shut down cleanly, then KILL; fai
   rm -f "$RUN/$1.pid"
 }
 
-stop_all() { # in dependency order: the node and its containers, then the control plane
-  local c n=0
-  stop_component kubelet && n=$((n + 1))
-  stop_component kube-scheduler && n=$((n + 1))
-  remove_containers
-  stop_component containerd && n=$((n + 1))
-  release_node_mounts
+stop_all() { # in dependency order: the nodes and their containers, then the control plane
+  local c n
+  n=$(stop_nodes)
   for c in "${COMPONENTS[@]}"; do stop_component "$c" && n=$((n + 1)); done
   rm -f "$RUN"/*.pid
   ((n == 0)) || log "stopped $n process(es)"
@@ -261,7 +265,7 @@ up() {
       restart_apiserver 0
     fi
     log "reusing the running control plane at $(api_url)"
-    [[ -z "$with_node" ]] || node_up
+    [[ -z "$with_node" ]] || nodes_up
     echo "$KUBECONFIG_OUT"
     return
   fi
@@ -297,99 +301,119 @@ up() {
   wait_for "kube-controller-manager (default ServiceAccount)" kube-controller-manager \
     "$bin/kubectl" --kubeconfig="$KUBECONFIG_OUT" -n default get serviceaccount default
   log "control plane ready at https://127.0.0.1:$api_port in $((SECONDS - t0))s (logs: $LOGS)"
-  [[ -z "$with_node" ]] || node_up
+  [[ -z "$with_node" ]] || nodes_up
   echo "$KUBECONFIG_OUT"
 }
 
-# --- the node ------------------------------------------------------------------------------------
-# containerd keeps all its state under $NODE (its own socket, root, state and runc root), so it
-# never meets a system containerd. Everything listens on loopback only.
+# --- the nodes -------------------------------------------------------------------------------------
+# Two nodes. "localhost" shares this host's network namespace. "node-b" has a network namespace of
+# its own, so its hostNetwork Pods have ports of their own (a second replica can bind the same
+# metrics port); e2e/tools/ns-relay.py joins its 127.0.0.1 to this host's for the API server
+# (and the tests add their KSM test server's port). Each node has its own containerd, with all
+# its state (socket, root, state, runc root) under $STATE/<node>/, so it never meets a system
+# containerd. Everything listens on loopback only.
+#
+# Per node: its directory, and for node-b the network namespace and the node IP (kubelet refuses
+# a loopback one, so node-b's sits on its namespace's loopback device; nothing connects to it).
+node_dir() { [[ $1 == localhost ]] && echo "$STATE/node" || echo "$STATE/$1"; }
+NETNS="ke2e-$(printf '%s' "$STATE" | sha256sum | cut -c1-8)"
+NODE_B_IP=10.255.0.2
 
 ports_value() { awk -F= -v k="$1" '$1 == k { print $2 }' "$RUN/ports"; }
 
-# Its processes run, and the node is Ready and schedulable (no taint left).
-node_healthy() {
-  local c
-  for c in containerd kube-scheduler kubelet; do pid_of "$c" >/dev/null || return 1; done
-  [[ "$("$(ports_value BIN_DIR)/kubectl" --kubeconfig="$KUBECONFIG_OUT" get node "$NODE_NAME" \
+# The node's processes run, and it is Ready and schedulable (no taint left).
+node_healthy() { # node name
+  local c suffix=${1#localhost}
+  suffix=${suffix:+-b}
+  for c in containerd kubelet; do pid_of "$c$suffix" >/dev/null || return 1; done
+  [[ "$("$(ports_value BIN_DIR)/kubectl" --kubeconfig="$KUBECONFIG_OUT" get node "$1" \
     -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}/{.spec.taints}' 2>/dev/null)" == True/ ]]
 }
 
-# Kills every container of this node's runc root, then the shims of its containerd.
-remove_containers() {
-  local root="$NODE/runc/k8s.io" id # the shim adds the containerd namespace
+# Kills every container of a node's runc root, then the shims of its containerd.
+remove_containers() { # node directory
+  local root="$1/runc/k8s.io" id # the shim adds the containerd namespace
   if [[ -d "$root" ]] && command -v runc >/dev/null; then
     for id in $(runc --root "$root" list -q 2>/dev/null); do
       runc --root "$root" kill "$id" KILL 2>/dev/null || true
       runc --root "$root" delete --force "$id" 2>/dev/null || true
     done
   fi
-  pkill -KILL -f -- "-address $NODE/containerd.sock" 2>/dev/null || true
+  pkill -KILL -f -- "-address $1/containerd.sock" 2>/dev/null || true
 }
 
-# Unmounts what the kubelet and containerd left mounted under $NODE (volumes, rootfs, shm).
-release_node_mounts() {
+# Unmounts what a kubelet and containerd left mounted under a node directory.
+release_node_mounts() { # node directory
   local m
-  [[ -d "$NODE" ]] || return 0
+  [[ -d "$1" ]] || return 0
   while read -r m; do umount -l "$m" 2>/dev/null || true; done < <(
-    awk -v p="$NODE/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
+    awk -v p="$1/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
 }
 
-write_containerd_config() { # sandbox image
-  cat >"$NODE/containerd.toml" <<EOF
+stop_nodes() { # prints how many processes it stopped
+  local n=0 c dir
+  for c in kubelet kubelet-b kube-scheduler relay-b; do stop_component "$c" && n=$((n + 1)); done
+  for dir in "$(node_dir localhost)" "$(node_dir node-b)"; do remove_containers "$dir"; done
+  for c in containerd containerd-b; do stop_component "$c" && n=$((n + 1)); done
+  for dir in "$(node_dir localhost)" "$(node_dir node-b)"; do release_node_mounts "$dir"; done
+  ip netns del "$NETNS" 2>/dev/null || true
+  echo "$n"
+}
+
+write_containerd_config() { # node directory, sandbox image
+  cat >"$1/containerd.toml" <<EOF
 version = 2
-root = "$NODE/containerd"
-state = "$NODE/containerd-state"
+root = "$1/containerd"
+state = "$1/containerd-state"
 [grpc]
-  address = "$NODE/containerd.sock"
+  address = "$1/containerd.sock"
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$1"
+  sandbox_image = "$2"
   # The sandbox's oom_score_adj of -998 needs CAP_SYS_RESOURCE, which a container host may lack.
   restrict_oom_score_adj = true
-  enable_unprivileged_ports = false
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        Root = "$NODE/runc"
+        Root = "$1/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "$CNI_BIN"
-    conf_dir = "$NODE/cni"
+    conf_dir = "$1/cni"
 EOF
-  mkdir -p "$NODE/cni"
+  mkdir -p "$1/cni"
   # Pods use hostNetwork; the runtime only needs some network configured to report itself ready.
   printf '{"cniVersion": "0.4.0", "name": "loopback-only", "plugins": [{"type": "loopback"}]}\n' \
-    >"$NODE/cni/10-loopback.conflist"
+    >"$1/cni/10-loopback.conflist"
 }
 
 # failCgroupV1: Kubernetes 1.35 refuses cgroup v1 hosts unless told otherwise. cgroupsPerQOS and
 # node allocatable enforcement stay off: the node may itself run inside a container's cgroup.
 # Image garbage collection is off, so the locally imported images are never removed.
-write_kubelet_config() { # kubelet port, healthz port
-  cat >"$NODE/kubelet.yaml" <<EOF
+write_kubelet_config() { # node directory, certificate name, kubelet port, healthz port
+  cat >"$1/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 failCgroupV1: false
 cgroupDriver: cgroupfs
 cgroupsPerQOS: false
 enforceNodeAllocatable: []
-containerRuntimeEndpoint: unix://$NODE/containerd.sock
+containerRuntimeEndpoint: unix://$1/containerd.sock
 address: 127.0.0.1
-port: $1
+port: $3
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
-healthzPort: $2
-tlsCertFile: $PKI/kubelet.crt
-tlsPrivateKeyFile: $PKI/kubelet.key
+healthzPort: $4
+tlsCertFile: $PKI/$2.crt
+tlsPrivateKeyFile: $PKI/$2.key
 authentication:
   anonymous: {enabled: false}
   webhook: {enabled: false}
   x509: {clientCAFile: $PKI/client-ca.crt}
 authorization:
   mode: AlwaysAllow
-podLogsDir: $NODE/pod-logs
+podLogsDir: $1/pod-logs
 failSwapOn: false
 resolvConf: ""
 imageGCHighThresholdPercent: 100
@@ -401,46 +425,61 @@ fileCheckFrequency: 10s
 EOF
 }
 
-node_up() {
-  if node_healthy; then
-    log "reusing the running node $NODE_NAME"
+# Starts one node's containerd and kubelet: "localhost" on this host's network, "node-b" inside
+# $NETNS (made here).
+start_node() { # node name, sandbox image reference, its archive
+  local name=$1 dir suffix="" run_in=() extra=() bin
+  dir=$(node_dir "$name")
+  bin=$(ports_value BIN_DIR)
+  if [[ $name != localhost ]]; then
+    suffix=-b
+    ip netns add "$NETNS" || die "cannot create network namespace $NETNS (needs CAP_SYS_ADMIN)"
+    ip netns exec "$NETNS" ip link set lo up
+    ip netns exec "$NETNS" ip addr add "$NODE_B_IP/32" dev lo
+    run_in=(nsenter "--net=/var/run/netns/$NETNS")
+    extra=(--node-ip="$NODE_B_IP")
+    spawn relay-b python3 "$ROOT/e2e/tools/ns-relay.py" "/var/run/netns/$NETNS" "$(ports_value API_PORT)"
+  fi
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  write_containerd_config "$dir" "$2"
+  write_kubelet_config "$dir" "kubelet$suffix" "$(free_port)" "$(free_port)"
+  write_kubeconfig "$dir/kubelet.kubeconfig" "$(api_url)" "node$suffix"
+  spawn "containerd$suffix" "${run_in[@]}" containerd --config "$dir/containerd.toml"
+  wait_for "containerd of $name" "containerd$suffix" ctr --address "$dir/containerd.sock" version
+  ctr --address "$dir/containerd.sock" -n k8s.io images import "$3" >>"$LOGS/containerd$suffix.log" 2>&1 ||
+    die "importing the pause image into $name failed (log: $LOGS/containerd$suffix.log)"
+  spawn "kubelet$suffix" "${run_in[@]}" "$bin/kubelet" --config="$dir/kubelet.yaml" \
+    --kubeconfig="$dir/kubelet.kubeconfig" --root-dir="$dir/kubelet" --hostname-override="$name" \
+    "${extra[@]}"
+}
+
+nodes_up() {
+  if node_healthy localhost && node_healthy node-b && pid_of kube-scheduler >/dev/null; then
+    log "reusing the running nodes"
     return
   fi
-  local c bin pause_ref pause_archive kubelet_port healthz_port t0=$SECONDS
-  for c in containerd runc ctr; do
-    command -v "$c" >/dev/null || die "$c is required for --node (Debian: apt-get install containerd runc)"
+  local c pause_ref pause_archive t0=$SECONDS
+  for c in containerd runc ctr nsenter ip; do
+    command -v "$c" >/dev/null ||
+      die "$c is required for --node (Debian: apt-get install containerd runc iproute2 util-linux)"
   done
   CNI_BIN=${E2E_CNI_BIN:-/usr/lib/cni}
   [[ -x "$CNI_BIN/loopback" ]] ||
     die "the CNI loopback plugin is required in $CNI_BIN (Debian: apt-get install containernetworking-plugins)"
-  stop_component kubelet || true
-  stop_component kube-scheduler || true
-  remove_containers
-  stop_component containerd || true
-  release_node_mounts
-  rm -rf "$NODE"
-  mkdir -p "$NODE"
-  bin=$(ports_value BIN_DIR)
-  read -r pause_ref pause_archive < <("$ROOT/e2e/image.sh" pause)
-  write_containerd_config "$pause_ref"
-  kubelet_port=$(free_port); healthz_port=$(free_port)
-  write_kubelet_config "$kubelet_port" "$healthz_port"
-  write_kubeconfig "$NODE/kubelet.kubeconfig" "$(api_url)" node
-  sed -i '/^CONTAINERD_ADDRESS=/d; /^RUNC_ROOT=/d; /^NODE_NAME=/d' "$RUN/ports"
-  printf 'CONTAINERD_ADDRESS=%s\nRUNC_ROOT=%s\nNODE_NAME=%s\n' \
-    "$NODE/containerd.sock" "$NODE/runc/k8s.io" "$NODE_NAME" >>"$RUN/ports"
-
-  spawn containerd containerd --config "$NODE/containerd.toml"
-  wait_for "containerd" containerd ctr --address "$NODE/containerd.sock" version
-  ctr --address "$NODE/containerd.sock" -n k8s.io images import "$pause_archive" >>"$LOGS/containerd.log" 2>&1 ||
-    die "importing the pause image failed (log: $LOGS/containerd.log)"
-
-  spawn kube-scheduler "$bin/kube-scheduler" --kubeconfig="$KUBECONFIG_OUT" \
+  stop_nodes >/dev/null
+  read -r pause_ref pause_archive < <("$ROOT/e2e/image.sh" pause) && [[ -f "$pause_archive" ]] ||
+    die "building the pause image failed"
+  sed -i '/^NODE/d' "$RUN/ports"
+  printf 'NODES=localhost node-b\nNODE_DIR_localhost=%s\nNODE_DIR_node-b=%s\nNODE_NETNS_node-b=%s\n' \
+    "$(node_dir localhost)" "$(node_dir node-b)" "/var/run/netns/$NETNS" >>"$RUN/ports"
+  spawn kube-scheduler "$(ports_value BIN_DIR)/kube-scheduler" --kubeconfig="$KUBECONFIG_OUT" \
     --leader-elect=false --bind-address=127.0.0.1 --secure-port=0
-  spawn kubelet "$bin/kubelet" --config="$NODE/kubelet.yaml" --kubeconfig="$NODE/kubelet.kubeconfig" \
-    --root-dir="$NODE/kubelet" --hostname-override="$NODE_NAME"
-  START_TIMEOUT=$((START_TIMEOUT * 2)) wait_for "node $NODE_NAME Ready" kubelet node_healthy
-  log "node $NODE_NAME ready in $((SECONDS - t0))s (containerd socket: $NODE/containerd.sock)"
+  start_node localhost "$pause_ref" "$pause_archive"
+  start_node node-b "$pause_ref" "$pause_archive"
+  START_TIMEOUT=$((START_TIMEOUT * 2)) wait_for "node localhost Ready" kubelet node_healthy localhost
+  START_TIMEOUT=$((START_TIMEOUT * 2)) wait_for "node node-b Ready" kubelet-b node_healthy node-b
+  log "nodes localhost and node-b ready in $((SECONDS - t0))s"
 }
 
 env_cmd() {

@@ -2,11 +2,15 @@
 //! `e2e/image.sh`, run by a kubelet on containerd and runc (`e2e/cluster.sh up --node`). The Pod
 //! uses hostNetwork and reaches the API server and the KSM test server on 127.0.0.1 only.
 //!
-//! One scenario, in order: install and sync; JSON logs and /metrics through the chart's Service;
+//! One replica, in order: install and sync; JSON logs and /metrics through the chart's Service;
 //! `helm upgrade` to a new image tag with no overlap and no lost value; the container killed
 //! while Keeper is down, and the restarted one serving the sealed copy; no value leaked; `helm
 //! uninstall`, which leaves the CRDs and KeeperSecrets.
+//!
+//! Two replicas on the two nodes: leader election hands over through a `helm upgrade`, no Secret
+//! loses a value, and the new leader syncs.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,22 +18,28 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Event, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use keeper_e2e::harness::{
-    Image, NodeCluster, artefact_dir, build_image, chart_fullname, container_id, create_secret,
-    free_port, process_uid, root_mount_options, run, secret_text, wait_until, workspace_root,
+    Image, NodeCluster, Relay, artefact_dir, build_image, chart_fullname, container_id,
+    create_secret, free_port, process_uid, root_mount_options, run, secret_text, wait_until,
+    workspace_root,
 };
 use keeper_e2e::ksm_server::{DownMode, TestServer, sample_vault};
 use keeper_e2e::leak_scan::SecretValues;
 use keeper_e2e::world::{POSTGRES, condition, keeper_secret, wait_for_reason};
-use keeper_operator::api::KeeperSecret;
+use keeper_operator::api::{FORCE_SYNC_ANNOTATION, KeeperSecret};
+use keeper_operator::runtime::leader::LEASE_NAME;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
+use tokio::sync::Mutex;
 
 const TIMEOUT: Duration = Duration::from_secs(180);
+/// The scenarios share the kept CRDs, which one Helm release at a time can own.
+static SERIAL: Mutex<()> = Mutex::const_new(());
 const CRDS: [&str; 2] = [
     "keepersecrets.keeper-operator.dev",
     "clusterkeeperstores.keeper-operator.dev",
@@ -41,10 +51,11 @@ const OPERATOR_PODS: &str = "app.kubernetes.io/name=keeper-operator";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_chart_runs_the_image_on_a_node() -> Result<()> {
-    let node = NodeCluster::start().await?;
-    let image = tokio::task::spawn_blocking(|| build_image("operator")).await??;
-    node.import(&image)?;
-    let install = Install::prepare(node, &image).await?;
+    let _serial = SERIAL.lock().await;
+    let (node, image) = node_with_image().await?;
+    // On the node that shares this host's network, whose kubelet the API server reaches for logs.
+    let pinned = json!({ "nodeSelector": { "kubernetes.io/hostname": node.nodes()?[0] } });
+    let install = Install::prepare(node, &image, pinned).await?;
 
     let pod = install.install_and_sync(&image).await?;
     let logs = install.json_logs(&pod, false)?;
@@ -59,10 +70,91 @@ async fn the_chart_runs_the_image_on_a_node() -> Result<()> {
     install.uninstall_keeps_crds_and_secrets().await
 }
 
-/// One install of the chart on the node: its namespaces, release and the KSM test server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_hand_over_through_an_upgrade() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (node, image) = node_with_image().await?;
+    let install = Install::prepare(node, &image, json!({ "replicaCount": 2 })).await?;
+    install.adopt_kept_crds().await?;
+    let values = install.values.to_str().context("values path")?;
+    install.helm(&["install", &install.release, &chart()?, "--values", values])?;
+    let pods = install.ready_pods(&image, 2).await?;
+    let nodes: BTreeSet<_> = pods
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    ensure!(nodes.len() == 2, "the replicas share a node: {nodes:?}");
+    let ks: KeeperSecret = serde_json::from_value(keeper_secret("db", "1h"))?;
+    install
+        .keeper_secrets()
+        .create(&PostParams::default(), &ks)
+        .await?;
+    install.wait_ready("Synced").await?;
+    install.assert_secret_holds_password().await?;
+    let leader = install.leader_among(&pods).await?;
+    eprintln!("two replicas on {nodes:?}, leader {leader}");
+
+    // Replaced one at a time (hostNetwork): the Lease passes to a new Pod, no value is lost.
+    let next = install.node.tag(&image, &format!("{}-next", image.tag()))?;
+    let watch = UpgradeWatch::start(&install);
+    install.helm(&[
+        "upgrade",
+        &install.release,
+        &chart()?,
+        "--reuse-values",
+        "--set",
+        &format!("image.tag={}", next.tag()),
+    ])?;
+    let upgraded = install.ready_pods(&next, 2).await?;
+    let (most_running, lost) = watch.stop().await?;
+    ensure!(most_running <= 2, "{most_running} operators ran at once");
+    ensure!(!lost, "Secret db lost its value during the upgrade");
+    let new_leader = install.leader_among(&upgraded).await?;
+    ensure!(new_leader != leader, "the Lease did not move");
+
+    // The new leader reconciles: a rotated password reaches the Secret on demand.
+    let mut record = install.server.record(POSTGRES)?;
+    for field in &mut record.fields {
+        if field["type"] == "password" {
+            field["value"] = json!(["rotated-after-hand-over"]);
+        }
+    }
+    install.server.set_record(record)?;
+    let force =
+        json!({ "metadata": { "annotations": { FORCE_SYNC_ANNOTATION: "after-hand-over" } } });
+    install
+        .keeper_secrets()
+        .patch("db", &PatchParams::default(), &Patch::Merge(&force))
+        .await?;
+    wait_until("the rotated password in Secret db", TIMEOUT, || async {
+        let secret = install.secrets().get("db").await?;
+        Ok(
+            (secret_text(&secret, "password").as_deref() == Some("rotated-after-hand-over"))
+                .then_some(()),
+        )
+    })
+    .await?;
+    eprintln!(
+        "helm upgrade with two replicas: leader {leader} -> {new_leader}, {most_running} at most at once, no value lost"
+    );
+    install.helm(&["uninstall", &install.release])?;
+    Ok(())
+}
+
+/// The node cluster, with the operator image built and imported into every node.
+async fn node_with_image() -> Result<(NodeCluster, Image)> {
+    let node = NodeCluster::start().await?;
+    let image = tokio::task::spawn_blocking(|| build_image("operator")).await??;
+    node.import(&image)?;
+    Ok((node, image))
+}
+
+/// One install of the chart on the nodes: its namespaces, release and the KSM test server.
 struct Install {
     node: NodeCluster,
     server: TestServer,
+    /// Makes the KSM test server reachable on the loopback of a node with its own network.
+    _relay: Relay,
     /// The KSM config in the credential Secret `ksm-config`.
     config: String,
     release: String,
@@ -75,9 +167,20 @@ struct Install {
 }
 
 impl Install {
-    /// Namespaces, the credential Secret, the KSM CA ConfigMap and the values file for `image`.
-    async fn prepare(node: NodeCluster, image: &Image) -> Result<Install> {
+    /// Namespaces, the credential Secret, the KSM CA ConfigMap and the values file for `image`,
+    /// with `extra` values on top.
+    async fn prepare(
+        node: NodeCluster,
+        image: &Image,
+        extra: serde_json::Value,
+    ) -> Result<Install> {
         let server = TestServer::start(sample_vault()).await?;
+        let port = server
+            .hostname()
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .context("the KSM test server's port")?;
+        let relay = node.relay(port)?;
         let op_ns = node.cluster.fresh_namespace("node-op").await?;
         let app_ns = node.cluster.fresh_namespace("node").await?;
         let dir = artefact_dir().join(&app_ns);
@@ -104,9 +207,7 @@ impl Install {
         // The local image, hostNetwork, and everything reached on loopback.
         let metrics_port = free_port()?;
         let values = dir.join("values.yaml");
-        std::fs::write(
-            &values,
-            serde_yaml_ng::to_string(&json!({
+        let mut all = json!({
                 "image": {
                     "repository": image.repository(),
                     "tag": image.tag(),
@@ -122,8 +223,11 @@ impl Install {
                 "keeperAllowedHosts": ["127.0.0.1"],
                 // The Pod turns Ready only if the kubelet probes it on loopback.
                 "metrics": { "port": metrics_port, "bindAddress": "127.0.0.1" },
-            }))?,
-        )?;
+        });
+        for (key, value) in extra.as_object().into_iter().flatten() {
+            all[key] = value.clone();
+        }
+        std::fs::write(&values, serde_yaml_ng::to_string(&all)?)?;
         let password = server
             .record(POSTGRES)?
             .fields
@@ -135,6 +239,7 @@ impl Install {
             release: op_ns.clone(),
             node,
             server,
+            _relay: relay,
             config,
             op_ns,
             app_ns,
@@ -151,7 +256,8 @@ impl Install {
         let values = self.values.to_str().context("values path")?;
         self.helm(&["install", &self.release, &chart()?, "--values", values])?;
         let pod = self.ready_pod(image).await?;
-        let pid = self.node.container_pid(&self.container_id(&pod)?)?;
+        let (node, id) = self.container(&pod)?;
+        let pid = self.node.container_pid(&node, &id)?;
         ensure!(
             process_uid(pid)? == NONROOT,
             "the operator does not run as uid {NONROOT}"
@@ -340,7 +446,8 @@ impl Install {
             .delete("db", &DeleteParams::default())
             .await?;
         let restarts = operator_status(pod)?.restart_count;
-        self.node.kill_container(&self.container_id(pod)?)?;
+        let (node, id) = self.container(pod)?;
+        self.node.kill_container(&node, &id)?;
         let restarted = wait_until(
             "the killed container restarted and Ready",
             TIMEOUT,
@@ -470,7 +577,7 @@ impl Install {
     }
 
     async fn node_ip(&self) -> Result<String> {
-        let node_name = self.node.node_name()?;
+        let node_name = self.node.nodes()?[0];
         let node = Api::<Node>::all(self.node.cluster.client())
             .get(node_name)
             .await?;
@@ -499,34 +606,58 @@ impl Install {
 
     /// Waits for exactly one operator Pod, Ready, running `image`; returns it.
     async fn ready_pod(&self, image: &Image) -> Result<Pod> {
-        let what = format!("one Ready Pod of {}", image.reference);
+        Ok(self.ready_pods(image, 1).await?.remove(0))
+    }
+
+    /// Waits for exactly `count` operator Pods, all Ready and running `image`; returns them.
+    async fn ready_pods(&self, image: &Image, count: usize) -> Result<Vec<Pod>> {
+        let what = format!("{count} Ready Pod(s) of {}", image.reference);
         wait_until(&what, TIMEOUT, || async {
             let pods = self.live_pods().await?;
-            let [pod] = pods.as_slice() else {
-                return Ok(None);
-            };
-            let ready = pod
-                .status
-                .iter()
-                .flat_map(|s| s.conditions.iter().flatten())
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            // The spec, not the status: containerd reports one of an image's tags there.
-            let runs_image = pod
-                .spec
-                .iter()
-                .flat_map(|s| &s.containers)
-                .any(|c| c.image.as_deref().is_some_and(|i| i.ends_with(image.tag())));
-            Ok((ready && runs_image).then(|| pod.clone()))
+            let all = pods.len() == count
+                && pods.iter().all(|pod| {
+                    let ready = pod
+                        .status
+                        .iter()
+                        .flat_map(|s| s.conditions.iter().flatten())
+                        .any(|c| c.type_ == "Ready" && c.status == "True");
+                    // The spec, not the status: containerd reports one of an image's tags there.
+                    let runs_image = pod
+                        .spec
+                        .iter()
+                        .flat_map(|s| &s.containers)
+                        .any(|c| c.image.as_deref().is_some_and(|i| i.ends_with(image.tag())));
+                    ready && runs_image
+                });
+            Ok(all.then_some(pods))
         })
         .await
     }
 
-    /// The runc ID of the operator container in `pod`.
-    fn container_id(&self, pod: &Pod) -> Result<String> {
+    /// The node of `pod` and the runc ID of its operator container.
+    fn container(&self, pod: &Pod) -> Result<(String, String)> {
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
         let id = operator_status(pod)?
             .container_id
             .context("no container ID")?;
-        Ok(container_id(&id)?.to_string())
+        Ok((
+            node.context("the Pod has no node")?,
+            container_id(&id)?.to_string(),
+        ))
+    }
+
+    /// The Pod of `pods` that holds the leader Lease (once one does).
+    async fn leader_among(&self, pods: &[Pod]) -> Result<String> {
+        let leases: Api<Lease> = Api::namespaced(self.node.cluster.client(), &self.op_ns);
+        let names: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
+        wait_until("a leader among the Pods", TIMEOUT, || async {
+            let holder = leases
+                .get_opt(LEASE_NAME)
+                .await?
+                .and_then(|l| l.spec?.holder_identity);
+            Ok(holder.filter(|h| names.contains(h)))
+        })
+        .await
     }
 }
 

@@ -24,7 +24,9 @@ pub use access::{SaToken, can_i, may_get_url};
 pub use chart::{ChartInstall, chart_fullname, crd_names};
 pub use cluster::Cluster;
 pub use env::TestEnv;
-pub use node::{Image, NodeCluster, build_image, container_id, process_uid, root_mount_options};
+pub use node::{
+    Image, NodeCluster, Relay, build_image, container_id, process_uid, root_mount_options,
+};
 pub use operator::{Operator, OperatorBuilder, operator_binary};
 pub use process::{CommandOutput, artefact_dir, free_port, run, unique_name, workspace_root};
 pub use secrets::{create_secret, secret_bytes, secret_strings, secret_text};

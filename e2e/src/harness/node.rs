@@ -1,10 +1,13 @@
-//! A cluster with a node (`e2e/cluster.sh up --node`): its own control plane, kube-scheduler and
-//! a kubelet on a private containerd, so the chart's Deployment really runs as Pods. Images are
-//! built offline by `e2e/image.sh` and imported into that containerd.
+//! A cluster with nodes (`e2e/cluster.sh up --node`): its own control plane, kube-scheduler and
+//! two kubelets, each on a private containerd, so the chart's Deployment really runs as Pods.
+//! Node `localhost` shares this host's network; node `node-b` has a network namespace of its own,
+//! joined to this host's loopback port by port (`e2e/tools/ns-relay.py`). Images are built offline
+//! by `e2e/image.sh` and imported into both containerds.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result, ensure};
 
@@ -81,9 +84,13 @@ impl NodeCluster {
             .with_context(|| format!("the node cluster recorded no {key}"))
     }
 
-    /// The node's name.
-    pub fn node_name(&self) -> Result<&str> {
-        self.fact("NODE_NAME")
+    /// The nodes' names; the first shares this host's network.
+    pub fn nodes(&self) -> Result<Vec<&str>> {
+        Ok(self.fact("NODES")?.split_whitespace().collect())
+    }
+
+    fn node_dir(&self, node: &str) -> Result<PathBuf> {
+        Ok(PathBuf::from(self.fact(&format!("NODE_DIR_{node}"))?))
     }
 
     /// The API server's port on 127.0.0.1.
@@ -91,61 +98,104 @@ impl NodeCluster {
         Ok(self.fact("API_PORT")?.parse()?)
     }
 
-    /// `ctr` against the node's containerd, in the namespace the kubelet uses.
-    fn ctr(&self) -> Result<Command> {
-        let mut cmd = Command::new("ctr");
-        cmd.args([
-            "--address",
-            self.fact("CONTAINERD_ADDRESS")?,
-            "-n",
-            "k8s.io",
-        ]);
-        Ok(cmd)
+    /// `ctr <args>` against every node's containerd, in the namespace the kubelet uses.
+    fn ctr_everywhere(&self, args: &[&str]) -> Result<()> {
+        for node in self.nodes()? {
+            let mut cmd = Command::new("ctr");
+            cmd.arg("--address")
+                .arg(self.node_dir(node)?.join("containerd.sock"))
+                .args(["-n", "k8s.io"])
+                .args(args);
+            run(&mut cmd, None)?;
+        }
+        Ok(())
     }
 
-    /// Imports `image` into the node's containerd.
+    /// Imports `image` into every node's containerd.
     pub fn import(&self, image: &Image) -> Result<()> {
-        let mut cmd = self.ctr()?;
-        cmd.args(["images", "import"]).arg(&image.archive);
-        run(&mut cmd, None).map(|_| ())
+        let archive = image.archive.to_str().context("archive path")?;
+        self.ctr_everywhere(&["images", "import", archive])
     }
 
-    /// Gives `image` a second tag `tag` on the node; returns the new image.
+    /// Gives `image` a second tag `tag` on every node; returns the new image.
     pub fn tag(&self, image: &Image, tag: &str) -> Result<Image> {
         let target = Image {
             reference: format!("{}:{tag}", image.repository()),
             archive: image.archive.clone(),
         };
-        let mut cmd = self.ctr()?;
-        cmd.args([
+        self.ctr_everywhere(&[
             "images",
             "tag",
             "--force",
             &image.reference,
             &target.reference,
-        ]);
-        run(&mut cmd, None)?;
+        ])?;
         Ok(target)
     }
 
-    /// `runc` against the node's containers.
-    fn runc(&self, args: &[&str]) -> Result<String> {
+    /// `runc` against `node`'s containers.
+    fn runc(&self, node: &str, args: &[&str]) -> Result<String> {
         let mut cmd = Command::new("runc");
-        cmd.args(["--root", self.fact("RUNC_ROOT")?]).args(args);
+        cmd.arg("--root")
+            .arg(self.node_dir(node)?.join("runc/k8s.io"))
+            .args(args);
         Ok(run(&mut cmd, None)?.stdout)
     }
 
-    /// The host PID of container `id`'s first process (`containerd://<id>` in a Pod's status).
-    pub fn container_pid(&self, id: &str) -> Result<u32> {
-        let state: serde_json::Value = serde_json::from_str(&self.runc(&["state", id])?)?;
+    /// The host PID of container `id`'s first process on `node` (`containerd://<id>` in a Pod's
+    /// status).
+    pub fn container_pid(&self, node: &str, id: &str) -> Result<u32> {
+        let state: serde_json::Value = serde_json::from_str(&self.runc(node, &["state", id])?)?;
         let pid = state["pid"].as_u64().context("runc state without a pid")?;
         ensure!(pid > 0, "container {id} is not running");
         Ok(pid as u32)
     }
 
-    /// Kills container `id` with SIGKILL, as an OOM kill or a crash would end it.
-    pub fn kill_container(&self, id: &str) -> Result<()> {
-        self.runc(&["kill", id, "KILL"]).map(|_| ())
+    /// Kills container `id` on `node` with SIGKILL, as an OOM kill or a crash would end it.
+    pub fn kill_container(&self, node: &str, id: &str) -> Result<()> {
+        self.runc(node, &["kill", id, "KILL"]).map(|_| ())
+    }
+
+    /// Makes 127.0.0.1:`port` of this host reachable on 127.0.0.1:`port` of every node with a
+    /// network namespace of its own, until the returned relay is dropped.
+    pub fn relay(&self, port: u16) -> Result<Relay> {
+        let mut children = Vec::new();
+        for node in self.nodes()? {
+            let Some(netns) = self.facts.get(&format!("NODE_NETNS_{node}")) else {
+                continue;
+            };
+            let mut child = Command::new("python3")
+                .arg(workspace_root().join("e2e/tools/ns-relay.py"))
+                .arg(netns)
+                .arg(port.to_string())
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("starting e2e/tools/ns-relay.py")?;
+            // It prints once it listens.
+            let mut line = String::new();
+            let stdout = child.stdout.take().context("relay stdout")?;
+            BufReader::new(stdout).read_line(&mut line)?;
+            children.push(child);
+            ensure!(
+                line.starts_with("relaying"),
+                "the relay into {node} did not start"
+            );
+        }
+        Ok(Relay { children })
+    }
+}
+
+/// Relays started by [`NodeCluster::relay`]; stopped on drop.
+pub struct Relay {
+    children: Vec<Child>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
