@@ -13,7 +13,7 @@ use anyhow::{Context, Result, ensure};
 
 use super::Cluster;
 use super::cluster::{start_cluster, state_dir};
-use super::process::{run, workspace_root};
+use super::process::{last_line, run, workspace_root};
 
 /// The node cluster: its admin view and what `e2e/cluster.sh` recorded about the node.
 pub struct NodeCluster {
@@ -46,7 +46,22 @@ impl Image {
 /// Builds (or finds, when nothing changed) image `which` (`operator` or `pause`) with
 /// `e2e/image.sh`.
 pub fn build_image(which: &str) -> Result<Image> {
-    let out = super::process::script_output(&workspace_root().join("e2e/image.sh"), &[which])?;
+    let mut cmd = Command::new("bash");
+    cmd.arg(workspace_root().join("e2e/image.sh")).arg(which);
+    // Without what `cargo test` adds to this process's environment: the release build then sees
+    // what `e2e/test.sh`'s image phase saw, and finds its output fresh instead of rebuilding.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let injected = key == "CARGO"
+            || (key.starts_with("CARGO_") && key != "CARGO_HOME")
+            || key.starts_with("RUSTUP_TOOLCHAIN")
+            || key == "RUST_RECURSION_COUNT"
+            || key == "LD_LIBRARY_PATH";
+        if injected {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    let out = last_line(&mut cmd)?;
     let (reference, archive) = out
         .split_once(' ')
         .with_context(|| format!("e2e/image.sh {which} printed {out:?}"))?;
