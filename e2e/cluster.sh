@@ -50,7 +50,10 @@ pid_of() { # prints the PID of a component we started, if it is still that proce
   [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == */$exe ]] && echo "$pid"
 }
 
-api_url() { [[ -f "$RUN/ports" ]] && awk -F= '$1=="API_PORT"{print "https://127.0.0.1:" $2}' "$RUN/ports"; }
+# A value recorded in $RUN/ports (ports, the tools' directory, the nodes).
+ports_value() { awk -F= -v k="$1" '$1 == k { print $2 }' "$RUN/ports"; }
+
+api_url() { [[ -f "$RUN/ports" ]] && echo "https://127.0.0.1:$(ports_value API_PORT)"; }
 
 healthy() {
   local c url
@@ -193,8 +196,8 @@ stop_all() { # in dependency order: the nodes and their containers, then the con
 # rotated at 100 MB, keeping 5 old files.
 apiserver_args() {
   local etcd_port api_port
-  etcd_port=$(awk -F= '$1=="ETCD_PORT"{print $2}' "$RUN/ports")
-  api_port=$(awk -F= '$1=="API_PORT"{print $2}' "$RUN/ports")
+  etcd_port=$(ports_value ETCD_PORT)
+  api_port=$(ports_value API_PORT)
   printf '%s\n' \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
     --bind-address=127.0.0.1 --secure-port="$api_port" \
@@ -225,8 +228,8 @@ apiserver_config_hash() {
 
 start_apiserver() {
   local bin api_port args started
-  bin=$(awk -F= '$1=="BIN_DIR"{print $2}' "$RUN/ports")
-  api_port=$(awk -F= '$1=="API_PORT"{print $2}' "$RUN/ports")
+  bin=$(ports_value BIN_DIR)
+  api_port=$(ports_value API_PORT)
   cp "$ROOT/e2e/audit-policy.yaml" "$STATE/audit-policy.yaml"
   mapfile -t args < <(apiserver_args)
   started=$(date -u +%FT%T.%NZ)
@@ -318,8 +321,6 @@ up() {
 node_dir() { [[ $1 == localhost ]] && echo "$STATE/node" || echo "$STATE/$1"; }
 NETNS="ke2e-$(printf '%s' "$STATE" | sha256sum | cut -c1-8)"
 NODE_B_IP=10.255.0.2
-
-ports_value() { awk -F= -v k="$1" '$1 == k { print $2 }' "$RUN/ports"; }
 
 # The node's processes run, and it is Ready and schedulable (no taint left).
 node_healthy() { # node name
@@ -485,7 +486,7 @@ nodes_up() {
 env_cmd() {
   healthy || die "no healthy control plane; run: e2e/cluster.sh up"
   local bin
-  bin=$(awk -F= '$1=="BIN_DIR"{print $2}' "$RUN/ports")
+  bin=$(ports_value BIN_DIR)
   # shellcheck disable=SC2016 # $PATH is expanded by the eval of this output
   printf 'export KUBECONFIG=%q\nexport E2E_KUBECONFIG=%q\nexport PATH=%q:"$PATH"\n' \
     "$KUBECONFIG_OUT" "$KUBECONFIG_OUT" "$bin"
