@@ -19,6 +19,15 @@ export E2E_STATE_DIR="${E2E_TEST_STATE_DIR:-$CACHE/test-cluster}"
 export E2E_NODE_STATE_DIR="${E2E_NODE_STATE_DIR:-$CACHE/node-cluster}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# A fresh clone builds into one Cargo target directory in the cache, shared by every clone on
+# this machine: Cargo keys each artefact by a hash of its inputs, so a clone rebuilds only what
+# changed (its own crates) instead of every dependency, in debug, release and the fuzz replay.
+# A clone that already has a target/ directory (a developer's tree) keeps it.
+if [[ ! -e target && -z "${CARGO_TARGET_DIR:-}" ]]; then
+  mkdir -p "$CACHE/cargo-target"
+  ln -s "$CACHE/cargo-target" target
+fi
+
 TIMINGS=()
 RUN_START=$SECONDS
 CLUSTER_STARTED=
