@@ -162,8 +162,29 @@ async fn chart_renders_and_passes_server_validation() -> Result<()> {
     assert!(host_ha.contains("dnsPolicy: ClusterFirstWithHostNet"));
     assert!(host_ha.contains("maxSurge: 0") && host_ha.contains("maxUnavailable: 1"));
     assert!(host_ha.contains("host: 127.0.0.1"), "probes on loopback");
+    // The metrics port stays off the node's network unless asked for.
+    assert!(wide.contains("- --metrics-bind-address=0.0.0.0:8080"));
+    assert!(host_ha.contains("- --metrics-bind-address=127.0.0.1:8080"));
+    // Restarting workloads is opt-in, cluster-wide or per namespace.
+    let restart_rule =
+        "resources: [\"deployments\", \"statefulsets\", \"daemonsets\"]\n  verbs: [\"patch\"]";
+    assert!(
+        !wide.contains(restart_rule),
+        "rolloutRestart is on by default"
+    );
+    let scoped = cluster.render_chart(
+        &op_ns,
+        &op_ns,
+        &[("rbac.rolloutRestartNamespaces", &format!("{{{app_ns}}}"))],
+    )?;
+    assert!(scoped.contains(restart_rule));
+    let role = harness::chart_fullname(&op_ns);
+    assert!(scoped.contains(&format!(
+        "name: {role}-rollout-restart\n  namespace: {app_ns}"
+    )));
+    assert!(wide.contains("kind: ValidatingAdmissionPolicy"));
     assert!(ha.contains(&format!("- --watch-namespace={app_ns}")));
-    for manifest in [&wide, &ha] {
+    for manifest in [&wide, &ha, &scoped] {
         let out = cluster.apply(manifest, &["--dry-run=server", "--validate=strict"])?;
         assert!(
             !out.stderr.contains("Warning"),
@@ -582,5 +603,135 @@ async fn chart_protects_metrics_unless_told_otherwise() -> Result<()> {
             "{absent} rendered with metrics.auth=false"
         );
     }
+    Ok(())
+}
+
+/// The chart's admission policies hold the operator's ServiceAccount to what it is for, past what
+/// its RBAC grants: a workload patch may only set the restart annotation, only a Secret carrying
+/// the created-for marker may be deleted, and no KeeperSecret may live in the operator namespace.
+#[tokio::test]
+async fn admission_policy_bounds_the_operator() -> Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use keeper_operator::api::RESTARTED_AT_ANNOTATION;
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    let env = TestEnv::with_values("vap", &[("rbac.rolloutRestart", "true")]).await?;
+    let cluster = &env.cluster;
+    let app = &env.app_namespace;
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "api" },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": "api" } },
+            "template": {
+                "metadata": { "labels": { "app": "api" }, "annotations": { "team": "shop" } },
+                "spec": { "containers": [ { "name": "api", "image": "registry.k8s.io/pause:3.10" } ] },
+            },
+        },
+    }))?;
+    Api::<Deployment>::namespaced(cluster.client(), app)
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    let secret = |name: &str, annotations: serde_json::Value| -> Result<Secret> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "annotations": annotations },
+            "stringData": { "k": "v" },
+        }))?)
+    };
+    let admin_secrets: Api<Secret> = Api::namespaced(cluster.client(), app);
+    admin_secrets
+        .create(
+            &PostParams::default(),
+            &secret("hand-made", serde_json::json!({}))?,
+        )
+        .await?;
+    let marker = serde_json::json!({ "keeper-operator.dev/created-for": "0b9c3c1e-uid" });
+    admin_secrets
+        .create(&PostParams::default(), &secret("created", marker)?)
+        .await?;
+
+    let token = cluster
+        .service_account_token(
+            &env.chart.namespace,
+            &env.chart.service_account,
+            Duration::from_secs(600),
+        )
+        .await?;
+    let operator = cluster.token_client(&token, app).await?;
+    let deployments: Api<Deployment> = Api::namespaced(operator.clone(), app);
+    let patch = |body: serde_json::Value| {
+        let deployments = deployments.clone();
+        async move {
+            deployments
+                .patch("api", &PatchParams::default(), &Patch::Merge(body))
+                .await
+        }
+    };
+    let forbidden = |r: kube::Result<()>| matches!(r, Err(kube::Error::Api(ref s)) if s.code == 403 && s.message.contains("keeper-operator may"));
+    // The policy takes a moment to reach the API server's admission chain after install.
+    let image = serde_json::json!({ "spec": { "template": { "spec": {
+        "containers": [ { "name": "api", "image": "registry.example/evil:1" } ] } } } });
+    harness::wait_until(
+        "the workload policy denies an image change",
+        TIMEOUT,
+        || {
+            let patch = patch(image.clone());
+            async move { Ok(forbidden(patch.await.map(|_| ())).then_some(())) }
+        },
+    )
+    .await?;
+    let denied = [
+        serde_json::json!({ "spec": { "replicas": 5 } }),
+        serde_json::json!({ "spec": { "template": { "metadata": { "labels": { "x": "y" } } } } }),
+        serde_json::json!({ "spec": { "template": { "metadata": { "annotations": { "team": "ops" } } } } }),
+        serde_json::json!({ "metadata": { "labels": { "x": "y" } } }),
+    ];
+    for body in denied {
+        let r = patch(body.clone()).await.map(|_| ());
+        assert!(forbidden(r), "the operator patched {body}");
+    }
+    let restart = serde_json::json!({ "spec": { "template": { "metadata": { "annotations": {
+        RESTARTED_AT_ANNOTATION: "2026-12-07T00:00:00Z" } } } } });
+    patch(restart).await?;
+
+    let secrets: Api<Secret> = Api::namespaced(operator, app);
+    let r = secrets.delete("hand-made", &Default::default()).await;
+    assert!(
+        forbidden(r.map(|_| ())),
+        "the operator deleted a Secret it did not create"
+    );
+    secrets.delete("created", &Default::default()).await?;
+    assert!(admin_secrets.get_opt("hand-made").await?.is_some());
+
+    // Nobody, admin included, may put a KeeperSecret into the operator's namespace.
+    let ks: KeeperSecret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "keeper-operator.dev/v1alpha1", "kind": "KeeperSecret",
+        "metadata": { "name": "sneaky" },
+        "spec": { "auth": { "storeRef": { "name": "shared" } },
+                  "data": [ { "key": "k", "notation": "keeper://abc/field/password" } ] },
+    }))?;
+    let kss = Api::<KeeperSecret>::namespaced(cluster.client(), &env.chart.namespace);
+    harness::wait_until(
+        "the namespace policy denies a KeeperSecret",
+        TIMEOUT,
+        || {
+            let (kss, ks) = (kss.clone(), ks.clone());
+            async move {
+                match kss.create(&PostParams::default(), &ks).await {
+                    Err(kube::Error::Api(s))
+                        if s.code == 403 && s.message.contains("own namespace") =>
+                    {
+                        Ok(Some(()))
+                    }
+                    Err(e) => Err(e.into()),
+                    Ok(_) => {
+                        kss.delete("sneaky", &Default::default()).await?;
+                        Ok(None)
+                    }
+                }
+            }
+        },
+    )
+    .await?;
     Ok(())
 }

@@ -204,7 +204,7 @@ const QUIET: Duration = Duration::from_secs(13);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_change_restarts_the_consuming_deployment_once() -> Result<()> {
-    let env = TestEnv::new("ten-rollout").await?;
+    let env = TestEnv::with_values("ten-rollout", &[("rbac.rolloutRestart", "true")]).await?;
     let server = TestServer::start(sample_vault()).await?;
     let config = server.bound_config("operator")?;
     env.create_credential_secret("ksm", &config).await?;

@@ -4,6 +4,7 @@
 //! kubeconfig; `render` is a dry run against Keeper with a local KSM config that prints key
 //! names, sizes and keyed hashes, never a value.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -156,8 +157,36 @@ pub fn status_table(list: &[KeeperSecret], now: Timestamp) -> String {
     table(&rows)
 }
 
+/// Text from the cluster (names, reasons, messages, events: anyone who may write them chose
+/// them), made safe to print on a terminal: control characters and bidirectional overrides
+/// become visible escapes, so nothing read can move the cursor, recolour or retitle the
+/// terminal, or forge a line of output.
+fn printable(s: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(unsafe_char) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Left-aligned columns, three spaces apart, as kubectl prints them.
 fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|r| r.clone().map(|cell| printable(&cell).into_owned()))
+        .collect();
+    let rows = &rows;
     let widths: Vec<usize> = (0..N)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
@@ -203,8 +232,8 @@ async fn refresh(api: &Api<KeeperSecret>, name: &str, timeout: Duration) -> anyh
             let ready = ks.ready_condition();
             return Ok(format!(
                 "keepersecret/{name} synced: Ready={} ({})",
-                ready.map_or("Unknown", |c| c.status.as_str()),
-                ready.map_or("", |c| c.reason.as_str())
+                printable(ready.map_or("Unknown", |c| c.status.as_str())),
+                printable(ready.map_or("", |c| c.reason.as_str()))
             ));
         }
         if tokio::time::Instant::now() >= deadline {
@@ -235,7 +264,7 @@ pub fn explain(ks: &KeeperSecret, events: &[Event]) -> String {
     text.push_str(&match status.observed_generation {
         None => format!("keepersecret/{name} has no status yet: the operator has not handled it (is it running, and does it watch this namespace?)\n"),
         Some(_) if !synced => format!("keepersecret/{name}: the operator has not handled its latest spec (generation {}) yet\n", ks.metadata.generation.unwrap_or_default()),
-        Some(_) => format!("keepersecret/{name} writes Secret {}\n", ks.target_name()),
+        Some(_) => format!("keepersecret/{name} writes Secret {}\n", printable(&ks.target_name())),
     });
     for c in &status.conditions {
         let state = match (c.type_.as_str(), c.status.as_str()) {
@@ -251,7 +280,11 @@ pub fn explain(ks: &KeeperSecret, events: &[Event]) -> String {
         };
         text.push_str(&format!(
             "  {} {state} ({}={}, {}): {}\n",
-            c.type_, c.type_, c.status, c.reason, c.message
+            printable(&c.type_),
+            printable(&c.type_),
+            printable(&c.status),
+            printable(&c.reason),
+            printable(&c.message)
         ));
     }
     if let Some(t) = &status.last_sync_time {
@@ -266,9 +299,9 @@ pub fn explain(ks: &KeeperSecret, events: &[Event]) -> String {
             let at = event_time(e).map_or_else(|| "?".into(), |t| t.to_string());
             text.push_str(&format!(
                 "  {at} {} {}: {}\n",
-                e.type_.as_deref().unwrap_or("Normal"),
-                e.reason.as_deref().unwrap_or_default(),
-                e.message.as_deref().unwrap_or_default()
+                printable(e.type_.as_deref().unwrap_or("Normal")),
+                printable(e.reason.as_deref().unwrap_or_default()),
+                printable(e.message.as_deref().unwrap_or_default())
             ));
         }
     }
@@ -437,6 +470,30 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("No recent events.\n"), "{text}");
+    }
+
+    #[test]
+    fn text_from_the_cluster_cannot_drive_the_terminal() {
+        let hostile = "ok\u{1b}]0;pwned\u{7}\u{1b}[2J\r\nReady=True\u{202e}txt.exe\u{9b}31m";
+        let mut failed = ks("db");
+        failed.status = Some(status::failed(&failed, t(0), "NotAllowed", hostile));
+        let event = Event {
+            reason: Some(hostile.into()),
+            message: Some(hostile.into()),
+            ..Event::default()
+        };
+        let text = explain(&failed, &[event]) + &status_table(&[failed], t(1));
+        for bad in ['\u{1b}', '\u{7}', '\r', '\u{202e}', '\u{9b}'] {
+            assert!(!text.contains(bad), "{bad:?} printed raw: {text:?}");
+        }
+        assert!(
+            text.contains(
+                "ok\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\u{d}\\u{a}Ready=True\\u{202e}txt.exe"
+            ),
+            "{text}"
+        );
+        // Ordinary text, accents included, is printed as it is.
+        assert_eq!(printable("Zürich – ok"), "Zürich – ok");
     }
 
     #[test]

@@ -142,11 +142,9 @@ pub async fn load<S: KeeperSource>(
     operator_ns: Option<&str>,
 ) -> Result<Credential, Error> {
     let ns = ks.namespace().unwrap_or_default();
+    check_namespace_allowed(&ns, operator_ns)?;
     let (secret_ns, reference, allow) = match (&ks.spec.auth.secret_ref, &ks.spec.auth.store_ref) {
-        (Some(r), None) => {
-            check_secret_ref_allowed(&ns, operator_ns)?;
-            (ns.clone(), r.clone(), None)
-        }
+        (Some(r), None) => (ns.clone(), r.clone(), None),
         (None, Some(store)) => {
             let store = Api::<ClusterKeeperStore>::all(client.clone())
                 .get_opt(&store.name)
@@ -196,13 +194,13 @@ pub async fn load<S: KeeperSource>(
     Ok(Credential { allow, ..cred })
 }
 
-/// Refuses a `secretRef` from the operator's own namespace: its Secrets hold every
-/// ClusterKeeperStore's credential, and naming one directly would read through the store
-/// without its namespace and record allow-lists.
-pub fn check_secret_ref_allowed(ns: &str, operator_ns: Option<&str>) -> Result<(), Error> {
+/// Refuses every KeeperSecret in the operator's own namespace: its Secrets hold every
+/// ClusterKeeperStore's credential and the sealed last good copies, so a KeeperSecret there could
+/// read a credential past its store's allow-lists or write over the operator's own state.
+pub fn check_namespace_allowed(ns: &str, operator_ns: Option<&str>) -> Result<(), Error> {
     if operator_ns == Some(ns) {
         return Err(Error::NotAllowed(format!(
-            "KeeperSecrets in the operator namespace {ns} must use a storeRef: its Secrets hold ClusterKeeperStore credentials, whose allow-lists a secretRef would bypass"
+            "KeeperSecrets are not allowed in the operator namespace {ns}: it holds the ClusterKeeperStore credentials and the operator's cache"
         )));
     }
     Ok(())
@@ -376,11 +374,11 @@ mod tests {
     }
 
     #[test]
-    fn the_operator_namespace_only_reads_credentials_through_stores() {
-        let err = check_secret_ref_allowed("keeper-system", Some("keeper-system")).unwrap_err();
+    fn keeper_secrets_in_the_operator_namespace_are_refused() {
+        let err = check_namespace_allowed("keeper-system", Some("keeper-system")).unwrap_err();
         assert_eq!(err.reason(), "NotAllowed");
-        assert!(err.to_string().contains("storeRef"), "{err}");
-        assert!(check_secret_ref_allowed("shop", Some("keeper-system")).is_ok());
-        assert!(check_secret_ref_allowed("shop", None).is_ok());
+        assert!(err.to_string().contains("operator namespace"), "{err}");
+        assert!(check_namespace_allowed("shop", Some("keeper-system")).is_ok());
+        assert!(check_namespace_allowed("shop", None).is_ok());
     }
 }

@@ -14,7 +14,7 @@ use axum::routing::get;
 use tracing::warn;
 
 use crate::runtime::metrics::Metrics;
-use crate::runtime::metrics_auth::{Decision, MetricsAuth};
+use crate::runtime::metrics_auth::{CheckError, Decision, MetricsAuth};
 
 /// State shared with the handlers.
 #[derive(Clone)]
@@ -63,7 +63,15 @@ async fn metrics(State(h): State<Health>, headers: HeaderMap) -> impl IntoRespon
                 )
                     .into_response();
             }
-            Err(e) => {
+            Err(CheckError::Busy) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, "1")],
+                    "too many callers under review, try again\n",
+                )
+                    .into_response();
+            }
+            Err(CheckError::Review(e)) => {
                 warn!(error = %e, "could not review a /metrics caller with the API server");
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,

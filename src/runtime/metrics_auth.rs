@@ -128,6 +128,17 @@ impl Reviewer for KubeReviewer {
     }
 }
 
+/// Why a `/metrics` caller could not be checked now.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// [`MAX_REVIEWS_IN_FLIGHT`] reviews are already under way.
+    #[error("too many /metrics callers under review")]
+    Busy,
+    /// The API server could not be asked.
+    #[error(transparent)]
+    Review(#[from] anyhow::Error),
+}
+
 /// The `/metrics` gate: reviews plus a bounded, short-lived cache of their decisions.
 pub struct MetricsAuth {
     reviewer: Box<dyn Reviewer>,
@@ -144,9 +155,9 @@ impl MetricsAuth {
         }
     }
 
-    /// Decides on a request by its headers. An error means the API server could not be asked
+    /// Decides on a request by its headers. An error means the caller could not be checked now
     /// (the caller answers 503; nothing is cached).
-    pub async fn check(&self, headers: &HeaderMap) -> anyhow::Result<Decision> {
+    pub async fn check(&self, headers: &HeaderMap) -> Result<Decision, CheckError> {
         let Some(token) = bearer_token(headers) else {
             return Ok(Decision::Unauthenticated);
         };
@@ -155,7 +166,9 @@ impl MetricsAuth {
             return Ok(decision);
         }
         let decision = {
-            let _permit = self.in_flight.acquire().await?;
+            // Callers beyond the limit are turned away at once rather than queued: a flood of
+            // fresh tokens must not hold connections (and their memory) open while it waits.
+            let _permit = self.in_flight.try_acquire().map_err(|_| CheckError::Busy)?;
             self.review(token).await?
         };
         self.remember(key, decision, Instant::now());
@@ -233,6 +246,8 @@ pub(crate) mod tests {
     pub(crate) struct FakeReviewer {
         pub reviews: Arc<AtomicUsize>,
         pub fail: bool,
+        /// When set, every review waits until this is notified.
+        pub hold: Option<Arc<tokio::sync::Notify>>,
     }
 
     impl Reviewer for FakeReviewer {
@@ -242,7 +257,11 @@ pub(crate) mod tests {
         ) -> BoxFuture<'a, anyhow::Result<Option<UserInfo>>> {
             self.reviews.fetch_add(1, Ordering::Relaxed);
             let fail = self.fail;
+            let hold = self.hold.clone();
             Box::pin(async move {
+                if let Some(hold) = hold {
+                    hold.notified().await;
+                }
                 anyhow::ensure!(!fail, "API server unavailable");
                 Ok(["reader", "nobody"].contains(&token).then(|| UserInfo {
                     username: Some(format!("system:serviceaccount:ns:{token}")),
@@ -317,6 +336,32 @@ pub(crate) mod tests {
         let auth = MetricsAuth::new(Box::new(fake));
         assert!(auth.check(&headers(Some("Bearer reader"))).await.is_err());
         assert_eq!(auth.cached_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn callers_beyond_the_review_limit_are_turned_away_at_once() {
+        let hold = Arc::new(tokio::sync::Notify::new());
+        let auth = Arc::new(MetricsAuth::new(Box::new(FakeReviewer {
+            hold: Some(hold.clone()),
+            ..FakeReviewer::default()
+        })));
+        let mut held = Vec::new();
+        for i in 0..MAX_REVIEWS_IN_FLIGHT {
+            let auth = auth.clone();
+            held.push(tokio::spawn(async move {
+                auth.check(&headers(Some(&format!("Bearer fresh-{i}"))))
+                    .await
+            }));
+        }
+        while auth.in_flight.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let busy = auth.check(&headers(Some("Bearer reader"))).await;
+        assert!(matches!(busy, Err(CheckError::Busy)), "{busy:?}");
+        hold.notify_waiters();
+        for h in held {
+            assert_eq!(h.await.unwrap().unwrap(), Decision::Unauthenticated);
+        }
     }
 
     #[test]

@@ -41,8 +41,13 @@ const EXCEPTIONS: &[Exception] = &[];
 
 /// Release (and so ServiceAccount, the chart's fullname) and namespace of the renderings.
 const RELEASE: &str = "keeper-operator";
-/// The harness installs the chart with `watchNamespace` set to another namespace.
-const RENDERINGS: [&[&str]; 2] = [&[], &["--set", "watchNamespace=apps"]];
+/// The harness installs the chart with `watchNamespace` set to another namespace, and turns
+/// `rbac.rolloutRestart` on where a test restarts workloads.
+const RENDERINGS: [&[&str]; 3] = [
+    &[],
+    &["--set", "watchNamespace=apps"],
+    &["--set", "rbac.rolloutRestart=true"],
+];
 
 fn main() -> Result<ExitCode> {
     let args = Args::parse();
