@@ -279,6 +279,7 @@ impl KeeperSource for FakeKeeper {
         (fetched_at.is_some() || failure.is_some()).then_some(Health {
             fetched_at,
             failure,
+            persist_refused: false,
         })
     }
 

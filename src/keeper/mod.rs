@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::keeper::fetcher::files::FileCache;
 use crate::keeper::fetcher::ksm_upstream::KsmUpstream;
 use crate::keeper::fetcher::sealed::SnapshotStore;
 use crate::keeper::fetcher::{CredentialFetcher, FetchSettings, FileBytes, Health, Served};
@@ -107,6 +108,8 @@ pub struct SharedKeeper {
     settings: FetchSettings,
     store: Option<Arc<dyn SnapshotStore>>,
     metrics: Arc<Metrics>,
+    /// Downloaded attachments of every credential, under one byte budget.
+    files: Arc<FileCache>,
     fetchers: Mutex<HashMap<[u8; 32], Arc<CredentialFetcher>>>,
 }
 
@@ -128,6 +131,7 @@ impl SharedKeeper {
             options,
             store,
             metrics,
+            files: Arc::default(),
             fetchers: Mutex::default(),
         })
     }
@@ -152,6 +156,7 @@ impl SharedKeeper {
             self.store.clone(),
             self.settings.clone(),
             self.metrics.fetch_stats(),
+            self.files.clone(),
         ));
         fetchers.insert(cred.fingerprint, fetcher.clone());
         Ok(fetcher)

@@ -134,6 +134,11 @@ impl Default for Metrics {
             "Snapshots restored from the persisted last-good cache",
             fetch_stats.store_restores.clone(),
         );
+        registry.register(
+            "keeper_store_too_large",
+            "Keeper answers too large to persist as the last good copy (kept in memory only)",
+            fetch_stats.store_too_large.clone(),
+        );
         registry.register_collector(Box::new(BudgetUse(fetch_stats.clone())));
         let rollout_restarts = Family::<RolloutLabels, Counter>::default();
         registry.register(

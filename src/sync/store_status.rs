@@ -99,6 +99,14 @@ pub fn compute(
             None => match fetched_at {
                 // The time is in lastFetchTime; the message stays the same from one answer to
                 // the next.
+                Some(_) if h.persist_refused => (
+                    "True",
+                    "KeeperAnswered",
+                    format!(
+                        "Keeper answered the latest request for this credential; the answer is too large to keep as the sealed last good copy (over {} bytes sealed), so a restart while Keeper is down would find an older copy or none",
+                        crate::keeper::fetcher::sealed::MAX_STORED_BYTES
+                    ),
+                ),
                 Some(_) => (
                     "True",
                     "KeeperAnswered",
@@ -202,6 +210,7 @@ mod tests {
         let answered = Credential::Parsed(Some(Health {
             fetched_at: Some(at),
             failure: None,
+            persist_refused: false,
         }));
         let s = compute(&store(), &answered, Usage::default(), t(5));
         assert_eq!(ready(&s), ("True", "KeeperAnswered"));
@@ -209,9 +218,19 @@ mod tests {
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(s.conditions[0].observed_generation, Some(3));
 
+        let too_large = Credential::Parsed(Some(Health {
+            fetched_at: Some(at),
+            failure: None,
+            persist_refused: true,
+        }));
+        let s = compute(&store(), &too_large, Usage::default(), t(5));
+        assert_eq!(ready(&s), ("True", "KeeperAnswered"));
+        assert!(s.conditions[0].message.contains("too large"), "{s:?}");
+
         let down = Credential::Parsed(Some(Health {
             fetched_at: Some(at),
             failure: Some((Arc::new(KsmError::Unavailable("refused".into())), at)),
+            persist_refused: false,
         }));
         let s = compute(&store(), &down, Usage::default(), t(5));
         assert_eq!(ready(&s), ("False", "KeeperUnavailable"));

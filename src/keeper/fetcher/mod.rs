@@ -18,11 +18,13 @@
 //!   per backoff step, not one per KeeperSecret.
 //! - **Persistence.** Every snapshot whose content changed is sealed into a [`SnapshotStore`];
 //!   a process that has no snapshot yet and cannot reach Keeper loads it from there.
-//! - **Files** are downloaded once per record revision and shared. The attachments that
-//!   KeeperSecrets map are sealed into the store too (as much as fits beside the snapshot), so a
-//!   restarted operator can also recreate a Secret holding a file while Keeper is down.
+//! - **Files** are downloaded once per record revision and shared, in one [`FileCache`] for all
+//!   credentials under a byte budget. The attachments that KeeperSecrets map are sealed into the
+//!   store too (as much as fits beside the snapshot), so a restarted operator can also recreate
+//!   a Secret holding a file while Keeper is down.
 
 pub mod budget;
+pub mod files;
 pub mod ksm_upstream;
 pub mod sealed;
 pub mod secret_store;
@@ -33,6 +35,7 @@ use crate::ksm::error::KsmError;
 use crate::ksm::record::{KeeperFile, Vault};
 use crate::lock;
 use budget::RateBudget;
+use files::FileCache;
 use futures::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use sealed::{Part, SnapshotStore};
@@ -122,6 +125,8 @@ pub struct Health {
     pub fetched_at: Option<SystemTime>,
     /// The failure of the latest attempts, and since when they fail.
     pub failure: Option<(Arc<KsmError>, SystemTime)>,
+    /// The latest answer was too large to persist as the last good copy.
+    pub persist_refused: bool,
 }
 
 /// The answer to "give me this credential's data".
@@ -168,6 +173,9 @@ pub struct FetchStats {
     pub cache_hits: Counter,
     /// Snapshots restored from the persisted last-good store.
     pub store_restores: Counter,
+    /// Snapshots too large to persist (the API server refuses a Secret over 1 MiB); each
+    /// distinct body is counted once.
+    pub store_too_large: Counter,
     /// Callers served a stale last good copy.
     pub stale_served: Counter,
     /// Latest budget state per credential id, for the utilisation gauge.
@@ -199,13 +207,14 @@ struct Failure {
 
 struct State {
     snapshot: Option<Arc<Snapshot>>,
-    /// Fingerprint of the persisted body, so an unchanged vault is not written again.
+    /// Fingerprint of the persisted body, so an unchanged vault is not written again (also set
+    /// for a body too large to persist, so it is not tried again).
     persisted: Option<[u8; 32]>,
+    /// The latest body was too large to persist: a restart would find an older copy, or none.
+    persist_refused: bool,
     store_checked: bool,
     failure: Option<Failure>,
     budget: RateBudget,
-    /// Downloaded files by file UID, with the record revision they belong to.
-    files: HashMap<String, (i64, FileBytes)>,
     /// Size of the persisted snapshot: the persisted files get the room it leaves.
     persisted_len: usize,
     /// Fingerprint of the persisted files (UIDs and revisions).
@@ -220,6 +229,8 @@ pub struct CredentialFetcher {
     store: Option<Arc<dyn SnapshotStore>>,
     settings: FetchSettings,
     stats: Arc<FetchStats>,
+    /// Downloaded files of every credential (this one's under its `id`).
+    files: Arc<FileCache>,
     state: tokio::sync::Mutex<State>,
 }
 
@@ -238,6 +249,7 @@ impl CredentialFetcher {
         store: Option<Arc<dyn SnapshotStore>>,
         settings: FetchSettings,
         stats: Arc<FetchStats>,
+        files: Arc<FileCache>,
     ) -> Self {
         let budget = RateBudget::new(
             settings.budget_requests,
@@ -252,13 +264,14 @@ impl CredentialFetcher {
             store,
             settings,
             stats,
+            files,
             state: tokio::sync::Mutex::new(State {
                 snapshot: None,
                 persisted: None,
+                persist_refused: false,
                 store_checked: false,
                 failure: None,
                 budget,
-                files: HashMap::new(),
                 persisted_len: 0,
                 persisted_files: None,
                 in_flight: None,
@@ -400,7 +413,7 @@ impl CredentialFetcher {
                 let fetched_at = SystemTime::now();
                 state.failure = None;
                 self.persist(state, fetched_at, &body).await;
-                forget_old_files(&mut state.files, &vault);
+                forget_old_files(&self.files, &self.id, &vault);
                 self.persist_files(state).await;
                 state.snapshot = Some(Arc::new(Snapshot {
                     vault,
@@ -460,7 +473,7 @@ impl CredentialFetcher {
             state.store_checked = true;
             state.snapshot = self.restore().await.map(Arc::new);
             if state.snapshot.is_some() {
-                self.restore_files(&mut state.files).await;
+                self.restore_files().await;
             }
         }
         match &state.snapshot {
@@ -513,9 +526,20 @@ impl CredentialFetcher {
         }
         let sealed = sealed::seal(&self.source.cache_key(), fetched_at, body);
         let len = sealed.len();
+        if len > sealed::MAX_STORED_BYTES {
+            // The API server would refuse it: say so once for this body instead of sending
+            // (and being refused) again at every fetch. The copy in memory is still served.
+            state.persisted = Some(fingerprint);
+            state.persist_refused = true;
+            self.stats.store_too_large.inc();
+            tracing::warn!(credential = %self.id, sealed_bytes = len, limit_bytes = sealed::MAX_STORED_BYTES,
+                "the last good copy is too large to persist; it is kept in memory only");
+            return;
+        }
         match store.save(&self.id, Part::Snapshot, sealed).await {
             Ok(()) => {
                 state.persisted = Some(fingerprint);
+                state.persist_refused = false;
                 state.persisted_len = len;
             }
             Err(error) => {
@@ -528,13 +552,13 @@ impl CredentialFetcher {
     /// fit beside the snapshot.
     async fn persist_files(&self, state: &mut State) {
         let Some(store) = &self.store else { return };
-        if state.files.is_empty() && state.persisted_files.is_none() {
+        let cached = self.files.of(&self.id);
+        if cached.is_empty() && state.persisted_files.is_none() {
             return;
         }
-        let mut files: Vec<(&str, i64, &[u8])> = state
-            .files
+        let mut files: Vec<(&str, i64, &[u8])> = cached
             .iter()
-            .map(|(uid, (revision, bytes))| (uid.as_str(), *revision, bytes.as_slice()))
+            .map(|(uid, revision, bytes)| (uid.as_str(), *revision, bytes.as_slice()))
             .collect();
         files.sort_by_key(|(uid, _, bytes)| (bytes.len(), *uid));
         let mut hasher = Sha256::new();
@@ -562,7 +586,7 @@ impl CredentialFetcher {
     }
 
     /// Loads the sealed files beside a restored snapshot (their revisions are checked on use).
-    async fn restore_files(&self, files: &mut HashMap<String, (i64, FileBytes)>) {
+    async fn restore_files(&self) {
         let Some(store) = &self.store else { return };
         let sealed = match store.load(&self.id, Part::Files).await {
             Ok(Some(sealed)) => sealed,
@@ -575,7 +599,9 @@ impl CredentialFetcher {
         match sealed::open_files(&self.source.cache_key(), &sealed) {
             Ok(stored) => {
                 for file in stored {
-                    files.insert(file.uid, (file.revision, Arc::new(file.content)));
+                    let content = Arc::new(file.content);
+                    self.files
+                        .insert(&self.id, &file.uid, file.revision, content);
                 }
             }
             Err(error) => {
@@ -592,19 +618,13 @@ impl CredentialFetcher {
         file: &KeeperFile,
         budget: u64,
     ) -> Result<FileBytes, KsmError> {
-        {
-            let state = self.state.lock().await;
-            if let Some((cached, bytes)) = state.files.get(&file.uid)
-                && *cached == revision
-            {
-                return Ok(bytes.clone());
-            }
+        if let Some(bytes) = self.files.get(&self.id, &file.uid, revision) {
+            return Ok(bytes);
         }
         let bytes = Arc::new(self.source.download(file, budget).await?);
         let mut state = self.state.lock().await;
-        state
-            .files
-            .insert(file.uid.clone(), (revision, bytes.clone()));
+        self.files
+            .insert(&self.id, &file.uid, revision, bytes.clone());
         self.persist_files(&mut state).await;
         Ok(bytes)
     }
@@ -619,6 +639,7 @@ impl CredentialFetcher {
                 .filter(|s| s.origin == Origin::Keeper)
                 .map(|s| s.fetched_at),
             failure: state.failure.as_ref().map(|f| (f.error.clone(), f.since)),
+            persist_refused: state.persist_refused,
         }
     }
 
@@ -639,13 +660,15 @@ fn pending_retry(fetch: &InFlight, now: TokioInstant) -> Duration {
 
 /// Drops cached files that are no longer attached to a record of `vault` at the revision they
 /// were downloaded for: they would never be served again.
-fn forget_old_files(files: &mut HashMap<String, (i64, FileBytes)>, vault: &Vault) {
+fn forget_old_files(files: &FileCache, credential: &str, vault: &Vault) {
     let current: HashMap<&str, i64> = vault
         .records
         .iter()
         .flat_map(|r| r.files.iter().map(move |f| (f.uid.as_str(), r.revision)))
         .collect();
-    files.retain(|uid, (revision, _)| current.get(uid.as_str()) == Some(revision));
+    files.retain(credential, |uid, revision| {
+        current.get(uid) == Some(&revision)
+    });
 }
 
 fn staleness(failure: &Failure, now: Instant) -> Staleness {

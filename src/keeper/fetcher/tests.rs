@@ -106,6 +106,7 @@ fn fetcher(src: FakeSource, store: Option<Arc<dyn SnapshotStore>>) -> Arc<Creden
         store,
         fast_settings(),
         Arc::default(),
+        Arc::default(),
     ))
 }
 
@@ -225,6 +226,7 @@ async fn the_request_budget_holds_back_a_storm() {
         None,
         settings,
         Arc::default(),
+        Arc::default(),
     ));
     for _ in 0..10 {
         fetcher.snapshot(Duration::ZERO).await;
@@ -294,6 +296,40 @@ async fn unchanged_vaults_are_not_persisted_again() {
         fetcher.snapshot(Duration::ZERO).await;
     }
     assert_eq!(store.saves.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_answer_too_large_to_persist_is_reported_once_and_not_sent_again() {
+    let key = AesKey::random();
+    let store = Arc::new(CountingStore::default());
+    let big: &'static str = Box::leak("x".repeat(sealed::MAX_STORED_BYTES).into_boxed_str());
+    let (src, _) = source(vec![Ok(big), Ok(big), Ok(big), Ok("small")], &key);
+    let fetcher = fetcher(src, Some(store.clone()));
+    for _ in 0..3 {
+        let served = fetcher.snapshot(Duration::ZERO).await;
+        assert!(
+            matches!(served, Served::Fresh(_)),
+            "still served from memory"
+        );
+    }
+    assert_eq!(
+        store.saves.load(Ordering::SeqCst),
+        0,
+        "never sent to the store"
+    );
+    assert_eq!(
+        fetcher.stats.store_too_large.get(),
+        1,
+        "counted once per body"
+    );
+    assert!(fetcher.health().await.persist_refused);
+    fetcher.snapshot(Duration::ZERO).await;
+    assert_eq!(
+        store.saves.load(Ordering::SeqCst),
+        1,
+        "a smaller answer is persisted"
+    );
+    assert!(!fetcher.health().await.persist_refused);
 }
 
 #[tokio::test]
@@ -432,6 +468,7 @@ fn slow_fetcher(delay: Duration, deadline: Duration) -> (Arc<CredentialFetcher>,
         Box::new(SlowSource { inner, delay }),
         None,
         settings,
+        Arc::default(),
         Arc::default(),
     );
     (Arc::new(fetcher), fetches)
