@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Secret;
-use keeper_e2e::harness::wait_until;
+use keeper_e2e::harness::{peak_rss_mib, wait_until};
 use keeper_e2e::ksm_server::{DownMode, FileFailure};
 use keeper_e2e::world::{
     POSTGRES, TIMEOUT, World, assert_passwords_in, condition, create_keeper_secret, keeper_secret,
@@ -688,20 +688,6 @@ async fn a_restarted_operator_recreates_a_file_secret_from_the_sealed_copy_while
     w.server.faults().set_down(DownMode::Up);
     w.wait_all(1, "Synced").await?;
     w.finish(&mut [&mut first, &mut second]).await
-}
-
-/// The operator's peak resident memory so far (VmHWM), in MiB.
-fn peak_rss_mib(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .context("VmHWM in /proc status")?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()?;
-    Ok(kib / 1024.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

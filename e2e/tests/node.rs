@@ -29,13 +29,18 @@ use keeper_e2e::harness::{
 };
 use keeper_e2e::ksm_server::{DownMode, TestServer, sample_vault};
 use keeper_e2e::leak_scan::SecretValues;
-use keeper_e2e::world::{POSTGRES, condition, keeper_secret, wait_for_reason};
+use keeper_e2e::world::{
+    POSTGRES, condition, keeper_secret, keeper_secret_manifest, wait_for_reason,
+};
 use keeper_operator::api::{FORCE_SYNC_ANNOTATION, KeeperSecret};
 use keeper_operator::runtime::leader::LEASE_NAME;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use tokio::sync::Mutex;
+
+#[path = "node/soak.rs"]
+mod soak;
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 /// The scenarios share the kept CRDs, which one Helm release at a time can own.

@@ -246,6 +246,33 @@ pub fn max_age(why: Why, interval: Duration) -> Duration {
     }
 }
 
+/// Forced syncs of one KeeperSecret run at most this often; requests made in between are
+/// answered together by the next one, so a burst of annotation changes costs one sync.
+pub const FORCED_SYNC_SPACING: Duration = Duration::from_secs(10);
+
+/// How long a sync request must wait so forced syncs of one KeeperSecret stay
+/// [`FORCED_SYNC_SPACING`] apart, given when the last one ran (`None`: run it now).
+pub fn forced_sync_wait(last_forced: Option<Timestamp>, now: Timestamp) -> Option<Duration> {
+    let last = last_forced?;
+    let since = Duration::try_from(now.duration_since(last)).unwrap_or(Duration::ZERO);
+    FORCED_SYNC_SPACING
+        .checked_sub(since)
+        .filter(|left| !left.is_zero())
+}
+
+/// The oldest data a requested sync may use: data fetched after the request was made, so a
+/// change made in Keeper before someone asked for a sync is always picked up. The request's
+/// time is the annotation's value (`kubectl keeper refresh` and Flux write RFC 3339 times; the
+/// latest counts when both annotations are set); a value that is not a time, or one in the
+/// future, asks for data fetched now.
+pub fn requested_max_age(request: &str, now: Timestamp) -> Duration {
+    let times: Option<Vec<Timestamp>> = request.split(',').map(|v| v.trim().parse().ok()).collect();
+    times
+        .and_then(|t| t.into_iter().max())
+        .and_then(|asked| Duration::try_from(now.duration_since(asked)).ok())
+        .unwrap_or(Duration::ZERO)
+}
+
 /// How old the shared data must be before a missing record or field reads Keeper again.
 pub const REFETCH_FLOOR: Duration = Duration::from_secs(10);
 

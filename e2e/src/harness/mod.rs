@@ -28,7 +28,10 @@ pub use node::{
     Image, NodeCluster, Relay, build_image, container_id, process_uid, root_mount_options,
 };
 pub use operator::{Operator, OperatorBuilder, operator_binary};
-pub use process::{CommandOutput, artefact_dir, free_port, run, unique_name, workspace_root};
+pub use process::{
+    CommandOutput, artefact_dir, cpu_seconds, free_port, peak_rss_mib, run, unique_name,
+    workspace_root,
+};
 pub use secrets::{create_secret, secret_bytes, secret_strings, secret_text};
 pub use wait::{
     condition, wait_for_condition, wait_for_condition_status, wait_for_deletion, wait_for_secret,

@@ -415,3 +415,47 @@ fn an_unanswered_sync_request_syncs_at_once() {
     assert_eq!(sync_request(&ks).as_deref(), Some("1,2026-12-01T10:00:00Z"));
     assert_eq!(requested_sync(&ks), sync_request(&ks));
 }
+
+#[test]
+fn forced_syncs_are_spaced_and_coalesce() {
+    assert_eq!(
+        forced_sync_wait(None, t(100)),
+        None,
+        "the first runs at once"
+    );
+    assert_eq!(
+        forced_sync_wait(Some(t(100)), t(103)),
+        Some(Duration::from_secs(7))
+    );
+    assert_eq!(forced_sync_wait(Some(t(100)), t(110)), None);
+    assert_eq!(forced_sync_wait(Some(t(100)), t(500)), None);
+    // A last sync in the future (clock skew) waits at most the spacing.
+    assert_eq!(
+        forced_sync_wait(Some(t(200)), t(100)),
+        Some(FORCED_SYNC_SPACING)
+    );
+}
+
+#[test]
+fn a_requested_sync_reads_data_fetched_after_the_request() {
+    let now: Timestamp = "2026-12-07T10:00:30Z".parse().unwrap();
+    assert_eq!(
+        requested_max_age("2026-12-07T10:00:00Z", now),
+        Duration::from_secs(30)
+    );
+    // Flux's requestedAt has nanoseconds; with both annotations the latest request counts.
+    assert_eq!(
+        requested_max_age("2026-12-07T09:00:00Z,2026-12-07T10:00:25.123456789Z", now),
+        Duration::from_millis(4_876) + Duration::from_nanos(543_211)
+    );
+    // Not a time, or a time in the future: data fetched now.
+    for request in [
+        "1",
+        "now",
+        "2026-12-07T10:00:00Z,x",
+        "2026-12-07T11:00:00Z",
+        "",
+    ] {
+        assert_eq!(requested_max_age(request, now), Duration::ZERO, "{request}");
+    }
+}
