@@ -5,9 +5,10 @@ use keeper_e2e::ksm_server::uids::{
     ANALYTICS, CERT_FILE, DATABASES, POSTGRES, PRODUCTION, STRIPE, WEB_CERT,
 };
 use keeper_e2e::ksm_server::{
-    DownMode, FileFailure, Listing, RateLimit, RetryAfterHeader, TestServer, ThrottleBody,
-    sample_file, sample_vault,
+    DownMode, FileFailure, Listing, RateLimit, RetryAfterHeader, ServerOptions, TestServer,
+    ThrottleBody, sample_file, sample_vault,
 };
+use keeper_operator::ksm::crypto::{b64_decode, public_key_bytes};
 use keeper_operator::ksm::notation::{Notation, NotationValue, resolve};
 use keeper_operator::ksm::{ClientOptions, KsmClient, KsmConfig, KsmError, Query, redeem_token};
 use std::time::{Duration, Instant};
@@ -83,6 +84,74 @@ async fn redeems_a_token_like_the_sdks() {
         "{err:?}"
     );
     assert_eq!(err.reason(), "AuthFailed");
+}
+
+/// The IL5 extended token `IL5:clientKey:keyId:serverPublicKey` carries the server key: it is
+/// kept (not the built-in key of the same id) through binding, the stored config, and a
+/// key-rotation answer.
+#[tokio::test]
+async fn an_il5_token_binds_with_the_server_key_it_carries() {
+    let server = TestServer::start_with(
+        sample_vault(),
+        ServerOptions {
+            key_id: "18".into(),
+            ..ServerOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (id, point) = server.server_public_key();
+    let token = server.issue_token("operator").unwrap();
+    let il5 = format!("IL5:{token}:{id}:{point}");
+    // The IL5 prefix names il5.keepersecurity.us: the test server's host is passed instead.
+    let config = redeem_token(&il5, Some(&server.hostname()), None, &options(&server))
+        .await
+        .unwrap();
+    let pinned = b64_decode(&point).unwrap();
+    let check = |config: &KsmConfig| {
+        assert!(config.is_bound());
+        assert_eq!(config.server_public_key_id(), 18);
+        assert_eq!(
+            config
+                .server_public_key()
+                .map(|k| public_key_bytes(k).to_vec()),
+            Some(pinned.clone())
+        );
+    };
+    check(&config);
+    let stored = KsmConfig::parse(&config.to_base64()).unwrap();
+    check(&stored);
+    let ksm = KsmClient::new(stored, &options(&server)).unwrap();
+    assert_eq!(
+        ksm.get_secrets(&Query::default())
+            .await
+            .unwrap()
+            .records
+            .len(),
+        4
+    );
+    // A key-rotation answer cannot replace a pinned key.
+    server.faults().wrong_key_id_next(1);
+    let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KsmError::WrongServerKey {
+                custom_key: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    check(ksm.config());
+    assert_eq!(
+        ksm.get_secrets(&Query::default())
+            .await
+            .unwrap()
+            .records
+            .len(),
+        4
+    );
 }
 
 #[tokio::test]
