@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Secret;
 use keeper_e2e::harness::{Operator, create_secret, secret_bytes, wait_until, workspace_root};
-use keeper_e2e::ksm_server::{DownMode, RecordSpec};
+use keeper_e2e::ksm_server::uids::WEB_CERT;
+use keeper_e2e::ksm_server::{DownMode, Listing, RecordSpec};
 use keeper_e2e::world::{POSTGRES, World};
 use keeper_operator::api::{
     ClusterKeeperStore, ClusterKeeperStoreStatus, KeeperSecret, MANAGED_BY_LABEL,
@@ -184,6 +185,45 @@ async fn examples_produce_the_documented_secrets() -> Result<()> {
     assert!(
         !status_text.contains(&w.vault_value(POSTGRES, "password")?),
         "no secret value in status"
+    );
+    w.finish(&mut [&mut operator]).await
+}
+
+/// Records created in a shared folder by Commander or the Vault UI come flat, wrapped by the
+/// folder key: they sync by title, UID, notation and through their shared folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flat_records_in_shared_folders_sync() -> Result<()> {
+    let (w, mut operator) = start("ctl-flat").await?;
+    // Postgres sits in the sub-folder Databases, Web Certificate directly in Production.
+    for uid in [POSTGRES, WEB_CERT] {
+        let mut record = w.server.record(uid)?;
+        record.listing = Listing::FlatInFolder;
+        w.server.set_record(record)?;
+    }
+    w.apply_example("database.yaml")?;
+    w.apply_example("folder.yaml")?;
+    w.kubectl_wait_ready("postgres")?;
+    w.kubectl_wait_ready("production")?;
+
+    let d = secret_bytes(&w.secrets().get("postgres-credentials").await?);
+    assert_eq!(text(&d, "username"), w.vault_value(POSTGRES, "login")?);
+    assert_eq!(text(&d, "password"), w.vault_value(POSTGRES, "password")?);
+    assert_eq!(text(&d, "environment"), "production");
+
+    let folder = secret_bytes(&w.secrets().get("production").await?);
+    assert_eq!(
+        text(&folder, "Postgres_password"),
+        w.vault_value(POSTGRES, "password")?
+    );
+    assert!(
+        text(&folder, "Web_Certificate_cert.pem").starts_with("-----BEGIN CERTIFICATE-----"),
+        "{:?}",
+        folder.keys()
+    );
+    assert!(
+        folder.keys().any(|k| k.starts_with("Analytics_DB_")),
+        "nested records still there: {:?}",
+        folder.keys()
     );
     w.finish(&mut [&mut operator]).await
 }

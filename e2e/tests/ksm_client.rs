@@ -1,11 +1,14 @@
 //! The operator's KSM client (`keeper_operator::ksm`) against the test server, through token
 //! redemption, every read path and every error path the operator has to tell apart.
 
-use keeper_e2e::ksm_server::uids::{CERT_FILE, DATABASES, POSTGRES, PRODUCTION, STRIPE};
-use keeper_e2e::ksm_server::{
-    DownMode, FileFailure, RateLimit, RetryAfterHeader, TestServer, ThrottleBody, sample_file,
-    sample_vault,
+use keeper_e2e::ksm_server::uids::{
+    ANALYTICS, CERT_FILE, DATABASES, POSTGRES, PRODUCTION, STRIPE, WEB_CERT,
 };
+use keeper_e2e::ksm_server::{
+    DownMode, FileFailure, Listing, RateLimit, RetryAfterHeader, ServerOptions, TestServer,
+    ThrottleBody, sample_file, sample_vault,
+};
+use keeper_operator::ksm::crypto::{b64_decode, public_key_bytes};
 use keeper_operator::ksm::notation::{Notation, NotationValue, resolve};
 use keeper_operator::ksm::{ClientOptions, KsmClient, KsmConfig, KsmError, Query, redeem_token};
 use std::time::{Duration, Instant};
@@ -81,6 +84,74 @@ async fn redeems_a_token_like_the_sdks() {
         "{err:?}"
     );
     assert_eq!(err.reason(), "AuthFailed");
+}
+
+/// The IL5 extended token `IL5:clientKey:keyId:serverPublicKey` carries the server key: it is
+/// kept (not the built-in key of the same id) through binding, the stored config, and a
+/// key-rotation answer.
+#[tokio::test]
+async fn an_il5_token_binds_with_the_server_key_it_carries() {
+    let server = TestServer::start_with(
+        sample_vault(),
+        ServerOptions {
+            key_id: "18".into(),
+            ..ServerOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (id, point) = server.server_public_key();
+    let token = server.issue_token("operator").unwrap();
+    let il5 = format!("IL5:{token}:{id}:{point}");
+    // The IL5 prefix names il5.keepersecurity.us: the test server's host is passed instead.
+    let config = redeem_token(&il5, Some(&server.hostname()), None, &options(&server))
+        .await
+        .unwrap();
+    let pinned = b64_decode(&point).unwrap();
+    let check = |config: &KsmConfig| {
+        assert!(config.is_bound());
+        assert_eq!(config.server_public_key_id(), 18);
+        assert_eq!(
+            config
+                .server_public_key()
+                .map(|k| public_key_bytes(k).to_vec()),
+            Some(pinned.clone())
+        );
+    };
+    check(&config);
+    let stored = KsmConfig::parse(&config.to_base64()).unwrap();
+    check(&stored);
+    let ksm = KsmClient::new(stored, &options(&server)).unwrap();
+    assert_eq!(
+        ksm.get_secrets(&Query::default())
+            .await
+            .unwrap()
+            .records
+            .len(),
+        4
+    );
+    // A key-rotation answer cannot replace a pinned key.
+    server.faults().wrong_key_id_next(1);
+    let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KsmError::WrongServerKey {
+                custom_key: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    check(ksm.config());
+    assert_eq!(
+        ksm.get_secrets(&Query::default())
+            .await
+            .unwrap()
+            .records
+            .len(),
+        4
+    );
 }
 
 #[tokio::test]
@@ -190,6 +261,86 @@ async fn reads_records_folders_files_and_notations() {
     let production = folders.iter().find(|f| f.uid == PRODUCTION).unwrap();
     assert_eq!(production.name.as_deref(), Some("Production"));
     assert_eq!(production.parent_uid, None);
+}
+
+/// Keeper lists records created in a shared folder by Commander or the Vault UI flat, with
+/// `innerFolderUid`, their keys wrapped by the shared folder's key. They read like nested ones.
+#[tokio::test]
+async fn flat_records_in_shared_folders_and_sub_folders_are_read() {
+    let mut spec = sample_vault();
+    for record in &mut spec.records {
+        if record.uid == WEB_CERT || record.uid == POSTGRES {
+            record.listing = Listing::FlatInFolder;
+        }
+    }
+    let server = TestServer::start(spec).await.unwrap();
+    let ksm = client(&server, "operator");
+    let vault = ksm.get_secrets(&Query::default()).await.unwrap();
+    assert!(vault.skipped.is_empty(), "{:?}", vault.warnings);
+    assert!(vault.warnings.is_empty(), "{:?}", vault.warnings);
+    let mut titles: Vec<&str> = vault.records.iter().map(|r| r.title.as_str()).collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        ["Analytics DB", "Postgres", "Stripe API", "Web Certificate"]
+    );
+
+    // By UID: placed in their shared folder, like nested records.
+    let by_uid = |uid: &str| vault.records.iter().find(|r| r.uid == uid).unwrap();
+    let postgres = by_uid(POSTGRES);
+    assert_eq!(postgres.password(), Some("S3cure!Pa55w0rd#prod"));
+    assert_eq!(postgres.folder_uid.as_deref(), Some(PRODUCTION));
+    assert_eq!(postgres.inner_folder_uid.as_deref(), Some(DATABASES));
+    let cert = by_uid(WEB_CERT);
+    assert_eq!(cert.folder_uid.as_deref(), Some(PRODUCTION));
+    assert_eq!(cert.files.len(), 2);
+
+    // By title and by notation, file included.
+    let resolve_text = |n: &str| -> Vec<String> {
+        let notation: Notation = n.parse().unwrap();
+        text(resolve(&vault.records, &notation).unwrap())
+    };
+    assert_eq!(
+        resolve_text("keeper://Postgres/field/password"),
+        ["S3cure!Pa55w0rd#prod"]
+    );
+    assert_eq!(
+        resolve_text(&format!("keeper://{POSTGRES}/custom_field/Environment")),
+        ["production"]
+    );
+    let notation: Notation = "keeper://Web Certificate/file/cert.pem".parse().unwrap();
+    let Some(NotationValue::File(file)) = resolve(&vault.records, &notation)
+        .unwrap()
+        .into_iter()
+        .next()
+    else {
+        panic!("a file")
+    };
+    let content = ksm.download_file(&file, BUDGET).await.unwrap();
+    assert_eq!(&*content, cert_pem().as_slice());
+
+    // Folder and record filters reach them too.
+    let sub = ksm
+        .get_secrets(&Query {
+            records: vec![],
+            folders: vec![DATABASES.into()],
+        })
+        .await
+        .unwrap();
+    let mut uids: Vec<&str> = sub.records.iter().map(|r| r.uid.as_str()).collect();
+    uids.sort();
+    let mut expected = [ANALYTICS, POSTGRES];
+    expected.sort();
+    assert_eq!(uids, expected);
+    let one = ksm
+        .get_secrets(&Query {
+            records: vec![POSTGRES.into()],
+            folders: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(one.records.len(), 1);
+    assert_eq!(one.records[0].folder_uid.as_deref(), Some(PRODUCTION));
 }
 
 #[tokio::test]
@@ -452,6 +603,41 @@ async fn slow_servers_time_out() {
     assert!(matches!(err, KsmError::Timeout), "{err:?}");
     assert!(started.elapsed() < Duration::from_millis(1500));
     assert_eq!(err.reason(), "KeeperUnavailable");
+}
+
+/// Headers at once, then the body a byte every 50 ms: never quiet for long, but the whole
+/// exchange has one deadline, so the client gives up at it.
+#[tokio::test]
+async fn a_trickled_body_ends_at_the_request_deadline() {
+    let server = start().await;
+    let deadline = Duration::from_millis(1200);
+    let ksm = client_with(
+        &server,
+        "operator",
+        ClientOptions {
+            timeout: deadline,
+            ..options(&server)
+        },
+    );
+    server.faults().trickle_next(1, Duration::from_millis(50));
+    let started = Instant::now();
+    let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, KsmError::Timeout), "{err:?}");
+    assert!(
+        took >= deadline && took < deadline + Duration::from_millis(800),
+        "gave up after {took:?}"
+    );
+    assert_eq!(server.counters().endpoint("get_secret"), 1, "not retried");
+    // The fault is spent: the next call is whole.
+    assert_eq!(
+        ksm.get_secrets(&Query::default())
+            .await
+            .unwrap()
+            .records
+            .len(),
+        4
+    );
 }
 
 #[tokio::test]

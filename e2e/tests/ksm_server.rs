@@ -7,8 +7,8 @@ use keeper_e2e::ksm_server::uids::{
     STAGING_POSTGRES as STAGING_PG, STRIPE, WEB_CERT,
 };
 use keeper_e2e::ksm_server::{
-    DownMode, FileFailure, FileSpec, RateLimit, ServerOptions, TestServer, VaultSpec, sample_file,
-    sample_vault,
+    DownMode, FileFailure, FileSpec, Listing, RateLimit, ServerOptions, TestServer, VaultSpec,
+    sample_file, sample_vault,
 };
 use keeper_operator::ksm::crypto::{
     AesKey, aes_gcm_decrypt, aes_gcm_encrypt, b64_decode, b64_std, b64_url, ecies_encrypt,
@@ -944,4 +944,91 @@ fn the_binary_writes_its_state_files_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The sample vault with "Web Certificate" (directly in Production) and "Postgres" (in its
+/// sub-folder Databases) listed the way Keeper lists records made by Commander or the Vault UI.
+fn flat_in_folder_vault() -> VaultSpec {
+    let mut spec = sample_vault();
+    for record in &mut spec.records {
+        if record.uid == WEB_CERT || record.uid == POSTGRES {
+            record.listing = Listing::FlatInFolder;
+        }
+    }
+    spec
+}
+
+#[tokio::test]
+async fn flat_in_folder_records_are_top_level_and_wrapped_by_the_folder_key() {
+    let server = TestServer::start(flat_in_folder_vault()).await.unwrap();
+    let raw = RawClient::new(&server);
+    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    let app_key = device.app_key.clone().unwrap();
+    let answer = raw.send(&device, Call::new("get_secret", &device)).await;
+    assert_eq!(answer.status, 200);
+    let answer = answer.json();
+
+    let folders = answer["folders"].as_array().unwrap();
+    assert_eq!(folders.len(), 1);
+    assert_eq!(folders[0]["folderUid"], PRODUCTION);
+    let nested: Vec<&Value> = folders[0]["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["recordUid"])
+        .collect();
+    assert_eq!(nested, [ANALYTICS]);
+    let folder_key = app_key
+        .unwrap_key(&b64_decode(folders[0]["folderKey"].as_str().unwrap()).unwrap())
+        .unwrap();
+
+    let flat = answer["records"].as_array().unwrap();
+    let entry = |uid: &str| flat.iter().find(|r| r["recordUid"] == uid).unwrap();
+    for (uid, inner) in [(WEB_CERT, PRODUCTION), (POSTGRES, DATABASES)] {
+        let record = entry(uid);
+        assert_eq!(record["innerFolderUid"], inner, "{uid}");
+        let wrapped = b64_decode(record["recordKey"].as_str().unwrap()).unwrap();
+        assert!(
+            app_key.unwrap_key(&wrapped).is_err(),
+            "{uid}: not the app key"
+        );
+        assert!(
+            folder_key.unwrap_key(&wrapped).is_ok(),
+            "{uid}: the folder key"
+        );
+    }
+    assert!(entry(STRIPE)["innerFolderUid"].is_null());
+
+    // The raw client's reading of it is the whole vault, files included.
+    let records = all_records(&answer, &app_key);
+    let mut expected = vec![POSTGRES, ANALYTICS, WEB_CERT, STRIPE];
+    expected.sort();
+    assert_eq!(record_uids(&records), expected);
+    let postgres = records.iter().find(|r| r.0 == POSTGRES).unwrap();
+    assert_eq!(
+        field(&postgres.1, "password")["value"][0],
+        "S3cure!Pa55w0rd#prod"
+    );
+
+    // Filters still select them, and the folder whose key they need comes along.
+    let only = raw
+        .send(
+            &device,
+            Call::new("get_secret", &device).with("requestedRecords", json!([POSTGRES])),
+        )
+        .await
+        .json();
+    assert_eq!(only["folders"][0]["folderUid"], PRODUCTION);
+    assert_eq!(only["folders"][0]["records"], json!([]));
+    assert_eq!(record_uids(&all_records(&only, &app_key)), [POSTGRES]);
+    let sub = raw
+        .send(
+            &device,
+            Call::new("get_secret", &device).with("requestedFolders", json!([DATABASES])),
+        )
+        .await
+        .json();
+    let mut expected = vec![ANALYTICS, POSTGRES];
+    expected.sort();
+    assert_eq!(record_uids(&all_records(&sub, &app_key)), expected);
 }

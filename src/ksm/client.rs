@@ -9,7 +9,7 @@ use crate::ksm::error::{KsmError, sanitize};
 use crate::ksm::hosts::AllowedHosts;
 use crate::ksm::record::{KeeperFile, SharedFolder, Vault};
 use crate::ksm::response::{decode_binding, decode_folders, decode_secrets};
-use crate::ksm::transport::{SealedRequest, builtin_server_key, open_response};
+use crate::ksm::transport::{MAX_RETRY_AFTER, SealedRequest, builtin_server_key, open_response};
 use p256::PublicKey;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -209,17 +209,23 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Delay before throttle retry `attempt` (0-based): the server's `retry_after`, else
-/// 11·2^n s as the SDKs do, with ±25 % jitter so many clients do not retry in lockstep.
+/// The longest throttle delay before jitter: the SDKs' last backoff step (11·2^4 s), which also
+/// caps a server-supplied `retry_after` (KSM-1035, docs/protocol.md#throttling).
+const MAX_THROTTLE_DELAY: Duration = MAX_RETRY_AFTER;
+
+/// Key ids a "use key id N" answer may move to: the bundled table's distinct keys
+/// (docs/protocol.md#key-rotation). Ids 1–6 name the same key as 7 and are not followed.
+const ROTATION_KEY_IDS: std::ops::RangeInclusive<u32> = 7..=18;
+
+/// Delay before throttle retry `attempt` (0-based): the server's `retry_after` (capped at
+/// [`MAX_THROTTLE_DELAY`]), else 11·2^n s as the SDKs do; then up to +25 % jitter so many
+/// clients do not retry in lockstep. One-sided: never sooner than the server asked.
 fn throttle_delay(retry_after: Option<Duration>, attempt: u32) -> Duration {
-    let base = retry_after.unwrap_or_else(|| {
-        backoff::exponential(
-            attempt,
-            Duration::from_secs(11),
-            Duration::from_secs(11 << 5),
-        )
-    });
-    backoff::jitter(base, 0.25)
+    let floor = retry_after.map_or_else(
+        || backoff::exponential(attempt, Duration::from_secs(11), MAX_THROTTLE_DELAY),
+        |delay| delay.min(MAX_THROTTLE_DELAY),
+    );
+    floor + floor.mul_f64(rand::random::<f64>() * 0.25)
 }
 
 impl KsmClient {
@@ -393,7 +399,7 @@ impl KsmClient {
                             custom_key: true,
                         });
                     }
-                    let usable = key_id.filter(|id| builtin_server_key(*id).is_some());
+                    let usable = key_id.filter(|id| ROTATION_KEY_IDS.contains(id));
                     let (Some(id), true) =
                         (usable, rotations < self.inner.options.max_key_rotations)
                     else {

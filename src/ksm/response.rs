@@ -2,6 +2,9 @@
 //! (docs/protocol.md#key-hierarchy):
 //! app key → shared-folder key → record key → record data; record key → file key → metadata;
 //! for `get_folders`, CBC sub-folder keys under the root shared folder's key.
+//! A flat `records[]` entry that names a folder (`innerFolderUid`, or `folderUid`) was created
+//! inside a shared folder: its record key is wrapped by that shared folder's key, with the app key
+//! as the fallback (docs/protocol.md#flat-records-in-shared-folders).
 //!
 //! Policy for partial failures: a record, file or folder entry that does not decrypt is
 //! skipped and named (by UID only) in `Vault::warnings`; the others are kept. When the response
@@ -133,11 +136,25 @@ fn decode_file(record_key: &AesKey, entry: &Obj) -> Result<KeeperFile, EntryErro
     })
 }
 
+/// Which keys may wrap a record's key, in the order they are tried. GCM authenticates, so a
+/// wrong candidate fails cleanly instead of yielding a wrong key.
+enum Wrapping<'k> {
+    /// `folders[].records[]`: the enclosing shared folder's key only.
+    Folder { uid: &'k str, key: &'k AesKey },
+    /// Top-level `records[]` (or a sub-folder entry's, `default` naming it): the key of the
+    /// shared folder the record's folder hint leads to first, then the app key.
+    Flat { default: Option<&'k str> },
+}
+
 struct Decoder<'a> {
     app_key: &'a AesKey,
     vault: Vault,
     seen: HashSet<String>,
     failed: usize,
+    /// Shared folders whose key decrypted, in response order.
+    folder_keys: Vec<(String, AesKey)>,
+    /// Sub-folder → the folder above it, as far as the response shows it.
+    parent_of: HashMap<String, String>,
 }
 
 impl Decoder<'_> {
@@ -148,7 +165,7 @@ impl Decoder<'_> {
             .push(format!("{what} {} skipped: {why}", sanitize(uid)));
     }
 
-    fn record(&mut self, entry: &Value, wrapping: &AesKey, folder_uid: Option<&str>) {
+    fn record(&mut self, entry: &Value, wrapping: &Wrapping<'_>) {
         let Some(entry) = entry.as_object() else {
             self.vault.skipped.unnamed = true;
             self.warn("record", "<no uid>", "entry is not an object");
@@ -159,15 +176,73 @@ impl Decoder<'_> {
             self.warn("record", "<no uid>", "entry has no recordUid");
             return;
         };
-        match self.decode_record(entry, uid, wrapping, folder_uid) {
+        let candidates = self.candidates(entry, wrapping);
+        match self.decode_record(entry, uid, &candidates) {
             Ok(record) => {
                 if self.seen.insert(record.uid.clone()) {
                     self.vault.records.push(record);
                 }
             }
             Err(why) => {
-                self.skip_record(uid, folder_uid);
+                // A flat record that names a folder counts against that folder, so a folder
+                // mapping refuses to write without it.
+                let folder = match wrapping {
+                    Wrapping::Folder { uid, .. } => Some(uid.to_string()),
+                    Wrapping::Flat { default } => self
+                        .folder_hint(entry)
+                        .or(*default)
+                        .map(|hint| self.shared_of(hint).unwrap_or(hint).to_string()),
+                };
+                self.skip_record(uid, folder.as_deref());
                 self.warn("record", uid, why);
+            }
+        }
+    }
+
+    /// `innerFolderUid` (the sub-folder, or the shared folder itself) or, as the Python SDK's
+    /// mock sends it, `folderUid`.
+    fn folder_hint<'e>(&self, entry: &'e Obj) -> Option<&'e str> {
+        text(entry, "innerFolderUid").or_else(|| text(entry, "folderUid"))
+    }
+
+    /// The shared folder (with a decrypted key) that `folder` is or sits in.
+    fn shared_of<'s>(&'s self, folder: &'s str) -> Option<&'s str> {
+        let mut current = folder;
+        // Bounded: a parent cycle in a hostile response ends the walk.
+        for _ in 0..=self.parent_of.len() {
+            if self.folder_keys.iter().any(|(uid, _)| uid == current) {
+                return Some(current);
+            }
+            current = self.parent_of.get(current)?;
+        }
+        None
+    }
+
+    /// Keys to try on a record's `recordKey`, each with the shared folder it places the record in.
+    fn candidates(&self, entry: &Obj, wrapping: &Wrapping<'_>) -> Vec<(AesKey, Option<String>)> {
+        match wrapping {
+            Wrapping::Folder { uid, key } => vec![((*key).clone(), Some(uid.to_string()))],
+            Wrapping::Flat { default } => {
+                let mut out = Vec::new();
+                if let Some(hint) = self.folder_hint(entry).or(*default) {
+                    match self.shared_of(hint) {
+                        Some(shared) => out.extend(
+                            self.folder_keys
+                                .iter()
+                                .filter(|(uid, _)| uid == shared)
+                                .map(|(uid, key)| (key.clone(), Some(uid.clone()))),
+                        ),
+                        // A sub-folder the response does not place: any delivered shared
+                        // folder may hold it.
+                        None => out.extend(
+                            self.folder_keys
+                                .iter()
+                                .map(|(uid, key)| (key.clone(), Some(uid.clone()))),
+                        ),
+                    }
+                }
+                out.push((self.app_key.clone(), None));
+                out
             }
         }
     }
@@ -183,13 +258,15 @@ impl Decoder<'_> {
         &mut self,
         entry: &Obj,
         uid: &str,
-        wrapping: &AesKey,
-        folder_uid: Option<&str>,
+        candidates: &[(AesKey, Option<String>)],
     ) -> Result<Record, EntryError> {
         // PY/RS/GO use the app key when `recordKey` is absent (docs/protocol.md#records).
-        let record_key = match text(entry, "recordKey") {
-            Some(k) => unwrap_gcm(wrapping, k).ok_or("record key does not decrypt")?,
-            None => self.app_key.clone(),
+        let (record_key, folder_uid) = match text(entry, "recordKey") {
+            Some(k) => candidates
+                .iter()
+                .find_map(|(key, folder)| Some((unwrap_gcm(key, k)?, folder.clone())))
+                .ok_or("record key does not decrypt")?,
+            None => (self.app_key.clone(), None),
         };
         let data = gcm_json(
             &record_key,
@@ -225,15 +302,59 @@ impl Decoder<'_> {
             title: str_of("title").unwrap_or_default(),
             record_type: str_of("type").unwrap_or_default(),
             revision: number(entry.get("revision")).unwrap_or(0),
-            folder_uid: folder_uid
-                .or_else(|| text(entry, "folderUid"))
-                .map(str::to_string),
+            folder_uid: folder_uid.or_else(|| text(entry, "folderUid").map(str::to_string)),
             inner_folder_uid: text(entry, "innerFolderUid").map(str::to_string),
             fields: field_list(data.get("fields")),
             custom: field_list(data.get("custom")),
             notes: str_of("notes"),
             files,
         })
+    }
+
+    /// First pass over `folders[]`: shared-folder keys and where sub-folders sit, so flat records
+    /// can be placed whatever the order of the response.
+    fn index_folder(&mut self, entry: &Value) {
+        let Some(entry) = entry.as_object() else {
+            return;
+        };
+        let Some(uid) = text(entry, "folderUid") else {
+            return;
+        };
+        if let Some(parent) = text(entry, "parent") {
+            self.place(uid, parent);
+            return;
+        }
+        let known = self.folder_keys.iter().any(|(u, _)| u == uid);
+        if let (false, Some(key)) = (
+            known,
+            text(entry, "folderKey").and_then(|k| unwrap_gcm(self.app_key, k)),
+        ) {
+            self.folder_keys.push((uid.to_string(), key));
+        }
+        self.index_sub_folders(entry, uid);
+        for record in list(entry, "records").iter().filter_map(Value::as_object) {
+            if let Some(inner) = text(record, "innerFolderUid") {
+                self.place(inner, uid);
+            }
+        }
+    }
+
+    /// Nested `folders[].folders[]` entries, if a response lists sub-folders that way.
+    fn index_sub_folders(&mut self, entry: &Obj, uid: &str) {
+        for sub in list(entry, "folders").iter().filter_map(Value::as_object) {
+            if let Some(sub_uid) = text(sub, "folderUid") {
+                self.place(sub_uid, uid);
+                self.index_sub_folders(sub, sub_uid);
+            }
+        }
+    }
+
+    fn place(&mut self, folder: &str, parent: &str) {
+        if folder != parent {
+            self.parent_of
+                .entry(folder.to_string())
+                .or_insert_with(|| parent.to_string());
+        }
     }
 
     fn folder(&mut self, entry: &Value) {
@@ -247,7 +368,25 @@ impl Decoder<'_> {
             self.warn("folder", "<no uid>", "entry has no folderUid");
             return;
         };
-        let Some(key) = text(entry, "folderKey").and_then(|k| unwrap_gcm(self.app_key, k)) else {
+        if let Some(parent) = text(entry, "parent") {
+            // A sub-folder entry carries structure only; its records are wrapped by the key of
+            // the shared folder it belongs to, as flat records naming it are.
+            self.vault.folders.push(SharedFolder {
+                uid: uid.to_string(),
+                name: None,
+                parent_uid: Some(parent.to_string()),
+            });
+            for record in list(entry, "records") {
+                self.record(record, &Wrapping::Flat { default: Some(uid) });
+            }
+            return;
+        }
+        let key = self
+            .folder_keys
+            .iter()
+            .find(|(u, _)| u == uid)
+            .map(|(_, key)| key.clone());
+        let Some(key) = key else {
             let records = list(entry, "records").len();
             self.vault.skipped.folders.insert(uid.to_string());
             for record in list(entry, "records") {
@@ -264,13 +403,15 @@ impl Decoder<'_> {
             ));
             return;
         };
-        self.vault.folders.push(SharedFolder {
-            uid: uid.to_string(),
-            name: None,
-            parent_uid: None,
-        });
+        if !self.vault.folders.iter().any(|f| f.uid == uid) {
+            self.vault.folders.push(SharedFolder {
+                uid: uid.to_string(),
+                name: None,
+                parent_uid: None,
+            });
+        }
         for record in list(entry, "records") {
-            self.record(record, &key, Some(uid));
+            self.record(record, &Wrapping::Folder { uid, key: &key });
         }
     }
 }
@@ -283,6 +424,8 @@ pub fn decode_secrets(app_key: &AesKey, plaintext: &[u8]) -> Result<Vault, KsmEr
         vault: Vault::default(),
         seen: HashSet::new(),
         failed: 0,
+        folder_keys: Vec::new(),
+        parent_of: HashMap::new(),
     };
     for warning in list(&obj, "warnings").iter().filter_map(Value::as_str) {
         decoder
@@ -291,10 +434,13 @@ pub fn decode_secrets(app_key: &AesKey, plaintext: &[u8]) -> Result<Vault, KsmEr
             .push(format!("Keeper: {}", sanitize(warning)));
     }
     for folder in list(&obj, "folders") {
+        decoder.index_folder(folder);
+    }
+    for folder in list(&obj, "folders") {
         decoder.folder(folder);
     }
     for record in list(&obj, "records") {
-        decoder.record(record, app_key, None);
+        decoder.record(record, &Wrapping::Flat { default: None });
     }
     if decoder.failed > 0 && decoder.vault.records.is_empty() && decoder.vault.folders.is_empty() {
         return Err(KsmError::Undecryptable(format!(

@@ -174,7 +174,22 @@ pub fn parse_retry_after(header: &str, now: SystemTime) -> Option<Duration> {
 /// `retry_after` wins over the header), any other 429 whatever its body, and a 503 carrying
 /// `Retry-After`. A `throttled` body on another status (e.g. 500) is a server error, as the SDKs
 /// treat it.
+///
+/// A server-supplied delay is capped at [`MAX_RETRY_AFTER`] (KSM-1035): whoever answers cannot
+/// park the client, or the operator's schedule for the credential, for longer.
 pub fn classify_error(status: u16, body: &[u8], retry_after_header: Option<&str>) -> KsmError {
+    match classify_uncapped(status, body, retry_after_header) {
+        KsmError::Throttled { retry_after } => KsmError::Throttled {
+            retry_after: retry_after.map(|d| d.min(MAX_RETRY_AFTER)),
+        },
+        other => other,
+    }
+}
+
+/// The longest delay a throttle answer can ask for (the SDKs' largest backoff step, 11·2^4 s).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(176);
+
+fn classify_uncapped(status: u16, body: &[u8], retry_after_header: Option<&str>) -> KsmError {
     let header_delay = || retry_after_header.and_then(|h| parse_retry_after(h, SystemTime::now()));
     let parsed: Option<serde_json::Map<String, Value>> = serde_json::from_slice(body).ok();
     let Some(obj) = parsed else {
@@ -418,6 +433,24 @@ mod tests {
         // The throttle body on a 500 is not throttling.
         let err = classify_error(500, br#"{"error":"throttled","retry_after":1}"#, Some("1"));
         assert_eq!(err.reason(), "KeeperError", "{err:?}");
+    }
+
+    #[test]
+    fn server_supplied_delays_are_capped_at_176_seconds() {
+        let cap = Some(MAX_RETRY_AFTER);
+        assert_eq!(MAX_RETRY_AFTER, Duration::from_secs(176));
+        let body = br#"{"error":"throttled","retry_after":86400}"#;
+        assert_eq!(throttled_after(classify_error(429, body, None)), cap);
+        assert_eq!(throttled_after(classify_error(429, b"", Some("3600"))), cap);
+        let far = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(7200));
+        assert_eq!(throttled_after(classify_error(503, b"x", Some(&far))), cap);
+        // At or under the cap: kept as sent.
+        let body = br#"{"error":"throttled","retry_after":176}"#;
+        assert_eq!(throttled_after(classify_error(403, body, None)), cap);
+        assert_eq!(
+            throttled_after(classify_error(429, b"", Some("175"))),
+            Some(Duration::from_secs(175))
+        );
     }
 
     #[test]

@@ -210,10 +210,7 @@ pub fn decrypt_record(record: &Value, wrapping: &AesKey) -> (String, Value, AesK
 /// Every record in a get_secret response, decrypted: uid → (record JSON, key, raw record).
 pub fn all_records(response: &Value, app_key: &AesKey) -> Vec<(String, Value, AesKey, Value)> {
     let mut out = Vec::new();
-    for record in response["records"].as_array().into_iter().flatten() {
-        let (uid, json, key) = decrypt_record(record, app_key);
-        out.push((uid, json, key, record.clone()));
-    }
+    let mut folder_keys = Vec::new();
     for folder in response["folders"].as_array().into_iter().flatten() {
         let folder_key = app_key
             .unwrap_key(&b64_decode(folder["folderKey"].as_str().unwrap()).unwrap())
@@ -222,6 +219,21 @@ pub fn all_records(response: &Value, app_key: &AesKey) -> Vec<(String, Value, Ae
             let (uid, json, key) = decrypt_record(record, &folder_key);
             out.push((uid, json, key, record.clone()));
         }
+        folder_keys.push(folder_key);
+    }
+    for record in response["records"].as_array().into_iter().flatten() {
+        // A flat record of a shared folder is wrapped by that folder's key, not the app key.
+        let wrapping = if record["innerFolderUid"].is_string() {
+            let wrapped = b64_decode(record["recordKey"].as_str().unwrap()).unwrap();
+            folder_keys
+                .iter()
+                .find(|k| k.unwrap_key(&wrapped).is_ok())
+                .unwrap_or(app_key)
+        } else {
+            app_key
+        };
+        let (uid, json, key) = decrypt_record(record, wrapping);
+        out.push((uid, json, key, record.clone()));
     }
     out
 }

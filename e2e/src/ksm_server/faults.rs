@@ -94,6 +94,12 @@ pub struct FaultState {
     pub drop: u32,
     /// Flip one byte of the next N encrypted API response bodies.
     pub tamper: u32,
+    /// Send the headers of the next N API responses at once, then their body one byte every
+    /// `trickle_interval_ms`: a server that holds a client without ever going quiet long enough
+    /// for an inactivity timeout.
+    pub trickle: u32,
+    /// Pause between trickled bytes (250 ms when 0).
+    pub trickle_interval_ms: u64,
     /// Send only the first half of the next N encrypted API response bodies.
     pub truncate: u32,
     /// Answer the next N API requests with the 401 wrong-key-id error.
@@ -115,7 +121,12 @@ pub(crate) enum ResponseFault {
     Drop,
     Truncate,
     Tamper,
+    /// The body one byte at a time, this far apart.
+    Trickle(Duration),
 }
+
+/// Pause between trickled bytes when none is set.
+const TRICKLE_INTERVAL: Duration = Duration::from_millis(250);
 
 struct Window {
     count: u32,
@@ -216,6 +227,13 @@ impl FaultHandle {
         self.lock().tamper = n;
     }
 
+    /// Dribbles the next `n` API response bodies, a byte every `interval`.
+    pub fn trickle_next(&self, n: u32, interval: Duration) {
+        let mut state = self.lock();
+        state.trickle = n;
+        state.trickle_interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+    }
+
     pub fn truncate_next(&self, n: u32) {
         self.lock().truncate = n;
     }
@@ -303,6 +321,11 @@ impl FaultHandle {
             Some(ResponseFault::Truncate)
         } else if take(&mut state.tamper) {
             Some(ResponseFault::Tamper)
+        } else if take(&mut state.trickle) {
+            Some(ResponseFault::Trickle(match state.trickle_interval_ms {
+                0 => TRICKLE_INTERVAL,
+                ms => Duration::from_millis(ms),
+            }))
         } else {
             None
         }
@@ -355,6 +378,12 @@ mod tests {
         faults.drop_next(1);
         assert_eq!(faults.take_response_fault(), Some(ResponseFault::Drop));
         assert_eq!(faults.take_response_fault(), Some(ResponseFault::Tamper));
+        assert_eq!(faults.take_response_fault(), None);
+        faults.trickle_next(1, Duration::ZERO);
+        assert_eq!(
+            faults.take_response_fault(),
+            Some(ResponseFault::Trickle(TRICKLE_INTERVAL))
+        );
         assert_eq!(faults.take_response_fault(), None);
     }
 

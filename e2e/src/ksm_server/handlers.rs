@@ -120,6 +120,19 @@ fn cut_body(bytes: Vec<u8>) -> Body {
     Body::from_stream(futures::stream::iter(chunks))
 }
 
+/// A body sent one byte per `every`, after the headers went out at once.
+fn trickle_body(bytes: Vec<u8>, every: std::time::Duration) -> Body {
+    let chunks = futures::stream::unfold((bytes, 0usize), move |(bytes, at)| async move {
+        let byte = *bytes.get(at)?;
+        tokio::time::sleep(every).await;
+        Some((
+            Ok::<_, std::io::Error>(Bytes::copy_from_slice(&[byte])),
+            (bytes, at + 1),
+        ))
+    });
+    Body::from_stream(chunks)
+}
+
 fn encrypted_response(key: &AesKey, plaintext: &[u8], fault: Option<ResponseFault>) -> Response {
     let mut body = aes_gcm_encrypt(key, plaintext);
     let full_len = body.len();
@@ -135,6 +148,9 @@ fn encrypted_response(key: &AesKey, plaintext: &[u8], fault: Option<ResponseFaul
             octets(StatusCode::OK, Body::from(body), full_len / 2)
         }
         Some(ResponseFault::Drop) => octets(StatusCode::OK, cut_body(body), full_len),
+        Some(ResponseFault::Trickle(every)) => {
+            octets(StatusCode::OK, trickle_body(body, every), full_len)
+        }
     }
 }
 

@@ -47,7 +47,7 @@ pub use faults::{
     ThrottleBody,
 };
 pub use sample::{SAMPLE_VAULT_JSON, sample_file, sample_vault, uids};
-pub use spec::{AppSpec, FileSpec, FolderSpec, RecordSpec, VaultSpec, is_valid_uid};
+pub use spec::{AppSpec, FileSpec, FolderSpec, Listing, RecordSpec, VaultSpec, is_valid_uid};
 
 use anyhow::{Context, anyhow};
 use handlers::Shared;

@@ -51,6 +51,28 @@ pub struct RecordSpec {
     pub notes: Option<String>,
     #[serde(default)]
     pub files: Vec<FileSpec>,
+    /// How `get_secret` lists the record when it sits in a shared folder or sub-folder.
+    #[serde(default, skip_serializing_if = "Listing::is_nested")]
+    pub listing: Listing,
+}
+
+/// Where `get_secret` puts a record of a shared folder (docs/protocol.md#key-hierarchy).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Listing {
+    /// In `folders[].records[]` of its shared folder, as the SDKs' own mocks do.
+    #[default]
+    Nested,
+    /// In the top-level `records[]` with `innerFolderUid` naming its folder and its key wrapped
+    /// by the shared folder's key: how Keeper lists records created in a shared folder by
+    /// Commander or the Vault UI.
+    FlatInFolder,
+}
+
+impl Listing {
+    fn is_nested(&self) -> bool {
+        *self == Listing::Nested
+    }
 }
 
 impl fmt::Debug for RecordSpec {
@@ -60,6 +82,7 @@ impl fmt::Debug for RecordSpec {
             .field("title", &self.title)
             .field("type", &self.record_type)
             .field("files", &self.files)
+            .field("listing", &self.listing)
             .finish_non_exhaustive()
     }
 }
@@ -163,6 +186,7 @@ impl VaultSpec {
                 custom: Vec::new(),
                 notes: None,
                 files: Vec::new(),
+                listing: Listing::Nested,
             })
             .collect();
         VaultSpec {
@@ -292,6 +316,11 @@ impl RecordSpec {
                 self.uid
             );
         }
+        ensure!(
+            self.listing.is_nested() || self.folder_uid.is_some(),
+            "record {}: listing flatInFolder needs a folderUid",
+            self.uid
+        );
         for field in self.fields.iter().chain(&self.custom) {
             ensure!(
                 field.get("type").is_some_and(serde_json::Value::is_string)
@@ -336,6 +365,25 @@ mod tests {
         assert!(spec.is_err());
         let spec = VaultSpec::from_json(r#"{"apps":[{"name":"a","records":["x"]}]}"#);
         assert!(spec.is_err());
+    }
+
+    #[test]
+    fn flat_listing_needs_a_folder() {
+        let flat = r#"{"records":[{"uid":"Ue8h6JyWUs7Iu6eY_mha-w","title":"a","type":"login",
+                 "listing":"flatInFolder"}]}"#;
+        let err = VaultSpec::from_json(flat).err().map(|e| format!("{e:#}"));
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("flatInFolder needs a folderUid")),
+            "{err:?}"
+        );
+        let spec = VaultSpec::from_json(
+            r#"{"sharedFolders":[{"uid":"y6FBhg7C-wy2zaM0-ouI-Q","name":"S"}],
+                "records":[{"uid":"Ue8h6JyWUs7Iu6eY_mha-w","title":"a","type":"login",
+                 "folderUid":"y6FBhg7C-wy2zaM0-ouI-Q","listing":"flatInFolder"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.records[0].listing, Listing::FlatInFolder);
     }
 
     #[test]

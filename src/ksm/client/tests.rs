@@ -13,13 +13,28 @@ use tokio::io::AsyncWriteExt;
 use super::*;
 
 #[test]
-fn throttle_delay_honours_retry_after_with_jitter() {
-    for _ in 0..50 {
-        let d = throttle_delay(Some(Duration::from_secs(8)), 0);
-        assert!(d >= Duration::from_secs(6) && d <= Duration::from_secs(10));
-        let d = throttle_delay(None, 1);
-        assert!(d >= Duration::from_secs_f64(16.5) && d <= Duration::from_secs_f64(27.5));
+fn throttle_delay_is_never_below_its_floor_and_at_most_a_quarter_above() {
+    let secs = Duration::from_secs;
+    let within = |d: Duration, floor: Duration| d >= floor && d <= floor.mul_f64(1.25);
+    let (mut lowest, mut highest) = (Duration::MAX, Duration::ZERO);
+    for _ in 0..200 {
+        let d = throttle_delay(Some(secs(8)), 0);
+        assert!(within(d, secs(8)), "{d:?}");
+        (lowest, highest) = (lowest.min(d), highest.max(d));
+        // 11·2^n: 11, 22, 44, 88, 176, then capped.
+        for (attempt, floor) in [(0, 11), (1, 22), (4, 176), (9, 176)] {
+            let d = throttle_delay(None, attempt);
+            assert!(within(d, secs(floor)), "attempt {attempt}: {d:?}");
+        }
+        // A server asking for more than 176 s gets 176 s (plus jitter).
+        let d = throttle_delay(Some(secs(86_400)), 0);
+        assert!(within(d, secs(176)), "{d:?}");
     }
+    // The jitter spreads (it is not a constant offset).
+    assert!(
+        highest - lowest > Duration::from_millis(500),
+        "{lowest:?}..{highest:?}"
+    );
 }
 
 #[test]
@@ -256,6 +271,16 @@ async fn built_in_keys_rotate_to_the_id_the_server_names_a_bounded_number_of_tim
         }
     ));
     assert_eq!(ksm.seen().len(), 1);
+    // Nor one of the ids 1–6 (the same key as 7), nor 0: only 7–18 are rotation targets.
+    for id in [0, 3, 6] {
+        ksm.fault(Fault::WrongKey(id));
+        let err = client.get_secrets(&Query::default()).await.unwrap_err();
+        assert!(
+            matches!(err, KsmError::WrongServerKey { key_id: Some(k), .. } if k == id),
+            "{id}: {err:?}"
+        );
+        assert_eq!(ksm.seen().len(), 1, "{id}: not followed");
+    }
 }
 
 #[tokio::test]

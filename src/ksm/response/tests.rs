@@ -322,3 +322,5 @@ fn malformed_decrypted_records_are_never_quoted() {
     let err = decode_folders(&app_key, broken.as_bytes()).unwrap_err();
     assert!(!err.to_string().contains(SECRET), "{err}");
 }
+
+mod conformance;

@@ -2,6 +2,7 @@
 //! (docs/protocol.md#key-hierarchy) and `get_folders` (docs/protocol.md#folder-keys).
 
 use super::{Record, Vault, padded};
+use crate::ksm_server::spec::Listing;
 use crate::ksm_server::wire::{
     FileJson, FolderJson, FolderListJson, FoldersResponse, RecordJson, SecretsResponse,
 };
@@ -107,11 +108,14 @@ impl Vault {
         let wanted_record = |uid: &str| filter.records.as_ref().is_none_or(|s| s.contains(uid));
 
         let mut folders = Vec::new();
+        // Records of shared folders listed the way Keeper lists those created by Commander or
+        // the Vault UI: flat, key wrapped by the shared folder's key.
+        let mut flat = Vec::new();
         for shared_uid in &app.shared_folders {
             let Some(shared) = self.folders.get(shared_uid) else {
                 continue;
             };
-            let records: Vec<RecordJson> = self
+            let (nested, in_folder): (Vec<&Record>, Vec<&Record>) = self
                 .records
                 .values()
                 .filter(|r| {
@@ -127,16 +131,25 @@ impl Vault {
                             .as_ref()
                             .is_none_or(|w| self.folder_matches(folder, w))
                 })
+                .partition(|r| r.spec.listing == Listing::Nested);
+            let records: Vec<RecordJson> = nested
+                .into_iter()
                 .map(|r| {
                     let inner = r.spec.folder_uid.clone().filter(|f| f != shared_uid);
                     self.record_json(r, &shared.key, inner, files_base)
                 })
                 .collect();
+            let has_flat = !in_folder.is_empty();
+            flat.extend(in_folder.into_iter().map(|r| {
+                // Keeper names the record's own folder, the shared folder itself included.
+                self.record_json(r, &shared.key, r.spec.folder_uid.clone(), files_base)
+            }));
+            let has_records = !records.is_empty() || has_flat;
             let folder_requested = filter
                 .folders
                 .as_ref()
-                .is_none_or(|w| w.contains(shared_uid) || !records.is_empty());
-            if !folder_requested || (filter.records.is_some() && records.is_empty()) {
+                .is_none_or(|w| w.contains(shared_uid) || has_records);
+            if !folder_requested || (filter.records.is_some() && !has_records) {
                 continue;
             }
             folders.push(FolderJson {
@@ -149,7 +162,7 @@ impl Vault {
             });
         }
 
-        let direct: Vec<RecordJson> = app
+        let mut direct: Vec<RecordJson> = app
             .records
             .iter()
             .filter_map(|uid| self.records.get(uid))
@@ -159,6 +172,7 @@ impl Vault {
             })
             .map(|r| self.record_json(r, &app.key, None, files_base))
             .collect();
+        direct.extend(flat);
 
         let (encrypted_app_key, app_owner_public_key) = self.binding_fields(binding_client)?;
         let app_data = json!({ "title": app.title, "type": "app" });
