@@ -140,6 +140,7 @@ impl Error {
         let transient = match self {
             Error::Keeper(e) => e.is_transient(),
             Error::Kube(_) | Error::Guard(_) => true,
+            Error::Template(e) => e.is_transient(),
             Error::TokenRedemption { transient, .. } => *transient,
             _ => false,
         };
