@@ -4,7 +4,8 @@
 //! blocking threads, at most [`RENDER_THREADS`] at once and one at a time per namespace, so a
 //! namespace full of hostile templates waits behind itself and cannot take every slot. A
 //! reconcile waits at most [`QUEUE_WAIT`] for its turn and then fails with `RenderBusy` (retried
-//! soon), so waiting never holds a reconcile worker for long either. The last render of each
+//! soon), and a namespace has at most one reconcile waiting behind its running render (others
+//! are `RenderBusy` at once), so a namespace holds at most two reconcile workers, briefly. The last render of each
 //! KeeperSecret is remembered ([`RenderCache`]): an unchanged refresh renders nothing.
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +25,8 @@ use crate::sync::template::{self, DEADLINE, Exceeded, Source, TemplateError};
 pub const RENDER_THREADS: usize = 2;
 /// How long a reconcile waits for its namespace's turn and a free thread.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(5);
+/// Reconciles of one namespace in the render queue: the one rendering and one waiting.
+const PER_NAMESPACE: usize = 2;
 /// A render checks its own deadline; past this the reconcile stops waiting for it (the thread
 /// keeps its slot until it really ends, so the pool stays bounded).
 const JOIN_WAIT: Duration = DEADLINE.saturating_add(Duration::from_secs(1));
@@ -31,9 +34,17 @@ const JOIN_WAIT: Duration = DEADLINE.saturating_add(Duration::from_secs(1));
 /// The process's renders: the pool, the namespaces' turns and the render cache.
 pub struct Renders {
     threads: Arc<Semaphore>,
-    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    turns: Mutex<HashMap<String, Turn>>,
     cache: RenderCache,
     queue_wait: Duration,
+}
+
+/// A namespace's place in the queue: its lock (held while one of its renders runs) and the
+/// reconciles rendering or waiting.
+#[derive(Default)]
+struct Turn {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    callers: usize,
 }
 
 static SHARED: LazyLock<Renders> = LazyLock::new(|| Renders::new(RENDER_THREADS, QUEUE_WAIT));
@@ -71,9 +82,11 @@ impl Renders {
         // Errors name a key; before rendering, the first one.
         let first = template.data.keys().chain(from.keys()).next();
         let first = first.cloned().unwrap_or_default();
-        let turn = self.turn(namespace);
+        let Some(turn) = self.enter(namespace) else {
+            return Err(TemplateError::Busy { key: first });
+        };
         let waited = tokio::time::timeout(self.queue_wait, async {
-            let mine = turn.clone().lock_owned().await;
+            let mine = turn.lock_owned().await;
             let thread = self.threads.clone().acquire_owned().await;
             (mine, thread)
         })
@@ -82,7 +95,7 @@ impl Renders {
             Ok((mine, Ok(thread))) => (mine, thread),
             // Timed out (or the semaphore closed, which it never is).
             _ => {
-                self.forget(namespace, turn);
+                self.leave(namespace);
                 return Err(TemplateError::Busy { key: first });
             }
         };
@@ -104,27 +117,32 @@ impl Renders {
                 bound: Exceeded::Time,
             }),
         };
-        self.forget(namespace, turn);
+        self.leave(namespace);
         self.cache.put(&inputs, &rendered);
         rendered
     }
 
-    /// The turn of `namespace` (created on first use).
-    fn turn(&self, namespace: &str) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.turns)
-            .entry(namespace.to_string())
-            .or_default()
-            .clone()
+    /// Joins the queue of `namespace`: its lock, unless it already has a reconcile rendering
+    /// and one waiting.
+    fn enter(&self, namespace: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        let mut turns = lock(&self.turns);
+        let turn = turns.entry(namespace.to_string()).or_default();
+        if turn.callers >= PER_NAMESPACE {
+            return None;
+        }
+        turn.callers += 1;
+        Some(turn.lock.clone())
     }
 
-    /// Drops our handle on the turn, and the turn itself once nobody else holds or awaits it.
-    fn forget(&self, namespace: &str, turn: Arc<tokio::sync::Mutex<()>>) {
+    /// Leaves the queue of `namespace`; forgets the namespace once nobody is in it and no
+    /// render of it still runs (a render the reconcile stopped waiting for keeps the lock).
+    fn leave(&self, namespace: &str) {
         let mut turns = lock(&self.turns);
-        drop(turn);
-        if turns
-            .get(namespace)
-            .is_some_and(|t| Arc::strong_count(t) == 1)
-        {
+        let Some(turn) = turns.get_mut(namespace) else {
+            return;
+        };
+        turn.callers = turn.callers.saturating_sub(1);
+        if turn.callers == 0 && Arc::strong_count(&turn.lock) == 1 {
             turns.remove(namespace);
         }
     }
@@ -209,33 +227,44 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_render_per_namespace_and_others_still_get_a_thread() {
-        let renders = Arc::new(Renders::new(2, Duration::from_millis(200)));
+        let renders = Arc::new(Renders::new(2, Duration::from_secs(1)));
         let slow = "{% for i in range(8) %}{{ htpasswd('u' ~ i, password) }}{% endfor %}";
-        let running = {
-            let renders = renders.clone();
+        let spawn = |template: &str, uid: &str| {
+            let (renders, template, uid) = (renders.clone(), tpl(template), uid.to_string());
             tokio::spawn(async move {
+                let v = vals("p");
                 renders
-                    .render("hostile", tpl(slow), BTreeMap::new(), vals("p"), key("1"))
+                    .render("hostile", template, BTreeMap::new(), v, key(&uid))
                     .await
             })
         };
+        let running = spawn(slow, "1");
         while renders.busy_namespaces() == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        // Past creating its turn, it takes it at once; let it.
+        // Past joining the queue, it takes the lock at once; let it.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        // The same namespace waits for its turn, and gives up.
+        // One more reconcile of the namespace waits for its turn ...
+        let waiting = spawn("{{ password }}", "2");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // ... and any further one is turned away at once, holding no reconcile worker.
+        let start = Instant::now();
         let err = renders
             .render(
                 "hostile",
                 tpl("{{ password }}"),
                 BTreeMap::new(),
                 vals("p"),
-                key("2"),
+                key("3"),
             )
             .await
             .unwrap_err();
         assert!(matches!(err, TemplateError::Busy { .. }), "{err}");
+        assert!(
+            start.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            start.elapsed()
+        );
         // Another namespace renders meanwhile on the second thread.
         let out = renders
             .render(
@@ -243,13 +272,15 @@ mod tests {
                 tpl("{{ password }}"),
                 BTreeMap::new(),
                 vals("p"),
-                key("3"),
+                key("4"),
             )
             .await
             .unwrap();
         assert_eq!(out["out"].as_slice(), b"p");
-        // The slow one finishes (or meets its deadline); nothing is left behind.
+        // The slow one finishes (or meets its deadline), the waiting one renders or gives up
+        // after its wait; nothing is left behind.
         let _ = running.await.unwrap();
+        let _ = waiting.await.unwrap();
         assert_eq!(renders.busy_namespaces(), 0);
     }
 }
