@@ -140,6 +140,7 @@ impl Error {
         let transient = match self {
             Error::Keeper(e) => e.is_transient(),
             Error::Kube(_) | Error::Guard(_) => true,
+            Error::Template(e) => e.is_transient(),
             Error::TokenRedemption { transient, .. } => *transient,
             _ => false,
         };
@@ -226,5 +227,25 @@ mod tests {
         });
         assert_eq!(throttled.reason(), "Throttled");
         assert_eq!(throttled.backoff(0), Duration::from_secs(42));
+    }
+
+    #[test]
+    fn a_busy_render_pool_is_retried_soon_a_template_over_budget_is_not() {
+        use crate::sync::template::Exceeded;
+        let busy = Error::from(TemplateError::Busy { key: "k".into() });
+        assert_eq!(busy.reason(), "RenderBusy");
+        assert_eq!(busy.backoff(0), Duration::from_secs(5));
+        let over = Error::from(TemplateError::Budget {
+            key: "k".into(),
+            bound: Exceeded::Nodes,
+        });
+        assert_eq!(over.reason(), "InvalidSpec");
+        assert_eq!(over.backoff(0), Duration::from_secs(30));
+        let late = Error::from(TemplateError::Budget {
+            key: "k".into(),
+            bound: Exceeded::Time,
+        });
+        assert_eq!(late.reason(), "TemplateTimeout");
+        assert_eq!(late.backoff(0), Duration::from_secs(30));
     }
 }

@@ -1,17 +1,20 @@
 //! Templates end to end: `templateFrom` a ConfigMap and a Secret with the certificate and
 //! credential helpers, a ConfigMap edit picked up on a force-sync, an unchanged render that
 //! writes nothing (htpasswd's salt is derived, not random), and a missing source reported as
-//! such and retried.
+//! such and retried; the API server holding KeeperSecrets to the CRD's size bounds.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::ConfigMap;
-use keeper_e2e::harness::{create_secret, secret_bytes, wait_until};
+use keeper_e2e::harness::{Cluster, create_secret, secret_bytes, wait_until};
 use keeper_e2e::ksm_server::{RecordSpec, uids};
 use keeper_e2e::world::{World, keeper_secret_manifest};
-use keeper_operator::api::{FORCE_SYNC_ANNOTATION, KeeperSecret};
+use keeper_operator::api::{
+    FORCE_SYNC_ANNOTATION, KeeperSecret, MAX_DATA_FROM_ITEMS, MAX_DATA_ITEMS,
+    MAX_INLINE_TEMPLATE_CHARS, MAX_INLINE_TEMPLATES, MAX_NOTATION_CHARS, MAX_ROLLOUT_TARGETS,
+};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -211,4 +214,114 @@ async fn template_from_renders_helpers_follows_edits_and_reports_missing_sources
     assert_eq!(text(&d, "tls.key"), key);
 
     w.finish(&mut [&mut operator]).await
+}
+
+/// The API server holds KeeperSecrets to the CRD's size bounds: a spec at the bounds is
+/// admitted, one item or character over any of them is refused (422, naming the field), and so
+/// is the 1 MiB inline template that once grew the operator's watch cache by 1 MiB per object.
+#[tokio::test]
+async fn the_api_server_refuses_oversize_keeper_secrets() -> Result<()> {
+    let cluster = Cluster::connect().await?;
+    let ns = cluster.fresh_namespace("limits").await?;
+    cluster.install_chart(&ns, &ns, &[]).await?;
+    let api: Api<KeeperSecret> = Api::namespaced(cluster.client(), &ns);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let item = |i: usize| json!({"key": format!("k{i}"), "notation": "keeper://x/field/password"});
+    let templates = |n: usize, chars: usize| -> serde_json::Map<String, serde_json::Value> {
+        (0..n)
+            .map(|i| (format!("t{i}"), "x".repeat(chars).into()))
+            .collect()
+    };
+    let spec = |data: Vec<serde_json::Value>, target: serde_json::Value| {
+        json!({
+            "auth": {"secretRef": {"name": "ksm-config", "key": "config"}},
+            "data": data,
+            "target": target,
+        })
+    };
+    let at_bounds = spec(
+        (0..MAX_DATA_ITEMS).map(item).collect(),
+        json!({"template": {"data": templates(MAX_INLINE_TEMPLATES, MAX_INLINE_TEMPLATE_CHARS)}}),
+    );
+    let ks: KeeperSecret = serde_json::from_value(keeper_secret_manifest("bounds", at_bounds))?;
+    api.create(&dry_run, &ks)
+        .await
+        .context("a spec at the bounds must be admitted")?;
+
+    let long_notation = json!({"key": "k", "notation": "x".repeat(MAX_NOTATION_CHARS + 1)});
+    let data_from = json!({"record": {"uid": uids::POSTGRES}});
+    let rollout = json!({"kind": "Deployment", "name": "w"});
+    let over: [(&str, &str, serde_json::Value); 7] = [
+        (
+            "a 1 MiB template",
+            "spec.target.template.data",
+            spec(
+                vec![item(0)],
+                json!({"template": {"data": templates(1, 1 << 20)}}),
+            ),
+        ),
+        (
+            "a template one character over",
+            "spec.target.template.data",
+            spec(
+                vec![item(0)],
+                json!({"template": {"data": templates(1, MAX_INLINE_TEMPLATE_CHARS + 1)}}),
+            ),
+        ),
+        (
+            "one template too many",
+            "spec.target.template.data",
+            spec(
+                vec![item(0)],
+                json!({"template": {"data": templates(MAX_INLINE_TEMPLATES + 1, 1)}}),
+            ),
+        ),
+        (
+            "one data item too many",
+            "spec.data",
+            spec((0..=MAX_DATA_ITEMS).map(item).collect(), json!({})),
+        ),
+        (
+            "a notation one character over",
+            "spec.data[0].notation",
+            spec(vec![long_notation], json!({})),
+        ),
+        (
+            "one dataFrom item too many",
+            "spec.dataFrom",
+            json!({
+                "auth": {"secretRef": {"name": "ksm-config", "key": "config"}},
+                "dataFrom": vec![data_from; MAX_DATA_FROM_ITEMS + 1],
+            }),
+        ),
+        (
+            "one rollout target too many",
+            "spec.rolloutRestart",
+            json!({
+                "auth": {"secretRef": {"name": "ksm-config", "key": "config"}},
+                "data": [item(0)],
+                "rolloutRestart": vec![rollout; MAX_ROLLOUT_TARGETS + 1],
+            }),
+        ),
+    ];
+    for (what, field, spec) in over {
+        let ks: KeeperSecret = serde_json::from_value(keeper_secret_manifest("over", spec))?;
+        let err = api
+            .create(&dry_run, &ks)
+            .await
+            .expect_err(&format!("{what} must be refused"));
+        let kube::Error::Api(status) = &err else {
+            anyhow::bail!("{what}: not an API error: {err}");
+        };
+        ensure!(status.code == 422, "{what}: HTTP {}", status.code);
+        ensure!(
+            status.message.contains(field),
+            "{what}: the refusal does not name {field}: {}",
+            status.message.chars().take(300).collect::<String>()
+        );
+    }
+    Ok(())
 }

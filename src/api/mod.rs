@@ -52,6 +52,44 @@ pub const READY: &str = "Ready";
 
 /// Valid Secret data key.
 pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+
+// Size bounds of a KeeperSecret (characters or items). Every KeeperSecret sits in the
+// operator's watch cache, and every tenant may create them: with these bounds an ASCII spec
+// stays under about 1 MiB whatever it holds (the table in docs/templates.md adds it up).
+
+/// Items of `data`.
+pub const MAX_DATA_ITEMS: usize = 256;
+/// Items of `dataFrom`.
+pub const MAX_DATA_FROM_ITEMS: usize = 32;
+/// Templates in `target.template.data` (the render takes at most this many in all).
+pub const MAX_INLINE_TEMPLATES: usize = 64;
+/// Characters of one inline template; longer ones belong in a `templateFrom` ConfigMap, which is
+/// read at each sync rather than held in the watch cache.
+pub const MAX_INLINE_TEMPLATE_CHARS: usize = 8 * 1024;
+/// Characters of a notation.
+pub const MAX_NOTATION_CHARS: usize = 512;
+/// Workloads in `rolloutRestart`.
+pub const MAX_ROLLOUT_TARGETS: usize = 16;
+/// Labels, and annotations, on the target Secret.
+pub const MAX_TARGET_METADATA: usize = 32;
+/// Characters of a label value (Kubernetes' own limit).
+pub const MAX_LABEL_VALUE_CHARS: usize = 63;
+/// Characters of an annotation value.
+pub const MAX_ANNOTATION_VALUE_CHARS: usize = 1024;
+/// Characters of a label or annotation key (a 253-character prefix, '/', a 63-character name).
+pub const MAX_METADATA_KEY_CHARS: usize = 317;
+
+/// Bounds a map of strings: at most `KEYS` entries, each value at most `CHARS` characters.
+/// (Key lengths are checked by CEL rules: structural schemas cannot bound property names.)
+fn bounded_map<const KEYS: usize, const CHARS: usize>(schema: &mut schemars::Schema) {
+    schema.insert("maxProperties".into(), KEYS.into());
+    if let Some(values) = schema
+        .get_mut("additionalProperties")
+        .and_then(|v| v.as_object_mut())
+    {
+        values.insert("maxLength".into(), CHARS.into());
+    }
+}
 const DURATION_PATTERN: &str = r"^(0|([0-9]+(\.[0-9]+)?(ms|s|m|h))+)$";
 const UID_PATTERN: &str = r"^[A-Za-z0-9_-]{22}$";
 const DNS_SUBDOMAIN_PATTERN: &str =
@@ -86,7 +124,7 @@ pub struct KeeperSecretSpec {
     /// Defaults to the operator's `--default-refresh-interval` (1h). `0` turns periodic
     /// refreshes off (as refreshPolicy OnChange does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
     pub refresh_interval: Option<String>,
     /// When Keeper is read again after the first sync. Periodic (default): every
     /// refreshInterval, and at once when the spec changes or the Secret is deleted or edited.
@@ -100,19 +138,22 @@ pub struct KeeperSecretSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Target>,
     /// Single values, each written under its own key. Applied after `dataFrom`, so a key
-    /// here wins over the same key produced by `dataFrom`.
+    /// here wins over the same key produced by `dataFrom`. At most 256 items.
     #[serde(default)]
+    #[schemars(length(max = MAX_DATA_ITEMS))]
     pub data: Vec<DataItem>,
     /// Whole records or whole shared folders, every field becoming a key. Items apply in
-    /// order; a later item wins over an earlier one for the same key.
+    /// order; a later item wins over an earlier one for the same key. At most 32 items.
     #[serde(default)]
+    #[schemars(length(max = MAX_DATA_FROM_ITEMS))]
     pub data_from: Vec<DataFromItem>,
     /// Deployments, StatefulSets and DaemonSets in this namespace to restart (as `kubectl
     /// rollout restart` does) when the synced data changes. Not on the first sync, not when a
     /// deleted Secret is restored with the same data; restarts of one workload requested within
     /// one refresh wave (at least the operator's `--rollout-debounce`) are coalesced into one.
-    /// Needs the chart's `rbac.rolloutRestart`.
+    /// Needs the chart's `rbac.rolloutRestart`. At most 16 workloads.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_ROLLOUT_TARGETS))]
     pub rollout_restart: Vec<RolloutTarget>,
 }
 
@@ -150,7 +191,7 @@ pub struct SecretKeyRef {
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// Key within the Secret's data.
-    #[schemars(regex(pattern = SECRET_KEY_PATTERN))]
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN), length(max = 253))]
     pub key: String,
 }
 
@@ -179,6 +220,7 @@ pub struct Target {
     /// `kubernetes.io/service-account-token`). With creationPolicy Merge it must equal the
     /// existing Secret's type.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub type_: Option<String>,
     /// Owner (default): the Secret is owned by the KeeperSecret and deleted with it.
     /// Orphan: the Secret is kept when the KeeperSecret is deleted.
@@ -203,11 +245,15 @@ pub struct Target {
     /// allowed with creationPolicy Merge (the operator never freezes a Secret it did not create).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub immutable: Option<bool>,
-    /// Extra labels on the Secret.
+    /// Extra labels on the Secret (at most 32).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = bounded_map::<MAX_TARGET_METADATA, MAX_LABEL_VALUE_CHARS>)]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 317)").message("label keys are at most 317 characters"))]
     pub labels: BTreeMap<String, String>,
-    /// Extra annotations on the Secret.
+    /// Extra annotations on the Secret (at most 32, each value at most 1024 characters).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = bounded_map::<MAX_TARGET_METADATA, MAX_ANNOTATION_VALUE_CHARS>)]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 317)").message("annotation keys are at most 317 characters"))]
     pub annotations: BTreeMap<String, String>,
     /// Render keys from templates instead of (or on top of) the mapped values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -249,8 +295,10 @@ pub struct Template {
     /// `hexdecode`, `sha256`, `tojson`, `fromjson`, `toyaml`, `fromyaml`, `pem_blocks`,
     /// `pem_certificates`, `pem_private_key`, `pem_join`; function `htpasswd(user, password)`;
     /// plus the Jinja2 built-ins. A key here wins over the same key from `templateFrom`.
+    /// At most 64 templates of 8192 characters each; longer ones belong in `templateFrom`.
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[-._a-zA-Z0-9]+$'))").message("template keys must be valid Secret keys (letters, digits, '-', '_', '.')"))]
+    #[schemars(transform = bounded_map::<MAX_INLINE_TEMPLATES, MAX_INLINE_TEMPLATE_CHARS>)]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 253 && k.matches('^[-._a-zA-Z0-9]+$'))").message("template keys must be valid Secret keys (at most 253 letters, digits, '-', '_', '.')"))]
     pub data: BTreeMap<String, String>,
     /// ConfigMaps or Secrets in this namespace whose keys are templates, each for the Secret key
     /// of the same name (all keys, or the listed `items`). Read at every sync: a change shows at
@@ -321,7 +369,7 @@ pub struct RecordSelector {
     pub uid: Option<String>,
     /// Exact record title; more than one match is reported as AmbiguousTitle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub title: Option<String>,
 }
 
@@ -341,14 +389,14 @@ pub struct DataItem {
     /// `keeper://<uid>/custom_field/API Key`, `keeper://<uid>/field/host[0][hostName]`,
     /// `keeper://<uid>/file/cert.pem`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = MAX_NOTATION_CHARS))]
     pub notation: Option<String>,
     /// The record to read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<RecordSelector>,
     /// Field label (case-sensitive) or type (case-insensitive), e.g. `password`, `login`, `host`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub field: Option<String>,
     /// Search only custom fields (true) or only standard fields (false); default both,
     /// standard fields first.
@@ -357,11 +405,11 @@ pub struct DataItem {
     /// For complex values (host, name, phone...): the property to take, e.g. `hostName`.
     /// Without it a complex value is written as compact JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 63))]
     pub property: Option<String>,
     /// File attachment by name, title or UID; its bytes are written unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub file: Option<String>,
     /// How the value is stored in Keeper: None (default, written as is), Base64, Base64URL
     /// (decoded before writing; padding optional, whitespace ignored), or Auto (decoded when it
@@ -400,7 +448,7 @@ pub struct DataFromItem {
     pub folder: Option<FolderSelector>,
     /// Prefix added to every key of this item.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]*$"))]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]*$"), length(max = 63))]
     pub prefix: Option<String>,
     /// What to do when two fields map to the same key. Suffix (default): later ones get
     /// `_2`, `_3`, ... First: later ones are skipped. Never fails the record.
@@ -459,8 +507,9 @@ pub struct KeeperSecretStatus {
     pub observed_generation: Option<i64>,
     /// `Ready` is True when the Secret holds the current Keeper data; its reason says why not
     /// (KeeperUnavailable, Throttled, AuthFailed, RecordNotFound, AmbiguousTitle, FieldNotFound,
-    /// InvalidSpec, NotAllowed, SecretOwnedElsewhere, TooLarge, ...). `Stale` is True while the
-    /// Secret holds the last good copy because Keeper fails. For Flux and kstatus,
+    /// InvalidSpec, NotAllowed, SecretOwnedElsewhere, TooLarge, TemplateTimeout, RenderBusy,
+    /// ...). `Stale` is True while the Secret holds the last good copy because Keeper fails.
+    /// For Flux and kstatus,
     /// `Reconciling` is True until this generation first syncs, and `Stalled` is True on a
     /// failure no retry fixes (InvalidSpec, AmbiguousTitle, NotAllowed, SecretOwnedElsewhere).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -196,3 +196,172 @@ fn target_cannot_mint_tokens_or_freeze_merged_secrets() {
         serde_json::json!({"immutable": true, "annotations": {"team": "a"}})
     ));
 }
+
+/// `n` characters: `prefix`, then `x`s.
+fn chars(prefix: &str, n: usize) -> String {
+    format!("{prefix}{}", "x".repeat(n - prefix.len()))
+}
+
+/// The largest KeeperSecret spec the schema admits (ASCII), field by field at its bound.
+fn largest_spec() -> serde_json::Value {
+    let data: Vec<_> = (0..MAX_DATA_ITEMS)
+        .map(|i| {
+            serde_json::json!({
+                "key": chars(&format!("k{i}"), 253),
+                "record": {"title": chars("t", 253)},
+                "field": chars("f", 253),
+                "property": chars("p", 63),
+                "custom": true,
+                "decodingStrategy": "Base64URL",
+            })
+        })
+        .collect();
+    let data_from: Vec<_> = (0..MAX_DATA_FROM_ITEMS)
+        .map(|_| {
+            serde_json::json!({
+                "record": {"title": chars("t", 253)},
+                "prefix": chars("p", 63),
+                "duplicateKeys": "Suffix",
+                "decodingStrategy": "Base64URL",
+            })
+        })
+        .collect();
+    let templates: serde_json::Map<_, _> = (0..MAX_INLINE_TEMPLATES)
+        .map(|i| {
+            let text = chars("{{ k }}", MAX_INLINE_TEMPLATE_CHARS);
+            (chars(&format!("t{i}"), 253), serde_json::Value::from(text))
+        })
+        .collect();
+    let items: Vec<_> = (0..64)
+        .map(|i| serde_json::json!({"key": chars(&format!("i{i}"), 253)}))
+        .collect();
+    let template_from: Vec<_> = (0..8)
+        .map(|_| serde_json::json!({"configMap": {"name": chars("c", 253), "items": items}}))
+        .collect();
+    let metadata = |value: usize| -> serde_json::Map<String, serde_json::Value> {
+        (0..MAX_TARGET_METADATA)
+            .map(|i| {
+                let key = chars(&format!("m{i}"), MAX_METADATA_KEY_CHARS);
+                (key, chars("v", value).into())
+            })
+            .collect()
+    };
+    let rollouts: Vec<_> = (0..MAX_ROLLOUT_TARGETS)
+        .map(|_| serde_json::json!({"kind": "StatefulSet", "name": chars("w", 253)}))
+        .collect();
+    serde_json::json!({
+        "auth": {"secretRef": {"name": chars("s", 253), "key": chars("k", 253)}},
+        "refreshInterval": chars("1", 31) + "s",
+        "refreshPolicy": "CreatedOnce",
+        "data": data,
+        "dataFrom": data_from,
+        "rolloutRestart": rollouts,
+        "target": {
+            "name": chars("n", 253),
+            "type": chars("t", 253),
+            "creationPolicy": "Orphan",
+            "deletionPolicy": "Retain",
+            "adopt": true,
+            "immutable": true,
+            "labels": metadata(MAX_LABEL_VALUE_CHARS),
+            "annotations": metadata(MAX_ANNOTATION_VALUE_CHARS),
+            "template": {"data": templates, "templateFrom": template_from, "mergePolicy": "Merge"},
+        },
+    })
+}
+
+/// Every string, list and map under `spec` in `schema`, with the bound it lacks.
+fn unbounded(path: &str, schema: &serde_json::Value, out: &mut Vec<String>) {
+    let has = |k: &str| schema.get(k).is_some();
+    match schema.get("type").and_then(|t| t.as_str()) {
+        Some("string") if !has("maxLength") && !has("enum") => {
+            out.push(format!("{path} maxLength"))
+        }
+        Some("array") if !has("maxItems") => out.push(format!("{path} maxItems")),
+        Some("object") if has("additionalProperties") && !has("maxProperties") => {
+            out.push(format!("{path} maxProperties"))
+        }
+        _ => {}
+    }
+    if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+        for (name, child) in props {
+            unbounded(&format!("{path}.{name}"), child, out);
+        }
+    }
+    for nested in ["items", "additionalProperties"] {
+        if let Some(child) = schema.get(nested).filter(|c| c.is_object()) {
+            unbounded(&format!("{path}[]"), child, out);
+        }
+    }
+}
+
+#[test]
+fn every_field_a_tenant_sets_is_bounded() {
+    let crd = serde_json::to_value(KeeperSecret::crd()).unwrap();
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let mut missing = Vec::new();
+    unbounded("spec", spec, &mut missing);
+    // A record or folder UID is exactly 22 characters by its pattern.
+    missing.retain(|p| !p.ends_with(".uid maxLength"));
+    assert!(missing.is_empty(), "unbounded: {missing:?}");
+}
+
+#[test]
+fn the_largest_spec_is_valid_and_under_1_mib() {
+    let spec = largest_spec();
+    let size = serde_json::to_vec(&spec).unwrap().len();
+    assert!(size < 1024 * 1024, "{size} bytes");
+    assert!(size > 900 * 1024, "{size} bytes: not the largest");
+    let ks = ks(spec);
+    ks.validate_cel().unwrap();
+}
+
+#[test]
+fn schema_bounds_are_stated_in_the_crd() {
+    let crd = serde_json::to_value(KeeperSecret::crd()).unwrap();
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    let template = &spec["target"]["properties"]["template"]["properties"]["data"];
+    assert_eq!(template["maxProperties"], MAX_INLINE_TEMPLATES);
+    assert_eq!(
+        template["additionalProperties"]["maxLength"],
+        MAX_INLINE_TEMPLATE_CHARS
+    );
+    assert_eq!(spec["data"]["maxItems"], MAX_DATA_ITEMS);
+    assert_eq!(spec["dataFrom"]["maxItems"], MAX_DATA_FROM_ITEMS);
+    assert_eq!(spec["rolloutRestart"]["maxItems"], MAX_ROLLOUT_TARGETS);
+    assert_eq!(
+        spec["data"]["items"]["properties"]["notation"]["maxLength"],
+        MAX_NOTATION_CHARS
+    );
+    let annotations = &spec["target"]["properties"]["annotations"];
+    assert_eq!(annotations["maxProperties"], MAX_TARGET_METADATA);
+    assert_eq!(
+        annotations["additionalProperties"]["maxLength"],
+        MAX_ANNOTATION_VALUE_CHARS
+    );
+}
+
+#[test]
+fn map_keys_are_bounded_by_cel() {
+    let with_target = |target: serde_json::Value| {
+        valid(serde_json::json!({
+            "auth": auth(),
+            "data": [{"key": "k", "notation": "a/field/b"}],
+            "target": target,
+        }))
+    };
+    let long = |n: usize| chars("k", n);
+    assert!(with_target(
+        serde_json::json!({"template": {"data": {long(253): "x"}}})
+    ));
+    assert!(!with_target(
+        serde_json::json!({"template": {"data": {long(254): "x"}}})
+    ));
+    assert!(with_target(serde_json::json!({"labels": {long(317): "x"}})));
+    assert!(!with_target(
+        serde_json::json!({"labels": {long(318): "x"}})
+    ));
+    assert!(!with_target(
+        serde_json::json!({"annotations": {long(318): "x"}})
+    ));
+}

@@ -13,6 +13,7 @@
 pub mod fixtures;
 pub mod memo;
 pub mod reconcile;
+pub mod renders;
 pub mod stores;
 
 use std::collections::BTreeMap;

@@ -36,7 +36,7 @@ use crate::sync::desired::{self, HashKey, Ownership};
 use crate::sync::mapping::{self, Bytes, Content};
 use crate::sync::refresh::{self, Decision, Target};
 use crate::sync::status::{self, Synced};
-use crate::sync::{allowlist, decoding, incomplete, template, write_guard};
+use crate::sync::{allowlist, decoding, incomplete, write_guard};
 use crate::{k8s, lock};
 use zeroize::Zeroizing;
 
@@ -431,7 +431,7 @@ async fn build<S: KeeperSource>(
 }
 
 /// Renders the template, if any, with the templates `templateFrom` names (API: one read each).
-/// Off the async workers: `htpasswd` spends CPU time by design.
+/// On the render pool, off the async workers: `htpasswd` spends CPU time by design.
 async fn render<S>(
     ctx: &Context<S>,
     ks: &KeeperSecret,
@@ -443,13 +443,9 @@ async fn render<S>(
     };
     let namespace = ks.namespace().unwrap_or_default();
     let from = k8s::templates::read(&ctx.client, &namespace, &template.template_from).await?;
-    let key = key.clone();
-    let rendering =
-        tokio::task::spawn_blocking(move || template::apply(Some(&template), from, data, &key));
-    match rendering.await {
-        Ok(rendered) => Ok(rendered?),
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
+    let renders = crate::controller::renders::shared();
+    let rendered = renders.render(&namespace, template, from, data, key.clone());
+    Ok(rendered.await?)
 }
 
 /// Guard and apply: writes the desired Secret unless the target already holds it (`true` when

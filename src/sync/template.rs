@@ -1,87 +1,46 @@
 //! PURE: renders `spec.target.template` with MiniJinja.
 //!
 //! Every mapped value is a variable named after its key and also sits in the `data` map
-//! (for keys such as `tls.crt` that are not identifiers). Undefined variables are errors;
-//! rendering runs on a fuel budget so a hostile template cannot spin forever or exhaust memory,
-//! and its output is capped at the Secret size limit. Errors carry the key, the kind and the
-//! line, never a value.
+//! (for keys such as `tls.crt` that are not identifiers). Undefined variables are errors.
+//! A KeeperSecret is hostile input: one [`budget::Budget`] covers the whole render (fuel, the
+//! bytes helpers produce, the values parsers build, wall time, at most 64 templates), and the
+//! output is capped at the Secret size limit. Errors carry the key, the kind and the line (or
+//! the bound crossed), never a value.
 //!
 //! Templates come from `template.data` and from the ConfigMaps and Secrets that
 //! `template.templateFrom` names ([`collect`] checks what the controller read). A template
 //! read from a Secret is confidential: its errors never quote it.
 
+mod budget;
+pub mod cache;
+mod helpers;
+mod parse;
+
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior, Value};
-use sha2::{Digest, Sha256};
+use minijinja::{Environment, Error, ErrorKind, Value};
 use zeroize::Zeroizing;
 
 use crate::api::{Template, TemplateMergePolicy, TemplateSourceItem};
 use crate::sync::desired::{HashKey, MAX_SECRET_BYTES};
 use crate::sync::mapping::Bytes;
-
-/// Instructions a template may spend; far beyond any realistic Secret template. MiniJinja also
-/// charges fuel for every byte it produces, so this bounds the memory a render can use too.
-const FUEL: u64 = 100_000;
+pub use budget::{
+    Budget, DEADLINE, Exceeded, FUEL, MAX_HELPER_BYTES, MAX_PARSE_DEPTH, MAX_PARSE_NODES,
+    MAX_TEMPLATE_KEYS,
+};
+pub use helpers::{BCRYPT_COST, MAX_HTPASSWD_CALLS};
+pub use parse::MAX_PARSE_BYTES;
 
 /// `templateFrom` may bring at most this many bytes of templates (keys and texts, together).
 pub const MAX_SOURCE_BYTES: usize = 1024 * 1024;
 /// ... and at most this many templates.
-pub const MAX_SOURCE_KEYS: usize = 64;
-
-/// bcrypt cost of `htpasswd` (2^10 rounds: ~50 ms, the usual htpasswd default).
-const BCRYPT_COST: u32 = 10;
-/// bcrypt is slow by design and fuel does not count time: a sync may hash at most this many.
-pub const MAX_HTPASSWD_CALLS: usize = 16;
-/// `fromjson` and `fromyaml` parse at most this many bytes (parsing is not charged fuel).
-const MAX_PARSE_BYTES: usize = 256 * 1024;
-
-// The details of the operator's own filter errors: fixed texts, so safe to show.
-const NOT_BASE64: &str = "b64decode: input is not valid base64";
-const NOT_UTF8: &str = "b64decode: result is not UTF-8";
-const NOT_BASE64URL: &str = "b64urldecode: input is not valid URL-safe base64";
-const NOT_UTF8_URL: &str = "b64urldecode: result is not UTF-8";
-const NOT_HEX: &str = "hexdecode: input is not an even number of hex digits";
-const NOT_UTF8_HEX: &str = "hexdecode: result is not UTF-8";
-const NOT_JSON: &str = "fromjson: input is not valid JSON";
-const NOT_YAML: &str = "fromyaml: input is not valid YAML";
-const PARSE_TOO_LARGE: &str = "fromjson/fromyaml: input is over 256 KiB";
-const NO_YAML: &str = "toyaml: value cannot be written as YAML";
-const PEM_UNTERMINATED: &str = "pem: a BEGIN line has no matching END line";
-const NO_CERTIFICATE: &str = "pem_certificates: no CERTIFICATE block";
-const NO_PRIVATE_KEY: &str = "pem_private_key: no PRIVATE KEY block";
-const TWO_PRIVATE_KEYS: &str = "pem_private_key: more than one PRIVATE KEY block";
-const HTPASSWD_USER: &str = "htpasswd: the user name must not be empty or hold ':' or a line break";
-const HTPASSWD_LONG: &str = "htpasswd: bcrypt takes at most 72 bytes of password";
-const HTPASSWD_MANY: &str = "htpasswd: at most 16 calls per sync";
-const OWN_ERRORS: &[&str] = &[
-    NOT_BASE64,
-    NOT_UTF8,
-    NOT_BASE64URL,
-    NOT_UTF8_URL,
-    NOT_HEX,
-    NOT_UTF8_HEX,
-    NOT_JSON,
-    NOT_YAML,
-    PARSE_TOO_LARGE,
-    NO_YAML,
-    PEM_UNTERMINATED,
-    NO_CERTIFICATE,
-    NO_PRIVATE_KEY,
-    TWO_PRIVATE_KEYS,
-    HTPASSWD_USER,
-    HTPASSWD_LONG,
-    HTPASSWD_MANY,
-];
+pub const MAX_SOURCE_KEYS: usize = MAX_TEMPLATE_KEYS;
 
 /// A template failed. Messages name the key, the kind of problem and the line, never a value.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum TemplateError {
     /// The template does not compile or does not render.
     #[error("{problem} in template for key {key:?}{}", at_line(*line))]
@@ -99,6 +58,20 @@ pub enum TemplateError {
         /// The Secret key whose output crossed the limit.
         key: String,
     },
+    /// The render crossed a bound of its budget.
+    #[error("{} (template for key {key:?})", bound.text())]
+    Budget {
+        /// The Secret key being rendered when it did.
+        key: String,
+        /// Which bound.
+        bound: Exceeded,
+    },
+    /// No render slot came free in time (other renders are running); retried soon.
+    #[error("template for key {key:?}: the operator's renders are busy, retrying")]
+    Busy {
+        /// The first key of the template.
+        key: String,
+    },
 }
 
 impl TemplateError {
@@ -107,14 +80,42 @@ impl TemplateError {
         match self {
             Self::Invalid { .. } => "InvalidSpec",
             Self::TooLarge { .. } => "TooLarge",
+            Self::Budget {
+                bound: Exceeded::Time,
+                ..
+            } => "TemplateTimeout",
+            // The template asks for too much: only changing it helps.
+            Self::Budget { .. } => "InvalidSpec",
+            Self::Busy { .. } => "RenderBusy",
         }
     }
 
     /// The Secret key whose template failed.
     pub fn key(&self) -> &str {
         match self {
-            Self::Invalid { key, .. } | Self::TooLarge { key } => key,
+            Self::Invalid { key, .. }
+            | Self::TooLarge { key }
+            | Self::Budget { key, .. }
+            | Self::Busy { key } => key,
         }
+    }
+
+    /// Whether a retry soon may succeed (a busy operator), rather than after a human's change.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Busy { .. })
+    }
+
+    /// Whether rendering the same inputs again fails the same way (so the outcome may be
+    /// cached); a missed deadline or a busy pool depend on the machine's load.
+    pub fn is_repeatable(&self) -> bool {
+        !matches!(
+            self,
+            Self::Busy { .. }
+                | Self::Budget {
+                    bound: Exceeded::Time,
+                    ..
+                }
+        )
     }
 }
 
@@ -242,12 +243,24 @@ pub fn collect(fetched: Vec<Fetched<'_>>) -> Result<BTreeMap<String, Source>, So
 
 /// Applies the template (if any) to the mapped values: the inline `data` templates, and those
 /// `templateFrom` brought (`from`) for keys `data` does not set. `key` makes `htpasswd`'s salts.
-/// The result never exceeds the Secret size limit: rendering stops as soon as the keys would.
+/// The whole render runs on one [`Budget`] starting now; the result never exceeds the Secret
+/// size limit: rendering stops as soon as the keys would.
 pub fn apply(
     template: Option<&Template>,
     from: BTreeMap<String, Source>,
     values: BTreeMap<String, Bytes>,
     key: &HashKey,
+) -> Result<BTreeMap<String, Bytes>, TemplateError> {
+    apply_within(template, from, values, key, Budget::new(Instant::now()))
+}
+
+/// [`apply`] on a given budget.
+pub fn apply_within(
+    template: Option<&Template>,
+    from: BTreeMap<String, Source>,
+    values: BTreeMap<String, Bytes>,
+    key: &HashKey,
+    budget: Budget,
 ) -> Result<BTreeMap<String, Bytes>, TemplateError> {
     let Some(template) = template else {
         return Ok(values);
@@ -264,30 +277,54 @@ pub fn apply(
     if sources.is_empty() {
         return Ok(values);
     }
-    let env = environment(key.clone());
+    if let Some(k) = sources.keys().nth(MAX_TEMPLATE_KEYS) {
+        let key = k.clone();
+        return Err(TemplateError::Budget {
+            key,
+            bound: Exceeded::Keys,
+        });
+    }
+    let budget = Arc::new(budget);
+    let mut env = helpers::environment(key.clone(), budget.clone());
     let ctx = context(&values);
     let mut out = match template.merge_policy {
         TemplateMergePolicy::Merge => values,
         TemplateMergePolicy::Replace => BTreeMap::new(),
     };
+    // One fuel budget for all keys: each key starts with what the earlier ones left.
+    let mut fuel = FUEL;
     for (key, source) in &sources {
+        let over = |bound| TemplateError::Budget {
+            key: key.clone(),
+            bound,
+        };
+        if budget.time().is_err() {
+            return Err(over(Exceeded::Time));
+        }
+        if fuel == 0 {
+            return Err(over(Exceeded::Fuel));
+        }
+        env.set_fuel(Some(fuel));
         out.remove(key);
         let used: usize = out.iter().map(|(k, v)| k.len() + v.len()).sum();
         let room = MAX_SECRET_BYTES.saturating_sub(used + key.len());
-        let rendered = render(&env, key, source, &ctx, room)?;
+        let (rendered, spent) = render(&env, key, source, &ctx, room, &budget)?;
+        fuel = fuel.saturating_sub(spent);
         out.insert(key.clone(), rendered);
     }
     Ok(out)
 }
 
-/// Compiles, then renders into a buffer that refuses to grow past `room` bytes.
+/// Compiles, then renders into a buffer that refuses to grow past `room` bytes; returns the
+/// output and the fuel spent.
 fn render(
     env: &Environment<'_>,
     key: &str,
     source: &Source,
     ctx: &Value,
     room: usize,
-) -> Result<Bytes, TemplateError> {
+    budget: &Budget,
+) -> Result<(Bytes, u64), TemplateError> {
     // Compiling sees only the template text: its messages are shown when the tenant wrote it
     // in the open (spec or ConfigMap), but not when it came from a Secret.
     let template = env
@@ -305,12 +342,28 @@ fn render(
         room,
         over: false,
     };
-    match template.render_captured_to(ctx.clone(), &mut out) {
-        Ok(_) => Ok(out.buf),
+    let rendered = template.render_captured_to(ctx.clone(), &mut out);
+    match rendered {
+        Ok(captured) => {
+            let spent = captured.state().fuel_levels().map_or(0, |(used, _)| used);
+            drop(captured);
+            Ok((out.buf, spent))
+        }
         Err(_) if out.over => Err(TemplateError::TooLarge { key: key.into() }),
-        // Rendering sees the values: MiniJinja's detail can quote them ("unable to calculate
-        // 73195 // 0"), so only the kind is shown.
-        Err(e) => Err(invalid(key, &e, render_problem(&e))),
+        Err(e) => {
+            let bound = budget
+                .tripped()
+                .or((e.kind() == ErrorKind::OutOfFuel).then_some(Exceeded::Fuel));
+            match bound {
+                Some(bound) => Err(TemplateError::Budget {
+                    key: key.into(),
+                    bound,
+                }),
+                // Rendering sees the values: MiniJinja's detail can quote them ("unable to
+                // calculate 73195 // 0"), so only the kind is shown.
+                None => Err(invalid(key, &e, render_problem(&e))),
+            }
+        }
     }
 }
 
@@ -333,7 +386,7 @@ fn compile_problem(e: &Error) -> String {
 /// fixed texts.
 fn render_problem(e: &Error) -> String {
     match e.detail() {
-        Some(detail) if OWN_ERRORS.contains(&detail) => detail.to_string(),
+        Some(detail) if helpers::OWN_ERRORS.contains(&detail) => detail.to_string(),
         _ => e.kind().to_string(),
     }
 }
@@ -360,46 +413,6 @@ impl io::Write for Limited {
     }
 }
 
-fn environment(key: HashKey) -> Environment<'static> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_fuel(Some(FUEL));
-    env.add_filter("b64encode", |v: Value| STANDARD.encode(bytes_of(&v)));
-    env.add_filter("b64decode", |s: &str| {
-        text(STANDARD.decode(s.trim()), NOT_BASE64, NOT_UTF8)
-    });
-    env.add_filter("b64urlencode", |v: Value| {
-        URL_SAFE_NO_PAD.encode(bytes_of(&v))
-    });
-    env.add_filter("b64urldecode", |s: &str| {
-        text(
-            URL_SAFE_ANY_PAD.decode(s.trim()),
-            NOT_BASE64URL,
-            NOT_UTF8_URL,
-        )
-    });
-    env.add_filter("hexencode", |v: Value| hex(&bytes_of(&v)));
-    env.add_filter("hexdecode", |s: &str| {
-        text(unhex(s.trim()).ok_or(()), NOT_HEX, NOT_UTF8_HEX)
-    });
-    env.add_filter("sha256", |v: Value| hex(&Sha256::digest(bytes_of(&v))));
-    env.add_filter("fromjson", fromjson);
-    env.add_filter("fromyaml", fromyaml);
-    env.add_filter("toyaml", toyaml);
-    env.add_filter("pem_blocks", pem_blocks);
-    env.add_filter("pem_certificates", pem_certificates);
-    env.add_filter("pem_private_key", pem_private_key);
-    env.add_filter("pem_join", pem_join);
-    let calls = Arc::new(AtomicUsize::new(0));
-    env.add_function("htpasswd", move |user: &str, password: &str| {
-        if calls.fetch_add(1, Ordering::Relaxed) >= MAX_HTPASSWD_CALLS {
-            return Err(fail(HTPASSWD_MANY));
-        }
-        htpasswd(&key, user, password)
-    });
-    env
-}
-
 /// Values are strings when they are UTF-8 and bytes otherwise (binary files).
 fn context(values: &BTreeMap<String, Bytes>) -> Value {
     let data: BTreeMap<String, Value> = values
@@ -417,163 +430,13 @@ fn context(values: &BTreeMap<String, Bytes>) -> Value {
     Value::from(vars)
 }
 
-fn fail(detail: &'static str) -> Error {
-    Error::new(ErrorKind::InvalidOperation, detail)
-}
-
-/// The bytes of a value: its own for bytes (binary files), its text otherwise.
-fn bytes_of(value: &Value) -> Vec<u8> {
-    match value.as_bytes() {
-        Some(b) => b.to_vec(),
-        None => value.to_string().into_bytes(),
-    }
-}
-
-/// Decoded bytes as text, or the decoder's or the UTF-8 fixed error.
-fn text<E>(
-    decoded: Result<Vec<u8>, E>,
-    invalid: &'static str,
-    not_utf8: &'static str,
-) -> Result<String, Error> {
-    let bytes = decoded.map_err(|_| fail(invalid))?;
-    String::from_utf8(bytes).map_err(|_| fail(not_utf8))
-}
-
-/// URL-safe base64 with or without padding (JWTs drop it, other tools keep it).
-const URL_SAFE_ANY_PAD: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::URL_SAFE,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
-}
-
-fn fromjson(s: &str) -> Result<Value, Error> {
-    if s.len() > MAX_PARSE_BYTES {
-        return Err(fail(PARSE_TOO_LARGE));
-    }
-    serde_json::from_str(s).map_err(|_| fail(NOT_JSON))
-}
-
-/// serde_yaml_ng refuses alias bombs (its repetition limit) and deep nesting.
-fn fromyaml(s: &str) -> Result<Value, Error> {
-    if s.len() > MAX_PARSE_BYTES {
-        return Err(fail(PARSE_TOO_LARGE));
-    }
-    serde_yaml_ng::from_str(s).map_err(|_| fail(NOT_YAML))
-}
-
-fn toyaml(v: Value) -> Result<String, Error> {
-    serde_yaml_ng::to_string(&v).map_err(|_| fail(NO_YAML))
-}
-
-/// The PEM blocks of `text` in order, as (label, block); each block runs from its BEGIN line to
-/// its END line, trimmed, `\n`-terminated. Text around blocks (openssl's "Bag Attributes") is
-/// skipped.
-fn parse_pem(text: &str) -> Result<Vec<(String, String)>, Error> {
-    let mut blocks = Vec::new();
-    let mut open: Option<(String, String)> = None;
-    for line in text.lines().map(str::trim) {
-        let begin = line
-            .strip_prefix("-----BEGIN ")
-            .and_then(|l| l.strip_suffix("-----"));
-        match (open.take(), begin) {
-            (None, Some(label)) => open = Some((label.to_string(), format!("{line}\n"))),
-            (None, None) => {}
-            (Some(_), Some(_)) => return Err(fail(PEM_UNTERMINATED)),
-            (Some((label, mut block)), None) => {
-                block.push_str(line);
-                block.push('\n');
-                if line == format!("-----END {label}-----") {
-                    blocks.push((label, block));
-                } else {
-                    open = Some((label, block));
-                }
-            }
-        }
-    }
-    match open {
-        Some(_) => Err(fail(PEM_UNTERMINATED)),
-        None => Ok(blocks),
-    }
-}
-
-/// `value | pem_blocks` → every block; `value | pem_blocks("CERTIFICATE")` → those labelled so.
-fn pem_blocks(text: &str, label: Option<&str>) -> Result<Vec<String>, Error> {
-    Ok(parse_pem(text)?
-        .into_iter()
-        .filter(|(l, _)| label.is_none_or(|want| l == want))
-        .map(|(_, block)| block)
-        .collect())
-}
-
-/// Every CERTIFICATE block (leaf and chain, in order), concatenated.
-fn pem_certificates(text: &str) -> Result<String, Error> {
-    let certs = pem_blocks(text, Some("CERTIFICATE"))?;
-    if certs.is_empty() {
-        return Err(fail(NO_CERTIFICATE));
-    }
-    Ok(certs.concat())
-}
-
-/// The one private key block (`PRIVATE KEY`, `RSA PRIVATE KEY`, `EC PRIVATE KEY`, ...).
-fn pem_private_key(text: &str) -> Result<String, Error> {
-    let mut keys = parse_pem(text)?
-        .into_iter()
-        .filter(|(label, _)| label.ends_with("PRIVATE KEY"));
-    match (keys.next(), keys.next()) {
-        (Some((_, key)), None) => Ok(key),
-        (None, _) => Err(fail(NO_PRIVATE_KEY)),
-        (Some(_), Some(_)) => Err(fail(TWO_PRIVATE_KEYS)),
-    }
-}
-
-/// PEM texts joined one after another, each ending in exactly one line break.
-fn pem_join(blocks: Vec<String>) -> String {
-    blocks
-        .iter()
-        .map(|b| b.trim())
-        .filter(|b| !b.is_empty())
-        .map(|b| format!("{b}\n"))
-        .collect()
-}
-
-/// `user:$2y$10$...`, an htpasswd line as ingress-nginx basic auth reads it. The salt is a
-/// keyed digest of user and password, so the same input renders the same line every sync (a
-/// fresh random salt would change the Secret, and restart its workloads, at every refresh).
-fn htpasswd(key: &HashKey, user: &str, password: &str) -> Result<String, Error> {
-    if user.is_empty() || user.contains([':', '\n', '\r']) {
-        return Err(fail(HTPASSWD_USER));
-    }
-    let digest = key.digest(
-        "keeper-operator.dev/htpasswd-salt/v1",
-        &[user.as_bytes(), password.as_bytes()],
-    );
-    let mut salt = [0u8; 16];
-    salt.copy_from_slice(&digest[..16]);
-    // The non-truncating variant refuses passwords bcrypt would silently cut at 72 bytes.
-    let hash = bcrypt::non_truncating_hash_with_salt(password, BCRYPT_COST, salt)
-        .map_err(|_| fail(HTPASSWD_LONG))?;
-    Ok(format!(
-        "{user}:{}",
-        hash.format_for_version(bcrypt::Version::TwoY)
-    ))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use super::helpers::*;
     use super::*;
+    use sha2::{Digest, Sha256};
 
     fn vals(pairs: &[(&str, &[u8])]) -> BTreeMap<String, Bytes> {
         pairs
@@ -850,7 +713,7 @@ mod tests {
             let err = render_error(source);
             let message = err.to_string();
             assert!(
-                message.starts_with("engine ran out of fuel"),
+                message.starts_with(Exceeded::Fuel.text()),
                 "{source:?}: {message}"
             );
         }
@@ -995,12 +858,23 @@ mod tests {
         assert_ne!(text(&elsewhere, "auth"), first);
     }
 
+    /// Runs on a budget of `secs` of wall time (a loaded test machine hashes slowly).
+    fn run_for(
+        t: &Template,
+        values: BTreeMap<String, Bytes>,
+        time: Duration,
+    ) -> Result<BTreeMap<String, Bytes>, TemplateError> {
+        let budget = Budget::ending_at(Instant::now() + time);
+        apply_within(Some(t), BTreeMap::new(), values, &key(), budget)
+    }
+
     #[test]
     fn htpasswd_calls_are_bounded_per_sync() {
         let sixteen = "{% for i in range(16) %}{{ htpasswd('u' ~ i, 'p') }}\n{% endfor %}";
         let t = tpl(TemplateMergePolicy::Replace, &[("a", sixteen)]);
+        let minute = Duration::from_secs(60);
         assert_eq!(
-            text(&run(&t, BTreeMap::new()).unwrap(), "a")
+            text(&run_for(&t, BTreeMap::new(), minute).unwrap(), "a")
                 .lines()
                 .count(),
             16
@@ -1010,7 +884,7 @@ mod tests {
             TemplateMergePolicy::Replace,
             &[("a", sixteen), ("b", "{{ htpasswd('u', 'p') }}")],
         );
-        let err = run(&t, BTreeMap::new()).unwrap_err();
+        let err = run_for(&t, BTreeMap::new(), minute).unwrap_err();
         assert_eq!(err.key(), "b");
         assert!(err.to_string().starts_with(HTPASSWD_MANY), "{err}");
     }
@@ -1141,5 +1015,159 @@ mod tests {
             )],
         );
         assert!(run(&t, BTreeMap::new()).is_err());
+    }
+
+    fn bound(err: &TemplateError) -> Option<Exceeded> {
+        match err {
+            TemplateError::Budget { bound, .. } => Some(*bound),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_yaml_alias_bomb_is_stopped_by_the_node_budget() {
+        // 25 KB of template: an anchored list of 5,000 items, referenced 5,000 times, is 25
+        // million values (600+ MiB) to build.
+        let bomb = format!(
+            "{{{{ ('{{a: &a [{}], b: [{}]}}' | fromyaml).b | length }}}}",
+            vec!["x"; 5000].join(","),
+            vec!["*a"; 5000].join(",")
+        );
+        assert!(bomb.len() < 26_000);
+        let start = Instant::now();
+        let err = render_error(&bomb);
+        assert_eq!(bound(&err), Some(Exceeded::Nodes), "{err}");
+        assert!(start.elapsed() < DEADLINE, "{:?}", start.elapsed());
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} (template for key \"DATABASE_URL\")",
+                Exceeded::Nodes.text()
+            )
+        );
+        assert_eq!(err.reason(), "InvalidSpec");
+        // Small anchors and aliases are still YAML.
+        assert_eq!(
+            one("{{ ('{a: &a [1, 2], b: *a}' | fromyaml).b[1] }}", &[]),
+            "2"
+        );
+    }
+
+    #[test]
+    fn parsed_values_nest_at_most_64_deep() {
+        let deep = |n: usize| {
+            format!(
+                "{{{{ ('{}{}' | fromjson) | length }}}}",
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        assert_eq!(one(&deep(MAX_PARSE_DEPTH), &[]), "1");
+        let err = render_error(&deep(MAX_PARSE_DEPTH + 1));
+        assert_eq!(bound(&err), Some(Exceeded::Depth), "{err}");
+    }
+
+    #[test]
+    fn fuel_is_one_budget_for_all_keys() {
+        // About 90,000 fuel each: any one fits, three do not.
+        let spin = "{% for i in range(30000) %}{% endfor %}ok";
+        let t = tpl(TemplateMergePolicy::Replace, &[("a", spin)]);
+        assert_eq!(text(&run(&t, BTreeMap::new()).unwrap(), "a"), "ok");
+        let t = tpl(
+            TemplateMergePolicy::Replace,
+            &[("a", spin), ("b", spin), ("c", spin)],
+        );
+        let err = run(&t, BTreeMap::new()).unwrap_err();
+        assert_eq!(bound(&err), Some(Exceeded::Fuel), "{err}");
+        assert_eq!(err.key(), "c");
+    }
+
+    #[test]
+    fn at_most_64_templates() {
+        let keys: Vec<String> = (0..=MAX_TEMPLATE_KEYS)
+            .map(|i| format!("k{i:02}"))
+            .collect();
+        let pairs: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "x")).collect();
+        let t = tpl(TemplateMergePolicy::Replace, &pairs[..MAX_TEMPLATE_KEYS]);
+        assert_eq!(run(&t, BTreeMap::new()).unwrap().len(), MAX_TEMPLATE_KEYS);
+        let t = tpl(TemplateMergePolicy::Replace, &pairs);
+        let err = run(&t, BTreeMap::new()).unwrap_err();
+        assert_eq!(bound(&err), Some(Exceeded::Keys), "{err}");
+        // Inline and templateFrom count together.
+        let from = collect(vec![fetched(
+            SourceKind::ConfigMap,
+            &[],
+            Some(&[("zz", b"y".as_slice())]),
+        )])
+        .unwrap();
+        let t = tpl(TemplateMergePolicy::Replace, &pairs[..MAX_TEMPLATE_KEYS]);
+        let err = apply(Some(&t), from, BTreeMap::new(), &key()).unwrap_err();
+        assert_eq!(bound(&err), Some(Exceeded::Keys), "{err}");
+    }
+
+    #[test]
+    fn helpers_charge_one_byte_budget_before_they_allocate() {
+        // Doubling through a helper: fuel alone would let it grow far past 4 MiB.
+        let doubling = "{% set ns = namespace(x=password) %}{% for i in range(30) %}{% set ns.x = ns.x | hexencode %}{% endfor %}{{ ns.x | length }}";
+        let err = render_error(doubling);
+        assert_eq!(bound(&err), Some(Exceeded::Bytes), "{err}");
+        assert_no_value(doubling, &err.to_string());
+        // 2.2 MB each: either key alone fits, both do not.
+        let big = "{{ (password * 80000) | hexencode | length }}";
+        let t = tpl(TemplateMergePolicy::Replace, &[("a", big)]);
+        assert_eq!(text(&run(&t, vals(VAULT)).unwrap(), "a"), "2240000");
+        let t = tpl(TemplateMergePolicy::Replace, &[("a", big), ("b", big)]);
+        let err = run(&t, vals(VAULT)).unwrap_err();
+        assert_eq!((bound(&err), err.key()), (Some(Exceeded::Bytes), "b"));
+        // Every producing helper charges.
+        for source in [
+            "{% set s = password * 160000 %}{{ (s | toyaml | length) + (s | toyaml | length) }}",
+            "{{ (password * 100000) | b64encode | b64encode | length }}",
+            "{{ (password * 100000) | b64urlencode | b64urlencode | length }}",
+            "{% set s = (password ~ '\n') * 160000 %}{{ (s | pem_blocks | length) + (s | pem_blocks | length) }}",
+        ] {
+            // Debug builds serialize slowly: this is about bytes, not time.
+            let t = tpl(TemplateMergePolicy::Replace, &[("DATABASE_URL", source)]);
+            let err = run_for(&t, vals(VAULT), Duration::from_secs(60)).unwrap_err();
+            assert_eq!(bound(&err), Some(Exceeded::Bytes), "{source}: {err}");
+        }
+        // tojson is charged its fuel before it serializes.
+        let err = render_error("{{ (password * 100000) | tojson | length }}");
+        assert_eq!(bound(&err), Some(Exceeded::Fuel), "{err}");
+    }
+
+    #[test]
+    fn the_deadline_stops_a_render_inside_helpers() {
+        let sixteen = "{% for i in range(16) %}{{ htpasswd('u' ~ i, 'p') }}\n{% endfor %}";
+        let t = tpl(TemplateMergePolicy::Replace, &[("a", sixteen)]);
+        let start = Instant::now();
+        let err = run_for(&t, BTreeMap::new(), Duration::from_millis(100)).unwrap_err();
+        assert_eq!(bound(&err), Some(Exceeded::Time), "{err}");
+        assert_eq!(err.reason(), "TemplateTimeout");
+        assert!(!err.is_repeatable());
+        // One bcrypt past the deadline at most, not sixteen.
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        // Checked between keys too.
+        let t = tpl(TemplateMergePolicy::Replace, &[("a", "x"), ("b", "y")]);
+        let err = run_for(&t, BTreeMap::new(), Duration::ZERO).unwrap_err();
+        assert_eq!((bound(&err), err.key()), (Some(Exceeded::Time), "a"));
+    }
+
+    #[test]
+    fn tojson_keeps_minijinja_output() {
+        let v: &[(&str, &[u8])] = &[("cfg", br#"{"a": "<b>&'", "n": [1, 2]}"#)];
+        assert_eq!(
+            one("{{ cfg | fromjson | tojson }}", v),
+            r#"{"a": "\u003cb\u003e\u0026\u0027", "n": [1, 2]}"#
+        );
+        assert_eq!(
+            one("{{ (cfg | fromjson).n | tojson(indent=2) }}", v),
+            "[\n  1,\n  2\n]"
+        );
+        assert_eq!(one("{{ {1: 2} | tojson }}", v), r#"{"1": 2}"#);
     }
 }
