@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use keeper_e2e::harness::{cpu_seconds, peak_rss_mib};
-use keeper_e2e::ksm_server::{FileSpec, RecordSpec};
+use keeper_e2e::ksm_server::{FileSpec, Listing, RecordSpec};
 
 use super::*;
 
@@ -218,6 +218,8 @@ async fn attack(install: &Install, ns: &str, hostile: &Api<KeeperSecret>) -> Res
             custom: vec![],
             notes: None,
             files: vec![FileSpec::from_bytes(&file_uid, "blob.bin", None, &content)],
+            // Listed as Keeper lists records made in a shared folder by the Vault UI.
+            listing: Listing::FlatInFolder,
         })?;
         create(
             format!("attachment-{i}"),
