@@ -23,9 +23,11 @@ pub use crate::ksm::token::redeem_token;
 /// (docs/protocol.md#payload).
 pub const DEFAULT_CLIENT_VERSION: &str = "mr17.3.0";
 
-/// The largest API reply body read (64 MiB). A `get_secret` for hundreds of records with long
-/// notes is a few MiB; anything bigger is refused while streaming, before it is buffered.
-pub const MAX_RESPONSE_BYTES: u64 = 64 << 20;
+/// The largest API reply body read (16 MiB). A `get_secret` for thousands of records with long
+/// notes is a few MiB; anything bigger is refused while streaming, before it is buffered. Sized
+/// for the chart's memory limit: a fetch holds the body about three times (read, decrypted,
+/// decoded), beside the 32 MiB attachment cache and the operator's own working set.
+pub const MAX_RESPONSE_BYTES: u64 = 16 << 20;
 
 /// What AES-GCM adds to a file's content on the wire: a 12-byte nonce and a 16-byte tag.
 const GCM_OVERHEAD: u64 = 28;
