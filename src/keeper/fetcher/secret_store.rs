@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
 use std::collections::BTreeMap;
 
 /// Each part has its own data key and field manager, so saving one leaves the other in place.
@@ -84,6 +84,17 @@ impl SnapshotStore for SecretStore {
                 .patch(&name, &params, &Patch::Apply(&secret))
                 .await?;
             Ok(())
+        })
+    }
+
+    fn destroy<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let name = Self::secret_name(credential);
+            match self.api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                Err(e) => Err(e.into()),
+            }
         })
     }
 }
