@@ -544,20 +544,26 @@ async fn a_revoked_client_is_not_ready_but_its_secrets_keep_their_data() -> Resu
         w.server.revoke_device(&client_id(&w.config)?),
         "no such device"
     );
-    let revoked = w.wait_all(2, "AuthFailed").await?;
+    // A refusal is not an outage: the Secrets keep their data, and nothing is written.
+    let revoked = w.wait_all(2, "CredentialRefused").await?;
     for ks in &revoked {
         let ready = ks.ready_condition().context("Ready")?;
         ensure!(ready.status == "False", "{ready:?}");
+        ensure!(ready.message.contains("AuthFailed"), "{ready:?}");
         ensure!(ready.message.contains("last good copy"), "{ready:?}");
-        let stale = condition(ks, "Stale").context("Stale condition")?;
-        ensure!(
-            stale.status == "True" && stale.reason == "AuthFailed",
-            "{stale:?}"
-        );
     }
     ensure!(
         w.snapshot().await? == good,
         "a revoked credential changed a Secret"
+    );
+    // A deleted Secret is not re-created from the last good copy.
+    w.secrets()
+        .delete("revoked-0001", &Default::default())
+        .await?;
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    ensure!(
+        w.secrets().get_opt("revoked-0001").await?.is_none(),
+        "a revoked credential re-created a Secret from the last good copy"
     );
 
     // A restarted operator, with only the sealed copy, tells the same truth.
@@ -571,7 +577,7 @@ async fn a_revoked_client_is_not_ready_but_its_secrets_keep_their_data() -> Resu
     )
     .await?;
     wait_until(
-        "the edited KeeperSecret reports AuthFailed again",
+        "the edited KeeperSecret reports CredentialRefused again",
         TIMEOUT,
         || {
             let api = api.clone();
@@ -581,14 +587,21 @@ async fn a_revoked_client_is_not_ready_but_its_secrets_keep_their_data() -> Resu
                 let current = ks.status.as_ref().and_then(|s| s.observed_generation)
                     == ks.metadata.generation;
                 Ok(
-                    (current && ready.reason == "AuthFailed" && ready.status == "False")
+                    (current && ready.reason == "CredentialRefused" && ready.status == "False")
                         .then_some(()),
                 )
             }
         },
     )
     .await?;
-    ensure!(w.snapshot().await? == good, "data lost after the restart");
+    ensure!(
+        w.snapshot().await?.get("revoked-0000") == good.get("revoked-0000"),
+        "data lost after the restart"
+    );
+    ensure!(
+        w.secrets().get_opt("revoked-0001").await?.is_none(),
+        "a restarted operator re-created a Secret from the sealed copy of a refused credential"
+    );
     w.finish(&mut [&mut operator, &mut restarted]).await
 }
 
