@@ -423,6 +423,11 @@ async fn merge_policy_keeps_their_concurrent_edits_and_restores_our_keys() -> Re
     let theirs = Secret {
         metadata: ObjectMeta {
             name: Some("app-config".into()),
+            // Its creator invites the KeeperSecret to merge into it.
+            annotations: Some(BTreeMap::from([(
+                keeper_operator::api::ALLOW_MERGE_ANNOTATION.to_string(),
+                "merge".to_string(),
+            )])),
             ..ObjectMeta::default()
         },
         string_data: Some(BTreeMap::from([

@@ -545,7 +545,7 @@ async fn apply<S: KeeperSource>(
 ) -> Result<bool, Error> {
     let desired = match &built.write {
         Write::Apply(desired) => desired,
-        Write::Delete { .. } => return delete(ctx, ks, seen).await,
+        Write::Delete { .. } => return delete(ctx, ks, seen, &built.gone).await,
     };
     if matches!(&seen.target, Seen::Vouched(hash) if *hash == desired.hash) {
         return Ok(false);
@@ -582,8 +582,14 @@ async fn apply<S: KeeperSource>(
     Ok(true)
 }
 
-/// Deletes the target Secret if it exists and is ours (`true` when it did).
-async fn delete<S>(ctx: &Context<S>, ks: &KeeperSecret, mut seen: Observed) -> Result<bool, Error> {
+/// Deletes the target Secret if it exists and the operator created it for `ks` (`true` when it
+/// did); any other Secret is kept whole, and the status says why.
+async fn delete<S>(
+    ctx: &Context<S>,
+    ks: &KeeperSecret,
+    mut seen: Observed,
+    gone: &BTreeSet<String>,
+) -> Result<bool, Error> {
     let Some(existing) = seen.take_existing(ctx, ks).await? else {
         return Ok(false);
     };
@@ -591,7 +597,10 @@ async fn delete<S>(ctx: &Context<S>, ks: &KeeperSecret, mut seen: Observed) -> R
     if desired::ownership(ks, Some(&existing)) != Ok(Ownership::Ours)
         || !desired::created_for(ks, &existing)
     {
-        return Ok(false);
+        return Err(Error::DeletionHeld {
+            why: hold::HoldReason::NotCreatedHere,
+            gone: list(gone),
+        });
     }
     Ok(k8s::delete_secret(&seen.secrets, &existing).await?)
 }

@@ -53,6 +53,9 @@ pub enum HoldReason {
     Undecryptable,
     /// Absent from one fresh answer; the next one must agree.
     AwaitingSecondAnswer,
+    /// Every record is gone, but the operator did not create the Secret for this KeeperSecret
+    /// (it adopted it, or an earlier version wrote it): it is never deleted.
+    NotCreatedHere,
 }
 
 impl HoldReason {
@@ -67,6 +70,9 @@ impl HoldReason {
             }
             HoldReason::AwaitingSecondAnswer => {
                 "absent from one answer of Keeper; deletions wait until the next answer agrees"
+            }
+            HoldReason::NotCreatedHere => {
+                "the operator did not create this Secret for this KeeperSecret (no keeper-operator.dev/created-for annotation with its UID), so it never deletes it; delete it by hand if it should go"
             }
         }
     }

@@ -485,11 +485,13 @@ async fn adopt_needs_the_secrets_invitation_and_never_makes_it_deletable() {
             .unwrap_or_default()
             .contains_key(crate::api::CREATED_FOR_ANNOTATION)
     );
-    // Every record gone, twice: an adopted Secret is kept.
-    for outcome in delete_record_and_reconcile_twice(&f).await {
-        let _ = outcome;
-    }
+    // Every record gone, twice: an adopted Secret is kept, and the status says why.
+    let outcomes = delete_record_and_reconcile_twice(&f).await;
+    let err = outcomes[1].as_ref().unwrap_err();
+    assert_eq!(err.reason(), "DeletionHeld");
+    assert!(err.to_string().contains("did not create"), "{err}");
     assert!(f.secret(NS, "db").is_some());
+    assert_eq!(password(&f), b"s3cret");
 }
 
 #[tokio::test]
