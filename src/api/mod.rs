@@ -480,7 +480,8 @@ pub struct KeeperSecretStatus {
     pub observed_generation: Option<i64>,
     /// `Ready` is True when the Secret holds the current Keeper data; its reason says why not
     /// (KeeperUnavailable, Throttled, AuthFailed, RecordNotFound, AmbiguousTitle, FieldNotFound,
-    /// InvalidSpec, NotAllowed, SecretOwnedElsewhere, TooLarge, ...). `Stale` is True while the
+    /// InvalidSpec, NotAllowed, SecretOwnedElsewhere, TargetNotOptedIn, CredentialRefused,
+    /// DeletionHeld, TooLarge, ...). `Stale` is True while the
     /// Secret holds the last good copy because Keeper fails. For Flux and kstatus,
     /// `Reconciling` is True until this generation first syncs, and `Stalled` is True on a
     /// failure no retry fixes (InvalidSpec, AmbiguousTitle, NotAllowed, SecretOwnedElsewhere).
