@@ -241,14 +241,14 @@ async fn sync<S: KeeperSource>(
     }
     // Deletions follow only records absent from two clean, fresh answers (one more is read
     // at once when the shared data is old enough).
-    if !held_deletion(ctx, ks, &snapshot, &built, fresh)? {
+    if !deletion_may_proceed(ctx, ks, &snapshot, &built, fresh)? {
         if let Some(fresher) = refetch(ctx, &seen).await?
             && fresher.fetched_at != snapshot.fetched_at
         {
             snapshot = fresher;
             built = build(ctx, ks, &seen, &snapshot.vault).await?;
         }
-        if !held_deletion(ctx, ks, &snapshot, &built, fresh)? {
+        if !deletion_may_proceed(ctx, ks, &snapshot, &built, fresh)? {
             return Err(Error::DeletionHeld {
                 why: hold::HoldReason::AwaitingSecondAnswer,
                 gone: list(&built.gone),
@@ -304,7 +304,7 @@ async fn sync<S: KeeperSource>(
 /// Whether what `built` would remove from the Secret may go (`Ok(true)`, also when nothing
 /// would), or waits for a second fresh answer (`Ok(false)`, the first one remembered); an
 /// error when the answer cannot prove anything (stale, or not everything decrypted).
-fn held_deletion<S>(
+fn deletion_may_proceed<S>(
     ctx: &Context<S>,
     ks: &KeeperSecret,
     snapshot: &Snapshot,
