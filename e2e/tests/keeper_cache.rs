@@ -894,3 +894,46 @@ async fn force_sync_and_flux_requests_sync_at_once_and_are_answered() -> Result<
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_credentials_sealed_copy_is_destroyed_after_the_maximum_age() -> Result<()> {
+    let w = World::start("cache-refused-expiry").await?;
+    let mut operator = w.operator_builder().arg("--max-stale-age=15s").spawn()?;
+    operator.wait_ready(TIMEOUT).await?;
+    w.create(&names("refused", 0..1), "5s").await?;
+    w.wait_all(1, "Synced").await?;
+    let good = w.snapshot().await?;
+    let cache_api: Api<Secret> = Api::namespaced(w.env.cluster.client(), &w.env.chart.namespace);
+    let lp = ListParams::default().labels("app.kubernetes.io/component=last-good-cache");
+    ensure!(
+        cache_api.list(&lp).await?.items.len() == 1,
+        "the last good copy is sealed"
+    );
+
+    ensure!(
+        w.server.revoke_device(&client_id(&w.config)?),
+        "no such device"
+    );
+    w.wait_all(1, "CredentialRefused").await?;
+    // Older than --max-stale-age: the sealed copy of the refused credential is destroyed...
+    wait_until("the sealed copy destroyed", TIMEOUT, || {
+        let cache_api = cache_api.clone();
+        let lp = lp.clone();
+        async move {
+            let sealed = cache_api
+                .list(&lp)
+                .await?
+                .items
+                .into_iter()
+                .any(|s| s.data.is_some_and(|d| !d.is_empty()));
+            Ok((!sealed).then_some(()))
+        }
+    })
+    .await?;
+    // ...while the Secrets keep what they hold.
+    ensure!(
+        w.snapshot().await? == good,
+        "a refused credential changed a Secret"
+    );
+    w.finish(&mut [&mut operator]).await
+}

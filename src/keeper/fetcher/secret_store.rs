@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{ObjectMeta, Patch, PatchParams};
 use std::collections::BTreeMap;
 
 /// Each part has its own data key and field manager, so saving one leaves the other in place.
@@ -87,14 +87,27 @@ impl SnapshotStore for SecretStore {
         })
     }
 
+    /// Each part's field manager applies the Secret without its data key, which removes the
+    /// sealed blob (the operator needs no delete permission in its namespace for this).
     fn destroy<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             let name = Self::secret_name(credential);
-            match self.api.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-                Err(e) => Err(e.into()),
+            if self.api.get_opt(&name).await?.is_none() {
+                return Ok(());
             }
+            for part in [Part::Snapshot, Part::Files] {
+                let (_, field_manager) = data_key_and_manager(part);
+                let emptied = serde_json::json!({
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": name},
+                });
+                let params = PatchParams::apply(field_manager).force();
+                self.api
+                    .patch(&name, &params, &Patch::Apply(&emptied))
+                    .await?;
+            }
+            Ok(())
         })
     }
 }
