@@ -41,15 +41,28 @@ pub enum Error {
     /// A ClusterKeeperStore does not allow this namespace.
     #[error("{0}")]
     NotAllowed(String),
-    /// The target Secret belongs to someone else.
-    #[error("{0}")]
-    OwnedElsewhere(String),
+    /// The target Secret belongs to someone else, or did not invite this KeeperSecret.
+    #[error(transparent)]
+    Target(#[from] crate::sync::desired::TargetRefusal),
     /// Merge needs an existing Secret.
     #[error("{0}")]
     TargetNotFound(String),
     /// The spec cannot work as written.
     #[error("{0}")]
     InvalidSpec(String),
+    /// Keeper refused the credential (not an outage): nothing is written until it accepts one.
+    #[error(
+        "Keeper refused the credential ({}: {}); the Secret is kept as it is, and nothing is created or re-created from the last good copy",
+        .0.reason(),
+        .0
+    )]
+    CredentialRefused(KsmError),
+    /// A deletion policy would remove data, but Keeper's answer does not prove the records gone.
+    #[error("not in Keeper's answer: {gone}; the Secret keeps their keys: {}", .why.explain())]
+    DeletionHeld {
+        why: crate::sync::hold::HoldReason,
+        gone: String,
+    },
     /// The write would lose data while Keeper is unchanged.
     #[error(transparent)]
     Guard(#[from] crate::sync::write_guard::GuardError),
@@ -126,9 +139,11 @@ impl Error {
             Error::Auth(_) => "AuthFailed",
             Error::TokenRedemption { .. } => "TokenRedemptionFailed",
             Error::NotAllowed(_) => "NotAllowed",
-            Error::OwnedElsewhere(_) => "SecretOwnedElsewhere",
+            Error::Target(e) => e.reason(),
             Error::TargetNotFound(_) => "TargetNotFound",
             Error::Guard(_) => "WriteRefused",
+            Error::CredentialRefused(_) => "CredentialRefused",
+            Error::DeletionHeld { .. } => "DeletionHeld",
             Error::Kube(_) => "KubernetesError",
         }
     }
@@ -139,7 +154,7 @@ impl Error {
     pub fn backoff(&self, attempt: u32) -> Duration {
         let transient = match self {
             Error::Keeper(e) => e.is_transient(),
-            Error::Kube(_) | Error::Guard(_) => true,
+            Error::Kube(_) | Error::Guard(_) | Error::DeletionHeld { .. } => true,
             Error::Template(e) => e.is_transient(),
             Error::TokenRedemption { transient, .. } => *transient,
             _ => false,

@@ -433,13 +433,35 @@ async fn specific_failures_and_cel_rejections() -> Result<()> {
     let message = &refused.ready_condition().context("Ready")?.message;
     ensure!(
         message.contains("set target.adopt: true")
-            && message.contains("; change: none; drop: mine)"),
-        "names the keys: {message}"
+            && message.contains("; drop: mine)")
+            && !message.contains("change"),
+        "names the keys added and dropped: {message}"
     );
-    // Adopted on request: exactly the synced keys, and managed from then on.
+    // The flag alone is not enough: the Secret must invite the KeeperSecret.
     let adopt = serde_json::json!({"spec": {"target": {"adopt": true}}});
     w.keeper_secrets()
         .patch("postgres", &PatchParams::default(), &Patch::Merge(&adopt))
+        .await?;
+    w.wait_reason("postgres", "False", "TargetNotOptedIn")
+        .await?;
+    ensure!(
+        secret_bytes(&w.secrets().get("postgres-credentials").await?).contains_key("mine"),
+        "adopted without the Secret's opt-in"
+    );
+    // Adopted once invited: exactly the synced keys, and managed from then on.
+    let invite = serde_json::json!({"metadata": {"annotations": {
+        keeper_operator::api::ALLOW_MERGE_ANNOTATION: "postgres"}}});
+    w.secrets()
+        .patch(
+            "postgres-credentials",
+            &PatchParams::default(),
+            &Patch::Merge(&invite),
+        )
+        .await?;
+    let request = serde_json::json!({"metadata": {"annotations": {
+        keeper_operator::api::FORCE_SYNC_ANNOTATION: "adopt"}}});
+    w.keeper_secrets()
+        .patch("postgres", &PatchParams::default(), &Patch::Merge(&request))
         .await?;
     w.wait_reason("postgres", "True", "Synced").await?;
     let adopted = w.secrets().get("postgres-credentials").await?;

@@ -423,6 +423,11 @@ async fn merge_policy_keeps_their_concurrent_edits_and_restores_our_keys() -> Re
     let theirs = Secret {
         metadata: ObjectMeta {
             name: Some("app-config".into()),
+            // Its creator invites the KeeperSecret to merge into it.
+            annotations: Some(BTreeMap::from([(
+                keeper_operator::api::ALLOW_MERGE_ANNOTATION.to_string(),
+                "merge".to_string(),
+            )])),
             ..ObjectMeta::default()
         },
         string_data: Some(BTreeMap::from([
@@ -544,20 +549,26 @@ async fn a_revoked_client_is_not_ready_but_its_secrets_keep_their_data() -> Resu
         w.server.revoke_device(&client_id(&w.config)?),
         "no such device"
     );
-    let revoked = w.wait_all(2, "AuthFailed").await?;
+    // A refusal is not an outage: the Secrets keep their data, and nothing is written.
+    let revoked = w.wait_all(2, "CredentialRefused").await?;
     for ks in &revoked {
         let ready = ks.ready_condition().context("Ready")?;
         ensure!(ready.status == "False", "{ready:?}");
+        ensure!(ready.message.contains("AuthFailed"), "{ready:?}");
         ensure!(ready.message.contains("last good copy"), "{ready:?}");
-        let stale = condition(ks, "Stale").context("Stale condition")?;
-        ensure!(
-            stale.status == "True" && stale.reason == "AuthFailed",
-            "{stale:?}"
-        );
     }
     ensure!(
         w.snapshot().await? == good,
         "a revoked credential changed a Secret"
+    );
+    // A deleted Secret is not re-created from the last good copy.
+    w.secrets()
+        .delete("revoked-0001", &Default::default())
+        .await?;
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    ensure!(
+        w.secrets().get_opt("revoked-0001").await?.is_none(),
+        "a revoked credential re-created a Secret from the last good copy"
     );
 
     // A restarted operator, with only the sealed copy, tells the same truth.
@@ -571,7 +582,7 @@ async fn a_revoked_client_is_not_ready_but_its_secrets_keep_their_data() -> Resu
     )
     .await?;
     wait_until(
-        "the edited KeeperSecret reports AuthFailed again",
+        "the edited KeeperSecret reports CredentialRefused again",
         TIMEOUT,
         || {
             let api = api.clone();
@@ -581,14 +592,21 @@ async fn a_revoked_client_is_not_ready_but_its_secrets_keep_their_data() -> Resu
                 let current = ks.status.as_ref().and_then(|s| s.observed_generation)
                     == ks.metadata.generation;
                 Ok(
-                    (current && ready.reason == "AuthFailed" && ready.status == "False")
+                    (current && ready.reason == "CredentialRefused" && ready.status == "False")
                         .then_some(()),
                 )
             }
         },
     )
     .await?;
-    ensure!(w.snapshot().await? == good, "data lost after the restart");
+    ensure!(
+        w.snapshot().await?.get("revoked-0000") == good.get("revoked-0000"),
+        "data lost after the restart"
+    );
+    ensure!(
+        w.secrets().get_opt("revoked-0001").await?.is_none(),
+        "a restarted operator re-created a Secret from the sealed copy of a refused credential"
+    );
     w.finish(&mut [&mut operator, &mut restarted]).await
 }
 
@@ -861,4 +879,47 @@ async fn force_sync_and_flux_requests_sync_at_once_and_are_answered() -> Result<
         w.get_secret_calls() - calls
     );
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_credentials_sealed_copy_is_destroyed_after_the_maximum_age() -> Result<()> {
+    let w = World::start("cache-refused-expiry").await?;
+    let mut operator = w.operator_builder().arg("--max-stale-age=15s").spawn()?;
+    operator.wait_ready(TIMEOUT).await?;
+    w.create(&names("refused", 0..1), "5s").await?;
+    w.wait_all(1, "Synced").await?;
+    let good = w.snapshot().await?;
+    let cache_api: Api<Secret> = Api::namespaced(w.env.cluster.client(), &w.env.chart.namespace);
+    let lp = ListParams::default().labels("app.kubernetes.io/component=last-good-cache");
+    ensure!(
+        cache_api.list(&lp).await?.items.len() == 1,
+        "the last good copy is sealed"
+    );
+
+    ensure!(
+        w.server.revoke_device(&client_id(&w.config)?),
+        "no such device"
+    );
+    w.wait_all(1, "CredentialRefused").await?;
+    // Older than --max-stale-age: the sealed copy of the refused credential is destroyed...
+    wait_until("the sealed copy destroyed", TIMEOUT, || {
+        let cache_api = cache_api.clone();
+        let lp = lp.clone();
+        async move {
+            let sealed = cache_api
+                .list(&lp)
+                .await?
+                .items
+                .into_iter()
+                .any(|s| s.data.is_some_and(|d| !d.is_empty()));
+            Ok((!sealed).then_some(()))
+        }
+    })
+    .await?;
+    // ...while the Secrets keep what they hold.
+    ensure!(
+        w.snapshot().await? == good,
+        "a refused credential changed a Secret"
+    );
+    w.finish(&mut [&mut operator]).await
 }

@@ -613,3 +613,81 @@ async fn a_credential_aimed_at_a_host_not_allowed_is_refused_before_any_request(
     wait_ready(&kss, "ok", "True", "Synced").await?;
     env.finish(&server, &[&config], &mut [&mut op]).await
 }
+
+/// A tenant who may create KeeperSecrets cannot turn Merge into ownership: Merge writes only
+/// into a Secret that invites it, never marks that Secret as the operator's, creationPolicy
+/// cannot change afterwards, and Helm release Secrets are never targets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_needs_the_targets_opt_in_and_never_makes_the_secret_ours() -> Result<()> {
+    use keeper_operator::api::{ALLOW_MERGE_ANNOTATION, FORCE_SYNC_ANNOTATION, MANAGED_BY_LABEL};
+    use kube::api::{Patch, PatchParams};
+    let env = TestEnv::new("ten-merge").await?;
+    let server = TestServer::start(sample_vault()).await?;
+    let config = server.bound_config("operator")?;
+    let secrets: Api<Secret> = env.api();
+    create_secret(&secrets, "ksm", &[("config", config.as_bytes())]).await?;
+    create_secret(&secrets, "hand-made", &[("user", b"app")]).await?;
+    let mut op = env.operator_for(&server)?.spawn()?;
+    op.wait_ready(TIMEOUT).await?;
+    let kss: Api<KeeperSecret> = env.api();
+    let notation = format!("keeper://{POSTGRES}/field/password");
+    let spec = serde_json::json!({
+        "auth": { "secretRef": { "name": "ksm", "key": "config" } },
+        "target": { "name": "hand-made", "creationPolicy": "Merge", "deletionPolicy": "Delete" },
+        "data": [ { "key": "password", "notation": notation } ],
+    });
+    create_keeper_secret(&kss, "merger", spec).await?;
+    let message = wait_ready(&kss, "merger", "False", "TargetNotOptedIn").await?;
+    ensure!(
+        message.contains("allow-merge-from: merger"),
+        "the status says how to opt in: {message}"
+    );
+    let untouched = secrets.get("hand-made").await?;
+    ensure!(
+        value(&untouched, "password").is_empty(),
+        "written without the Secret's opt-in"
+    );
+
+    // Whoever owns the Secret opts in; a sync request picks it up at once.
+    let invite =
+        serde_json::json!({"metadata": {"annotations": {ALLOW_MERGE_ANNOTATION: "merger"}}});
+    secrets
+        .patch("hand-made", &PatchParams::default(), &Patch::Merge(&invite))
+        .await?;
+    let request = serde_json::json!({"metadata": {"annotations": {FORCE_SYNC_ANNOTATION: "1"}}});
+    kss.patch("merger", &PatchParams::default(), &Patch::Merge(&request))
+        .await?;
+    wait_ready(&kss, "merger", "True", "Synced").await?;
+    let merged = secrets.get("hand-made").await?;
+    ensure!(value(&merged, "user") == "app", "the owner's key is kept");
+    ensure!(!value(&merged, "password").is_empty(), "our key is merged");
+    ensure!(
+        !merged.labels().contains_key(MANAGED_BY_LABEL),
+        "a merged Secret is not labelled as the operator's: {:?}",
+        merged.labels()
+    );
+    ensure!(merged.owner_references().is_empty(), "no owner reference");
+
+    // The API server refuses to switch the KeeperSecret to Owner.
+    let switch = serde_json::json!({"spec": {"target": {"creationPolicy": "Owner"}}});
+    let refused = kss
+        .patch("merger", &PatchParams::default(), &Patch::Merge(&switch))
+        .await;
+    ensure!(
+        matches!(&refused, Err(kube::Error::Api(e)) if e.code == 422 && e.message.contains("creationPolicy is immutable")),
+        "{refused:?}"
+    );
+
+    // A Helm release is never a target.
+    let helm = serde_json::json!({
+        "auth": { "secretRef": { "name": "ksm", "key": "config" } },
+        "target": { "name": "sh.helm.release.v1.app.v1", "type": "helm.sh/release.v1", "creationPolicy": "Merge" },
+        "data": [ { "key": "release", "notation": notation } ],
+    });
+    let refused = create_keeper_secret(&kss, "helm", helm).await;
+    ensure!(
+        refused.is_err(),
+        "a KeeperSecret targeting a Helm release was admitted"
+    );
+    env.finish(&server, &[&config], &mut [&mut op]).await
+}

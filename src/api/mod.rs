@@ -32,6 +32,18 @@ pub const OWNER_ANNOTATION: &str = "keeper-operator.dev/owner";
 pub const DATA_HASH_ANNOTATION: &str = "keeper-operator.dev/data-hash";
 /// Annotation listing the data keys the operator wrote (comma-separated, sorted).
 pub const KEYS_ANNOTATION: &str = "keeper-operator.dev/keys";
+/// Provenance: on a Secret the operator created, the UID of the KeeperSecret it created it
+/// for. Only a Secret carrying this KeeperSecret's UID here is ever deleted, owned or
+/// garbage-collected with it.
+pub const CREATED_FOR_ANNOTATION: &str = "keeper-operator.dev/created-for";
+/// On a Secret someone else created and a KeeperSecret (named here) merges keys into.
+pub const MERGED_BY_ANNOTATION: &str = "keeper-operator.dev/merged-by";
+/// The opt-in that only someone who may write a Secret can set: names the KeeperSecret (same
+/// namespace) that may merge into it (creationPolicy Merge) or adopt it (`target.adopt`).
+pub const ALLOW_MERGE_ANNOTATION: &str = "keeper-operator.dev/allow-merge-from";
+/// Annotation and label prefix reserved for the operator: a KeeperSecret may not set it on its
+/// target, so no tenant can forge provenance or an invitation through `target.annotations`.
+pub const RESERVED_PREFIX: &str = "keeper-operator.dev/";
 /// On a KeeperSecret: any new value asks for an immediate sync (answered in
 /// `status.lastHandledReconcileAt`).
 pub const FORCE_SYNC_ANNOTATION: &str = "keeper-operator.dev/force-sync";
@@ -116,6 +128,7 @@ const DNS_SUBDOMAIN_PATTERN: &str =
 #[cfg_attr(test, kube(cel))]
 #[x_kube(validation = Rule::new("(has(self.data) ? size(self.data) : 0) + (has(self.dataFrom) ? size(self.dataFrom) : 0) > 0").message("set at least one entry in data or dataFrom"))]
 #[x_kube(validation = Rule::new("(has(self.target) && has(self.target.name) ? self.target.name : '') == (has(oldSelf.target) && has(oldSelf.target.name) ? oldSelf.target.name : '')").message("target.name is immutable: create a new KeeperSecret instead"))]
+#[x_kube(validation = Rule::new("(has(self.target) && has(self.target.creationPolicy) ? self.target.creationPolicy : 'Owner') == (has(oldSelf.target) && has(oldSelf.target.creationPolicy) ? oldSelf.target.creationPolicy : 'Owner')").message("target.creationPolicy is immutable: create a new KeeperSecret instead"))]
 #[serde(rename_all = "camelCase")]
 pub struct KeeperSecretSpec {
     /// Where the Keeper Secrets Manager credentials come from.
@@ -209,6 +222,7 @@ pub struct StoreRef {
 #[x_kube(validation = Rule::new("!has(self.type) || self.type != 'kubernetes.io/service-account-token'").message("type kubernetes.io/service-account-token is not allowed: the operator does not create ServiceAccount token Secrets"))]
 #[x_kube(validation = Rule::new("!has(self.annotations) || !('kubernetes.io/service-account.name' in self.annotations || 'kubernetes.io/service-account.uid' in self.annotations)").message("annotations may not bind the Secret to a ServiceAccount"))]
 #[x_kube(validation = Rule::new("!has(self.immutable) || !has(self.creationPolicy) || self.creationPolicy != 'Merge'").message("immutable cannot be combined with creationPolicy Merge"))]
+#[x_kube(validation = Rule::new("!has(self.type) || !(self.type in ['helm.sh/release.v1', 'bootstrap.kubernetes.io/token'])").message("Helm release and bootstrap token Secrets are never targets"))]
 #[serde(rename_all = "camelCase")]
 pub struct Target {
     /// Name of the Secret (default: the KeeperSecret's name). Immutable.
@@ -217,15 +231,20 @@ pub struct Target {
     pub name: Option<String>,
     /// Secret type: `Opaque` (default), `kubernetes.io/tls`, `kubernetes.io/dockerconfigjson`,
     /// `kubernetes.io/basic-auth`, `kubernetes.io/ssh-auth`, ... (not
-    /// `kubernetes.io/service-account-token`). With creationPolicy Merge it must equal the
-    /// existing Secret's type.
+    /// `kubernetes.io/service-account-token`, `helm.sh/release.v1` or
+    /// `bootstrap.kubernetes.io/token`: Secrets of those types are never written). With
+    /// creationPolicy Merge it must equal the existing Secret's type.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub type_: Option<String>,
     /// Owner (default): the Secret is owned by the KeeperSecret and deleted with it.
     /// Orphan: the Secret is kept when the KeeperSecret is deleted.
     /// Merge: only our keys are written into an existing Secret that someone else created,
-    /// of the declared type and with no controller owner (such as cert-manager's).
+    /// of the declared type and with no controller owner (such as cert-manager's), and only
+    /// when that Secret opts in with the annotation `keeper-operator.dev/allow-merge-from:
+    /// <this KeeperSecret's name>`. Only a Secret the operator created (annotated
+    /// `keeper-operator.dev/created-for: <this KeeperSecret's UID>`) is ever owned or deleted.
+    /// Immutable.
     #[serde(default)]
     pub creation_policy: CreationPolicy,
     /// What happens to the keys of a record deleted in Keeper (or no longer shared with the
@@ -236,9 +255,11 @@ pub struct Target {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
     /// Take over an existing Secret of this name that keeper-operator did not create and no
-    /// other controller owns: it then holds exactly the synced keys (others are dropped) and the
-    /// operator's labels and annotations. Without it such a Secret is left untouched and the
-    /// status names the keys taking it over would add, change and drop (never values).
+    /// other controller owns, if that Secret opts in with the annotation
+    /// `keeper-operator.dev/allow-merge-from: <this KeeperSecret's name>`: it then holds
+    /// exactly the synced keys (others are dropped) and the operator's labels and annotations,
+    /// but is never deleted or owned by the KeeperSecret. Without adopt such a Secret is left
+    /// untouched and the status names the keys taking it over would add and drop (never values).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopt: Option<bool>,
     /// Mark the Secret immutable. Changing its data later requires deleting the Secret. Not
@@ -507,9 +528,9 @@ pub struct KeeperSecretStatus {
     pub observed_generation: Option<i64>,
     /// `Ready` is True when the Secret holds the current Keeper data; its reason says why not
     /// (KeeperUnavailable, Throttled, AuthFailed, RecordNotFound, AmbiguousTitle, FieldNotFound,
-    /// InvalidSpec, NotAllowed, SecretOwnedElsewhere, TooLarge, TemplateTimeout, RenderBusy,
-    /// ...). `Stale` is True while the Secret holds the last good copy because Keeper fails.
-    /// For Flux and kstatus,
+    /// InvalidSpec, NotAllowed, SecretOwnedElsewhere, TargetNotOptedIn, CredentialRefused,
+    /// DeletionHeld, TooLarge, TemplateTimeout, RenderBusy, ...). `Stale` is True while the
+    /// Secret holds the last good copy because Keeper fails. For Flux and kstatus,
     /// `Reconciling` is True until this generation first syncs, and `Stalled` is True on a
     /// failure no retry fixes (InvalidSpec, AmbiguousTitle, NotAllowed, SecretOwnedElsewhere).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -365,3 +365,38 @@ fn map_keys_are_bounded_by_cel() {
         serde_json::json!({"annotations": {long(318): "x"}})
     ));
 }
+
+#[test]
+fn creation_policy_is_immutable() {
+    let spec = |policy: Option<&str>| {
+        let mut s =
+            serde_json::json!({"auth": auth(), "data": [{"key": "k", "notation": "a/field/b"}]});
+        if let Some(p) = policy {
+            s["target"] = serde_json::json!({"creationPolicy": p});
+        }
+        ks(s)
+    };
+    let update =
+        |new: Option<&str>, old: Option<&str>| spec(new).validate_cel_update(&spec(old)).is_ok();
+    assert!(update(Some("Merge"), Some("Merge")));
+    assert!(!update(Some("Owner"), Some("Merge")), "Merge to Owner");
+    assert!(!update(None, Some("Merge")), "Merge to the default");
+    assert!(!update(Some("Merge"), None), "the default to Merge");
+    assert!(!update(Some("Orphan"), Some("Owner")));
+    assert!(update(Some("Owner"), None), "the default is Owner");
+    assert!(update(None, None));
+}
+
+#[test]
+fn helm_releases_and_bootstrap_tokens_are_not_target_types() {
+    let with_type = |t: &str| {
+        valid(serde_json::json!({
+            "auth": auth(),
+            "data": [{"key": "k", "notation": "a/field/b"}],
+            "target": {"type": t},
+        }))
+    };
+    assert!(!with_type("helm.sh/release.v1"));
+    assert!(!with_type("bootstrap.kubernetes.io/token"));
+    assert!(with_type("kubernetes.io/tls"));
+}

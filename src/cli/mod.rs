@@ -128,7 +128,8 @@ pub struct RunArgs {
     pub rollout_debounce: kube::core::Duration,
     /// How long a KeeperSecret may be served from the last good copy while Keeper fails
     /// before its Ready condition turns False (reason LastGoodCopyExpired). The Secret keeps
-    /// its data either way (Go duration).
+    /// its data either way (Go duration). When Keeper refuses a credential (not an outage),
+    /// its last good copy older than this is destroyed, in memory and sealed.
     #[arg(long, env = "KEEPER_OPERATOR_MAX_STALE_AGE", default_value = "24h")]
     pub max_stale_age: kube::core::Duration,
 }

@@ -160,6 +160,10 @@ impl FakeApi {
                 state.objects.insert(key, object.clone());
                 respond(StatusCode::CREATED, &object)
             }
+            Method::DELETE => match state.objects.remove(&key) {
+                Some(object) => respond(StatusCode::OK, &object),
+                None => status(StatusCode::NOT_FOUND, "NotFound"),
+            },
             _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
         }
     }
@@ -222,6 +226,9 @@ pub struct FakeKeeper {
     pub files: Mutex<HashMap<String, Vec<u8>>>,
     /// When set, `vault` answers that Keeper is unavailable.
     pub failure: Mutex<Option<KsmError>>,
+    /// When set, `vault` serves `vault` as the last good copy (restored from the sealed store)
+    /// with this failure.
+    pub stale: Mutex<Option<KsmError>>,
     /// `vault` calls so far.
     pub calls: AtomicUsize,
     /// Tokens redeemed so far.
@@ -235,6 +242,22 @@ impl KeeperSource for FakeKeeper {
         _config: &KsmConfig,
         max_age: Duration,
     ) -> Result<Served, KsmError> {
+        if let Some(error) = lock(&self.stale).clone() {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let snapshot = Snapshot {
+                vault: lock(&self.vault).clone(),
+                fetched_at: SystemTime::now() - Duration::from_secs(600),
+                origin: Origin::Store,
+            };
+            return Ok(Served::Stale(
+                Arc::new(snapshot),
+                Staleness {
+                    error: Arc::new(error),
+                    since: SystemTime::now(),
+                    retry_in: Duration::from_secs(30),
+                },
+            ));
+        }
         let mut fetched = lock(&self.fetched);
         let young = |at: &SystemTime| at.elapsed().unwrap_or_default() < max_age;
         if !fetched.as_ref().is_some_and(|(_, at)| young(at)) {
@@ -275,6 +298,7 @@ impl KeeperSource for FakeKeeper {
         let fetched_at = lock(&self.fetched).as_ref().map(|(_, at)| *at);
         let failure = lock(&self.failure)
             .clone()
+            .or_else(|| lock(&self.stale).clone())
             .map(|e| (Arc::new(e), SystemTime::now()));
         (fetched_at.is_some() || failure.is_some()).then_some(Health {
             fetched_at,
@@ -385,6 +409,20 @@ impl Fixture {
             .get(&keeper_secret_path(namespace, name))
             .expect("no such KeeperSecret");
         serde_json::from_value(value).expect("a stored KeeperSecret deserializes")
+    }
+
+    /// Deletes Secret `namespace/name` (as a user would), and the watch delivers the deletion.
+    pub fn delete_secret(&mut self, namespace: &str, name: &str) {
+        let Some(secret) = self.secret(namespace, name) else {
+            return;
+        };
+        lock(&self.api.0)
+            .objects
+            .remove(&secret_path(namespace, name));
+        let partial = secret.metadata.into_response_partial::<Secret>();
+        self.writers
+            .targets
+            .apply_watcher_event(&watcher::Event::Delete(partial));
     }
 
     /// The Secret as stored now.

@@ -35,6 +35,7 @@ use crate::k8s::credentials;
 use crate::keeper::CredentialKey;
 use crate::lock;
 use crate::runtime::metrics::DataTimes;
+use crate::sync::hold::Sighting;
 use crate::sync::refresh;
 
 /// The backlog count is recomputed at most this often (it scans every KeeperSecret).
@@ -77,6 +78,8 @@ struct Known {
     verified: Option<Verified>,
     written: Option<Box<KeeperSecretStatus>>,
     synced_at: Option<Timestamp>,
+    /// The first fresh answer that lacked records a deletion policy would remove.
+    gone: Option<Box<Sighting>>,
 }
 
 /// A target Secret known to hold data hashing to `hash`, for as long as the same `pin` holds.
@@ -130,6 +133,17 @@ impl Caches {
     fn with_known<T>(&self, ks: &KeeperSecret, f: impl FnOnce(&mut Known) -> T) -> Option<T> {
         let key = uid_key(ks.metadata.uid.as_deref()?);
         Some(f(lock(&self.known).entry(key).or_default()))
+    }
+
+    /// The first fresh answer in which records of `ks` were gone (see [`crate::sync::hold`]).
+    pub fn gone_sighting(&self, ks: &KeeperSecret) -> Option<Sighting> {
+        self.with_known(ks, |k| k.gone.as_deref().cloned())
+            .flatten()
+    }
+
+    /// Remembers (or, with `None`, forgets) the sighting of gone records of `ks`.
+    pub fn set_gone_sighting(&self, ks: &KeeperSecret, sighting: Option<Sighting>) {
+        self.with_known(ks, |k| k.gone = sighting.map(Box::new));
     }
 
     /// Whether `ks` (from the watch) has a generation, or a sync request, not yet passed to the

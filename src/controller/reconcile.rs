@@ -29,14 +29,14 @@ use crate::k8s::Events;
 use crate::k8s::credentials::Credential;
 use crate::k8s::rollout::Rollouts;
 use crate::keeper::KeeperSource;
-use crate::keeper::fetcher::{Served, Snapshot};
+use crate::keeper::fetcher::{Origin, Served, Snapshot};
 use crate::ksm::record::Vault;
 use crate::runtime::metrics::Metrics;
 use crate::sync::desired::{self, HashKey, Ownership};
 use crate::sync::mapping::{self, Bytes, Content};
 use crate::sync::refresh::{self, Decision, Target};
 use crate::sync::status::{self, Synced};
-use crate::sync::{allowlist, decoding, incomplete, write_guard};
+use crate::sync::{allowlist, decoding, hold, incomplete, write_guard};
 use crate::{k8s, lock};
 use zeroize::Zeroizing;
 
@@ -208,6 +208,19 @@ async fn sync<S: KeeperSource>(
         // Keeper is slow to answer: free this worker and pick the answer up later.
         Served::Pending(after) => return Ok(Outcome::Wait(after)),
     };
+    // A refused credential (not an outage) stops every write: the Secret keeps what it holds,
+    // and nothing is created or re-created from the last good copy.
+    let latest = match &stale {
+        Some(_) => None,
+        None => ctx
+            .keeper
+            .health(&seen.cred.key)
+            .await
+            .and_then(|h| h.failure.map(|(e, _)| e)),
+    };
+    if let Some(refused) = hold::refusal(stale.as_ref().map(|s| &*s.error), latest.as_deref()) {
+        return Err(Error::CredentialRefused(refused.clone()));
+    }
     // Build (pure, but for file attachments and a record missing from older data: Keeper).
     let fresh = stale.is_none();
     let mut built = match build(ctx, ks, &seen, &snapshot.vault).await {
@@ -225,6 +238,22 @@ async fn sync<S: KeeperSource>(
     {
         snapshot = fresher;
         built = build(ctx, ks, &seen, &snapshot.vault).await?;
+    }
+    // Deletions follow only records absent from two clean, fresh answers (one more is read
+    // at once when the shared data is old enough).
+    if !deletion_may_proceed(ctx, ks, &snapshot, &built, fresh)? {
+        if let Some(fresher) = refetch(ctx, &seen).await?
+            && fresher.fetched_at != snapshot.fetched_at
+        {
+            snapshot = fresher;
+            built = build(ctx, ks, &seen, &snapshot.vault).await?;
+        }
+        if !deletion_may_proceed(ctx, ks, &snapshot, &built, fresh)? {
+            return Err(Error::DeletionHeld {
+                why: hold::HoldReason::AwaitingSecondAnswer,
+                gone: list(&built.gone),
+            });
+        }
     }
     // Guard and apply (API: the target, if not read yet; the Secret; rollout restarts).
     if apply(ctx, ks, seen, &built, interval).await? {
@@ -270,6 +299,57 @@ async fn sync<S: KeeperSource>(
         }),
     };
     Ok(Outcome::Synced(status::synced(ks, now, &synced), next))
+}
+
+/// Whether what `built` would remove from the Secret may go (`Ok(true)`, also when nothing
+/// would), or waits for a second fresh answer (`Ok(false)`, the first one remembered); an
+/// error when the answer cannot prove anything (stale, or not everything decrypted).
+fn deletion_may_proceed<S>(
+    ctx: &Context<S>,
+    ks: &KeeperSecret,
+    snapshot: &Snapshot,
+    built: &Built,
+    fresh: bool,
+) -> Result<bool, Error> {
+    let source = if fresh && snapshot.origin == Origin::Keeper {
+        hold::Source::Fresh
+    } else {
+        hold::Source::LastGood
+    };
+    let previous = ctx.caches.gone_sighting(ks);
+    match hold::deletion(
+        &built.gone,
+        source,
+        snapshot.vault.skipped.is_empty(),
+        snapshot.fetched_at,
+        previous.as_ref(),
+    ) {
+        hold::Deletion::NothingGone => {
+            if previous.is_some() {
+                ctx.caches.set_gone_sighting(ks, None);
+            }
+            Ok(true)
+        }
+        hold::Deletion::Confirmed => Ok(true),
+        hold::Deletion::Held(hold::HoldReason::AwaitingSecondAnswer, sighting) => {
+            ctx.caches.set_gone_sighting(ks, sighting);
+            Ok(false)
+        }
+        hold::Deletion::Held(why, _) => Err(Error::DeletionHeld {
+            why,
+            gone: list(&built.gone),
+        }),
+    }
+}
+
+/// At most five names, comma-separated.
+fn list(names: &BTreeSet<String>) -> String {
+    const SHOWN: usize = 5;
+    let mut shown: Vec<&str> = names.iter().map(String::as_str).take(SHOWN).collect();
+    if names.len() > SHOWN {
+        shown.push("...");
+    }
+    shown.join(", ")
 }
 
 /// When `snapshot` was fetched (`now` if its clock reading is out of range).
@@ -461,52 +541,62 @@ async fn apply<S: KeeperSource>(
 ) -> Result<bool, Error> {
     let desired = match &built.write {
         Write::Apply(desired) => desired,
-        Write::Delete { .. } => return delete(ctx, ks, seen).await,
+        Write::Delete { .. } => return delete(ctx, ks, seen, &built.gone).await,
     };
     if matches!(&seen.target, Seen::Vouched(hash) if *hash == desired.hash) {
         return Ok(false);
     }
     let existing = seen.take_existing(ctx, ks).await?;
+    // Only a Secret created here (now, or before for this KeeperSecret) gets the created-for
+    // marker and an owner reference.
+    let mut secret = desired.secret.clone();
+    desired::mark(ks, desired::provenance(ks, existing.as_ref()), &mut secret);
     // An unmanaged Secret is replaced whole (adopted), or refused with the keys it would touch.
     let unmanaged = existing
         .as_ref()
         .filter(|e| desired::ownership(ks, Some(e)) == Ok(Ownership::Unmanaged));
     if let Some(e) = unmanaged {
-        desired::adoption(ks, e, &desired.secret).map_err(Error::OwnedElsewhere)?;
+        desired::adoption(ks, e, &secret)?;
     } else if existing
         .as_ref()
-        .is_some_and(|e| desired::is_up_to_date(e, &desired.secret))
+        .is_some_and(|e| desired::is_up_to_date(e, &secret))
     {
         return Ok(false);
     }
-    write_guard::check(ks, existing.as_ref(), &desired.secret, &built.records)?;
+    write_guard::check(ks, existing.as_ref(), &secret, &built.records)?;
     let written = match unmanaged {
         Some(e) => {
             info!(secret = ks.target_name(), "adopting an existing Secret");
-            k8s::replace_secret(&seen.secrets, e, &desired.secret).await?
+            k8s::replace_secret(&seen.secrets, e, &secret).await?
         }
-        None => k8s::apply_secret(&seen.secrets, &desired.secret).await?,
+        None => k8s::apply_secret(&seen.secrets, &secret).await?,
     };
     ctx.caches
         .verified_target(ks, &seen.cred.key, &written, &desired.hash);
-    ctx.rollouts.after_write(
-        ks,
-        interval,
-        existing.as_ref(),
-        &desired.secret,
-        &desired.hash,
-    );
+    ctx.rollouts
+        .after_write(ks, interval, existing.as_ref(), &secret, &desired.hash);
     Ok(true)
 }
 
-/// Deletes the target Secret if it exists and is ours (`true` when it did).
-async fn delete<S>(ctx: &Context<S>, ks: &KeeperSecret, mut seen: Observed) -> Result<bool, Error> {
+/// Deletes the target Secret if it exists and the operator created it for `ks` (`true` when it
+/// did); any other Secret is kept whole, and the status says why.
+async fn delete<S>(
+    ctx: &Context<S>,
+    ks: &KeeperSecret,
+    mut seen: Observed,
+    gone: &BTreeSet<String>,
+) -> Result<bool, Error> {
     let Some(existing) = seen.take_existing(ctx, ks).await? else {
         return Ok(false);
     };
-    // Only a Secret the operator wrote is ever deleted.
-    if desired::ownership(ks, Some(&existing)) != Ok(Ownership::Ours) {
-        return Ok(false);
+    // Only a Secret the operator created for this KeeperSecret is ever deleted.
+    if desired::ownership(ks, Some(&existing)) != Ok(Ownership::Ours)
+        || !desired::created_for(ks, &existing)
+    {
+        return Err(Error::DeletionHeld {
+            why: hold::HoldReason::NotCreatedHere,
+            gone: list(gone),
+        });
     }
     Ok(k8s::delete_secret(&seen.secrets, &existing).await?)
 }
@@ -531,7 +621,7 @@ async fn read_target<S>(
 
 /// Refuses a target owned by someone else, or a missing one that Merge was meant to add to.
 fn check_target(ks: &KeeperSecret, existing: Option<&Secret>) -> Result<(), Error> {
-    let ownership = desired::ownership(ks, existing).map_err(Error::OwnedElsewhere)?;
+    let ownership = desired::ownership(ks, existing)?;
     if ownership == Ownership::Absent && ks.creation_policy() == CreationPolicy::Merge {
         return Err(Error::TargetNotFound(format!(
             "creationPolicy Merge adds keys to an existing Secret, and Secret {} does not exist; create it or use Owner",

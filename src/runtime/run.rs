@@ -135,6 +135,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(Duration::from)
             .filter(|w| !w.is_zero())
             .context("--keeper-budget-window must be a positive duration")?,
+        max_refused_age: args.max_stale_age.into(),
         ..FetchSettings::default()
     };
     let allowed_hosts = args.allowed_hosts().context("--keeper-allowed-hosts")?;

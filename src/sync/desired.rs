@@ -16,8 +16,9 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::api::{
-    CreationPolicy, DATA_HASH_ANNOTATION, KEYS_ANNOTATION, KeeperSecret, MANAGED_BY_LABEL,
-    MANAGED_BY_VALUE, OWNER_ANNOTATION,
+    ALLOW_MERGE_ANNOTATION, CREATED_FOR_ANNOTATION, CreationPolicy, DATA_HASH_ANNOTATION,
+    KEYS_ANNOTATION, KeeperSecret, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MERGED_BY_ANNOTATION,
+    OWNER_ANNOTATION, RESERVED_PREFIX,
 };
 use crate::sync::mapping::Bytes;
 
@@ -150,18 +151,23 @@ pub fn secret(
     }
     let hash = key.hash(data.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
     let mut labels = target.labels;
-    labels.insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string());
     let mut annotations = target.annotations;
-    annotations.insert(OWNER_ANNOTATION.to_string(), ks.name_any());
+    // A Merge target stays its creator's: it is marked as merged into, never with the label
+    // and owner annotation that make a Secret ours.
+    if target.creation_policy == CreationPolicy::Merge {
+        annotations.insert(MERGED_BY_ANNOTATION.to_string(), ks.name_any());
+    } else {
+        labels.insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string());
+        annotations.insert(OWNER_ANNOTATION.to_string(), ks.name_any());
+    }
     annotations.insert(DATA_HASH_ANNOTATION.to_string(), hash.clone());
     annotations.insert(
         KEYS_ANNOTATION.to_string(),
         data.keys().cloned().collect::<Vec<_>>().join(","),
     );
-    let owner_references = match target.creation_policy {
-        CreationPolicy::Owner => ks.controller_owner_ref(&()).map(|r| vec![r]),
-        CreationPolicy::Orphan | CreationPolicy::Merge => None,
-    };
+    // The created-for marker and the owner reference come from [`mark`], once the write
+    // knows whether it creates the Secret.
+    let owner_references = None;
     // Only a Secret we create gets our type: Merge must not fight the creator over it.
     let type_ = (target.creation_policy != CreationPolicy::Merge).then_some(type_);
     let secret = Secret {
@@ -184,6 +190,10 @@ pub fn secret(
     };
     Ok(Desired { secret, hash })
 }
+
+/// Secret types that are never a target, whatever the policy: rewriting a Helm release
+/// record rewrites what Helm deploys, and a bootstrap token lets nodes join the cluster.
+pub const PROTECTED_TYPES: [&str; 2] = ["helm.sh/release.v1", "bootstrap.kubernetes.io/token"];
 
 /// The Secret type that makes the API server mint a ServiceAccount token into the Secret.
 const SERVICE_ACCOUNT_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
@@ -210,6 +220,29 @@ pub fn check_target_allowed(target: &crate::api::Target) -> Result<(), DesiredEr
             "target.annotations may not set {a}: the operator does not bind Secrets to ServiceAccounts"
         )));
     }
+    if let Some(t) = target
+        .type_
+        .as_deref()
+        .filter(|t| PROTECTED_TYPES.contains(t))
+    {
+        return Err(DesiredError::Forbidden(format!(
+            "target.type {t} is not allowed: Helm release and bootstrap token Secrets are never written"
+        )));
+    }
+    if let Some(a) = target
+        .annotations
+        .keys()
+        .find(|a| a.starts_with(RESERVED_PREFIX))
+    {
+        return Err(DesiredError::Forbidden(format!(
+            "target.annotations may not set {a}: keeper-operator.dev/ annotations are set by the operator only"
+        )));
+    }
+    if target.labels.contains_key(MANAGED_BY_LABEL) {
+        return Err(DesiredError::Forbidden(format!(
+            "target.labels may not set {MANAGED_BY_LABEL}: the operator sets it on the Secrets it manages"
+        )));
+    }
     if target.creation_policy == CreationPolicy::Merge && target.immutable.is_some() {
         return Err(DesiredError::Forbidden(
             "target.immutable cannot be combined with creationPolicy Merge: the operator never changes the mutability of a Secret it did not create".into(),
@@ -234,74 +267,254 @@ fn required_keys(type_: &str) -> &'static [&'static str] {
 pub enum Ownership {
     /// No Secret yet.
     Absent,
-    /// Written by this KeeperSecret (or adoptable: same name, our label).
+    /// Written by this KeeperSecret (our label and owner annotation). Deleted or owned only
+    /// when it also carries our created-for marker (see [`created_for`]).
     Ours,
-    /// Someone else's Secret that Merge may write into.
+    /// Someone else's Secret that invited this KeeperSecret to merge into it.
     Foreign,
     /// A Secret keeper-operator did not create and no controller owns: taken over only with
-    /// `target.adopt` (see [`adoption`]).
+    /// `target.adopt` and the Secret's invitation (see [`adoption`]).
     Unmanaged,
 }
 
-/// Refuses to write into a Secret another KeeperSecret owns, or (unless Merge) one we did not create.
-pub fn ownership(ks: &KeeperSecret, existing: Option<&Secret>) -> Result<Ownership, String> {
+/// What the operator did or will do with a Secret it did not create: named in refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takeover {
+    /// creationPolicy Merge.
+    Merge,
+    /// `target.adopt`.
+    Adopt,
+}
+
+impl std::fmt::Display for Takeover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Takeover::Merge => "creationPolicy Merge",
+            Takeover::Adopt => "target.adopt",
+        })
+    }
+}
+
+/// Why the operator will not write into an existing Secret. Names keys, never values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetRefusal {
+    /// Another KeeperSecret writes or merges into it.
+    #[error("Secret {name} is written by KeeperSecret {other}; pick another target.name")]
+    OwnedBy { name: String, other: String },
+    /// Another object is its controller.
+    #[error(
+        "Secret {name} is controlled by another object; pick another target.name (creationPolicy Merge writes only into Secrets without a controller)"
+    )]
+    Controlled { name: String },
+    /// Its type is never written (Helm release, bootstrap token).
+    #[error(
+        "Secret {name} has type {type_}, which keeper-operator never writes; pick another target.name"
+    )]
+    Protected { name: String, type_: String },
+    /// Merge or adopt without the Secret's own opt-in.
+    #[error(
+        "Secret {name} does not invite this KeeperSecret: {how} writes into a Secret someone else created only when it carries the annotation {ALLOW_MERGE_ANNOTATION}: {ks}, which whoever may write that Secret sets; nothing was written"
+    )]
+    NotInvited {
+        name: String,
+        ks: String,
+        how: Takeover,
+    },
+    /// Merge into a Secret of another type.
+    #[error(
+        "Secret {name} has type {actual}, not the declared target.type {declared}; creationPolicy Merge writes only into a Secret of the declared type"
+    )]
+    MergeTypeMismatch {
+        name: String,
+        actual: String,
+        declared: String,
+    },
+    /// Adopt a Secret of another type.
+    #[error(
+        "Secret {name} already exists with type {actual}, not {wanted}, and a Secret's type cannot change; delete it or declare target.type {actual}"
+    )]
+    AdoptTypeMismatch {
+        name: String,
+        actual: String,
+        wanted: String,
+    },
+    /// An unmanaged Secret and no `target.adopt`.
+    #[error(
+        "Secret {name} already exists and was not created by keeper-operator; to take it over set target.adopt: true and annotate the Secret {ALLOW_MERGE_ANNOTATION}: {ks} (it would add keys: {add}; drop: {drop}), or choose another target.name"
+    )]
+    NotAdopted {
+        name: String,
+        ks: String,
+        add: String,
+        drop: String,
+    },
+}
+
+impl TargetRefusal {
+    /// Stable reason for status and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Protected { .. } => "NotAllowed",
+            Self::NotInvited { .. } => "TargetNotOptedIn",
+            Self::OwnedBy { .. }
+            | Self::Controlled { .. }
+            | Self::MergeTypeMismatch { .. }
+            | Self::AdoptTypeMismatch { .. }
+            | Self::NotAdopted { .. } => "SecretOwnedElsewhere",
+        }
+    }
+}
+
+/// Whether `secret` carries the created-for marker of this KeeperSecret (by UID): only such a
+/// Secret was created by the operator for it, and only such a Secret is deleted, owned or
+/// garbage-collected with it.
+pub fn created_for(ks: &KeeperSecret, secret: &Secret) -> bool {
+    let Some(uid) = ks.metadata.uid.as_deref().filter(|u| !u.is_empty()) else {
+        return false;
+    };
+    secret
+        .annotations()
+        .get(CREATED_FOR_ANNOTATION)
+        .map(String::as_str)
+        == Some(uid)
+}
+
+/// Whether `secret` invites this KeeperSecret to merge into or adopt it: an annotation only
+/// someone who may write the Secret can set.
+pub fn invited(ks: &KeeperSecret, secret: &Secret) -> bool {
+    secret.annotations().get(ALLOW_MERGE_ANNOTATION) == Some(&ks.name_any())
+}
+
+/// Whether the write that follows creates the target or writes one the operator created for
+/// this KeeperSecret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provenance {
+    /// No Secret exists (the write creates it), or it carries our created-for marker.
+    Created,
+    /// The Secret existed and was not created for this KeeperSecret (merged into, adopted, or
+    /// written by a version of the operator that set no marker).
+    Existing,
+}
+
+/// PURE: the provenance of a write over `existing`.
+pub fn provenance(ks: &KeeperSecret, existing: Option<&Secret>) -> Provenance {
+    match existing {
+        None => Provenance::Created,
+        Some(s) if created_for(ks, s) => Provenance::Created,
+        Some(_) => Provenance::Existing,
+    }
+}
+
+/// Puts the created-for marker and, with creationPolicy Owner, the owner reference on a
+/// Secret the operator creates (or created) for `ks`; nothing on any other.
+pub fn mark(ks: &KeeperSecret, provenance: Provenance, secret: &mut Secret) {
+    let policy = ks.creation_policy();
+    let Some(uid) = ks.metadata.uid.clone().filter(|u| !u.is_empty()) else {
+        return;
+    };
+    if provenance != Provenance::Created || policy == CreationPolicy::Merge {
+        return;
+    }
+    secret
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(CREATED_FOR_ANNOTATION.to_string(), uid);
+    if policy == CreationPolicy::Owner {
+        secret.metadata.owner_references = ks.controller_owner_ref(&()).map(|r| vec![r]);
+    }
+}
+
+/// Refuses a Secret of a protected type, one another KeeperSecret writes, one another object
+/// controls, and a Merge into a Secret that did not invite this KeeperSecret.
+pub fn ownership(ks: &KeeperSecret, existing: Option<&Secret>) -> Result<Ownership, TargetRefusal> {
     let Some(s) = existing else {
         return Ok(Ownership::Absent);
     };
     let name = s.name_any();
+    let actual = s.type_.as_deref().unwrap_or("Opaque");
+    if PROTECTED_TYPES.contains(&actual) {
+        return Err(TargetRefusal::Protected {
+            name,
+            type_: actual.to_string(),
+        });
+    }
+    let me = ks.name_any();
     let managed = s.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE);
     let owner = s.annotations().get(OWNER_ANNOTATION);
+    let writer = owner.or(s.annotations().get(MERGED_BY_ANNOTATION));
+    if let Some(other) = writer.filter(|o| **o != me) {
+        return Err(TargetRefusal::OwnedBy {
+            name,
+            other: other.clone(),
+        });
+    }
     let my_uid = ks.metadata.uid.as_deref();
     let other_controller = s
         .owner_references()
         .iter()
         .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) != my_uid);
-    if owner.is_some_and(|o| *o != ks.name_any()) {
-        return Err(format!(
-            "Secret {name} is written by KeeperSecret {}; pick another target.name",
-            owner.map(String::as_str).unwrap_or_default()
-        ));
-    }
     if other_controller {
-        return Err(format!(
-            "Secret {name} is controlled by another object; pick another target.name (creationPolicy Merge writes only into Secrets without a controller)"
-        ));
+        return Err(TargetRefusal::Controlled { name });
     }
-    match (managed && owner.is_some(), ks.creation_policy()) {
-        (true, _) => Ok(Ownership::Ours),
-        (false, CreationPolicy::Merge) => {
+    match ks.creation_policy() {
+        // Merge writes into someone else's Secret: each time, only while it invites us.
+        CreationPolicy::Merge => {
+            if !invited(ks, s) {
+                return Err(TargetRefusal::NotInvited {
+                    name,
+                    ks: me,
+                    how: Takeover::Merge,
+                });
+            }
             let declared = ks
                 .spec
                 .target
                 .as_ref()
                 .and_then(|t| t.type_.as_deref())
                 .unwrap_or("Opaque");
-            let actual = s.type_.as_deref().unwrap_or("Opaque");
             if declared != actual {
-                return Err(format!(
-                    "Secret {name} has type {actual}, not the declared target.type {declared}; creationPolicy Merge writes only into a Secret of the declared type"
-                ));
+                return Err(TargetRefusal::MergeTypeMismatch {
+                    name,
+                    actual: actual.to_string(),
+                    declared: declared.to_string(),
+                });
             }
             Ok(Ownership::Foreign)
         }
-        (false, _) => Ok(Ownership::Unmanaged),
+        _ if managed && owner.is_some() => Ok(Ownership::Ours),
+        _ => Ok(Ownership::Unmanaged),
     }
 }
 
 /// Whether taking over the unmanaged Secret `existing` to write `desired` is allowed: only with
-/// `target.adopt` and the same type (a Secret's type cannot change). The refusal names the keys
-/// adoption would add, change and drop, never a value.
-pub fn adoption(ks: &KeeperSecret, existing: &Secret, desired: &Secret) -> Result<(), String> {
+/// `target.adopt`, the Secret's own invitation and the same type (a Secret's type cannot
+/// change). The refusal names the keys adoption would add and drop, never a value, nor which
+/// values differ.
+pub fn adoption(
+    ks: &KeeperSecret,
+    existing: &Secret,
+    desired: &Secret,
+) -> Result<(), TargetRefusal> {
     let name = existing.name_any();
     let actual = existing.type_.as_deref().unwrap_or("Opaque");
     let wanted = desired.type_.as_deref().unwrap_or("Opaque");
     if actual != wanted {
-        return Err(format!(
-            "Secret {name} already exists with type {actual}, not {wanted}, and a Secret's type cannot change; delete it or declare target.type {actual}"
-        ));
+        return Err(TargetRefusal::AdoptTypeMismatch {
+            name,
+            actual: actual.to_string(),
+            wanted: wanted.to_string(),
+        });
     }
     if ks.adopts() {
-        return Ok(());
+        if invited(ks, existing) {
+            return Ok(());
+        }
+        return Err(TargetRefusal::NotInvited {
+            name,
+            ks: ks.name_any(),
+            how: Takeover::Adopt,
+        });
     }
     let empty = BTreeMap::new();
     let have = existing.data.as_ref().unwrap_or(&empty);
@@ -315,20 +528,13 @@ pub fn adoption(ks: &KeeperSecret, existing: &Secret, desired: &Secret) -> Resul
             .join(", "),
     };
     let add = want.keys().filter(|k| !have.contains_key(*k)).collect();
-    let change = want
-        .iter()
-        .filter(|(k, v)| have.get(*k).is_some_and(|h| h != *v))
-        .map(|(k, _)| k)
-        .collect();
     let drop = have.keys().filter(|k| !want.contains_key(*k)).collect();
-    Err(format!(
-        "Secret {name} already exists and was not created by keeper-operator; set target.adopt: true to take it over \
-         (it would add keys: {}; change: {}; drop: {}), choose another target.name, or set \
-         target.creationPolicy: Merge to add keys to it",
-        list(add),
-        list(change),
-        list(drop)
-    ))
+    Err(TargetRefusal::NotAdopted {
+        name,
+        ks: ks.name_any(),
+        add: list(add),
+        drop: list(drop),
+    })
 }
 
 /// True when `existing` already holds what `desired` would write, so no write is needed.

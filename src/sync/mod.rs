@@ -4,6 +4,7 @@
 pub mod allowlist;
 pub mod decoding;
 pub mod desired;
+pub mod hold;
 pub mod incomplete;
 pub mod mapping;
 pub mod refresh;

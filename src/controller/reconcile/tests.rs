@@ -9,6 +9,7 @@ use crate::controller::fixtures::{
     Fixture, bound_config, keeper_secret_path as ks_path, secret_path,
 };
 use crate::ksm::config::KsmConfig;
+use crate::ksm::error::KsmError;
 use crate::ksm::record::{Field, Record};
 
 const NS: &str = "shop";
@@ -188,10 +189,326 @@ async fn merge_adds_keys_to_a_foreign_secret_and_keeps_its_own() {
     f.create(&keeper_secret(
         json!({"target": {"creationPolicy": "Merge"}}),
     ));
+    // Without the Secret's own opt-in nothing is written, and the status says why.
+    let err = f.reconcile(NS, "db").await.unwrap_err();
+    assert_eq!(err.reason(), "TargetNotOptedIn");
+    assert_eq!(secret_writes(&f.api.take_requests()), 0);
+    assert_eq!(ready(&f), ("False".into(), "TargetNotOptedIn".into()));
+    assert!(
+        !f.secret(NS, "db")
+            .unwrap()
+            .data
+            .unwrap()
+            .contains_key("password")
+    );
+
+    invite(&f, "db");
     f.reconcile(NS, "db").await.unwrap();
-    let data = f.secret(NS, "db").unwrap().data.unwrap();
+    let secret = f.secret(NS, "db").unwrap();
+    let data = secret.data.clone().unwrap();
     assert_eq!(data["password"].0, b"s3cret");
     assert_eq!(data["user"].0, b"app");
+    // Marked as merged into, never as ours.
+    let annotations = secret.metadata.annotations.unwrap_or_default();
+    assert_eq!(annotations[crate::api::MERGED_BY_ANNOTATION], "db");
+    assert!(!annotations.contains_key(crate::api::OWNER_ANNOTATION));
+    assert!(!annotations.contains_key(crate::api::CREATED_FOR_ANNOTATION));
+    let labels = secret.metadata.labels.unwrap_or_default();
+    assert!(!labels.contains_key(crate::api::MANAGED_BY_LABEL));
+}
+
+/// The owner of Secret `name` invites KeeperSecret `db` to merge into or adopt it.
+fn invite(f: &Fixture, name: &str) {
+    f.api.edit(&secret_path(NS, name), |s| {
+        s["metadata"]["annotations"][crate::api::ALLOW_MERGE_ANNOTATION] = json!("db");
+    });
+}
+
+/// Changes the spec of KeeperSecret `db` to `spec` (merged over the default) as a new generation.
+fn respec(f: &Fixture, spec: serde_json::Value) {
+    let ks = keeper_secret(spec);
+    f.api.edit(&ks_path(NS, "db"), |v| {
+        let generation = v["metadata"]["generation"].as_i64().unwrap_or(1);
+        v["spec"] = serde_json::to_value(&ks.spec).unwrap();
+        v["metadata"]["generation"] = json!(generation + 1);
+    });
+}
+
+/// Asks KeeperSecret `db` for an immediate sync (a new force-sync value each time).
+fn force(f: &Fixture) {
+    f.api.edit(&ks_path(NS, "db"), |ks| {
+        let n = ks["metadata"]["annotations"][crate::api::FORCE_SYNC_ANNOTATION]
+            .as_str()
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0);
+        ks["metadata"]["annotations"][crate::api::FORCE_SYNC_ANNOTATION] =
+            json!((n + 1).to_string());
+    });
+}
+
+/// A forced reconcile of `db`.
+async fn forced(f: &Fixture) -> Result<Action, Error> {
+    force(f);
+    f.reconcile(NS, "db").await
+}
+
+/// Keeper's record is deleted and the next two reconciles each see a new answer.
+async fn delete_record_and_reconcile_twice(f: &Fixture) -> Vec<Result<Action, Error>> {
+    keeper_has(f, vec![]);
+    let first = forced(f).await;
+    age_shared_data(f, Duration::from_secs(60));
+    let second = forced(f).await;
+    vec![first, second]
+}
+
+#[tokio::test]
+async fn a_merged_into_secret_is_never_deleted_whatever_the_policies_become() {
+    let f = fixture();
+    f.api.put(
+        &secret_path(NS, "db"),
+        json!({"metadata": {"name": "db", "namespace": NS,
+                            "annotations": {(crate::api::ALLOW_MERGE_ANNOTATION): "db"}},
+               "type": "Opaque", "data": {"user": "YXBw"}}),
+    );
+    f.create(&keeper_secret(
+        json!({"target": {"creationPolicy": "Merge"}}),
+    ));
+    f.reconcile(NS, "db").await.unwrap();
+    // The tenant switches to Owner and Delete (the CRD forbids changing creationPolicy; this
+    // is the operator's own line of defence), then deletes the record in Keeper.
+    respec(
+        &f,
+        json!({"target": {"creationPolicy": "Owner", "deletionPolicy": "Delete"}}),
+    );
+    let _ = forced(&f).await;
+    for outcome in delete_record_and_reconcile_twice(&f).await {
+        let _ = outcome;
+    }
+    let requests = f.api.take_requests();
+    assert!(
+        !requests.iter().any(|r| r.starts_with("DELETE")),
+        "{requests:?}"
+    );
+    let secret = f.secret(NS, "db").expect("the hand-made Secret survives");
+    assert_eq!(secret.data.unwrap()["user"].0, b"app");
+    assert!(
+        secret
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty(),
+        "no owner reference, so no garbage collection"
+    );
+}
+
+#[tokio::test]
+async fn a_created_secret_is_deleted_only_after_two_fresh_answers_lack_its_records() {
+    let f = fixture();
+    f.create(&keeper_secret(
+        json!({"target": {"deletionPolicy": "Delete"}}),
+    ));
+    f.reconcile(NS, "db").await.unwrap();
+    let created = f.secret(NS, "db").unwrap();
+    let uid = f.keeper_secret(NS, "db").metadata.uid.unwrap();
+    assert_eq!(
+        created.metadata.annotations.unwrap()[crate::api::CREATED_FOR_ANNOTATION],
+        uid
+    );
+    assert_eq!(created.metadata.owner_references.unwrap()[0].uid, uid);
+
+    keeper_has(&f, vec![]);
+    let err = forced(&f).await.unwrap_err();
+    assert_eq!(err.reason(), "DeletionHeld");
+    assert!(err.to_string().contains("next answer"), "{err}");
+    assert!(f.secret(NS, "db").is_some(), "one answer is not enough");
+    assert_eq!(ready(&f), ("False".into(), "DeletionHeld".into()));
+
+    // A later, distinct answer agrees: now it goes.
+    age_shared_data(&f, Duration::from_secs(60));
+    forced(&f).await.unwrap();
+    assert!(f.secret(NS, "db").is_none());
+}
+
+#[tokio::test]
+async fn a_record_that_comes_back_between_two_answers_is_not_deleted() {
+    let f = fixture();
+    f.create(&keeper_secret(
+        json!({"target": {"deletionPolicy": "Delete"}}),
+    ));
+    f.reconcile(NS, "db").await.unwrap();
+    keeper_has(&f, vec![]);
+    assert_eq!(forced(&f).await.unwrap_err().reason(), "DeletionHeld");
+    // A glitch: the next answer has it again, the one after lacks it again.
+    keeper_has(&f, vec![record(UID, "s3cret", 1)]);
+    forced(&f).await.unwrap();
+    keeper_has(&f, vec![]);
+    assert_eq!(forced(&f).await.unwrap_err().reason(), "DeletionHeld");
+    assert!(f.secret(NS, "db").is_some());
+}
+
+#[tokio::test]
+async fn a_record_that_does_not_decrypt_is_never_taken_for_deleted() {
+    let f = fixture();
+    f.create(&keeper_secret(
+        json!({"target": {"deletionPolicy": "Delete"}}),
+    ));
+    f.reconcile(NS, "db").await.unwrap();
+    // The record is in Keeper, but its key does not decrypt: it is missing from the vault.
+    let broken = || {
+        *lock(&f.ctx.keeper.vault) = Vault {
+            records: vec![],
+            skipped: crate::ksm::record::Skipped {
+                records: [UID.to_string()].into(),
+                ..Default::default()
+            },
+            ..Vault::default()
+        };
+        *lock(&f.ctx.keeper.fetched) = None;
+    };
+    for _ in 0..3 {
+        broken();
+        let err = forced(&f).await.unwrap_err();
+        assert_eq!(err.reason(), "DeletionHeld");
+        assert!(err.to_string().contains("did not decrypt"), "{err}");
+    }
+    assert_eq!(password(&f), b"s3cret");
+}
+
+#[tokio::test]
+async fn deletion_merge_keeps_keys_of_records_missing_from_the_last_good_copy() {
+    let f = fixture();
+    let two = json!([
+        {"key": "password", "record": {"uid": UID}, "field": "password"},
+        {"key": "other", "record": {"uid": OTHER}, "field": "password"},
+    ]);
+    keeper_has(&f, vec![record(UID, "s3cret", 1), record(OTHER, "o", 1)]);
+    f.create(&keeper_secret(
+        json!({"data": two, "target": {"deletionPolicy": "Merge"}}),
+    ));
+    f.reconcile(NS, "db").await.unwrap();
+    // Keeper is down; the sealed copy it restores lacks OTHER.
+    keeper_now_holds(&f, vec![record(UID, "s3cret", 1)]);
+    *lock(&f.ctx.keeper.stale) = Some(KsmError::Unavailable("down".into()));
+    for _ in 0..2 {
+        let err = forced(&f).await.unwrap_err();
+        assert_eq!(err.reason(), "DeletionHeld");
+        assert!(err.to_string().contains("last good copy"), "{err}");
+    }
+    let data = f.secret(NS, "db").unwrap().data.unwrap();
+    assert_eq!(data["other"].0, b"o", "no key removed from a stale copy");
+}
+
+#[tokio::test]
+async fn a_refused_credential_creates_nothing_and_recreates_nothing() {
+    let mut f = synced().await;
+    // The device is revoked; the fetcher serves the last good copy with the refusal.
+    *lock(&f.ctx.keeper.stale) = Some(KsmError::AccessDenied {
+        message: "Signature is invalid".into(),
+    });
+    f.delete_secret(NS, "db");
+    let err = f.reconcile(NS, "db").await.unwrap_err();
+    assert_eq!(err.reason(), "CredentialRefused");
+    assert!(f.secret(NS, "db").is_none(), "not re-created from the copy");
+    assert_eq!(ready(&f), ("False".into(), "CredentialRefused".into()));
+
+    // A new KeeperSecret on the same credential: nothing is created either.
+    let mut fresh = keeper_secret(json!({"target": {"name": "new"}}));
+    fresh.metadata.name = Some("new".into());
+    f.create(&fresh);
+    let err = f.reconcile(NS, "new").await.unwrap_err();
+    assert_eq!(err.reason(), "CredentialRefused");
+    assert!(f.secret(NS, "new").is_none());
+    let requests = f.api.take_requests();
+    assert_eq!(secret_writes(&requests), 0, "{requests:?}");
+}
+
+#[tokio::test]
+async fn a_refusal_after_the_last_fetch_stops_writes_from_the_copy_in_memory() {
+    let mut f = synced().await;
+    // Keeper refused the credential after the shared data was fetched: the data is young
+    // enough to be served as fresh, but it is the last good copy all the same.
+    *lock(&f.ctx.keeper.failure) = Some(KsmError::AccessDenied {
+        message: "Signature is invalid".into(),
+    });
+    f.delete_secret(NS, "db");
+    let err = f.reconcile(NS, "db").await.unwrap_err();
+    assert_eq!(err.reason(), "CredentialRefused");
+    assert!(f.secret(NS, "db").is_none());
+}
+
+#[tokio::test]
+async fn an_outage_still_restores_a_deleted_secret_from_the_last_good_copy() {
+    let mut f = synced().await;
+    *lock(&f.ctx.keeper.stale) = Some(KsmError::Unavailable("down".into()));
+    f.delete_secret(NS, "db");
+    f.reconcile(NS, "db").await.unwrap();
+    assert_eq!(password(&f), b"s3cret");
+}
+
+#[tokio::test]
+async fn adopt_needs_the_secrets_invitation_and_never_makes_it_deletable() {
+    let f = fixture();
+    f.api.put(
+        &secret_path(NS, "db"),
+        json!({"metadata": {"name": "db", "namespace": NS}, "type": "Opaque",
+               "data": {"user": "YXBw"}}),
+    );
+    f.create(&keeper_secret(
+        json!({"target": {"adopt": true, "deletionPolicy": "Delete"}}),
+    ));
+    let err = f.reconcile(NS, "db").await.unwrap_err();
+    assert_eq!(err.reason(), "TargetNotOptedIn");
+    assert_eq!(secret_writes(&f.api.take_requests()), 0);
+    assert!(
+        f.secret(NS, "db")
+            .unwrap()
+            .data
+            .unwrap()
+            .contains_key("user")
+    );
+
+    invite(&f, "db");
+    f.reconcile(NS, "db").await.unwrap();
+    let adopted = f.secret(NS, "db").unwrap();
+    assert_eq!(password(&f), b"s3cret");
+    assert!(
+        adopted
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty()
+    );
+    assert!(
+        !adopted
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(crate::api::CREATED_FOR_ANNOTATION)
+    );
+    // Every record gone, twice: an adopted Secret is kept, and the status says why.
+    let outcomes = delete_record_and_reconcile_twice(&f).await;
+    let err = outcomes[1].as_ref().unwrap_err();
+    assert_eq!(err.reason(), "DeletionHeld");
+    assert!(err.to_string().contains("did not create"), "{err}");
+    assert!(f.secret(NS, "db").is_some());
+    assert_eq!(password(&f), b"s3cret");
+}
+
+#[tokio::test]
+async fn a_helm_release_is_never_written() {
+    let f = fixture();
+    f.api.put(
+        &secret_path(NS, "db"),
+        json!({"metadata": {"name": "db", "namespace": NS,
+                            "annotations": {(crate::api::ALLOW_MERGE_ANNOTATION): "db"}},
+               "type": "helm.sh/release.v1", "data": {"release": "SDRzSQ=="}}),
+    );
+    f.create(&keeper_secret(
+        json!({"target": {"creationPolicy": "Merge", "type": "helm.sh/release.v1"}}),
+    ));
+    let err = f.reconcile(NS, "db").await.unwrap_err();
+    assert_eq!(err.reason(), "NotAllowed");
+    assert_eq!(secret_writes(&f.api.take_requests()), 0);
 }
 
 #[tokio::test]

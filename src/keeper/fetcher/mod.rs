@@ -77,6 +77,9 @@ pub struct FetchSettings {
     pub backoff_max: Duration,
     /// The longest one fetch may take (from its start to its decoded result).
     pub fetch_deadline: Duration,
+    /// Once Keeper refuses the credential (not an outage), its last good copy older than this
+    /// is destroyed, in memory and sealed (the operator's `--max-stale-age`).
+    pub max_refused_age: Duration,
 }
 
 impl Default for FetchSettings {
@@ -88,6 +91,7 @@ impl Default for FetchSettings {
             backoff_base: Duration::from_secs(5),
             backoff_max: Duration::from_secs(300),
             fetch_deadline: Duration::from_secs(30),
+            max_refused_age: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -476,12 +480,39 @@ impl CredentialFetcher {
                 self.restore_files().await;
             }
         }
+        if !staleness.error.is_outage()
+            && let Some(snapshot) = &state.snapshot
+            && SystemTime::now()
+                .duration_since(snapshot.fetched_at)
+                .is_ok_and(|age| age > self.settings.max_refused_age)
+        {
+            self.destroy_last_good(state).await;
+        }
         match &state.snapshot {
             Some(snapshot) => {
                 self.stats.stale_served.inc();
                 Served::Stale(snapshot.clone(), staleness)
             }
             None => Served::Unavailable(staleness),
+        }
+    }
+
+    /// Keeper refuses the credential and its last good copy is older than allowed: data the
+    /// credential may no longer read is not kept, neither in memory nor sealed.
+    async fn destroy_last_good(&self, state: &mut State) {
+        state.snapshot = None;
+        self.files.retain(&self.id, |_, _| false);
+        state.persisted = None;
+        state.persisted_len = 0;
+        state.persisted_files = None;
+        // Nothing is restored again: the sealed copy is gone (or was unreadable anyway).
+        state.store_checked = true;
+        tracing::warn!(credential = %self.id,
+            "Keeper refuses the credential and its last good copy is older than --max-stale-age; the copy is destroyed");
+        if let Some(store) = &self.store
+            && let Err(error) = store.destroy(&self.id).await
+        {
+            tracing::warn!(credential = %self.id, error = %error, "destroying the sealed last good copy failed");
         }
     }
 

@@ -37,6 +37,8 @@ pub trait SnapshotStore: Send + Sync + 'static {
         part: Part,
         sealed: Vec<u8>,
     ) -> BoxFuture<'a, anyhow::Result<()>>;
+    /// Destroys every sealed blob of `credential` (nothing stored is fine).
+    fn destroy<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, anyhow::Result<()>>;
 }
 
 /// Room for one credential's sealed blobs together: they share one Secret, and the API server
@@ -185,6 +187,14 @@ impl SnapshotStore for MemoryStore {
             .lock()
             .expect("store lock")
             .insert((credential.to_string(), part), sealed);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn destroy<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        self.blobs
+            .lock()
+            .expect("store lock")
+            .retain(|(c, _), _| c != credential);
         Box::pin(async { Ok(()) })
     }
 }

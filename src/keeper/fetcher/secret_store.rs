@@ -86,4 +86,28 @@ impl SnapshotStore for SecretStore {
             Ok(())
         })
     }
+
+    /// Each part's field manager applies the Secret without its data key, which removes the
+    /// sealed blob (the operator needs no delete permission in its namespace for this).
+    fn destroy<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let name = Self::secret_name(credential);
+            if self.api.get_opt(&name).await?.is_none() {
+                return Ok(());
+            }
+            for part in [Part::Snapshot, Part::Files] {
+                let (_, field_manager) = data_key_and_manager(part);
+                let emptied = serde_json::json!({
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": name},
+                });
+                let params = PatchParams::apply(field_manager).force();
+                self.api
+                    .patch(&name, &params, &Patch::Apply(&emptied))
+                    .await?;
+            }
+            Ok(())
+        })
+    }
 }

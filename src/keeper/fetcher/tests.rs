@@ -284,6 +284,10 @@ impl SnapshotStore for CountingStore {
         self.saves.fetch_add(1, Ordering::SeqCst);
         self.inner.save(credential, part, sealed)
     }
+
+    fn destroy<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        self.inner.destroy(credential)
+    }
 }
 
 #[tokio::test]
@@ -513,4 +517,114 @@ async fn a_hanging_endpoint_times_out_at_the_fetch_deadline() {
         Served::Unavailable(staleness) => assert_eq!(staleness.error.reason(), "KeeperUnavailable"),
         other => panic!("expected the timeout, got {other:?}"),
     }
+}
+
+fn refused() -> KsmError {
+    KsmError::AccessDenied {
+        message: "Signature is invalid".into(),
+    }
+}
+
+fn fetcher_with(
+    src: FakeSource,
+    store: Option<Arc<dyn SnapshotStore>>,
+    max_refused_age: Duration,
+) -> Arc<CredentialFetcher> {
+    Arc::new(CredentialFetcher::new(
+        "client-id",
+        Box::new(src),
+        store,
+        FetchSettings {
+            max_refused_age,
+            ..fast_settings()
+        },
+        Arc::default(),
+        Arc::default(),
+    ))
+}
+
+#[tokio::test]
+async fn a_refused_credentials_copy_older_than_the_maximum_age_is_destroyed() {
+    let key = AesKey::random();
+    let memory = Arc::new(MemoryStore::default());
+    let store: Arc<dyn SnapshotStore> = memory.clone();
+    let (src, _) = source(vec![Ok("kept"), Err(refused)], &key);
+    let fetcher = fetcher_with(src, Some(store.clone()), Duration::from_secs(1));
+    assert!(matches!(fetcher.snapshot(HOUR).await, Served::Fresh(_)));
+    assert!(
+        store
+            .load(&fetcher.id, Part::Snapshot)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Refused while the copy is young: it is still served (the reconciler writes nothing).
+    let served = fetcher.snapshot(Duration::ZERO).await;
+    assert!(matches!(served, Served::Stale(..)), "{served:?}");
+    // Older than the maximum age: gone from memory and from the store.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let served = fetcher.snapshot(Duration::ZERO).await;
+    assert!(matches!(served, Served::Unavailable(_)), "{served:?}");
+    assert!(
+        store
+            .load(&fetcher.id, Part::Snapshot)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .load(&fetcher.id, Part::Files)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // A restarted fetcher finds nothing to restore.
+    let (src, _) = source(vec![Err(refused)], &key);
+    let restarted = fetcher_with(src, Some(store), Duration::from_secs(1));
+    assert!(matches!(
+        restarted.snapshot(HOUR).await,
+        Served::Unavailable(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_restored_copy_of_a_refused_credential_is_destroyed_once_too_old() {
+    let key = AesKey::random();
+    let store: Arc<dyn SnapshotStore> = Arc::new(MemoryStore::default());
+    let (src, _) = source(vec![Ok("sealed")], &key);
+    fetcher(src, Some(store.clone())).snapshot(HOUR).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // After a restart the credential is refused, and the sealed copy is older than allowed.
+    let (src, _) = source(vec![Err(refused)], &key);
+    let restarted = fetcher_with(src, Some(store.clone()), Duration::from_millis(20));
+    let served = restarted.snapshot(HOUR).await;
+    assert!(matches!(served, Served::Unavailable(_)), "{served:?}");
+    assert!(
+        store
+            .load(&restarted.id, Part::Snapshot)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn an_outage_never_destroys_the_last_good_copy() {
+    let key = AesKey::random();
+    let store: Arc<dyn SnapshotStore> = Arc::new(MemoryStore::default());
+    let (src, _) = source(vec![Ok("kept"), Err(down)], &key);
+    let fetcher = fetcher_with(src, Some(store.clone()), Duration::from_millis(20));
+    fetcher.snapshot(HOUR).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let served = fetcher.snapshot(Duration::ZERO).await;
+    assert!(matches!(served, Served::Stale(..)), "{served:?}");
+    assert!(
+        store
+            .load(&fetcher.id, Part::Snapshot)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
