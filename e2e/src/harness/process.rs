@@ -118,26 +118,6 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unique_names_are_distinct_dns_labels() {
-        let a = unique_name("some-test");
-        let b = unique_name("some-test");
-        assert_ne!(a, b);
-        for n in [a, b, unique_name(&"x".repeat(80))] {
-            assert!(n.len() <= 63);
-            assert!(
-                n.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            );
-            assert!(!n.ends_with('-'));
-        }
-    }
-}
-
 /// The peak resident memory of process `pid` so far (`VmHWM`), in MiB.
 pub fn peak_rss_mib(pid: u32) -> Result<f64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -164,4 +144,24 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
     const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
     Ok((ticks(11)? + ticks(12)?) / CLOCK_TICKS_PER_SECOND)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_are_distinct_dns_labels() {
+        let a = unique_name("some-test");
+        let b = unique_name("some-test");
+        assert_ne!(a, b);
+        for n in [a, b, unique_name(&"x".repeat(80))] {
+            assert!(n.len() <= 63);
+            assert!(
+                n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            );
+            assert!(!n.ends_with('-'));
+        }
+    }
 }
