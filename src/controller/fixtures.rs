@@ -345,6 +345,11 @@ impl Fixture {
     /// Needs a Tokio runtime (the event publisher runs as a task).
     #[allow(clippy::new_without_default)] // a Default that spawns a task would surprise
     pub fn new() -> Fixture {
+        Fixture::with_settings(|_| {})
+    }
+
+    /// Like [`Fixture::new`], with the test settings changed by `edit`.
+    pub fn with_settings(edit: impl FnOnce(&mut Settings)) -> Fixture {
         let (api, client) = FakeApi::start();
         let (caches, writers) = Caches::new();
         let events = Events::start(
@@ -354,12 +359,15 @@ impl Fixture {
                 instance: None,
             },
         );
-        let settings = Settings {
+        let mut settings = Settings {
             default_refresh_interval: Duration::from_secs(3600),
             operator_namespace: Some("keeper-system".into()),
             rollout_debounce: Duration::from_secs(1),
             max_stale_age: Duration::from_secs(86_400),
+            // Tests force syncs back to back; the spacing has its own test.
+            forced_sync_spacing: Duration::ZERO,
         };
+        edit(&mut settings);
         let ctx = Context::new(
             client,
             FakeKeeper::default(),

@@ -78,6 +78,8 @@ struct Known {
     verified: Option<Verified>,
     written: Option<Box<KeeperSecretStatus>>,
     synced_at: Option<Timestamp>,
+    /// When the last requested sync ran ([`refresh::forced_sync_wait`] spaces them).
+    forced_at: Option<Timestamp>,
     /// The first fresh answer that lacked records a deletion policy would remove.
     gone: Option<Box<Sighting>>,
 }
@@ -210,6 +212,16 @@ impl Caches {
     /// Remembers that `ks` synced at `at` without rewriting its status for that.
     pub fn synced_without_status(&self, ks: &KeeperSecret, at: Timestamp) {
         self.with_known(ks, |known| known.synced_at = Some(at));
+    }
+
+    /// When a requested sync of `ks` last ran, if one did since the operator started.
+    pub fn forced_at(&self, ks: &KeeperSecret) -> Option<Timestamp> {
+        self.with_known(ks, |known| known.forced_at)?
+    }
+
+    /// Remembers that a requested sync of `ks` runs at `at`.
+    pub fn forced(&self, ks: &KeeperSecret, at: Timestamp) {
+        self.with_known(ks, |known| known.forced_at = Some(at));
     }
 
     /// The last sync of `ks` that its status does not show, if any.

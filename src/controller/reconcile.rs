@@ -51,6 +51,9 @@ pub struct Settings {
     pub rollout_debounce: Duration,
     /// How long the last good copy keeps a KeeperSecret Ready while Keeper is unreachable.
     pub max_stale_age: Duration,
+    /// Least time between two requested syncs of one KeeperSecret
+    /// ([`refresh::FORCED_SYNC_SPACING`]).
+    pub forced_sync_spacing: Duration,
 }
 
 /// Shared state of all reconciles.
@@ -178,6 +181,13 @@ async fn sync<S: KeeperSource>(
     interval: Duration,
     now: Timestamp,
 ) -> Result<Outcome, Error> {
+    // Coalesce (pure): a sync request soon after the last one waits for the spacing, before any
+    // API request, so a storm of force-sync annotations costs one sync per spacing.
+    let last_forced = ctx.caches.forced_at(ks);
+    let spacing = ctx.settings.forced_sync_spacing;
+    if let Some(after) = refresh::coalesce_request(ks, last_forced, now, spacing) {
+        return Ok(Outcome::Wait(after));
+    }
     // Observe (API: the credential; the target, unless the memo vouches for it).
     let seen = observe(ctx, ks).await?;
     // Decide (pure).
@@ -195,8 +205,11 @@ async fn sync<S: KeeperSource>(
     if let Seen::Read(existing) = &seen.target {
         check_target(ks, existing.as_deref())?;
     }
+    if why == refresh::Why::Requested {
+        ctx.caches.forced(ks, now);
+    }
     // Fetch (Keeper: the credential's shared snapshot, or its last good copy).
-    let max_age = refresh::max_age(why, interval);
+    let max_age = refresh::max_age(why, ks, interval, now);
     let (mut snapshot, stale) = match ctx
         .keeper
         .vault(&seen.cred.key, &seen.cred.config, max_age)

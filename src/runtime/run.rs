@@ -112,6 +112,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         operator_namespace: args.operator_namespace.clone(),
         rollout_debounce: args.rollout_debounce.into(),
         max_stale_age: args.max_stale_age.into(),
+        forced_sync_spacing: crate::sync::refresh::FORCED_SYNC_SPACING,
     };
     let reporter = Reporter {
         controller: "keeper-operator".into(),

@@ -238,26 +238,51 @@ pub fn due(
 }
 
 /// How old the shared data this sync may use can be: one interval, or, for a requested sync,
-/// a few seconds (so a request reads Keeper, yet many requests at once share one call).
-pub fn max_age(why: Why, interval: Duration) -> Duration {
+/// no older than the request ([`requested_max_age`]; many requests made together still share
+/// one call).
+pub fn max_age(why: Why, ks: &KeeperSecret, interval: Duration, now: Timestamp) -> Duration {
     match why {
-        Why::Requested => REFETCH_FLOOR.min(interval),
+        Why::Requested => sync_request(ks)
+            .map_or(Duration::ZERO, |request| requested_max_age(&request, now))
+            .min(interval),
         _ => interval,
     }
+}
+
+/// Whether a sync request of `ks` waits, and how long, because a requested sync ran less than
+/// `spacing` ago: requests made meanwhile coalesce into one later sync. Only while its spec is
+/// synced: a spec change never waits for the spacing.
+pub fn coalesce_request(
+    ks: &KeeperSecret,
+    last_forced: Option<Timestamp>,
+    now: Timestamp,
+    spacing: Duration,
+) -> Option<Duration> {
+    requested_sync(ks)?;
+    let spec_synced = ks
+        .status
+        .as_ref()
+        .is_some_and(|s| s.observed_generation == ks.metadata.generation);
+    if !spec_synced {
+        return None;
+    }
+    forced_sync_wait(last_forced, now, spacing)
 }
 
 /// Forced syncs of one KeeperSecret run at most this often; requests made in between are
 /// answered together by the next one, so a burst of annotation changes costs one sync.
 pub const FORCED_SYNC_SPACING: Duration = Duration::from_secs(10);
 
-/// How long a sync request must wait so forced syncs of one KeeperSecret stay
-/// [`FORCED_SYNC_SPACING`] apart, given when the last one ran (`None`: run it now).
-pub fn forced_sync_wait(last_forced: Option<Timestamp>, now: Timestamp) -> Option<Duration> {
+/// How long a sync request must wait so forced syncs of one KeeperSecret stay `spacing` apart
+/// (normally [`FORCED_SYNC_SPACING`]), given when the last one ran (`None`: run it now).
+pub fn forced_sync_wait(
+    last_forced: Option<Timestamp>,
+    now: Timestamp,
+    spacing: Duration,
+) -> Option<Duration> {
     let last = last_forced?;
     let since = Duration::try_from(now.duration_since(last)).unwrap_or(Duration::ZERO);
-    FORCED_SYNC_SPACING
-        .checked_sub(since)
-        .filter(|left| !left.is_zero())
+    spacing.checked_sub(since).filter(|left| !left.is_zero())
 }
 
 /// The oldest data a requested sync may use: data fetched after the request was made, so a

@@ -668,3 +668,29 @@ async fn a_sync_request_reads_keeper_at_once_and_is_answered_in_status() {
     f.reconcile(NS, "db").await.unwrap();
     assert_eq!(f.api.take_requests(), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn a_storm_of_sync_requests_costs_one_sync_per_spacing() {
+    let mut f = Fixture::with_settings(|s| s.forced_sync_spacing = Duration::from_secs(10));
+    f.credential(NS, "ksm-config", &bound_config().to_json());
+    keeper_has(&f, vec![record(UID, "s3cret", 1)]);
+    f.create(&keeper_secret(json!({})));
+    f.reconcile(NS, "db").await.unwrap();
+    f.watch_secret(NS, "db");
+    f.api.take_requests();
+    // A request reads data fetched after it (its value is no time: data fetched now).
+    forced(&f).await.unwrap();
+    assert_eq!(f.keeper_calls(), 2);
+    f.api.take_requests();
+    // Twenty more at once wait for the spacing, at no cost to the API server or Keeper.
+    for _ in 0..20 {
+        let action = forced(&f).await.unwrap();
+        let wait = format!("{action:?}");
+        assert!(
+            wait.contains("requeue_after: Some(") && !wait.contains("Some(0ns)"),
+            "{wait}"
+        );
+    }
+    assert_eq!(f.api.take_requests(), Vec::<String>::new());
+    assert_eq!(f.keeper_calls(), 2, "coalesced: no Keeper call");
+}

@@ -398,8 +398,25 @@ fn an_unanswered_sync_request_syncs_at_once() {
         None,
         "a request never waits for the backlog"
     );
-    assert_eq!(max_age(Why::Requested, HOUR), REFETCH_FLOOR);
-    assert_eq!(max_age(Why::Due, HOUR), HOUR);
+    // A request that is not a time asks for data fetched now.
+    assert_eq!(max_age(Why::Requested, &ks, HOUR, t(60)), Duration::ZERO);
+    assert_eq!(max_age(Why::Due, &ks, HOUR, t(60)), HOUR);
+    // The first request runs at once; another within the spacing waits for it.
+    assert_eq!(
+        coalesce_request(&ks, None, t(60), FORCED_SYNC_SPACING),
+        None
+    );
+    assert_eq!(
+        coalesce_request(&ks, Some(t(56)), t(60), FORCED_SYNC_SPACING),
+        Some(Duration::from_secs(6))
+    );
+    // A spec change does not wait for the spacing.
+    let mut changed = ks.clone();
+    changed.metadata.generation = Some(2);
+    assert_eq!(
+        coalesce_request(&changed, Some(t(56)), t(60), FORCED_SYNC_SPACING),
+        None
+    );
     // Answered: waits again until the next request.
     ks.status.as_mut().unwrap().last_handled_reconcile_at = Some("1".into());
     assert!(matches!(
@@ -414,24 +431,51 @@ fn an_unanswered_sync_request_syncs_at_once() {
     );
     assert_eq!(sync_request(&ks).as_deref(), Some("1,2026-12-01T10:00:00Z"));
     assert_eq!(requested_sync(&ks), sync_request(&ks));
+    // Flux's time is the request's: data fetched since then will do, at most one interval old.
+    let now: Timestamp = "2026-12-01T10:00:20Z".parse().unwrap();
+    ks.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove(crate::api::FORCE_SYNC_ANNOTATION);
+    assert_eq!(
+        max_age(Why::Requested, &ks, HOUR, now),
+        Duration::from_secs(20)
+    );
+    assert_eq!(
+        max_age(Why::Requested, &ks, Duration::from_secs(5), now),
+        Duration::from_secs(5)
+    );
+    // Answered: no request is pending, so nothing coalesces.
+    ks.status.as_mut().unwrap().last_handled_reconcile_at = sync_request(&ks);
+    assert_eq!(
+        coalesce_request(&ks, Some(now), now, FORCED_SYNC_SPACING),
+        None
+    );
 }
 
 #[test]
 fn forced_syncs_are_spaced_and_coalesce() {
     assert_eq!(
-        forced_sync_wait(None, t(100)),
+        forced_sync_wait(None, t(100), FORCED_SYNC_SPACING),
         None,
         "the first runs at once"
     );
     assert_eq!(
-        forced_sync_wait(Some(t(100)), t(103)),
+        forced_sync_wait(Some(t(100)), t(103), FORCED_SYNC_SPACING),
         Some(Duration::from_secs(7))
     );
-    assert_eq!(forced_sync_wait(Some(t(100)), t(110)), None);
-    assert_eq!(forced_sync_wait(Some(t(100)), t(500)), None);
+    assert_eq!(
+        forced_sync_wait(Some(t(100)), t(110), FORCED_SYNC_SPACING),
+        None
+    );
+    assert_eq!(
+        forced_sync_wait(Some(t(100)), t(500), FORCED_SYNC_SPACING),
+        None
+    );
     // A last sync in the future (clock skew) waits at most the spacing.
     assert_eq!(
-        forced_sync_wait(Some(t(200)), t(100)),
+        forced_sync_wait(Some(t(200)), t(100), FORCED_SYNC_SPACING),
         Some(FORCED_SYNC_SPACING)
     );
 }
