@@ -252,6 +252,16 @@ async fn forced(f: &Fixture) -> Result<Action, Error> {
     f.reconcile(NS, "db").await
 }
 
+/// A hand-made Secret `db` of `type_` holding `data`, inviting KeeperSecret `db` to merge.
+fn invited_secret(f: &Fixture, type_: &str, data: serde_json::Value) {
+    f.api.put(
+        &secret_path(NS, "db"),
+        json!({"metadata": {"name": "db", "namespace": NS,
+                            "annotations": {(crate::api::ALLOW_MERGE_ANNOTATION): "db"}},
+               "type": type_, "data": data}),
+    );
+}
+
 /// Keeper's record is deleted and the next two reconciles each see a new answer.
 async fn delete_record_and_reconcile_twice(f: &Fixture) -> Vec<Result<Action, Error>> {
     keeper_has(f, vec![]);
@@ -264,12 +274,7 @@ async fn delete_record_and_reconcile_twice(f: &Fixture) -> Vec<Result<Action, Er
 #[tokio::test]
 async fn a_merged_into_secret_is_never_deleted_whatever_the_policies_become() {
     let f = fixture();
-    f.api.put(
-        &secret_path(NS, "db"),
-        json!({"metadata": {"name": "db", "namespace": NS,
-                            "annotations": {(crate::api::ALLOW_MERGE_ANNOTATION): "db"}},
-               "type": "Opaque", "data": {"user": "YXBw"}}),
-    );
+    invited_secret(&f, "Opaque", json!({"user": "YXBw"}));
     f.create(&keeper_secret(
         json!({"target": {"creationPolicy": "Merge"}}),
     ));
@@ -497,12 +502,7 @@ async fn adopt_needs_the_secrets_invitation_and_never_makes_it_deletable() {
 #[tokio::test]
 async fn a_helm_release_is_never_written() {
     let f = fixture();
-    f.api.put(
-        &secret_path(NS, "db"),
-        json!({"metadata": {"name": "db", "namespace": NS,
-                            "annotations": {(crate::api::ALLOW_MERGE_ANNOTATION): "db"}},
-               "type": "helm.sh/release.v1", "data": {"release": "SDRzSQ=="}}),
-    );
+    invited_secret(&f, "helm.sh/release.v1", json!({"release": "SDRzSQ=="}));
     f.create(&keeper_secret(
         json!({"target": {"creationPolicy": "Merge", "type": "helm.sh/release.v1"}}),
     ));

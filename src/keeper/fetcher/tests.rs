@@ -566,19 +566,11 @@ async fn a_refused_credentials_copy_older_than_the_maximum_age_is_destroyed() {
     let served = fetcher.snapshot(Duration::ZERO).await;
     assert!(matches!(served, Served::Unavailable(_)), "{served:?}");
     assert!(
-        store
-            .load(&fetcher.id, Part::Snapshot)
+        sealed_part(&store, &fetcher, Part::Snapshot)
             .await
-            .unwrap()
             .is_none()
     );
-    assert!(
-        store
-            .load(&fetcher.id, Part::Files)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(sealed_part(&store, &fetcher, Part::Files).await.is_none());
 
     // A restarted fetcher finds nothing to restore.
     let (src, _) = source(vec![Err(refused)], &key);
@@ -602,10 +594,8 @@ async fn a_restored_copy_of_a_refused_credential_is_destroyed_once_too_old() {
     let served = restarted.snapshot(HOUR).await;
     assert!(matches!(served, Served::Unavailable(_)), "{served:?}");
     assert!(
-        store
-            .load(&restarted.id, Part::Snapshot)
+        sealed_part(&store, &restarted, Part::Snapshot)
             .await
-            .unwrap()
             .is_none()
     );
 }
@@ -627,4 +617,13 @@ async fn an_outage_never_destroys_the_last_good_copy() {
             .unwrap()
             .is_some()
     );
+}
+
+/// What the store holds of `fetcher`'s credential for `part`.
+async fn sealed_part(
+    store: &Arc<dyn SnapshotStore>,
+    fetcher: &CredentialFetcher,
+    part: Part,
+) -> Option<Vec<u8>> {
+    store.load(&fetcher.id, part).await.unwrap()
 }
