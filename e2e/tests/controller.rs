@@ -579,9 +579,11 @@ async fn failures_over_secret_values_show_no_value() -> Result<()> {
     for (name, reason) in expected {
         let ks = w.wait_reason(name, "False", reason).await?;
         let message = &ks.ready_condition().context("Ready")?.message;
+        // Every template error names its key (and its line, where the template engine knows
+        // one: a budget runs out for the whole render).
         if reason == "InvalidSpec" {
             ensure!(
-                message.contains(r#"template for key "DATABASE_URL" at line 1"#),
+                message.contains(r#"template for key "DATABASE_URL""#),
                 "{name}: {message}"
             );
         }

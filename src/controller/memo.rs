@@ -80,6 +80,9 @@ struct Known {
     synced_at: Option<Timestamp>,
     /// When the last requested sync ran ([`refresh::forced_sync_wait`] spaces them).
     forced_at: Option<Timestamp>,
+    /// When the watch first showed the current sync request: its time, for a value that is
+    /// not one ([`refresh::requested_max_age`]).
+    requested_at: Option<Timestamp>,
     /// The first fresh answer that lacked records a deletion policy would remove.
     gone: Option<Box<Sighting>>,
 }
@@ -164,6 +167,9 @@ impl Caches {
         self.with_known(ks, |known| {
             let new_generation = known.generation.replace(generation) != Some(generation);
             let new_request = request.is_some() && known.request != request;
+            if new_request {
+                known.requested_at = Some(Timestamp::now());
+            }
             known.request = request;
             new_generation || new_request
         })
@@ -212,6 +218,11 @@ impl Caches {
     /// Remembers that `ks` synced at `at` without rewriting its status for that.
     pub fn synced_without_status(&self, ks: &KeeperSecret, at: Timestamp) {
         self.with_known(ks, |known| known.synced_at = Some(at));
+    }
+
+    /// When the watch first showed the current sync request of `ks`.
+    pub fn requested_at(&self, ks: &KeeperSecret) -> Option<Timestamp> {
+        self.with_known(ks, |known| known.requested_at)?
     }
 
     /// When a requested sync of `ks` last ran, if one did since the operator started.

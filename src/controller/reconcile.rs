@@ -209,7 +209,8 @@ async fn sync<S: KeeperSource>(
         ctx.caches.forced(ks, now);
     }
     // Fetch (Keeper: the credential's shared snapshot, or its last good copy).
-    let max_age = refresh::max_age(why, ks, interval, now);
+    let seen_at = ctx.caches.requested_at(ks);
+    let max_age = refresh::max_age(why, ks, seen_at, interval, now);
     let (mut snapshot, stale) = match ctx
         .keeper
         .vault(&seen.cred.key, &seen.cred.config, max_age)
@@ -240,6 +241,13 @@ async fn sync<S: KeeperSource>(
         Err(e) if fresh && missing_from_older_data(e.reason(), ks, &snapshot, now) => {
             snapshot = refetch(ctx, &seen).await?.ok_or(e)?;
             build(ctx, ks, &seen, &snapshot.vault).await?
+        }
+        // Too young to read again yet: come back when it is old enough, not after a backoff.
+        Err(e) if fresh && is_miss(e.reason()) => {
+            return match refresh::refetch_miss_after(ks, fetched_at(&snapshot, now), now) {
+                Some(after) => Ok(Outcome::Wait(after)),
+                None => Err(e),
+            };
         }
         built => built?,
     };
@@ -379,8 +387,12 @@ fn missing_from_older_data(
     data: &Snapshot,
     now: Timestamp,
 ) -> bool {
+    is_miss(reason) && refresh::refetch_on_miss(ks, fetched_at(data, now), now)
+}
+
+/// A record or field the spec names is not in the data.
+fn is_miss(reason: &str) -> bool {
     matches!(reason, "RecordNotFound" | "FieldNotFound")
-        && refresh::refetch_on_miss(ks, fetched_at(data, now), now)
 }
 
 /// Reads Keeper again for data at most [`refresh::REFETCH_FLOOR`] old (`None` if none comes).

@@ -138,6 +138,14 @@ impl KsmError {
 }
 
 impl KsmError {
+    /// Whether Keeper refused the credential itself (a revoked or unknown device, a bad
+    /// signature): the one failure after which nothing may be written from the last good copy.
+    /// Anything else (an outage, a wrong server key, a TLS or configuration problem) says
+    /// nothing about whether the application may still read its records.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, KsmError::AccessDenied { .. })
+    }
+
     /// Whether this failure means Keeper is unreachable or answered unusably, as opposed to
     /// having refused the credential or the request. While an outage lasts, the last good copy
     /// keeps a KeeperSecret Ready (Stale); a refusal turns it Ready=False with the data kept.

@@ -22,7 +22,7 @@ pub fn refusal<'a>(
     stale: Option<&'a KsmError>,
     latest: Option<&'a KsmError>,
 ) -> Option<&'a KsmError> {
-    stale.or(latest).filter(|e| !e.is_outage())
+    stale.or(latest).filter(|e| e.is_refusal())
 }
 
 /// Records found absent in one answer of Keeper, and when Keeper gave that answer.
@@ -229,5 +229,14 @@ mod tests {
         assert_eq!(reason(refusal(Some(&down), None)), None);
         assert_eq!(reason(refusal(None, Some(&down))), None);
         assert_eq!(reason(refusal(None, None)), None);
+        // Only Keeper refusing the credential counts: a wrong server key or a TLS failure says
+        // nothing about the application's access, so the last good copy still serves.
+        let wrong_key = KsmError::WrongServerKey {
+            key_id: Some(9),
+            custom_key: true,
+        };
+        let tls = KsmError::Tls("certificate expired".into());
+        assert_eq!(reason(refusal(Some(&wrong_key), None)), None);
+        assert_eq!(reason(refusal(None, Some(&tls))), None);
     }
 }

@@ -238,12 +238,20 @@ pub fn due(
 }
 
 /// How old the shared data this sync may use can be: one interval, or, for a requested sync,
-/// no older than the request ([`requested_max_age`]; many requests made together still share
-/// one call).
-pub fn max_age(why: Why, ks: &KeeperSecret, interval: Duration, now: Timestamp) -> Duration {
+/// no older than the request ([`requested_max_age`]; `seen_at` is when the watch first showed
+/// it), so many requests made together still share one call.
+pub fn max_age(
+    why: Why,
+    ks: &KeeperSecret,
+    seen_at: Option<Timestamp>,
+    interval: Duration,
+    now: Timestamp,
+) -> Duration {
     match why {
         Why::Requested => sync_request(ks)
-            .map_or(Duration::ZERO, |request| requested_max_age(&request, now))
+            .map_or(Duration::ZERO, |request| {
+                requested_max_age(&request, seen_at, now)
+            })
             .min(interval),
         _ => interval,
     }
@@ -288,12 +296,14 @@ pub fn forced_sync_wait(
 /// The oldest data a requested sync may use: data fetched after the request was made, so a
 /// change made in Keeper before someone asked for a sync is always picked up. The request's
 /// time is the annotation's value (`kubectl keeper refresh` and Flux write RFC 3339 times; the
-/// latest counts when both annotations are set); a value that is not a time, or one in the
-/// future, asks for data fetched now.
-pub fn requested_max_age(request: &str, now: Timestamp) -> Duration {
+/// latest counts when both annotations are set), or else `seen_at`, when the watch first showed
+/// the request (later than it was made). A time in the future, or no time at all, asks for
+/// data fetched now.
+pub fn requested_max_age(request: &str, seen_at: Option<Timestamp>, now: Timestamp) -> Duration {
     let times: Option<Vec<Timestamp>> = request.split(',').map(|v| v.trim().parse().ok()).collect();
     times
         .and_then(|t| t.into_iter().max())
+        .or(seen_at)
         .and_then(|asked| Duration::try_from(now.duration_since(asked)).ok())
         .unwrap_or(Duration::ZERO)
 }
@@ -308,12 +318,35 @@ pub const REFETCH_FLOOR: Duration = Duration::from_secs(10);
 /// failure is recorded for that generation, so retries of a reference that stays missing wait
 /// for the normal refresh and cost no extra call.
 pub fn refetch_on_miss(ks: &KeeperSecret, fetched_at: Timestamp, now: Timestamp) -> bool {
-    let new_generation = ks
-        .status
+    new_generation(ks) && age(fetched_at, now) > REFETCH_FLOOR
+}
+
+/// For a miss that [`refetch_on_miss`] does not read Keeper for yet, because the data is younger
+/// than [`REFETCH_FLOOR`]: how long until it will (a new or changed spec only). Coming back then,
+/// rather than backing off on the same data until the next refresh, makes a record created
+/// just after a sibling's fetch usable within seconds; the one read is shared by every
+/// KeeperSecret of the credential that missed meanwhile.
+pub fn refetch_miss_after(
+    ks: &KeeperSecret,
+    fetched_at: Timestamp,
+    now: Timestamp,
+) -> Option<Duration> {
+    let age = age(fetched_at, now);
+    // One second past the floor: `refetch_on_miss` wants data strictly older than it.
+    (new_generation(ks) && age <= REFETCH_FLOOR)
+        .then(|| REFETCH_FLOOR - age + Duration::from_secs(1))
+}
+
+/// Whether the current spec of `ks` was neither synced nor attempted yet.
+fn new_generation(ks: &KeeperSecret) -> bool {
+    ks.status
         .as_ref()
-        .is_none_or(|s| s.observed_generation != ks.metadata.generation);
-    let age = Duration::try_from(now.duration_since(fetched_at)).unwrap_or(Duration::ZERO);
-    new_generation && age > REFETCH_FLOOR
+        .is_none_or(|s| s.observed_generation != ks.metadata.generation)
+}
+
+/// How old data fetched at `fetched_at` is at `now` (zero if from the future).
+fn age(fetched_at: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(fetched_at)).unwrap_or(Duration::ZERO)
 }
 
 /// When to reconcile again after a sync of data fetched at `fetched_at`. Fresh data: one

@@ -192,7 +192,7 @@ async fn attack(install: &Install, ns: &str, hostile: &Api<KeeperSecret>) -> Res
     .await?;
 
     // 64 templates that each loop as long as they are let.
-    let burn = "{% for i in range(1000000000) %}{% endfor %}";
+    let burn = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
     let burners: serde_json::Map<String, serde_json::Value> =
         (0..64).map(|k| (format!("k{k}"), json!(burn))).collect();
     for i in 0..4 {

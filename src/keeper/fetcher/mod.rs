@@ -480,7 +480,7 @@ impl CredentialFetcher {
                 self.restore_files().await;
             }
         }
-        if !staleness.error.is_outage()
+        if staleness.error.is_refusal()
             && let Some(snapshot) = &state.snapshot
             && SystemTime::now()
                 .duration_since(snapshot.fetched_at)

@@ -398,9 +398,16 @@ fn an_unanswered_sync_request_syncs_at_once() {
         None,
         "a request never waits for the backlog"
     );
-    // A request that is not a time asks for data fetched now.
-    assert_eq!(max_age(Why::Requested, &ks, HOUR, t(60)), Duration::ZERO);
-    assert_eq!(max_age(Why::Due, &ks, HOUR, t(60)), HOUR);
+    // A request that is not a time asks for data fetched since the watch showed it.
+    assert_eq!(
+        max_age(Why::Requested, &ks, None, HOUR, t(60)),
+        Duration::ZERO
+    );
+    assert_eq!(
+        max_age(Why::Requested, &ks, Some(t(57)), HOUR, t(60)),
+        Duration::from_secs(3)
+    );
+    assert_eq!(max_age(Why::Due, &ks, None, HOUR, t(60)), HOUR);
     // The first request runs at once; another within the spacing waits for it.
     assert_eq!(
         coalesce_request(&ks, None, t(60), FORCED_SYNC_SPACING),
@@ -439,11 +446,11 @@ fn an_unanswered_sync_request_syncs_at_once() {
         .unwrap()
         .remove(crate::api::FORCE_SYNC_ANNOTATION);
     assert_eq!(
-        max_age(Why::Requested, &ks, HOUR, now),
+        max_age(Why::Requested, &ks, None, HOUR, now),
         Duration::from_secs(20)
     );
     assert_eq!(
-        max_age(Why::Requested, &ks, Duration::from_secs(5), now),
+        max_age(Why::Requested, &ks, None, Duration::from_secs(5), now),
         Duration::from_secs(5)
     );
     // Answered: no request is pending, so nothing coalesces.
@@ -484,15 +491,24 @@ fn forced_syncs_are_spaced_and_coalesce() {
 fn a_requested_sync_reads_data_fetched_after_the_request() {
     let now: Timestamp = "2026-12-07T10:00:30Z".parse().unwrap();
     assert_eq!(
-        requested_max_age("2026-12-07T10:00:00Z", now),
+        requested_max_age("2026-12-07T10:00:00Z", None, now),
         Duration::from_secs(30)
     );
     // Flux's requestedAt has nanoseconds; with both annotations the latest request counts.
     assert_eq!(
-        requested_max_age("2026-12-07T09:00:00Z,2026-12-07T10:00:25.123456789Z", now),
+        requested_max_age(
+            "2026-12-07T09:00:00Z,2026-12-07T10:00:25.123456789Z",
+            None,
+            now
+        ),
         Duration::from_millis(4_876) + Duration::from_nanos(543_211)
     );
-    // Not a time, or a time in the future: data fetched now.
+    // Not a time: since the watch showed it; without that, or in the future: fetched now.
+    let seen: Timestamp = "2026-12-07T10:00:28Z".parse().unwrap();
+    assert_eq!(
+        requested_max_age("1", Some(seen), now),
+        Duration::from_secs(2)
+    );
     for request in [
         "1",
         "now",
@@ -500,6 +516,10 @@ fn a_requested_sync_reads_data_fetched_after_the_request() {
         "2026-12-07T11:00:00Z",
         "",
     ] {
-        assert_eq!(requested_max_age(request, now), Duration::ZERO, "{request}");
+        assert_eq!(
+            requested_max_age(request, None, now),
+            Duration::ZERO,
+            "{request}"
+        );
     }
 }
