@@ -242,13 +242,6 @@ async fn sync<S: KeeperSource>(
             snapshot = refetch(ctx, &seen).await?.ok_or(e)?;
             build(ctx, ks, &seen, &snapshot.vault).await?
         }
-        // Too young to read again yet: come back when it is old enough, not after a backoff.
-        Err(e) if fresh && is_miss(e.reason()) => {
-            return match refresh::refetch_miss_after(ks, fetched_at(&snapshot, now), now) {
-                Some(after) => Ok(Outcome::Wait(after)),
-                None => Err(e),
-            };
-        }
         built => built?,
     };
     // A record a deletion policy leaves out may be new rather than deleted.
@@ -387,12 +380,8 @@ fn missing_from_older_data(
     data: &Snapshot,
     now: Timestamp,
 ) -> bool {
-    is_miss(reason) && refresh::refetch_on_miss(ks, fetched_at(data, now), now)
-}
-
-/// A record or field the spec names is not in the data.
-fn is_miss(reason: &str) -> bool {
     matches!(reason, "RecordNotFound" | "FieldNotFound")
+        && refresh::refetch_on_miss(ks, fetched_at(data, now), now)
 }
 
 /// Reads Keeper again for data at most [`refresh::REFETCH_FLOOR`] old (`None` if none comes).

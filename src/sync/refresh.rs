@@ -321,22 +321,6 @@ pub fn refetch_on_miss(ks: &KeeperSecret, fetched_at: Timestamp, now: Timestamp)
     new_generation(ks) && age(fetched_at, now) > REFETCH_FLOOR
 }
 
-/// For a miss that [`refetch_on_miss`] does not read Keeper for yet, because the data is younger
-/// than [`REFETCH_FLOOR`]: how long until it will (a new or changed spec only). Coming back then,
-/// rather than backing off on the same data until the next refresh, makes a record created
-/// just after a sibling's fetch usable within seconds; the one read is shared by every
-/// KeeperSecret of the credential that missed meanwhile.
-pub fn refetch_miss_after(
-    ks: &KeeperSecret,
-    fetched_at: Timestamp,
-    now: Timestamp,
-) -> Option<Duration> {
-    let age = age(fetched_at, now);
-    // One second past the floor: `refetch_on_miss` wants data strictly older than it.
-    (new_generation(ks) && age <= REFETCH_FLOOR)
-        .then(|| REFETCH_FLOOR - age + Duration::from_secs(1))
-}
-
 /// Whether the current spec of `ks` was neither synced nor attempted yet.
 fn new_generation(ks: &KeeperSecret) -> bool {
     ks.status
