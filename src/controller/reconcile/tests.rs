@@ -252,6 +252,16 @@ async fn forced(f: &Fixture) -> Result<Action, Error> {
     f.reconcile(NS, "db").await
 }
 
+/// A fixture after KeeperSecret `db`, under `deletionPolicy: Delete`, synced once.
+async fn synced_under_delete_policy() -> Fixture {
+    let f = fixture();
+    f.create(&keeper_secret(
+        json!({"target": {"deletionPolicy": "Delete"}}),
+    ));
+    f.reconcile(NS, "db").await.unwrap();
+    f
+}
+
 /// A hand-made Secret `db` of `type_` holding `data`, inviting KeeperSecret `db` to merge.
 fn invited_secret(f: &Fixture, type_: &str, data: serde_json::Value) {
     f.api.put(
@@ -308,11 +318,7 @@ async fn a_merged_into_secret_is_never_deleted_whatever_the_policies_become() {
 
 #[tokio::test]
 async fn a_created_secret_is_deleted_only_after_two_fresh_answers_lack_its_records() {
-    let f = fixture();
-    f.create(&keeper_secret(
-        json!({"target": {"deletionPolicy": "Delete"}}),
-    ));
-    f.reconcile(NS, "db").await.unwrap();
+    let f = synced_under_delete_policy().await;
     let created = f.secret(NS, "db").unwrap();
     let uid = f.keeper_secret(NS, "db").metadata.uid.unwrap();
     assert_eq!(
@@ -336,11 +342,7 @@ async fn a_created_secret_is_deleted_only_after_two_fresh_answers_lack_its_recor
 
 #[tokio::test]
 async fn a_record_that_comes_back_between_two_answers_is_not_deleted() {
-    let f = fixture();
-    f.create(&keeper_secret(
-        json!({"target": {"deletionPolicy": "Delete"}}),
-    ));
-    f.reconcile(NS, "db").await.unwrap();
+    let f = synced_under_delete_policy().await;
     keeper_has(&f, vec![]);
     assert_eq!(forced(&f).await.unwrap_err().reason(), "DeletionHeld");
     // A glitch: the next answer has it again, the one after lacks it again.
@@ -353,11 +355,7 @@ async fn a_record_that_comes_back_between_two_answers_is_not_deleted() {
 
 #[tokio::test]
 async fn a_record_that_does_not_decrypt_is_never_taken_for_deleted() {
-    let f = fixture();
-    f.create(&keeper_secret(
-        json!({"target": {"deletionPolicy": "Delete"}}),
-    ));
-    f.reconcile(NS, "db").await.unwrap();
+    let f = synced_under_delete_policy().await;
     // The record is in Keeper, but its key does not decrypt: it is missing from the vault.
     let broken = || {
         *lock(&f.ctx.keeper.vault) = Vault {

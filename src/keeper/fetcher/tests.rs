@@ -552,10 +552,8 @@ async fn a_refused_credentials_copy_older_than_the_maximum_age_is_destroyed() {
     let fetcher = fetcher_with(src, Some(store.clone()), Duration::from_secs(1));
     assert!(matches!(fetcher.snapshot(HOUR).await, Served::Fresh(_)));
     assert!(
-        store
-            .load(&fetcher.id, Part::Snapshot)
+        sealed_part(&store, &fetcher, Part::Snapshot)
             .await
-            .unwrap()
             .is_some()
     );
     // Refused while the copy is young: it is still served (the reconciler writes nothing).
@@ -611,10 +609,8 @@ async fn an_outage_never_destroys_the_last_good_copy() {
     let served = fetcher.snapshot(Duration::ZERO).await;
     assert!(matches!(served, Served::Stale(..)), "{served:?}");
     assert!(
-        store
-            .load(&fetcher.id, Part::Snapshot)
+        sealed_part(&store, &fetcher, Part::Snapshot)
             .await
-            .unwrap()
             .is_some()
     );
 }
