@@ -318,19 +318,12 @@ pub const REFETCH_FLOOR: Duration = Duration::from_secs(10);
 /// failure is recorded for that generation, so retries of a reference that stays missing wait
 /// for the normal refresh and cost no extra call.
 pub fn refetch_on_miss(ks: &KeeperSecret, fetched_at: Timestamp, now: Timestamp) -> bool {
-    new_generation(ks) && age(fetched_at, now) > REFETCH_FLOOR
-}
-
-/// Whether the current spec of `ks` was neither synced nor attempted yet.
-fn new_generation(ks: &KeeperSecret) -> bool {
-    ks.status
+    let new_generation = ks
+        .status
         .as_ref()
-        .is_none_or(|s| s.observed_generation != ks.metadata.generation)
-}
-
-/// How old data fetched at `fetched_at` is at `now` (zero if from the future).
-fn age(fetched_at: Timestamp, now: Timestamp) -> Duration {
-    Duration::try_from(now.duration_since(fetched_at)).unwrap_or(Duration::ZERO)
+        .is_none_or(|s| s.observed_generation != ks.metadata.generation);
+    let age = Duration::try_from(now.duration_since(fetched_at)).unwrap_or(Duration::ZERO);
+    new_generation && age > REFETCH_FLOOR
 }
 
 /// When to reconcile again after a sync of data fetched at `fetched_at`. Fresh data: one
