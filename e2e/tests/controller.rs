@@ -240,7 +240,9 @@ async fn keeper_edits_propagate_and_targets_heal() -> Result<()> {
         .status
         .and_then(|s| s.last_sync_time);
 
-    // Edited in Keeper: picked up at the next refresh (refreshInterval 10s).
+    // Edited in Keeper: picked up at the next refresh (refreshInterval 10s). lastSyncTime counts
+    // whole seconds, so the edit lands in a later second than the first sync.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut record = w.server.record(POSTGRES)?;
     for f in record.fields.iter_mut().filter(|f| f["type"] == "password") {
         f["value"] = serde_json::json!(["rotated-in-keeper"]);

@@ -222,8 +222,11 @@ async fn template_from_renders_helpers_follows_edits_and_reports_missing_sources
 #[tokio::test]
 async fn the_api_server_refuses_oversize_keeper_secrets() -> Result<()> {
     let cluster = Cluster::connect().await?;
+    // The chart (for its CRDs) in one namespace; the KeeperSecrets in another, since the chart's
+    // admission policy refuses them in the operator's own namespace.
+    let release = cluster.fresh_namespace("limits-operator").await?;
+    cluster.install_chart(&release, &release, &[]).await?;
     let ns = cluster.fresh_namespace("limits").await?;
-    cluster.install_chart(&ns, &ns, &[]).await?;
     let api: Api<KeeperSecret> = Api::namespaced(cluster.client(), &ns);
     let dry_run = PostParams {
         dry_run: true,
