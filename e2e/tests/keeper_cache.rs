@@ -769,7 +769,7 @@ async fn a_200_mb_attachment_is_refused_while_other_tenants_keep_syncing() -> Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_created_after_the_last_fetch_syncs_at_once_with_one_more_call() -> Result<()> {
+async fn a_record_created_after_the_last_fetch_syncs_in_seconds_with_one_more_call() -> Result<()> {
     let w = World::start("cache-new-record").await?;
     let _operator = w.operator().await?;
     w.create(&names("known", 0..1), "1h").await?;
@@ -779,11 +779,12 @@ async fn a_record_created_after_the_last_fetch_syncs_at_once_with_one_more_call(
     tokio::time::sleep(Duration::from_secs(11)).await;
 
     // A user creates a record in the app's shared folder, then a KeeperSecret for it.
-    const CREATED: &str = "N3wRec0rdCreatedLaterw";
-    let mut record = w.postgres_with_password(json!(["created-later"]))?;
-    record.uid = CREATED.into();
-    record.title = "Created later".into();
-    w.server.set_record(record)?;
+    let create_record = |uid: &str, password: &str| -> Result<()> {
+        let mut record = w.postgres_with_password(json!([password]))?;
+        record.uid = uid.into();
+        record.title = format!("Created later {uid}");
+        w.server.set_record(record).map(drop)
+    };
     let spec = |uid: &str, name: &str| {
         json!({
             "auth": { "secretRef": { "name": "ksm-config", "key": "config" } },
@@ -793,38 +794,49 @@ async fn a_record_created_after_the_last_fetch_syncs_at_once_with_one_more_call(
         })
     };
     let api = w.keeper_secrets();
-    let started = Instant::now();
-    create_keeper_secret(&api, "later", spec(CREATED, "later")).await?;
-    wait_for_reason(
-        &api,
-        "later",
-        "Ready",
-        "True",
-        "Synced",
-        Duration::from_secs(30),
-    )
-    .await?;
-    eprintln!(
-        "a record created after the last fetch synced in {:?}",
-        started.elapsed()
-    );
-    let secret = w.secrets().get("later").await?;
-    ensure!(password(&secret).as_deref() == Some("created-later"));
+    let sync_new_record = |uid: &'static str, name: &'static str, within: Duration| {
+        let (api, w) = (api.clone(), &w);
+        async move {
+            create_record(uid, name)?;
+            let started = Instant::now();
+            create_keeper_secret(&api, name, spec(uid, name)).await?;
+            wait_for_reason(&api, name, "Ready", "True", "Synced", within).await?;
+            eprintln!(
+                "{name}: a record created after the last fetch synced in {:?}",
+                started.elapsed()
+            );
+            let secret = w.secrets().get(name).await?;
+            ensure!(password(&secret).as_deref() == Some(name));
+            anyhow::Ok(())
+        }
+    };
+    // The shared data is older than the floor: read again at once.
+    sync_new_record("N3wRec0rdCreatedLaterw", "later", Duration::from_secs(30)).await?;
     ensure!(
         w.get_secret_calls() == calls + 1,
         "expected one more get_secret, got {}",
         w.get_secret_calls() - calls
     );
 
-    // A record that never comes costs no call: not at once (the data is seconds old), and not on
-    // the retry after the first backoff (30 s), when that generation's failure is recorded.
+    // A second after that read (as when a sibling on the credential just synced): read again
+    // once the data is as old as the floor, not at the next refresh an hour away.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sync_new_record("N3wRec0rdCreatedAfterr", "after", Duration::from_secs(15)).await?;
+    ensure!(
+        w.get_secret_calls() == calls + 2,
+        "expected two more get_secret, got {}",
+        w.get_secret_calls() - calls
+    );
+
+    // A record that never comes costs one read once the data is as old as the floor, and none
+    // on the retry after the first backoff (30 s), when that generation's failure is recorded.
     create_keeper_secret(&api, "typo", spec("CCCCCCCCCCCCCCCCCCCCCC", "typo")).await?;
     wait_for_reason(&api, "typo", "Ready", "False", "RecordNotFound", TIMEOUT).await?;
     tokio::time::sleep(Duration::from_secs(40)).await;
     ensure!(
-        w.get_secret_calls() == calls + 1,
+        w.get_secret_calls() == calls + 3,
         "a missing record cost {} more get_secret",
-        w.get_secret_calls() - calls - 1
+        w.get_secret_calls() - calls - 2
     );
     Ok(())
 }

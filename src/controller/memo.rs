@@ -85,6 +85,8 @@ struct Known {
     requested_at: Option<Timestamp>,
     /// The first fresh answer that lacked records a deletion policy would remove.
     gone: Option<Box<Sighting>>,
+    /// When a generation (the first) first missed a record or field ([`refresh::on_miss`]).
+    missed: Option<(i64, Timestamp)>,
 }
 
 /// A target Secret known to hold data hashing to `hash`, for as long as the same `pin` holds.
@@ -223,6 +225,19 @@ impl Caches {
     /// When the watch first showed the current sync request of `ks`.
     pub fn requested_at(&self, ks: &KeeperSecret) -> Option<Timestamp> {
         self.with_known(ks, |known| known.requested_at)?
+    }
+
+    /// When the current generation of `ks` first missed a record or field, remembering `now`
+    /// if it had not yet.
+    pub fn first_miss(&self, ks: &KeeperSecret, now: Timestamp) -> Option<Timestamp> {
+        let generation = ks.metadata.generation.unwrap_or_default();
+        self.with_known(ks, |known| match known.missed {
+            Some((g, at)) if g == generation => at,
+            _ => {
+                known.missed = Some((generation, now));
+                now
+            }
+        })
     }
 
     /// When a requested sync of `ks` last ran, if one did since the operator started.

@@ -34,7 +34,7 @@ use crate::ksm::record::Vault;
 use crate::runtime::metrics::Metrics;
 use crate::sync::desired::{self, HashKey, Ownership};
 use crate::sync::mapping::{self, Bytes, Content};
-use crate::sync::refresh::{self, Decision, Target};
+use crate::sync::refresh::{self, Decision, OnMiss, Target};
 use crate::sync::status::{self, Synced};
 use crate::sync::{allowlist, decoding, hold, incomplete, write_guard};
 use crate::{k8s, lock};
@@ -238,17 +238,31 @@ async fn sync<S: KeeperSource>(
     // Build (pure, but for file attachments and a record missing from older data: Keeper).
     let fresh = stale.is_none();
     let mut built = match build(ctx, ks, &seen, &snapshot.vault).await {
-        Err(e) if fresh && missing_from_older_data(e.reason(), ks, &snapshot, now) => {
-            snapshot = refetch(ctx, &seen).await?.ok_or(e)?;
-            build(ctx, ks, &seen, &snapshot.vault).await?
+        Err(e) if fresh && is_miss(e.reason()) => {
+            let missed_at = ctx.caches.first_miss(ks, now);
+            match refresh::on_miss(ks, fetched_at(&snapshot, now), missed_at, now) {
+                OnMiss::Fail => return Err(e),
+                OnMiss::Wait(after) => {
+                    debug!(
+                        ?after,
+                        "not in the shared data; reading Keeper again when it is older"
+                    );
+                    return Ok(Outcome::Wait(after));
+                }
+                OnMiss::Refetch(max_age) => {
+                    snapshot = refetch(ctx, &seen, max_age).await?.ok_or(e)?;
+                    build(ctx, ks, &seen, &snapshot.vault).await?
+                }
+            }
         }
         built => built?,
     };
     // A record a deletion policy leaves out may be new rather than deleted.
     if fresh
         && !built.gone.is_empty()
-        && missing_from_older_data("RecordNotFound", ks, &snapshot, now)
-        && let Some(fresher) = refetch(ctx, &seen).await?
+        && let OnMiss::Refetch(max_age) =
+            refresh::on_miss(ks, fetched_at(&snapshot, now), None, now)
+        && let Some(fresher) = refetch(ctx, &seen, max_age).await?
     {
         snapshot = fresher;
         built = build(ctx, ks, &seen, &snapshot.vault).await?;
@@ -256,7 +270,7 @@ async fn sync<S: KeeperSource>(
     // Deletions follow only records absent from two clean, fresh answers (one more is read
     // at once when the shared data is old enough).
     if !deletion_may_proceed(ctx, ks, &snapshot, &built, fresh)? {
-        if let Some(fresher) = refetch(ctx, &seen).await?
+        if let Some(fresher) = refetch(ctx, &seen, refresh::REFETCH_FLOOR).await?
             && fresher.fetched_at != snapshot.fetched_at
         {
             snapshot = fresher;
@@ -371,29 +385,22 @@ fn fetched_at(snapshot: &Snapshot, now: Timestamp) -> Timestamp {
     Timestamp::try_from(snapshot.fetched_at).unwrap_or(now)
 }
 
-/// Whether a failure with this `reason` is a record or field that a new spec names and that may
-/// have been created in Keeper after the shared data was fetched (see
-/// [`refresh::refetch_on_miss`]).
-fn missing_from_older_data(
-    reason: &str,
-    ks: &KeeperSecret,
-    data: &Snapshot,
-    now: Timestamp,
-) -> bool {
+/// Whether a failure with this `reason` is a record or field missing from the shared data,
+/// which may have been created in Keeper after it was fetched ([`refresh::on_miss`]).
+fn is_miss(reason: &str) -> bool {
     matches!(reason, "RecordNotFound" | "FieldNotFound")
-        && refresh::refetch_on_miss(ks, fetched_at(data, now), now)
 }
 
-/// Reads Keeper again for data at most [`refresh::REFETCH_FLOOR`] old (`None` if none comes).
+/// Reads Keeper again for data at most `max_age` old (`None` if none comes).
 async fn refetch<S: KeeperSource>(
     ctx: &Context<S>,
     seen: &Observed,
+    max_age: Duration,
 ) -> Result<Option<Arc<Snapshot>>, Error> {
     debug!("not in the shared data; reading Keeper again");
-    let floor = refresh::REFETCH_FLOOR;
     match ctx
         .keeper
-        .vault(&seen.cred.key, &seen.cred.config, floor)
+        .vault(&seen.cred.key, &seen.cred.config, max_age)
         .await?
     {
         Served::Fresh(fresher) => Ok(Some(fresher)),

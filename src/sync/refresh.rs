@@ -308,22 +308,51 @@ pub fn requested_max_age(request: &str, seen_at: Option<Timestamp>, now: Timesta
         .unwrap_or(Duration::ZERO)
 }
 
-/// How old the shared data must be before a missing record or field reads Keeper again.
+/// How old the shared data must be before a missing record or field reads Keeper again: the
+/// most one credential's misses cost is one Keeper call per floor.
 pub const REFETCH_FLOOR: Duration = Duration::from_secs(10);
 
-/// Whether a sync that found a record or field missing in data fetched at `fetched_at` should
-/// read Keeper again at once. A user who creates a record and then applies a KeeperSecret for it
-/// should not wait for the credential's next refresh. Only a generation not synced or attempted
-/// yet qualifies (a new or changed spec), and only data older than [`REFETCH_FLOOR`]: the
-/// failure is recorded for that generation, so retries of a reference that stays missing wait
-/// for the normal refresh and cost no extra call.
-pub fn refetch_on_miss(ks: &KeeperSecret, fetched_at: Timestamp, now: Timestamp) -> bool {
+/// What a sync does when a record or field its spec names is missing from the shared data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMiss {
+    /// The reference is missing: fail, and retry at the normal pace.
+    Fail,
+    /// Read Keeper again for data at most this old (fetched after the miss was first seen).
+    Refetch(Duration),
+    /// The data is younger than the floor: come back when it is not (the miss is remembered,
+    /// so the wait ends even when siblings keep the shared data young).
+    Wait(Duration),
+}
+
+/// PURE: whether a miss of `ks` in data fetched at `fetched_at` reads Keeper again. A user who
+/// creates a record and then applies a KeeperSecret for it should not wait for the
+/// credential's next refresh. Only a generation not synced or attempted yet qualifies (a new or
+/// changed spec): the failure is recorded for that generation, so retries of a reference that
+/// stays missing wait for the refresh and cost no extra call. `missed_at` is when this
+/// generation first missed (none yet: now); data fetched after it settles the question.
+/// Otherwise Keeper is read again once the data is [`REFETCH_FLOOR`] old, so misses on one
+/// credential coalesce into one call per floor.
+pub fn on_miss(
+    ks: &KeeperSecret,
+    fetched_at: Timestamp,
+    missed_at: Option<Timestamp>,
+    now: Timestamp,
+) -> OnMiss {
     let new_generation = ks
         .status
         .as_ref()
         .is_none_or(|s| s.observed_generation != ks.metadata.generation);
-    let age = Duration::try_from(now.duration_since(fetched_at)).unwrap_or(Duration::ZERO);
-    new_generation && age > REFETCH_FLOOR
+    let missed_at = missed_at.unwrap_or(now);
+    if !new_generation || fetched_at > missed_at {
+        return OnMiss::Fail;
+    }
+    let since = |t: Timestamp| Duration::try_from(now.duration_since(t)).unwrap_or(Duration::ZERO);
+    let age = since(fetched_at);
+    if age >= REFETCH_FLOOR {
+        OnMiss::Refetch(since(missed_at))
+    } else {
+        OnMiss::Wait(REFETCH_FLOOR - age)
+    }
 }
 
 /// When to reconcile again after a sync of data fetched at `fetched_at`. Fresh data: one

@@ -629,18 +629,54 @@ async fn a_record_created_after_the_last_fetch_is_read_at_once_and_only_once() {
     let data = f.secret(NS, "fresh").unwrap().data.unwrap();
     assert_eq!(data["password"].0, b"new");
 
-    // A record that does not exist: the data is seconds old, so no fetch for it...
+    // A record that does not exist: the data is seconds old, so no fetch for it yet...
     let nobody = "CCCCCCCCCCCCCCCCCCCCCC";
     create("typo", nobody);
+    let action = f.reconcile(NS, "typo").await.unwrap();
+    assert_eq!(f.keeper_calls(), 2);
+    let wait = format!("{action:?}");
+    assert!(
+        wait.contains("requeue_after: Some(") && !wait.contains("Some(0ns)"),
+        "{wait}"
+    );
+    // ...but one once the data is as old as the floor: still missing, so it fails.
+    age_shared_data(&f, refresh::REFETCH_FLOOR);
     let err = f.reconcile(NS, "typo").await.unwrap_err();
     assert_eq!(err.reason(), "RecordNotFound");
-    assert_eq!(f.keeper_calls(), 2);
-    // ...and once its failure is recorded, retries wait for the normal refresh however old
-    // the data gets: a reference that stays missing never adds calls.
+    assert_eq!(f.keeper_calls(), 3);
+    // Once its failure is recorded, retries wait for the normal refresh however old the data
+    // gets: a reference that stays missing adds no more calls.
     age_shared_data(&f, Duration::from_secs(600));
     let err = f.reconcile(NS, "typo").await.unwrap_err();
     assert_eq!(err.reason(), "RecordNotFound");
+    assert_eq!(f.keeper_calls(), 3);
+}
+
+#[tokio::test]
+async fn a_miss_waits_for_data_fetched_after_it_however_young_siblings_keep_the_data() {
+    let f = synced().await;
+    let nobody = "CCCCCCCCCCCCCCCCCCCCCC";
+    let mut ks = keeper_secret(json!({
+        "data": [{"key": "password", "record": {"uid": nobody}, "field": "password"}],
+        "target": {"name": "typo"},
+    }));
+    ks.metadata.name = Some("typo".into());
+    f.create(&ks);
+    // The data is young: wait for the floor, no call.
+    f.reconcile(NS, "typo").await.unwrap();
+    assert_eq!(f.keeper_calls(), 1);
+    // A sibling reads Keeper again after the miss (asked to)...
+    keeper_now_holds(&f, vec![record(UID, "rotated", 2)]);
+    f.api.edit(&ks_path(NS, "db"), |ks| {
+        ks["metadata"]["annotations"] = json!({(crate::api::FORCE_SYNC_ANNOTATION): "now"});
+    });
+    f.reconcile(NS, "db").await.unwrap();
     assert_eq!(f.keeper_calls(), 2);
+    // ...and, though still young, that answer settles it: no call of its own.
+    let calls = f.keeper_calls();
+    let err = f.reconcile(NS, "typo").await.unwrap_err();
+    assert_eq!(err.reason(), "RecordNotFound");
+    assert_eq!(f.keeper_calls(), calls);
 }
 
 #[tokio::test]

@@ -353,24 +353,48 @@ fn the_next_refresh_follows_the_fetch_or_the_fetchers_retry() {
 }
 
 #[test]
-fn only_a_new_generation_on_older_data_refetches_a_miss() {
+fn only_a_new_generation_reads_keeper_again_for_a_miss() {
     let (synced, _) = synced_pair();
     let mut fresh = base();
-    assert!(
-        refetch_on_miss(&fresh, t(0), t(11)),
-        "never synced, data 11 s old"
+    assert_eq!(
+        on_miss(&fresh, t(0), None, t(11)),
+        OnMiss::Refetch(Duration::ZERO),
+        "never synced, data 11 s old: data fetched now"
     );
-    assert!(
-        !refetch_on_miss(&fresh, t(0), t(10)),
-        "data within the floor"
-    );
-    assert!(
-        !refetch_on_miss(&synced, t(0), t(3000)),
+    assert_eq!(
+        on_miss(&synced, t(0), None, t(3000)),
+        OnMiss::Fail,
         "this generation was synced or attempted: wait for the refresh"
     );
     fresh.status = synced.status.clone();
     fresh.metadata.generation = Some(2);
-    assert!(refetch_on_miss(&fresh, t(0), t(60)), "a changed spec");
+    assert_eq!(
+        on_miss(&fresh, t(0), None, t(60)),
+        OnMiss::Refetch(Duration::ZERO),
+        "a changed spec"
+    );
+}
+
+#[test]
+fn a_miss_on_young_data_waits_for_the_floor_then_reads_keeper_once() {
+    let ks = base();
+    // A sibling fetched 1 s ago: come back when that data is as old as the floor.
+    assert_eq!(
+        on_miss(&ks, t(100), None, t(101)),
+        OnMiss::Wait(REFETCH_FLOOR - Duration::from_secs(1))
+    );
+    // Then read Keeper for data fetched after the first miss.
+    assert_eq!(
+        on_miss(&ks, t(100), Some(t(101)), t(110)),
+        OnMiss::Refetch(Duration::from_secs(9))
+    );
+    // Siblings keep the data young, but it was fetched after the first miss: that settles it.
+    assert_eq!(on_miss(&ks, t(105), Some(t(101)), t(110)), OnMiss::Fail);
+    // Data as old as the miss (fetched in the same instant) does not.
+    assert_eq!(
+        on_miss(&ks, t(101), Some(t(101)), t(105)),
+        OnMiss::Wait(Duration::from_secs(6))
+    );
 }
 
 #[test]
