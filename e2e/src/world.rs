@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::harness::{
     Operator, OperatorBuilder, TestEnv, secret_bytes, secret_text, wait_until, workspace_root,
 };
-use crate::ksm_server::{RecordSpec, TestServer, sample_vault};
+use crate::ksm_server::{RecordSpec, ServerOptions, TestServer, sample_vault};
 
 /// How long a scenario waits for anything.
 pub const TIMEOUT: Duration = Duration::from_secs(120);
@@ -39,8 +39,13 @@ pub struct World {
 impl World {
     /// Installs the chart in fresh namespaces named after `name` and starts a test server.
     pub async fn start(name: &str) -> Result<World> {
+        World::start_with(name, ServerOptions::default()).await
+    }
+
+    /// [`World::start`] with a test server started with `options` (another key id, say).
+    pub async fn start_with(name: &str, options: ServerOptions) -> Result<World> {
         let env = TestEnv::new(name).await?;
-        let server = TestServer::start(sample_vault()).await?;
+        let server = TestServer::start_with(sample_vault(), options).await?;
         std::fs::create_dir_all(env.dir())?;
         let ca = env.dir().join("keeper-ca.pem");
         std::fs::write(&ca, server.ca_pem())?;

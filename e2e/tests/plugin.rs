@@ -6,8 +6,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use keeper_e2e::harness::{operator_binary, secret_bytes, wait_until, workspace_root};
-use keeper_e2e::world::{World, keeper_secret_manifest};
+use keeper_e2e::harness::{
+    create_secret, operator_binary, secret_bytes, secret_text, wait_until, workspace_root,
+};
+use keeper_e2e::ksm_server::ServerOptions;
+use keeper_e2e::world::{POSTGRES, World, keeper_secret_manifest};
+use keeper_operator::ksm::config::KsmConfig;
 use kube::api::PostParams;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -149,5 +153,101 @@ async fn kubectl_keeper_status_refresh_why_and_render() -> Result<()> {
         let size = row.split_whitespace().nth(1).unwrap_or_default();
         ensure!(size == value.len().to_string(), "size of {key}: {row}");
     }
+    w.finish(&mut [&mut operator]).await
+}
+
+/// An IL5 token (`IL5:KEY:KEY_ID:SERVER_KEY`) in a credential Secret is redeemed in the cluster
+/// with the server key it carries. The operator syncs with it, and the bound config it stores
+/// serves `kubectl keeper render` and `keeper get` against a server under that key id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_il5_token_redeemed_in_the_cluster_serves_the_operator_and_the_cli() -> Result<()> {
+    let options = ServerOptions {
+        key_id: "18".into(),
+        ..ServerOptions::default()
+    };
+    let w = World::start_with("plugin-il5", options)
+        .await?
+        .with_timeout(TIMEOUT);
+    let (id, point) = w.server.server_public_key();
+    let il5 = format!("IL5:{}:{id}:{point}", w.server.issue_token("operator")?);
+    // The IL5 prefix names il5.keepersecurity.us: the Secret names the test server instead.
+    let hostname = w.server.hostname();
+    create_secret(
+        &w.secrets(),
+        "ksm-il5",
+        &[
+            ("config", il5.as_bytes()),
+            ("hostname", hostname.as_bytes()),
+        ],
+    )
+    .await?;
+    let mut operator = w.operator().await?;
+    let manifest = keeper_secret_manifest(
+        "il5",
+        serde_json::json!({
+            "auth": {"secretRef": {"name": "ksm-il5", "key": "config"}},
+            "data": [{"key": "password", "notation": format!("keeper://{POSTGRES}/field/password")}]
+        }),
+    );
+    w.keeper_secrets()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(manifest.clone())?,
+        )
+        .await?;
+    w.wait_reason("il5", "True", "Synced").await?;
+    let password = w.vault_value(POSTGRES, "password")?;
+    let synced = secret_text(&w.secrets().get("il5").await?, "password");
+    ensure!(synced.as_ref() == Some(&password), "the synced value");
+
+    // The token was replaced by a config bound with the token's own server key.
+    let stored = secret_text(&w.secrets().get("ksm-il5").await?, "config").context("config")?;
+    let config = KsmConfig::parse(&stored).context("the stored credential is a KSM config")?;
+    ensure!(config.is_bound() && config.server_public_key_id() == 18);
+
+    // The same config, taken out of the cluster, serves the command line.
+    let dir = plugin_dir(&w)?;
+    let config_file = dir.join("il5-config");
+    std::fs::write(&config_file, &stored)?;
+    let manifest_file = dir.join("il5.json");
+    std::fs::write(&manifest_file, serde_json::to_vec(&manifest)?)?;
+    let path = |p: &Path| p.to_str().map(str::to_string).context("path");
+    let (config_arg, ca_arg) = (path(&config_file)?, path(&w.ca)?);
+    let args = [
+        "render",
+        "-f",
+        &path(&manifest_file)?,
+        "--config",
+        &config_arg,
+        "--ca-file",
+        &ca_arg,
+    ];
+    let (ok, out, err) = kubectl_keeper(&w, &dir, &args)?;
+    ensure!(ok, "render failed: {err}");
+    ensure!(
+        out.lines().any(|l| l
+            .split_whitespace()
+            .take(2)
+            .eq(["password", &password.len().to_string()])),
+        "render: {out}"
+    );
+    let notation = format!("keeper://{POSTGRES}/field/password");
+    let mut get = Command::new(operator_binary()?);
+    get.args([
+        "keeper",
+        "get",
+        &notation,
+        "--config",
+        &config_arg,
+        "--ca-file",
+        &ca_arg,
+    ]);
+    let out = tokio::task::block_in_place(|| get.output())?;
+    ensure!(
+        out.status.success(),
+        "keeper get: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(String::from_utf8_lossy(&out.stdout).trim_end() == password);
     w.finish(&mut [&mut operator]).await
 }
