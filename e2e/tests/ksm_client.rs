@@ -5,8 +5,8 @@ use keeper_e2e::ksm_server::uids::{
     ANALYTICS, CERT_FILE, DATABASES, POSTGRES, PRODUCTION, STRIPE, WEB_CERT,
 };
 use keeper_e2e::ksm_server::{
-    DownMode, FileFailure, Listing, RateLimit, RetryAfterHeader, ServerOptions, TestServer,
-    ThrottleBody, sample_file, sample_vault,
+    AppSpec, DownMode, FileFailure, Listing, RateLimit, RetryAfterHeader, ServerOptions,
+    TestServer, ThrottleBody, sample_file, sample_vault,
 };
 use keeper_operator::ksm::crypto::{b64_decode, public_key_bytes};
 use keeper_operator::ksm::notation::{Notation, NotationValue, resolve};
@@ -341,6 +341,44 @@ async fn flat_records_in_shared_folders_and_sub_folders_are_read() {
         .unwrap();
     assert_eq!(one.records.len(), 1);
     assert_eq!(one.records[0].folder_uid.as_deref(), Some(PRODUCTION));
+}
+
+/// Shapes from the conformance table (docs/protocol.md#response-shapes) served for real: one
+/// record reachable twice (shared directly and through its folder, once nested and once flat)
+/// is read once; an app with nothing shared gets an empty vault, not an error.
+#[tokio::test]
+async fn a_record_reachable_twice_is_read_once_and_an_empty_app_is_empty() {
+    let mut spec = sample_vault();
+    spec.apps[0].records.push(POSTGRES.into());
+    spec.apps.push(AppSpec {
+        name: "empty".into(),
+        title: None,
+        shared_folders: vec![],
+        records: vec![],
+    });
+    for listing in [Listing::Nested, Listing::FlatInFolder] {
+        let mut spec = spec.clone();
+        for record in spec.records.iter_mut().filter(|r| r.uid == POSTGRES) {
+            record.listing = listing;
+        }
+        let server = TestServer::start(spec).await.unwrap();
+        let vault = client(&server, "operator")
+            .get_secrets(&Query::default())
+            .await
+            .unwrap();
+        let postgres: Vec<_> = vault.records.iter().filter(|r| r.uid == POSTGRES).collect();
+        assert_eq!(postgres.len(), 1, "{listing:?}");
+        assert_eq!(postgres[0].password(), Some("S3cure!Pa55w0rd#prod"));
+        assert!(
+            vault.skipped.is_empty() && vault.warnings.is_empty(),
+            "{listing:?}"
+        );
+        let empty = client(&server, "empty")
+            .get_secrets(&Query::default())
+            .await
+            .unwrap();
+        assert!(empty.records.is_empty() && empty.folders.is_empty());
+    }
 }
 
 #[tokio::test]
