@@ -11,10 +11,10 @@ use keeper_e2e::harness::{self, Cluster, TestEnv, can_i, run, workspace_root};
 use keeper_e2e::ksm_server::{SAMPLE_VAULT_JSON, TestServer, VaultSpec, uids};
 use keeper_e2e::leak_scan::SecretValues;
 use keeper_operator::api::KeeperSecret;
-use kube::Api;
 use kube::api::{
     ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
+use kube::{Api, ResourceExt};
 
 const CRDS: [&str; 2] = [
     "keepersecrets.keeper-operator.dev",
@@ -738,5 +738,57 @@ async fn admission_policy_bounds_the_operator() -> Result<()> {
         },
     )
     .await?;
+    Ok(())
+}
+
+/// A target the operator read as absent is created only if it still is: a Secret someone else
+/// made in between is left exactly as they made it, and never marked as the operator's.
+#[tokio::test]
+async fn a_secret_made_while_the_operator_creates_its_target_is_left_as_made() -> Result<()> {
+    use keeper_operator::api::{CREATED_FOR_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+    use keeper_operator::k8s::{Created, create_secret};
+
+    let cluster = Cluster::connect().await?;
+    let ns = cluster.fresh_namespace("create-race").await?;
+    let api: Api<Secret> = Api::namespaced(cluster.client(), &ns);
+    let ours = |name: &str, key: &str| -> Result<Secret> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {
+                "name": name,
+                "labels": {(MANAGED_BY_LABEL): MANAGED_BY_VALUE},
+                "annotations": {(CREATED_FOR_ANNOTATION): "0b6ee3a8-uid-of-a-keeper-secret"},
+            },
+            "data": {(key): "b3Vycw=="},
+        }))?)
+    };
+    // Someone else's Secret, made after the operator read the name as free.
+    harness::create_secret(&api, "taken", &[("theirs", b"theirs")]).await?;
+    let before = api.get("taken").await?;
+
+    let outcome = create_secret(&api, &ours("taken", "ours")?).await?;
+    anyhow::ensure!(matches!(outcome, Created::Raced), "{outcome:?}");
+    let after = api.get("taken").await?;
+    assert_eq!(after.data, before.data, "their data, and only theirs");
+    assert_eq!(after.metadata.labels, before.metadata.labels);
+    assert_eq!(after.metadata.annotations, before.metadata.annotations);
+
+    // A key they set with another value stops the write outright.
+    let err = create_secret(&api, &ours("taken", "theirs")?)
+        .await
+        .expect_err("a conflicting key must stop the create");
+    anyhow::ensure!(
+        matches!(&err, kube::Error::Api(s) if s.code == 409),
+        "{err}"
+    );
+    assert_eq!(api.get("taken").await?.data, before.data);
+
+    // A name still free is created, and ours.
+    let outcome = create_secret(&api, &ours("free", "ours")?).await?;
+    anyhow::ensure!(matches!(outcome, Created::Created(_)), "{outcome:?}");
+    let created = api.get("free").await?;
+    assert!(created.annotations().contains_key(CREATED_FOR_ANNOTATION));
     Ok(())
 }

@@ -32,7 +32,7 @@ use crate::keeper::KeeperSource;
 use crate::keeper::fetcher::{Origin, Served, Snapshot};
 use crate::ksm::record::Vault;
 use crate::runtime::metrics::Metrics;
-use crate::sync::desired::{self, HashKey, Ownership};
+use crate::sync::desired::{self, HashKey, Ownership, TargetRefusal};
 use crate::sync::mapping::{self, Bytes, Content};
 use crate::sync::refresh::{self, Decision, OnMiss, Target};
 use crate::sync::status::{self, Synced};
@@ -590,7 +590,16 @@ async fn apply<S: KeeperSource>(
             info!(secret = ks.target_name(), "adopting an existing Secret");
             k8s::replace_secret(&seen.secrets, e, &secret).await?
         }
-        None => k8s::apply_secret(&seen.secrets, &secret).await?,
+        None if existing.is_some() => k8s::apply_secret(&seen.secrets, &secret).await?,
+        None => match k8s::create_secret(&seen.secrets, &secret).await? {
+            k8s::Created::Created(written) => *written,
+            k8s::Created::Raced => {
+                return Err(TargetRefusal::Appeared {
+                    name: ks.target_name(),
+                }
+                .into());
+            }
+        },
     };
     ctx.caches
         .verified_target(ks, &seen.cred.key, &written, &desired.hash);

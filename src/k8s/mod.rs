@@ -30,6 +30,49 @@ pub async fn apply_secret(api: &Api<Secret>, secret: &Secret) -> Result<Secret, 
     api.patch(&name, &params(), &Patch::Apply(secret)).await
 }
 
+/// How [`create_secret`] ended.
+#[derive(Debug)]
+pub enum Created {
+    /// The Secret is new, and ours.
+    Created(Box<Secret>),
+    /// A Secret of that name appeared after the target was read (someone else made it): what
+    /// this write added was taken out again at once, and it is left as its creator made it.
+    Raced,
+}
+
+/// Creates the target Secret read as absent. An apply that finds the Secret there (made since
+/// by someone else) must not take it over: the apply is not forced, so a key they set with
+/// another value stops it (409), and if it merged anyway, the fields it added are withdrawn
+/// by applying nothing under the same field manager.
+pub async fn create_secret(api: &Api<Secret>, secret: &Secret) -> Result<Created, kube::Error> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let written = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(secret),
+        )
+        .await?;
+    if !made_by_others(&written) {
+        return Ok(Created::Created(Box::new(written)));
+    }
+    let nothing =
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}});
+    api.patch(&name, &params(), &Patch::Apply(&nothing)).await?;
+    Ok(Created::Raced)
+}
+
+/// PURE: whether another field manager had written `secret`, which an apply that created it
+/// would not show.
+fn made_by_others(secret: &Secret) -> bool {
+    secret
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .any(|m| m.manager.as_deref() != Some(FIELD_MANAGER))
+}
+
 /// Replaces `existing` (an adopted Secret) with `desired` as a whole, conditioned on the
 /// version read: keys, labels and annotations others set are dropped. Later writes are applies.
 pub async fn replace_secret(

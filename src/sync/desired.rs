@@ -338,6 +338,11 @@ pub enum TargetRefusal {
         actual: String,
         wanted: String,
     },
+    /// A Secret of the target's name made by someone else while the operator created it.
+    #[error(
+        "Secret {name} was created by someone else while keeper-operator created it; it is left as they made it"
+    )]
+    Appeared { name: String },
     /// An unmanaged Secret and no `target.adopt`.
     #[error(
         "Secret {name} already exists and was not created by keeper-operator; to take it over set target.adopt: true and annotate the Secret {ALLOW_MERGE_ANNOTATION}: {ks} (it would add keys: {add}; drop: {drop}), or choose another target.name"
@@ -360,6 +365,7 @@ impl TargetRefusal {
             | Self::Controlled { .. }
             | Self::MergeTypeMismatch { .. }
             | Self::AdoptTypeMismatch { .. }
+            | Self::Appeared { .. }
             | Self::NotAdopted { .. } => "SecretOwnedElsewhere",
         }
     }
