@@ -9,7 +9,7 @@
 # on this host's network, "node-b" in a network namespace of its own), each on its own
 # containerd and runc from the distribution's packages, with a loopback-only CNI configuration.
 # Pods on them use hostNetwork and reach everything on 127.0.0.1; the sandbox (pause) image is
-# built locally by e2e/image.sh. See docs/e2e-node.md.
+# built locally by e2e/image.sh. See docs/dev/e2e-node.md.
 #
 #   e2e/cluster.sh up [--node]   start it in the background (or reuse a healthy one); prints the admin kubeconfig path
 #   e2e/cluster.sh down   stop every process by its PID

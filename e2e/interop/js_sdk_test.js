@@ -114,7 +114,7 @@ async function main() {
     check('throttled then recovered', retried.records.length === 4 && Date.now() - started >= 700)
 
     // 7. With a custom server key, JS 17.5 refuses to rotate on a key error
-    // (docs/protocol.md#key-rotation): proof that it parsed our 401 body as a key error
+    // (docs/dev/protocol.md#key-rotation): proof that it parsed our 401 body as a key error
     // naming id 10.
     await admin(info, 'PATCH', '/admin/faults', { wrongKeyId: 1 })
     let keyError = ''

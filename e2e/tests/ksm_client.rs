@@ -343,7 +343,7 @@ async fn flat_records_in_shared_folders_and_sub_folders_are_read() {
     assert_eq!(one.records[0].folder_uid.as_deref(), Some(PRODUCTION));
 }
 
-/// Shapes from the conformance table (docs/protocol.md#response-shapes) served for real: one
+/// Shapes from the conformance table (docs/dev/protocol.md#response-shapes) served for real: one
 /// record reachable twice (shared directly and through its folder, once nested and once flat)
 /// is read once; an app with nothing shared gets an empty vault, not an error.
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! The async KSM client: HTTPS (rustls, verification always on) to
 //! `https://HOST/api/rest/sm/v1/ENDPOINT`, with key-id rotation and throttle handling
-//! (docs/protocol.md#key-rotation, docs/protocol.md#throttling).
+//! (docs/dev/protocol.md#key-rotation, docs/dev/protocol.md#throttling).
 
 use crate::backoff;
 use crate::ksm::config::{ConfigError, KsmConfig};
@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 pub use crate::ksm::token::redeem_token;
 
 /// The `clientVersion` of the Rust SDK 17.3.0, a string the real backend accepts
-/// (docs/protocol.md#payload).
+/// (docs/dev/protocol.md#payload).
 pub const DEFAULT_CLIENT_VERSION: &str = "mr17.3.0";
 
 /// The largest API reply body read (16 MiB). A `get_secret` for thousands of records with long
@@ -40,7 +40,7 @@ pub struct ClientOptions {
     pub timeout: Duration,
     pub client_version: String,
     /// How often to follow the server's "use key id N" answer before giving up
-    /// (docs/protocol.md#key-rotation).
+    /// (docs/dev/protocol.md#key-rotation).
     pub max_key_rotations: u32,
     /// How often to sleep and retry when throttled. `0` surfaces `Throttled { retry_after }`
     /// at once, so a caller with its own scheduler (the operator) never blocks.
@@ -212,11 +212,11 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 /// The longest throttle delay before jitter: the SDKs' last backoff step (11·2^4 s), which also
-/// caps a server-supplied `retry_after` (KSM-1035, docs/protocol.md#throttling).
+/// caps a server-supplied `retry_after` (KSM-1035, docs/dev/protocol.md#throttling).
 const MAX_THROTTLE_DELAY: Duration = MAX_RETRY_AFTER;
 
 /// Key ids a "use key id N" answer may move to: the bundled table's distinct keys
-/// (docs/protocol.md#key-rotation). Ids 1–6 name the same key as 7 and are not followed.
+/// (docs/dev/protocol.md#key-rotation). Ids 1–6 name the same key as 7 and are not followed.
 const ROTATION_KEY_IDS: std::ops::RangeInclusive<u32> = 7..=18;
 
 /// Delay before throttle retry `attempt` (0-based): the server's `retry_after` (capped at
@@ -275,7 +275,7 @@ impl KsmClient {
         &self.inner.config
     }
 
-    /// Binds an unbound config (the one-time token flow, docs/protocol.md#binding) and returns
+    /// Binds an unbound config (the one-time token flow, docs/dev/protocol.md#binding) and returns
     /// the bound config.
     pub(crate) async fn bind(
         unbound: KsmConfig,

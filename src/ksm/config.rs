@@ -1,4 +1,4 @@
-//! The KSM client configuration (docs/protocol.md#configuration): the JSON object every
+//! The KSM client configuration (docs/dev/protocol.md#configuration): the JSON object every
 //! official SDK and External Secrets Operator read, given as JSON or as base64 of that JSON.
 
 use crate::ksm::crypto::{
@@ -11,7 +11,7 @@ use std::fmt;
 use zeroize::Zeroizing;
 
 /// The key id the SDKs use when a config names none (production uses key 10,
-/// docs/protocol.md#server-keys).
+/// docs/dev/protocol.md#server-keys).
 pub const DEFAULT_SERVER_KEY_ID: u32 = 10;
 
 /// Why a config was rejected. Names the key, never its value.
@@ -57,7 +57,7 @@ pub struct KsmConfig {
 
 /// Normalizes a hostname as the SDKs accept it: a region code maps to its domain, an
 /// `https://` prefix or trailing `/` is dropped, and a `:port` is kept
-/// (docs/protocol.md#hosts-and-regions).
+/// (docs/dev/protocol.md#hosts-and-regions).
 pub fn normalize_hostname(raw: &str) -> Result<String, ConfigError> {
     let mut host = raw.trim();
     if let Some(rest) = host
@@ -81,7 +81,7 @@ pub fn normalize_hostname(raw: &str) -> Result<String, ConfigError> {
     Ok(host.to_string())
 }
 
-/// Strings as the SDKs write them; `null` counts as absent (docs/protocol.md#configuration).
+/// Strings as the SDKs write them; `null` counts as absent (docs/dev/protocol.md#configuration).
 fn get_str<'a>(
     obj: &'a Map<String, Value>,
     key: &'static str,
@@ -208,7 +208,7 @@ impl KsmConfig {
         }
     }
 
-    /// The bound config: the app key replaces the client key (docs/protocol.md#binding).
+    /// The bound config: the app key replaces the client key (docs/dev/protocol.md#binding).
     pub(crate) fn into_bound(mut self, app_key: AesKey, owner_key: Option<String>) -> KsmConfig {
         self.app_key = Some(app_key);
         self.client_key = None;
@@ -217,7 +217,7 @@ impl KsmConfig {
     }
 
     /// The JSON object with only the keys the SDK readers know, every value a string (the Rust
-    /// SDK rejects anything else, docs/protocol.md#configuration).
+    /// SDK rejects anything else, docs/dev/protocol.md#configuration).
     pub fn to_json(&self) -> String {
         let mut obj = Map::new();
         let mut put = |key: &str, value: String| {

@@ -1,5 +1,6 @@
 //! What a user may store as a credential: a KSM config (JSON or base64) or a one-time token
-//! that the operator redeems in-cluster (see [`crate::k8s::redeem`] and docs/protocol.md#binding).
+//! that the operator redeems in-cluster (see [`crate::k8s::redeem`] and
+//! docs/dev/protocol.md#binding).
 
 use crate::ksm::config::{ConfigError, KsmConfig};
 use crate::ksm::token::OneTimeToken;

@@ -1,5 +1,5 @@
-//! Cryptographic primitives of the KSM protocol (docs/protocol.md#requests,
-//! docs/protocol.md#responses, docs/protocol.md#encodings).
+//! Cryptographic primitives of the KSM protocol (docs/dev/protocol.md#requests,
+//! docs/dev/protocol.md#responses, docs/dev/protocol.md#encodings).
 //!
 //! Everything here is shared by the client and by the test server, so both sides of every
 //! construction (wrap/unwrap, sign/verify) live together. Key material is held in types whose
@@ -43,7 +43,7 @@ const CBC_IV_LEN: usize = 16;
 const POINT_LEN: usize = 65;
 
 /// Base64 decoding that accepts both alphabets, with or without padding, and surrounding
-/// whitespace, because the real server mixes them (docs/protocol.md#encodings).
+/// whitespace, because the real server mixes them (docs/dev/protocol.md#encodings).
 pub fn b64_decode(text: &str) -> Result<Vec<u8>, CryptoError> {
     const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
         .with_decode_padding_mode(DecodePaddingMode::Indifferent)
@@ -79,7 +79,7 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// A Keeper UID: 16 random bytes, base64url, never starting with `-` or `_`
-/// (docs/protocol.md#encodings).
+/// (docs/dev/protocol.md#encodings).
 pub fn generate_uid() -> String {
     let mut bytes: [u8; 16] = random_bytes();
     for _ in 0..8 {
@@ -196,7 +196,7 @@ pub fn hmac_sha512(key: &[u8], message: &[u8]) -> [u8; 64] {
 }
 
 /// `clientId = base64_std(HMAC-SHA512(clientKey, "KEEPER_SECRETS_MANAGER_CLIENT_ID"))`
-/// (docs/protocol.md#client-id).
+/// (docs/dev/protocol.md#client-id).
 pub fn client_id(client_key: &[u8]) -> String {
     b64_std(&hmac_sha512(
         client_key,
@@ -235,7 +235,7 @@ fn ecies_kek(secret: &p256::NonZeroScalar, public: &PublicKey) -> AesKey {
 }
 
 /// ECIES to a P-256 public key: `ephemeral point(65) ‖ AES-GCM(SHA-256(ECDH x), data)`
-/// (docs/protocol.md#transmission-key).
+/// (docs/dev/protocol.md#transmission-key).
 pub fn ecies_encrypt(recipient: &PublicKey, data: &[u8]) -> Vec<u8> {
     let ephemeral = p256::ecdh::EphemeralSecret::random(&mut OsRng);
     let shared = ephemeral.diffie_hellman(recipient);
@@ -246,7 +246,7 @@ pub fn ecies_encrypt(recipient: &PublicKey, data: &[u8]) -> Vec<u8> {
 }
 
 /// Opens an ECIES blob with the recipient's private key (the test server's side of
-/// docs/protocol.md#transmission-key).
+/// docs/dev/protocol.md#transmission-key).
 pub fn ecies_decrypt(
     recipient: &SecretKey,
     blob: &[u8],
@@ -260,7 +260,7 @@ pub fn ecies_decrypt(
 }
 
 /// Fixed PKCS#8 prefix every SDK writes for a P-256 key; the JS SDK parses by offset
-/// (docs/protocol.md#private-key-layout).
+/// (docs/dev/protocol.md#private-key-layout).
 const PKCS8_PREFIX: [u8; 36] = [
     0x30, 0x81, 0x87, 0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02,
     0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x04, 0x6d, 0x30, 0x6b, 0x02,
@@ -317,7 +317,7 @@ impl EcKeyPair {
         &self.secret
     }
 
-    /// ECDSA P-256 / SHA-256, ASN.1 DER encoded (docs/protocol.md#signature).
+    /// ECDSA P-256 / SHA-256, ASN.1 DER encoded (docs/dev/protocol.md#signature).
     pub fn sign_der(&self, message: &[u8]) -> Vec<u8> {
         let signature: Signature = SigningKey::from(&self.secret).sign(message);
         signature.to_der().as_bytes().to_vec()

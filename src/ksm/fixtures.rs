@@ -67,7 +67,7 @@ pub(crate) fn error(status: u16, body: Value) -> (u16, Vec<u8>) {
     (status, body.to_string().into_bytes())
 }
 
-/// One API request, answered as the test server does (docs/protocol.md#the-test-server).
+/// One API request, answered as the test server does (docs/dev/protocol.md#the-test-server).
 pub(crate) fn handle_api(
     state: &mut State,
     headers: &[(String, String)],

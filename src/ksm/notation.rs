@@ -1,4 +1,4 @@
-//! Keeper notation (docs/protocol.md#keeper-notation): `[keeper://]RECORD/SELECTOR`, e.g.
+//! Keeper notation (docs/dev/protocol.md#keeper-notation): `[keeper://]RECORD/SELECTOR`, e.g.
 //! `keeper://6ya_fdc6XTsZ7i7x9Jcodg/field/password`, `My DB/custom_field/phone[0][number]`,
 //! `Web Certificate/file/cert.pem`.
 //!

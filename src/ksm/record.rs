@@ -6,7 +6,7 @@
 use crate::ksm::crypto::AesKey;
 use std::fmt;
 
-/// One Keeper record (docs/protocol.md#records).
+/// One Keeper record (docs/dev/protocol.md#records).
 #[derive(Clone, PartialEq)]
 pub struct Record {
     pub uid: String,

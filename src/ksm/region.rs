@@ -1,5 +1,5 @@
 //! Keeper regions: the codes accepted as token prefixes and as config hostnames
-//! (docs/protocol.md#hosts-and-regions).
+//! (docs/dev/protocol.md#hosts-and-regions).
 
 pub const DEFAULT_HOSTNAME: &str = "keepersecurity.com";
 

@@ -1,10 +1,10 @@
 //! Decoding decrypted `get_secret` / `get_folders` JSON through the key hierarchy
-//! (docs/protocol.md#key-hierarchy):
+//! (docs/dev/protocol.md#key-hierarchy):
 //! app key → shared-folder key → record key → record data; record key → file key → metadata;
 //! for `get_folders`, CBC sub-folder keys under the root shared folder's key.
 //! A flat `records[]` entry that names a folder (`innerFolderUid`, or `folderUid`) was created
 //! inside a shared folder: its record key is wrapped by that shared folder's key, with the app key
-//! as the fallback (docs/protocol.md#flat-records-in-shared-folders).
+//! as the fallback (docs/dev/protocol.md#flat-records-in-shared-folders).
 //!
 //! Policy for partial failures: a record, file or folder entry that does not decrypt is
 //! skipped and named (by UID only) in `Vault::warnings`; the others are kept. When the response
@@ -39,7 +39,7 @@ fn parse_object(plaintext: &[u8]) -> Result<Obj, KsmError> {
 }
 
 /// A non-empty string; `null`, missing and `""` are all "absent" (SDKs differ,
-/// docs/protocol.md#payload).
+/// docs/dev/protocol.md#payload).
 fn text<'a>(obj: &'a Obj, key: &str) -> Option<&'a str> {
     obj.get(key)?
         .as_str()
@@ -67,7 +67,7 @@ type EntryError = &'static str;
 fn gcm_json(key: &AesKey, b64: Option<&str>, what: EntryError) -> Result<Obj, EntryError> {
     let data = b64_decode(b64.ok_or(what)?).map_err(|_| what)?;
     let plain = aes_gcm_decrypt(key, &data).map_err(|_| what)?;
-    // Real plaintexts are right-padded with spaces (docs/protocol.md#encodings); JSON parsing
+    // Real plaintexts are right-padded with spaces (docs/dev/protocol.md#encodings); JSON parsing
     // ignores them.
     match serde_json::from_slice(&plain) {
         Ok(Value::Object(obj)) => Ok(obj),
@@ -80,7 +80,7 @@ fn unwrap_gcm(wrapping: &AesKey, b64: &str) -> Option<AesKey> {
 }
 
 /// The app key from a binding response: `encryptedAppKey` opened with the token's client key,
-/// plus the `appOwnerPublicKey` as sent (docs/protocol.md#binding).
+/// plus the `appOwnerPublicKey` as sent (docs/dev/protocol.md#binding).
 pub fn decode_binding(
     client_key: &AesKey,
     plaintext: &[u8],
@@ -260,7 +260,7 @@ impl Decoder<'_> {
         uid: &str,
         candidates: &[(AesKey, Option<String>)],
     ) -> Result<Record, EntryError> {
-        // PY/RS/GO use the app key when `recordKey` is absent (docs/protocol.md#records).
+        // PY/RS/GO use the app key when `recordKey` is absent (docs/dev/protocol.md#records).
         let (record_key, folder_uid) = match text(entry, "recordKey") {
             Some(k) => candidates
                 .iter()
@@ -416,7 +416,7 @@ impl Decoder<'_> {
     }
 }
 
-/// Decodes a decrypted `get_secret` response with the app key (docs/protocol.md#key-hierarchy).
+/// Decodes a decrypted `get_secret` response with the app key (docs/dev/protocol.md#key-hierarchy).
 pub fn decode_secrets(app_key: &AesKey, plaintext: &[u8]) -> Result<Vault, KsmError> {
     let obj = parse_object(plaintext)?;
     let mut decoder = Decoder {
@@ -459,7 +459,7 @@ struct RawFolder<'a> {
 
 /// Unwraps a folder's key: GCM under the app key for a shared folder (no parent), otherwise CBC
 /// under the key of the root shared folder found by walking `parent`
-/// (docs/protocol.md#folder-keys).
+/// (docs/dev/protocol.md#folder-keys).
 fn folder_key(
     app_key: &AesKey,
     folders: &HashMap<&str, RawFolder<'_>>,

@@ -1,5 +1,5 @@
-//! One-time access tokens (docs/protocol.md#token-format) and their redemption, i.e. device
-//! binding (docs/protocol.md#binding).
+//! One-time access tokens (docs/dev/protocol.md#token-format) and their redemption, i.e. device
+//! binding (docs/dev/protocol.md#binding).
 
 use crate::ksm::client::{ClientOptions, KsmClient};
 use crate::ksm::config::{DEFAULT_SERVER_KEY_ID, KsmConfig, normalize_hostname, parse_server_key};
@@ -75,7 +75,7 @@ impl OneTimeToken {
         })
     }
 
-    /// The client id the server knows this token by (docs/protocol.md#client-id).
+    /// The client id the server knows this token by (docs/dev/protocol.md#client-id).
     pub fn client_id(&self) -> String {
         crate::ksm::crypto::client_id(self.client_key.as_bytes())
     }
@@ -92,7 +92,7 @@ impl fmt::Debug for OneTimeToken {
 
 /// Redeems a one-time token: generates a device key, binds it with a first `get_secret` that
 /// carries the public key, decrypts the app key with the token's client key, then fetches
-/// again with the bound config as every SDK does (docs/protocol.md#binding) and returns that
+/// again with the bound config as every SDK does (docs/dev/protocol.md#binding) and returns that
 /// config.
 ///
 /// `hostname` overrides the token prefix (needed for a `HOST:PORT`); `server_key` (id,
@@ -173,7 +173,7 @@ mod tests {
             TokenError::ServerKey
         );
         // Only IL5 has the 4-part form; a host with a port cannot be a prefix
-        // (docs/protocol.md#token-format).
+        // (docs/dev/protocol.md#token-format).
         assert_eq!(
             OneTimeToken::parse(&format!("US:{KEY}:18:{point}")).unwrap_err(),
             TokenError::Parts(4)

@@ -1,5 +1,5 @@
-//! Request sealing and response opening (docs/protocol.md#requests,
-//! docs/protocol.md#responses, docs/protocol.md#errors), independent of HTTP so that
+//! Request sealing and response opening (docs/dev/protocol.md#requests,
+//! docs/dev/protocol.md#responses, docs/dev/protocol.md#errors), independent of HTTP so that
 //! recorded traffic can be fed straight in: `open_response(transmission_key, status, body)`.
 
 use crate::ksm::crypto::{
@@ -12,7 +12,7 @@ use serde_json::Value;
 use std::time::{Duration, SystemTime};
 use zeroize::Zeroizing;
 
-/// Keeper's server public keys by id (docs/protocol.md#server-keys): ids 1–7 share one key.
+/// Keeper's server public keys by id (docs/dev/protocol.md#server-keys): ids 1–7 share one key.
 const SERVER_KEYS: [(u32, &str); 12] = [
     (
         7,
@@ -99,7 +99,7 @@ impl SealedRequest {
     }
 
     /// `PublicKeyId`, `TransmissionKey` and `Authorization` headers
-    /// (docs/protocol.md#url-and-headers).
+    /// (docs/dev/protocol.md#url-and-headers).
     pub fn headers(&self) -> [(&'static str, String); 3] {
         [
             ("PublicKeyId", self.key_id.to_string()),
@@ -114,7 +114,7 @@ impl SealedRequest {
 
 /// Opens a response: a 2xx body is `AES-GCM(transmission key, JSON)` (empty is allowed); any
 /// other status carries a plaintext JSON error body, classified per
-/// docs/protocol.md#errors.
+/// docs/dev/protocol.md#errors.
 pub fn open_response(
     transmission_key: &AesKey,
     status: u16,
@@ -168,9 +168,9 @@ pub fn parse_retry_after(header: &str, now: SystemTime) -> Option<Duration> {
 }
 
 /// Classifies a non-2xx response. The code is `result_code`, falling back to `error`
-/// (docs/protocol.md#errors).
+/// (docs/dev/protocol.md#errors).
 ///
-/// Throttling (docs/protocol.md#throttling): a 403 or 429 whose code is `throttled` (the JSON
+/// Throttling (docs/dev/protocol.md#throttling): a 403 or 429 whose code is `throttled` (the JSON
 /// `retry_after` wins over the header), any other 429 whatever its body, and a 503 carrying
 /// `Retry-After`. A `throttled` body on another status (e.g. 500) is a server error, as the SDKs
 /// treat it.

@@ -65,7 +65,7 @@ pub struct Throttle {
 }
 
 /// The real throttle: more than `max_requests` per client id and endpoint within a window that
-/// restarts on every request (docs/protocol.md#throttling; the SDKs' comments say 100 per
+/// restarts on every request (docs/dev/protocol.md#throttling; the SDKs' comments say 100 per
 /// 10 s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -1,5 +1,5 @@
-//! The HTTPS endpoints: `POST /api/rest/sm/v1/{endpoint}` (docs/protocol.md#the-test-server) and
-//! the pre-signed-style file downloads `GET /files/{uid}`.
+//! The HTTPS endpoints: `POST /api/rest/sm/v1/{endpoint}` (docs/dev/protocol.md#the-test-server)
+//! and the pre-signed-style file downloads `GET /files/{uid}`.
 
 use super::counters::Counters;
 use super::faults::{DownMode, FaultHandle, FileFailure, ResponseFault};
@@ -43,8 +43,8 @@ pub(crate) fn router(shared: std::sync::Arc<Shared>) -> Router {
 type AppState = State<std::sync::Arc<Shared>>;
 
 const ENDPOINTS: [&str; 2] = ["get_secret", "get_folders"];
-/// `clientVersion` prefixes of the official SDKs (docs/protocol.md#payload): Python, JavaScript,
-/// Rust, Go, Java, .NET, Ruby.
+/// `clientVersion` prefixes of the official SDKs (docs/dev/protocol.md#payload): Python,
+/// JavaScript, Rust, Go, Java, .NET, Ruby.
 const CLIENT_PREFIXES: [&str; 7] = ["mp", "ms", "mr", "mg", "mj", "mn", "mb"];
 const UNAVAILABLE_BODY: &str =
     "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>";
@@ -233,8 +233,8 @@ async fn api(
     }
 }
 
-/// The checks of docs/protocol.md#the-test-server, in order: throttle, key id, decryption, client
-/// id and signature, client version, then the endpoint. Returns the transmission key and the
+/// The checks of docs/dev/protocol.md#the-test-server, in order: throttle, key id, decryption,
+/// client id and signature, client version, then the endpoint. Returns the transmission key and the
 /// response JSON to encrypt with it.
 fn handle(
     shared: &Shared,

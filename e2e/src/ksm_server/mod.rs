@@ -1,12 +1,12 @@
-//! A KSM-compatible test server (docs/protocol.md#the-test-server).
+//! A KSM-compatible test server (docs/dev/protocol.md#the-test-server).
 //!
-//! It speaks the protocol of docs/protocol.md byte for byte: HTTPS on loopback with its own CA, its
-//! own P-256 server key and key id, one-time tokens and device binding, signed requests,
+//! It speaks the protocol of docs/dev/protocol.md byte for byte: HTTPS on loopback with its own CA,
+//! its own P-256 server key and key id, one-time tokens and device binding, signed requests,
 //! `clientVersion` checks, `get_secret` / `get_folders` encrypted exactly as Keeper does, file
-//! downloads, the real error bodies, fault injection and request counters. The official Python
-//! and JavaScript SDKs run against it in `e2e/interop/`.
+//! downloads, the real error bodies, fault injection and request counters. The official Python and
+//! JavaScript SDKs run against it in `e2e/interop/`.
 //!
-//! Behaviour where the real service is not fully documented (docs/protocol.md#open-questions):
+//! Behaviour where the real service is not fully documented (docs/dev/protocol.md#open-questions):
 //! - A one-time token already bound to one device, presented by another: 403 `access_denied`
 //!   "Signature is invalid" (what Keeper's recorded traffic shows for a reused token). An
 //!   unknown client id or an expired, never-used token: 403 `access_denied` "Unable to
@@ -94,7 +94,7 @@ pub struct ServerHandle {
 }
 
 /// The config JSON the SDKs write, with only the keys every SDK reads
-/// (docs/protocol.md#configuration).
+/// (docs/dev/protocol.md#configuration).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ConfigJson<'a> {

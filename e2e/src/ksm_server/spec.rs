@@ -56,7 +56,7 @@ pub struct RecordSpec {
     pub listing: Listing,
 }
 
-/// Where `get_secret` puts a record of a shared folder (docs/protocol.md#key-hierarchy).
+/// Where `get_secret` puts a record of a shared folder (docs/dev/protocol.md#key-hierarchy).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Listing {

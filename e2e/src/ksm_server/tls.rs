@@ -1,5 +1,5 @@
 //! The server's own PKI: a fresh CA per server and a leaf for `127.0.0.1` / `localhost`, so clients
-//! keep certificate verification on and only trust the CA (docs/protocol.md#the-test-server).
+//! keep certificate verification on and only trust the CA (docs/dev/protocol.md#the-test-server).
 
 use anyhow::Context;
 use rcgen::{

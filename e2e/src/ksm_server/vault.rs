@@ -1,7 +1,7 @@
 //! The live vault: keys for every app, folder, record and file, devices bound to apps, and the
-//! encrypted views the endpoints return (docs/protocol.md#responses). Ciphertexts of record data
-//! and files are computed when a record is set and then served unchanged, as a real vault stores
-//! them.
+//! encrypted views the endpoints return (docs/dev/protocol.md#responses). Ciphertexts of record
+//! data and files are computed when a record is set and then served unchanged, as a real vault
+//! stores them.
 
 use super::spec::{FileSpec, RecordSpec, VaultSpec};
 use super::wire::{SIGNATURE_INVALID, UNABLE_TO_VALIDATE};
@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Real record revisions are large vault-wide counters (1411018 in the recorded traffic).
 const FIRST_REVISION: i64 = 1_411_000;
-/// Real vault plaintexts are right-padded with spaces (docs/protocol.md#encodings); clients must
-/// ignore the padding.
+/// Real vault plaintexts are right-padded with spaces (docs/dev/protocol.md#encodings); clients
+/// must ignore the padding.
 const PAD_TO: usize = 128;
 
 mod views;
@@ -328,7 +328,7 @@ impl Vault {
         self.devices.get(client_id).map(|d| d.app.as_str())
     }
 
-    /// Steps 4–5 of docs/protocol.md#the-test-server: look up the client id, bind on first use,
+    /// Steps 4–5 of docs/dev/protocol.md#the-test-server: look up the client id, bind on first use,
     /// verify the signature.
     ///
     /// A token reused by a second device fails with "Signature is invalid", as in the recorded

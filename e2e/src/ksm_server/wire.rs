@@ -1,6 +1,6 @@
 //! What travels on the wire: request decoding (transmission key, body, signature), the JSON
-//! shapes of responses (docs/protocol.md#responses) and the real server's error bodies
-//! (docs/protocol.md#errors).
+//! shapes of responses (docs/dev/protocol.md#responses) and the real server's error bodies
+//! (docs/dev/protocol.md#errors).
 
 use super::faults::{RetryAfterHeader, Throttle, ThrottleBody};
 use axum::http::{HeaderMap, StatusCode};
@@ -12,14 +12,14 @@ use serde::{Deserialize, Serialize};
 pub(crate) struct DecodedRequest {
     pub transmission_key: AesKey,
     /// `TransmissionKey raw bytes ‖ encrypted body`: what the device signed
-    /// (docs/protocol.md#signature).
+    /// (docs/dev/protocol.md#signature).
     pub signed: Vec<u8>,
     pub signature: Option<Vec<u8>>,
     pub payload: Payload,
 }
 
 /// The fields of a request payload the server reads; `null` and absent are the same
-/// (docs/protocol.md#payload).
+/// (docs/dev/protocol.md#payload).
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Payload {
@@ -81,8 +81,8 @@ pub(crate) fn decode_request(
     })
 }
 
-/// `get_secret` response (docs/protocol.md#key-hierarchy). Both `records` and `folders` are always
-/// present.
+/// `get_secret` response (docs/dev/protocol.md#key-hierarchy). Both `records` and `folders` are
+/// always present.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct SecretsResponse {
@@ -130,8 +130,8 @@ pub(crate) struct FileJson {
     pub thumbnail_url: Option<String>,
 }
 
-/// `get_folders` response (docs/protocol.md#folder-keys). The binding fields appear only when this
-/// call bound the device (only the Rust SDK binds through `get_folders`).
+/// `get_folders` response (docs/dev/protocol.md#folder-keys). The binding fields appear only when
+/// this call bound the device (only the Rust SDK binds through `get_folders`).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct FoldersResponse {
@@ -215,7 +215,7 @@ impl ErrorReply {
     /// Throttling as recorded from production (issue external-secrets#4107): 403 by default;
     /// `retry_after` only when asked for (the SDKs honour it when present). The text form and
     /// the `Retry-After` header are what rate limiters in front of a service send
-    /// (docs/protocol.md#throttling).
+    /// (docs/dev/protocol.md#throttling).
     pub fn throttled(path: &str, endpoint: &str, throttle: &Throttle) -> Self {
         let status = StatusCode::from_u16(throttle.status).unwrap_or(StatusCode::FORBIDDEN);
         let mut reply = match throttle.body {
@@ -269,7 +269,7 @@ impl ErrorReply {
     }
 
     /// 401 wrong transmission key id; `key_id` is a JSON number
-    /// (docs/protocol.md#key-rotation).
+    /// (docs/dev/protocol.md#key-rotation).
     pub fn wrong_key(key_id: u32) -> Self {
         #[derive(Serialize)]
         struct KeyError {

@@ -1,7 +1,7 @@
 //! Per-credential request budget (pure: the caller supplies the clock).
 //!
 //! Keeper throttles at about 100 requests per 10 s per client id and endpoint, and the window
-//! restarts on every request (docs/protocol.md#throttling). A token bucket well under that rate
+//! restarts on every request (docs/dev/protocol.md#throttling). A token bucket well under that rate
 //! keeps the operator from ever reaching it, and a block set from `retry_after` honours the server
 //! when something else sharing the credential did.
 

@@ -1,4 +1,4 @@
-//! The strict notation parser (docs/protocol.md#notation-syntax) and its inverse, `Display`.
+//! The strict notation parser (docs/dev/protocol.md#notation-syntax) and its inverse, `Display`.
 
 use super::{FieldKind, Notation, NotationError, Selector};
 use crate::ksm::crypto::b64_decode;
@@ -78,7 +78,8 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// A notation without `/` is base64url of the UTF-8 notation (docs/protocol.md#notation-syntax).
+/// A notation without `/` is base64url of the UTF-8 notation
+/// (docs/dev/protocol.md#notation-syntax).
 fn decode_base64_form(text: &str) -> Result<String, NotationError> {
     let bytes = b64_decode(text)
         .map_err(|_| syntax("expected a keeper:// notation or its URL-safe base64 form"))?;

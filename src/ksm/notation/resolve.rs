@@ -1,4 +1,5 @@
-//! Resolving a parsed notation against decrypted records (docs/protocol.md#notation-resolution).
+//! Resolving a parsed notation against decrypted records
+//! (docs/dev/protocol.md#notation-resolution).
 
 use super::{FieldKind, Notation, NotationError, NotationValue, Selector};
 use crate::ksm::record::{Record, find_field};

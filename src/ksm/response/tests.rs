@@ -9,7 +9,7 @@ const FOLDER: &str = "y6FBhg7C-wy2zaM0-ouI-Q";
 const SUB: &str = "ZUx3UkTzy2pgLFHNTiMMUw";
 const SUB2: &str = "Zc2cqZrGy0bH0DzsBQ2kxg";
 
-/// Pads like the real vault (docs/protocol.md#encodings) so the decoder must tolerate trailing
+/// Pads like the real vault (docs/dev/protocol.md#encodings) so the decoder must tolerate trailing
 /// spaces.
 fn padded(value: &Value) -> Vec<u8> {
     let mut text = value.to_string().into_bytes();

@@ -1,5 +1,5 @@
 //! The encrypted views the endpoints return: `get_secret`
-//! (docs/protocol.md#key-hierarchy) and `get_folders` (docs/protocol.md#folder-keys).
+//! (docs/dev/protocol.md#key-hierarchy) and `get_folders` (docs/dev/protocol.md#folder-keys).
 
 use super::{Record, Vault, padded};
 use crate::ksm_server::spec::Listing;
@@ -11,7 +11,8 @@ use keeper_operator::ksm::crypto::{AesKey, aes_cbc_encrypt, aes_gcm_encrypt, b64
 use serde_json::json;
 use std::collections::BTreeSet;
 
-/// Which records and folders a `get_secret` asks for; empty means all (docs/protocol.md#endpoints).
+/// Which records and folders a `get_secret` asks for; empty means all
+/// (docs/dev/protocol.md#endpoints).
 pub(crate) struct Filter {
     pub records: Option<BTreeSet<String>>,
     pub folders: Option<BTreeSet<String>>,
@@ -96,7 +97,7 @@ impl Vault {
         false
     }
 
-    /// The decrypted-JSON view of `get_secret` for an app (docs/protocol.md#key-hierarchy).
+    /// The decrypted-JSON view of `get_secret` for an app (docs/dev/protocol.md#key-hierarchy).
     pub fn secrets_response(
         &self,
         app_name: &str,
@@ -188,8 +189,9 @@ impl Vault {
         })
     }
 
-    /// The `get_folders` view (docs/protocol.md#folder-keys): shared folders GCM under the app key,
-    /// sub-folders CBC under their root shared folder's key, names CBC under each folder's own key.
+    /// The `get_folders` view (docs/dev/protocol.md#folder-keys): shared folders GCM under the app
+    /// key, sub-folders CBC under their root shared folder's key, names CBC under each folder's own
+    /// key.
     pub fn folders_response(
         &self,
         app_name: &str,

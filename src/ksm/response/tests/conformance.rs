@@ -1,6 +1,6 @@
 //! Conformance table: one known answer per response shape Keeper (or an SDK's mock of it) sends,
-//! each asserting the exact vault produced. docs/protocol.md#response-shapes lists the rows with
-//! the SDK change behind each.
+//! each asserting the exact vault produced. docs/dev/protocol.md#response-shapes lists the rows
+//! with the SDK change behind each.
 
 use super::*;
 
