@@ -241,6 +241,11 @@ fn the_argocd_cm_snippet_matches_the_chart() -> Result<()> {
         .find(|yaml| yaml.contains("resource.customizations.health."))
         .context("no argocd-cm snippet in docs/gitops.md")?;
     let patch: Value = serde_yaml_ng::from_str(block)?;
+    ensure!(
+        patch["metadata"] == json!({"name": "argocd-cm", "namespace": "argocd"}),
+        "the snippet must name argocd-cm in argocd: {}",
+        patch["metadata"]
+    );
     let data = &patch["data"];
     let text = |v: &Value| v.as_str().map(str::to_string).context("not a string");
     let file = |p: &str| std::fs::read_to_string(argocd_script(p));
