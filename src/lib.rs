@@ -1,6 +1,7 @@
 //! keeper-operator: syncs Keeper Secrets Manager records into native Kubernetes Secrets.
 pub mod api;
 pub mod backoff;
+pub(crate) mod bounded_cache;
 pub mod cli;
 pub mod controller;
 pub mod error;

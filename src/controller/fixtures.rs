@@ -97,6 +97,11 @@ impl FakeApi {
     async fn handle(&self, req: Request<Body>) -> Response<Body> {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        let metadata_only = req
+            .headers()
+            .get("accept")
+            .and_then(|a| a.to_str().ok())
+            .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
         let body = req.into_body().collect_bytes().await.unwrap_or_default();
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let mut state = lock(&self.0);
@@ -106,7 +111,8 @@ impl FakeApi {
                 .push(body["reason"].as_str().unwrap_or_default().into());
             return respond(StatusCode::CREATED, &body);
         }
-        state.requests.push(format!("{method} {path}"));
+        let shape = if metadata_only { " (metadata)" } else { "" };
+        state.requests.push(format!("{method} {path}{shape}"));
         // A subresource write lands on its object.
         let (key, subresource) = match path.strip_suffix("/status") {
             Some(object) => (object.to_string(), Some("status")),

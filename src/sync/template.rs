@@ -131,7 +131,7 @@ pub struct Source {
 }
 
 /// Which kind of object a `templateFrom` entry names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SourceKind {
     /// A ConfigMap (`data` and `binaryData`).
     ConfigMap,

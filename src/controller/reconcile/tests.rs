@@ -728,3 +728,49 @@ async fn a_storm_of_sync_requests_costs_one_sync_per_spacing() {
     assert_eq!(f.api.take_requests(), Vec::<String>::new());
     assert_eq!(f.keeper_calls(), 2, "coalesced: no Keeper call");
 }
+
+#[tokio::test]
+async fn an_unchanged_template_source_costs_a_metadata_read_not_its_content() {
+    // The source cache is process-wide: a name no other test uses.
+    const SOURCE: &str = "unchanged-source-is-cached";
+    let path = format!("/api/v1/namespaces/{NS}/configmaps/{SOURCE}");
+    let f = fixture();
+    f.api.put(
+        &path,
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": SOURCE, "namespace": NS},
+            "data": {"url": "postgres://app:{{ password }}@db"},
+        }),
+    );
+    f.create(&keeper_secret(json!({
+        "target": {"template": {"templateFrom": [{"configMap": {"name": SOURCE}}]}},
+    })));
+    let reads = |f: &Fixture| -> Vec<String> {
+        f.api
+            .take_requests()
+            .into_iter()
+            .filter(|r| r.contains("/configmaps/"))
+            .collect()
+    };
+    let url = |f: &Fixture| f.secret(NS, "db").unwrap().data.unwrap()["url"].0.clone();
+    f.reconcile(NS, "db").await.unwrap();
+    assert_eq!(url(&f), b"postgres://app:s3cret@db");
+    assert_eq!(
+        reads(&f),
+        [format!("GET {path} (metadata)"), format!("GET {path}")]
+    );
+    // Unchanged: its version is checked, its content comes from the cache.
+    forced(&f).await.unwrap();
+    assert_eq!(reads(&f), [format!("GET {path} (metadata)")]);
+    // Edited: read whole again, and used.
+    f.api.edit(&path, |cm| {
+        cm["data"]["url"] = json!("postgres://app:{{ password }}@replica");
+    });
+    forced(&f).await.unwrap();
+    assert_eq!(
+        reads(&f),
+        [format!("GET {path} (metadata)"), format!("GET {path}")]
+    );
+    assert_eq!(url(&f), b"postgres://app:s3cret@replica");
+}

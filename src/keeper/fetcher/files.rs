@@ -6,35 +6,16 @@
 //! least-recently-used eviction, keeps the total bounded; an evicted file is downloaded again
 //! when next needed.
 
-use std::collections::HashMap;
-
-use crate::lock;
+use crate::bounded_cache::BoundedCache;
 
 use super::FileBytes;
 
 /// Default total size of cached attachments, across all credentials.
 pub const DEFAULT_FILES_BUDGET: usize = 32 << 20;
 
-/// One cached file: its record revision, content and last use (a logical clock).
-struct Entry {
-    revision: i64,
-    bytes: FileBytes,
-    used: u64,
-}
-
-#[derive(Default)]
-struct Inner {
-    /// By (credential id, file UID).
-    entries: HashMap<(String, String), Entry>,
-    total: usize,
-    clock: u64,
-}
-
-/// Attachments of all credentials, at most `budget` bytes in total.
-pub struct FileCache {
-    budget: usize,
-    inner: std::sync::Mutex<Inner>,
-}
+/// Attachments of all credentials by (credential id, file UID), each for one record revision,
+/// at most `budget` bytes in total.
+pub struct FileCache(BoundedCache<(String, String), i64, FileBytes>);
 
 impl Default for FileCache {
     fn default() -> Self {
@@ -42,93 +23,45 @@ impl Default for FileCache {
     }
 }
 
+fn key(credential: &str, uid: &str) -> (String, String) {
+    (credential.to_string(), uid.to_string())
+}
+
 impl FileCache {
     pub fn new(budget: usize) -> Self {
-        FileCache {
-            budget,
-            inner: std::sync::Mutex::default(),
-        }
+        FileCache(BoundedCache::new(budget))
     }
 
     /// The cached content of `uid` if it belongs to `revision`; marks it used.
     pub fn get(&self, credential: &str, uid: &str, revision: i64) -> Option<FileBytes> {
-        let mut inner = lock(&self.inner);
-        inner.clock += 1;
-        let now = inner.clock;
-        let entry = inner
-            .entries
-            .get_mut(&(credential.to_string(), uid.to_string()))?;
-        (entry.revision == revision).then(|| {
-            entry.used = now;
-            entry.bytes.clone()
-        })
+        self.0.get(&key(credential, uid), &revision)
     }
 
     /// Caches a file, evicting the least recently used ones to stay within the budget. A file
     /// larger than the whole budget is not cached.
     pub fn insert(&self, credential: &str, uid: &str, revision: i64, bytes: FileBytes) {
-        if bytes.len() > self.budget {
-            return;
-        }
-        let mut inner = lock(&self.inner);
-        let key = (credential.to_string(), uid.to_string());
-        if let Some(old) = inner.entries.remove(&key) {
-            inner.total -= old.bytes.len();
-        }
-        while inner.total + bytes.len() > self.budget {
-            let Some(oldest) = inner
-                .entries
-                .iter()
-                .min_by_key(|(_, e)| e.used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            if let Some(evicted) = inner.entries.remove(&oldest) {
-                inner.total -= evicted.bytes.len();
-            }
-        }
-        inner.clock += 1;
-        let used = inner.clock;
-        inner.total += bytes.len();
-        inner.entries.insert(
-            key,
-            Entry {
-                revision,
-                bytes,
-                used,
-            },
-        );
+        let len = bytes.len();
+        self.0.insert(key(credential, uid), revision, bytes, len);
     }
 
     /// Keeps only the files of `credential` for which `keep(uid, revision)` holds.
     pub fn retain(&self, credential: &str, mut keep: impl FnMut(&str, i64) -> bool) {
-        let mut inner = lock(&self.inner);
-        let mut freed = 0;
-        inner.entries.retain(|(cred, uid), e| {
-            let kept = cred != credential || keep(uid, e.revision);
-            if !kept {
-                freed += e.bytes.len();
-            }
-            kept
-        });
-        inner.total -= freed;
+        self.0
+            .retain(|(cred, uid), revision| cred != credential || keep(uid, *revision));
     }
 
     /// The cached files of `credential`: UID, revision and content.
     pub fn of(&self, credential: &str) -> Vec<(String, i64, FileBytes)> {
-        let inner = lock(&self.inner);
-        inner
-            .entries
-            .iter()
-            .filter(|((cred, _), _)| cred == credential)
-            .map(|((_, uid), e)| (uid.clone(), e.revision, e.bytes.clone()))
+        self.0
+            .select(|(cred, _)| cred == credential)
+            .into_iter()
+            .map(|((_, uid), revision, bytes)| (uid, revision, bytes))
             .collect()
     }
 
     /// Bytes cached now, across all credentials.
     pub fn total(&self) -> usize {
-        lock(&self.inner).total
+        self.0.total()
     }
 }
 
