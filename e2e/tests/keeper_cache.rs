@@ -937,3 +937,59 @@ async fn a_refused_credentials_sealed_copy_is_destroyed_after_the_maximum_age() 
     );
     w.finish(&mut [&mut operator]).await
 }
+
+/// A Keeper answer too large to seal into a Secret (the API server refuses one over 1 MiB) is
+/// served from memory, reported once (metric and one log line), and not sent to the API server
+/// again at the next fetches of the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_too_large_to_seal_is_reported_once_and_served_from_memory() -> Result<()> {
+    let w = World::start("cache-too-large").await?;
+    // 1.2 MB of notes that do not compress (hex of a simple generator's output).
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let notes: String = (0..1_200_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from_digit((state % 16) as u32, 16).unwrap_or('0')
+        })
+        .collect();
+    let mut record = w.postgres_with_password(json!(["fits-in-memory"]))?;
+    record.notes = Some(notes);
+    w.server.set_record(record)?;
+    let operator = w.operator().await?;
+    // Refreshed every 5 s: several fetches of the same data.
+    w.create(&names("big", 0..2), "5s").await?;
+    w.wait_all(2, "Synced").await?;
+    let calls = w.get_secret_calls();
+    wait_until("two more fetches", TIMEOUT, || async {
+        Ok((w.get_secret_calls() >= calls + 2).then_some(()))
+    })
+    .await?;
+    ensure!(assert_passwords_in(&w, &["fits-in-memory"]).await? == 2);
+
+    let metrics = operator
+        .scrape_metrics(w.env.metrics_reader_token().await?)
+        .await?;
+    let too_large: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("keeper_operator_keeper_store_too_large"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    ensure!(too_large == 1.0, "store_too_large: {too_large}");
+    let logs = operator.logs();
+    ensure!(
+        logs.matches("too large to persist").count() == 1,
+        "one log line for one body"
+    );
+    // Nothing sealed for it in the operator's namespace.
+    let cache_api: Api<Secret> = Api::namespaced(w.env.cluster.client(), &w.env.chart.namespace);
+    let lp = ListParams::default().labels("app.kubernetes.io/component=last-good-cache");
+    for cache in cache_api.list(&lp).await?.items {
+        ensure!(
+            !cache.data.unwrap_or_default().contains_key("snapshot"),
+            "an oversize copy was stored"
+        );
+    }
+    Ok(())
+}

@@ -136,7 +136,7 @@ impl Default for Metrics {
         );
         registry.register(
             "keeper_store_too_large",
-            "Keeper answers too large to persist as the last good copy (kept in memory only)",
+            "Times the last good copy turned too large to persist (it is kept in memory only)",
             fetch_stats.store_too_large.clone(),
         );
         registry.register_collector(Box::new(BudgetUse(fetch_stats.clone())));

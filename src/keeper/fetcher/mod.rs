@@ -177,8 +177,8 @@ pub struct FetchStats {
     pub cache_hits: Counter,
     /// Snapshots restored from the persisted last-good store.
     pub store_restores: Counter,
-    /// Snapshots too large to persist (the API server refuses a Secret over 1 MiB); each
-    /// distinct body is counted once.
+    /// Times the last good copy turned too large to persist (the API server refuses a Secret
+    /// over 1 MiB); counted again only after a copy that fits was persisted.
     pub store_too_large: Counter,
     /// Callers served a stale last good copy.
     pub stale_served: Counter,
@@ -558,13 +558,16 @@ impl CredentialFetcher {
         let sealed = sealed::seal(&self.source.cache_key(), fetched_at, body);
         let len = sealed.len();
         if len > sealed::MAX_STORED_BYTES {
-            // The API server would refuse it: say so once for this body instead of sending
-            // (and being refused) again at every fetch. The copy in memory is still served.
+            // The API server would refuse it: never send it, and say so once, when the copy
+            // turns too large (Keeper's answers differ byte for byte at every fetch, even with
+            // the same records). The copy in memory is still served.
             state.persisted = Some(fingerprint);
-            state.persist_refused = true;
-            self.stats.store_too_large.inc();
-            tracing::warn!(credential = %self.id, sealed_bytes = len, limit_bytes = sealed::MAX_STORED_BYTES,
-                "the last good copy is too large to persist; it is kept in memory only");
+            if !state.persist_refused {
+                state.persist_refused = true;
+                self.stats.store_too_large.inc();
+                tracing::warn!(credential = %self.id, sealed_bytes = len, limit_bytes = sealed::MAX_STORED_BYTES,
+                    "the last good copy is too large to persist; it is kept in memory only");
+            }
             return;
         }
         match store.save(&self.id, Part::Snapshot, sealed).await {
