@@ -19,7 +19,9 @@ use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use jiff::Timestamp;
 use keeper_e2e::harness::{KUBE_VERSION, run, workspace_root};
-use keeper_e2e::rbac_audit::{ApiServerStart, Exception, Usage, granted, parse_line, parse_starts};
+use keeper_e2e::rbac_audit::{
+    ApiServerStart, Exception, Usage, granted, may_be_operator, parse_line, parse_starts,
+};
 
 /// Checks the chart's RBAC against what the operator did during an e2e run.
 #[derive(Parser)]
@@ -136,6 +138,9 @@ fn read_usage(args: &Args) -> Result<Usage> {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         for (n, line) in text.lines().enumerate() {
+            if !may_be_operator(line) {
+                continue;
+            }
             let event =
                 parse_line(line).with_context(|| format!("{}:{}", file.display(), n + 1))?;
             if let Some(event) = event {
