@@ -107,7 +107,11 @@ async fn files_are_decoded_then_templated_then_hashed() {
         file: b"aGVsbG8=".to_vec(),
         ..Stub::default()
     };
-    let d = applied(built(&ks, &vault(vec![record(UID, "pw")]), &stub).await.unwrap());
+    let d = applied(
+        built(&ks, &vault(vec![record(UID, "pw")]), &stub)
+            .await
+            .unwrap(),
+    );
     let data = d.secret.data.clone().unwrap();
     assert_eq!(data["cert"].0, b"hello");
     assert_eq!(data["both"].0, b"pw:hello");
@@ -181,7 +185,9 @@ async fn every_record_gone_under_delete_deletes_without_downloading() {
         ],
         "target": {"deletionPolicy": "Delete"},
     }));
-    let b = built(&ks, &vault(vec![record(UID, "pw")]), &stub).await.unwrap();
+    let b = built(&ks, &vault(vec![record(UID, "pw")]), &stub)
+        .await
+        .unwrap();
     assert_eq!((b.keys, b.gone.len()), (1, 1));
 }
 
