@@ -1,7 +1,7 @@
 //! The reconciler. One KeeperSecret's sync is a pipeline (see [`sync`]):
 //!
 //! observe (credential, target Secret, memo) → decide (is anything due?) → fetch (the
-//! credential's shared snapshot) → build (allow-list, mapping, files, template, desired Secret)
+//! credential's shared snapshot) → build ([`build`]: the checks `kubectl keeper render` runs too)
 //! → guard and apply (Secret, then rollout restarts) → report (status, event).
 //!
 //! Every decision is a pure function in its own module (`refresh`, `mapping`, `template`,
