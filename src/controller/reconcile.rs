@@ -1,7 +1,7 @@
 //! The reconciler. One KeeperSecret's sync is a pipeline (see [`sync`]):
 //!
 //! observe (credential, target Secret, memo) → decide (is anything due?) → fetch (the
-//! credential's shared snapshot) → build ([`build`]: the checks `kubectl keeper render` runs too)
+//! credential's shared snapshot) → build ([`crate::sync::build`]: the checks `kubectl keeper render` runs too)
 //! → guard and apply (Secret, then rollout restarts) → report (status, event).
 //!
 //! Every decision is a pure function in its own module (`refresh`, `mapping`, `template`,
@@ -510,7 +510,8 @@ impl<S: KeeperSource> build::Inputs for Sources<'_, S> {
     }
 }
 
-/// Build: the desired Secret from `vault` through the checks every caller runs ([`build`]).
+/// Build: the desired Secret from `vault` through the checks every caller runs
+/// ([`build::build`]).
 async fn build<S: KeeperSource>(
     ctx: &Context<S>,
     ks: &KeeperSecret,
