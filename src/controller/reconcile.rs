@@ -1,8 +1,8 @@
 //! The reconciler. One KeeperSecret's sync is a pipeline (see [`sync`]):
 //!
 //! observe (credential, target Secret, memo) → decide (is anything due?) → fetch (the
-//! credential's shared snapshot) → build ([`crate::sync::build`]: the checks `kubectl keeper render` runs too)
-//! → guard and apply (Secret, then rollout restarts) → report (status, event).
+//! credential's shared snapshot) → build ([`crate::sync::build`], the checks `kubectl keeper
+//! render` runs too) → guard and apply (Secret, then rollout restarts) → report (status, event).
 //!
 //! Every decision is a pure function in its own module (`refresh`, `mapping`, `template`,
 //! `desired`, `guard`, `status`); this file sequences them and does the I/O. On any failure the
