@@ -1,17 +1,24 @@
 //! `kubectl keeper`: the operator binary installed as the `kubectl-keeper` plugin, found by the
 //! real kubectl on PATH, against the real control plane and the KSM test server.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
 use keeper_e2e::harness::{
     create_secret, operator_binary, secret_bytes, secret_text, wait_until, workspace_root,
 };
 use keeper_e2e::ksm_server::ServerOptions;
 use keeper_e2e::world::{POSTGRES, World, keeper_secret_manifest};
+use keeper_operator::api::KeeperSecret;
+use keeper_operator::cli::plugin::{render_key, render_table};
 use keeper_operator::ksm::config::KsmConfig;
+use keeper_operator::sync::desired::Desired;
+use kube::ResourceExt;
 use kube::api::PostParams;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -58,12 +65,6 @@ async fn kubectl_keeper_status_refresh_why_and_render() -> Result<()> {
     let ns = w.env.app_namespace.clone();
     w.apply_example("database.yaml")?;
     w.kubectl_wait_ready("postgres")?;
-    let secret = secret_bytes(&w.secrets().get("postgres-credentials").await?);
-    let values: Vec<String> = secret
-        .values()
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .collect();
-    let no_value = |text: &str| values.iter().all(|v| !text.contains(v.as_str()));
 
     // status: one line per KeeperSecret.
     let (ok, out, err) = kubectl_keeper(&w, &dir, &["status", "-n", &ns])?;
@@ -120,40 +121,115 @@ async fn kubectl_keeper_status_refresh_why_and_render() -> Result<()> {
         "why: {why}"
     );
 
-    // render: the same keys and sizes the operator wrote, and no value.
+    // render: for every example, what the operator wrote, and no value.
     let config = dir.join("ksm-config");
     std::fs::write(&config, &w.config)?;
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, w.server.ca_pem())?;
-    let manifest = workspace_root().join("e2e/examples/database.yaml");
-    let args = [
-        "render",
-        "-f",
-        manifest.to_str().context("path")?,
-        "--config",
-        config.to_str().context("path")?,
-        "--ca-file",
-        ca.to_str().context("path")?,
-    ];
-    let (ok, out, err) = kubectl_keeper(&w, &dir, &args)?;
-    ensure!(ok, "render failed: {err}");
-    ensure!(no_value(&out) && no_value(&err), "render shows a value");
-    ensure!(
-        out.starts_with(&format!(
-            "Secret postgres-credentials ({} keys):",
-            secret.len()
-        )),
-        "render: {out}"
-    );
-    for (key, value) in &secret {
-        let row = out
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(key.as_str()))
-            .with_context(|| format!("no row for {key} in:\n{out}"))?;
-        let size = row.split_whitespace().nth(1).unwrap_or_default();
-        ensure!(size == value.len().to_string(), "size of {key}: {row}");
+    let render = |manifest: &Path, store: Option<&Path>| -> Result<(bool, String, String)> {
+        let mut args = vec![
+            "render".to_string(),
+            "-f".into(),
+            manifest.to_str().context("path")?.into(),
+            "--config".into(),
+            config.to_str().context("path")?.into(),
+            "--ca-file".into(),
+            ca.to_str().context("path")?.into(),
+        ];
+        if let Some(store) = store {
+            args.extend(["--store".into(), store.to_str().context("path")?.into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        kubectl_keeper(&w, &dir, &args)
+    };
+    let examples = workspace_root().join("e2e/examples");
+    for example in EXAMPLES {
+        w.apply_example(example)?;
     }
+    for example in EXAMPLES {
+        let manifest = examples.join(example);
+        let ks: KeeperSecret = serde_yaml_ng::from_str(&std::fs::read_to_string(&manifest)?)?;
+        w.kubectl_wait_ready(&ks.name_any())?;
+        let written = secret_bytes(&w.secrets().get(&ks.target_name()).await?);
+        let (ok, out, err) = render(&manifest, None)?;
+        ensure!(ok, "render {example} failed: {err}");
+        // Equal to a table of names, sizes and hashes, stdout shows no value; nor does stderr
+        // (values shorter than 8 bytes could match by chance).
+        ensure!(
+            out == expected_render(&ks, &written, &w.config),
+            "render {example}:\n{out}"
+        );
+        let shown = written
+            .values()
+            .filter(|v| v.len() >= 8)
+            .any(|v| err.contains(String::from_utf8_lossy(v).as_ref()));
+        ensure!(!shown, "render {example} shows a value: {err}");
+    }
+
+    // The store's allow-list applies with --store: its record renders, any other is refused
+    // with the operator's reason.
+    let store = examples.join("cluster-store.yaml");
+    let (ok, out, err) = render(&examples.join("store-user.yaml"), Some(&store))?;
+    let stripe = w.vault_value("SsxoiM-FPCF65F54JaY3jQ", "password")?;
+    ensure!(
+        ok && out.lines().any(|l| l
+            .split_whitespace()
+            .take(2)
+            .eq(["api-key", &stripe.len().to_string()])),
+        "render store-user: {out}{err}"
+    );
+    let forbidden = dir.join("forbidden.yaml");
+    std::fs::write(
+        &forbidden,
+        serde_json::to_vec(&keeper_secret_manifest(
+            "forbidden",
+            serde_json::json!({
+                "auth": {"storeRef": {"name": "shared"}},
+                "data": [{"key": "k", "notation": format!("keeper://{POSTGRES}/field/password")}]
+            }),
+        ))?,
+    )?;
+    let (ok, _, err) = render(&forbidden, Some(&store))?;
+    ensure!(
+        !ok && err.contains("the operator would refuse this KeeperSecret (NotAllowed)"),
+        "render forbidden: {err}"
+    );
     w.finish(&mut [&mut operator]).await
+}
+
+/// The KeeperSecret examples the test server's sample vault satisfies with a Secret in the
+/// namespace (`store-user.yaml` needs a ClusterKeeperStore; it is rendered with `--store`).
+const EXAMPLES: [&str; 6] = [
+    "keepersecret.yaml",
+    "database.yaml",
+    "connection-url.yaml",
+    "files.yaml",
+    "whole-record.yaml",
+    "folder.yaml",
+];
+
+/// What `kubectl keeper render` must print for `ks` when the operator wrote `written`.
+///
+/// The operator keys its hashes with the credential and the KeeperSecret's UID, which a
+/// manifest on disk does not have; render keys them with the config alone ([`render_key`]). So
+/// the operator's Secret is hashed here with render's key: equal hashes mean equal bytes under
+/// every key, and the table compares key set, sizes, per-key hashes and the whole-data hash
+/// (what the data-hash annotation covers). None of the examples uses `htpasswd`, whose salt
+/// also comes from the key.
+fn expected_render(ks: &KeeperSecret, written: &BTreeMap<String, Vec<u8>>, config: &str) -> String {
+    let data: BTreeMap<String, ByteString> = written
+        .iter()
+        .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+        .collect();
+    let key = render_key(config);
+    let desired = Desired {
+        hash: key.hash(written.iter().map(|(k, v)| (k.as_str(), v.as_slice()))),
+        secret: Secret {
+            data: Some(data),
+            ..Secret::default()
+        },
+    };
+    render_table(ks, &desired, &key)
 }
 
 /// An IL5 token (`IL5:KEY:KEY_ID:SERVER_KEY`) in a credential Secret is redeemed in the cluster

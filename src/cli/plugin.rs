@@ -5,25 +5,26 @@
 //! names, sizes and keyed hashes, never a value.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{FORCE_SYNC_ANNOTATION, KeeperSecret};
+use crate::api::{ClusterKeeperStore, FORCE_SYNC_ANNOTATION, KeeperSecret};
 use crate::cli::keeper::{load_config_text, print_warnings};
-use crate::ksm::client::MAX_RESPONSE_BYTES;
+use crate::error::Error;
+use crate::ksm::record::{KeeperFile, Vault};
 use crate::ksm::{ClientOptions, KsmClient, KsmConfig, Query};
-use crate::sync::desired::HashKey;
-use crate::sync::mapping::{self, Bytes, Content};
+use crate::sync::allowlist::AllowList;
+use crate::sync::build;
+use crate::sync::desired::{Desired, HashKey};
+use crate::sync::mapping::Bytes;
 use crate::sync::status::STALE;
-use crate::sync::{decoding, template};
 
 /// KeeperSecrets from the command line: status, refresh, render, why.
 #[derive(Debug, clap::Parser)]
@@ -54,6 +55,11 @@ pub enum PluginCommand {
         timeout: kube::core::Duration,
     },
     /// Dry run: what a KeeperSecret manifest would write, as key names, sizes and keyed hashes.
+    ///
+    /// Runs the operator's checks (allow-list, undecryptable data, deletion policy, decoding,
+    /// template, size limit) and fails with the reason the operator would report. Reads nothing
+    /// from the cluster: templateFrom is refused, a storeRef's allow-list applies only with
+    /// --store, and the target Secret's ownership is not checked.
     Render {
         /// The KeeperSecret manifest (YAML or JSON).
         #[arg(short = 'f', long = "filename")]
@@ -64,6 +70,11 @@ pub enum PluginCommand {
         /// PEM file with extra CA certificates to trust for the Keeper endpoint.
         #[arg(long, value_name = "PEM")]
         ca_file: Option<PathBuf>,
+        /// The ClusterKeeperStore manifest (YAML or JSON) the KeeperSecret's storeRef names:
+        /// render reads nothing from the cluster, so only with it does the store's allow-list
+        /// apply; without it, every record the local config reads is allowed.
+        #[arg(long, value_name = "FILE")]
+        store: Option<PathBuf>,
     },
     /// Why a KeeperSecret is in its state: its conditions and latest events, in plain words.
     Why {
@@ -79,9 +90,17 @@ pub async fn run_plugin(cli: PluginCli) -> anyhow::Result<()> {
         file,
         config,
         ca_file,
+        store,
     } = cli.command
     {
-        return render(&file, config.as_ref(), ca_file.as_ref(), &mut out).await;
+        return render(
+            &file,
+            config.as_ref(),
+            ca_file.as_ref(),
+            store.as_ref(),
+            &mut out,
+        )
+        .await;
     }
     let client = Client::try_default()
         .await
@@ -313,6 +332,7 @@ async fn render(
     file: &PathBuf,
     config: Option<&PathBuf>,
     ca_file: Option<&PathBuf>,
+    store: Option<&PathBuf>,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let manifest =
@@ -330,6 +350,7 @@ async fn render(
             "render uses inline templates only: templateFrom reads ConfigMaps and Secrets in the cluster"
         );
     }
+    let allow = store_allow_list(&ks, store)?;
     let text = load_config_text(config)?;
     let options = ClientOptions {
         extra_ca_pem: ca_file
@@ -340,40 +361,105 @@ async fn render(
     let client = KsmClient::new(KsmConfig::parse(&text)?, &options)?;
     let vault = client.get_secrets(&Query::default()).await?;
     print_warnings(&vault.warnings);
-    let plan = mapping::plan(&ks.spec, &vault)?;
-    let mut data = BTreeMap::new();
-    for (key, content) in plan.entries {
-        let bytes: Bytes = match content {
-            Content::Value(v) => v,
-            Content::File(f) => zeroize::Zeroizing::new(
-                client.download_file(&f, MAX_RESPONSE_BYTES).await?.to_vec(),
-            ),
-        };
-        data.insert(key, bytes);
-    }
-    let data = decoding::apply(&plan.decoding, data)?;
-    let key = HashKey::derive(text.as_bytes(), "kubectl-keeper-render");
-    let template = ks.spec.target.as_ref().and_then(|t| t.template.as_ref());
-    let data = template::apply(template, BTreeMap::new(), data, &key)?;
-    for gone in &plan.gone {
-        eprintln!("warning: {gone} is not in Keeper; the deletion policy leaves its keys out");
-    }
-    write!(out, "{}", render_table(&ks, &data, &key))?;
+    let key = render_key(&text);
+    let text = dry_run(&ks, allow.as_ref(), &vault, &key, &Downloads(&client)).await?;
+    write!(out, "{text}")?;
     Ok(())
 }
 
-/// Key, size and keyed hash of each value (the hash key derives from the KSM config, so only
-/// someone holding it can test a guess against a hash).
-pub fn render_table(ks: &KeeperSecret, data: &BTreeMap<String, Bytes>, key: &HashKey) -> String {
+/// The allow-list of the ClusterKeeperStore manifest in `store`, for a KeeperSecret that names
+/// it. Render reads nothing from the cluster, so without the manifest a store's allow-list is
+/// unknown here: said on stderr, and the local config's whole vault is read.
+fn store_allow_list(
+    ks: &KeeperSecret,
+    store: Option<&PathBuf>,
+) -> anyhow::Result<Option<AllowList>> {
+    let named = ks.spec.auth.store_ref.as_ref().map(|s| s.name.as_str());
+    let Some(path) = store else {
+        if let Some(name) = named {
+            eprintln!(
+                "warning: ClusterKeeperStore {} may allow fewer records than the local config reads; pass --store with its manifest to apply its allow-list",
+                printable(name)
+            );
+        }
+        return Ok(None);
+    };
+    let manifest =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let store: ClusterKeeperStore = serde_yaml_ng::from_str(&manifest)
+        .with_context(|| format!("{} is not a ClusterKeeperStore manifest", path.display()))?;
+    let name = store.name_any();
+    if named != Some(name.as_str()) {
+        bail!(
+            "--store is ClusterKeeperStore {}, and the KeeperSecret's auth.storeRef does not name it",
+            printable(&name)
+        );
+    }
+    Ok(AllowList::of_store(&name, &store.spec))
+}
+
+/// The key of render's hashes: derived from the KSM config, so only someone holding it can test
+/// a guess against a hash. Not the operator's key (that one also takes the KeeperSecret's UID,
+/// which a manifest does not have yet).
+pub fn render_key(config_text: &str) -> HashKey {
+    HashKey::derive(config_text.as_bytes(), "kubectl-keeper-render")
+}
+
+/// File downloads with the CLI's own client.
+struct Downloads<'a>(&'a KsmClient);
+
+impl build::Inputs for Downloads<'_> {
+    async fn file(&self, file: &KeeperFile, _revision: i64, room: usize) -> Result<Bytes, Error> {
+        Ok(self.0.download_file(file, room as u64).await?)
+    }
+}
+
+/// What the operator would do with `ks` given `vault`, through the same build and checks
+/// ([`build::build`]); a refusal is the reason and message the operator's status would show.
+async fn dry_run(
+    ks: &KeeperSecret,
+    allow: Option<&AllowList>,
+    vault: &Vault,
+    key: &HashKey,
+    inputs: &impl build::Inputs,
+) -> anyhow::Result<String> {
+    let built = build::build(ks, allow, vault, key, inputs)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "the operator would refuse this KeeperSecret ({}): {e}",
+                e.reason()
+            )
+        })?;
+    for gone in &built.gone {
+        eprintln!(
+            "warning: {} is not in Keeper; the deletion policy leaves its keys out",
+            printable(gone)
+        );
+    }
+    Ok(match &built.write {
+        build::Write::Apply(desired) => render_table(ks, desired, key),
+        build::Write::Delete { .. } => format!(
+            "Secret {} would be deleted: every record it maps is gone from Keeper (deletionPolicy Delete)\n",
+            printable(&ks.target_name())
+        ),
+    })
+}
+
+/// Key, size and keyed hash of each value, and the hash of all of them (as the operator's
+/// data-hash annotation computes it, but with `key`).
+pub fn render_table(ks: &KeeperSecret, desired: &Desired, key: &HashKey) -> String {
+    let data = desired.secret.data.clone().unwrap_or_default();
     let mut rows = vec![["KEY", "BYTES", "HASH"].map(String::from)];
-    for (k, v) in data {
-        let hash = key.hash([(k.as_str(), v.as_slice())]);
-        rows.push([k.clone(), v.len().to_string(), hash]);
+    for (k, v) in &data {
+        let hash = key.hash([(k.as_str(), v.0.as_slice())]);
+        rows.push([k.clone(), v.0.len().to_string(), hash]);
     }
     format!(
-        "Secret {} ({} keys):\n{}",
-        ks.target_name(),
+        "Secret {} ({} keys, data hash {}):\n{}",
+        printable(&ks.target_name()),
         data.len(),
+        desired.hash,
         table(&rows)
     )
 }
@@ -503,18 +589,102 @@ mod tests {
             zeroize::Zeroizing::new(b"hunter2".to_vec()),
         )]
         .into();
-        let key = HashKey::derive(b"config", "kubectl-keeper-render");
-        let text = render_table(&ks("db"), &data, &key);
+        let key = render_key("config");
+        let desired = crate::sync::desired::secret(&ks("db"), data, &key).unwrap();
+        let text = render_table(&ks("db"), &desired, &key);
+        let header = format!("Secret db (1 keys, data hash {}):\n", desired.hash);
         assert!(
-            text.starts_with("Secret db (1 keys):\nKEY        BYTES   HASH\npassword   7       "),
+            text.starts_with(&(header + "KEY        BYTES   HASH\npassword   7       ")),
             "{text}"
         );
         assert!(!text.contains("hunter2"));
-        let other = render_table(
-            &ks("db"),
-            &data,
-            &HashKey::derive(b"other", "kubectl-keeper-render"),
-        );
+        let other = render_table(&ks("db"), &desired, &render_key("other"));
         assert_ne!(text, other, "the hash depends on the credential");
+    }
+
+    /// Render has no files to offer: none of these specs maps one.
+    struct NoFiles;
+
+    impl build::Inputs for NoFiles {
+        async fn file(&self, _: &KeeperFile, _: i64, _: usize) -> Result<Bytes, Error> {
+            Err(Error::InvalidSpec("no files here".into()))
+        }
+    }
+
+    const UID: &str = "AAAAAAAAAAAAAAAAAAAAAA";
+
+    fn vault(password: &str) -> Vault {
+        let record = crate::ksm::record::Record {
+            uid: UID.into(),
+            title: "db".into(),
+            record_type: "login".into(),
+            revision: 1,
+            folder_uid: None,
+            inner_folder_uid: None,
+            fields: vec![crate::ksm::record::Field {
+                field_type: "password".into(),
+                label: None,
+                value: vec![serde_json::json!(password)],
+            }],
+            custom: vec![],
+            notes: None,
+            files: vec![],
+        };
+        Vault {
+            records: vec![record],
+            ..Vault::default()
+        }
+    }
+
+    /// The reason and message of render's refusal of `ks` reading `vault`.
+    async fn refusal(ks: &KeeperSecret, allow: Option<&AllowList>, vault: &Vault) -> String {
+        dry_run(ks, allow, vault, &render_key("config"), &NoFiles)
+            .await
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn render_refuses_what_the_operator_refuses() {
+        let ks: KeeperSecret = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keeper-operator.dev/v1alpha1", "kind": "KeeperSecret",
+            "metadata": {"name": "db"},
+            "spec": {
+                "auth": {"storeRef": {"name": "shared"}},
+                "data": [{"key": "password", "record": {"uid": UID}, "field": "password"}],
+            },
+        }))
+        .unwrap();
+        let text = dry_run(&ks, None, &vault("pw"), &render_key("config"), &NoFiles)
+            .await
+            .unwrap();
+        assert!(text.starts_with("Secret db (1 keys"), "{text}");
+
+        // Keeper's answer lost the record: not RecordNotFound, and nothing rendered.
+        let mut broken = vault("pw");
+        broken.records.clear();
+        broken.skipped.records.insert(UID.into());
+        let text = refusal(&ks, None, &broken).await;
+        assert!(
+            text.starts_with("the operator would refuse this KeeperSecret (InvalidResponse): ")
+                && text.contains("did not decrypt"),
+            "{text}"
+        );
+
+        let big = "x".repeat(crate::sync::desired::MAX_SECRET_BYTES);
+        let text = refusal(&ks, None, &vault(&big)).await;
+        assert!(text.contains("(TooLarge)"), "{text}");
+
+        let store: crate::api::ClusterKeeperStoreSpec = serde_json::from_value(serde_json::json!({
+            "credentialsSecretRef": {"name": "ksm", "key": "config"},
+            "allowedRecords": ["BBBBBBBBBBBBBBBBBBBBBB"],
+        }))
+        .unwrap();
+        let allow = AllowList::of_store("shared", &store);
+        let text = refusal(&ks, allow.as_ref(), &vault("pw")).await;
+        assert!(
+            text.contains("(NotAllowed): ClusterKeeperStore shared does not allow reading record"),
+            "{text}"
+        );
     }
 }

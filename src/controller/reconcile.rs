@@ -1,8 +1,8 @@
 //! The reconciler. One KeeperSecret's sync is a pipeline (see [`sync`]):
 //!
 //! observe (credential, target Secret, memo) → decide (is anything due?) → fetch (the
-//! credential's shared snapshot) → build (allow-list, mapping, files, template, desired Secret)
-//! → guard and apply (Secret, then rollout restarts) → report (status, event).
+//! credential's shared snapshot) → build ([`crate::sync::build`], the checks `kubectl keeper
+//! render` runs too) → guard and apply (Secret, then rollout restarts) → report (status, event).
 //!
 //! Every decision is a pure function in its own module (`refresh`, `mapping`, `template`,
 //! `desired`, `guard`, `status`); this file sequences them and does the I/O. On any failure the
@@ -20,9 +20,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::api::{
-    CreationPolicy, DeletionPolicy, KeeperSecret, KeeperSecretStatus, RecordRevision,
-};
+use crate::api::{CreationPolicy, KeeperSecret, KeeperSecretStatus, Template};
 use crate::controller::memo::Caches;
 use crate::error::Error;
 use crate::k8s::Events;
@@ -30,13 +28,14 @@ use crate::k8s::credentials::Credential;
 use crate::k8s::rollout::Rollouts;
 use crate::keeper::KeeperSource;
 use crate::keeper::fetcher::{Origin, Served, Snapshot};
-use crate::ksm::record::Vault;
+use crate::ksm::record::{KeeperFile, Vault};
 use crate::runtime::metrics::Metrics;
+use crate::sync::build::{self, Built, Write};
 use crate::sync::desired::{self, HashKey, Ownership, TargetRefusal};
-use crate::sync::mapping::{self, Bytes, Content};
+use crate::sync::mapping::Bytes;
 use crate::sync::refresh::{self, Decision, OnMiss, Target};
 use crate::sync::status::{self, Synced};
-use crate::sync::{allowlist, decoding, hold, incomplete, write_guard};
+use crate::sync::{hold, write_guard};
 use crate::{k8s, lock};
 use zeroize::Zeroizing;
 
@@ -477,76 +476,51 @@ async fn observe<S: KeeperSource>(ctx: &Context<S>, ks: &KeeperSecret) -> Result
     })
 }
 
-/// The Secret a sync wants, and what it was built from.
-struct Built {
-    write: Write,
-    /// The records it maps, with their revisions.
-    records: BTreeSet<RecordRevision>,
-    keys: usize,
-    /// Records gone from Keeper whose keys the deletion policy left out.
-    gone: BTreeSet<String>,
+/// What a build reads through the operator: files from the credential's shared fetcher
+/// (cached per record revision), templates on the render pool with `templateFrom` from the API.
+struct Sources<'a, S> {
+    ctx: &'a Context<S>,
+    ks: &'a KeeperSecret,
+    cred: &'a Credential,
 }
 
-/// What a sync does to the target Secret.
-enum Write {
-    /// Make it hold this.
-    Apply(Box<desired::Desired>),
-    /// Delete it: every record it maps is gone and deletionPolicy is Delete. `hash` is the
-    /// keyed hash of no data.
-    Delete { hash: String },
+impl<S: KeeperSource> build::Inputs for Sources<'_, S> {
+    async fn file(&self, file: &KeeperFile, revision: i64, room: usize) -> Result<Bytes, Error> {
+        let (cred, keeper) = (self.cred, &self.ctx.keeper);
+        let bytes = keeper
+            .file(&cred.key, &cred.config, revision, file, room as u64)
+            .await?;
+        Ok(Zeroizing::new(bytes.to_vec()))
+    }
+
+    /// Reads the templates `templateFrom` names (API: one read each) and renders on the
+    /// render pool, off the async workers: `htpasswd` spends CPU time by design.
+    async fn render(
+        &self,
+        template: &Template,
+        values: BTreeMap<String, Bytes>,
+        key: &HashKey,
+    ) -> Result<BTreeMap<String, Bytes>, Error> {
+        let namespace = self.ks.namespace().unwrap_or_default();
+        let from =
+            k8s::templates::read(&self.ctx.client, &namespace, &template.template_from).await?;
+        let renders = crate::controller::renders::shared();
+        let rendered = renders.render(&namespace, template.clone(), from, values, key.clone());
+        Ok(rendered.await?)
+    }
 }
 
-/// Build: restricts the vault to what the credential may read, maps the spec onto it
-/// (downloading mapped files), renders the template and computes the desired Secret.
+/// Build: the desired Secret from `vault` through the checks every caller runs
+/// ([`build::build`]).
 async fn build<S: KeeperSource>(
     ctx: &Context<S>,
     ks: &KeeperSecret,
     seen: &Observed,
     vault: &Vault,
 ) -> Result<Built, Error> {
-    let vault = allowlist::restrict(seen.cred.allow.as_ref(), &ks.spec, vault)?;
-    let plan = incomplete::check(&ks.spec, &vault, mapping::plan(&ks.spec, &vault))?;
-    let all_gone = plan.entries.is_empty() && !plan.gone.is_empty();
-    if all_gone
-        && ks.deletion_policy() == DeletionPolicy::Delete
-        && ks.creation_policy() != CreationPolicy::Merge
-    {
-        let hash = seen.hash_key.hash(std::iter::empty());
-        return Ok(Built {
-            write: Write::Delete { hash },
-            records: plan.records,
-            keys: 0,
-            gone: plan.gone,
-        });
-    }
-    let data = resolve_files(ctx, &seen.cred, &vault, plan.entries).await?;
-    let data = decoding::apply(&plan.decoding, data)?;
-    let data = render(ctx, ks, data, &seen.hash_key).await?;
-    let keys = data.len();
-    Ok(Built {
-        write: Write::Apply(Box::new(desired::secret(ks, data, &seen.hash_key)?)),
-        records: plan.records,
-        keys,
-        gone: plan.gone,
-    })
-}
-
-/// Renders the template, if any, with the templates `templateFrom` names (API: one read each).
-/// On the render pool, off the async workers: `htpasswd` spends CPU time by design.
-async fn render<S>(
-    ctx: &Context<S>,
-    ks: &KeeperSecret,
-    data: BTreeMap<String, Bytes>,
-    key: &HashKey,
-) -> Result<BTreeMap<String, Bytes>, Error> {
-    let Some(template) = ks.spec.target.as_ref().and_then(|t| t.template.clone()) else {
-        return Ok(data);
-    };
-    let namespace = ks.namespace().unwrap_or_default();
-    let from = k8s::templates::read(&ctx.client, &namespace, &template.template_from).await?;
-    let renders = crate::controller::renders::shared();
-    let rendered = renders.render(&namespace, template, from, data, key.clone());
-    Ok(rendered.await?)
+    let cred = &seen.cred;
+    let sources = Sources { ctx, ks, cred };
+    build::build(ks, cred.allow.as_ref(), vault, &seen.hash_key, &sources).await
 }
 
 /// Guard and apply: writes the desired Secret unless the target already holds it (`true` when
@@ -659,46 +633,6 @@ fn check_target(ks: &KeeperSecret, existing: Option<&Secret>) -> Result<(), Erro
         )));
     }
     Ok(())
-}
-
-/// Downloads file attachments (shared, once per record revision); a failed download fails the
-/// sync, so a file never becomes an empty value. Each download may use only what the Secret
-/// can still hold after the keys, the inline values and the files before it.
-async fn resolve_files<S: KeeperSource>(
-    ctx: &Context<S>,
-    cred: &Credential,
-    vault: &Vault,
-    entries: BTreeMap<String, Content>,
-) -> Result<BTreeMap<String, Bytes>, Error> {
-    let inline: usize = entries
-        .iter()
-        .map(|(key, source)| match source {
-            Content::Value(v) => key.len() + v.len(),
-            Content::File(_) => key.len(),
-        })
-        .sum();
-    let mut room = desired::MAX_SECRET_BYTES.saturating_sub(inline);
-    let mut out = BTreeMap::new();
-    for (key, source) in entries {
-        let bytes = match source {
-            Content::Value(v) => v,
-            Content::File(file) => {
-                let revision = vault
-                    .records
-                    .iter()
-                    .find(|r| r.files.iter().any(|f| f.uid == file.uid))
-                    .map_or(0, |r| r.revision);
-                let bytes = ctx
-                    .keeper
-                    .file(&cred.key, &cred.config, revision, &file, room as u64)
-                    .await?;
-                room = room.saturating_sub(bytes.len());
-                Zeroizing::new(bytes.to_vec())
-            }
-        };
-        out.insert(key, bytes);
-    }
-    Ok(out)
 }
 
 /// Writes the status if it changed (beyond `lastSyncTime` moving less than `resolution`) and

@@ -2,6 +2,7 @@
 //! hold, whether writing it is safe, and what the status says; each decision unit-tested.
 
 pub mod allowlist;
+pub mod build;
 pub mod decoding;
 pub mod desired;
 pub mod hold;

@@ -2,8 +2,8 @@
 //! the KSM config and one-time token parsers (credential Secrets), the server-response opener and
 //! decoder (`transport::open_response` + `response::decode_secrets`) and the record parser (the
 //! decrypted record JSON inside a response); and over what tenants write: templates
-//! (`template`) and whole KeeperSecret specs (`spec`, mapping + template + the desired Secret)
-//! against a fixed vault (`vault.rs`). A target must return for every input; a panic is a crash.
+//! (`template`) and whole KeeperSecret specs (`spec`, the operator's build from allow-list to
+//! the desired Secret) against a fixed vault (`vault.rs`). A target must return for every input; a panic is a crash.
 //!
 //! On stable, `tests/replay.rs` runs each target over its committed corpus (`corpus/<target>/`)
 //! and over deterministic mutations of it. With nightly and cargo-fuzz, the same functions are

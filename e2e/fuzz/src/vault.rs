@@ -3,7 +3,7 @@
 //! chance. Checked: no panic; no error (`Display` or `Debug`) shows a value, or a 12-character
 //! piece of one, that the input itself does not contain (a tenant may write a value into a
 //! template, and a syntax error may quote the template); rendered data never over the Secret
-//! size limit.
+//! size limit. `spec` runs the operator's own build, so it checks what a sync would write.
 
 use std::collections::BTreeMap;
 
@@ -12,8 +12,10 @@ use keeper_operator::error::Error;
 use keeper_operator::ksm::crypto::AesKey;
 use keeper_operator::ksm::notation::Notation;
 use keeper_operator::ksm::record::{Field, KeeperFile, Record, SharedFolder, Vault};
-use keeper_operator::sync::desired::{self, HashKey, MAX_SECRET_BYTES};
-use keeper_operator::sync::mapping::{self, Bytes, Content};
+use keeper_operator::sync::allowlist::AllowList;
+use keeper_operator::sync::build::{self, Inputs, Write};
+use keeper_operator::sync::desired::{HashKey, MAX_SECRET_BYTES};
+use keeper_operator::sync::mapping::Bytes;
 use keeper_operator::sync::template;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -230,7 +232,43 @@ fn tenant_text(input: &str, spec: &KeeperSecretSpec) -> String {
     text
 }
 
-/// A whole KeeperSecret spec as JSON: mapping, files, template and the desired Secret.
+/// The fixed vault's file bytes, at once.
+struct Files;
+
+impl Inputs for Files {
+    fn file(
+        &self,
+        file: &KeeperFile,
+        _revision: i64,
+        _room: usize,
+    ) -> impl Future<Output = Result<Bytes, Error>> + Send {
+        std::future::ready(Ok(file_bytes(&file.uid)))
+    }
+}
+
+/// The output of `future`, which must not wait: a build over the fixed vault never does (files
+/// and inline renders are ready at once), so no executor is needed.
+fn at_once<T>(future: impl Future<Output = T>) -> T {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(future).poll(&mut cx) {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => unreachable!("a build over the fixed vault waited"),
+    }
+}
+
+/// A store allowing the shared folder only, so the allow-list meets hostile specs too.
+fn store() -> Option<AllowList> {
+    let spec = serde_json::from_value(json!({
+        "credentialsSecretRef": {"name": "ksm", "key": "config"},
+        "allowedFolders": [FOLDER_UID],
+    }))
+    .expect("a store spec");
+    AllowList::of_store("fuzz", &spec)
+}
+
+/// A whole KeeperSecret spec as JSON, through the operator's build ([`build::build`]: allow-list,
+/// mapping, incomplete data, deletion policy, files, decoding, template, the desired Secret),
+/// read directly and through a store.
 pub fn spec(data: &[u8]) {
     let Ok(input) = std::str::from_utf8(data) else {
         return;
@@ -239,43 +277,26 @@ pub fn spec(data: &[u8]) {
         return;
     };
     let tenant = tenant_text(input, &spec);
-    let plan = match mapping::plan(&spec, &vault()) {
-        Ok(plan) => plan,
-        Err(e) => return assert_error_clean(&tenant, e.into()),
-    };
-    let values: BTreeMap<String, Bytes> = plan
-        .entries
-        .into_iter()
-        .map(|(key, source)| match source {
-            Content::Value(v) => (key, v),
-            Content::File(f) => (key, file_bytes(&f.uid)),
-        })
-        .collect();
-    let template = spec.target.as_ref().and_then(|t| t.template.as_ref());
-    let templated = template.is_some_and(|t| !t.data.is_empty());
-    let data = match template::apply(template, BTreeMap::new(), values, &fuzz_key()) {
-        Ok(data) => data,
-        Err(e) => return assert_error_clean(&tenant, e.into()),
-    };
-    if templated {
-        assert!(size(&data) <= MAX_SECRET_BYTES, "rendered over the limit");
-    }
     let mut ks = KeeperSecret::new("fuzz", spec);
     ks.metadata.namespace = Some("tenant".into());
     ks.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());
-    let key = fuzz_key();
-    match desired::secret(&ks, data, &key) {
-        Ok(d) => {
-            let stored: usize = d
-                .secret
-                .data
-                .iter()
-                .flatten()
-                .map(|(k, v)| k.len() + v.0.len())
-                .sum();
-            assert!(stored <= MAX_SECRET_BYTES, "a Secret over the limit");
+    let (vault, key) = (vault(), fuzz_key());
+    for allow in [None, store()] {
+        match at_once(build::build(&ks, allow.as_ref(), &vault, &key, &Files)) {
+            Ok(built) => {
+                if let Write::Apply(d) = built.write {
+                    let stored: usize = d
+                        .secret
+                        .data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| k.len() + v.0.len())
+                        .sum();
+                    assert!(stored <= MAX_SECRET_BYTES, "a Secret over the limit");
+                }
+            }
+            Err(e) => assert_error_clean(&tenant, e),
         }
-        Err(e) => assert_error_clean(&tenant, e.into()),
     }
 }
 
