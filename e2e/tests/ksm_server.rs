@@ -10,6 +10,7 @@ use keeper_e2e::ksm_server::{
     DownMode, FileFailure, FileSpec, Listing, RateLimit, ServerOptions, TestServer, VaultSpec,
     sample_file, sample_vault,
 };
+use keeper_operator::ksm::config::SDK_CONFIG_KEYS;
 use keeper_operator::ksm::crypto::{
     AesKey, aes_gcm_decrypt, aes_gcm_encrypt, b64_decode, b64_std, b64_url, ecies_encrypt,
 };
@@ -146,18 +147,7 @@ async fn bound_config_has_every_sdk_key_and_works_without_binding() {
     let raw = RawClient::new(&server);
     let (device, config) = Device::from_config(&server.bound_config("ci").unwrap());
     let keys: Vec<&String> = config.as_object().unwrap().keys().collect();
-    assert_eq!(
-        keys,
-        [
-            "appKey",
-            "appOwnerPublicKey",
-            "clientId",
-            "hostname",
-            "privateKey",
-            "serverPublicKey",
-            "serverPublicKeyId"
-        ]
-    );
+    assert_eq!(keys, SDK_CONFIG_KEYS);
     assert!(config.as_object().unwrap().values().all(Value::is_string));
     assert_eq!(config["hostname"], server.hostname().as_str());
     assert_eq!(config["serverPublicKeyId"], "10");
