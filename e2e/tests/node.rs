@@ -179,7 +179,7 @@ impl Install {
         image: &Image,
         extra: serde_json::Value,
     ) -> Result<Install> {
-        let server = TestServer::start(sample_vault()).await?;
+        let server = TestServer::sample().await?;
         let port = server
             .hostname()
             .rsplit_once(':')
