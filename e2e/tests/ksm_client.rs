@@ -354,8 +354,7 @@ async fn live_edits_are_seen_with_new_revisions() {
     let server = TestServer::sample().await.unwrap();
     let ksm = server.ksm_client("operator");
     let before = ksm.get_secrets(&Query::default()).await.unwrap();
-    let mut record = server.record(POSTGRES).unwrap();
-    record.fields[2]["value"] = serde_json::json!(["rotated"]);
+    let record = server.record(POSTGRES).unwrap().password("rotated");
     let revision = server.set_record(record).unwrap();
     server.delete_record(STRIPE).unwrap();
     let after = ksm.get_secrets(&Query::default()).await.unwrap();

@@ -629,8 +629,10 @@ async fn live_edits_bump_revisions_and_show_up() {
         .as_i64()
         .unwrap();
 
-    let mut record = server.record(POSTGRES).unwrap();
-    record.fields[2]["value"] = json!(["rotated-password"]);
+    let record = server
+        .record(POSTGRES)
+        .unwrap()
+        .password("rotated-password");
     let revision = server.set_record(record).unwrap();
     assert!(revision > old_revision);
     let after = fetch().await;
@@ -642,15 +644,16 @@ async fn live_edits_bump_revisions_and_show_up() {
     );
 
     // A new record in the sub-folder, then gone again.
-    let mut new_record = server.record(ANALYTICS).unwrap();
-    new_record.uid = "Bq3Fz1T0aQ3mJc4oR2cR9w".into();
-    new_record.title = "Cache".into();
-    new_record.files = vec![FileSpec::from_bytes(
-        "Ck4Gz2U1bR4nKd5pS3dS0x",
-        "dump.bin",
-        None,
-        &[1, 2, 3],
-    )];
+    let new_record = server
+        .record(ANALYTICS)
+        .unwrap()
+        .copy_as("Bq3Fz1T0aQ3mJc4oR2cR9w", "Cache")
+        .file(FileSpec::from_bytes(
+            "Ck4Gz2U1bR4nKd5pS3dS0x",
+            "dump.bin",
+            None,
+            &[1, 2, 3],
+        ));
     server.set_record(new_record).unwrap();
     assert_eq!(fetch().await.len(), 5);
     server.delete_record(STRIPE).unwrap();

@@ -277,11 +277,7 @@ async fn a_record_change_restarts_the_consuming_deployment_once() -> Result<()> 
     );
 
     // One record change in Keeper: both Secrets follow, the Deployment restarts exactly once.
-    let mut record = server.record(POSTGRES)?;
-    for f in record.fields.iter_mut().filter(|f| f["type"] == "password") {
-        f["value"] = serde_json::json!(["rotated-for-rollout"]);
-    }
-    server.set_record(record)?;
+    server.set_record(server.record(POSTGRES)?.password("rotated-for-rollout"))?;
     let secrets: Api<Secret> = env.api();
     for (secret, key) in [("feed-a-out", "password"), ("feed-b-out", "db-password")] {
         wait_until(&format!("{secret} rotated"), TIMEOUT, || {
