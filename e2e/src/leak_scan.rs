@@ -286,11 +286,11 @@ mod tests {
 
     #[test]
     fn numeric_leaves_are_secrets_too() {
-        let record: RecordSpec = serde_json::from_value(serde_json::json!({
-            "uid": "NumericRecordUid000001", "title": "Card", "type": "bankCard",
-            "fields": [], "custom": [ { "type": "pinCode", "label": "PIN", "value": [ 4829173650u64 ] } ],
-        }))
-        .unwrap();
+        let record = RecordSpec::new("NumericRecordUid000001", "Card", "bankCard").custom(
+            "pinCode",
+            "PIN",
+            serde_json::json!([4829173650u64]),
+        );
         let mut s = SecretValues::default();
         s.add_record(&record);
         assert_eq!(s.find(&hay("status", "calculate 4829173650 // 0")).len(), 1);

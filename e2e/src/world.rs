@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::harness::{
     Operator, OperatorBuilder, TestEnv, secret_bytes, secret_text, wait_until, workspace_root,
 };
-use crate::ksm_server::{RecordSpec, ServerOptions, TestServer, sample_vault};
+use crate::ksm_server::{ServerOptions, TestServer, sample_vault};
 
 /// How long a scenario waits for anything.
 pub const TIMEOUT: Duration = Duration::from_secs(120);
@@ -263,17 +263,6 @@ impl World {
             .collect())
     }
 
-    /// The Postgres record with its password field set to `password` (a JSON value array).
-    pub fn postgres_with_password(&self, password: serde_json::Value) -> Result<RecordSpec> {
-        let mut record = self.server.record(POSTGRES)?;
-        for field in &mut record.fields {
-            if field["type"] == "password" {
-                field["value"] = password.clone();
-            }
-        }
-        Ok(record)
-    }
-
     /// The Postgres password the test server currently holds.
     pub fn postgres_password(&self) -> Result<String> {
         self.vault_value(POSTGRES, "password")
@@ -282,7 +271,7 @@ impl World {
     /// Changes the Postgres password in Keeper (a new record revision); returns the revision.
     pub fn set_postgres_password(&self, password: &str) -> Result<i64> {
         self.server
-            .set_record(self.postgres_with_password(json!([password]))?)
+            .set_record(self.server.record(POSTGRES)?.password(password))
     }
 }
 

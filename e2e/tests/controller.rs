@@ -196,9 +196,8 @@ async fn flat_records_in_shared_folders_sync() -> Result<()> {
     let (w, mut operator) = start("ctl-flat").await?;
     // Postgres sits in the sub-folder Databases, Web Certificate directly in Production.
     for uid in [POSTGRES, WEB_CERT] {
-        let mut record = w.server.record(uid)?;
-        record.listing = Listing::FlatInFolder;
-        w.server.set_record(record)?;
+        w.server
+            .set_record(w.server.record(uid)?.listed(Listing::FlatInFolder))?;
     }
     w.apply_example("database.yaml")?;
     w.apply_example("folder.yaml")?;
@@ -243,11 +242,8 @@ async fn keeper_edits_propagate_and_targets_heal() -> Result<()> {
     // Edited in Keeper: picked up at the next refresh (refreshInterval 10s). lastSyncTime counts
     // whole seconds, so the edit lands in a later second than the first sync.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let mut record = w.server.record(POSTGRES)?;
-    for f in record.fields.iter_mut().filter(|f| f["type"] == "password") {
-        f["value"] = serde_json::json!(["rotated-in-keeper"]);
-    }
-    w.server.set_record(record)?;
+    w.server
+        .set_record(w.server.record(POSTGRES)?.password("rotated-in-keeper"))?;
     w.wait_secret("postgres-credentials", "rotated password", |d| {
         text(d, "password") == "rotated-in-keeper"
     })
@@ -512,12 +508,10 @@ async fn failures_over_secret_values_show_no_value() -> Result<()> {
     let ns = w.env.app_namespace.clone();
     // A second "Stripe API" (with its own PIN) makes the title ambiguous (added before
     // the first fetch, so every sync sees it).
-    let twin: RecordSpec = serde_json::from_value(serde_json::json!({
-        "uid": "TwinStripeRecord000001", "title": "Stripe API", "type": "login",
-        "folderUid": keeper_e2e::ksm_server::uids::PRODUCTION,
-        "fields": [ { "type": "password", "value": [ "sk_twin_9dQm2LxV7pRz4Tk" ] } ],
-        "custom": [ { "type": "pinCode", "label": "Support PIN", "value": [ "60418253" ] } ],
-    }))?;
+    let twin = RecordSpec::login("TwinStripeRecord000001", "Stripe API")
+        .in_folder(keeper_e2e::ksm_server::uids::PRODUCTION)
+        .password("sk_twin_9dQm2LxV7pRz4Tk")
+        .custom("pinCode", "Support PIN", serde_json::json!(["60418253"]));
     w.server.set_record(twin)?;
     let opaque = [
         ("pin-div", "{{ (pin | int) // 0 }}", "InvalidSpec"),
@@ -837,10 +831,8 @@ async fn encoded_values_decode_and_deleted_records_follow_the_deletion_policy() 
         (ENCODED, "Encoded values", "aGVsbG8/Pz4+"),
         (DOOMED, "Doomed", "doomed password!"),
     ] {
-        let mut record = w.postgres_with_password(serde_json::json!([password]))?;
-        record.uid = uid.into();
-        record.title = title.into();
-        w.server.set_record(record)?;
+        let record = w.server.record(POSTGRES)?.copy_as(uid, title);
+        w.server.set_record(record.password(password))?;
     }
     let by_record = |key: &str, uid: &str, decoding: Option<&str>| {
         let mut item = serde_json::json!({"key": key, "record": {"uid": uid}, "field": "password"});

@@ -510,14 +510,15 @@ async fn a_glitch_that_empties_a_value_is_refused_but_a_real_change_is_applied()
 
     // Same revision, emptied value: only a backend glitch can do that.
     w.server
-        .glitch_record(w.postgres_with_password(json!([]))?)?;
+        .glitch_record(w.server.record(POSTGRES)?.field("password", json!([])))?;
     let refused = w.wait_all(1, "WriteRefused").await?;
     let message = &refused[0].ready_condition().context("Ready")?.message;
     ensure!(message.contains("\"password\""), "{message}");
     ensure!(w.snapshot().await? == good, "the glitch reached the Secret");
 
     // The same emptying as a real edit in Keeper (new revision) is applied.
-    w.server.set_record(w.postgres_with_password(json!([]))?)?;
+    w.server
+        .set_record(w.server.record(POSTGRES)?.field("password", json!([])))?;
     w.wait_all(1, "Synced").await?;
     let secret = w.secrets().get("guard-0000").await?;
     ensure!(
@@ -780,10 +781,9 @@ async fn a_record_created_after_the_last_fetch_syncs_in_seconds_with_one_more_ca
 
     // A user creates a record in the app's shared folder, then a KeeperSecret for it.
     let create_record = |uid: &str, password: &str| -> Result<()> {
-        let mut record = w.postgres_with_password(json!([password]))?;
-        record.uid = uid.into();
-        record.title = format!("Created later {uid}");
-        w.server.set_record(record).map(drop)
+        let record = w.server.record(POSTGRES)?;
+        let record = record.copy_as(uid, format!("Created later {uid}"));
+        w.server.set_record(record.password(password)).map(drop)
     };
     let spec = |uid: &str, name: &str| {
         json!({

@@ -6,11 +6,11 @@ use keeper_e2e::ksm_server::uids::{
 };
 use keeper_e2e::ksm_server::{
     AppSpec, DownMode, FileFailure, Listing, RateLimit, RetryAfterHeader, ServerOptions,
-    TestServer, ThrottleBody, sample_file, sample_vault,
+    TestServer, ThrottleBody, flat_in_folder_sample_vault, sample_file, sample_vault,
 };
 use keeper_operator::ksm::crypto::{b64_decode, public_key_bytes};
 use keeper_operator::ksm::notation::{Notation, NotationValue, resolve};
-use keeper_operator::ksm::{ClientOptions, KsmClient, KsmConfig, KsmError, Query, redeem_token};
+use keeper_operator::ksm::{KsmClient, KsmConfig, KsmError, Query, redeem_token};
 use std::time::{Duration, Instant};
 
 /// What a Secret can hold.
@@ -20,48 +20,15 @@ fn cert_pem() -> Vec<u8> {
     sample_file(CERT_FILE)
 }
 
-/// Trusts the server's CA; no automatic throttle retries, so each error surfaces.
-fn options(server: &TestServer) -> ClientOptions {
-    ClientOptions {
-        extra_ca_pem: Some(server.ca_pem().as_bytes().to_vec()),
-        timeout: Duration::from_secs(5),
-        throttle_retries: 0,
-        ..ClientOptions::default()
-    }
-}
-
-fn client(server: &TestServer, app: &str) -> KsmClient {
-    client_with(server, app, options(server))
-}
-
-fn client_with(server: &TestServer, app: &str, options: ClientOptions) -> KsmClient {
-    let config = KsmConfig::parse(&server.bound_config(app).unwrap()).unwrap();
-    KsmClient::new(config, &options).unwrap()
-}
-
-async fn redeem(server: &TestServer, token: &str) -> Result<KsmConfig, KsmError> {
-    redeem_token(
-        token,
-        Some(&server.hostname()),
-        Some(server.server_public_key()),
-        &options(server),
-    )
-    .await
-}
-
-async fn start() -> TestServer {
-    TestServer::start(sample_vault()).await.unwrap()
-}
-
 fn text(values: Vec<NotationValue>) -> Vec<String> {
     values.iter().filter_map(NotationValue::to_text).collect()
 }
 
 #[tokio::test]
 async fn redeems_a_token_like_the_sdks() {
-    let server = start().await;
+    let server = TestServer::sample().await.unwrap();
     let token = server.issue_token("operator").unwrap();
-    let config = redeem(&server, &token).await.unwrap();
+    let config = server.redeem(&token).await.unwrap();
     assert!(config.is_bound());
     assert_eq!(config.hostname(), server.hostname());
     // Bind, then the re-fetch every SDK makes.
@@ -70,7 +37,7 @@ async fn redeems_a_token_like_the_sdks() {
 
     // The produced config round-trips and works on its own.
     let reparsed = KsmConfig::parse(&config.to_base64()).unwrap();
-    let vault = KsmClient::new(reparsed, &options(&server))
+    let vault = KsmClient::new(reparsed, &server.client_options())
         .unwrap()
         .get_secrets(&Query::default())
         .await
@@ -78,7 +45,7 @@ async fn redeems_a_token_like_the_sdks() {
     assert_eq!(vault.records.len(), 4);
 
     // A used token is refused: the server checks the second device against the bound key.
-    let err = redeem(&server, &token).await.unwrap_err();
+    let err = server.redeem(&token).await.unwrap_err();
     assert!(
         matches!(&err, KsmError::AccessDenied { message } if message == "Signature is invalid"),
         "{err:?}"
@@ -100,14 +67,17 @@ async fn an_il5_token_binds_with_the_server_key_it_carries() {
     )
     .await
     .unwrap();
-    let (id, point) = server.server_public_key();
-    let token = server.issue_token("operator").unwrap();
-    let il5 = format!("IL5:{token}:{id}:{point}");
+    let il5 = server.issue_il5_token("operator").unwrap();
     // The IL5 prefix names il5.keepersecurity.us: the test server's host is passed instead.
-    let config = redeem_token(&il5, Some(&server.hostname()), None, &options(&server))
-        .await
-        .unwrap();
-    let pinned = b64_decode(&point).unwrap();
+    let config = redeem_token(
+        &il5,
+        Some(&server.hostname()),
+        None,
+        &server.client_options(),
+    )
+    .await
+    .unwrap();
+    let pinned = b64_decode(&server.server_public_key().1).unwrap();
     let check = |config: &KsmConfig| {
         assert!(config.is_bound());
         assert_eq!(config.server_public_key_id(), 18);
@@ -121,7 +91,7 @@ async fn an_il5_token_binds_with_the_server_key_it_carries() {
     check(&config);
     let stored = KsmConfig::parse(&config.to_base64()).unwrap();
     check(&stored);
-    let ksm = KsmClient::new(stored, &options(&server)).unwrap();
+    let ksm = KsmClient::new(stored, &server.client_options()).unwrap();
     assert_eq!(
         ksm.get_secrets(&Query::default())
             .await
@@ -156,18 +126,18 @@ async fn an_il5_token_binds_with_the_server_key_it_carries() {
 
 #[tokio::test]
 async fn expired_unknown_and_interrupted_redemptions_fail_clearly() {
-    let server = start().await;
+    let server = TestServer::sample().await.unwrap();
     let expired = server
         .issue_token_with_ttl("operator", Duration::from_millis(1))
         .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let err = redeem(&server, &expired).await.unwrap_err();
+    let err = server.redeem(&expired).await.unwrap_err();
     assert!(
         matches!(&err, KsmError::AccessDenied { message } if message == "Unable to validate application access"),
         "{err:?}"
     );
     let unknown = keeper_operator::ksm::crypto::b64_url(&[9u8; 32]);
-    let err = redeem(&server, &unknown).await.unwrap_err();
+    let err = server.redeem(&unknown).await.unwrap_err();
     assert_eq!(err.reason(), "AuthFailed");
 
     // The binding response is lost: the server has bound a device key that died with the
@@ -175,16 +145,16 @@ async fn expired_unknown_and_interrupted_redemptions_fail_clearly() {
     // for a new token rather than retry.
     let token = server.issue_token("operator").unwrap();
     server.faults().drop_next(1);
-    let err = redeem(&server, &token).await.unwrap_err();
+    let err = server.redeem(&token).await.unwrap_err();
     assert!(err.is_transient(), "{err:?}");
-    let err = redeem(&server, &token).await.unwrap_err();
+    let err = server.redeem(&token).await.unwrap_err();
     assert_eq!(err.reason(), "AuthFailed", "{err:?}");
 }
 
 #[tokio::test]
 async fn reads_records_folders_files_and_notations() {
-    let server = start().await;
-    let ksm = client(&server, "operator");
+    let server = TestServer::sample().await.unwrap();
+    let ksm = server.ksm_client("operator");
     let vault = ksm.get_secrets(&Query::default()).await.unwrap();
     let mut titles: Vec<&str> = vault.records.iter().map(|r| r.title.as_str()).collect();
     titles.sort();
@@ -267,14 +237,10 @@ async fn reads_records_folders_files_and_notations() {
 /// `innerFolderUid`, their keys wrapped by the shared folder's key. They read like nested ones.
 #[tokio::test]
 async fn flat_records_in_shared_folders_and_sub_folders_are_read() {
-    let mut spec = sample_vault();
-    for record in &mut spec.records {
-        if record.uid == WEB_CERT || record.uid == POSTGRES {
-            record.listing = Listing::FlatInFolder;
-        }
-    }
-    let server = TestServer::start(spec).await.unwrap();
-    let ksm = client(&server, "operator");
+    let server = TestServer::start(flat_in_folder_sample_vault())
+        .await
+        .unwrap();
+    let ksm = server.ksm_client("operator");
     let vault = ksm.get_secrets(&Query::default()).await.unwrap();
     assert!(vault.skipped.is_empty(), "{:?}", vault.warnings);
     assert!(vault.warnings.is_empty(), "{:?}", vault.warnings);
@@ -362,7 +328,8 @@ async fn a_record_reachable_twice_is_read_once_and_an_empty_app_is_empty() {
             record.listing = listing;
         }
         let server = TestServer::start(spec).await.unwrap();
-        let vault = client(&server, "operator")
+        let vault = server
+            .ksm_client("operator")
             .get_secrets(&Query::default())
             .await
             .unwrap();
@@ -373,7 +340,8 @@ async fn a_record_reachable_twice_is_read_once_and_an_empty_app_is_empty() {
             vault.skipped.is_empty() && vault.warnings.is_empty(),
             "{listing:?}"
         );
-        let empty = client(&server, "empty")
+        let empty = server
+            .ksm_client("empty")
             .get_secrets(&Query::default())
             .await
             .unwrap();
@@ -383,11 +351,10 @@ async fn a_record_reachable_twice_is_read_once_and_an_empty_app_is_empty() {
 
 #[tokio::test]
 async fn live_edits_are_seen_with_new_revisions() {
-    let server = start().await;
-    let ksm = client(&server, "operator");
+    let server = TestServer::sample().await.unwrap();
+    let ksm = server.ksm_client("operator");
     let before = ksm.get_secrets(&Query::default()).await.unwrap();
-    let mut record = server.record(POSTGRES).unwrap();
-    record.fields[2]["value"] = serde_json::json!(["rotated"]);
+    let record = server.record(POSTGRES).unwrap().password("rotated");
     let revision = server.set_record(record).unwrap();
     server.delete_record(STRIPE).unwrap();
     let after = ksm.get_secrets(&Query::default()).await.unwrap();
@@ -408,8 +375,8 @@ async fn live_edits_are_seen_with_new_revisions() {
 
 #[tokio::test]
 async fn throttling_surfaces_retry_after_or_is_retried() {
-    let server = start().await;
-    let ksm = client(&server, "operator");
+    let server = TestServer::sample().await.unwrap();
+    let ksm = server.ksm_client("operator");
     server
         .faults()
         .throttle_next(1, Some(Duration::from_secs(7)));
@@ -440,14 +407,7 @@ async fn throttling_surfaces_retry_after_or_is_retried() {
     server.faults().clear();
 
     // With a retry budget the client waits retry_after (±25 %) and succeeds.
-    let patient = client_with(
-        &server,
-        "operator",
-        ClientOptions {
-            throttle_retries: 2,
-            ..options(&server)
-        },
-    );
+    let patient = server.ksm_client_with("operator", |o| o.throttle_retries = 2);
     server
         .faults()
         .throttle_next(1, Some(Duration::from_secs(1)));
@@ -458,8 +418,8 @@ async fn throttling_surfaces_retry_after_or_is_retried() {
 
 #[tokio::test]
 async fn throttling_in_every_form_keeper_and_rate_limiters_send() {
-    let server = start().await;
-    let ksm = client(&server, "operator");
+    let server = TestServer::sample().await.unwrap();
+    let ksm = server.ksm_client("operator");
     let faults = server.faults();
     let secs = Duration::from_secs;
     let retry_after = |err: KsmError| match err {
@@ -498,14 +458,7 @@ async fn throttling_in_every_form_keeper_and_rate_limiters_send() {
     assert_eq!(err.reason(), "KeeperError", "{err:?}");
 
     // A client with a retry budget waits out a plain-text 429 and succeeds.
-    let patient = client_with(
-        &server,
-        "operator",
-        ClientOptions {
-            throttle_retries: 2,
-            ..options(&server)
-        },
-    );
+    let patient = server.ksm_client_with("operator", |o| o.throttle_retries = 2);
     faults.set_throttle_status(429);
     faults.set_throttle_form(ThrottleBody::Text, Some(RetryAfterHeader::Seconds));
     faults.throttle_next(1, Some(secs(1)));
@@ -518,8 +471,8 @@ async fn throttling_in_every_form_keeper_and_rate_limiters_send() {
 
 #[tokio::test]
 async fn wrong_key_id_with_a_custom_server_key_is_reported_not_looped() {
-    let server = start().await;
-    let ksm = client(&server, "operator");
+    let server = TestServer::sample().await.unwrap();
+    let ksm = server.ksm_client("operator");
     server.faults().wrong_key_id_next(1);
     let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
     assert!(
@@ -543,7 +496,7 @@ async fn wrong_key_id_with_a_custom_server_key_is_reported_not_looped() {
         serde_json::from_str(&server.bound_config_json("operator").unwrap()).unwrap();
     json["serverPublicKeyId"] = "7".into();
     let config = KsmConfig::parse(&json.to_string()).unwrap();
-    let err = KsmClient::new(config, &options(&server))
+    let err = KsmClient::new(config, &server.client_options())
         .unwrap()
         .get_secrets(&Query::default())
         .await
@@ -562,10 +515,14 @@ async fn wrong_key_id_with_a_custom_server_key_is_reported_not_looped() {
 
 #[tokio::test]
 async fn access_denied_for_revoked_devices_and_foreign_keys() {
-    let server = start().await;
+    let server = TestServer::sample().await.unwrap();
     let config_json = server.bound_config_json("operator").unwrap();
     let parsed: serde_json::Value = serde_json::from_str(&config_json).unwrap();
-    let ksm = KsmClient::new(KsmConfig::parse(&config_json).unwrap(), &options(&server)).unwrap();
+    let ksm = KsmClient::new(
+        KsmConfig::parse(&config_json).unwrap(),
+        &server.client_options(),
+    )
+    .unwrap();
     ksm.get_secrets(&Query::default()).await.unwrap();
 
     // Same client id, another device key: the signature does not verify.
@@ -575,7 +532,7 @@ async fn access_denied_for_revoked_devices_and_foreign_keys() {
     forged["privateKey"] = other["privateKey"].clone();
     let err = KsmClient::new(
         KsmConfig::parse(&forged.to_string()).unwrap(),
-        &options(&server),
+        &server.client_options(),
     )
     .unwrap()
     .get_secrets(&Query::default())
@@ -598,11 +555,12 @@ async fn access_denied_for_revoked_devices_and_foreign_keys() {
 
 #[tokio::test]
 async fn invalid_client_versions_are_their_own_error() {
-    let server = start().await;
+    let server = TestServer::sample().await.unwrap();
     server
         .faults()
         .reject_client_versions(vec!["mr17.3.0".into()]);
-    let err = client(&server, "operator")
+    let err = server
+        .ksm_client("operator")
         .get_secrets(&Query::default())
         .await
         .unwrap_err();
@@ -612,29 +570,17 @@ async fn invalid_client_versions_are_their_own_error() {
     );
     assert_eq!(err.reason(), "InvalidClientVersion");
     server.faults().reject_client_versions(Vec::new());
-    let odd = client_with(
-        &server,
-        "operator",
-        ClientOptions {
-            client_version: "rust-operator/0.1".into(),
-            ..options(&server)
-        },
-    );
+    let odd = server.ksm_client_with("operator", |o| {
+        o.client_version = "rust-operator/0.1".into()
+    });
     let err = odd.get_secrets(&Query::default()).await.unwrap_err();
     assert_eq!(err.reason(), "InvalidClientVersion");
 }
 
 #[tokio::test]
 async fn slow_servers_time_out() {
-    let server = start().await;
-    let ksm = client_with(
-        &server,
-        "operator",
-        ClientOptions {
-            timeout: Duration::from_millis(400),
-            ..options(&server)
-        },
-    );
+    let server = TestServer::sample().await.unwrap();
+    let ksm = server.ksm_client_with("operator", |o| o.timeout = Duration::from_millis(400));
     server.faults().set_latency(Duration::from_secs(2));
     let started = Instant::now();
     let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
@@ -647,16 +593,9 @@ async fn slow_servers_time_out() {
 /// exchange has one deadline, so the client gives up at it.
 #[tokio::test]
 async fn a_trickled_body_ends_at_the_request_deadline() {
-    let server = start().await;
+    let server = TestServer::sample().await.unwrap();
     let deadline = Duration::from_millis(1200);
-    let ksm = client_with(
-        &server,
-        "operator",
-        ClientOptions {
-            timeout: deadline,
-            ..options(&server)
-        },
-    );
+    let ksm = server.ksm_client_with("operator", |o| o.timeout = deadline);
     server.faults().trickle_next(1, Duration::from_millis(50));
     let started = Instant::now();
     let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
@@ -680,17 +619,10 @@ async fn a_trickled_body_ends_at_the_request_deadline() {
 
 #[tokio::test]
 async fn tls_fails_with_an_untrusted_ca() {
-    let server = start().await;
-    let other = start().await;
+    let server = TestServer::sample().await.unwrap();
+    let other = TestServer::sample().await.unwrap();
     for extra_ca_pem in [None, Some(other.ca_pem().as_bytes().to_vec())] {
-        let ksm = client_with(
-            &server,
-            "operator",
-            ClientOptions {
-                extra_ca_pem,
-                ..options(&server)
-            },
-        );
+        let ksm = server.ksm_client_with("operator", |o| o.extra_ca_pem = extra_ca_pem);
         let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
         assert!(matches!(err, KsmError::Tls(_)), "{err:?}");
         assert_eq!(err.reason(), "TlsError");
@@ -700,8 +632,8 @@ async fn tls_fails_with_an_untrusted_ca() {
 
 #[tokio::test]
 async fn tampered_truncated_and_dropped_responses_are_errors() {
-    let server = start().await;
-    let ksm = client(&server, "operator");
+    let server = TestServer::sample().await.unwrap();
+    let ksm = server.ksm_client("operator");
     server.faults().tamper_next(1);
     let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
     assert!(matches!(err, KsmError::Tampered), "{err:?}");
@@ -729,8 +661,8 @@ async fn tampered_truncated_and_dropped_responses_are_errors() {
 
 #[tokio::test]
 async fn down_servers_are_unavailable() {
-    let server = start().await;
-    let ksm = client(&server, "operator");
+    let server = TestServer::sample().await.unwrap();
+    let ksm = server.ksm_client("operator");
     ksm.get_folders().await.unwrap();
     server.faults().set_down(DownMode::Refuse);
     let err = ksm.get_secrets(&Query::default()).await.unwrap_err();
@@ -744,8 +676,8 @@ async fn down_servers_are_unavailable() {
 
 #[tokio::test]
 async fn failed_downloads_are_reported() {
-    let server = start().await;
-    let ksm = client(&server, "operator");
+    let server = TestServer::sample().await.unwrap();
+    let ksm = server.ksm_client("operator");
     let vault = ksm.get_secrets(&Query::default()).await.unwrap();
     let file = vault
         .records

@@ -7,9 +7,10 @@ use keeper_e2e::ksm_server::uids::{
     STAGING_POSTGRES as STAGING_PG, STRIPE, WEB_CERT,
 };
 use keeper_e2e::ksm_server::{
-    DownMode, FileFailure, FileSpec, Listing, RateLimit, ServerOptions, TestServer, VaultSpec,
-    sample_file, sample_vault,
+    DownMode, FileFailure, FileSpec, RateLimit, ServerOptions, TestServer, VaultSpec,
+    flat_in_folder_sample_vault, sample_file, sample_vault,
 };
+use keeper_operator::ksm::config::SDK_CONFIG_KEYS;
 use keeper_operator::ksm::crypto::{
     AesKey, aes_gcm_decrypt, aes_gcm_encrypt, b64_decode, b64_std, b64_url, ecies_encrypt,
 };
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn binding_then_full_fetch_decrypts_the_whole_key_hierarchy() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
+    let server = TestServer::sample().await.unwrap();
     let raw = RawClient::new(&server);
     let token = server.issue_token("operator").unwrap();
     assert_eq!(token.len(), 43);
@@ -109,7 +110,7 @@ async fn binding_then_full_fetch_decrypts_the_whole_key_hierarchy() {
 
 #[tokio::test]
 async fn binding_through_get_folders_like_the_rust_sdk() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
+    let server = TestServer::sample().await.unwrap();
     let raw = RawClient::new(&server);
     let mut device = Device::from_token(&server.issue_token("ci").unwrap());
     let reply = raw
@@ -127,8 +128,7 @@ async fn binding_through_get_folders_like_the_rust_sdk() {
 #[tokio::test]
 async fn a_generated_vault_serves_thousands_of_records() {
     let server = TestServer::start(VaultSpec::generated(2000)).await.unwrap();
-    let raw = RawClient::new(&server);
-    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    let (raw, device) = server.raw_device("operator");
     let reply = raw.send(&device, Call::new("get_secret", &device)).await;
     let records = all_records(&reply.json(), device.app_key.as_ref().unwrap());
     assert_eq!(records.len(), 2000);
@@ -142,22 +142,11 @@ async fn a_generated_vault_serves_thousands_of_records() {
 
 #[tokio::test]
 async fn bound_config_has_every_sdk_key_and_works_without_binding() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
+    let server = TestServer::sample().await.unwrap();
     let raw = RawClient::new(&server);
     let (device, config) = Device::from_config(&server.bound_config("ci").unwrap());
     let keys: Vec<&String> = config.as_object().unwrap().keys().collect();
-    assert_eq!(
-        keys,
-        [
-            "appKey",
-            "appOwnerPublicKey",
-            "clientId",
-            "hostname",
-            "privateKey",
-            "serverPublicKey",
-            "serverPublicKeyId"
-        ]
-    );
+    assert_eq!(keys, SDK_CONFIG_KEYS);
     assert!(config.as_object().unwrap().values().all(Value::is_string));
     assert_eq!(config["hostname"], server.hostname().as_str());
     assert_eq!(config["serverPublicKeyId"], "10");
@@ -172,7 +161,7 @@ async fn bound_config_has_every_sdk_key_and_works_without_binding() {
 
 #[tokio::test]
 async fn tokens_cannot_be_reused_expired_or_guessed() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
+    let server = TestServer::sample().await.unwrap();
     let raw = RawClient::new(&server);
     let token = server.issue_token("operator").unwrap();
     let mut first = Device::from_token(&token);
@@ -221,7 +210,7 @@ async fn tokens_cannot_be_reused_expired_or_guessed() {
     );
 
     // A revoked device.
-    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    let device = server.bound_device("operator");
     assert!(server.revoke_device(&device.client_id));
     let reply = raw.send(&device, Call::new("get_secret", &device)).await;
     assert_eq!(reply.status, 403);
@@ -229,9 +218,8 @@ async fn tokens_cannot_be_reused_expired_or_guessed() {
 
 #[tokio::test]
 async fn bad_signatures_are_rejected_with_the_real_body() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
-    let raw = RawClient::new(&server);
-    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    let server = TestServer::sample().await.unwrap();
+    let (raw, device) = server.raw_device("operator");
     let mut call = Call::new("get_secret", &device);
     call.corrupt_signature = true;
     let reply = raw.send(&device, call).await;
@@ -250,9 +238,8 @@ async fn bad_signatures_are_rejected_with_the_real_body() {
 
 #[tokio::test]
 async fn requested_records_and_folders_filter_the_response() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
-    let raw = RawClient::new(&server);
-    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    let server = TestServer::sample().await.unwrap();
+    let (raw, device) = server.raw_device("operator");
     let app_key = device.app_key.clone().unwrap();
     let fetch = |call: Call<'static>| {
         let raw = &raw;
@@ -321,9 +308,8 @@ async fn requested_records_and_folders_filter_the_response() {
 
 #[tokio::test]
 async fn get_folders_uses_gcm_for_shared_and_cbc_for_sub_folders() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
-    let raw = RawClient::new(&server);
-    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    let server = TestServer::sample().await.unwrap();
+    let (raw, device) = server.raw_device("operator");
     let app_key = device.app_key.clone().unwrap();
     let reply = raw.send(&device, Call::new("get_folders", &device)).await;
     assert_eq!(reply.status, 200);
@@ -360,9 +346,8 @@ async fn get_folders_uses_gcm_for_shared_and_cbc_for_sub_folders() {
 
 #[tokio::test]
 async fn client_versions_key_ids_and_garbage_get_the_real_errors() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
-    let raw = RawClient::new(&server);
-    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    let server = TestServer::sample().await.unwrap();
+    let (raw, device) = server.raw_device("operator");
 
     let reply = raw
         .send(
@@ -453,9 +438,8 @@ async fn a_server_with_another_key_id_names_it_in_key_errors() {
 
 #[tokio::test]
 async fn throttling_injected_and_rate_limited() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
-    let raw = RawClient::new(&server);
-    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    let server = TestServer::sample().await.unwrap();
+    let (raw, device) = server.raw_device("operator");
     server
         .faults()
         .throttle_next(2, Some(Duration::from_secs(3)));
@@ -492,9 +476,8 @@ async fn throttling_injected_and_rate_limited() {
 
 #[tokio::test]
 async fn tampered_truncated_and_dropped_responses() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
-    let raw = RawClient::new(&server);
-    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    let server = TestServer::sample().await.unwrap();
+    let (raw, device) = server.raw_device("operator");
 
     server.faults().tamper_next(1);
     let reply = raw.send(&device, Call::new("get_secret", &device)).await;
@@ -519,9 +502,8 @@ async fn tampered_truncated_and_dropped_responses() {
 
 #[tokio::test]
 async fn down_modes_refuse_connections_or_answer_503() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
-    let raw = RawClient::new(&server);
-    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    let server = TestServer::sample().await.unwrap();
+    let (raw, device) = server.raw_device("operator");
     assert_eq!(raw.status(&device, "get_secret").await, 200);
 
     server.faults().set_down(DownMode::Refuse);
@@ -553,9 +535,8 @@ async fn down_modes_refuse_connections_or_answer_503() {
 
 #[tokio::test]
 async fn hostile_requests_get_4xx_and_the_server_keeps_working() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
-    let raw = RawClient::new(&server);
-    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    let server = TestServer::sample().await.unwrap();
+    let (raw, device) = server.raw_device("operator");
     let server_key = raw.server_key;
     let garbage_payloads: [&[u8]; 5] = [
         b"",
@@ -595,9 +576,8 @@ async fn hostile_requests_get_4xx_and_the_server_keeps_working() {
 
 #[tokio::test]
 async fn latency_delays_answers() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
-    let raw = RawClient::new(&server);
-    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    let server = TestServer::sample().await.unwrap();
+    let (raw, device) = server.raw_device("operator");
     server.faults().set_latency(Duration::from_millis(300));
     let started = std::time::Instant::now();
     let reply = raw.send(&device, Call::new("get_secret", &device)).await;
@@ -607,7 +587,7 @@ async fn latency_delays_answers() {
 
 #[tokio::test]
 async fn file_downloads_can_fail_and_change() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
+    let server = TestServer::sample().await.unwrap();
     let raw = RawClient::new(&server);
     let url = format!("https://{}/files/{CERT_FILE}", server.hostname());
     let (status, good) = raw.get(&url).await.unwrap();
@@ -637,9 +617,8 @@ async fn file_downloads_can_fail_and_change() {
 
 #[tokio::test]
 async fn live_edits_bump_revisions_and_show_up() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
-    let raw = RawClient::new(&server);
-    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    let server = TestServer::sample().await.unwrap();
+    let (raw, device) = server.raw_device("operator");
     let app_key = device.app_key.clone().unwrap();
     let fetch = || async {
         let reply = raw.send(&device, Call::new("get_secret", &device)).await;
@@ -650,8 +629,10 @@ async fn live_edits_bump_revisions_and_show_up() {
         .as_i64()
         .unwrap();
 
-    let mut record = server.record(POSTGRES).unwrap();
-    record.fields[2]["value"] = json!(["rotated-password"]);
+    let record = server
+        .record(POSTGRES)
+        .unwrap()
+        .password("rotated-password");
     let revision = server.set_record(record).unwrap();
     assert!(revision > old_revision);
     let after = fetch().await;
@@ -663,15 +644,16 @@ async fn live_edits_bump_revisions_and_show_up() {
     );
 
     // A new record in the sub-folder, then gone again.
-    let mut new_record = server.record(ANALYTICS).unwrap();
-    new_record.uid = "Bq3Fz1T0aQ3mJc4oR2cR9w".into();
-    new_record.title = "Cache".into();
-    new_record.files = vec![FileSpec::from_bytes(
-        "Ck4Gz2U1bR4nKd5pS3dS0x",
-        "dump.bin",
-        None,
-        &[1, 2, 3],
-    )];
+    let new_record = server
+        .record(ANALYTICS)
+        .unwrap()
+        .copy_as("Bq3Fz1T0aQ3mJc4oR2cR9w", "Cache")
+        .file(FileSpec::from_bytes(
+            "Ck4Gz2U1bR4nKd5pS3dS0x",
+            "dump.bin",
+            None,
+            &[1, 2, 3],
+        ));
     server.set_record(new_record).unwrap();
     assert_eq!(fetch().await.len(), 5);
     server.delete_record(STRIPE).unwrap();
@@ -686,10 +668,9 @@ async fn live_edits_bump_revisions_and_show_up() {
 
 #[tokio::test]
 async fn counters_split_by_client_app_endpoint_and_outcome() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
-    let raw = RawClient::new(&server);
-    let (a, _) = Device::from_config(&server.bound_config("operator").unwrap());
-    let (b, _) = Device::from_config(&server.bound_config("ci").unwrap());
+    let server = TestServer::sample().await.unwrap();
+    let (raw, a) = server.raw_device("operator");
+    let b = server.bound_device("ci");
     raw.send(&a, Call::new("get_secret", &a)).await;
     raw.send(&a, Call::new("get_secret", &a)).await;
     raw.send(&a, Call::new("get_folders", &a)).await;
@@ -715,9 +696,8 @@ async fn counters_split_by_client_app_endpoint_and_outcome() {
 
 #[tokio::test]
 async fn max_concurrent_counts_overlapping_requests() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
-    let raw = RawClient::new(&server);
-    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    let server = TestServer::sample().await.unwrap();
+    let (raw, device) = server.raw_device("operator");
     server.faults().set_latency(Duration::from_millis(300));
     let calls = (0..5).map(|_| raw.status(&device, "get_secret"));
     let statuses = futures::future::join_all(calls).await;
@@ -736,7 +716,7 @@ async fn max_concurrent_counts_overlapping_requests() {
 
 #[tokio::test]
 async fn tls_fails_without_the_test_ca() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
+    let server = TestServer::sample().await.unwrap();
     let http = reqwest::Client::builder().use_rustls_tls().build().unwrap();
     let error = http
         .get(format!("https://{}/files/{CERT_FILE}", server.hostname()))
@@ -757,7 +737,7 @@ async fn tls_fails_without_the_test_ca() {
 
 #[tokio::test]
 async fn admin_api_drives_the_same_controls() {
-    let server = TestServer::start(sample_vault()).await.unwrap();
+    let server = TestServer::sample().await.unwrap();
     let admin = server
         .serve_admin("127.0.0.1:0".parse().unwrap())
         .await
@@ -946,23 +926,12 @@ fn the_binary_writes_its_state_files_and_stops_on_sigterm() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The sample vault with "Web Certificate" (directly in Production) and "Postgres" (in its
-/// sub-folder Databases) listed the way Keeper lists records made by Commander or the Vault UI.
-fn flat_in_folder_vault() -> VaultSpec {
-    let mut spec = sample_vault();
-    for record in &mut spec.records {
-        if record.uid == WEB_CERT || record.uid == POSTGRES {
-            record.listing = Listing::FlatInFolder;
-        }
-    }
-    spec
-}
-
 #[tokio::test]
 async fn flat_in_folder_records_are_top_level_and_wrapped_by_the_folder_key() {
-    let server = TestServer::start(flat_in_folder_vault()).await.unwrap();
-    let raw = RawClient::new(&server);
-    let (device, _) = Device::from_config(&server.bound_config("operator").unwrap());
+    let server = TestServer::start(flat_in_folder_sample_vault())
+        .await
+        .unwrap();
+    let (raw, device) = server.raw_device("operator");
     let app_key = device.app_key.clone().unwrap();
     let answer = raw.send(&device, Call::new("get_secret", &device)).await;
     assert_eq!(answer.status, 200);

@@ -118,13 +118,10 @@ async fn two_replicas_hand_over_through_an_upgrade() -> Result<()> {
     ensure!(new_leader != leader, "the Lease did not move");
 
     // The new leader reconciles: a rotated password reaches the Secret on demand.
-    let mut record = install.server.record(POSTGRES)?;
-    for field in &mut record.fields {
-        if field["type"] == "password" {
-            field["value"] = json!(["rotated-after-hand-over"]);
-        }
-    }
-    install.server.set_record(record)?;
+    let record = install.server.record(POSTGRES)?;
+    install
+        .server
+        .set_record(record.password("rotated-after-hand-over"))?;
     let force =
         json!({ "metadata": { "annotations": { FORCE_SYNC_ANNOTATION: "after-hand-over" } } });
     install
@@ -179,7 +176,7 @@ impl Install {
         image: &Image,
         extra: serde_json::Value,
     ) -> Result<Install> {
-        let server = TestServer::start(sample_vault()).await?;
+        let server = TestServer::sample().await?;
         let port = server
             .hostname()
             .rsplit_once(':')

@@ -244,8 +244,7 @@ async fn an_il5_token_redeemed_in_the_cluster_serves_the_operator_and_the_cli() 
     let w = World::start_with("plugin-il5", options)
         .await?
         .with_timeout(TIMEOUT);
-    let (id, point) = w.server.server_public_key();
-    let il5 = format!("IL5:{}:{id}:{point}", w.server.issue_token("operator")?);
+    let il5 = w.server.issue_il5_token("operator")?;
     // The IL5 prefix names il5.keepersecurity.us: the Secret names the test server instead.
     let hostname = w.server.hostname();
     create_secret(

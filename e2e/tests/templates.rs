@@ -92,15 +92,11 @@ async fn template_from_renders_helpers_follows_edits_and_reports_missing_sources
     operator.wait_ready(TIMEOUT).await?;
     let (leaf, key) = certificate("www.example.internal")?;
     let (ca, _) = certificate("example CA")?;
-    let record: RecordSpec = serde_json::from_value(json!({
-        "uid": RECORD, "title": "Ingress TLS", "type": "login",
-        "folderUid": uids::PRODUCTION,
-        "fields": [
-            { "type": "login", "value": [ "admin" ] },
-            { "type": "password", "value": [ PASSWORD ] },
-        ],
-        "custom": [ { "type": "multiline", "label": "bundle", "value": [ format!("{leaf}{ca}{key}") ] } ],
-    }))?;
+    let record = RecordSpec::login(RECORD, "Ingress TLS")
+        .in_folder(uids::PRODUCTION)
+        .field("login", json!(["admin"]))
+        .password(PASSWORD)
+        .custom("multiline", "bundle", json!([format!("{leaf}{ca}{key}")]));
     w.server.set_record(record)?;
 
     let config_maps: Api<ConfigMap> = w.env.api();

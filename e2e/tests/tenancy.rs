@@ -7,7 +7,7 @@ use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::Secret;
 use keeper_e2e::harness::{Operator, TestEnv, create_secret, secret_text, unique_name, wait_until};
-use keeper_e2e::ksm_server::{TestServer, sample_vault, uids};
+use keeper_e2e::ksm_server::{TestServer, uids};
 use keeper_e2e::world::{POSTGRES, create_keeper_secret, wait_for_reason};
 use keeper_operator::api::{CLAIM_ANNOTATION, REDEEMED_ANNOTATION, RESTARTED_AT_ANNOTATION};
 use keeper_operator::api::{ClusterKeeperStore, KeeperSecret};
@@ -61,7 +61,7 @@ fn sample(text: &str, series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_time_token_is_redeemed_once_by_the_leader_of_two_replicas() -> Result<()> {
     let env = TestEnv::new("ten-token").await?;
-    let server = TestServer::start(sample_vault()).await?;
+    let server = TestServer::sample().await?;
     let token = server.issue_token("operator")?;
     let (key_id, key) = server.server_public_key();
     let server_key = format!("{key_id}:{key}");
@@ -205,7 +205,7 @@ const QUIET: Duration = Duration::from_secs(13);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_change_restarts_the_consuming_deployment_once() -> Result<()> {
     let env = TestEnv::with_values("ten-rollout", &[("rbac.rolloutRestart", "true")]).await?;
-    let server = TestServer::start(sample_vault()).await?;
+    let server = TestServer::sample().await?;
     let config = server.bound_config("operator")?;
     env.create_credential_secret("ksm", &config).await?;
     let deployments: Api<Deployment> = env.api();
@@ -277,11 +277,7 @@ async fn a_record_change_restarts_the_consuming_deployment_once() -> Result<()> 
     );
 
     // One record change in Keeper: both Secrets follow, the Deployment restarts exactly once.
-    let mut record = server.record(POSTGRES)?;
-    for f in record.fields.iter_mut().filter(|f| f["type"] == "password") {
-        f["value"] = serde_json::json!(["rotated-for-rollout"]);
-    }
-    server.set_record(record)?;
+    server.set_record(server.record(POSTGRES)?.password("rotated-for-rollout"))?;
     let secrets: Api<Secret> = env.api();
     for (secret, key) in [("feed-a-out", "password"), ("feed-b-out", "db-password")] {
         wait_until(&format!("{secret} rotated"), TIMEOUT, || {
@@ -452,7 +448,7 @@ async fn store(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_allow_lists_limit_records_and_folders() -> Result<()> {
     let env = TestEnv::new("ten-allow").await?;
-    let server = TestServer::start(sample_vault()).await?;
+    let server = TestServer::sample().await?;
     let config = server.bound_config("operator")?;
     let op_secrets: Api<Secret> = Api::namespaced(env.cluster.client(), &env.chart.namespace);
     create_secret(&op_secrets, "shared-ksm", &[("config", config.as_bytes())]).await?;
@@ -571,7 +567,7 @@ async fn store_allow_lists_limit_records_and_folders() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_credential_aimed_at_a_host_not_allowed_is_refused_before_any_request() -> Result<()> {
     let env = TestEnv::new("ten-hosts").await?;
-    let server = TestServer::start(sample_vault()).await?;
+    let server = TestServer::sample().await?;
     let config = server.bound_config("operator")?;
     // Same keys, but `localhost`: the same listener, reached by a name the list lacks.
     let port = server
@@ -622,7 +618,7 @@ async fn merge_needs_the_targets_opt_in_and_never_makes_the_secret_ours() -> Res
     use keeper_operator::api::{ALLOW_MERGE_ANNOTATION, FORCE_SYNC_ANNOTATION, MANAGED_BY_LABEL};
     use kube::api::{Patch, PatchParams};
     let env = TestEnv::new("ten-merge").await?;
-    let server = TestServer::start(sample_vault()).await?;
+    let server = TestServer::sample().await?;
     let config = server.bound_config("operator")?;
     let secrets: Api<Secret> = env.api();
     create_secret(&secrets, "ksm", &[("config", config.as_bytes())]).await?;

@@ -14,6 +14,19 @@ use zeroize::Zeroizing;
 /// docs/dev/protocol.md#server-keys).
 pub const DEFAULT_SERVER_KEY_ID: u32 = 10;
 
+/// The keys of a bound config as the official SDKs write it, sorted: what
+/// [`KsmConfig::to_json`] writes for a bound config with a custom server key and owner key. One
+/// list, so the operator's output and the test server's configs are checked against the same.
+pub const SDK_CONFIG_KEYS: [&str; 7] = [
+    "appKey",
+    "appOwnerPublicKey",
+    "clientId",
+    "hostname",
+    "privateKey",
+    "serverPublicKey",
+    "serverPublicKeyId",
+];
+
 /// Why a config was rejected. Names the key, never its value.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -331,18 +344,7 @@ mod tests {
         let obj = value.as_object().unwrap();
         let mut keys: Vec<_> = obj.keys().map(String::as_str).collect();
         keys.sort();
-        assert_eq!(
-            keys,
-            [
-                "appKey",
-                "appOwnerPublicKey",
-                "clientId",
-                "hostname",
-                "privateKey",
-                "serverPublicKey",
-                "serverPublicKeyId"
-            ]
-        );
+        assert_eq!(keys, SDK_CONFIG_KEYS);
         assert!(obj.values().all(Value::is_string));
         assert_eq!(obj["serverPublicKeyId"], "10");
         assert_eq!(obj["hostname"], "127.0.0.1:8443");

@@ -398,13 +398,8 @@ impl Bench {
     /// managed Secret holds the new value.
     async fn change_propagation(&mut self, out: &mut Report) -> Result<()> {
         let uid = self.record_uids[0].clone();
-        let mut record = self.server.record(&uid)?;
         let value = format!("rotated-{}", std::process::id());
-        for field in &mut record.fields {
-            if field["type"] == "password" {
-                field["value"] = json!([value]);
-            }
-        }
+        let record = self.server.record(&uid)?.password(&value);
         let start = Instant::now();
         self.server.set_record(record)?;
         let n = self.args.keeper_secrets;

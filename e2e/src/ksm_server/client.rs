@@ -10,7 +10,7 @@ use keeper_operator::ksm::crypto::{
 };
 use serde_json::{Value, json};
 
-use super::TestServer;
+use super::ServerHandle;
 
 /// A device as a client holds it: its key, client id, and (once bound) the app key.
 pub struct Device {
@@ -107,7 +107,7 @@ pub struct RawClient {
 }
 
 impl RawClient {
-    pub fn new(server: &TestServer) -> Self {
+    pub fn new(server: &ServerHandle) -> Self {
         let (key_id, key) = server.server_public_key();
         RawClient {
             http: reqwest::Client::builder()

@@ -33,6 +33,7 @@ mod admin;
 pub mod client;
 mod counters;
 mod faults;
+mod fixture;
 mod handlers;
 mod listener;
 mod sample;
@@ -46,7 +47,7 @@ pub use faults::{
     DownMode, FaultHandle, FaultState, FileFailure, RateLimit, RetryAfterHeader, Throttle,
     ThrottleBody,
 };
-pub use sample::{SAMPLE_VAULT_JSON, sample_file, sample_vault, uids};
+pub use sample::{SAMPLE_VAULT_JSON, flat_in_folder_sample_vault, sample_file, sample_vault, uids};
 pub use spec::{AppSpec, FileSpec, FolderSpec, Listing, RecordSpec, VaultSpec, is_valid_uid};
 
 use anyhow::{Context, anyhow};

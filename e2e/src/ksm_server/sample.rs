@@ -1,7 +1,7 @@
 //! The sample vault (`e2e/testdata/sample-vault.json`), compiled in so every test and tool
 //! shares one copy, plus the UIDs tests refer to.
 
-use super::spec::VaultSpec;
+use super::spec::{Listing, VaultSpec};
 
 pub const SAMPLE_VAULT_JSON: &str = include_str!("../../testdata/sample-vault.json");
 
@@ -9,6 +9,18 @@ pub const SAMPLE_VAULT_JSON: &str = include_str!("../../testdata/sample-vault.js
 /// "Databases") and the directly shared "Stripe API"; app `ci` sees the folder "Staging".
 pub fn sample_vault() -> VaultSpec {
     VaultSpec::from_json(SAMPLE_VAULT_JSON).expect("the bundled sample vault is valid")
+}
+
+/// The sample vault with "Web Certificate" (directly in Production) and "Postgres" (in its
+/// sub-folder Databases) listed the way Keeper lists records made by Commander or the Vault UI.
+pub fn flat_in_folder_sample_vault() -> VaultSpec {
+    let mut spec = sample_vault();
+    for record in &mut spec.records {
+        if record.uid == uids::WEB_CERT || record.uid == uids::POSTGRES {
+            record.listing = Listing::FlatInFolder;
+        }
+    }
+    spec
 }
 
 /// The content of file `uid` of the sample vault.

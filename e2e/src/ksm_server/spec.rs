@@ -174,19 +174,11 @@ impl VaultSpec {
     pub fn generated(records: usize) -> Self {
         let folder = generate_uid();
         let records = (0..records)
-            .map(|i| RecordSpec {
-                uid: generate_uid(),
-                title: format!("Record {i}"),
-                record_type: "login".to_string(),
-                folder_uid: Some(folder.clone()),
-                fields: vec![
-                    serde_json::json!({"type": "login", "value": [format!("user-{i}")]}),
-                    serde_json::json!({"type": "password", "value": [format!("password-{i}")]}),
-                ],
-                custom: Vec::new(),
-                notes: None,
-                files: Vec::new(),
-                listing: Listing::Nested,
+            .map(|i| {
+                RecordSpec::login(generate_uid(), format!("Record {i}"))
+                    .in_folder(&folder)
+                    .field("login", serde_json::json!([format!("user-{i}")]))
+                    .password(&format!("password-{i}"))
             })
             .collect();
         VaultSpec {
@@ -344,6 +336,81 @@ impl RecordSpec {
     }
 }
 
+/// Chainable construction and editing of records for tests, new
+/// (`RecordSpec::login(uid, "Title").in_folder(folder).password("x")`) or from the server
+/// (`server.record(uid)?.password("rotated")`).
+impl RecordSpec {
+    /// A record of `record_type` with no fields, in no shared folder.
+    pub fn new(uid: impl Into<String>, title: impl Into<String>, record_type: &str) -> Self {
+        RecordSpec {
+            uid: uid.into(),
+            title: title.into(),
+            record_type: record_type.to_string(),
+            folder_uid: None,
+            fields: Vec::new(),
+            custom: Vec::new(),
+            notes: None,
+            files: Vec::new(),
+            listing: Listing::Nested,
+        }
+    }
+
+    /// A `login` record with no fields, in no shared folder.
+    pub fn login(uid: impl Into<String>, title: impl Into<String>) -> Self {
+        Self::new(uid, title, "login")
+    }
+
+    /// A new record with this one's content, under another UID and title.
+    pub fn copy_as(mut self, uid: impl Into<String>, title: impl Into<String>) -> Self {
+        self.uid = uid.into();
+        self.title = title.into();
+        self
+    }
+
+    pub fn in_folder(mut self, folder_uid: &str) -> Self {
+        self.folder_uid = Some(folder_uid.to_string());
+        self
+    }
+
+    pub fn listed(mut self, listing: Listing) -> Self {
+        self.listing = listing;
+        self
+    }
+
+    /// Standard field `field_type` holds `value` (a JSON array): every field of that type is
+    /// set, as an edit in the vault would, or a new one is appended.
+    pub fn field(mut self, field_type: &str, value: serde_json::Value) -> Self {
+        let mut found = false;
+        for field in self.fields.iter_mut().filter(|f| f["type"] == field_type) {
+            field["value"] = value.clone();
+            found = true;
+        }
+        if !found {
+            self.fields
+                .push(serde_json::json!({ "type": field_type, "value": value }));
+        }
+        self
+    }
+
+    /// The password field holds `password`.
+    pub fn password(self, password: &str) -> Self {
+        self.field("password", serde_json::json!([password]))
+    }
+
+    /// Appends custom field `field_type` labelled `label` holding `value` (a JSON array).
+    pub fn custom(mut self, field_type: &str, label: &str, value: serde_json::Value) -> Self {
+        self.custom
+            .push(serde_json::json!({ "type": field_type, "label": label, "value": value }));
+        self
+    }
+
+    /// Attaches `file`; the vault lists it in the record's `fileRef` field.
+    pub fn file(mut self, file: FileSpec) -> Self {
+        self.files.push(file);
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,6 +451,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(spec.records[0].listing, Listing::FlatInFolder);
+    }
+
+    #[test]
+    fn the_builder_makes_what_the_json_form_says() {
+        let built = RecordSpec::login("Ue8h6JyWUs7Iu6eY_mha-w", "t")
+            .in_folder("y6FBhg7C-wy2zaM0-ouI-Q")
+            .field("login", serde_json::json!(["admin"]))
+            .password("first")
+            .custom("pinCode", "PIN", serde_json::json!([1234]))
+            .password("second");
+        let parsed: RecordSpec = serde_json::from_str(
+            r#"{"uid":"Ue8h6JyWUs7Iu6eY_mha-w","title":"t","type":"login",
+                "folderUid":"y6FBhg7C-wy2zaM0-ouI-Q",
+                "fields":[{"type":"login","value":["admin"]},{"type":"password","value":["second"]}],
+                "custom":[{"type":"pinCode","label":"PIN","value":[1234]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&built).unwrap(),
+            serde_json::to_value(&parsed).unwrap()
+        );
     }
 
     #[test]

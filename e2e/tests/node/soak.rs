@@ -78,11 +78,8 @@ async fn a_hostile_tenant_cannot_starve_the_others() -> Result<()> {
     let mut slowest = Duration::ZERO;
     for round in 0..ROTATIONS {
         let value = format!("rotated-under-attack-{round}");
-        let mut record = install.server.record(POSTGRES)?;
-        for field in record.fields.iter_mut().filter(|f| f["type"] == "password") {
-            field["value"] = json!([value]);
-        }
-        install.server.set_record(record)?;
+        let record = install.server.record(POSTGRES)?;
+        install.server.set_record(record.password(&value))?;
         let rotated = Instant::now();
         wait_honest(&install, &value).await?;
         let took = rotated.elapsed();
@@ -209,18 +206,12 @@ async fn attack(install: &Install, ns: &str, hostile: &Api<KeeperSecret>) -> Res
         let record_uid = keeper_operator::ksm::crypto::generate_uid();
         let file_uid = keeper_operator::ksm::crypto::generate_uid();
         let content = vec![b'a' + (i % 26) as u8; ATTACHMENT_BYTES];
-        install.server.set_record(RecordSpec {
-            uid: record_uid.clone(),
-            title: format!("Blob {i}"),
-            record_type: "file".into(),
-            folder_uid: Some(SHARED_FOLDER.into()),
-            fields: vec![json!({ "type": "fileRef", "value": [file_uid] })],
-            custom: vec![],
-            notes: None,
-            files: vec![FileSpec::from_bytes(&file_uid, "blob.bin", None, &content)],
+        let blob = RecordSpec::new(&record_uid, format!("Blob {i}"), "file")
+            .in_folder(SHARED_FOLDER)
+            .file(FileSpec::from_bytes(&file_uid, "blob.bin", None, &content))
             // Listed as Keeper lists records made in a shared folder by the Vault UI.
-            listing: Listing::FlatInFolder,
-        })?;
+            .listed(Listing::FlatInFolder);
+        install.server.set_record(blob)?;
         create(
             format!("attachment-{i}"),
             json!({ "auth": auth, "refreshInterval": "10s",
