@@ -13,8 +13,16 @@ use anyhow::{Context, Result, bail, ensure};
 use jiff::Timestamp;
 use serde::Deserialize;
 
+macro_rules! operator_user_agent {
+    () => {
+        "keeper-operator/"
+    };
+}
+
 /// What the operator's requests carry in `User-Agent`.
-pub const OPERATOR_USER_AGENT: &str = "keeper-operator/";
+pub const OPERATOR_USER_AGENT: &str = operator_user_agent!();
+/// [`OPERATOR_USER_AGENT`] as the audit log's compact JSON writes it.
+const OPERATOR_USER_AGENT_FIELD: &str = concat!("\"userAgent\":\"", operator_user_agent!());
 
 /// One kube-apiserver audit event (JSON lines, `audit.k8s.io/v1`), the fields the check reads.
 #[derive(Debug, Clone, Deserialize)]
@@ -119,7 +127,7 @@ impl AuditEvent {
 /// a substring test that spares parsing the JSON of every other request of the run (most of
 /// a log of hundreds of MB, and the audit runs on a debug build).
 pub fn may_be_operator(line: &str) -> bool {
-    line.contains(OPERATOR_USER_AGENT) && line.contains("system:serviceaccount:")
+    line.contains(OPERATOR_USER_AGENT_FIELD)
 }
 
 /// Parses one line of the audit log; `None` for a blank line.
@@ -543,9 +551,17 @@ mod tests {
 
     #[test]
     fn audit_lines_parse_into_accesses() {
-        let e = parse_line(&line(OP, "keeper-operator/0.1.0", "patch", SECRET, 201, ""))
-            .unwrap()
-            .unwrap();
+        let text = line(OP, "keeper-operator/0.1.0", "patch", SECRET, 201, "");
+        assert!(may_be_operator(&text));
+        assert!(!may_be_operator(&line(
+            OP,
+            "kubectl/v1.35",
+            "get",
+            SECRET,
+            200,
+            ""
+        )));
+        let e = parse_line(&text).unwrap().unwrap();
         assert!(e.is_operator() && !e.denied());
         let accesses = e.accesses();
         assert_eq!(accesses.len(), 2, "an apply that created is a create too");

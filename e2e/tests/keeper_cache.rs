@@ -954,7 +954,7 @@ async fn an_answer_too_large_to_seal_is_reported_once_and_served_from_memory() -
             char::from_digit((state % 16) as u32, 16).unwrap_or('0')
         })
         .collect();
-    let mut record = w.postgres_with_password(json!(["fits-in-memory"]))?;
+    let mut record = w.server.record(POSTGRES)?.password("fits-in-memory");
     record.notes = Some(notes);
     w.server.set_record(record)?;
     let operator = w.operator().await?;
