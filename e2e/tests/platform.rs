@@ -673,14 +673,18 @@ async fn admission_policy_bounds_the_operator() -> Result<()> {
         }
     };
     let forbidden = |r: kube::Result<()>| matches!(r, Err(kube::Error::Api(ref s)) if s.code == 403 && s.message.contains("keeper-operator may"));
-    // The policy takes a moment to reach the API server's admission chain after install.
-    let image = serde_json::json!({ "spec": { "template": { "spec": {
-        "containers": [ { "name": "api", "image": "registry.example/evil:1" } ] } } } });
+    // The policy takes a moment to reach the API server's admission chain after install. Each
+    // attempt asks for another image: one admitted before the policy loaded would make the
+    // same patch a no-op, which the policy rightly lets through.
+    let attempt = std::sync::atomic::AtomicU32::new(0);
     harness::wait_until(
         "the workload policy denies an image change",
         TIMEOUT,
         || {
-            let patch = patch(image.clone());
+            let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let image = serde_json::json!({ "spec": { "template": { "spec": {
+                "containers": [ { "name": "api", "image": format!("registry.example/evil:{n}") } ] } } } });
+            let patch = patch(image);
             async move { Ok(forbidden(patch.await.map(|_| ())).then_some(())) }
         },
     )
