@@ -18,13 +18,16 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
+use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
 use super::memo::{Caches, Writers};
 use super::reconcile::{Context, Settings, reconcile};
 use crate::api::KeeperSecret;
+use crate::controller::metrics::ReconcileMetrics;
 use crate::error::Error;
 use crate::k8s::Events;
+use crate::k8s::rollout::RolloutMetrics;
 use crate::keeper::KeeperSource;
 use crate::keeper::fetcher::{FileBytes, Health, Origin, Served, Snapshot, Staleness};
 use crate::ksm::config::KsmConfig;
@@ -32,7 +35,6 @@ use crate::ksm::crypto::AesKey;
 use crate::ksm::error::KsmError;
 use crate::ksm::record::{KeeperFile, Vault};
 use crate::lock;
-use crate::runtime::metrics::Metrics;
 
 /// What the fake API server holds and saw.
 #[derive(Default)]
@@ -374,11 +376,13 @@ impl Fixture {
             forced_sync_spacing: Duration::ZERO,
         };
         edit(&mut settings);
+        let mut registry = Registry::default();
         let ctx = Context::new(
             client,
             FakeKeeper::default(),
             events,
-            Arc::new(Metrics::default()),
+            ReconcileMetrics::register(&mut registry),
+            RolloutMetrics::register(&mut registry),
             settings,
             Arc::new(caches),
         );

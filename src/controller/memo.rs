@@ -31,10 +31,10 @@ use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use sha2::{Digest, Sha256};
 
 use crate::api::{KeeperSecret, KeeperSecretStatus};
+use crate::controller::metrics::DataTimes;
 use crate::k8s::credentials;
 use crate::keeper::CredentialKey;
 use crate::lock;
-use crate::runtime::metrics::DataTimes;
 use crate::sync::hold::Sighting;
 use crate::sync::refresh;
 

@@ -12,6 +12,7 @@
 #[cfg(test)]
 pub mod fixtures;
 pub mod memo;
+pub mod metrics;
 pub mod reconcile;
 pub mod renders;
 pub mod stores;

@@ -22,14 +22,14 @@ use tracing::{debug, info, warn};
 
 use crate::api::{CreationPolicy, KeeperSecret, KeeperSecretStatus, Template};
 use crate::controller::memo::Caches;
+use crate::controller::metrics::ReconcileMetrics;
 use crate::error::Error;
 use crate::k8s::Events;
 use crate::k8s::credentials::Credential;
-use crate::k8s::rollout::Rollouts;
+use crate::k8s::rollout::{RolloutMetrics, Rollouts};
 use crate::keeper::KeeperSource;
 use crate::keeper::fetcher::{Origin, Served, Snapshot};
 use crate::ksm::record::{KeeperFile, Vault};
-use crate::runtime::metrics::Metrics;
 use crate::sync::build::{self, Built, Write};
 use crate::sync::desired::{self, HashKey, Ownership, TargetRefusal};
 use crate::sync::mapping::Bytes;
@@ -63,8 +63,8 @@ pub struct Context<S> {
     pub keeper: S,
     /// Event publisher.
     pub events: Events,
-    /// Metrics registry.
-    pub metrics: Arc<Metrics>,
+    /// Reconcile outcomes and durations.
+    pub metrics: ReconcileMetrics,
     /// Settings.
     pub settings: Settings,
     /// Debounced rollout restarts (`spec.rolloutRestart`).
@@ -81,14 +81,15 @@ impl<S> Context<S> {
         client: Client,
         keeper: S,
         events: Events,
-        metrics: Arc<Metrics>,
+        metrics: ReconcileMetrics,
+        rollout_metrics: RolloutMetrics,
         settings: Settings,
         caches: Arc<Caches>,
     ) -> Self {
         let rollouts = Rollouts::new(
             client.clone(),
             events.clone(),
-            metrics.clone(),
+            rollout_metrics,
             settings.rollout_debounce,
         );
         Context {

@@ -21,6 +21,10 @@ use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
 use crate::api::{
@@ -28,7 +32,6 @@ use crate::api::{
 };
 use crate::k8s::Events;
 use crate::lock;
-use crate::runtime::metrics::Metrics;
 use crate::sync::refresh;
 
 /// PURE: whether writing `desired` over `existing` changes the data consumers see.
@@ -80,12 +83,47 @@ struct Workload {
     name: String,
 }
 
+/// Label set of a rollout restart.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RolloutLabels {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    kind: &'static str,
+    /// `restarted`, `not_found`, `forbidden` or `error`.
+    outcome: &'static str,
+}
+
+/// Restart attempts by kind and outcome; clones share the series.
+#[derive(Clone)]
+pub struct RolloutMetrics {
+    restarts: Family<RolloutLabels, Counter>,
+}
+
+impl RolloutMetrics {
+    /// Rollout metrics that `registry` exports.
+    pub fn register(registry: &mut Registry) -> Self {
+        let restarts = Family::<RolloutLabels, Counter>::default();
+        registry.register(
+            "rollout_restarts",
+            "Workload restarts after synced data changed (spec.rolloutRestart), by kind and outcome",
+            restarts.clone(),
+        );
+        RolloutMetrics { restarts }
+    }
+
+    /// Counts one rollout restart attempt.
+    pub fn restart(&self, kind: &'static str, outcome: &'static str) {
+        self.restarts
+            .get_or_create(&RolloutLabels { kind, outcome })
+            .inc();
+    }
+}
+
 /// Debounced restarts; cheap to share (clones share the pending set).
 #[derive(Clone)]
 pub struct Rollouts {
     client: Client,
     events: Events,
-    metrics: Arc<Metrics>,
+    metrics: RolloutMetrics,
     debounce: Duration,
     /// Workloads with a restart scheduled, and the KeeperSecrets that asked for it.
     pending: Arc<Mutex<HashMap<Workload, Vec<ObjectReference>>>>,
@@ -93,7 +131,12 @@ pub struct Rollouts {
 
 impl Rollouts {
     /// Restarts happen at least `debounce` after the first request for a workload.
-    pub fn new(client: Client, events: Events, metrics: Arc<Metrics>, debounce: Duration) -> Self {
+    pub fn new(
+        client: Client,
+        events: Events,
+        metrics: RolloutMetrics,
+        debounce: Duration,
+    ) -> Self {
         Rollouts {
             client,
             events,
@@ -167,7 +210,7 @@ impl Rollouts {
                 (outcome, (EventType::Warning, "RolloutRestartFailed", note))
             }
         };
-        self.metrics.rollout_restart(kind, outcome);
+        self.metrics.restart(kind, outcome);
         let (type_, reason, note) = event;
         for requester in requesters {
             self.events

@@ -9,12 +9,18 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use sha2::{Digest, Sha256};
 
 use crate::keeper::fetcher::files::FileCache;
-use crate::keeper::fetcher::ksm_upstream::KsmUpstream;
+use crate::keeper::fetcher::ksm_upstream::{KsmUpstream, RequestMetrics};
 use crate::keeper::fetcher::sealed::SnapshotStore;
-use crate::keeper::fetcher::{CredentialFetcher, FetchSettings, FileBytes, Health, Served};
+use crate::keeper::fetcher::{
+    CredentialFetcher, FetchSettings, FetchStats, FileBytes, Health, Served,
+};
 use crate::ksm::client::{ClientOptions, KsmClient, http_client};
 use crate::ksm::config::KsmConfig;
 use crate::ksm::error::KsmError;
@@ -22,7 +28,6 @@ use crate::ksm::hosts::AllowedHosts;
 use crate::ksm::record::KeeperFile;
 use crate::ksm::token::redeem_token;
 use crate::lock;
-use crate::runtime::metrics::Metrics;
 
 /// Identifies one credential: where it came from plus a fingerprint of its content, so a
 /// rotated credential is a new key (and gets a new client) while equal ones share.
@@ -94,6 +99,52 @@ pub trait KeeperSource: Send + Sync + 'static {
     ) -> impl Future<Output = Result<KsmConfig, KsmError>> + Send;
 }
 
+/// Label set of a one-time-token redemption.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    /// `success` or the error reason.
+    outcome: &'static str,
+}
+
+/// What Keeper access exports: requests, token redemptions and the fetchers' counters.
+#[derive(Clone)]
+pub struct KeeperMetrics {
+    /// Requests to Keeper, which each credential's upstream records.
+    pub requests: RequestMetrics,
+    token_redemptions: Family<OutcomeLabels, Counter>,
+    fetch_stats: Arc<FetchStats>,
+}
+
+impl KeeperMetrics {
+    /// Keeper metrics that `registry` exports.
+    pub fn register(registry: &mut Registry) -> Self {
+        let requests = RequestMetrics::register(registry);
+        let token_redemptions = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "token_redemptions",
+            "One-time tokens redeemed in-cluster, by outcome",
+            token_redemptions.clone(),
+        );
+        KeeperMetrics {
+            requests,
+            token_redemptions,
+            fetch_stats: FetchStats::register(registry),
+        }
+    }
+
+    /// Counts one token redemption attempt.
+    pub fn token_redemption(&self, outcome: &'static str) {
+        self.token_redemptions
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Counters the shared fetchers update.
+    pub fn fetch_stats(&self) -> Arc<FetchStats> {
+        self.fetch_stats.clone()
+    }
+}
+
 /// Bound on live fetchers; beyond it the least recently created are dropped (they only hold
 /// caches that refill on the next wave, and persisted snapshots survive in the store).
 const MAX_FETCHERS: usize = 4096;
@@ -107,7 +158,7 @@ pub struct SharedKeeper {
     http: reqwest::Client,
     settings: FetchSettings,
     store: Option<Arc<dyn SnapshotStore>>,
-    metrics: Arc<Metrics>,
+    metrics: KeeperMetrics,
     /// Downloaded attachments of every credential, under one byte budget.
     files: Arc<FileCache>,
     fetchers: Mutex<HashMap<[u8; 32], Arc<CredentialFetcher>>>,
@@ -119,7 +170,7 @@ impl SharedKeeper {
         options: ClientOptions,
         settings: FetchSettings,
         store: Option<Arc<dyn SnapshotStore>>,
-        metrics: Arc<Metrics>,
+        metrics: KeeperMetrics,
     ) -> Result<Self, KsmError> {
         Ok(SharedKeeper {
             http: http_client(&options)?,
@@ -149,7 +200,7 @@ impl SharedKeeper {
             fetchers.clear();
         }
         let client = KsmClient::with_http(config.clone(), &self.options, self.http.clone())?;
-        let source = KsmUpstream::new(client, self.metrics.clone())?;
+        let source = KsmUpstream::new(client, self.metrics.requests.clone())?;
         let fetcher = Arc::new(CredentialFetcher::new(
             config.client_id(),
             Box::new(source),
@@ -229,7 +280,7 @@ mod tests {
                 client_options(pem.map(<[u8]>::to_vec), AllowedHosts::keeper_regions()),
                 FetchSettings::default(),
                 None,
-                Arc::new(Metrics::default()),
+                KeeperMetrics::register(&mut Registry::default()),
             )
         };
         assert!(matches!(

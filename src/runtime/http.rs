@@ -11,9 +11,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use prometheus_client::registry::Registry;
 use tracing::warn;
 
-use crate::runtime::metrics::Metrics;
+use crate::runtime::metrics::encode;
 use crate::runtime::metrics_auth::{CheckError, Decision, MetricsAuth};
 
 /// State shared with the handlers.
@@ -22,7 +23,7 @@ pub struct Health {
     /// True once the controller's store has its initial list, false again at shutdown.
     pub ready: Arc<AtomicBool>,
     /// Metrics to expose.
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<Registry>,
     /// The `/metrics` gate; `None` serves metrics to anyone who reaches the port.
     pub metrics_auth: Option<Arc<MetricsAuth>>,
 }
@@ -81,7 +82,7 @@ async fn metrics(State(h): State<Health>, headers: HeaderMap) -> impl IntoRespon
             }
         }
     }
-    match h.metrics.encode() {
+    match encode(&h.metrics) {
         Ok(text) => (
             StatusCode::OK,
             [(
@@ -98,6 +99,7 @@ async fn metrics(State(h): State<Health>, headers: HeaderMap) -> impl IntoRespon
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::metrics::Metrics;
 
     async fn get(router: Router, path: &str) -> (StatusCode, String) {
         get_with(router, path, None).await
@@ -122,7 +124,7 @@ mod tests {
     async fn endpoints() {
         let h = Health {
             ready: Arc::default(),
-            metrics: Arc::default(),
+            metrics: Arc::new(Metrics::default().registry),
             metrics_auth: None,
         };
         assert_eq!(get(router(h.clone()), "/healthz").await.0, StatusCode::OK);
@@ -145,7 +147,7 @@ mod tests {
         use crate::runtime::metrics_auth::tests::FakeReviewer;
         let h = Health {
             ready: Arc::new(AtomicBool::new(true)),
-            metrics: Arc::default(),
+            metrics: Arc::new(Metrics::default().registry),
             metrics_auth: Some(Arc::new(MetricsAuth::new(
                 Box::new(FakeReviewer::default()),
             ))),

@@ -13,6 +13,8 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
 /// Name of the Lease in the operator namespace that replicas elect on.
@@ -21,6 +23,28 @@ pub const LEASE_NAME: &str = "keeper-operator-leader";
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// How often the holder renews and candidates retry.
 pub const RETRY_PERIOD: Duration = Duration::from_secs(2);
+
+/// `leader`: whether this replica runs the controller; clones share the gauge.
+#[derive(Clone)]
+pub struct LeaderGauge(Gauge);
+
+impl LeaderGauge {
+    /// The gauge that `registry` exports, 0 until [`LeaderGauge::set`].
+    pub fn register(registry: &mut Registry) -> Self {
+        let gauge = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica runs the controller (always 1 without --leader-elect), else 0",
+            gauge.clone(),
+        );
+        LeaderGauge(gauge)
+    }
+
+    /// Whether this replica leads (runs the controller).
+    pub fn set(&self, leading: bool) {
+        self.0.set(i64::from(leading));
+    }
+}
 
 /// What a replica should do with the Lease it just read.
 #[derive(Debug, PartialEq, Eq)]

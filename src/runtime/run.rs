@@ -47,7 +47,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     let client = kube_client().await?;
-    let metrics = Arc::new(Metrics::default());
+    let Metrics {
+        registry,
+        reconcile: reconcile_metrics,
+        keeper: keeper_metrics,
+        rollouts: rollout_metrics,
+        leader,
+        data_ages,
+    } = Metrics::default();
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("keeper-operator-{}", std::process::id()));
     let elector = match (args.leader_elect, &args.operator_namespace) {
@@ -89,7 +96,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             listener,
             http::router(http::Health {
                 ready: ready.clone(),
-                metrics: metrics.clone(),
+                metrics: Arc::new(registry),
                 metrics_auth,
             }),
         )
@@ -105,7 +112,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             () = shutdown.cancelled() => return finish(server).await,
         }
     }
-    metrics.set_leader(true);
+    leader.set(true);
 
     let settings = Settings {
         default_refresh_interval: args.default_refresh_interval.into(),
@@ -144,18 +151,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         client_options(extra_ca_pem, allowed_hosts),
         fetch_settings,
         store,
-        metrics.clone(),
+        keeper_metrics,
     )
     .context("--keeper-ca-file")?;
     let events = Events::start(client.clone(), reporter);
     let (caches, writers) = Caches::new();
     let caches = Arc::new(caches);
-    metrics.watch_data_times(caches.clone());
+    data_ages.watch(caches.clone());
     let ctx = Arc::new(Context::new(
         client,
         keeper,
         events,
-        metrics.clone(),
+        reconcile_metrics,
+        rollout_metrics,
         settings,
         caches,
     ));
@@ -172,11 +180,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
     let until = {
-        let (ready, metrics) = (ready.clone(), metrics.clone());
+        let ready = ready.clone();
         async move {
             controller_stop.cancelled().await;
             ready.store(false, Ordering::Relaxed);
-            metrics.set_leader(false);
+            leader.set(false);
         }
     };
     let watch_namespace = Some(args.watch_namespace.as_str()).filter(|ns| !ns.is_empty());
