@@ -61,6 +61,8 @@ pub const HOSTNAME_KEY: &str = "hostname";
 pub const SERVER_KEY_KEY: &str = "serverPublicKey";
 /// Type of the condition that summarises a KeeperSecret.
 pub const READY: &str = "Ready";
+/// Condition type that is True while the data is served from the last good copy.
+pub const STALE: &str = "Stale";
 
 /// Valid Secret data key.
 pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{ClusterKeeperStore, FORCE_SYNC_ANNOTATION, KeeperSecret};
+use crate::api::{ClusterKeeperStore, FORCE_SYNC_ANNOTATION, KeeperSecret, STALE};
 use crate::cli::keeper::{load_config_text, print_warnings};
 use crate::error::Error;
 use crate::ksm::record::{KeeperFile, Vault};
@@ -24,7 +24,6 @@ use crate::sync::allowlist::AllowList;
 use crate::sync::build;
 use crate::sync::desired::{Desired, HashKey};
 use crate::sync::mapping::Bytes;
-use crate::sync::status::STALE;
 
 /// KeeperSecrets from the command line: status, refresh, render, why.
 #[derive(Debug, clap::Parser)]

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use sha2::{Digest, Sha256};
 
 use crate::api::{
-    FLUX_REQUESTED_AT_ANNOTATION, FORCE_SYNC_ANNOTATION, KeeperSecret, RefreshPolicy,
+    FLUX_REQUESTED_AT_ANNOTATION, FORCE_SYNC_ANNOTATION, KeeperSecret, RefreshPolicy, STALE,
 };
 use crate::sync::desired::{self, HashKey};
 
@@ -129,7 +129,7 @@ pub fn decide(
     let stale = status
         .conditions
         .iter()
-        .any(|c| c.type_ == crate::sync::status::STALE && c.status == "True");
+        .any(|c| c.type_ == STALE && c.status == "True");
     if stale {
         return Decision::Sync(Why::Stale);
     }

@@ -3,7 +3,7 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::{DeletionPolicy, KeeperSecret, KeeperSecretStatus, READY, RecordRevision};
+use crate::api::{DeletionPolicy, KeeperSecret, KeeperSecretStatus, READY, RecordRevision, STALE};
 
 /// Reason of a Ready=True condition.
 pub const SYNCED: &str = "Synced";
@@ -11,8 +11,6 @@ pub const SYNCED: &str = "Synced";
 pub const LAST_GOOD_COPY: &str = "LastGoodCopy";
 /// Reason of Ready=False once the last good copy is older than the operator's maximum age.
 pub const LAST_GOOD_COPY_EXPIRED: &str = "LastGoodCopyExpired";
-/// Condition type that is True while the data is served from the last good copy.
-pub const STALE: &str = "Stale";
 /// Ready reason: synced, and a deletion policy removed the keys of records gone from Keeper.
 pub const RECORD_DELETED: &str = "RecordDeleted";
 /// kstatus condition (Flux, `kstatus`): True until the current generation has synced once.
