@@ -17,8 +17,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use zeroize::Zeroizing;
 
-pub use crate::ksm::token::redeem_token;
-
 /// The `clientVersion` of the Rust SDK 17.3.0, a string the real backend accepts
 /// (docs/dev/protocol.md#payload).
 pub const DEFAULT_CLIENT_VERSION: &str = "mr17.3.0";

@@ -2,8 +2,28 @@
 //! variant with a stable `reason()`. Messages carry server error text and UIDs, never secrets.
 
 use crate::ksm::config::ConfigError;
-use crate::ksm::token::TokenError;
 use std::time::Duration;
+
+/// Why a one-time token does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is empty")]
+    Empty,
+    #[error("token client key must be 32 bytes of base64url")]
+    ClientKey,
+    #[error(
+        "token has {0} ':'-separated parts; expected [REGION:]KEY or IL5:KEY:KEY_ID:SERVER_KEY"
+    )]
+    Parts(usize),
+    #[error("token server key id must be a number")]
+    KeyId,
+    #[error("token server public key is not a P-256 point")]
+    ServerKey,
+    #[error("token has no region prefix; pass the hostname")]
+    NoHostname,
+    #[error("invalid hostname: {0}")]
+    Hostname(String),
+}
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum KsmError {

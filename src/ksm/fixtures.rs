@@ -2,11 +2,12 @@
 //! certificate and server key), just enough to exercise the client's own request and retry
 //! logic and the `keeper` CLI. The full test server with fault injection lives in the e2e crate.
 
-use crate::ksm::client::{ClientOptions, KsmClient, redeem_token};
+use crate::ksm::client::{ClientOptions, KsmClient};
 use crate::ksm::crypto::{
     AesKey, EcKeyPair, aes_gcm_decrypt, aes_gcm_encrypt, b64_decode, b64_std, b64_url, client_id,
     ecies_decrypt, verify_der,
 };
+use crate::ksm::token::redeem_token;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

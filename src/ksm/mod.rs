@@ -12,9 +12,10 @@ pub mod response;
 pub mod token;
 pub mod transport;
 
-pub use client::{ClientOptions, KsmClient, Query, redeem_token};
+pub use client::{ClientOptions, KsmClient, Query};
 pub use config::KsmConfig;
 pub use error::KsmError;
+pub use token::redeem_token;
 
 #[cfg(test)]
 pub(crate) mod fixtures;

@@ -4,31 +4,11 @@
 use crate::ksm::client::{ClientOptions, KsmClient};
 use crate::ksm::config::{DEFAULT_SERVER_KEY_ID, KsmConfig, normalize_hostname, parse_server_key};
 use crate::ksm::crypto::{AesKey, b64_decode};
-use crate::ksm::error::KsmError;
+use crate::ksm::error::{KsmError, TokenError};
 use crate::ksm::region::region_hostname;
 use p256::PublicKey;
 use std::fmt;
 use zeroize::Zeroizing;
-
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    #[error("token is empty")]
-    Empty,
-    #[error("token client key must be 32 bytes of base64url")]
-    ClientKey,
-    #[error(
-        "token has {0} ':'-separated parts; expected [REGION:]KEY or IL5:KEY:KEY_ID:SERVER_KEY"
-    )]
-    Parts(usize),
-    #[error("token server key id must be a number")]
-    KeyId,
-    #[error("token server public key is not a P-256 point")]
-    ServerKey,
-    #[error("token has no region prefix; pass the hostname")]
-    NoHostname,
-    #[error("invalid hostname: {0}")]
-    Hostname(String),
-}
 
 /// A parsed `[prefix:]clientKey` token. `Debug` is redacted.
 #[derive(Clone)]

@@ -5,6 +5,7 @@ use crate::ksm::crypto::AesKey;
 use crate::ksm::fixtures::*;
 use crate::ksm::notation::{NotationValue, resolve};
 use crate::ksm::record::KeeperFile;
+use crate::ksm::token::redeem_token;
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
