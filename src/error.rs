@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::api::Reason;
 use crate::backoff;
 use crate::ksm::error::KsmError;
 use crate::sync::desired::DesiredError;
@@ -73,7 +74,7 @@ pub enum Error {
 
 impl std::fmt::Debug for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple(self.reason())
+        f.debug_tuple(self.reason().as_str())
             .field(&self.to_string())
             .finish()
     }
@@ -127,24 +128,24 @@ pub fn kube_summary(e: &kube::Error) -> String {
 
 impl Error {
     /// Stable CamelCase reason for conditions, events and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
             Error::Keeper(e) => e.reason(),
             Error::Mapping(e) => e.reason(),
             Error::Template(e) => e.reason(),
             Error::Decoding(e) => e.reason(),
             Error::TemplateSource(e) => e.reason(),
-            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::InvalidSpec(_) => Reason::InvalidSpec,
             Error::Desired(e) => e.reason(),
-            Error::Auth(_) => "AuthFailed",
-            Error::TokenRedemption { .. } => "TokenRedemptionFailed",
-            Error::NotAllowed(_) => "NotAllowed",
+            Error::Auth(_) => Reason::AuthFailed,
+            Error::TokenRedemption { .. } => Reason::TokenRedemptionFailed,
+            Error::NotAllowed(_) => Reason::NotAllowed,
             Error::Target(e) => e.reason(),
-            Error::TargetNotFound(_) => "TargetNotFound",
-            Error::Guard(_) => "WriteRefused",
-            Error::CredentialRefused(_) => "CredentialRefused",
-            Error::DeletionHeld { .. } => "DeletionHeld",
-            Error::Kube(_) => "KubernetesError",
+            Error::TargetNotFound(_) => Reason::TargetNotFound,
+            Error::Guard(_) => Reason::WriteRefused,
+            Error::CredentialRefused(_) => Reason::CredentialRefused,
+            Error::DeletionHeld { .. } => Reason::DeletionHeld,
+            Error::Kube(_) => Reason::KubernetesError,
         }
     }
 

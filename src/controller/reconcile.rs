@@ -20,7 +20,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::api::{CreationPolicy, KeeperSecret, KeeperSecretStatus, Template};
+use crate::api::{CreationPolicy, KeeperSecret, KeeperSecretStatus, Reason, Template};
 use crate::controller::memo::Caches;
 use crate::error::Error;
 use crate::k8s::Events;
@@ -144,7 +144,7 @@ pub async fn reconcile<S: KeeperSource>(
         Ok(Outcome::Synced(new, after)) => {
             lock(&ctx.failures).remove(ks.uid().as_deref().unwrap_or_default());
             report(&ctx, &ks, new, resolution).await?;
-            timer.finish("synced", status::SYNCED);
+            timer.finish("synced", Reason::Synced.as_str());
             Ok(Action::requeue(after))
         }
         Err(e) => {
@@ -152,7 +152,7 @@ pub async fn reconcile<S: KeeperSource>(
             if let Err(report_err) = report(&ctx, &ks, new, resolution).await {
                 warn!(error = %report_err, "could not record the failure in status");
             }
-            timer.finish("error", e.reason());
+            timer.finish("error", e.reason().as_str());
             Err(e)
         }
     }
@@ -167,7 +167,7 @@ pub fn error_policy<S>(ks: Arc<KeeperSecret>, err: &Error, ctx: Arc<Context<S>>)
         *n - 1
     };
     let delay = err.backoff(attempt);
-    warn!(namespace = ks.namespace().unwrap_or_default(), name = ks.name_any(), reason = err.reason(),
+    warn!(namespace = ks.namespace().unwrap_or_default(), name = ks.name_any(), reason = err.reason().as_str(),
           error = %err, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -237,7 +237,7 @@ async fn sync<S: KeeperSource>(
     // Build (pure, but for file attachments and a record missing from older data: Keeper).
     let fresh = stale.is_none();
     let mut built = match build(ctx, ks, &seen, &snapshot.vault).await {
-        Err(e) if fresh && is_miss(e.reason()) => {
+        Err(e) if fresh && e.reason().is_missing_reference() => {
             let missed_at = ctx.caches.first_miss(ks, now);
             match refresh::on_miss(ks, fetched_at(&snapshot, now), missed_at, now) {
                 OnMiss::Fail => return Err(e),
@@ -382,12 +382,6 @@ fn list(names: &BTreeSet<String>) -> String {
 /// When `snapshot` was fetched (`now` if its clock reading is out of range).
 fn fetched_at(snapshot: &Snapshot, now: Timestamp) -> Timestamp {
     Timestamp::try_from(snapshot.fetched_at).unwrap_or(now)
-}
-
-/// Whether a failure with this `reason` is a record or field missing from the shared data,
-/// which may have been created in Keeper after it was fetched ([`refresh::on_miss`]).
-fn is_miss(reason: &str) -> bool {
-    matches!(reason, "RecordNotFound" | "FieldNotFound")
 }
 
 /// Reads Keeper again for data at most `max_age` old (`None` if none comes).

@@ -298,7 +298,7 @@ mod tests {
     fn credential_errors_are_actionable_and_value_free() {
         let e = parse(None, "ns", &r()).unwrap_err();
         assert_eq!(
-            (e.reason(), e.to_string()),
+            (e.reason().as_str(), e.to_string()),
             (
                 "AuthFailed",
                 "Secret ns/ksm (the KSM credential) does not exist".into()

@@ -24,7 +24,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use crate::api::{
-    FIELD_MANAGER, KEYS_ANNOTATION, KeeperSecret, RESTARTED_AT_ANNOTATION, WorkloadKind,
+    FIELD_MANAGER, KEYS_ANNOTATION, KeeperSecret, RESTARTED_AT_ANNOTATION, Reason, WorkloadKind,
 };
 use crate::k8s::Events;
 use crate::lock;
@@ -151,7 +151,10 @@ impl Rollouts {
             Ok(()) => {
                 info!(namespace = ns, kind, name, "rollout restart");
                 let note = format!("Restarted {kind} {name}: the synced data changed");
-                ("restarted", (EventType::Normal, "RolloutRestarted", note))
+                (
+                    "restarted",
+                    (EventType::Normal, Reason::RolloutRestarted, note),
+                )
             }
             Err(e) => {
                 let (outcome, why) = match e {
@@ -164,7 +167,10 @@ impl Rollouts {
                 };
                 warn!(namespace = ns, kind, name, error = %e, "rollout restart failed");
                 let note = format!("Could not restart {kind} {name}: {why}");
-                (outcome, (EventType::Warning, "RolloutRestartFailed", note))
+                (
+                    outcome,
+                    (EventType::Warning, Reason::RolloutRestartFailed, note),
+                )
             }
         };
         self.metrics.rollout_restart(kind, outcome);
@@ -175,7 +181,7 @@ impl Rollouts {
                     &requester,
                     type_,
                     "RolloutRestart",
-                    reason.into(),
+                    reason.as_str().into(),
                     note.clone(),
                 )
                 .await;
