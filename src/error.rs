@@ -39,18 +39,20 @@ pub enum Error {
     /// A one-time token in the credential Secret could not be redeemed (or is being redeemed).
     #[error("{message}")]
     TokenRedemption { message: String, transient: bool },
-    /// A ClusterKeeperStore does not allow this namespace.
-    #[error("{0}")]
-    NotAllowed(String),
+    /// A ClusterKeeperStore, or the operator, refuses this KeeperSecret.
+    #[error(transparent)]
+    NotAllowed(#[from] Refusal),
     /// The target Secret belongs to someone else, or did not invite this KeeperSecret.
     #[error(transparent)]
     Target(#[from] crate::sync::desired::TargetRefusal),
-    /// Merge needs an existing Secret.
-    #[error("{0}")]
-    TargetNotFound(String),
+    /// Merge needs an existing Secret, and the target Secret of this name does not exist.
+    #[error(
+        "creationPolicy Merge adds keys to an existing Secret, and Secret {name} does not exist; create it or use Owner"
+    )]
+    TargetNotFound { name: String },
     /// The spec cannot work as written.
-    #[error("{0}")]
-    InvalidSpec(String),
+    #[error(transparent)]
+    InvalidSpec(#[from] SpecError),
     /// Keeper refused the credential (not an outage): nothing is written until it accepts one.
     #[error(
         "Keeper refused the credential ({}: {}); the Secret is kept as it is, and nothing is created or re-created from the last good copy",
@@ -70,6 +72,47 @@ pub enum Error {
     /// The Kubernetes API failed. Shown through [`kube_summary`], never with the API's message.
     #[error("Kubernetes API: {}", kube_summary(.0))]
     Kube(#[from] kube::Error),
+}
+
+/// What refuses a KeeperSecret ([`Reason::NotAllowed`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Its namespace is the operator's own.
+    #[error(
+        "KeeperSecrets are not allowed in the operator namespace {ns}: it holds the ClusterKeeperStore credentials and the operator's cache"
+    )]
+    OperatorNamespace { ns: String },
+    /// The store it names does not exist.
+    #[error("ClusterKeeperStore {store} does not exist")]
+    NoStore { store: String },
+    /// The store's namespaceSelector does not parse.
+    #[error("ClusterKeeperStore {store} has an invalid namespaceSelector: {error}")]
+    InvalidSelector { store: String, error: String },
+    /// The store does not lend itself to its namespace.
+    #[error(
+        "ClusterKeeperStore {store} does not allow namespace {ns}; ask an administrator to add it to spec.namespaces or spec.namespaceSelector"
+    )]
+    Namespace { store: String, ns: String },
+    /// The store's allow-lists do not cover what it reads (`what`: a record or folder).
+    #[error(
+        "ClusterKeeperStore {store} does not allow reading {what}; ask an administrator to add it to spec.allowedRecords or spec.allowedFolders"
+    )]
+    Read { store: String, what: String },
+}
+
+/// Why a spec cannot work as written ([`Reason::InvalidSpec`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// It names a ClusterKeeperStore, whose credential lives in the operator namespace, and the
+    /// operator does not know its namespace.
+    #[error("{}", crate::k8s::credentials::NO_OPERATOR_NAMESPACE)]
+    NoOperatorNamespace,
+    /// `spec.auth` names no credential, or two.
+    #[error("spec.auth needs exactly one of secretRef or storeRef")]
+    Auth,
+    /// `refreshInterval` does not parse or is out of range (the message says how).
+    #[error("{0}")]
+    RefreshInterval(String),
 }
 
 impl std::fmt::Debug for Error {
@@ -141,7 +184,7 @@ impl Error {
             Error::TokenRedemption { .. } => Reason::TokenRedemptionFailed,
             Error::NotAllowed(_) => Reason::NotAllowed,
             Error::Target(e) => e.reason(),
-            Error::TargetNotFound(_) => Reason::TargetNotFound,
+            Error::TargetNotFound { .. } => Reason::TargetNotFound,
             Error::Guard(_) => Reason::WriteRefused,
             Error::CredentialRefused(_) => Reason::CredentialRefused,
             Error::DeletionHeld { .. } => Reason::DeletionHeld,
@@ -235,7 +278,7 @@ mod tests {
         assert_eq!(down.backoff(0), Duration::from_secs(5));
         assert_eq!(down.backoff(2), Duration::from_secs(20));
         assert_eq!(down.backoff(30), Duration::from_secs(300));
-        let spec = Error::InvalidSpec("x".into());
+        let spec = Error::from(SpecError::Auth);
         assert_eq!(spec.backoff(0), Duration::from_secs(30));
         assert_eq!(spec.backoff(9), Duration::from_secs(600));
         let throttled = Error::Keeper(KsmError::Throttled {

@@ -166,7 +166,9 @@ pub fn status_table(list: &[KeeperSecret], now: Timestamp) -> String {
         rows.push([
             ks.namespace().unwrap_or_default(),
             ks.name_any(),
-            ready.map_or("Unknown", |c| c.status.as_str()).to_string(),
+            ready
+                .map_or(ConditionStatus::Unknown.as_str(), |c| c.status.as_str())
+                .to_string(),
             ready.map_or("", |c| c.reason.as_str()).to_string(),
             condition(ConditionType::Stale)
                 .map_or("", |c| c.status.as_str())
@@ -253,7 +255,7 @@ async fn refresh(api: &Api<KeeperSecret>, name: &str, timeout: Duration) -> anyh
             let ready = ks.ready_condition();
             return Ok(format!(
                 "keepersecret/{name} synced: Ready={} ({})",
-                printable(ready.map_or("Unknown", |c| c.status.as_str())),
+                printable(ready.map_or(ConditionStatus::Unknown.as_str(), |c| c.status.as_str())),
                 printable(ready.map_or("", |c| c.reason.as_str()))
             ));
         }
@@ -615,7 +617,9 @@ mod tests {
 
     impl build::Inputs for NoFiles {
         async fn file(&self, _: &KeeperFile, _: i64, _: usize) -> Result<Bytes, Error> {
-            Err(Error::InvalidSpec("no files here".into()))
+            Err(Error::Keeper(crate::ksm::error::KsmError::Download(
+                "no files here".into(),
+            )))
         }
     }
 

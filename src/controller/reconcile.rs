@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::{CreationPolicy, KeeperSecret, KeeperSecretStatus, Reason, Template};
 use crate::controller::memo::Caches;
-use crate::error::Error;
+use crate::error::{Error, SpecError};
 use crate::k8s::Events;
 use crate::k8s::credentials::Credential;
 use crate::k8s::rollout::Rollouts;
@@ -124,8 +124,8 @@ pub async fn reconcile<S: KeeperSource>(
     ctx.caches.with_latest_status(&mut ks);
     // Parsed once, for the sync and the status-time resolution. An invalid interval fails the
     // sync, and that failure's status is compared at the default interval's resolution.
-    let interval =
-        refresh::interval(&ks, ctx.settings.default_refresh_interval).map_err(Error::InvalidSpec);
+    let interval = refresh::interval(&ks, ctx.settings.default_refresh_interval)
+        .map_err(|e| SpecError::RefreshInterval(e).into());
     let resolution = refresh::status_time_resolution(
         *interval
             .as_ref()
@@ -621,10 +621,9 @@ async fn read_target<S>(
 fn check_target(ks: &KeeperSecret, existing: Option<&Secret>) -> Result<(), Error> {
     let ownership = desired::ownership(ks, existing)?;
     if ownership == Ownership::Absent && ks.creation_policy() == CreationPolicy::Merge {
-        return Err(Error::TargetNotFound(format!(
-            "creationPolicy Merge adds keys to an existing Secret, and Secret {} does not exist; create it or use Owner",
-            ks.target_name()
-        )));
+        return Err(Error::TargetNotFound {
+            name: ks.target_name(),
+        });
     }
     Ok(())
 }

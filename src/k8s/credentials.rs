@@ -12,7 +12,7 @@ use kube::{Api, Client, ResourceExt};
 use zeroize::Zeroizing;
 
 use crate::api::{ClusterKeeperStore, KeeperSecret, SecretKeyRef};
-use crate::error::Error;
+use crate::error::{Error, Refusal, SpecError};
 use crate::k8s::redeem::{TokenRequest, redeem_in_place, token_request};
 use crate::keeper::{CredentialKey, KeeperSource};
 use crate::ksm::config::KsmConfig;
@@ -150,15 +150,16 @@ pub async fn load<S: KeeperSource>(
                 .get_opt(&store.name)
                 .await?
                 .ok_or_else(|| {
-                    Error::NotAllowed(format!("ClusterKeeperStore {} does not exist", store.name))
+                    Error::from(Refusal::NoStore {
+                        store: store.name.clone(),
+                    })
                 })?;
             let labels = Api::<Namespace>::all(client.clone())
                 .get_opt(&ns)
                 .await?
                 .map(|n| n.labels().clone());
             check_store_allows(&store, &ns, &labels.unwrap_or_default())?;
-            let operator_ns =
-                operator_ns.ok_or_else(|| Error::InvalidSpec(NO_OPERATOR_NAMESPACE.into()))?;
+            let operator_ns = operator_ns.ok_or(SpecError::NoOperatorNamespace)?;
             (
                 operator_ns.to_string(),
                 store.spec.credentials_secret_ref.clone(),
@@ -166,9 +167,7 @@ pub async fn load<S: KeeperSource>(
             )
         }
         _ => {
-            return Err(Error::InvalidSpec(
-                "spec.auth needs exactly one of secretRef or storeRef".into(),
-            ));
+            return Err(SpecError::Auth.into());
         }
     };
     let api = Api::<Secret>::namespaced(client.clone(), &secret_ns);
@@ -199,9 +198,7 @@ pub async fn load<S: KeeperSource>(
 /// read a credential past its store's allow-lists or write over the operator's own state.
 pub fn check_namespace_allowed(ns: &str, operator_ns: Option<&str>) -> Result<(), Error> {
     if operator_ns == Some(ns) {
-        return Err(Error::NotAllowed(format!(
-            "KeeperSecrets are not allowed in the operator namespace {ns}: it holds the ClusterKeeperStore credentials and the operator's cache"
-        )));
+        return Err(Refusal::OperatorNamespace { ns: ns.to_string() }.into());
     }
     Ok(())
 }
@@ -215,11 +212,9 @@ pub fn check_store_allows(
     let by_name = store.spec.namespaces.iter().any(|n| n == ns);
     let by_selector = match &store.spec.namespace_selector {
         Some(sel) => Selector::try_from(sel.clone())
-            .map_err(|e| {
-                Error::NotAllowed(format!(
-                    "ClusterKeeperStore {} has an invalid namespaceSelector: {e}",
-                    store.name_any()
-                ))
+            .map_err(|e| Refusal::InvalidSelector {
+                store: store.name_any(),
+                error: e.to_string(),
             })?
             .matches(ns_labels),
         None => false,
@@ -227,10 +222,11 @@ pub fn check_store_allows(
     if by_name || by_selector {
         Ok(())
     } else {
-        Err(Error::NotAllowed(format!(
-            "ClusterKeeperStore {} does not allow namespace {ns}; ask an administrator to add it to spec.namespaces or spec.namespaceSelector",
-            store.name_any()
-        )))
+        Err(Refusal::Namespace {
+            store: store.name_any(),
+            ns: ns.to_string(),
+        }
+        .into())
     }
 }
 
