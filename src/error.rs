@@ -34,11 +34,11 @@ pub enum Error {
     #[error(transparent)]
     Desired(#[from] DesiredError),
     /// The credential could not be read or parsed.
-    #[error("{0}")]
-    Auth(String),
+    #[error(transparent)]
+    Auth(#[from] CredentialError),
     /// A one-time token in the credential Secret could not be redeemed (or is being redeemed).
-    #[error("{message}")]
-    TokenRedemption { message: String, transient: bool },
+    #[error(transparent)]
+    TokenRedemption(#[from] Redemption),
     /// A ClusterKeeperStore, or the operator, refuses this KeeperSecret.
     #[error(transparent)]
     NotAllowed(#[from] Refusal),
@@ -98,6 +98,86 @@ pub enum Refusal {
         "ClusterKeeperStore {store} does not allow reading {what}; ask an administrator to add it to spec.allowedRecords or spec.allowedFolders"
     )]
     Read { store: String, what: String },
+}
+
+/// Why the credential Secret is unusable ([`Reason::AuthFailed`]); `secret` reads
+/// `Secret NAMESPACE/NAME`. Messages never echo the Secret's content.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("{secret} (the KSM credential) does not exist")]
+    Missing { secret: String },
+    #[error("{secret} has no key {key:?}")]
+    NoKey { secret: String, key: String },
+    #[error("{secret} key {key:?} is not text")]
+    NotText { secret: String, key: String },
+    #[error(
+        "{secret} key {key:?} is neither a KSM configuration (base64 or JSON, as written by `ksm init` or the SDKs) nor a one-time access token ([REGION:]TOKEN): {error}"
+    )]
+    Unparsable {
+        secret: String,
+        key: String,
+        error: String,
+    },
+    #[error("{secret} key {key:?} holds a malformed one-time token: {error}")]
+    MalformedToken {
+        secret: String,
+        key: String,
+        error: String,
+    },
+    #[error(
+        "{secret} key {key:?} holds a one-time token without a region prefix; prefix it (e.g. US:) or add key {:?} with the Keeper hostname",
+        crate::api::HOSTNAME_KEY
+    )]
+    NoRegion { secret: String, key: String },
+    #[error(
+        "{secret} key {:?} must be ID:KEY (numeric key id, base64url public key)",
+        crate::api::SERVER_KEY_KEY
+    )]
+    BadServerKey { secret: String },
+}
+
+/// Why a one-time token was not redeemed ([`Reason::TokenRedemptionFailed`]); `secret` reads
+/// `Secret NAMESPACE/NAME`.
+#[derive(Debug, thiserror::Error)]
+pub enum Redemption {
+    /// Another replica claimed the token `age_secs` ago.
+    #[error(
+        "{secret}: another operator replica is redeeming its one-time token (claimed {age_secs}s ago); waiting for it"
+    )]
+    InProgress { secret: String, age_secs: u64 },
+    /// The Secret changed under the claim.
+    #[error("{secret} changed while claiming its one-time token; retrying")]
+    Conflict { secret: String },
+    /// Keeper did not redeem the token.
+    #[error(
+        "{secret} key {key:?}: redeeming the one-time token failed: {error}. A token can be redeemed once and expires; if it was used or expired, generate a new one (Keeper vault → Secrets Manager → application → Devices → Add Device) and store it, or store a KSM config instead"
+    )]
+    Failed {
+        secret: String,
+        key: String,
+        error: KsmError,
+    },
+    /// The token is spent, but the bound config was not stored (`error`: the API's summary).
+    #[error(
+        "{secret}: the one-time token was redeemed but storing the bound config failed ({error}); the token is spent: generate a new one"
+    )]
+    NotStored { secret: String, error: String },
+    /// The Secret still holds a token after a redemption stored the config.
+    #[error("{secret} still holds a token after redemption")]
+    StillToken { secret: String },
+}
+
+impl Redemption {
+    /// Whether retrying later can help without anyone replacing the token.
+    fn is_transient(&self) -> bool {
+        match self {
+            Redemption::InProgress { .. }
+            | Redemption::Conflict { .. }
+            | Redemption::StillToken { .. } => true,
+            Redemption::Failed { error, .. } => error.is_transient(),
+            Redemption::NotStored { .. } => false,
+        }
+    }
 }
 
 /// Why a spec cannot work as written ([`Reason::InvalidSpec`]).
@@ -181,7 +261,7 @@ impl Error {
             Error::InvalidSpec(_) => Reason::InvalidSpec,
             Error::Desired(e) => e.reason(),
             Error::Auth(_) => Reason::AuthFailed,
-            Error::TokenRedemption { .. } => Reason::TokenRedemptionFailed,
+            Error::TokenRedemption(_) => Reason::TokenRedemptionFailed,
             Error::NotAllowed(_) => Reason::NotAllowed,
             Error::Target(e) => e.reason(),
             Error::TargetNotFound { .. } => Reason::TargetNotFound,
@@ -200,7 +280,7 @@ impl Error {
             Error::Keeper(e) => e.is_transient(),
             Error::Kube(_) | Error::Guard(_) | Error::DeletionHeld { .. } => true,
             Error::Template(e) => e.is_transient(),
-            Error::TokenRedemption { transient, .. } => *transient,
+            Error::TokenRedemption(r) => r.is_transient(),
             _ => false,
         };
         let (base, cap) = if transient { (5, 300) } else { (30, 600) };

@@ -12,7 +12,7 @@ use kube::{Api, Client, ResourceExt};
 use zeroize::Zeroizing;
 
 use crate::api::{ClusterKeeperStore, KeeperSecret, SecretKeyRef};
-use crate::error::{Error, Refusal, SpecError};
+use crate::error::{CredentialError, Error, Redemption, Refusal, SpecError};
 use crate::k8s::redeem::{TokenRequest, redeem_in_place, token_request};
 use crate::keeper::{CredentialKey, KeeperSource};
 use crate::ksm::config::KsmConfig;
@@ -182,10 +182,7 @@ pub async fn load<S: KeeperSource>(
             match parse(Some(&stored), &secret_ns, &reference)? {
                 Stored::Config(c) => *c,
                 Stored::Token(_) => {
-                    return Err(Error::TokenRedemption {
-                        message: format!("{where_} still holds a token after redemption"),
-                        transient: true,
-                    });
+                    return Err(Redemption::StillToken { secret: where_ }.into());
                 }
             }
         }
@@ -233,16 +230,23 @@ pub fn check_store_allows(
 /// Reads and parses the credential from the Secret (pure; messages never echo content).
 pub fn parse(secret: Option<&Secret>, ns: &str, r: &SecretKeyRef) -> Result<Stored, Error> {
     let where_ = format!("Secret {ns}/{}", r.name);
-    let secret = secret
-        .ok_or_else(|| Error::Auth(format!("{where_} (the KSM credential) does not exist")))?;
+    let secret = secret.ok_or_else(|| CredentialError::Missing {
+        secret: where_.clone(),
+    })?;
     let bytes = secret
         .data
         .as_ref()
         .and_then(|d| d.get(&r.key))
-        .ok_or_else(|| Error::Auth(format!("{where_} has no key {:?}", r.key)))?;
+        .ok_or_else(|| CredentialError::NoKey {
+            secret: where_.clone(),
+            key: r.key.clone(),
+        })?;
     let text = Zeroizing::new(
         std::str::from_utf8(&bytes.0)
-            .map_err(|_| Error::Auth(format!("{where_} key {:?} is not text", r.key)))?
+            .map_err(|_| CredentialError::NotText {
+                secret: where_.clone(),
+                key: r.key.clone(),
+            })?
             .to_string(),
     );
     let config = match CredentialValue::parse(text.trim()) {
@@ -251,11 +255,12 @@ pub fn parse(secret: Option<&Secret>, ns: &str, r: &SecretKeyRef) -> Result<Stor
             return token_request(secret, text.trim(), &where_, &r.key).map(Stored::Token);
         }
         Err(e) => {
-            return Err(Error::Auth(format!(
-                "{where_} key {:?} is neither a KSM configuration (base64 or JSON, as written by \
-                 `ksm init` or the SDKs) nor a one-time access token ([REGION:]TOKEN): {e}",
-                r.key
-            )));
+            return Err(CredentialError::Unparsable {
+                secret: where_,
+                key: r.key.clone(),
+                error: e.to_string(),
+            }
+            .into());
         }
     };
     Ok(Stored::Config(Box::new(Credential {
