@@ -151,3 +151,75 @@ pub fn set_condition(
     }
     change
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).unwrap()
+    }
+
+    #[test]
+    fn the_change_says_what_moved_and_only_a_flip_moves_the_transition_time() {
+        let mut conditions = vec![];
+        let mut set = |status, reason, message, at| {
+            let change = set_condition(
+                &mut conditions,
+                ConditionType::Stale,
+                status,
+                reason,
+                message,
+                Some(1),
+                t(at),
+            );
+            (change, conditions[0].last_transition_time.clone())
+        };
+        use ConditionStatus::{False, True};
+        let fresh = "The data is current";
+        assert_eq!(
+            set(False, Reason::Fresh, fresh, 0),
+            (Change::Transitioned, Time(t(0)))
+        );
+        assert_eq!(
+            set(False, Reason::Fresh, fresh, 5),
+            (Change::Unchanged, Time(t(0)))
+        );
+        assert_eq!(
+            set(False, Reason::Fresh, "other", 6),
+            (Change::Updated, Time(t(0)))
+        );
+        assert_eq!(
+            set(False, Reason::Synced, "other", 7),
+            (Change::Reasoned, Time(t(0)))
+        );
+        assert_eq!(
+            set(True, Reason::KeeperUnavailable, "down", 9),
+            (Change::Transitioned, Time(t(9)))
+        );
+        assert!(!Change::Updated.deserves_event());
+        assert!(Change::Reasoned.deserves_event());
+    }
+
+    #[test]
+    fn ready_stays_first() {
+        let mut conditions = vec![];
+        for type_ in [ConditionType::Stale, ConditionType::Ready] {
+            set_condition(
+                &mut conditions,
+                type_,
+                ConditionStatus::True,
+                Reason::Synced,
+                "m",
+                None,
+                t(0),
+            );
+        }
+        assert_eq!(conditions[0].type_, "Ready");
+        assert_eq!(
+            ConditionType::parse("Stalled"),
+            Some(ConditionType::Stalled)
+        );
+        assert_eq!(ConditionType::parse("Other"), None);
+    }
+}
