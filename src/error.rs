@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::api::Reason;
 use crate::backoff;
 use crate::ksm::error::KsmError;
 use crate::sync::desired::DesiredError;
@@ -33,23 +34,25 @@ pub enum Error {
     #[error(transparent)]
     Desired(#[from] DesiredError),
     /// The credential could not be read or parsed.
-    #[error("{0}")]
-    Auth(String),
+    #[error(transparent)]
+    Auth(#[from] CredentialError),
     /// A one-time token in the credential Secret could not be redeemed (or is being redeemed).
-    #[error("{message}")]
-    TokenRedemption { message: String, transient: bool },
-    /// A ClusterKeeperStore does not allow this namespace.
-    #[error("{0}")]
-    NotAllowed(String),
+    #[error(transparent)]
+    TokenRedemption(#[from] Redemption),
+    /// A ClusterKeeperStore, or the operator, refuses this KeeperSecret.
+    #[error(transparent)]
+    NotAllowed(#[from] Refusal),
     /// The target Secret belongs to someone else, or did not invite this KeeperSecret.
     #[error(transparent)]
     Target(#[from] crate::sync::desired::TargetRefusal),
-    /// Merge needs an existing Secret.
-    #[error("{0}")]
-    TargetNotFound(String),
+    /// Merge needs an existing Secret, and the target Secret of this name does not exist.
+    #[error(
+        "creationPolicy Merge adds keys to an existing Secret, and Secret {name} does not exist; create it or use Owner"
+    )]
+    TargetNotFound { name: String },
     /// The spec cannot work as written.
-    #[error("{0}")]
-    InvalidSpec(String),
+    #[error(transparent)]
+    InvalidSpec(#[from] SpecError),
     /// Keeper refused the credential (not an outage): nothing is written until it accepts one.
     #[error(
         "Keeper refused the credential ({}: {}); the Secret is kept as it is, and nothing is created or re-created from the last good copy",
@@ -71,9 +74,130 @@ pub enum Error {
     Kube(#[from] kube::Error),
 }
 
+/// What refuses a KeeperSecret ([`Reason::NotAllowed`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Its namespace is the operator's own.
+    #[error(
+        "KeeperSecrets are not allowed in the operator namespace {ns}: it holds the ClusterKeeperStore credentials and the operator's cache"
+    )]
+    OperatorNamespace { ns: String },
+    /// The store it names does not exist.
+    #[error("ClusterKeeperStore {store} does not exist")]
+    NoStore { store: String },
+    /// The store's namespaceSelector does not parse.
+    #[error("ClusterKeeperStore {store} has an invalid namespaceSelector: {error}")]
+    InvalidSelector { store: String, error: String },
+    /// The store does not lend itself to its namespace.
+    #[error(
+        "ClusterKeeperStore {store} does not allow namespace {ns}; ask an administrator to add it to spec.namespaces or spec.namespaceSelector"
+    )]
+    Namespace { store: String, ns: String },
+    /// The store's allow-lists do not cover what it reads (`what`: a record or folder).
+    #[error(
+        "ClusterKeeperStore {store} does not allow reading {what}; ask an administrator to add it to spec.allowedRecords or spec.allowedFolders"
+    )]
+    Read { store: String, what: String },
+}
+
+/// Why the credential Secret is unusable ([`Reason::AuthFailed`]); `secret` reads
+/// `Secret NAMESPACE/NAME`. Messages never echo the Secret's content.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("{secret} (the KSM credential) does not exist")]
+    Missing { secret: String },
+    #[error("{secret} has no key {key:?}")]
+    NoKey { secret: String, key: String },
+    #[error("{secret} key {key:?} is not text")]
+    NotText { secret: String, key: String },
+    #[error(
+        "{secret} key {key:?} is neither a KSM configuration (base64 or JSON, as written by `ksm init` or the SDKs) nor a one-time access token ([REGION:]TOKEN): {error}"
+    )]
+    Unparsable {
+        secret: String,
+        key: String,
+        error: String,
+    },
+    #[error("{secret} key {key:?} holds a malformed one-time token: {error}")]
+    MalformedToken {
+        secret: String,
+        key: String,
+        error: String,
+    },
+    #[error(
+        "{secret} key {key:?} holds a one-time token without a region prefix; prefix it (e.g. US:) or add key {:?} with the Keeper hostname",
+        crate::api::HOSTNAME_KEY
+    )]
+    NoRegion { secret: String, key: String },
+    #[error(
+        "{secret} key {:?} must be ID:KEY (numeric key id, base64url public key)",
+        crate::api::SERVER_KEY_KEY
+    )]
+    BadServerKey { secret: String },
+}
+
+/// Why a one-time token was not redeemed ([`Reason::TokenRedemptionFailed`]); `secret` reads
+/// `Secret NAMESPACE/NAME`.
+#[derive(Debug, thiserror::Error)]
+pub enum Redemption {
+    /// Another replica claimed the token `age_secs` ago.
+    #[error(
+        "{secret}: another operator replica is redeeming its one-time token (claimed {age_secs}s ago); waiting for it"
+    )]
+    InProgress { secret: String, age_secs: u64 },
+    /// The Secret changed under the claim.
+    #[error("{secret} changed while claiming its one-time token; retrying")]
+    Conflict { secret: String },
+    /// Keeper did not redeem the token.
+    #[error(
+        "{secret} key {key:?}: redeeming the one-time token failed: {error}. A token can be redeemed once and expires; if it was used or expired, generate a new one (Keeper vault → Secrets Manager → application → Devices → Add Device) and store it, or store a KSM config instead"
+    )]
+    Failed {
+        secret: String,
+        key: String,
+        error: KsmError,
+    },
+    /// The token is spent, but the bound config was not stored (`error`: the API's summary).
+    #[error(
+        "{secret}: the one-time token was redeemed but storing the bound config failed ({error}); the token is spent: generate a new one"
+    )]
+    NotStored { secret: String, error: String },
+    /// The Secret still holds a token after a redemption stored the config.
+    #[error("{secret} still holds a token after redemption")]
+    StillToken { secret: String },
+}
+
+impl Redemption {
+    /// Whether retrying later can help without anyone replacing the token.
+    fn is_transient(&self) -> bool {
+        match self {
+            Redemption::InProgress { .. }
+            | Redemption::Conflict { .. }
+            | Redemption::StillToken { .. } => true,
+            Redemption::Failed { error, .. } => error.is_transient(),
+            Redemption::NotStored { .. } => false,
+        }
+    }
+}
+
+/// Why a spec cannot work as written ([`Reason::InvalidSpec`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// It names a ClusterKeeperStore, whose credential lives in the operator namespace, and the
+    /// operator does not know its namespace.
+    #[error("{}", crate::k8s::credentials::NO_OPERATOR_NAMESPACE)]
+    NoOperatorNamespace,
+    /// `spec.auth` names no credential, or two.
+    #[error("spec.auth needs exactly one of secretRef or storeRef")]
+    Auth,
+    /// `refreshInterval` does not parse or is out of range (the message says how).
+    #[error("{0}")]
+    RefreshInterval(String),
+}
+
 impl std::fmt::Debug for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple(self.reason())
+        f.debug_tuple(self.reason().as_str())
             .field(&self.to_string())
             .finish()
     }
@@ -127,24 +251,24 @@ pub fn kube_summary(e: &kube::Error) -> String {
 
 impl Error {
     /// Stable CamelCase reason for conditions, events and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
             Error::Keeper(e) => e.reason(),
             Error::Mapping(e) => e.reason(),
             Error::Template(e) => e.reason(),
             Error::Decoding(e) => e.reason(),
             Error::TemplateSource(e) => e.reason(),
-            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::InvalidSpec(_) => Reason::InvalidSpec,
             Error::Desired(e) => e.reason(),
-            Error::Auth(_) => "AuthFailed",
-            Error::TokenRedemption { .. } => "TokenRedemptionFailed",
-            Error::NotAllowed(_) => "NotAllowed",
+            Error::Auth(_) => Reason::AuthFailed,
+            Error::TokenRedemption(_) => Reason::TokenRedemptionFailed,
+            Error::NotAllowed(_) => Reason::NotAllowed,
             Error::Target(e) => e.reason(),
-            Error::TargetNotFound(_) => "TargetNotFound",
-            Error::Guard(_) => "WriteRefused",
-            Error::CredentialRefused(_) => "CredentialRefused",
-            Error::DeletionHeld { .. } => "DeletionHeld",
-            Error::Kube(_) => "KubernetesError",
+            Error::TargetNotFound { .. } => Reason::TargetNotFound,
+            Error::Guard(_) => Reason::WriteRefused,
+            Error::CredentialRefused(_) => Reason::CredentialRefused,
+            Error::DeletionHeld { .. } => Reason::DeletionHeld,
+            Error::Kube(_) => Reason::KubernetesError,
         }
     }
 
@@ -156,7 +280,7 @@ impl Error {
             Error::Keeper(e) => e.is_transient(),
             Error::Kube(_) | Error::Guard(_) | Error::DeletionHeld { .. } => true,
             Error::Template(e) => e.is_transient(),
-            Error::TokenRedemption { transient, .. } => *transient,
+            Error::TokenRedemption(r) => r.is_transient(),
             _ => false,
         };
         let (base, cap) = if transient { (5, 300) } else { (30, 600) };
@@ -234,7 +358,7 @@ mod tests {
         assert_eq!(down.backoff(0), Duration::from_secs(5));
         assert_eq!(down.backoff(2), Duration::from_secs(20));
         assert_eq!(down.backoff(30), Duration::from_secs(300));
-        let spec = Error::InvalidSpec("x".into());
+        let spec = Error::from(SpecError::Auth);
         assert_eq!(spec.backoff(0), Duration::from_secs(30));
         assert_eq!(spec.backoff(9), Duration::from_secs(600));
         let throttled = Error::Keeper(KsmError::Throttled {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod k8s;
 pub mod keeper;
 pub mod ksm;
+pub mod reason;
 pub mod runtime;
 pub mod sync;
 

@@ -3,7 +3,11 @@
 //! Doc comments become the CRD descriptions that `kubectl explain` prints; CEL rules
 //! (`x_kube(validation = ...)`) are enforced by the apiserver at admission time.
 
+pub mod conditions;
 pub mod yaml;
+
+pub use crate::reason::Reason;
+pub use conditions::{Change, ConditionStatus, ConditionType, set_condition};
 
 use std::collections::BTreeMap;
 
@@ -59,10 +63,6 @@ pub const REDEEMED_ANNOTATION: &str = "keeper-operator.dev/token-redeemed-at";
 pub const HOSTNAME_KEY: &str = "hostname";
 /// Optional key in the credential Secret: `ID:BASE64URL_POINT`, a custom Keeper server key.
 pub const SERVER_KEY_KEY: &str = "serverPublicKey";
-/// Type of the condition that summarises a KeeperSecret.
-pub const READY: &str = "Ready";
-/// Condition type that is True while the data is served from the last good copy.
-pub const STALE: &str = "Stale";
 
 /// Valid Secret data key.
 pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
@@ -674,11 +674,7 @@ impl KeeperSecret {
 
     /// The Ready condition, if any.
     pub fn ready_condition(&self) -> Option<&Condition> {
-        self.status
-            .as_ref()?
-            .conditions
-            .iter()
-            .find(|c| c.type_ == READY)
+        conditions::find(&self.status.as_ref()?.conditions, ConditionType::Ready)
     }
 }
 

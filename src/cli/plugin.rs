@@ -15,7 +15,10 @@ use k8s_openapi::api::core::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{ClusterKeeperStore, FORCE_SYNC_ANNOTATION, KeeperSecret, STALE};
+use crate::api::conditions;
+use crate::api::{
+    ClusterKeeperStore, ConditionStatus, ConditionType, FORCE_SYNC_ANNOTATION, KeeperSecret,
+};
 use crate::cli::keeper::{load_config_text, print_warnings};
 use crate::error::Error;
 use crate::ksm::record::{KeeperFile, Vault};
@@ -154,8 +157,8 @@ pub fn status_table(list: &[KeeperSecret], now: Timestamp) -> String {
     ];
     for ks in list {
         let status = ks.status.clone().unwrap_or_default();
-        let condition = |type_: &str| status.conditions.iter().find(|c| c.type_ == type_);
-        let ready = condition(crate::api::READY);
+        let condition = |type_| conditions::find(&status.conditions, type_);
+        let ready = condition(ConditionType::Ready);
         let age = status.last_sync_time.as_ref().map(|t| {
             let secs = now.duration_since(t.0).as_secs().max(0);
             short_age(Duration::from_secs(secs.unsigned_abs()))
@@ -163,9 +166,11 @@ pub fn status_table(list: &[KeeperSecret], now: Timestamp) -> String {
         rows.push([
             ks.namespace().unwrap_or_default(),
             ks.name_any(),
-            ready.map_or("Unknown", |c| c.status.as_str()).to_string(),
+            ready
+                .map_or(ConditionStatus::Unknown.as_str(), |c| c.status.as_str())
+                .to_string(),
             ready.map_or("", |c| c.reason.as_str()).to_string(),
-            condition(STALE)
+            condition(ConditionType::Stale)
                 .map_or("", |c| c.status.as_str())
                 .to_string(),
             age.unwrap_or_else(|| "-".into()),
@@ -250,7 +255,7 @@ async fn refresh(api: &Api<KeeperSecret>, name: &str, timeout: Duration) -> anyh
             let ready = ks.ready_condition();
             return Ok(format!(
                 "keepersecret/{name} synced: Ready={} ({})",
-                printable(ready.map_or("Unknown", |c| c.status.as_str())),
+                printable(ready.map_or(ConditionStatus::Unknown.as_str(), |c| c.status.as_str())),
                 printable(ready.map_or("", |c| c.reason.as_str()))
             ));
         }
@@ -285,16 +290,17 @@ pub fn explain(ks: &KeeperSecret, events: &[Event]) -> String {
         Some(_) => format!("keepersecret/{name} writes Secret {}\n", printable(&ks.target_name())),
     });
     for c in &status.conditions {
-        let state = match (c.type_.as_str(), c.status.as_str()) {
-            ("Ready", "True") => "is ready",
-            ("Ready", _) => "is NOT ready",
-            ("Stale", "True") => "serves the last good copy",
-            ("Stale", _) => "has current data",
-            ("Reconciling", "True") => "is still reconciling this spec",
-            ("Reconciling", _) => "has synced this spec",
-            ("Stalled", "True") => "is stalled until someone changes something",
-            ("Stalled", _) => "is not stalled",
-            _ => "",
+        let holds = c.status == ConditionStatus::True.as_str();
+        let state = match (ConditionType::parse(&c.type_), holds) {
+            (Some(ConditionType::Ready), true) => "is ready",
+            (Some(ConditionType::Ready), false) => "is NOT ready",
+            (Some(ConditionType::Stale), true) => "serves the last good copy",
+            (Some(ConditionType::Stale), false) => "has current data",
+            (Some(ConditionType::Reconciling), true) => "is still reconciling this spec",
+            (Some(ConditionType::Reconciling), false) => "has synced this spec",
+            (Some(ConditionType::Stalled), true) => "is stalled until someone changes something",
+            (Some(ConditionType::Stalled), false) => "is not stalled",
+            (None, _) => "",
         };
         text.push_str(&format!(
             "  {} {state} ({}={}, {}): {}\n",
@@ -488,7 +494,7 @@ mod tests {
         ok.status = Some(status::failed(
             &ok,
             t(0),
-            "RecordNotFound",
+            crate::api::Reason::RecordNotFound,
             "record x not found",
         ));
         ok.status.as_mut().unwrap().last_sync_time = Some(Time(t(0)));
@@ -524,7 +530,7 @@ mod tests {
         failed.status = Some(status::failed(
             &failed,
             t(0),
-            "NotAllowed",
+            crate::api::Reason::NotAllowed,
             "store s refuses ns shop",
         ));
         let event = Event {
@@ -561,7 +567,12 @@ mod tests {
     fn text_from_the_cluster_cannot_drive_the_terminal() {
         let hostile = "ok\u{1b}]0;pwned\u{7}\u{1b}[2J\r\nReady=True\u{202e}txt.exe\u{9b}31m";
         let mut failed = ks("db");
-        failed.status = Some(status::failed(&failed, t(0), "NotAllowed", hostile));
+        failed.status = Some(status::failed(
+            &failed,
+            t(0),
+            crate::api::Reason::NotAllowed,
+            hostile,
+        ));
         let event = Event {
             reason: Some(hostile.into()),
             message: Some(hostile.into()),
@@ -606,7 +617,9 @@ mod tests {
 
     impl build::Inputs for NoFiles {
         async fn file(&self, _: &KeeperFile, _: i64, _: usize) -> Result<Bytes, Error> {
-            Err(Error::InvalidSpec("no files here".into()))
+            Err(Error::Keeper(crate::ksm::error::KsmError::Download(
+                "no files here".into(),
+            )))
         }
     }
 

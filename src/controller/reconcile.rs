@@ -20,10 +20,10 @@ use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::api::{CreationPolicy, KeeperSecret, KeeperSecretStatus, Template};
+use crate::api::{CreationPolicy, KeeperSecret, KeeperSecretStatus, Reason, Template};
 use crate::controller::memo::Caches;
 use crate::controller::metrics::ReconcileMetrics;
-use crate::error::Error;
+use crate::error::{Error, SpecError};
 use crate::k8s::Events;
 use crate::k8s::credentials::Credential;
 use crate::k8s::rollout::{RolloutMetrics, Rollouts};
@@ -125,8 +125,8 @@ pub async fn reconcile<S: KeeperSource>(
     ctx.caches.with_latest_status(&mut ks);
     // Parsed once, for the sync and the status-time resolution. An invalid interval fails the
     // sync, and that failure's status is compared at the default interval's resolution.
-    let interval =
-        refresh::interval(&ks, ctx.settings.default_refresh_interval).map_err(Error::InvalidSpec);
+    let interval = refresh::interval(&ks, ctx.settings.default_refresh_interval)
+        .map_err(|e| SpecError::RefreshInterval(e).into());
     let resolution = refresh::status_time_resolution(
         *interval
             .as_ref()
@@ -145,7 +145,7 @@ pub async fn reconcile<S: KeeperSource>(
         Ok(Outcome::Synced(new, after)) => {
             lock(&ctx.failures).remove(ks.uid().as_deref().unwrap_or_default());
             report(&ctx, &ks, new, resolution).await?;
-            timer.finish("synced", status::SYNCED);
+            timer.finish("synced", Reason::Synced.as_str());
             Ok(Action::requeue(after))
         }
         Err(e) => {
@@ -153,7 +153,7 @@ pub async fn reconcile<S: KeeperSource>(
             if let Err(report_err) = report(&ctx, &ks, new, resolution).await {
                 warn!(error = %report_err, "could not record the failure in status");
             }
-            timer.finish("error", e.reason());
+            timer.finish("error", e.reason().as_str());
             Err(e)
         }
     }
@@ -168,7 +168,7 @@ pub fn error_policy<S>(ks: Arc<KeeperSecret>, err: &Error, ctx: Arc<Context<S>>)
         *n - 1
     };
     let delay = err.backoff(attempt);
-    warn!(namespace = ks.namespace().unwrap_or_default(), name = ks.name_any(), reason = err.reason(),
+    warn!(namespace = ks.namespace().unwrap_or_default(), name = ks.name_any(), reason = err.reason().as_str(),
           error = %err, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -238,7 +238,7 @@ async fn sync<S: KeeperSource>(
     // Build (pure, but for file attachments and a record missing from older data: Keeper).
     let fresh = stale.is_none();
     let mut built = match build(ctx, ks, &seen, &snapshot.vault).await {
-        Err(e) if fresh && is_miss(e.reason()) => {
+        Err(e) if fresh && e.reason().is_missing_reference() => {
             let missed_at = ctx.caches.first_miss(ks, now);
             match refresh::on_miss(ks, fetched_at(&snapshot, now), missed_at, now) {
                 OnMiss::Fail => return Err(e),
@@ -383,12 +383,6 @@ fn list(names: &BTreeSet<String>) -> String {
 /// When `snapshot` was fetched (`now` if its clock reading is out of range).
 fn fetched_at(snapshot: &Snapshot, now: Timestamp) -> Timestamp {
     Timestamp::try_from(snapshot.fetched_at).unwrap_or(now)
-}
-
-/// Whether a failure with this `reason` is a record or field missing from the shared data,
-/// which may have been created in Keeper after it was fetched ([`refresh::on_miss`]).
-fn is_miss(reason: &str) -> bool {
-    matches!(reason, "RecordNotFound" | "FieldNotFound")
 }
 
 /// Reads Keeper again for data at most `max_age` old (`None` if none comes).
@@ -628,10 +622,9 @@ async fn read_target<S>(
 fn check_target(ks: &KeeperSecret, existing: Option<&Secret>) -> Result<(), Error> {
     let ownership = desired::ownership(ks, existing)?;
     if ownership == Ownership::Absent && ks.creation_policy() == CreationPolicy::Merge {
-        return Err(Error::TargetNotFound(format!(
-            "creationPolicy Merge adds keys to an existing Secret, and Secret {} does not exist; create it or use Owner",
-            ks.target_name()
-        )));
+        return Err(Error::TargetNotFound {
+            name: ks.target_name(),
+        });
     }
     Ok(())
 }

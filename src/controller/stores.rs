@@ -13,7 +13,7 @@ use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use tracing::{debug, warn};
 
-use crate::api::{ClusterKeeperStore, KeeperSecret};
+use crate::api::{ClusterKeeperStore, KeeperSecret, Reason};
 use crate::controller::reconcile::Context;
 use crate::error::Error;
 use crate::k8s;
@@ -67,7 +67,10 @@ async fn update_all<S: KeeperSource>(
 /// Loads `store`'s credential as a KeeperSecret using it would, but never redeems a token.
 async fn credential<S: KeeperSource>(ctx: &Context<S>, store: &ClusterKeeperStore) -> Credential {
     let Some(ns) = ctx.settings.operator_namespace.as_deref() else {
-        return Credential::Failed("InvalidSpec", credentials::NO_OPERATOR_NAMESPACE.into());
+        return Credential::Failed(
+            Reason::InvalidSpec,
+            credentials::NO_OPERATOR_NAMESPACE.into(),
+        );
     };
     let reference = &store.spec.credentials_secret_ref;
     let secret = match Api::<Secret>::namespaced(ctx.client.clone(), ns)

@@ -12,7 +12,7 @@ use kube::{Api, Client, ResourceExt};
 use zeroize::Zeroizing;
 
 use crate::api::{ClusterKeeperStore, KeeperSecret, SecretKeyRef};
-use crate::error::Error;
+use crate::error::{CredentialError, Error, Redemption, Refusal, SpecError};
 use crate::k8s::redeem::{TokenRequest, redeem_in_place, token_request};
 use crate::keeper::{CredentialKey, KeeperSource};
 use crate::ksm::config::KsmConfig;
@@ -150,15 +150,16 @@ pub async fn load<S: KeeperSource>(
                 .get_opt(&store.name)
                 .await?
                 .ok_or_else(|| {
-                    Error::NotAllowed(format!("ClusterKeeperStore {} does not exist", store.name))
+                    Error::from(Refusal::NoStore {
+                        store: store.name.clone(),
+                    })
                 })?;
             let labels = Api::<Namespace>::all(client.clone())
                 .get_opt(&ns)
                 .await?
                 .map(|n| n.labels().clone());
             check_store_allows(&store, &ns, &labels.unwrap_or_default())?;
-            let operator_ns =
-                operator_ns.ok_or_else(|| Error::InvalidSpec(NO_OPERATOR_NAMESPACE.into()))?;
+            let operator_ns = operator_ns.ok_or(SpecError::NoOperatorNamespace)?;
             (
                 operator_ns.to_string(),
                 store.spec.credentials_secret_ref.clone(),
@@ -166,9 +167,7 @@ pub async fn load<S: KeeperSource>(
             )
         }
         _ => {
-            return Err(Error::InvalidSpec(
-                "spec.auth needs exactly one of secretRef or storeRef".into(),
-            ));
+            return Err(SpecError::Auth.into());
         }
     };
     let api = Api::<Secret>::namespaced(client.clone(), &secret_ns);
@@ -183,10 +182,7 @@ pub async fn load<S: KeeperSource>(
             match parse(Some(&stored), &secret_ns, &reference)? {
                 Stored::Config(c) => *c,
                 Stored::Token(_) => {
-                    return Err(Error::TokenRedemption {
-                        message: format!("{where_} still holds a token after redemption"),
-                        transient: true,
-                    });
+                    return Err(Redemption::StillToken { secret: where_ }.into());
                 }
             }
         }
@@ -199,9 +195,7 @@ pub async fn load<S: KeeperSource>(
 /// read a credential past its store's allow-lists or write over the operator's own state.
 pub fn check_namespace_allowed(ns: &str, operator_ns: Option<&str>) -> Result<(), Error> {
     if operator_ns == Some(ns) {
-        return Err(Error::NotAllowed(format!(
-            "KeeperSecrets are not allowed in the operator namespace {ns}: it holds the ClusterKeeperStore credentials and the operator's cache"
-        )));
+        return Err(Refusal::OperatorNamespace { ns: ns.to_string() }.into());
     }
     Ok(())
 }
@@ -215,11 +209,9 @@ pub fn check_store_allows(
     let by_name = store.spec.namespaces.iter().any(|n| n == ns);
     let by_selector = match &store.spec.namespace_selector {
         Some(sel) => Selector::try_from(sel.clone())
-            .map_err(|e| {
-                Error::NotAllowed(format!(
-                    "ClusterKeeperStore {} has an invalid namespaceSelector: {e}",
-                    store.name_any()
-                ))
+            .map_err(|e| Refusal::InvalidSelector {
+                store: store.name_any(),
+                error: e.to_string(),
             })?
             .matches(ns_labels),
         None => false,
@@ -227,26 +219,34 @@ pub fn check_store_allows(
     if by_name || by_selector {
         Ok(())
     } else {
-        Err(Error::NotAllowed(format!(
-            "ClusterKeeperStore {} does not allow namespace {ns}; ask an administrator to add it to spec.namespaces or spec.namespaceSelector",
-            store.name_any()
-        )))
+        Err(Refusal::Namespace {
+            store: store.name_any(),
+            ns: ns.to_string(),
+        }
+        .into())
     }
 }
 
 /// Reads and parses the credential from the Secret (pure; messages never echo content).
 pub fn parse(secret: Option<&Secret>, ns: &str, r: &SecretKeyRef) -> Result<Stored, Error> {
     let where_ = format!("Secret {ns}/{}", r.name);
-    let secret = secret
-        .ok_or_else(|| Error::Auth(format!("{where_} (the KSM credential) does not exist")))?;
+    let secret = secret.ok_or_else(|| CredentialError::Missing {
+        secret: where_.clone(),
+    })?;
     let bytes = secret
         .data
         .as_ref()
         .and_then(|d| d.get(&r.key))
-        .ok_or_else(|| Error::Auth(format!("{where_} has no key {:?}", r.key)))?;
+        .ok_or_else(|| CredentialError::NoKey {
+            secret: where_.clone(),
+            key: r.key.clone(),
+        })?;
     let text = Zeroizing::new(
         std::str::from_utf8(&bytes.0)
-            .map_err(|_| Error::Auth(format!("{where_} key {:?} is not text", r.key)))?
+            .map_err(|_| CredentialError::NotText {
+                secret: where_.clone(),
+                key: r.key.clone(),
+            })?
             .to_string(),
     );
     let config = match CredentialValue::parse(text.trim()) {
@@ -255,11 +255,12 @@ pub fn parse(secret: Option<&Secret>, ns: &str, r: &SecretKeyRef) -> Result<Stor
             return token_request(secret, text.trim(), &where_, &r.key).map(Stored::Token);
         }
         Err(e) => {
-            return Err(Error::Auth(format!(
-                "{where_} key {:?} is neither a KSM configuration (base64 or JSON, as written by \
-                 `ksm init` or the SDKs) nor a one-time access token ([REGION:]TOKEN): {e}",
-                r.key
-            )));
+            return Err(CredentialError::Unparsable {
+                secret: where_,
+                key: r.key.clone(),
+                error: e.to_string(),
+            }
+            .into());
         }
     };
     Ok(Stored::Config(Box::new(Credential {
@@ -298,7 +299,7 @@ mod tests {
     fn credential_errors_are_actionable_and_value_free() {
         let e = parse(None, "ns", &r()).unwrap_err();
         assert_eq!(
-            (e.reason(), e.to_string()),
+            (e.reason().as_str(), e.to_string()),
             (
                 "AuthFailed",
                 "Secret ns/ksm (the KSM credential) does not exist".into()

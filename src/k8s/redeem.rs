@@ -17,7 +17,7 @@ use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
-use crate::error::Error;
+use crate::error::{CredentialError, Error, Redemption};
 use crate::keeper::KeeperSource;
 use crate::ksm::token::OneTimeToken;
 
@@ -50,25 +50,31 @@ pub fn token_request(
     where_: &str,
     key: &str,
 ) -> Result<TokenRequest, Error> {
-    let parsed = OneTimeToken::parse(token).map_err(|e| {
-        Error::Auth(format!(
-            "{where_} key {key:?} holds a malformed one-time token: {e}"
-        ))
+    let parsed = OneTimeToken::parse(token).map_err(|e| CredentialError::MalformedToken {
+        secret: where_.to_string(),
+        key: key.to_string(),
+        error: e.to_string(),
     })?;
     let text = |k: &str| -> Result<Option<String>, Error> {
         match secret.data.as_ref().and_then(|d| d.get(k)) {
             None => Ok(None),
             Some(b) => std::str::from_utf8(&b.0)
                 .map(|s| Some(s.trim().to_string()).filter(|s| !s.is_empty()))
-                .map_err(|_| Error::Auth(format!("{where_} key {k:?} is not text"))),
+                .map_err(|_| {
+                    Error::from(CredentialError::NotText {
+                        secret: where_.to_string(),
+                        key: k.to_string(),
+                    })
+                }),
         }
     };
     let hostname = text(HOSTNAME_KEY)?;
     if hostname.is_none() && parsed.hostname.is_none() {
-        return Err(Error::Auth(format!(
-            "{where_} key {key:?} holds a one-time token without a region prefix; prefix it \
-             (e.g. US:) or add key {HOSTNAME_KEY:?} with the Keeper hostname"
-        )));
+        return Err(CredentialError::NoRegion {
+            secret: where_.to_string(),
+            key: key.to_string(),
+        }
+        .into());
     }
     let server_key = match text(SERVER_KEY_KEY)? {
         None => None,
@@ -76,10 +82,8 @@ pub fn token_request(
             let (id, point) = v
                 .split_once(':')
                 .filter(|(id, p)| id.trim().parse::<u32>().is_ok() && !p.trim().is_empty())
-                .ok_or_else(|| {
-                    Error::Auth(format!(
-                        "{where_} key {SERVER_KEY_KEY:?} must be ID:KEY (numeric key id, base64url public key)"
-                    ))
+                .ok_or_else(|| CredentialError::BadServerKey {
+                    secret: where_.to_string(),
                 })?;
             Some((id.trim().to_string(), point.trim().to_string()))
         }
@@ -132,13 +136,11 @@ pub async fn redeem_in_place<S: KeeperSource>(
     if let Some(age) = claim_age(secret, Timestamp::now())
         && age < CLAIM_TIMEOUT
     {
-        return Err(Error::TokenRedemption {
-            message: format!(
-                "{where_}: another operator replica is redeeming its one-time token (claimed {}s ago); waiting for it",
-                age.as_secs()
-            ),
-            transient: true,
-        });
+        return Err(Redemption::InProgress {
+            secret: where_.to_string(),
+            age_secs: age.as_secs(),
+        }
+        .into());
     }
     let name = secret.name_any();
     // The claim: only one writer wins this conditioned update.
@@ -157,13 +159,10 @@ pub async fn redeem_in_place<S: KeeperSource>(
             request.server_key.clone(),
         )
         .await
-        .map_err(|e| Error::TokenRedemption {
-            transient: e.is_transient(),
-            message: format!(
-                "{where_} key {key:?}: redeeming the one-time token failed: {e}. A token can be \
-                 redeemed once and expires; if it was used or expired, generate a new one \
-                 (Keeper vault → Secrets Manager → application → Devices → Add Device) and store it, or store a KSM config instead"
-            ),
+        .map_err(|error| Redemption::Failed {
+            secret: where_.to_string(),
+            key: key.to_string(),
+            error,
         });
     let config = match config {
         Ok(c) => Zeroizing::new(c.to_base64()),
@@ -177,7 +176,7 @@ pub async fn redeem_in_place<S: KeeperSource>(
                 let error = crate::error::kube_summary(&err);
                 warn!(error, secret = name, "could not release the token claim");
             }
-            return Err(e);
+            return Err(e.into());
         }
     };
     let stored = api
@@ -187,13 +186,9 @@ pub async fn redeem_in_place<S: KeeperSource>(
             &redeemed(&claim, key, &config, Timestamp::now()),
         )
         .await
-        .map_err(|e| Error::TokenRedemption {
-            transient: false,
-            message: format!(
-                "{where_}: the one-time token was redeemed but storing the bound config failed ({}); \
-                 the token is spent: generate a new one",
-                kube_reason(&e)
-            ),
+        .map_err(|e| Redemption::NotStored {
+            secret: where_.to_string(),
+            error: kube_reason(&e),
         })?;
     info!(
         secret = name,
@@ -204,10 +199,10 @@ pub async fn redeem_in_place<S: KeeperSource>(
 
 fn conflict_or(e: kube::Error, where_: &str) -> Error {
     match &e {
-        kube::Error::Api(s) if s.code == 409 => Error::TokenRedemption {
-            message: format!("{where_} changed while claiming its one-time token; retrying"),
-            transient: true,
-        },
+        kube::Error::Api(s) if s.code == 409 => Redemption::Conflict {
+            secret: where_.to_string(),
+        }
+        .into(),
         _ => Error::Kube(e),
     }
 }

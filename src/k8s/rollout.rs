@@ -28,7 +28,7 @@ use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
 use crate::api::{
-    FIELD_MANAGER, KEYS_ANNOTATION, KeeperSecret, RESTARTED_AT_ANNOTATION, WorkloadKind,
+    FIELD_MANAGER, KEYS_ANNOTATION, KeeperSecret, RESTARTED_AT_ANNOTATION, Reason, WorkloadKind,
 };
 use crate::k8s::Events;
 use crate::lock;
@@ -194,7 +194,10 @@ impl Rollouts {
             Ok(()) => {
                 info!(namespace = ns, kind, name, "rollout restart");
                 let note = format!("Restarted {kind} {name}: the synced data changed");
-                ("restarted", (EventType::Normal, "RolloutRestarted", note))
+                (
+                    "restarted",
+                    (EventType::Normal, Reason::RolloutRestarted, note),
+                )
             }
             Err(e) => {
                 let (outcome, why) = match e {
@@ -207,7 +210,10 @@ impl Rollouts {
                 };
                 warn!(namespace = ns, kind, name, error = %e, "rollout restart failed");
                 let note = format!("Could not restart {kind} {name}: {why}");
-                (outcome, (EventType::Warning, "RolloutRestartFailed", note))
+                (
+                    outcome,
+                    (EventType::Warning, Reason::RolloutRestartFailed, note),
+                )
             }
         };
         self.metrics.restart(kind, outcome);
@@ -218,7 +224,7 @@ impl Rollouts {
                     &requester,
                     type_,
                     "RolloutRestart",
-                    reason.into(),
+                    reason.as_str().into(),
                     note.clone(),
                 )
                 .await;

@@ -251,7 +251,7 @@ impl KeeperSource for SharedKeeper {
         let outcome = redeem_token(token, hostname, server_key, &self.options).await;
         self.metrics.token_redemption(match &outcome {
             Ok(_) => "success",
-            Err(e) => e.reason(),
+            Err(e) => e.reason().as_str(),
         });
         outcome
     }

@@ -293,7 +293,7 @@ impl KsmClient {
         // re-fetch must not lose the bound config: it is reported, and the config returned.
         let bound_client = Self::new(bound, options)?;
         if let Err(err) = bound_client.get_secrets(&Query::default()).await {
-            tracing::warn!(reason = err.reason(), error = %err, "first fetch after binding failed");
+            tracing::warn!(reason = err.reason().as_str(), error = %err, "first fetch after binding failed");
         }
         Ok(bound_client.inner.config.clone())
     }

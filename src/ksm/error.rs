@@ -2,6 +2,7 @@
 //! variant with a stable `reason()`. Messages carry server error text and UIDs, never secrets.
 
 use crate::ksm::config::ConfigError;
+use crate::reason::Reason;
 use std::time::Duration;
 
 /// Why a one-time token does not parse.
@@ -122,25 +123,25 @@ fn wrong_key_text(key_id: Option<u32>, custom_key: bool) -> String {
 
 impl KsmError {
     /// Stable CamelCase reason for status conditions, events and metric labels.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            KsmError::Config(_) | KsmError::InvalidCa(_) => "InvalidConfig",
-            KsmError::Token(_) => "InvalidToken",
-            KsmError::Unavailable(_) | KsmError::Timeout => "KeeperUnavailable",
-            KsmError::Tls(_) => "TlsError",
-            KsmError::Throttled { .. } => "Throttled",
-            KsmError::AccessDenied { .. } | KsmError::Binding(_) => "AuthFailed",
-            KsmError::InvalidClientVersion { .. } => "InvalidClientVersion",
-            KsmError::WrongServerKey { .. } => "WrongServerKey",
-            KsmError::Server { .. } => "KeeperError",
+            KsmError::Config(_) | KsmError::InvalidCa(_) => Reason::InvalidConfig,
+            KsmError::Token(_) => Reason::InvalidToken,
+            KsmError::Unavailable(_) | KsmError::Timeout => Reason::KeeperUnavailable,
+            KsmError::Tls(_) => Reason::TlsError,
+            KsmError::Throttled { .. } => Reason::Throttled,
+            KsmError::AccessDenied { .. } | KsmError::Binding(_) => Reason::AuthFailed,
+            KsmError::InvalidClientVersion { .. } => Reason::InvalidClientVersion,
+            KsmError::WrongServerKey { .. } => Reason::WrongServerKey,
+            KsmError::Server { .. } => Reason::KeeperError,
             KsmError::Tampered
             | KsmError::Undecryptable(_)
             | KsmError::InvalidResponse(_)
-            | KsmError::Redirect { .. } => "InvalidResponse",
-            KsmError::Download(_) => "DownloadFailed",
-            KsmError::TooLarge { .. } => "TooLarge",
-            KsmError::HostNotAllowed { .. } => "HostNotAllowed",
-            KsmError::InsecureDownload { .. } => "InsecureDownload",
+            | KsmError::Redirect { .. } => Reason::InvalidResponse,
+            KsmError::Download(_) => Reason::DownloadFailed,
+            KsmError::TooLarge { .. } => Reason::TooLarge,
+            KsmError::HostNotAllowed { .. } => Reason::HostNotAllowed,
+            KsmError::InsecureDownload { .. } => Reason::InsecureDownload,
         }
     }
 

@@ -11,6 +11,7 @@ mod resolve;
 pub use resolve::{find_record, is_uid_shaped, resolve};
 
 use crate::ksm::record::KeeperFile;
+use crate::reason::Reason;
 
 /// A parsed notation. `Display` writes it back with the escaping the parser expects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,17 +106,17 @@ pub enum NotationError {
 
 impl NotationError {
     /// Stable reason for status conditions and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            NotationError::Syntax(_) => "InvalidSpec",
-            NotationError::RecordNotFound(_) => "RecordNotFound",
+            NotationError::Syntax(_) => Reason::InvalidSpec,
+            NotationError::RecordNotFound(_) => Reason::RecordNotFound,
             NotationError::AmbiguousTitle { .. } | NotationError::AmbiguousFile { .. } => {
-                "AmbiguousTitle"
+                Reason::AmbiguousTitle
             }
             NotationError::FieldNotFound(_)
             | NotationError::IndexOutOfRange { .. }
             | NotationError::PropertyNotFound { .. }
-            | NotationError::FileNotFound(_) => "FieldNotFound",
+            | NotationError::FileNotFound(_) => Reason::FieldNotFound,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use crate::api::{ClusterKeeperStoreSpec, KeeperSecretSpec};
-use crate::error::Error;
+use crate::error::{Error, Refusal};
 use crate::ksm::notation::{Notation, is_uid_shaped};
 use crate::ksm::record::{Skipped, Vault};
 
@@ -74,10 +74,11 @@ impl AllowList {
     }
 
     fn denied(&self, what: String) -> Error {
-        Error::NotAllowed(format!(
-            "ClusterKeeperStore {} does not allow reading {what}; ask an administrator to add it to spec.allowedRecords or spec.allowedFolders",
-            self.store
-        ))
+        Refusal::Read {
+            store: self.store.clone(),
+            what,
+        }
+        .into()
     }
 }
 

@@ -10,6 +10,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use zeroize::Zeroizing;
 
 use crate::api::DecodingStrategy;
+use crate::api::Reason;
 use crate::sync::mapping::Bytes;
 
 /// A value did not decode as its strategy says.
@@ -26,8 +27,8 @@ pub struct DecodingError {
 
 impl DecodingError {
     /// Stable reason for status and metrics.
-    pub fn reason(&self) -> &'static str {
-        "DecodingFailed"
+    pub fn reason(&self) -> Reason {
+        Reason::DecodingFailed
     }
 }
 

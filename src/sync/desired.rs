@@ -15,6 +15,7 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::api::Reason;
 use crate::api::{
     ALLOW_MERGE_ANNOTATION, CREATED_FOR_ANNOTATION, CreationPolicy, DATA_HASH_ANNOTATION,
     KEYS_ANNOTATION, KeeperSecret, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MERGED_BY_ANNOTATION,
@@ -96,11 +97,11 @@ pub enum DesiredError {
 
 impl DesiredError {
     /// Stable reason for status and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::TooLarge { .. } => "TooLarge",
-            Self::MissingTypeKey { .. } => "InvalidSpec",
-            Self::Forbidden(_) => "NotAllowed",
+            Self::TooLarge { .. } => Reason::TooLarge,
+            Self::MissingTypeKey { .. } => Reason::InvalidSpec,
+            Self::Forbidden(_) => Reason::NotAllowed,
         }
     }
 }
@@ -357,16 +358,16 @@ pub enum TargetRefusal {
 
 impl TargetRefusal {
     /// Stable reason for status and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::Protected { .. } => "NotAllowed",
-            Self::NotInvited { .. } => "TargetNotOptedIn",
+            Self::Protected { .. } => Reason::NotAllowed,
+            Self::NotInvited { .. } => Reason::TargetNotOptedIn,
             Self::OwnedBy { .. }
             | Self::Controlled { .. }
             | Self::MergeTypeMismatch { .. }
             | Self::AdoptTypeMismatch { .. }
             | Self::Appeared { .. }
-            | Self::NotAdopted { .. } => "SecretOwnedElsewhere",
+            | Self::NotAdopted { .. } => Reason::SecretOwnedElsewhere,
         }
     }
 }

@@ -223,7 +223,7 @@ mod tests {
             message: "Signature is invalid".into(),
         };
         let down = KsmError::Unavailable("connection refused".into());
-        let reason = |e: Option<&KsmError>| e.map(KsmError::reason);
+        let reason = |e: Option<&KsmError>| e.map(|e| e.reason().as_str());
         assert_eq!(reason(refusal(Some(&denied), None)), Some("AuthFailed"));
         assert_eq!(reason(refusal(None, Some(&denied))), Some("AuthFailed"));
         assert_eq!(reason(refusal(Some(&down), None)), None);

@@ -24,7 +24,7 @@ pub fn check(
     }
     let plan = match plan {
         // A selector that found nothing may have meant an entry that did not decrypt.
-        Err(e) if e.reason().ends_with("NotFound") => return Err(undecryptable(skipped)),
+        Err(e) if e.reason().is_missing_reference() => return Err(undecryptable(skipped)),
         plan => plan?,
     };
     // Whole-folder and whole-record mappings succeed without the lost entries: refuse them.

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
+use crate::api::Reason;
 use crate::api::{
     DataFromItem, DataItem, DecodingStrategy, DeletionPolicy, DuplicateKeyPolicy, KeeperSecretSpec,
     RecordRevision, RecordSelector,
@@ -69,11 +70,11 @@ pub enum MappingError {
 
 impl MappingError {
     /// Stable reason for status and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::RecordNotFound(_) => "RecordNotFound",
-            Self::AmbiguousTitle { .. } => "AmbiguousTitle",
-            Self::FieldNotFound(_) => "FieldNotFound",
+            Self::RecordNotFound(_) => Reason::RecordNotFound,
+            Self::AmbiguousTitle { .. } => Reason::AmbiguousTitle,
+            Self::FieldNotFound(_) => Reason::FieldNotFound,
             Self::Notation { source, .. } => source.reason(),
         }
     }

@@ -11,8 +11,10 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use sha2::{Digest, Sha256};
 
+use crate::api::conditions;
 use crate::api::{
-    FLUX_REQUESTED_AT_ANNOTATION, FORCE_SYNC_ANNOTATION, KeeperSecret, RefreshPolicy, STALE,
+    ConditionStatus, ConditionType, FLUX_REQUESTED_AT_ANNOTATION, FORCE_SYNC_ANNOTATION,
+    KeeperSecret, RefreshPolicy,
 };
 use crate::sync::desired::{self, HashKey};
 
@@ -119,18 +121,20 @@ pub fn decide(
     interval: Duration,
 ) -> Decision {
     let status = ks.status.as_ref();
-    let ready = ks.ready_condition().is_some_and(|c| c.status == "True");
+    let ready = ks
+        .ready_condition()
+        .is_some_and(|c| c.status == ConditionStatus::True.as_str());
     let (Some(status), true) = (status, ready) else {
         return Decision::Sync(Why::NotSynced);
     };
     if requested_sync(ks).is_some() {
         return Decision::Sync(Why::Requested);
     }
-    let stale = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == STALE && c.status == "True");
-    if stale {
+    if conditions::has(
+        &status.conditions,
+        ConditionType::Stale,
+        ConditionStatus::True,
+    ) {
         return Decision::Sync(Why::Stale);
     }
     if status.observed_generation != ks.metadata.generation {

@@ -1,30 +1,15 @@
 //! PURE: status and Ready-condition computation, and which transitions deserve an event.
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::{DeletionPolicy, KeeperSecret, KeeperSecretStatus, READY, RecordRevision, STALE};
+use crate::api::conditions::{self, Change};
+use crate::api::{
+    ConditionStatus, ConditionType, DeletionPolicy, KeeperSecret, KeeperSecretStatus, Reason,
+    RecordRevision, set_condition,
+};
 
-/// Reason of a Ready=True condition.
-pub const SYNCED: &str = "Synced";
-/// Reason of Ready=True while Keeper fails and the Secret holds the last good copy.
-pub const LAST_GOOD_COPY: &str = "LastGoodCopy";
-/// Reason of Ready=False once the last good copy is older than the operator's maximum age.
-pub const LAST_GOOD_COPY_EXPIRED: &str = "LastGoodCopyExpired";
-/// Ready reason: synced, and a deletion policy removed the keys of records gone from Keeper.
-pub const RECORD_DELETED: &str = "RecordDeleted";
-/// kstatus condition (Flux, `kstatus`): True until the current generation has synced once.
-pub const RECONCILING: &str = "Reconciling";
-/// kstatus condition: True when no retry can succeed until someone changes something.
-pub const STALLED: &str = "Stalled";
-
-/// Failures no retry fixes: the spec, a store's rules or another owner's Secret must change.
-const STALLING: [&str; 4] = [
-    "InvalidSpec",
-    "AmbiguousTitle",
-    "NotAllowed",
-    "SecretOwnedElsewhere",
-];
+use ConditionStatus::{False, True};
 
 /// What a successful sync produced.
 #[derive(Debug)]
@@ -47,7 +32,7 @@ pub struct Synced {
 #[derive(Debug)]
 pub struct Stale {
     /// Stable reason of the Keeper failure.
-    pub reason: &'static str,
+    pub reason: Reason,
     /// The failure, for humans.
     pub error: String,
     /// When Keeper started failing.
@@ -63,15 +48,15 @@ impl Stale {
     /// Ready's status and reason while serving the last good copy: an outage keeps Ready=True
     /// until the data is older than `max_age`; a refusal (revoked or unknown client, rejected
     /// client version, ...) is Ready=False at once under its own reason. The data stays either way.
-    fn ready(&self, fetched_at: Timestamp, now: Timestamp) -> (&'static str, &'static str) {
+    fn ready(&self, fetched_at: Timestamp, now: Timestamp) -> (ConditionStatus, Reason) {
         let max_age =
             jiff::SignedDuration::try_from(self.max_age).unwrap_or(jiff::SignedDuration::MAX);
         if !self.outage {
-            ("False", self.reason)
+            (False, self.reason)
         } else if now.duration_since(fetched_at) > max_age {
-            ("False", LAST_GOOD_COPY_EXPIRED)
+            (False, Reason::LastGoodCopyExpired)
         } else {
-            ("True", LAST_GOOD_COPY)
+            (True, Reason::LastGoodCopy)
         }
     }
 }
@@ -106,24 +91,16 @@ pub fn synced(ks: &KeeperSecret, now: Timestamp, s: &Synced) -> KeeperSecretStat
     );
     let (ready, reason, message, stale) = match &s.stale {
         None if !s.gone.is_empty() => (
-            "True",
-            RECORD_DELETED,
+            True,
+            Reason::RecordDeleted,
             gone_message(ks, s, holds),
-            (
-                "False",
-                "Fresh".to_string(),
-                "The data is current".to_string(),
-            ),
+            (False, Reason::Fresh, "The data is current".to_string()),
         ),
         None => (
-            "True",
-            SYNCED,
+            True,
+            Reason::Synced,
             holds,
-            (
-                "False",
-                "Fresh".to_string(),
-                "The data is current".to_string(),
-            ),
+            (False, Reason::Fresh, "The data is current".to_string()),
         ),
         Some(st) => {
             let (ready, reason) = st.ready(s.fetched_at, now);
@@ -135,8 +112,8 @@ pub fn synced(ks: &KeeperSecret, now: Timestamp, s: &Synced) -> KeeperSecretStat
                     s.fetched_at, st.since, st.reason
                 ),
                 (
-                    "True",
-                    st.reason.to_string(),
+                    True,
+                    st.reason,
                     format!("Keeper failing since {}: {}", st.since, st.error),
                 ),
             )
@@ -144,31 +121,29 @@ pub fn synced(ks: &KeeperSecret, now: Timestamp, s: &Synced) -> KeeperSecretStat
     };
     let prev = ks.status.clone().unwrap_or_default();
     let generation = ks.metadata.generation;
-    let conditions = with_condition(
-        &prev.conditions,
-        READY,
-        generation,
-        now,
-        ready,
-        reason,
-        &message,
-    );
-    let conditions = with_condition(
-        &conditions,
-        STALE,
-        generation,
-        now,
-        stale.0,
-        &stale.1,
-        &stale.2,
-    );
-    let conditions = with_progress(
-        &conditions,
-        generation,
-        now,
-        ("False", SYNCED, "This generation has synced"),
-        ("False", SYNCED, "Nothing blocks the sync"),
-    );
+    let mut conditions = prev.conditions.clone();
+    for (type_, (status, reason, message)) in [
+        (ConditionType::Ready, (ready, reason, message.as_str())),
+        (ConditionType::Stale, (stale.0, stale.1, stale.2.as_str())),
+        (
+            ConditionType::Reconciling,
+            (False, Reason::Synced, "This generation has synced"),
+        ),
+        (
+            ConditionType::Stalled,
+            (False, Reason::Synced, "Nothing blocks the sync"),
+        ),
+    ] {
+        set_condition(
+            &mut conditions,
+            type_,
+            status,
+            reason,
+            message,
+            generation,
+            now,
+        );
+    }
     KeeperSecretStatus {
         observed_generation: generation,
         conditions,
@@ -185,41 +160,51 @@ pub fn synced(ks: &KeeperSecret, now: Timestamp, s: &Synced) -> KeeperSecretStat
 pub fn failed(
     ks: &KeeperSecret,
     now: Timestamp,
-    reason: &str,
+    reason: Reason,
     message: &str,
 ) -> KeeperSecretStatus {
     let prev = ks.status.clone().unwrap_or_default();
     let generation = ks.metadata.generation;
-    let conditions = with_condition(
-        &prev.conditions,
-        READY,
-        generation,
-        now,
-        "False",
-        reason,
-        message,
-    );
     // Once this generation has synced, a later failure is not "still reconciling": the Secret
     // holds this spec's data and Ready says what is wrong now.
-    let synced_before = prev.conditions.iter().any(|c| {
-        c.type_ == RECONCILING
-            && c.status == "False"
-            && c.reason == SYNCED
-            && c.observed_generation == generation
-    });
-    let (reconciling, stalled) = if STALLING.contains(&reason) {
-        (("False", reason, message), ("True", reason, message))
+    let synced_before =
+        conditions::find(&prev.conditions, ConditionType::Reconciling).is_some_and(|c| {
+            c.status == False.as_str()
+                && c.reason == Reason::Synced.as_str()
+                && c.observed_generation == generation
+        });
+    let (reconciling, stalled) = if reason.stalls() {
+        ((False, reason, message), (True, reason, message))
     } else {
-        let retrying = ("False", "Retrying", "The operator retries with backoff");
+        let retrying = (False, Reason::Retrying, "The operator retries with backoff");
         if synced_before {
-            (("False", SYNCED, "This generation has synced"), retrying)
+            (
+                (False, Reason::Synced, "This generation has synced"),
+                retrying,
+            )
         } else {
-            (("True", reason, message), retrying)
+            ((True, reason, message), retrying)
         }
     };
+    let mut conditions = prev.conditions.clone();
+    for (type_, (status, reason, message)) in [
+        (ConditionType::Ready, (False, reason, message)),
+        (ConditionType::Reconciling, reconciling),
+        (ConditionType::Stalled, stalled),
+    ] {
+        set_condition(
+            &mut conditions,
+            type_,
+            status,
+            reason,
+            message,
+            generation,
+            now,
+        );
+    }
     KeeperSecretStatus {
         observed_generation: generation,
-        conditions: with_progress(&conditions, generation, now, reconciling, stalled),
+        conditions,
         last_handled_reconcile_at: handled(ks, &prev),
         ..prev
     }
@@ -229,68 +214,6 @@ pub fn failed(
 /// one answered before when there is none now.
 fn handled(ks: &KeeperSecret, prev: &KeeperSecretStatus) -> Option<String> {
     crate::sync::refresh::sync_request(ks).or_else(|| prev.last_handled_reconcile_at.clone())
-}
-
-/// Sets the kstatus conditions `Reconciling` and `Stalled` (status, reason, message).
-fn with_progress(
-    conditions: &[Condition],
-    generation: Option<i64>,
-    now: Timestamp,
-    reconciling: (&str, &str, &str),
-    stalled: (&str, &str, &str),
-) -> Vec<Condition> {
-    let (status, reason, message) = reconciling;
-    let conditions = with_condition(
-        conditions,
-        RECONCILING,
-        generation,
-        now,
-        status,
-        reason,
-        message,
-    );
-    let (status, reason, message) = stalled;
-    with_condition(
-        &conditions,
-        STALLED,
-        generation,
-        now,
-        status,
-        reason,
-        message,
-    )
-}
-
-/// Replaces one condition; `lastTransitionTime` only moves when its status flips. Ready stays
-/// first in the list.
-pub(crate) fn with_condition(
-    prev: &[Condition],
-    type_: &str,
-    generation: Option<i64>,
-    now: Timestamp,
-    status: &str,
-    reason: &str,
-    message: &str,
-) -> Vec<Condition> {
-    let last_transition_time = match prev.iter().find(|c| c.type_ == type_) {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => Time(now),
-    };
-    let condition = Condition {
-        type_: type_.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message: message.to_string(),
-        observed_generation: generation,
-        last_transition_time,
-    };
-    let mut out: Vec<Condition> = prev.iter().filter(|c| c.type_ != type_).cloned().collect();
-    if type_ == READY {
-        out.insert(0, condition);
-    } else {
-        out.push(condition);
-    }
-    out
 }
 
 /// Whether `new` is worth writing over `old`. A status that differs only by a `lastSyncTime`
@@ -323,33 +246,34 @@ pub fn worth_writing(
 pub struct Transition {
     /// Warning (failure) or Normal (recovered / first sync).
     pub warning: bool,
-    /// Stable reason (the condition reason).
+    /// Stable reason (the condition reason, as written).
     pub reason: String,
     /// Human-readable note (the condition message).
     pub note: String,
 }
 
 /// An event is due only when Ready's status or reason changes (new failure kind, recovery,
-/// first sync) — never for a repeat, so a flapping Keeper does not flood the namespace.
+/// first sync): see [`Change::deserves_event`].
 pub fn transition(
     before: Option<&KeeperSecretStatus>,
     after: &KeeperSecretStatus,
 ) -> Option<Transition> {
-    let ready = |s: &KeeperSecretStatus| s.conditions.iter().find(|c| c.type_ == READY).cloned();
-    let new = ready(after)?;
-    let old = before.and_then(ready);
-    if old.is_some_and(|o| o.status == new.status && o.reason == new.reason) {
+    let new = conditions::find(&after.conditions, ConditionType::Ready)?;
+    let old = before.and_then(|s| conditions::find(&s.conditions, ConditionType::Ready));
+    if !Change::between(old, new).deserves_event() {
         return None;
     }
     Some(Transition {
-        warning: new.status != "True",
-        reason: new.reason,
-        note: new.message,
+        warning: new.status != True.as_str(),
+        reason: new.reason.clone(),
+        note: new.message.clone(),
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
     use super::*;
 
     fn ks(generation: i64, status: Option<KeeperSecretStatus>) -> KeeperSecret {
@@ -378,7 +302,7 @@ mod tests {
     }
 
     fn ready(s: &KeeperSecretStatus) -> &Condition {
-        s.conditions.iter().find(|c| c.type_ == READY).unwrap()
+        conditions::find(&s.conditions, ConditionType::Ready).unwrap()
     }
 
     #[test]
@@ -395,7 +319,7 @@ mod tests {
         let c = ready(&synced(&ks, t(0), &gone)).clone();
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
-            ("True", RECORD_DELETED)
+            ("True", "RecordDeleted")
         );
         assert!(
             c.message.starts_with("Secret db holds 2 keys"),
@@ -434,7 +358,7 @@ mod tests {
         );
     }
 
-    fn stale(reason: &'static str, outage: bool) -> Synced {
+    fn stale(reason: Reason, outage: bool) -> Synced {
         Synced {
             stale: Some(Stale {
                 reason,
@@ -456,20 +380,28 @@ mod tests {
 
     #[test]
     fn an_outage_keeps_ready_until_the_copy_is_too_old() {
-        let s = synced(&ks(1, None), t(3600), &stale("KeeperUnavailable", true));
+        let s = synced(
+            &ks(1, None),
+            t(3600),
+            &stale(Reason::KeeperUnavailable, true),
+        );
         assert_eq!(
             conditions(&s)[..2],
             [
-                (READY, "True", LAST_GOOD_COPY),
-                (STALE, "True", "KeeperUnavailable")
+                ("Ready", "True", "LastGoodCopy"),
+                ("Stale", "True", "KeeperUnavailable")
             ]
         );
-        let s = synced(&ks(1, None), t(3601), &stale("KeeperUnavailable", true));
+        let s = synced(
+            &ks(1, None),
+            t(3601),
+            &stale(Reason::KeeperUnavailable, true),
+        );
         assert_eq!(
             conditions(&s)[..2],
             [
-                (READY, "False", LAST_GOOD_COPY_EXPIRED),
-                (STALE, "True", "KeeperUnavailable")
+                ("Ready", "False", "LastGoodCopyExpired"),
+                ("Stale", "True", "KeeperUnavailable")
             ]
         );
         assert_eq!(s.data_hash.as_deref(), Some("hmac-sha256:ab"), "data kept");
@@ -477,12 +409,12 @@ mod tests {
 
     #[test]
     fn a_refused_credential_is_not_ready_even_with_a_fresh_copy() {
-        let s = synced(&ks(1, None), t(20), &stale("AuthFailed", false));
+        let s = synced(&ks(1, None), t(20), &stale(Reason::AuthFailed, false));
         assert_eq!(
             conditions(&s)[..2],
             [
-                (READY, "False", "AuthFailed"),
-                (STALE, "True", "AuthFailed")
+                ("Ready", "False", "AuthFailed"),
+                ("Stale", "True", "AuthFailed")
             ]
         );
         assert!(ready(&s).message.contains("serving the last good copy"));
@@ -500,32 +432,49 @@ mod tests {
                 let c = s.conditions.iter().find(|c| c.type_ == t).unwrap();
                 (c.status.clone(), c.reason.clone(), c.observed_generation)
             };
-            (find(RECONCILING), find(STALLED))
+            (find("Reconciling"), find("Stalled"))
         };
         let yes = |reason: &str, g| ("True".to_string(), reason.to_string(), Some(g));
         let no = |reason: &str, g| ("False".to_string(), reason.to_string(), Some(g));
 
         // A first attempt that fails on something a retry may fix: still reconciling.
-        let missing = failed(&ks(1, None), t(0), "RecordNotFound", "record x not found");
+        let missing = failed(
+            &ks(1, None),
+            t(0),
+            Reason::RecordNotFound,
+            "record x not found",
+        );
         assert_eq!(
             progress(&missing),
             (yes("RecordNotFound", 1), no("Retrying", 1))
         );
         // What no retry fixes: stalled, not reconciling.
-        for reason in STALLING {
+        for reason in [
+            Reason::InvalidSpec,
+            Reason::AmbiguousTitle,
+            Reason::NotAllowed,
+            Reason::SecretOwnedElsewhere,
+        ] {
+            assert!(reason.stalls(), "{reason}");
             let s = failed(&ks(1, None), t(0), reason, "m");
+            let reason = reason.as_str();
             assert_eq!(progress(&s), (no(reason, 1), yes(reason, 1)), "{reason}");
         }
         // Synced: current, from a fresh or a last good copy.
         let done = synced(&ks(1, Some(missing)), t(5), &ok());
-        assert_eq!(progress(&done), (no(SYNCED, 1), no(SYNCED, 1)));
-        let stale_ok = synced(&ks(1, None), t(5), &stale("KeeperUnavailable", true));
-        assert_eq!(progress(&stale_ok), (no(SYNCED, 1), no(SYNCED, 1)));
+        assert_eq!(progress(&done), (no("Synced", 1), no("Synced", 1)));
+        let stale_ok = synced(&ks(1, None), t(5), &stale(Reason::KeeperUnavailable, true));
+        assert_eq!(progress(&stale_ok), (no("Synced", 1), no("Synced", 1)));
         // A later failure of the same generation does not turn it back to reconciling...
-        let later = failed(&ks(1, Some(done.clone())), t(9), "KubernetesError", "m");
-        assert_eq!(progress(&later), (no(SYNCED, 1), no("Retrying", 1)));
+        let later = failed(
+            &ks(1, Some(done.clone())),
+            t(9),
+            Reason::KubernetesError,
+            "m",
+        );
+        assert_eq!(progress(&later), (no("Synced", 1), no("Retrying", 1)));
         // ...but a new generation reconciles until it syncs.
-        let edited = failed(&ks(2, Some(done)), t(9), "FieldNotFound", "m");
+        let edited = failed(&ks(2, Some(done)), t(9), Reason::FieldNotFound, "m");
         assert_eq!(
             progress(&edited),
             (yes("FieldNotFound", 2), no("Retrying", 2))
@@ -540,11 +489,16 @@ mod tests {
         let down = failed(
             &ks(1, Some(again.clone())),
             t(120),
-            "KeeperUnavailable",
+            Reason::KeeperUnavailable,
             "Keeper is down",
         );
         assert_eq!(ready(&down).last_transition_time, Time(t(120)));
-        let throttled = failed(&ks(1, Some(down.clone())), t(180), "Throttled", "slow down");
+        let throttled = failed(
+            &ks(1, Some(down.clone())),
+            t(180),
+            Reason::Throttled,
+            "slow down",
+        );
         assert_eq!(
             ready(&throttled).last_transition_time,
             Time(t(120)),
@@ -558,7 +512,7 @@ mod tests {
         let bad = failed(
             &ks(2, Some(good.clone())),
             t(30),
-            "RecordNotFound",
+            Reason::RecordNotFound,
             "record uid x not found",
         );
         assert_eq!(bad.last_sync_time, good.last_sync_time);
@@ -570,11 +524,11 @@ mod tests {
 
     #[test]
     fn unchanged_outcome_yields_identical_status() {
-        let first = failed(&ks(1, None), t(0), "AuthFailed", "bad config");
+        let first = failed(&ks(1, None), t(0), Reason::AuthFailed, "bad config");
         let second = failed(
             &ks(1, Some(first.clone())),
             t(90),
-            "AuthFailed",
+            Reason::AuthFailed,
             "bad config",
         );
         assert_eq!(first, second, "identical status means no write");
@@ -622,18 +576,23 @@ mod tests {
         let down = failed(
             &ks(1, Some(again.clone())),
             t(90),
-            "KeeperUnavailable",
+            Reason::KeeperUnavailable,
             "down",
         );
         assert!(transition(Some(&again), &down).unwrap().warning);
         let still = failed(
             &ks(1, Some(down.clone())),
             t(95),
-            "KeeperUnavailable",
+            Reason::KeeperUnavailable,
             "down",
         );
         assert_eq!(transition(Some(&down), &still), None);
-        let other = failed(&ks(1, Some(still.clone())), t(99), "Throttled", "slow");
+        let other = failed(
+            &ks(1, Some(still.clone())),
+            t(99),
+            Reason::Throttled,
+            "slow",
+        );
         assert_eq!(
             transition(Some(&still), &other).unwrap().reason,
             "Throttled"

@@ -8,9 +8,11 @@ use std::time::SystemTime;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::{ClusterKeeperStore, ClusterKeeperStoreStatus, KeeperSecret, READY};
+use crate::api::{
+    ClusterKeeperStore, ClusterKeeperStoreStatus, ConditionStatus, ConditionType, KeeperSecret,
+    Reason, set_condition,
+};
 use crate::keeper::fetcher::Health;
-use crate::sync::status::with_condition;
 
 /// Most namespaces listed in status; the count of KeeperSecrets stays exact.
 pub const MAX_NAMESPACES: usize = 100;
@@ -22,7 +24,7 @@ pub enum Credential {
     /// A one-time token, redeemed when the first KeeperSecret uses the store.
     Token,
     /// Missing or unusable: the reason and message a KeeperSecret would get.
-    Failed(&'static str, String),
+    Failed(Reason, String),
 }
 
 /// Which KeeperSecrets name a store.
@@ -52,7 +54,7 @@ pub fn usage<'a>(name: &str, all: impl IntoIterator<Item = &'a KeeperSecret>) ->
         usage.keeper_secrets += 1;
         if ks
             .ready_condition()
-            .is_some_and(|c| c.reason == "NotAllowed")
+            .is_some_and(|c| c.reason == Reason::NotAllowed.as_str())
         {
             usage.refused += 1;
         } else if let Some(ns) = &ks.metadata.namespace {
@@ -76,20 +78,20 @@ pub fn compute(
     };
     let fetched_at = health.and_then(|h| h.fetched_at).and_then(time);
     let (status, reason, message) = match credential {
-        Credential::Failed(reason, message) => ("False", *reason, message.clone()),
+        Credential::Failed(reason, message) => (ConditionStatus::False, *reason, message.clone()),
         Credential::Token => (
-            "Unknown",
-            "TokenNotRedeemed",
+            ConditionStatus::Unknown,
+            Reason::TokenNotRedeemed,
             "The credential is a one-time token; the first KeeperSecret that uses the store redeems it".to_string(),
         ),
         Credential::Parsed(None) => (
-            "Unknown",
-            "NotUsed",
+            ConditionStatus::Unknown,
+            Reason::NotUsed,
             "The credential parses; no KeeperSecret has used the store since the operator started, so Keeper has not been asked".to_string(),
         ),
         Credential::Parsed(Some(h)) => match &h.failure {
             Some((error, since)) => (
-                "False",
+                ConditionStatus::False,
                 error.reason(),
                 format!(
                     "Keeper failing since {}: {error}",
@@ -100,39 +102,40 @@ pub fn compute(
                 // The time is in lastFetchTime; the message stays the same from one answer to
                 // the next.
                 Some(_) if h.persist_refused => (
-                    "True",
-                    "KeeperAnswered",
+                    ConditionStatus::True,
+                    Reason::KeeperAnswered,
                     format!(
                         "Keeper answered the latest request for this credential; the answer is too large to keep as the sealed last good copy (over {} bytes sealed), so a restart while Keeper is down would find an older copy or none",
                         crate::keeper::fetcher::sealed::MAX_STORED_BYTES
                     ),
                 ),
                 Some(_) => (
-                    "True",
-                    "KeeperAnswered",
+                    ConditionStatus::True,
+                    Reason::KeeperAnswered,
                     "Keeper answered the latest request for this credential".to_string(),
                 ),
                 None => (
-                    "Unknown",
-                    "NotUsed",
+                    ConditionStatus::Unknown,
+                    Reason::NotUsed,
                     "Keeper has not answered for this credential yet".to_string(),
                 ),
             },
         },
     };
-    let prev = store.status.clone().unwrap_or_default();
     let generation = store.metadata.generation;
+    let mut conditions = store.status.clone().unwrap_or_default().conditions;
+    set_condition(
+        &mut conditions,
+        ConditionType::Ready,
+        status,
+        reason,
+        &message,
+        generation,
+        now,
+    );
     ClusterKeeperStoreStatus {
         observed_generation: generation,
-        conditions: with_condition(
-            &prev.conditions,
-            READY,
-            generation,
-            now,
-            status,
-            reason,
-            &message,
-        ),
+        conditions,
         last_fetch_time: fetched_at.map(Time),
         keeper_secrets: Some(usage.keeper_secrets),
         refused_keeper_secrets: Some(usage.refused),
@@ -167,7 +170,7 @@ mod tests {
         store
     }
 
-    fn borrower(ns: &str, store: &str, reason: Option<&str>) -> KeeperSecret {
+    fn borrower(ns: &str, store: &str, reason: Option<Reason>) -> KeeperSecret {
         let mut ks = crate::api::test_keeper_secret();
         ks.metadata.namespace = Some(ns.into());
         ks.spec.auth = Auth {
@@ -185,7 +188,7 @@ mod tests {
     }
 
     fn ready(status: &ClusterKeeperStoreStatus) -> (&str, &str) {
-        let c = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        let c = crate::api::conditions::find(&status.conditions, ConditionType::Ready).unwrap();
         (c.status.as_str(), c.reason.as_str())
     }
 
@@ -193,9 +196,9 @@ mod tests {
     fn usage_counts_borrowers_and_refusals_of_this_store_only() {
         let all = [
             borrower("a", "shared", None),
-            borrower("a", "shared", Some("RecordNotFound")),
+            borrower("a", "shared", Some(Reason::RecordNotFound)),
             borrower("b", "shared", None),
-            borrower("c", "shared", Some("NotAllowed")),
+            borrower("c", "shared", Some(Reason::NotAllowed)),
             borrower("d", "other", None),
             crate::api::test_keeper_secret(),
         ];
@@ -244,7 +247,8 @@ mod tests {
         assert_eq!(ready(&unused), ("Unknown", "NotUsed"));
         let token = compute(&store(), &Credential::Token, Usage::default(), t(5));
         assert_eq!(ready(&token), ("Unknown", "TokenNotRedeemed"));
-        let missing = Credential::Failed("AuthFailed", "Secret ops/ksm does not exist".into());
+        let missing =
+            Credential::Failed(Reason::AuthFailed, "Secret ops/ksm does not exist".into());
         let s = compute(&store(), &missing, Usage::default(), t(5));
         assert_eq!(ready(&s), ("False", "AuthFailed"));
         assert_eq!(s.conditions[0].message, "Secret ops/ksm does not exist");
@@ -253,7 +257,7 @@ mod tests {
     #[test]
     fn the_transition_time_moves_only_when_ready_flips() {
         let mut store = store();
-        let failed = Credential::Failed("AuthFailed", "m".into());
+        let failed = Credential::Failed(Reason::AuthFailed, "m".into());
         store.status = Some(compute(&store, &failed, Usage::default(), t(0)));
         let again = compute(&store, &failed, Usage::default(), t(60));
         assert_eq!(again.conditions[0].last_transition_time, Time(t(0)));

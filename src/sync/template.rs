@@ -24,6 +24,7 @@ use std::time::Instant;
 use minijinja::{Environment, Error, ErrorKind, Value};
 use zeroize::Zeroizing;
 
+use crate::api::Reason;
 use crate::api::{Template, TemplateMergePolicy, TemplateSourceItem};
 use crate::sync::desired::{HashKey, MAX_SECRET_BYTES};
 use crate::sync::mapping::Bytes;
@@ -76,17 +77,17 @@ pub enum TemplateError {
 
 impl TemplateError {
     /// Stable reason for status and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::Invalid { .. } => "InvalidSpec",
-            Self::TooLarge { .. } => "TooLarge",
+            Self::Invalid { .. } => Reason::InvalidSpec,
+            Self::TooLarge { .. } => Reason::TooLarge,
             Self::Budget {
                 bound: Exceeded::Time,
                 ..
-            } => "TemplateTimeout",
+            } => Reason::TemplateTimeout,
             // The template asks for too much: only changing it helps.
-            Self::Budget { .. } => "InvalidSpec",
-            Self::Busy { .. } => "RenderBusy",
+            Self::Budget { .. } => Reason::InvalidSpec,
+            Self::Busy { .. } => Reason::RenderBusy,
         }
     }
 
@@ -191,10 +192,10 @@ pub enum SourceError {
 impl SourceError {
     /// Stable reason for status and metrics. Both are fixed outside the KeeperSecret (by
     /// creating or editing the source), so they are retried, never Stalled.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::NotFound { .. } | Self::MissingKey { .. } => "TemplateSourceNotFound",
-            _ => "TemplateSourceInvalid",
+            Self::NotFound { .. } | Self::MissingKey { .. } => Reason::TemplateSourceNotFound,
+            _ => Reason::TemplateSourceInvalid,
         }
     }
 }
@@ -941,7 +942,7 @@ mod tests {
         let reason = |f: Fetched<'_>| {
             let e = collect(vec![f]).err().expect("an error");
             assert!(!e.to_string().contains("TOPSECRET"), "{e}");
-            (e.reason(), e.to_string())
+            (e.reason().as_str(), e.to_string())
         };
         let secret: &[(&str, &[u8])] = &[("a", b"TOPSECRET"), ("bin", &[0xff, 0xfe])];
         assert_eq!(

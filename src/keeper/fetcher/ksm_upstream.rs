@@ -134,7 +134,7 @@ impl Upstream for KsmUpstream {
 fn outcome<T>(result: &Result<T, KsmError>) -> &'static str {
     match result {
         Ok(_) => "success",
-        Err(e) => e.reason(),
+        Err(e) => e.reason().as_str(),
     }
 }
 

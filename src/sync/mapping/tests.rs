@@ -308,6 +308,7 @@ fn plan_err(items: Vec<DataItem>) -> &'static str {
     plan(&spec(items, vec![]), &vault(vec![login()]))
         .unwrap_err()
         .reason()
+        .as_str()
 }
 
 #[test]

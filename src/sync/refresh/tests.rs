@@ -84,7 +84,12 @@ fn due_spec_change_failure_and_secret_drift_all_sync() {
         Decision::Sync(Why::SpecChanged)
     );
     let mut failed = ks.clone();
-    failed.status = Some(status::failed(&ks, t(1), "KeeperUnavailable", "down"));
+    failed.status = Some(status::failed(
+        &ks,
+        t(1),
+        crate::api::Reason::KeeperUnavailable,
+        "down",
+    ));
     assert_eq!(
         decide(&failed, Target::of(Some(&s), &key()), None, t(2), HOUR),
         Decision::Sync(Why::NotSynced)
@@ -206,7 +211,12 @@ fn created_once_keeps_edits_and_only_recreates_a_missing_secret() {
     assert_eq!(spec, Decision::Sync(Why::SpecChanged));
     // Keeper failing on the first sync: retried like any other policy.
     let mut failed = ks.clone();
-    failed.status = Some(status::failed(&ks, t(1), "KeeperUnavailable", "down"));
+    failed.status = Some(status::failed(
+        &ks,
+        t(1),
+        crate::api::Reason::KeeperUnavailable,
+        "down",
+    ));
     let retry = decide(&failed, Target::Missing, None, t(2), HOUR);
     assert_eq!(retry, Decision::Sync(Why::NotSynced));
 }
@@ -224,7 +234,7 @@ fn the_last_good_copy_keeps_syncing_before_the_interval() {
             gone: vec![],
             fetched_at: t(0),
             stale: Some(status::Stale {
-                reason: "KeeperUnavailable",
+                reason: crate::api::Reason::KeeperUnavailable,
                 error: "connection refused".into(),
                 since: t(0),
                 outage: true,
