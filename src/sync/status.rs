@@ -1,7 +1,7 @@
 //! PURE: status and Ready-condition computation, and which transitions deserve an event.
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::conditions::{self, Change};
 use crate::api::{
@@ -121,29 +121,23 @@ pub fn synced(ks: &KeeperSecret, now: Timestamp, s: &Synced) -> KeeperSecretStat
     };
     let prev = ks.status.clone().unwrap_or_default();
     let generation = ks.metadata.generation;
-    let mut conditions = prev.conditions.clone();
-    for (type_, (status, reason, message)) in [
-        (ConditionType::Ready, (ready, reason, message.as_str())),
-        (ConditionType::Stale, (stale.0, stale.1, stale.2.as_str())),
-        (
-            ConditionType::Reconciling,
-            (False, Reason::Synced, "This generation has synced"),
-        ),
-        (
-            ConditionType::Stalled,
-            (False, Reason::Synced, "Nothing blocks the sync"),
-        ),
-    ] {
-        set_condition(
-            &mut conditions,
-            type_,
-            status,
-            reason,
-            message,
-            generation,
-            now,
-        );
-    }
+    let conditions = with_conditions(
+        &prev.conditions,
+        generation,
+        now,
+        [
+            (ConditionType::Ready, (ready, reason, message.as_str())),
+            (ConditionType::Stale, (stale.0, stale.1, stale.2.as_str())),
+            (
+                ConditionType::Reconciling,
+                (False, Reason::Synced, "This generation has synced"),
+            ),
+            (
+                ConditionType::Stalled,
+                (False, Reason::Synced, "Nothing blocks the sync"),
+            ),
+        ],
+    );
     KeeperSecretStatus {
         observed_generation: generation,
         conditions,
@@ -186,12 +180,33 @@ pub fn failed(
             ((True, reason, message), retrying)
         }
     };
-    let mut conditions = prev.conditions.clone();
-    for (type_, (status, reason, message)) in [
-        (ConditionType::Ready, (False, reason, message)),
-        (ConditionType::Reconciling, reconciling),
-        (ConditionType::Stalled, stalled),
-    ] {
+    let conditions = with_conditions(
+        &prev.conditions,
+        generation,
+        now,
+        [
+            (ConditionType::Ready, (False, reason, message)),
+            (ConditionType::Reconciling, reconciling),
+            (ConditionType::Stalled, stalled),
+        ],
+    );
+    KeeperSecretStatus {
+        observed_generation: generation,
+        conditions,
+        last_handled_reconcile_at: handled(ks, &prev),
+        ..prev
+    }
+}
+
+/// `prev` with each of `wanted` set for `generation` (see [`set_condition`]).
+fn with_conditions<const N: usize>(
+    prev: &[Condition],
+    generation: Option<i64>,
+    now: Timestamp,
+    wanted: [(ConditionType, (ConditionStatus, Reason, &str)); N],
+) -> Vec<Condition> {
+    let mut conditions = prev.to_vec();
+    for (type_, (status, reason, message)) in wanted {
         set_condition(
             &mut conditions,
             type_,
@@ -202,12 +217,7 @@ pub fn failed(
             now,
         );
     }
-    KeeperSecretStatus {
-        observed_generation: generation,
-        conditions,
-        last_handled_reconcile_at: handled(ks, &prev),
-        ..prev
-    }
+    conditions
 }
 
 /// The sync request this attempt answers (see [`crate::sync::refresh::sync_request`]), or the
