@@ -20,6 +20,17 @@ use crate::harness::{
 };
 use crate::ksm_server::{ServerOptions, TestServer, sample_vault};
 
+/// The KeeperSecret examples of `e2e/examples/` that the sample vault satisfies with a Secret
+/// in the namespace (`store-user.yaml` also needs `cluster-store.yaml`).
+pub const EXAMPLES: [&str; 6] = [
+    "keepersecret.yaml",
+    "database.yaml",
+    "connection-url.yaml",
+    "files.yaml",
+    "whole-record.yaml",
+    "folder.yaml",
+];
+
 /// How long a scenario waits for anything.
 pub const TIMEOUT: Duration = Duration::from_secs(120);
 /// UID of the sample vault's Postgres record.

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use keeper_e2e::harness::{Operator, create_secret, secret_bytes, wait_until, workspace_root};
 use keeper_e2e::ksm_server::uids::WEB_CERT;
 use keeper_e2e::ksm_server::{DownMode, Listing, RecordSpec};
-use keeper_e2e::world::{POSTGRES, World};
+use keeper_e2e::world::{EXAMPLES, POSTGRES, World};
 use keeper_operator::api::{
     ClusterKeeperStore, ClusterKeeperStoreStatus, KeeperSecret, MANAGED_BY_LABEL,
 };
@@ -43,16 +43,6 @@ async fn debug_operator(w: &World) -> Result<Operator> {
 fn text(d: &BTreeMap<String, Vec<u8>>, k: &str) -> String {
     String::from_utf8_lossy(d.get(k).map(Vec::as_slice).unwrap_or_default()).into_owned()
 }
-
-/// The KeeperSecret examples of `e2e/examples/`.
-const EXAMPLES: [&str; 6] = [
-    "keepersecret.yaml",
-    "database.yaml",
-    "connection-url.yaml",
-    "files.yaml",
-    "whole-record.yaml",
-    "folder.yaml",
-];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn examples_produce_the_documented_secrets() -> Result<()> {

@@ -13,7 +13,7 @@ use keeper_e2e::harness::{
     create_secret, operator_binary, secret_bytes, secret_text, wait_until, workspace_root,
 };
 use keeper_e2e::ksm_server::ServerOptions;
-use keeper_e2e::world::{POSTGRES, World, keeper_secret_manifest};
+use keeper_e2e::world::{EXAMPLES, POSTGRES, World, keeper_secret_manifest};
 use keeper_operator::api::KeeperSecret;
 use keeper_operator::cli::plugin::{render_key, render_table};
 use keeper_operator::ksm::config::KsmConfig;
@@ -196,17 +196,6 @@ async fn kubectl_keeper_status_refresh_why_and_render() -> Result<()> {
     );
     w.finish(&mut [&mut operator]).await
 }
-
-/// The KeeperSecret examples the test server's sample vault satisfies with a Secret in the
-/// namespace (`store-user.yaml` needs a ClusterKeeperStore; it is rendered with `--store`).
-const EXAMPLES: [&str; 6] = [
-    "keepersecret.yaml",
-    "database.yaml",
-    "connection-url.yaml",
-    "files.yaml",
-    "whole-record.yaml",
-    "folder.yaml",
-];
 
 /// What `kubectl keeper render` must print for `ks` when the operator wrote `written`.
 ///
