@@ -9,7 +9,7 @@ use keeper_e2e::ksm_server::{
     TestServer, ThrottleBody, flat_in_folder_sample_vault, sample_file, sample_vault,
 };
 use keeper_operator::ksm::crypto::{b64_decode, public_key_bytes};
-use keeper_operator::ksm::notation::{Notation, NotationValue, resolve};
+use keeper_operator::ksm::record::notation::{Notation, NotationValue, resolve};
 use keeper_operator::ksm::{KsmClient, KsmConfig, KsmError, Query, redeem_token};
 use std::time::{Duration, Instant};
 

@@ -14,7 +14,7 @@
 //! `error: resolving keeper://Web/field/pasword: field "pasword" not found`.
 
 use crate::ksm::client::MAX_RESPONSE_BYTES;
-use crate::ksm::notation::{Notation, NotationValue, resolve};
+use crate::ksm::record::notation::{Notation, NotationValue, resolve};
 use crate::ksm::record::{Field, Record};
 use crate::ksm::{ClientOptions, KsmClient, KsmConfig, Query, redeem_token};
 use anyhow::{Context, bail};

@@ -5,7 +5,6 @@ pub mod credential;
 pub mod crypto;
 pub mod error;
 pub mod hosts;
-pub mod notation;
 pub mod record;
 pub mod region;
 pub mod response;

@@ -6,6 +6,8 @@
 use crate::ksm::crypto::AesKey;
 use std::fmt;
 
+pub mod notation;
+
 /// One Keeper record (docs/dev/protocol.md#records).
 #[derive(Clone, PartialEq)]
 pub struct Record {

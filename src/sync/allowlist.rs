@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use crate::api::{ClusterKeeperStoreSpec, KeeperSecretSpec};
 use crate::error::{Error, Refusal};
-use crate::ksm::notation::{Notation, is_uid_shaped};
+use crate::ksm::record::notation::{Notation, is_uid_shaped};
 use crate::ksm::record::{Skipped, Vault};
 
 /// The records and shared folders a store allows; built only when one of its lists is set.

@@ -14,7 +14,7 @@ use crate::api::{
     DataFromItem, DataItem, DecodingStrategy, DeletionPolicy, DuplicateKeyPolicy, KeeperSecretSpec,
     RecordRevision, RecordSelector,
 };
-use crate::ksm::notation::{self, Notation, NotationError, NotationValue};
+use crate::ksm::record::notation::{self, Notation, NotationError, NotationValue};
 use crate::ksm::record::{Field, KeeperFile, Record, Vault, find_field};
 
 /// Secret bytes that are wiped from memory when dropped.

@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 use keeper_operator::ksm::KsmConfig;
 use keeper_operator::ksm::crypto::{AesKey, aes_gcm_encrypt, b64_std};
-use keeper_operator::ksm::notation::Notation;
+use keeper_operator::ksm::record::notation::Notation;
 use keeper_operator::ksm::response::decode_secrets;
 use keeper_operator::ksm::token::OneTimeToken;
 use keeper_operator::ksm::transport::open_response;

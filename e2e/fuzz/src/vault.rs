@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use keeper_operator::api::{KeeperSecret, KeeperSecretSpec, Template, TemplateMergePolicy};
 use keeper_operator::error::Error;
 use keeper_operator::ksm::crypto::AesKey;
-use keeper_operator::ksm::notation::Notation;
+use keeper_operator::ksm::record::notation::Notation;
 use keeper_operator::ksm::record::{Field, KeeperFile, Record, SharedFolder, Vault};
 use keeper_operator::sync::allowlist::AllowList;
 use keeper_operator::sync::build::{self, Inputs, Write};

@@ -3,8 +3,8 @@
 
 use crate::ksm::crypto::AesKey;
 use crate::ksm::fixtures::*;
-use crate::ksm::notation::{NotationValue, resolve};
 use crate::ksm::record::KeeperFile;
+use crate::ksm::record::notation::{NotationValue, resolve};
 use crate::ksm::token::redeem_token;
 use serde_json::Value;
 use std::sync::Arc;
