@@ -19,7 +19,9 @@ use crate::error::Error;
 use crate::k8s;
 use crate::k8s::credentials::{self, Stored};
 use crate::keeper::KeeperSource;
-use crate::sync::store_status::{self, Credential};
+use crate::keeper::fetcher::Health;
+use crate::keeper::fetcher::sealed::MAX_STORED_BYTES;
+use crate::sync::store_status::{self, Credential, LastHeard};
 
 /// How often store status is brought up to date.
 pub const PERIOD: Duration = Duration::from_secs(20);
@@ -84,8 +86,21 @@ async fn credential<S: KeeperSource>(ctx: &Context<S>, store: &ClusterKeeperStor
         }
     };
     match credentials::parse(secret.as_ref(), ns, reference) {
-        Ok(Stored::Config(c)) => Credential::Parsed(ctx.keeper.health(&c.key).await),
+        Ok(Stored::Config(c)) => {
+            Credential::Parsed(ctx.keeper.health(&c.key).await.map(last_heard))
+        }
         Ok(Stored::Token(_)) => Credential::Token,
         Err(e) => Credential::Failed(e.reason(), e.to_string()),
+    }
+}
+
+/// What the store status reads of a fetcher's health.
+fn last_heard(health: Health) -> LastHeard {
+    LastHeard {
+        fetched_at: health.fetched_at,
+        failure: health
+            .failure
+            .map(|(error, since)| (error.reason(), error.to_string(), since)),
+        too_large_to_seal: health.persist_refused.then_some(MAX_STORED_BYTES),
     }
 }

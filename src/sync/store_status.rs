@@ -12,7 +12,6 @@ use crate::api::{
     ClusterKeeperStore, ClusterKeeperStoreStatus, ConditionStatus, ConditionType, KeeperSecret,
     Reason, set_condition,
 };
-use crate::keeper::fetcher::Health;
 
 /// Most namespaces listed in status; the count of KeeperSecrets stays exact.
 pub const MAX_NAMESPACES: usize = 100;
@@ -20,11 +19,24 @@ pub const MAX_NAMESPACES: usize = 100;
 /// What loading the store's credential found.
 pub enum Credential {
     /// A KSM configuration, and what its fetcher knows (`None`: not used since the start).
-    Parsed(Option<Health>),
+    Parsed(Option<LastHeard>),
     /// A one-time token, redeemed when the first KeeperSecret uses the store.
     Token,
     /// Missing or unusable: the reason and message a KeeperSecret would get.
     Failed(Reason, String),
+}
+
+/// What a credential's shared fetcher last heard from Keeper, as plain data the Keeper side
+/// fills in (so this module needs nothing of the fetcher).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastHeard {
+    /// When Keeper last answered with data.
+    pub fetched_at: Option<SystemTime>,
+    /// The latest attempts' failure: its reason, its message, and since when they fail.
+    pub failure: Option<(Reason, String, SystemTime)>,
+    /// The latest answer was too large to persist as the last good copy: the limit it exceeded,
+    /// in sealed bytes.
+    pub too_large_to_seal: Option<usize>,
 }
 
 /// Which KeeperSecrets name a store.
@@ -90,9 +102,9 @@ pub fn compute(
             "The credential parses; no KeeperSecret has used the store since the operator started, so Keeper has not been asked".to_string(),
         ),
         Credential::Parsed(Some(h)) => match &h.failure {
-            Some((error, since)) => (
+            Some((reason, error, since)) => (
                 ConditionStatus::False,
-                error.reason(),
+                *reason,
                 format!(
                     "Keeper failing since {}: {error}",
                     time(*since).map_or_else(|| "?".into(), |t| t.to_string())
@@ -101,12 +113,11 @@ pub fn compute(
             None => match fetched_at {
                 // The time is in lastFetchTime; the message stays the same from one answer to
                 // the next.
-                Some(_) if h.persist_refused => (
+                Some(_) if let Some(limit) = h.too_large_to_seal => (
                     ConditionStatus::True,
                     Reason::KeeperAnswered,
                     format!(
-                        "Keeper answered the latest request for this credential; the answer is too large to keep as the sealed last good copy (over {} bytes sealed), so a restart while Keeper is down would find an older copy or none",
-                        crate::keeper::fetcher::sealed::MAX_STORED_BYTES
+                        "Keeper answered the latest request for this credential; the answer is too large to keep as the sealed last good copy (over {limit} bytes sealed), so a restart while Keeper is down would find an older copy or none"
                     ),
                 ),
                 Some(_) => (
@@ -145,12 +156,10 @@ pub fn compute(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
     use crate::api::{Auth, ClusterKeeperStoreSpec, SecretKeyRef, StoreRef};
-    use crate::ksm::error::KsmError;
 
     fn store() -> ClusterKeeperStore {
         let mut store = ClusterKeeperStore::new(
@@ -210,10 +219,10 @@ mod tests {
     #[test]
     fn ready_follows_the_credential_and_keepers_last_answer() {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let answered = Credential::Parsed(Some(Health {
+        let answered = Credential::Parsed(Some(LastHeard {
             fetched_at: Some(at),
             failure: None,
-            persist_refused: false,
+            too_large_to_seal: None,
         }));
         let s = compute(&store(), &answered, Usage::default(), t(5));
         assert_eq!(ready(&s), ("True", "KeeperAnswered"));
@@ -221,19 +230,19 @@ mod tests {
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(s.conditions[0].observed_generation, Some(3));
 
-        let too_large = Credential::Parsed(Some(Health {
+        let too_large = Credential::Parsed(Some(LastHeard {
             fetched_at: Some(at),
             failure: None,
-            persist_refused: true,
+            too_large_to_seal: Some(1 << 20),
         }));
         let s = compute(&store(), &too_large, Usage::default(), t(5));
         assert_eq!(ready(&s), ("True", "KeeperAnswered"));
         assert!(s.conditions[0].message.contains("too large"), "{s:?}");
 
-        let down = Credential::Parsed(Some(Health {
+        let down = Credential::Parsed(Some(LastHeard {
             fetched_at: Some(at),
-            failure: Some((Arc::new(KsmError::Unavailable("refused".into())), at)),
-            persist_refused: false,
+            failure: Some((Reason::KeeperUnavailable, "refused".into(), at)),
+            too_large_to_seal: None,
         }));
         let s = compute(&store(), &down, Usage::default(), t(5));
         assert_eq!(ready(&s), ("False", "KeeperUnavailable"));
