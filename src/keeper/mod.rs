@@ -28,6 +28,7 @@ use crate::ksm::hosts::AllowedHosts;
 use crate::ksm::record::KeeperFile;
 use crate::ksm::token::redeem_token;
 use crate::lock;
+use crate::sync::hold::Refusable;
 
 /// Identifies one credential: where it came from plus a fingerprint of its content, so a
 /// rotated credential is a new key (and gets a new client) while equal ones share.
@@ -97,6 +98,12 @@ pub trait KeeperSource: Send + Sync + 'static {
         hostname: Option<&str>,
         server_key: Option<(String, String)>,
     ) -> impl Future<Output = Result<KsmConfig, KsmError>> + Send;
+}
+
+impl Refusable for KsmError {
+    fn is_refusal(&self) -> bool {
+        KsmError::is_refusal(self)
+    }
 }
 
 /// Label set of a one-time-token redemption.
@@ -272,6 +279,7 @@ pub fn client_options(extra_ca_pem: Option<Vec<u8>>, allowed_hosts: AllowedHosts
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sync::hold::refusal;
 
     #[test]
     fn an_unusable_extra_ca_fails_at_startup_not_per_credential() {
@@ -288,5 +296,28 @@ mod tests {
             Err(KsmError::InvalidCa(_))
         ));
         assert!(keeper(None).is_ok());
+    }
+
+    #[test]
+    fn a_refusal_stops_writes_and_an_outage_does_not() {
+        let denied = KsmError::AccessDenied {
+            message: "Signature is invalid".into(),
+        };
+        let down = KsmError::Unavailable("connection refused".into());
+        let reason = |e: Option<&KsmError>| e.map(|e| e.reason().as_str());
+        assert_eq!(reason(refusal(Some(&denied), None)), Some("AuthFailed"));
+        assert_eq!(reason(refusal(None, Some(&denied))), Some("AuthFailed"));
+        assert_eq!(reason(refusal(Some(&down), None)), None);
+        assert_eq!(reason(refusal(None, Some(&down))), None);
+        assert_eq!(reason(refusal(None, None)), None);
+        // Only Keeper refusing the credential counts: a wrong server key or a TLS failure says
+        // nothing about the application's access, so the last good copy still serves.
+        let wrong_key = KsmError::WrongServerKey {
+            key_id: Some(9),
+            custom_key: true,
+        };
+        let tls = KsmError::Tls("certificate expired".into());
+        assert_eq!(reason(refusal(Some(&wrong_key), None)), None);
+        assert_eq!(reason(refusal(None, Some(&tls))), None);
     }
 }

@@ -1,8 +1,8 @@
 //! PURE: when Keeper's answer may not change the Secret although a sync has data for it.
 //!
 //! - **A refused credential stops writes.** When Keeper refuses the credential (revoked device,
-//!   `access_denied`, rejected client version: anything but an outage, see
-//!   [`KsmError::is_outage`]), the Secrets keep what they hold, but nothing is created or
+//!   `access_denied`, rejected client version: anything but an outage, see [`Refusable`]),
+//!   the Secrets keep what they hold, but nothing is created or
 //!   re-created from the last good copy: that copy is data the credential may no longer read.
 //! - **Deletions follow only a clean, fresh answer.** deletionPolicy Delete and Merge remove
 //!   keys, or the Secret, only for records absent from two distinct answers fetched from Keeper
@@ -13,15 +13,17 @@
 use std::collections::BTreeSet;
 use std::time::SystemTime;
 
-use crate::ksm::error::KsmError;
+/// A failure to read Keeper, as far as holding writes is concerned; the Keeper side says which
+/// of its failures are refusals, so this module needs none of its types.
+pub trait Refusable {
+    /// Keeper refused the credential: not an outage, nor a problem on the operator's side.
+    fn is_refusal(&self) -> bool;
+}
 
 /// Keeper refused the credential (not an outage): the error to report, if so. `stale` is the
 /// failure a last good copy was served for; `latest` the credential's latest failure (a copy
 /// served as fresh may predate a refusal that came since).
-pub fn refusal<'a>(
-    stale: Option<&'a KsmError>,
-    latest: Option<&'a KsmError>,
-) -> Option<&'a KsmError> {
+pub fn refusal<'a, E: Refusable>(stale: Option<&'a E>, latest: Option<&'a E>) -> Option<&'a E> {
     stale.or(latest).filter(|e| e.is_refusal())
 }
 
@@ -215,28 +217,5 @@ mod tests {
             Some(&first),
         );
         assert_eq!(d, Deletion::NothingGone);
-    }
-
-    #[test]
-    fn a_refusal_stops_writes_and_an_outage_does_not() {
-        let denied = KsmError::AccessDenied {
-            message: "Signature is invalid".into(),
-        };
-        let down = KsmError::Unavailable("connection refused".into());
-        let reason = |e: Option<&KsmError>| e.map(|e| e.reason().as_str());
-        assert_eq!(reason(refusal(Some(&denied), None)), Some("AuthFailed"));
-        assert_eq!(reason(refusal(None, Some(&denied))), Some("AuthFailed"));
-        assert_eq!(reason(refusal(Some(&down), None)), None);
-        assert_eq!(reason(refusal(None, Some(&down))), None);
-        assert_eq!(reason(refusal(None, None)), None);
-        // Only Keeper refusing the credential counts: a wrong server key or a TLS failure says
-        // nothing about the application's access, so the last good copy still serves.
-        let wrong_key = KsmError::WrongServerKey {
-            key_id: Some(9),
-            custom_key: true,
-        };
-        let tls = KsmError::Tls("certificate expired".into());
-        assert_eq!(reason(refusal(Some(&wrong_key), None)), None);
-        assert_eq!(reason(refusal(None, Some(&tls))), None);
     }
 }
