@@ -8,6 +8,7 @@ use crate::api::Reason;
 use crate::backoff;
 use crate::ksm::error::KsmError;
 use crate::sync::desired::DesiredError;
+use crate::sync::incomplete::Incomplete;
 use crate::sync::mapping::MappingError;
 use crate::sync::template::{SourceError, TemplateError};
 
@@ -93,11 +94,9 @@ pub enum Refusal {
         "ClusterKeeperStore {store} does not allow namespace {ns}; ask an administrator to add it to spec.namespaces or spec.namespaceSelector"
     )]
     Namespace { store: String, ns: String },
-    /// The store's allow-lists do not cover what it reads (`what`: a record or folder).
-    #[error(
-        "ClusterKeeperStore {store} does not allow reading {what}; ask an administrator to add it to spec.allowedRecords or spec.allowedFolders"
-    )]
-    Read { store: String, what: String },
+    /// The store's allow-lists do not cover what it reads.
+    #[error(transparent)]
+    Read(#[from] crate::sync::allowlist::Denied),
 }
 
 /// Why the credential Secret is unusable ([`Reason::AuthFailed`]); `secret` reads
@@ -193,6 +192,22 @@ pub enum SpecError {
     /// `refreshInterval` does not parse or is out of range (the message says how).
     #[error("{0}")]
     RefreshInterval(String),
+}
+
+impl From<crate::sync::allowlist::Denied> for Error {
+    fn from(denied: crate::sync::allowlist::Denied) -> Self {
+        Error::NotAllowed(denied.into())
+    }
+}
+
+impl From<Incomplete> for Error {
+    fn from(e: Incomplete) -> Self {
+        match e {
+            Incomplete::Mapping(e) => Error::Mapping(e),
+            // Reported as Keeper's own undecryptable answers are.
+            Incomplete::Undecryptable(_) => Error::Keeper(KsmError::Undecryptable(e.to_string())),
+        }
+    }
 }
 
 impl std::fmt::Debug for Error {

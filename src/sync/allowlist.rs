@@ -7,10 +7,26 @@
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 
-use crate::api::{ClusterKeeperStoreSpec, KeeperSecretSpec};
-use crate::error::{Error, Refusal};
+use crate::api::{ClusterKeeperStoreSpec, KeeperSecretSpec, Reason};
 use crate::ksm::record::notation::{Notation, is_uid_shaped};
 use crate::ksm::record::{Skipped, Vault};
+
+/// The store's allow-lists do not cover what a KeeperSecret reads (`what`: a record or folder).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "ClusterKeeperStore {store} does not allow reading {what}; ask an administrator to add it to spec.allowedRecords or spec.allowedFolders"
+)]
+pub struct Denied {
+    pub store: String,
+    pub what: String,
+}
+
+impl Denied {
+    /// Stable reason for status and metrics.
+    pub fn reason(&self) -> Reason {
+        Reason::NotAllowed
+    }
+}
 
 /// The records and shared folders a store allows; built only when one of its lists is set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,12 +89,11 @@ impl AllowList {
         }
     }
 
-    fn denied(&self, what: String) -> Error {
-        Refusal::Read {
+    fn denied(&self, what: String) -> Denied {
+        Denied {
             store: self.store.clone(),
             what,
         }
-        .into()
     }
 }
 
@@ -88,7 +103,7 @@ pub fn restrict<'v>(
     allow: Option<&AllowList>,
     spec: &KeeperSecretSpec,
     vault: &'v Vault,
-) -> Result<Cow<'v, Vault>, Error> {
+) -> Result<Cow<'v, Vault>, Denied> {
     let Some(allow) = allow else {
         return Ok(Cow::Borrowed(vault));
     };

@@ -14,6 +14,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::{CreationPolicy, DeletionPolicy, KeeperSecret, RecordRevision, Template};
+// The one way out of `sync`: the I/O of [`Inputs`] fails with the reconcile error, which its
+// implementors (the reconciler, the CLI, the fuzz targets) return. Every step here has its own
+// error, which converts into it.
 use crate::error::Error;
 use crate::ksm::record::{KeeperFile, Vault};
 use crate::sync::allowlist::{self, AllowList};

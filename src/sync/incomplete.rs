@@ -6,10 +6,33 @@
 //! that record's keys, and a selector would report a missing record that is really broken.
 //! The sync fails instead, so the Secret keeps its last good data and the status names the UIDs.
 
-use crate::api::KeeperSecretSpec;
-use crate::ksm::error::KsmError;
+use crate::api::{KeeperSecretSpec, Reason};
 use crate::ksm::record::{Skipped, Vault};
 use crate::sync::mapping::{MappingError, Plan};
+
+/// Why there is no plan to build from.
+#[derive(Debug, thiserror::Error)]
+pub enum Incomplete {
+    /// The mapping failed on what did decrypt.
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    /// Entries the KeeperSecret may read did not decrypt (listed, by UID).
+    #[error(
+        "Keeper's answer held {0} that did not decrypt and this KeeperSecret may read; the Secret keeps its last good data"
+    )]
+    Undecryptable(String),
+}
+
+impl Incomplete {
+    /// Stable reason for status and metrics: an undecryptable entry is an invalid response, as
+    /// when Keeper's answer does not decrypt as a whole.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Incomplete::Mapping(e) => e.reason(),
+            Incomplete::Undecryptable(_) => Reason::InvalidResponse,
+        }
+    }
+}
 
 /// `plan` (the mapping of `spec` onto `vault`), unless it may be missing something that was in
 /// Keeper's answer but did not decrypt.
@@ -17,7 +40,7 @@ pub fn check(
     spec: &KeeperSecretSpec,
     vault: &Vault,
     plan: Result<Plan, MappingError>,
-) -> Result<Plan, crate::error::Error> {
+) -> Result<Plan, Incomplete> {
     let skipped = &vault.skipped;
     if skipped.is_empty() {
         return Ok(plan?);
@@ -50,7 +73,7 @@ pub fn check(
     Ok(plan)
 }
 
-fn undecryptable(skipped: &Skipped) -> crate::error::Error {
+fn undecryptable(skipped: &Skipped) -> Incomplete {
     let mut parts = Vec::new();
     let list = |set: &std::collections::BTreeSet<String>| {
         const SHOWN: usize = 5;
@@ -72,10 +95,7 @@ fn undecryptable(skipped: &Skipped) -> crate::error::Error {
     if skipped.unnamed {
         parts.push("entries without a UID".to_string());
     }
-    crate::error::Error::Keeper(KsmError::Undecryptable(format!(
-        "Keeper's answer held {} that did not decrypt and this KeeperSecret may read; the Secret keeps its last good data",
-        parts.join(" and ")
-    )))
+    Incomplete::Undecryptable(parts.join(" and "))
 }
 
 #[cfg(test)]
@@ -127,7 +147,7 @@ mod tests {
         serde_json::from_value(spec).unwrap()
     }
 
-    fn checked(spec: &KeeperSecretSpec, vault: &Vault) -> Result<Plan, crate::error::Error> {
+    fn checked(spec: &KeeperSecretSpec, vault: &Vault) -> Result<Plan, Incomplete> {
         check(spec, vault, mapping::plan(spec, vault))
     }
 
