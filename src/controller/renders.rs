@@ -8,6 +8,8 @@
 //! are `RenderBusy` at once), so a namespace holds at most two reconcile workers, briefly. The last render of each
 //! KeeperSecret is remembered ([`RenderCache`]): an unchanged refresh renders nothing.
 
+pub mod cache;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -18,8 +20,8 @@ use crate::api::Template;
 use crate::lock;
 use crate::sync::desired::HashKey;
 use crate::sync::mapping::Bytes;
-use crate::sync::template::cache::{self, RenderCache};
 use crate::sync::template::{self, DEADLINE, Exceeded, Source, TemplateError};
+use cache::RenderCache;
 
 /// Renders running at once, process-wide.
 pub const RENDER_THREADS: usize = 2;

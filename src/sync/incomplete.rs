@@ -2,7 +2,7 @@
 //! would read.
 //!
 //! A record, shared folder or file that does not decrypt is left out of the vault (see
-//! [`crate::ksm::response`]). Without this check a `dataFrom.folder` Secret would silently lose
+//! `ksm::response`). Without this check a `dataFrom.folder` Secret would silently lose
 //! that record's keys, and a selector would report a missing record that is really broken.
 //! The sync fails instead, so the Secret keeps its last good data and the status names the UIDs.
 

@@ -37,8 +37,8 @@ pub struct Stale {
     pub error: String,
     /// When Keeper started failing.
     pub since: Timestamp,
-    /// Keeper is unreachable or answered unusably ([`crate::ksm::error::KsmError::is_outage`]),
-    /// rather than refusing the credential.
+    /// Keeper is unreachable or answered unusably (`KsmError::is_outage`), rather than refusing
+    /// the credential.
     pub outage: bool,
     /// How old the data may get while an outage keeps the KeeperSecret Ready.
     pub max_age: std::time::Duration,

@@ -12,7 +12,6 @@
 //! read from a Secret is confidential: its errors never quote it.
 
 mod budget;
-pub mod cache;
 mod helpers;
 mod parse;
 
@@ -129,6 +128,18 @@ pub struct Source {
     text: Zeroizing<String>,
     /// Read from a Secret: never quoted, not even in a syntax error.
     confidential: bool,
+}
+
+impl Source {
+    /// The template's text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether it was read from a Secret.
+    pub fn is_confidential(&self) -> bool {
+        self.confidential
+    }
 }
 
 /// Which kind of object a `templateFrom` entry names.

@@ -8,7 +8,6 @@ use zeroize::Zeroizing;
 use super::*;
 use crate::ksm::crypto::AesKey;
 use crate::ksm::record::{Field, Record, Skipped};
-use crate::lock;
 
 const UID: &str = "AAAAAAAAAAAAAAAAAAAAAA";
 const OTHER: &str = "BBBBBBBBBBBBBBBBBBBBBB";
@@ -23,7 +22,7 @@ struct Stub {
 
 impl Inputs for Stub {
     async fn file(&self, _: &KeeperFile, _: i64, room: usize) -> Result<Bytes, Error> {
-        lock(&self.rooms).push(room);
+        self.rooms.lock().unwrap().push(room);
         Ok(Zeroizing::new(self.file.clone()))
     }
 }
@@ -119,7 +118,10 @@ async fn files_are_decoded_then_templated_then_hashed() {
     assert_eq!(d.hash, key().hash(plain));
     // The download may use what the keys and the inline value leave of the Secret.
     let inline = "password".len() + "pw".len() + "cert".len();
-    assert_eq!(*lock(&stub.rooms), [desired::MAX_SECRET_BYTES - inline]);
+    assert_eq!(
+        *stub.rooms.lock().unwrap(),
+        [desired::MAX_SECRET_BYTES - inline]
+    );
 }
 
 #[tokio::test]
@@ -170,7 +172,7 @@ async fn every_record_gone_under_delete_deletes_without_downloading() {
     let b = built(&ks, &vault(vec![]), &stub).await.unwrap();
     assert!(matches!(&b.write, Write::Delete { hash } if *hash == key().hash([])));
     assert_eq!((b.keys, b.gone.len()), (0, 1));
-    assert!(lock(&stub.rooms).is_empty());
+    assert!(stub.rooms.lock().unwrap().is_empty());
     // Merge never deletes the Secret it merges into: it withdraws its keys.
     let merge = keeper_secret(json!({
         "target": {"deletionPolicy": "Delete", "creationPolicy": "Merge"},

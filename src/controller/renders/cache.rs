@@ -1,4 +1,4 @@
-//! PURE: the last render of each KeeperSecret, so an unchanged refresh does not render again
+//! The last render of each KeeperSecret, so an unchanged refresh does not render again
 //! (and `htpasswd` does not run bcrypt again).
 //!
 //! An entry is found by a slot digest of the KeeperSecret's [`HashKey`] and holds a keyed digest
@@ -13,11 +13,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use super::{Source, TemplateError};
 use crate::api::{Template, TemplateMergePolicy};
 use crate::lock;
 use crate::sync::desired::HashKey;
 use crate::sync::mapping::Bytes;
+use crate::sync::template::{Source, TemplateError};
 
 /// Renders remembered at most (one per KeeperSecret).
 pub const CACHE_ENTRIES: usize = 4096;
@@ -54,8 +54,8 @@ pub fn inputs(
         parts.extend([k.as_bytes(), text.as_bytes()]);
     }
     for (k, source) in from {
-        let kind: &[u8] = if source.confidential { b"s" } else { b"c" };
-        parts.extend([k.as_bytes(), kind, source.text.as_bytes()]);
+        let kind: &[u8] = if source.is_confidential() { b"s" } else { b"c" };
+        parts.extend([k.as_bytes(), kind, source.text().as_bytes()]);
     }
     for (k, v) in values {
         parts.extend([k.as_bytes(), v.as_slice()]);
@@ -155,7 +155,7 @@ mod tests {
     use zeroize::Zeroizing;
 
     use super::*;
-    use crate::sync::template::budget::Exceeded;
+    use crate::sync::template::Exceeded;
 
     fn tpl(text: &str) -> Template {
         Template {
