@@ -26,129 +26,32 @@
 pub mod budget;
 pub mod files;
 pub mod ksm_upstream;
+mod persistence;
 pub mod sealed;
 pub mod secret_store;
+mod served;
+mod settings;
+mod stats;
+mod upstream;
+
+pub use served::{FileBytes, Health, Origin, Served, Snapshot, Staleness};
+pub use settings::FetchSettings;
+pub use stats::FetchStats;
+pub use upstream::Upstream;
 
 use crate::backoff;
-use crate::ksm::crypto::{AesKey, b64_url};
+use crate::ksm::crypto::b64_url;
 use crate::ksm::error::KsmError;
 use crate::ksm::record::{KeeperFile, Vault};
-use crate::lock;
 use budget::RateBudget;
 use files::FileCache;
-use futures::future::BoxFuture;
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::Registry;
-use sealed::{Part, SnapshotStore};
+use sealed::SnapshotStore;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::time::Instant as TokioInstant;
 use zeroize::Zeroizing;
-
-/// A downloaded, decrypted file, shared by every Secret that maps it.
-pub type FileBytes = Arc<Zeroizing<Vec<u8>>>;
-
-/// What a fetcher needs from Keeper for one credential (the real one wraps `KsmClient`).
-pub trait Upstream: Send + Sync + 'static {
-    /// One `get_secret` for everything the application can read: the decrypted response body,
-    /// whose record data is still encrypted under the application key.
-    fn fetch(&self) -> BoxFuture<'_, Result<Zeroizing<Vec<u8>>, KsmError>>;
-    /// Unwraps a body returned by `fetch` (or restored from the store).
-    fn decode(&self, body: &[u8]) -> Result<Vault, KsmError>;
-    /// A file's content; refused (`TooLarge`) beyond `budget` bytes.
-    fn download<'a>(
-        &'a self,
-        file: &'a KeeperFile,
-        budget: u64,
-    ) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, KsmError>>;
-    /// The key sealing this credential's persisted snapshots.
-    fn cache_key(&self) -> AesKey;
-}
-
-/// Tuning of the shared fetchers.
-#[derive(Debug, Clone)]
-pub struct FetchSettings {
-    /// Requests a credential may make at once, refilled over `budget_window`.
-    pub budget_requests: u32,
-    pub budget_window: Duration,
-    /// First wait after a failed fetch; doubles per consecutive failure up to `backoff_max`.
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    /// The longest one fetch may take (from its start to its decoded result).
-    pub fetch_deadline: Duration,
-    /// Once Keeper refuses the credential (not an outage), its last good copy older than this
-    /// is destroyed, in memory and sealed (the operator's `--max-stale-age`).
-    pub max_refused_age: Duration,
-}
-
-impl Default for FetchSettings {
-    fn default() -> Self {
-        // A fifth of Keeper's ~100 requests / 10 s per client.
-        FetchSettings {
-            budget_requests: 20,
-            budget_window: Duration::from_secs(10),
-            backoff_base: Duration::from_secs(5),
-            backoff_max: Duration::from_secs(300),
-            fetch_deadline: Duration::from_secs(30),
-            max_refused_age: Duration::from_secs(24 * 3600),
-        }
-    }
-}
-
-/// Where a served snapshot came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    Keeper,
-    /// Restored from the persisted last-good store (Keeper not reachable since start).
-    Store,
-}
-
-/// A decrypted vault and when Keeper returned it.
-#[derive(Debug)]
-pub struct Snapshot {
-    pub vault: Vault,
-    pub fetched_at: SystemTime,
-    pub origin: Origin,
-}
-
-/// Why the data being served is not fresh.
-#[derive(Debug, Clone)]
-pub struct Staleness {
-    pub error: Arc<KsmError>,
-    /// When fetching started failing.
-    pub since: SystemTime,
-    /// When the fetcher will try Keeper again.
-    pub retry_in: Duration,
-}
-
-/// What a credential's fetcher knows of Keeper's recent answers, learned without asking it.
-#[derive(Debug, Clone, Default)]
-pub struct Health {
-    /// When Keeper last answered with data (a copy restored from the sealed store does not count).
-    pub fetched_at: Option<SystemTime>,
-    /// The failure of the latest attempts, and since when they fail.
-    pub failure: Option<(Arc<KsmError>, SystemTime)>,
-    /// The latest answer was too large to persist as the last good copy.
-    pub persist_refused: bool,
-}
-
-/// The answer to "give me this credential's data".
-#[derive(Debug, Clone)]
-pub enum Served {
-    Fresh(Arc<Snapshot>),
-    /// Keeper failed; this is the last good copy.
-    Stale(Arc<Snapshot>, Staleness),
-    /// Keeper failed and there is no copy at all.
-    Unavailable(Staleness),
-    /// A fetch is still running past [`PATIENCE`]; ask again after this long.
-    Pending(Duration),
-}
 
 /// How long after a fetch started its callers wait for it inside a reconcile. Keeper usually
 /// answers well within it; a slower answer is picked up by a later reconcile.
@@ -171,95 +74,6 @@ struct Waiting {
     done: tokio::sync::watch::Receiver<()>,
     /// This caller started it.
     mine: bool,
-}
-
-/// What the fetchers did, as Prometheus counters ([`FetchStats::register`]).
-#[derive(Debug, Default)]
-pub struct FetchStats {
-    /// Requests not sent because the budget or a backoff said wait.
-    pub held_back: Counter,
-    /// Callers served from memory without a call.
-    pub cache_hits: Counter,
-    /// Snapshots restored from the persisted last-good store.
-    pub store_restores: Counter,
-    /// Times the last good copy turned too large to persist (the API server refuses a Secret
-    /// over 1 MiB); counted again only after a copy that fits was persisted.
-    pub store_too_large: Counter,
-    /// Callers served a stale last good copy.
-    pub stale_served: Counter,
-    /// Latest budget state per credential id, for the utilisation gauge.
-    budgets: std::sync::Mutex<std::collections::BTreeMap<String, RateBudget>>,
-}
-
-impl FetchStats {
-    /// Stats whose counters and budget gauge `registry` exports.
-    pub fn register(registry: &mut Registry) -> Arc<Self> {
-        let stats = Arc::new(FetchStats::default());
-        registry.register(
-            "keeper_cache_hits",
-            "Reads served from a credential's shared snapshot without a Keeper call",
-            stats.cache_hits.clone(),
-        );
-        registry.register(
-            "keeper_requests_held_back",
-            "Keeper requests not sent because the credential's budget or backoff said wait",
-            stats.held_back.clone(),
-        );
-        registry.register(
-            "keeper_stale_served",
-            "Reads served from the last good copy because Keeper failed",
-            stats.stale_served.clone(),
-        );
-        registry.register(
-            "keeper_store_restores",
-            "Snapshots restored from the persisted last-good cache",
-            stats.store_restores.clone(),
-        );
-        registry.register(
-            "keeper_store_too_large",
-            "Times the last good copy turned too large to persist (it is kept in memory only)",
-            stats.store_too_large.clone(),
-        );
-        registry.register_collector(Box::new(BudgetUse(stats.clone())));
-        stats
-    }
-
-    /// Remembers the budget of credential `id` after it changed.
-    pub(crate) fn record_budget(&self, id: &str, budget: &RateBudget) {
-        lock(&self.budgets).insert(id.to_string(), budget.clone());
-    }
-
-    /// Every credential's latest budget; refill since then is computed by the reader.
-    pub fn budgets(&self) -> Vec<(String, RateBudget)> {
-        let budgets = lock(&self.budgets);
-        budgets
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-}
-
-/// `keeper_budget_utilization{credential}`: each credential's request budget in use at scrape
-/// time (0 idle, 1 exhausted or blocked by a throttle), from the fetchers' latest budget state.
-#[derive(Debug)]
-struct BudgetUse(Arc<FetchStats>);
-
-impl Collector for BudgetUse {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let budgets = self.0.budgets();
-        let mut family = encoder.encode_descriptor(
-            "keeper_budget_utilization",
-            "Share of a credential's Keeper request budget in use (1 = requests held back)",
-            None,
-            MetricType::Gauge,
-        )?;
-        let now = Instant::now();
-        for (credential, mut budget) in budgets {
-            let labels = [("credential", credential)];
-            ConstGauge::new(budget.utilization(now)).encode(family.encode_family(&labels)?)?;
-        }
-        Ok(())
-    }
 }
 
 struct Failure {
@@ -554,153 +368,6 @@ impl CredentialFetcher {
                 Served::Stale(snapshot.clone(), staleness)
             }
             None => Served::Unavailable(staleness),
-        }
-    }
-
-    /// Keeper refuses the credential and its last good copy is older than allowed: data the
-    /// credential may no longer read is not kept, neither in memory nor sealed.
-    async fn destroy_last_good(&self, state: &mut State) {
-        state.snapshot = None;
-        self.files.retain(&self.id, |_, _| false);
-        state.persisted = None;
-        state.persisted_len = 0;
-        state.persisted_files = None;
-        // Nothing is restored again: the sealed copy is gone (or was unreadable anyway).
-        state.store_checked = true;
-        tracing::warn!(credential = %self.id,
-            "Keeper refuses the credential and its last good copy is older than --max-stale-age; the copy is destroyed");
-        if let Some(store) = &self.store
-            && let Err(error) = store.destroy(&self.id).await
-        {
-            tracing::warn!(credential = %self.id, error = %error, "destroying the sealed last good copy failed");
-        }
-    }
-
-    async fn restore(&self) -> Option<Snapshot> {
-        let store = self.store.as_ref()?;
-        let sealed = match store.load(&self.id, Part::Snapshot).await {
-            Ok(Some(sealed)) => sealed,
-            Ok(None) => return None,
-            Err(error) => {
-                tracing::warn!(credential = %self.id, error = %error, "reading the last-good store failed");
-                return None;
-            }
-        };
-        let restored = sealed::open(&self.source.cache_key(), &sealed)
-            .map_err(|e| e.to_string())
-            .and_then(|(fetched_at, body)| {
-                let vault = self.source.decode(&body).map_err(|e| e.to_string())?;
-                Ok(Snapshot {
-                    vault,
-                    fetched_at,
-                    origin: Origin::Store,
-                })
-            });
-        match restored {
-            Ok(snapshot) => {
-                self.stats.store_restores.inc();
-                tracing::info!(credential = %self.id, "serving the persisted last good copy");
-                Some(snapshot)
-            }
-            Err(error) => {
-                tracing::warn!(credential = %self.id, %error, "persisted last good copy is unusable");
-                None
-            }
-        }
-    }
-
-    async fn persist(&self, state: &mut State, fetched_at: SystemTime, body: &[u8]) {
-        let Some(store) = &self.store else { return };
-        let fingerprint: [u8; 32] = Sha256::digest(body).into();
-        if state.persisted == Some(fingerprint) {
-            return;
-        }
-        let sealed = sealed::seal(&self.source.cache_key(), fetched_at, body);
-        let len = sealed.len();
-        if len > sealed::MAX_STORED_BYTES {
-            // The API server would refuse it: never send it, and say so once, when the copy
-            // turns too large (Keeper's answers differ byte for byte at every fetch, even with
-            // the same records). The copy in memory is still served.
-            state.persisted = Some(fingerprint);
-            if !state.persist_refused {
-                state.persist_refused = true;
-                self.stats.store_too_large.inc();
-                tracing::warn!(credential = %self.id, sealed_bytes = len, limit_bytes = sealed::MAX_STORED_BYTES,
-                    "the last good copy is too large to persist; it is kept in memory only");
-            }
-            return;
-        }
-        match store.save(&self.id, Part::Snapshot, sealed).await {
-            Ok(()) => {
-                state.persisted = Some(fingerprint);
-                state.persist_refused = false;
-                state.persisted_len = len;
-            }
-            Err(error) => {
-                tracing::warn!(credential = %self.id, error = %error, "saving the last good copy failed")
-            }
-        }
-    }
-
-    /// Seals the cached files into the store when the set changed, smallest first while they
-    /// fit beside the snapshot.
-    async fn persist_files(&self, state: &mut State) {
-        let Some(store) = &self.store else { return };
-        let cached = self.files.of(&self.id);
-        if cached.is_empty() && state.persisted_files.is_none() {
-            return;
-        }
-        let mut files: Vec<(&str, i64, &[u8])> = cached
-            .iter()
-            .map(|(uid, revision, bytes)| (uid.as_str(), *revision, bytes.as_slice()))
-            .collect();
-        files.sort_by_key(|(uid, _, bytes)| (bytes.len(), *uid));
-        let mut hasher = Sha256::new();
-        for (uid, revision, bytes) in &files {
-            hasher.update(uid.as_bytes());
-            hasher.update(revision.to_be_bytes());
-            hasher.update(bytes.len().to_be_bytes());
-        }
-        let fingerprint: [u8; 32] = hasher.finalize().into();
-        if state.persisted_files == Some(fingerprint) {
-            return;
-        }
-        let budget = sealed::files_budget(state.persisted_len);
-        let (sealed, left_out) = sealed::seal_files(&self.source.cache_key(), files, budget);
-        for uid in &left_out {
-            tracing::warn!(credential = %self.id, file = %uid, budget_bytes = budget,
-                "attachment does not fit the last good copy; it is kept in memory only");
-        }
-        match store.save(&self.id, Part::Files, sealed).await {
-            Ok(()) => state.persisted_files = Some(fingerprint),
-            Err(error) => {
-                tracing::warn!(credential = %self.id, error = %error, "saving the last good files failed")
-            }
-        }
-    }
-
-    /// Loads the sealed files beside a restored snapshot (their revisions are checked on use).
-    async fn restore_files(&self) {
-        let Some(store) = &self.store else { return };
-        let sealed = match store.load(&self.id, Part::Files).await {
-            Ok(Some(sealed)) => sealed,
-            Ok(None) => return,
-            Err(error) => {
-                tracing::warn!(credential = %self.id, error = %error, "reading the last good files failed");
-                return;
-            }
-        };
-        match sealed::open_files(&self.source.cache_key(), &sealed) {
-            Ok(stored) => {
-                for file in stored {
-                    let content = Arc::new(file.content);
-                    self.files
-                        .insert(&self.id, &file.uid, file.revision, content);
-                }
-            }
-            Err(error) => {
-                tracing::warn!(credential = %self.id, %error, "persisted last good files are unusable")
-            }
         }
     }
 

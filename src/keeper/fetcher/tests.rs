@@ -1,8 +1,11 @@
 use super::sealed::{MemoryStore, Part, SnapshotStore};
 use super::*;
+use crate::ksm::crypto::AesKey;
 use crate::ksm::record::Record;
+use futures::future::BoxFuture;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use zeroize::Zeroizing;
 
 type Script = Vec<Result<&'static str, fn() -> KsmError>>;
 
