@@ -29,7 +29,7 @@ use crate::error::Error;
 use crate::k8s::Events;
 use crate::k8s::rollout::RolloutMetrics;
 use crate::keeper::KeeperSource;
-use crate::keeper::fetcher::{FileBytes, Health, Origin, Served, Snapshot, Staleness};
+use crate::keeper::fetcher::{FileBytes, KeeperHealth, Origin, Served, Snapshot, Staleness};
 use crate::ksm::config::KsmConfig;
 use crate::ksm::crypto::AesKey;
 use crate::ksm::error::KsmError;
@@ -302,13 +302,13 @@ impl KeeperSource for FakeKeeper {
         Ok(Arc::new(zeroize::Zeroizing::new(content)))
     }
 
-    async fn health(&self, _cred: &crate::keeper::CredentialKey) -> Option<Health> {
+    async fn health(&self, _cred: &crate::keeper::CredentialKey) -> Option<KeeperHealth> {
         let fetched_at = lock(&self.fetched).as_ref().map(|(_, at)| *at);
         let failure = lock(&self.failure)
             .clone()
             .or_else(|| lock(&self.stale).clone())
             .map(|e| (Arc::new(e), SystemTime::now()));
-        (fetched_at.is_some() || failure.is_some()).then_some(Health {
+        (fetched_at.is_some() || failure.is_some()).then_some(KeeperHealth {
             fetched_at,
             failure,
             persist_refused: false,

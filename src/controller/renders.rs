@@ -20,7 +20,7 @@ use crate::api::Template;
 use crate::lock;
 use crate::sync::desired::HashKey;
 use crate::sync::mapping::Bytes;
-use crate::sync::template::{self, DEADLINE, Exceeded, Source, TemplateError};
+use crate::sync::template::{self, DEADLINE, Exceeded, TemplateError, TemplateSource};
 use cache::RenderCache;
 
 /// Renders running at once, process-wide.
@@ -73,7 +73,7 @@ impl Renders {
         &self,
         namespace: &str,
         template: Template,
-        from: BTreeMap<String, Source>,
+        from: BTreeMap<String, TemplateSource>,
         values: BTreeMap<String, Bytes>,
         key: HashKey,
     ) -> Result<BTreeMap<String, Bytes>, TemplateError> {

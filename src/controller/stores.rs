@@ -19,9 +19,9 @@ use crate::error::Error;
 use crate::k8s;
 use crate::k8s::credentials::{self, Stored};
 use crate::keeper::KeeperSource;
-use crate::keeper::fetcher::Health;
+use crate::keeper::fetcher::KeeperHealth;
 use crate::keeper::fetcher::sealed::MAX_STORED_BYTES;
-use crate::sync::store_status::{self, Credential, LastHeard};
+use crate::sync::store_status::{self, LastHeard, StoreCredential};
 
 /// How often store status is brought up to date.
 pub const PERIOD: Duration = Duration::from_secs(20);
@@ -67,9 +67,12 @@ async fn update_all<S: KeeperSource>(
 }
 
 /// Loads `store`'s credential as a KeeperSecret using it would, but never redeems a token.
-async fn credential<S: KeeperSource>(ctx: &Context<S>, store: &ClusterKeeperStore) -> Credential {
+async fn credential<S: KeeperSource>(
+    ctx: &Context<S>,
+    store: &ClusterKeeperStore,
+) -> StoreCredential {
     let Some(ns) = ctx.settings.operator_namespace.as_deref() else {
-        return Credential::Failed(
+        return StoreCredential::Failed(
             Reason::InvalidSpec,
             credentials::NO_OPERATOR_NAMESPACE.into(),
         );
@@ -82,20 +85,20 @@ async fn credential<S: KeeperSource>(ctx: &Context<S>, store: &ClusterKeeperStor
         Ok(secret) => secret,
         Err(e) => {
             let e = Error::Kube(e);
-            return Credential::Failed(e.reason(), e.to_string());
+            return StoreCredential::Failed(e.reason(), e.to_string());
         }
     };
     match credentials::parse(secret.as_ref(), ns, reference) {
         Ok(Stored::Config(c)) => {
-            Credential::Parsed(ctx.keeper.health(&c.key).await.map(last_heard))
+            StoreCredential::Parsed(ctx.keeper.health(&c.key).await.map(last_heard))
         }
-        Ok(Stored::Token(_)) => Credential::Token,
-        Err(e) => Credential::Failed(e.reason(), e.to_string()),
+        Ok(Stored::Token(_)) => StoreCredential::Token,
+        Err(e) => StoreCredential::Failed(e.reason(), e.to_string()),
     }
 }
 
 /// What the store status reads of a fetcher's health.
-fn last_heard(health: Health) -> LastHeard {
+fn last_heard(health: KeeperHealth) -> LastHeard {
     LastHeard {
         fetched_at: health.fetched_at,
         failure: health

@@ -19,7 +19,7 @@ use crate::api::TemplateFrom;
 use crate::bounded_cache::BoundedCache;
 use crate::error::Error;
 use crate::sync::mapping::Bytes;
-use crate::sync::template::{self, Fetched, Source, SourceKind};
+use crate::sync::template::{self, Fetched, SourceKind, TemplateSource};
 
 /// Total size of the template sources kept between syncs, across all namespaces.
 pub const SOURCES_BUDGET: usize = 8 << 20;
@@ -38,7 +38,7 @@ pub async fn read(
     client: &Client,
     namespace: &str,
     from: &[TemplateFrom],
-) -> Result<BTreeMap<String, Source>, Error> {
+) -> Result<BTreeMap<String, TemplateSource>, Error> {
     let mut fetched = Vec::with_capacity(from.len());
     for entry in from {
         let (kind, r, data) = match (&entry.config_map, &entry.secret) {

@@ -19,7 +19,7 @@ use crate::keeper::fetcher::files::FileCache;
 use crate::keeper::fetcher::ksm_upstream::{KsmUpstream, RequestMetrics};
 use crate::keeper::fetcher::sealed::SnapshotStore;
 use crate::keeper::fetcher::{
-    CredentialFetcher, FetchSettings, FetchStats, FileBytes, Health, Served,
+    CredentialFetcher, FetchSettings, FetchStats, FileBytes, KeeperHealth, Served,
 };
 use crate::ksm::client::{ClientOptions, KsmClient, http_client};
 use crate::ksm::config::KsmConfig;
@@ -89,7 +89,7 @@ pub trait KeeperSource: Send + Sync + 'static {
 
     /// What the credential's fetcher knows of Keeper's recent answers, without asking Keeper;
     /// `None` while nothing has used the credential.
-    fn health(&self, cred: &CredentialKey) -> impl Future<Output = Option<Health>> + Send;
+    fn health(&self, cred: &CredentialKey) -> impl Future<Output = Option<KeeperHealth>> + Send;
 
     /// Redeems a one-time token (see [`crate::ksm::token::redeem_token`]) into a bound config.
     fn redeem(
@@ -244,7 +244,7 @@ impl KeeperSource for SharedKeeper {
             .await
     }
 
-    async fn health(&self, cred: &CredentialKey) -> Option<Health> {
+    async fn health(&self, cred: &CredentialKey) -> Option<KeeperHealth> {
         let fetcher = lock(&self.fetchers).get(&cred.fingerprint).cloned()?;
         Some(fetcher.health().await)
     }

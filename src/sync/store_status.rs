@@ -17,7 +17,7 @@ use crate::api::{
 pub const MAX_NAMESPACES: usize = 100;
 
 /// What loading the store's credential found.
-pub enum Credential {
+pub enum StoreCredential {
     /// A KSM configuration, and what its fetcher knows (`None`: not used since the start).
     Parsed(Option<LastHeard>),
     /// A one-time token, redeemed when the first KeeperSecret uses the store.
@@ -79,29 +79,29 @@ pub fn usage<'a>(name: &str, all: impl IntoIterator<Item = &'a KeeperSecret>) ->
 /// The status of `store` as of `now`.
 pub fn compute(
     store: &ClusterKeeperStore,
-    credential: &Credential,
+    credential: &StoreCredential,
     usage: Usage,
     now: Timestamp,
 ) -> ClusterKeeperStoreStatus {
     let time = |t: SystemTime| Timestamp::try_from(t).ok();
     let health = match credential {
-        Credential::Parsed(health) => health.as_ref(),
+        StoreCredential::Parsed(health) => health.as_ref(),
         _ => None,
     };
     let fetched_at = health.and_then(|h| h.fetched_at).and_then(time);
     let (status, reason, message) = match credential {
-        Credential::Failed(reason, message) => (ConditionStatus::False, *reason, message.clone()),
-        Credential::Token => (
+        StoreCredential::Failed(reason, message) => (ConditionStatus::False, *reason, message.clone()),
+        StoreCredential::Token => (
             ConditionStatus::Unknown,
             Reason::TokenNotRedeemed,
             "The credential is a one-time token; the first KeeperSecret that uses the store redeems it".to_string(),
         ),
-        Credential::Parsed(None) => (
+        StoreCredential::Parsed(None) => (
             ConditionStatus::Unknown,
             Reason::NotUsed,
             "The credential parses; no KeeperSecret has used the store since the operator started, so Keeper has not been asked".to_string(),
         ),
-        Credential::Parsed(Some(h)) => match &h.failure {
+        StoreCredential::Parsed(Some(h)) => match &h.failure {
             Some((reason, error, since)) => (
                 ConditionStatus::False,
                 *reason,
@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn ready_follows_the_credential_and_keepers_last_answer() {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let answered = Credential::Parsed(Some(LastHeard {
+        let answered = StoreCredential::Parsed(Some(LastHeard {
             fetched_at: Some(at),
             failure: None,
             too_large_to_seal: None,
@@ -230,7 +230,7 @@ mod tests {
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(s.conditions[0].observed_generation, Some(3));
 
-        let too_large = Credential::Parsed(Some(LastHeard {
+        let too_large = StoreCredential::Parsed(Some(LastHeard {
             fetched_at: Some(at),
             failure: None,
             too_large_to_seal: Some(1 << 20),
@@ -239,7 +239,7 @@ mod tests {
         assert_eq!(ready(&s), ("True", "KeeperAnswered"));
         assert!(s.conditions[0].message.contains("too large"), "{s:?}");
 
-        let down = Credential::Parsed(Some(LastHeard {
+        let down = StoreCredential::Parsed(Some(LastHeard {
             fetched_at: Some(at),
             failure: Some((Reason::KeeperUnavailable, "refused".into(), at)),
             too_large_to_seal: None,
@@ -252,12 +252,17 @@ mod tests {
             "the last answer still shows"
         );
 
-        let unused = compute(&store(), &Credential::Parsed(None), Usage::default(), t(5));
+        let unused = compute(
+            &store(),
+            &StoreCredential::Parsed(None),
+            Usage::default(),
+            t(5),
+        );
         assert_eq!(ready(&unused), ("Unknown", "NotUsed"));
-        let token = compute(&store(), &Credential::Token, Usage::default(), t(5));
+        let token = compute(&store(), &StoreCredential::Token, Usage::default(), t(5));
         assert_eq!(ready(&token), ("Unknown", "TokenNotRedeemed"));
         let missing =
-            Credential::Failed(Reason::AuthFailed, "Secret ops/ksm does not exist".into());
+            StoreCredential::Failed(Reason::AuthFailed, "Secret ops/ksm does not exist".into());
         let s = compute(&store(), &missing, Usage::default(), t(5));
         assert_eq!(ready(&s), ("False", "AuthFailed"));
         assert_eq!(s.conditions[0].message, "Secret ops/ksm does not exist");
@@ -266,11 +271,16 @@ mod tests {
     #[test]
     fn the_transition_time_moves_only_when_ready_flips() {
         let mut store = store();
-        let failed = Credential::Failed(Reason::AuthFailed, "m".into());
+        let failed = StoreCredential::Failed(Reason::AuthFailed, "m".into());
         store.status = Some(compute(&store, &failed, Usage::default(), t(0)));
         let again = compute(&store, &failed, Usage::default(), t(60));
         assert_eq!(again.conditions[0].last_transition_time, Time(t(0)));
-        let unused = compute(&store, &Credential::Parsed(None), Usage::default(), t(60));
+        let unused = compute(
+            &store,
+            &StoreCredential::Parsed(None),
+            Usage::default(),
+            t(60),
+        );
         assert_eq!(unused.conditions[0].last_transition_time, Time(t(60)));
     }
 
@@ -281,7 +291,7 @@ mod tests {
             .collect();
         let s = compute(
             &store(),
-            &Credential::Parsed(None),
+            &StoreCredential::Parsed(None),
             usage("shared", &all),
             t(0),
         );

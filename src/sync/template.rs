@@ -36,7 +36,7 @@ pub use error::TemplateError;
 pub use helpers::{BCRYPT_COST, MAX_HTPASSWD_CALLS};
 pub use parse::MAX_PARSE_BYTES;
 pub use source::{
-    Fetched, MAX_SOURCE_BYTES, MAX_SOURCE_KEYS, Source, SourceError, SourceKind, collect,
+    Fetched, MAX_SOURCE_BYTES, MAX_SOURCE_KEYS, SourceError, SourceKind, TemplateSource, collect,
 };
 
 /// Applies the template (if any) to the mapped values: the inline `data` templates, and those
@@ -45,7 +45,7 @@ pub use source::{
 /// size limit: rendering stops as soon as the keys would.
 pub fn apply(
     template: Option<&Template>,
-    from: BTreeMap<String, Source>,
+    from: BTreeMap<String, TemplateSource>,
     values: BTreeMap<String, Bytes>,
     key: &HashKey,
 ) -> Result<BTreeMap<String, Bytes>, TemplateError> {
@@ -55,7 +55,7 @@ pub fn apply(
 /// [`apply`] on a given budget.
 pub fn apply_within(
     template: Option<&Template>,
-    from: BTreeMap<String, Source>,
+    from: BTreeMap<String, TemplateSource>,
     values: BTreeMap<String, Bytes>,
     key: &HashKey,
     budget: Budget,
@@ -66,7 +66,7 @@ pub fn apply_within(
     let mut sources = from;
     for (k, text) in &template.data {
         let text = Zeroizing::new(text.clone());
-        let inline = Source {
+        let inline = TemplateSource {
             text,
             confidential: false,
         };
@@ -118,7 +118,7 @@ pub fn apply_within(
 fn render(
     env: &Environment<'_>,
     key: &str,
-    source: &Source,
+    source: &TemplateSource,
     ctx: &Value,
     room: usize,
     budget: &Budget,

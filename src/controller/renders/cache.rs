@@ -17,7 +17,7 @@ use crate::api::{Template, TemplateMergePolicy};
 use crate::lock;
 use crate::sync::desired::HashKey;
 use crate::sync::mapping::Bytes;
-use crate::sync::template::{Source, TemplateError};
+use crate::sync::template::{TemplateError, TemplateSource};
 
 /// Renders remembered at most (one per KeeperSecret).
 pub const CACHE_ENTRIES: usize = 4096;
@@ -38,7 +38,7 @@ pub struct Inputs {
 /// Digests what a render reads, keyed by `key` (the KeeperSecret's hash key).
 pub fn inputs(
     template: &Template,
-    from: &BTreeMap<String, Source>,
+    from: &BTreeMap<String, TemplateSource>,
     values: &BTreeMap<String, Bytes>,
     key: &HashKey,
 ) -> Inputs {

@@ -34,7 +34,7 @@ mod settings;
 mod stats;
 mod upstream;
 
-pub use served::{FileBytes, Health, Origin, Served, Snapshot, Staleness};
+pub use served::{FileBytes, KeeperHealth, Origin, Served, Snapshot, Staleness};
 pub use settings::FetchSettings;
 pub use stats::FetchStats;
 pub use upstream::Upstream;
@@ -391,9 +391,9 @@ impl CredentialFetcher {
     }
 
     /// What the latest fetches found; makes no call.
-    pub async fn health(&self) -> Health {
+    pub async fn health(&self) -> KeeperHealth {
         let state = self.state.lock().await;
-        Health {
+        KeeperHealth {
             fetched_at: state
                 .snapshot
                 .as_ref()

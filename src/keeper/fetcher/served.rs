@@ -39,7 +39,7 @@ pub struct Staleness {
 
 /// What a credential's fetcher knows of Keeper's recent answers, learned without asking it.
 #[derive(Debug, Clone, Default)]
-pub struct Health {
+pub struct KeeperHealth {
     /// When Keeper last answered with data (a copy restored from the sealed store does not count).
     pub fetched_at: Option<SystemTime>,
     /// The failure of the latest attempts, and since when they fail.

@@ -15,13 +15,13 @@ pub const MAX_SOURCE_BYTES: usize = 1024 * 1024;
 pub const MAX_SOURCE_KEYS: usize = MAX_TEMPLATE_KEYS;
 
 /// A template read through `templateFrom`.
-pub struct Source {
+pub struct TemplateSource {
     pub(super) text: Zeroizing<String>,
     /// Read from a Secret: never quoted, not even in a syntax error.
     pub(super) confidential: bool,
 }
 
-impl Source {
+impl TemplateSource {
     /// The template's text.
     pub fn text(&self) -> &str {
         &self.text
@@ -104,7 +104,7 @@ impl SourceError {
 
 /// The templates `templateFrom` brings, by Secret key: every key of each source, or only its
 /// listed ones; a later source wins over an earlier one for the same key.
-pub fn collect(fetched: Vec<Fetched<'_>>) -> Result<BTreeMap<String, Source>, SourceError> {
+pub fn collect(fetched: Vec<Fetched<'_>>) -> Result<BTreeMap<String, TemplateSource>, SourceError> {
     let mut out = BTreeMap::new();
     let mut bytes = 0usize;
     for f in fetched {
@@ -131,7 +131,7 @@ pub fn collect(fetched: Vec<Fetched<'_>>) -> Result<BTreeMap<String, Source>, So
             let Ok(text) = String::from_utf8(value.to_vec()) else {
                 return Err(SourceError::NotText { kind, name, key });
             };
-            let source = Source {
+            let source = TemplateSource {
                 text: Zeroizing::new(text),
                 confidential: kind == SourceKind::Secret,
             };
