@@ -115,6 +115,7 @@ impl<K: Eq + Hash + Clone, Ver: PartialEq + Clone, V: Clone> BoundedCache<K, Ver
     }
 
     /// Bytes cached now.
+    #[cfg(test)]
     pub fn total(&self) -> usize {
         lock(&self.inner).total
     }

@@ -1,14 +1,14 @@
 //! keeper-operator: syncs Keeper Secrets Manager records into native Kubernetes Secrets.
 pub mod api;
-pub mod backoff;
+pub(crate) mod backoff;
 pub(crate) mod bounded_cache;
 pub mod cli;
-pub mod controller;
+pub(crate) mod controller;
 pub mod error;
 pub mod k8s;
-pub mod keeper;
+pub(crate) mod keeper;
 pub mod ksm;
-pub mod reason;
+pub(crate) mod reason;
 pub mod runtime;
 pub mod sync;
 

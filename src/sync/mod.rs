@@ -3,13 +3,13 @@
 
 pub mod allowlist;
 pub mod build;
-pub mod decoding;
+pub(crate) mod decoding;
 pub mod desired;
-pub mod hold;
-pub mod incomplete;
+pub(crate) mod hold;
+pub(crate) mod incomplete;
 pub mod mapping;
-pub mod refresh;
-pub mod status;
-pub mod store_status;
+pub(crate) mod refresh;
+pub(crate) mod status;
+pub(crate) mod store_status;
 pub mod template;
-pub mod write_guard;
+pub(crate) mod write_guard;

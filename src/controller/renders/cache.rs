@@ -144,6 +144,7 @@ impl RenderCache {
     }
 
     /// Entries and bytes held.
+    #[cfg(test)]
     pub fn size(&self) -> (usize, usize) {
         let inner = lock(&self.inner);
         (inner.entries.len(), inner.bytes)

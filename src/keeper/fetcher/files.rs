@@ -60,6 +60,7 @@ impl FileCache {
     }
 
     /// Bytes cached now, across all credentials.
+    #[cfg(test)]
     pub fn total(&self) -> usize {
         self.0.total()
     }

@@ -405,6 +405,7 @@ impl CredentialFetcher {
     }
 
     /// Fraction of the request budget in use (for metrics).
+    #[cfg(test)]
     pub async fn budget_utilization(&self) -> f64 {
         self.state.lock().await.budget.utilization(Instant::now())
     }

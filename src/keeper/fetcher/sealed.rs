@@ -8,8 +8,6 @@
 
 use crate::ksm::crypto::{AesKey, CryptoError, aes_gcm_decrypt, aes_gcm_encrypt, derive_key};
 use futures::future::BoxFuture;
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
@@ -156,12 +154,14 @@ pub fn open(key: &AesKey, sealed: &[u8]) -> Result<(SystemTime, Zeroizing<Vec<u8
     Ok((fetched_at, Zeroizing::new(plain[8..].to_vec())))
 }
 
-/// A process-local store, for tests and for running without persistence.
+/// A process-local store, for tests.
+#[cfg(test)]
 #[derive(Default)]
 pub struct MemoryStore {
-    blobs: Mutex<HashMap<(String, Part), Vec<u8>>>,
+    blobs: std::sync::Mutex<std::collections::HashMap<(String, Part), Vec<u8>>>,
 }
 
+#[cfg(test)]
 impl SnapshotStore for MemoryStore {
     fn load<'a>(
         &'a self,
