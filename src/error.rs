@@ -225,7 +225,7 @@ const MAX_CAUSES: usize = 5;
 /// names, never a message. The API server, admission webhooks and policies (CEL
 /// `messageExpression`s) may quote the object they rejected, and a rejected Secret write holds
 /// the synced values; a JSON decoding error can quote the text it failed on.
-pub fn kube_summary(e: &kube::Error) -> String {
+pub(crate) fn kube_summary(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(status) => {
             let reason = if status.reason.is_empty() {

@@ -1,10 +1,10 @@
 //! The few Kubernetes writes the controller makes: server-side apply of the Secret and of the
 //! KeeperSecret and ClusterKeeperStore status, always forced under the one field manager, and best-effort events.
 
-pub mod credentials;
-pub mod redeem;
-pub mod rollout;
-pub mod templates;
+pub(crate) mod credentials;
+pub(crate) mod redeem;
+pub(crate) mod rollout;
+pub(crate) mod templates;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
@@ -25,7 +25,10 @@ fn params() -> PatchParams {
 }
 
 /// Applies the full desired Secret (`data`, not `stringData`, which does not work with SSA).
-pub async fn apply_secret(api: &Api<Secret>, secret: &Secret) -> Result<Secret, kube::Error> {
+pub(crate) async fn apply_secret(
+    api: &Api<Secret>,
+    secret: &Secret,
+) -> Result<Secret, kube::Error> {
     let name = secret.metadata.name.clone().unwrap_or_default();
     api.patch(&name, &params(), &Patch::Apply(secret)).await
 }
@@ -75,7 +78,7 @@ fn made_by_others(secret: &Secret) -> bool {
 
 /// Replaces `existing` (an adopted Secret) with `desired` as a whole, conditioned on the
 /// version read: keys, labels and annotations others set are dropped. Later writes are applies.
-pub async fn replace_secret(
+pub(crate) async fn replace_secret(
     api: &Api<Secret>,
     existing: &Secret,
     desired: &Secret,
@@ -92,7 +95,7 @@ pub async fn replace_secret(
 
 /// Deletes `secret` if it is still the object read (same UID and resourceVersion, so an edit or a
 /// replacement made since is never deleted); `false` when it was already gone or changed.
-pub async fn delete_secret(api: &Api<Secret>, secret: &Secret) -> Result<bool, kube::Error> {
+pub(crate) async fn delete_secret(api: &Api<Secret>, secret: &Secret) -> Result<bool, kube::Error> {
     let name = secret.metadata.name.clone().unwrap_or_default();
     let dp = kube::api::DeleteParams {
         preconditions: Some(kube::api::Preconditions {
@@ -109,7 +112,7 @@ pub async fn delete_secret(api: &Api<Secret>, secret: &Secret) -> Result<bool, k
 }
 
 /// Applies the whole status (of a KeeperSecret or a ClusterKeeperStore) with a minimal body.
-pub async fn apply_status<K>(
+pub(crate) async fn apply_status<K>(
     api: &Api<K>,
     name: &str,
     status: &impl Serialize,
@@ -142,7 +145,7 @@ const EVENT_PUBLISHERS: usize = 4;
 /// lock on every publish. We publish only when Ready changes, so repeats are rare, yet that
 /// cache was half the operator's heap at scale (17.7 of 35.6 MB at 2,000 KeeperSecrets).
 #[derive(Clone)]
-pub struct Events {
+pub(crate) struct Events {
     queue: mpsc::Sender<(ObjectReference, Event)>,
 }
 

@@ -99,7 +99,7 @@ impl AllowList {
 
 /// The part of `vault` that `spec` may read through a store with `allow`, or `NotAllowed`
 /// naming the first forbidden record UID or folder UID the spec selects explicitly.
-pub fn restrict<'v>(
+pub(crate) fn restrict<'v>(
     allow: Option<&AllowList>,
     spec: &KeeperSecretSpec,
     vault: &'v Vault,

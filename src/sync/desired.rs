@@ -132,7 +132,7 @@ impl std::fmt::Debug for Desired {
 }
 
 /// Builds the Secret for `ks` holding `data`.
-pub fn secret(
+pub(crate) fn secret(
     ks: &KeeperSecret,
     data: BTreeMap<String, Bytes>,
     key: &HashKey,
@@ -194,7 +194,8 @@ pub fn secret(
 
 /// Secret types that are never a target, whatever the policy: rewriting a Helm release
 /// record rewrites what Helm deploys, and a bootstrap token lets nodes join the cluster.
-pub const PROTECTED_TYPES: [&str; 2] = ["helm.sh/release.v1", "bootstrap.kubernetes.io/token"];
+pub(crate) const PROTECTED_TYPES: [&str; 2] =
+    ["helm.sh/release.v1", "bootstrap.kubernetes.io/token"];
 
 /// The Secret type that makes the API server mint a ServiceAccount token into the Secret.
 const SERVICE_ACCOUNT_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
@@ -207,7 +208,7 @@ const SERVICE_ACCOUNT_ANNOTATIONS: [&str; 2] = [
 /// Refuses targets that would let a tenant act through the operator's write access rather than
 /// merely receive Keeper data: minting ServiceAccount tokens, or freezing a Secret it does not
 /// own. The CRD's validation rules say the same; this holds where they are not enforced.
-pub fn check_target_allowed(target: &crate::api::Target) -> Result<(), DesiredError> {
+pub(crate) fn check_target_allowed(target: &crate::api::Target) -> Result<(), DesiredError> {
     if target.type_.as_deref() == Some(SERVICE_ACCOUNT_TOKEN_TYPE) {
         return Err(DesiredError::Forbidden(format!(
             "target.type {SERVICE_ACCOUNT_TOKEN_TYPE} is not allowed: the operator does not create ServiceAccount token Secrets"
@@ -265,7 +266,7 @@ fn required_keys(type_: &str) -> &'static [&'static str] {
 
 /// Who the existing Secret belongs to, from our point of view.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Ownership {
+pub(crate) enum Ownership {
     /// No Secret yet.
     Absent,
     /// Written by this KeeperSecret (our label and owner annotation). Deleted or owned only
@@ -375,7 +376,7 @@ impl TargetRefusal {
 /// Whether `secret` carries the created-for marker of this KeeperSecret (by UID): only such a
 /// Secret was created by the operator for it, and only such a Secret is deleted, owned or
 /// garbage-collected with it.
-pub fn created_for(ks: &KeeperSecret, secret: &Secret) -> bool {
+pub(crate) fn created_for(ks: &KeeperSecret, secret: &Secret) -> bool {
     let Some(uid) = ks.metadata.uid.as_deref().filter(|u| !u.is_empty()) else {
         return false;
     };
@@ -388,14 +389,14 @@ pub fn created_for(ks: &KeeperSecret, secret: &Secret) -> bool {
 
 /// Whether `secret` invites this KeeperSecret to merge into or adopt it: an annotation only
 /// someone who may write the Secret can set.
-pub fn invited(ks: &KeeperSecret, secret: &Secret) -> bool {
+pub(crate) fn invited(ks: &KeeperSecret, secret: &Secret) -> bool {
     secret.annotations().get(ALLOW_MERGE_ANNOTATION) == Some(&ks.name_any())
 }
 
 /// Whether the write that follows creates the target or writes one the operator created for
 /// this KeeperSecret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provenance {
+pub(crate) enum Provenance {
     /// No Secret exists (the write creates it), or it carries our created-for marker.
     Created,
     /// The Secret existed and was not created for this KeeperSecret (merged into, adopted, or
@@ -404,7 +405,7 @@ pub enum Provenance {
 }
 
 /// PURE: the provenance of a write over `existing`.
-pub fn provenance(ks: &KeeperSecret, existing: Option<&Secret>) -> Provenance {
+pub(crate) fn provenance(ks: &KeeperSecret, existing: Option<&Secret>) -> Provenance {
     match existing {
         None => Provenance::Created,
         Some(s) if created_for(ks, s) => Provenance::Created,
@@ -414,7 +415,7 @@ pub fn provenance(ks: &KeeperSecret, existing: Option<&Secret>) -> Provenance {
 
 /// Puts the created-for marker and, with creationPolicy Owner, the owner reference on a
 /// Secret the operator creates (or created) for `ks`; nothing on any other.
-pub fn mark(ks: &KeeperSecret, provenance: Provenance, secret: &mut Secret) {
+pub(crate) fn mark(ks: &KeeperSecret, provenance: Provenance, secret: &mut Secret) {
     let policy = ks.creation_policy();
     let Some(uid) = ks.metadata.uid.clone().filter(|u| !u.is_empty()) else {
         return;
@@ -434,7 +435,10 @@ pub fn mark(ks: &KeeperSecret, provenance: Provenance, secret: &mut Secret) {
 
 /// Refuses a Secret of a protected type, one another KeeperSecret writes, one another object
 /// controls, and a Merge into a Secret that did not invite this KeeperSecret.
-pub fn ownership(ks: &KeeperSecret, existing: Option<&Secret>) -> Result<Ownership, TargetRefusal> {
+pub(crate) fn ownership(
+    ks: &KeeperSecret,
+    existing: Option<&Secret>,
+) -> Result<Ownership, TargetRefusal> {
     let Some(s) = existing else {
         return Ok(Ownership::Absent);
     };
@@ -498,7 +502,7 @@ pub fn ownership(ks: &KeeperSecret, existing: Option<&Secret>) -> Result<Ownersh
 /// `target.adopt`, the Secret's own invitation and the same type (a Secret's type cannot
 /// change). The refusal names the keys adoption would add and drop, never a value, nor which
 /// values differ.
-pub fn adoption(
+pub(crate) fn adoption(
     ks: &KeeperSecret,
     existing: &Secret,
     desired: &Secret,
@@ -545,7 +549,7 @@ pub fn adoption(
 }
 
 /// True when `existing` already holds what `desired` would write, so no write is needed.
-pub fn is_up_to_date(existing: &Secret, desired: &Secret) -> bool {
+pub(crate) fn is_up_to_date(existing: &Secret, desired: &Secret) -> bool {
     let subset = |want: &Option<BTreeMap<String, String>>,
                   have: &Option<BTreeMap<String, String>>| {
         want.iter()
@@ -580,7 +584,7 @@ pub fn is_up_to_date(existing: &Secret, desired: &Secret) -> bool {
 
 /// Verifies the Secret's data against its own hash annotation (detects hand edits and deleted
 /// keys without contacting Keeper). Returns the annotation when it checks out.
-pub fn verified_hash<'a>(secret: &'a Secret, key: &HashKey) -> Option<&'a str> {
+pub(crate) fn verified_hash<'a>(secret: &'a Secret, key: &HashKey) -> Option<&'a str> {
     let annotations = secret.metadata.annotations.as_ref()?;
     let claimed = annotations.get(DATA_HASH_ANNOTATION)?;
     let keys = annotations.get(KEYS_ANNOTATION)?;

@@ -21,7 +21,7 @@ use crate::ksm::record::{Field, KeeperFile, Record, Vault, find_field};
 pub type Bytes = Zeroizing<Vec<u8>>;
 
 /// What one Secret key holds: the value itself, or a file attachment still to download.
-pub enum Content {
+pub(crate) enum Content {
     /// The value itself.
     Value(Bytes),
     /// A file attachment still to be downloaded.
@@ -39,7 +39,7 @@ impl std::fmt::Debug for Content {
 
 /// The keys a KeeperSecret maps to, and the records they come from.
 #[derive(Debug, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Secret key → value source.
     pub entries: BTreeMap<String, Content>,
     /// Records read, with their revisions (for status).
@@ -83,7 +83,7 @@ impl MappingError {
 /// Maps the spec onto the fetched vault: `dataFrom` items in order, then `data` items. With a
 /// deletion policy other than Retain, an item whose record (or folder) is not found maps nothing
 /// and is listed in [`Plan::gone`].
-pub fn plan(spec: &KeeperSecretSpec, vault: &Vault) -> Result<Plan, MappingError> {
+pub(crate) fn plan(spec: &KeeperSecretSpec, vault: &Vault) -> Result<Plan, MappingError> {
     let records = dedup(&vault.records);
     let policy = spec.target.as_ref().and_then(|t| t.deletion_policy);
     let mut plan = Plan::default();
@@ -160,7 +160,7 @@ fn revision(r: &Record) -> RecordRevision {
 }
 
 /// The lookup rule shared with notation: by UID, or by exact title (never guessed).
-pub fn find_record<'a>(
+pub(crate) fn find_record<'a>(
     records: &[&'a Record],
     sel: &RecordSelector,
 ) -> Result<&'a Record, MappingError> {
@@ -274,7 +274,7 @@ fn find_file<'a>(record: &'a Record, name: &str) -> Result<&'a KeeperFile, Mappi
 /// One string stays as-is; anything else (objects, several values) becomes compact JSON.
 /// With a property, object values are replaced by that property (values without it are
 /// skipped); `None` if no value has it.
-pub fn field_bytes(values: &[Value], property: Option<&str>) -> Option<Bytes> {
+pub(crate) fn field_bytes(values: &[Value], property: Option<&str>) -> Option<Bytes> {
     let picked: Vec<&Value> = match property {
         Some(p) => {
             let picked: Vec<&Value> = values.iter().filter_map(|v| v.get(p)).collect();
@@ -418,7 +418,7 @@ impl Keys {
 }
 
 /// Makes any label a valid Secret key: characters outside `[-._a-zA-Z0-9]` become `_`.
-pub fn sanitize_key(name: &str) -> String {
+pub(crate) fn sanitize_key(name: &str) -> String {
     let mut key: String = name
         .chars()
         .map(|c| {

@@ -28,16 +28,11 @@ use zeroize::Zeroizing;
 use crate::api::{Template, TemplateMergePolicy};
 use crate::sync::desired::{HashKey, MAX_SECRET_BYTES};
 use crate::sync::mapping::Bytes;
-pub use budget::{
-    Budget, DEADLINE, Exceeded, FUEL, MAX_HELPER_BYTES, MAX_PARSE_DEPTH, MAX_PARSE_NODES,
-    MAX_TEMPLATE_KEYS,
-};
+pub use budget::Exceeded;
+pub(crate) use budget::{Budget, DEADLINE, FUEL, MAX_TEMPLATE_KEYS};
 pub use error::TemplateError;
-pub use helpers::{BCRYPT_COST, MAX_HTPASSWD_CALLS};
-pub use parse::MAX_PARSE_BYTES;
-pub use source::{
-    Fetched, MAX_SOURCE_BYTES, MAX_SOURCE_KEYS, SourceError, SourceKind, TemplateSource, collect,
-};
+pub(crate) use source::{Fetched, collect};
+pub use source::{SourceError, SourceKind, TemplateSource};
 
 /// Applies the template (if any) to the mapped values: the inline `data` templates, and those
 /// `templateFrom` brought (`from`) for keys `data` does not set. `key` makes `htpasswd`'s salts.
@@ -53,7 +48,7 @@ pub fn apply(
 }
 
 /// [`apply`] on a given budget.
-pub fn apply_within(
+pub(crate) fn apply_within(
     template: Option<&Template>,
     from: BTreeMap<String, TemplateSource>,
     values: BTreeMap<String, Bytes>,

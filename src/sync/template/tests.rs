@@ -1,6 +1,8 @@
 use std::time::Duration;
 
+use super::budget::MAX_PARSE_DEPTH;
 use super::helpers::*;
+use super::source::{MAX_SOURCE_BYTES, MAX_SOURCE_KEYS};
 use super::*;
 use crate::api::TemplateSourceItem;
 use sha2::{Digest, Sha256};
