@@ -30,7 +30,7 @@ const ENTRY_OVERHEAD: usize = 128;
 pub type Rendered = Result<BTreeMap<String, Bytes>, TemplateError>;
 
 /// A render's place in the cache and the digest of its inputs.
-pub struct Inputs {
+pub struct RenderDigest {
     slot: [u8; 16],
     digest: [u8; 32],
 }
@@ -41,7 +41,7 @@ pub fn inputs(
     from: &BTreeMap<String, TemplateSource>,
     values: &BTreeMap<String, Bytes>,
     key: &HashKey,
-) -> Inputs {
+) -> RenderDigest {
     let slot = key.digest("keeper-operator.dev/render-cache-slot/v1", &[]);
     let policy: &[u8] = match template.merge_policy {
         TemplateMergePolicy::Replace => b"Replace",
@@ -63,7 +63,7 @@ pub fn inputs(
     let digest = key.digest("keeper-operator.dev/render-inputs/v1", &parts);
     let mut short = [0u8; 16];
     short.copy_from_slice(&slot[..16]);
-    Inputs {
+    RenderDigest {
         slot: short,
         digest: *digest,
     }
@@ -91,7 +91,7 @@ struct Entry {
 
 impl RenderCache {
     /// The remembered outcome of a render of exactly these inputs.
-    pub fn get(&self, inputs: &Inputs) -> Option<Rendered> {
+    pub fn get(&self, inputs: &RenderDigest) -> Option<Rendered> {
         let mut inner = lock(&self.inner);
         inner.tick += 1;
         let tick = inner.tick;
@@ -105,7 +105,7 @@ impl RenderCache {
 
     /// Remembers `rendered` for these inputs, in place of the KeeperSecret's earlier render;
     /// outcomes that might differ next time are not kept.
-    pub fn put(&self, inputs: &Inputs, rendered: &Rendered) {
+    pub fn put(&self, inputs: &RenderDigest, rendered: &Rendered) {
         if rendered.as_ref().is_err_and(|e| !e.is_repeatable()) {
             return;
         }
@@ -232,7 +232,7 @@ mod tests {
         let cache = RenderCache::default();
         let none = BTreeMap::new();
         let per = CACHE_BYTES / 4;
-        let all: Vec<Inputs> = (0..5)
+        let all: Vec<RenderDigest> = (0..5)
             .map(|i| inputs(&tpl("x"), &none, &vals(b"a"), &key(&i.to_string())))
             .collect();
         for i in &all[..4] {
