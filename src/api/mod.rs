@@ -151,7 +151,7 @@ pub struct KeeperSecretSpec {
     pub refresh_policy: Option<RefreshPolicy>,
     /// The Secret to write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<Target>,
+    pub target: Option<TargetSecret>,
     /// Single values, each written under its own key. Applied after `dataFrom`, so a key
     /// here wins over the same key produced by `dataFrom`. At most 256 items.
     #[serde(default)]
@@ -226,7 +226,7 @@ pub struct StoreRef {
 #[x_kube(validation = Rule::new("!has(self.immutable) || !has(self.creationPolicy) || self.creationPolicy != 'Merge'").message("immutable cannot be combined with creationPolicy Merge"))]
 #[x_kube(validation = Rule::new("!has(self.type) || !(self.type in ['helm.sh/release.v1', 'bootstrap.kubernetes.io/token'])").message("Helm release and bootstrap token Secrets are never targets"))]
 #[serde(rename_all = "camelCase")]
-pub struct Target {
+pub struct TargetSecret {
     /// Name of the Secret (default: the KeeperSecret's name). Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(max = 253))]

@@ -208,7 +208,7 @@ const SERVICE_ACCOUNT_ANNOTATIONS: [&str; 2] = [
 /// Refuses targets that would let a tenant act through the operator's write access rather than
 /// merely receive Keeper data: minting ServiceAccount tokens, or freezing a Secret it does not
 /// own. The CRD's validation rules say the same; this holds where they are not enforced.
-pub(crate) fn check_target_allowed(target: &crate::api::Target) -> Result<(), DesiredError> {
+pub(crate) fn check_target_allowed(target: &crate::api::TargetSecret) -> Result<(), DesiredError> {
     if target.type_.as_deref() == Some(SERVICE_ACCOUNT_TOKEN_TYPE) {
         return Err(DesiredError::Forbidden(format!(
             "target.type {SERVICE_ACCOUNT_TOKEN_TYPE} is not allowed: the operator does not create ServiceAccount token Secrets"

@@ -322,7 +322,7 @@ mod tests {
             ..ok()
         };
         let mut ks = ks(1, None);
-        ks.spec.target = Some(crate::api::Target {
+        ks.spec.target = Some(crate::api::TargetSecret {
             deletion_policy: Some(DeletionPolicy::Merge),
             ..Default::default()
         });

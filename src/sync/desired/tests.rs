@@ -1,7 +1,7 @@
 use super::*;
-use crate::api::{KeeperSecretSpec, Target};
+use crate::api::{KeeperSecretSpec, TargetSecret};
 
-fn ks(target: Option<Target>) -> KeeperSecret {
+fn ks(target: Option<TargetSecret>) -> KeeperSecret {
     let mut ks = KeeperSecret {
         spec: KeeperSecretSpec {
             target,
@@ -27,10 +27,10 @@ fn key() -> HashKey {
 
 #[test]
 fn owner_secret_has_labels_annotations_owner_ref_and_binary_data() {
-    let target = Target {
+    let target = TargetSecret {
         labels: [("team".to_string(), "a".to_string())].into(),
         annotations: [("note".to_string(), "x".to_string())].into(),
-        ..Target::default()
+        ..TargetSecret::default()
     };
     let owner = ks(Some(target));
     let mut d = secret(&owner, data(&[("pw", b"p"), ("bin", &[0, 255])]), &key()).unwrap();
@@ -71,9 +71,9 @@ fn orphan_and_merge_have_no_owner_ref_and_merge_leaves_type_alone() {
         (CreationPolicy::Orphan, Some("Opaque")),
         (CreationPolicy::Merge, None),
     ] {
-        let t = Target {
+        let t = TargetSecret {
             creation_policy: policy,
-            ..Target::default()
+            ..TargetSecret::default()
         };
         let s = secret(&ks(Some(t)), data(&[("a", b"1")]), &key())
             .unwrap()
@@ -96,11 +96,11 @@ fn orphan_and_merge_have_no_owner_ref_and_merge_leaves_type_alone() {
 
 #[test]
 fn target_name_type_and_immutable() {
-    let t = Target {
+    let t = TargetSecret {
         name: Some("tls".into()),
         type_: Some("kubernetes.io/tls".into()),
         immutable: Some(true),
-        ..Target::default()
+        ..TargetSecret::default()
     };
     let s = secret(
         &ks(Some(t.clone())),
@@ -247,9 +247,9 @@ fn ownership_rules() {
         ownership(&ks(None), Some(&foreign)),
         Ok(Ownership::Unmanaged)
     );
-    let merge = ks(Some(Target {
+    let merge = ks(Some(TargetSecret {
         creation_policy: CreationPolicy::Merge,
-        ..Target::default()
+        ..TargetSecret::default()
     }));
     assert_eq!(ownership(&merge, Some(&foreign)), Ok(Ownership::Foreign));
 }
@@ -257,10 +257,10 @@ fn ownership_rules() {
 #[test]
 fn merge_refuses_controlled_or_differently_typed_secrets() {
     let merge = |type_: Option<&str>| {
-        ks(Some(Target {
+        ks(Some(TargetSecret {
             creation_policy: CreationPolicy::Merge,
             type_: type_.map(Into::into),
-            ..Target::default()
+            ..TargetSecret::default()
         }))
     };
     let controlled = Secret {
@@ -303,37 +303,37 @@ fn merge_refuses_controlled_or_differently_typed_secrets() {
 
 #[test]
 fn targets_that_act_beyond_delivering_data_are_refused() {
-    let refused = |target: Target| {
+    let refused = |target: TargetSecret| {
         let err = secret(&ks(Some(target)), data(&[("token", b"x")]), &key()).unwrap_err();
         assert_eq!(err.reason(), "NotAllowed");
         err.to_string()
     };
-    let msg = refused(Target {
+    let msg = refused(TargetSecret {
         type_: Some("kubernetes.io/service-account-token".into()),
-        ..Target::default()
+        ..TargetSecret::default()
     });
     assert!(msg.contains("service-account-token"), "{msg}");
-    let msg = refused(Target {
+    let msg = refused(TargetSecret {
         annotations: [(
             "kubernetes.io/service-account.name".into(),
             "default".into(),
         )]
         .into(),
-        ..Target::default()
+        ..TargetSecret::default()
     });
     assert!(msg.contains("service-account.name"), "{msg}");
-    let msg = refused(Target {
+    let msg = refused(TargetSecret {
         creation_policy: CreationPolicy::Merge,
         immutable: Some(true),
-        ..Target::default()
+        ..TargetSecret::default()
     });
     assert!(msg.contains("immutable"), "{msg}");
     // Immutable stays available for Secrets the operator creates.
     assert!(
         secret(
-            &ks(Some(Target {
+            &ks(Some(TargetSecret {
                 immutable: Some(true),
-                ..Target::default()
+                ..TargetSecret::default()
             })),
             data(&[("a", b"1")]),
             &key()
@@ -373,9 +373,9 @@ fn adoption_needs_the_flag_and_names_the_keys_it_would_touch() {
     );
     assert!(!msg.contains("change"), "{msg}");
     assert!(!msg.contains("secret-"), "no value: {msg}");
-    let adopter = ks(Some(Target {
+    let adopter = ks(Some(TargetSecret {
         adopt: Some(true),
-        ..Target::default()
+        ..TargetSecret::default()
     }));
     // The flag alone is not enough: the Secret itself must invite this KeeperSecret.
     let refusal = adoption(&adopter, &existing, &desired).unwrap_err();
@@ -414,9 +414,9 @@ fn hand_made(type_: Option<&str>) -> Secret {
 }
 
 fn with_policy(policy: CreationPolicy) -> KeeperSecret {
-    ks(Some(Target {
+    ks(Some(TargetSecret {
         creation_policy: policy,
-        ..Target::default()
+        ..TargetSecret::default()
     }))
 }
 
@@ -563,7 +563,7 @@ fn a_tenant_cannot_forge_provenance_or_an_invitation_through_the_target() {
         (OWNER_ANNOTATION, false),
         (MANAGED_BY_LABEL, true),
     ] {
-        let mut t = Target::default();
+        let mut t = TargetSecret::default();
         let map = if label {
             &mut t.labels
         } else {

@@ -500,7 +500,7 @@ fn a_deletion_policy_leaves_out_what_is_gone_and_retain_fails() {
     let with = |policy: Option<DeletionPolicy>| {
         let (data, data_from) = items();
         let mut spec = spec(data, data_from);
-        spec.target = Some(crate::api::Target {
+        spec.target = Some(crate::api::TargetSecret {
             deletion_policy: policy,
             ..Default::default()
         });
@@ -520,7 +520,7 @@ fn a_deletion_policy_leaves_out_what_is_gone_and_retain_fails() {
     }
     // Only a missing record is left out: a missing field still fails.
     let mut spec = spec(vec![by_field("x", uid(UID_A), "nope")], vec![]);
-    spec.target = Some(crate::api::Target {
+    spec.target = Some(crate::api::TargetSecret {
         deletion_policy: Some(DeletionPolicy::Delete),
         ..Default::default()
     });

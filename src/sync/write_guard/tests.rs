@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 
 use super::*;
-use crate::api::{KeeperSecretStatus, Target};
+use crate::api::{KeeperSecretStatus, TargetSecret};
 
 fn ks(
     policy: CreationPolicy,
@@ -12,9 +12,9 @@ fn ks(
     synced: &[(&str, i64)],
 ) -> KeeperSecret {
     let mut ks = crate::api::test_keeper_secret();
-    ks.spec.target = Some(Target {
+    ks.spec.target = Some(TargetSecret {
         creation_policy: policy,
-        ..Target::default()
+        ..TargetSecret::default()
     });
     ks.metadata.generation = Some(generation);
     ks.status = Some(KeeperSecretStatus {
