@@ -20,39 +20,39 @@ use serde::{Deserialize, Serialize};
 // objects, in one place.
 
 /// Field manager of the controller's server-side applies (Secrets, status, rollout patches).
-pub const FIELD_MANAGER: &str = "keeper-operator.dev/controller";
+pub(crate) const FIELD_MANAGER: &str = "keeper-operator.dev/controller";
 /// Field manager of the sealed last good copy in a credential's cache Secret.
-pub const SNAPSHOT_FIELD_MANAGER: &str = "keeper-operator.dev/last-good-cache";
+pub(crate) const SNAPSHOT_FIELD_MANAGER: &str = "keeper-operator.dev/last-good-cache";
 /// Field manager of the sealed attachments in a credential's cache Secret (its own, so saving
 /// them leaves the snapshot in place and the other way round).
-pub const FILES_FIELD_MANAGER: &str = "keeper-operator.dev/last-good-files";
+pub(crate) const FILES_FIELD_MANAGER: &str = "keeper-operator.dev/last-good-files";
 /// Label put on every Secret the operator writes; the controller watches only these.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`].
 pub const MANAGED_BY_VALUE: &str = "keeper-operator";
 /// Annotation naming the KeeperSecret (same namespace) that writes a Secret.
-pub const OWNER_ANNOTATION: &str = "keeper-operator.dev/owner";
+pub(crate) const OWNER_ANNOTATION: &str = "keeper-operator.dev/owner";
 /// Annotation with the keyed hash of the data the operator last wrote.
-pub const DATA_HASH_ANNOTATION: &str = "keeper-operator.dev/data-hash";
+pub(crate) const DATA_HASH_ANNOTATION: &str = "keeper-operator.dev/data-hash";
 /// Annotation listing the data keys the operator wrote (comma-separated, sorted).
-pub const KEYS_ANNOTATION: &str = "keeper-operator.dev/keys";
+pub(crate) const KEYS_ANNOTATION: &str = "keeper-operator.dev/keys";
 /// Provenance: on a Secret the operator created, the UID of the KeeperSecret it created it
 /// for. Only a Secret carrying this KeeperSecret's UID here is ever deleted, owned or
 /// garbage-collected with it.
 pub const CREATED_FOR_ANNOTATION: &str = "keeper-operator.dev/created-for";
 /// On a Secret someone else created and a KeeperSecret (named here) merges keys into.
-pub const MERGED_BY_ANNOTATION: &str = "keeper-operator.dev/merged-by";
+pub(crate) const MERGED_BY_ANNOTATION: &str = "keeper-operator.dev/merged-by";
 /// The opt-in that only someone who may write a Secret can set: names the KeeperSecret (same
 /// namespace) that may merge into it (creationPolicy Merge) or adopt it (`target.adopt`).
 pub const ALLOW_MERGE_ANNOTATION: &str = "keeper-operator.dev/allow-merge-from";
 /// Annotation and label prefix reserved for the operator: a KeeperSecret may not set it on its
 /// target, so no tenant can forge provenance or an invitation through `target.annotations`.
-pub const RESERVED_PREFIX: &str = "keeper-operator.dev/";
+pub(crate) const RESERVED_PREFIX: &str = "keeper-operator.dev/";
 /// On a KeeperSecret: any new value asks for an immediate sync (answered in
 /// `status.lastHandledReconcileAt`).
 pub const FORCE_SYNC_ANNOTATION: &str = "keeper-operator.dev/force-sync";
 /// Flux's "reconcile now" annotation (`flux reconcile`), honoured like [`FORCE_SYNC_ANNOTATION`].
-pub const FLUX_REQUESTED_AT_ANNOTATION: &str = "reconcile.fluxcd.io/requestedAt";
+pub(crate) const FLUX_REQUESTED_AT_ANNOTATION: &str = "reconcile.fluxcd.io/requestedAt";
 /// Pod-template annotation whose change makes the workload controller roll its pods.
 pub const RESTARTED_AT_ANNOTATION: &str = "keeper-operator.dev/restartedAt";
 /// On a credential Secret while a redeemer holds its one-time token (RFC 3339 time of the claim).
@@ -60,12 +60,12 @@ pub const CLAIM_ANNOTATION: &str = "keeper-operator.dev/token-redemption-started
 /// On a credential Secret once its token was replaced by its config (RFC 3339 time).
 pub const REDEEMED_ANNOTATION: &str = "keeper-operator.dev/token-redeemed-at";
 /// Optional key in the credential Secret: `HOST[:PORT]`, overrides the token's region prefix.
-pub const HOSTNAME_KEY: &str = "hostname";
+pub(crate) const HOSTNAME_KEY: &str = "hostname";
 /// Optional key in the credential Secret: `ID:BASE64URL_POINT`, a custom Keeper server key.
-pub const SERVER_KEY_KEY: &str = "serverPublicKey";
+pub(crate) const SERVER_KEY_KEY: &str = "serverPublicKey";
 
 /// Valid Secret data key.
-pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+pub(crate) const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 
 // Size bounds of a KeeperSecret (characters or items). Every KeeperSecret sits in the
 // operator's watch cache, and every tenant may create them: with these bounds an ASCII spec
@@ -85,11 +85,11 @@ pub const MAX_NOTATION_CHARS: usize = 512;
 /// Workloads in `rolloutRestart`.
 pub const MAX_ROLLOUT_TARGETS: usize = 16;
 /// Labels, and annotations, on the target Secret.
-pub const MAX_TARGET_METADATA: usize = 32;
+pub(crate) const MAX_TARGET_METADATA: usize = 32;
 /// Characters of a label value (Kubernetes' own limit).
-pub const MAX_LABEL_VALUE_CHARS: usize = 63;
+pub(crate) const MAX_LABEL_VALUE_CHARS: usize = 63;
 /// Characters of an annotation value.
-pub const MAX_ANNOTATION_VALUE_CHARS: usize = 1024;
+pub(crate) const MAX_ANNOTATION_VALUE_CHARS: usize = 1024;
 /// Characters of a label or annotation key (a 253-character prefix, '/', a 63-character name).
 pub const MAX_METADATA_KEY_CHARS: usize = 317;
 

@@ -19,13 +19,13 @@ use zeroize::Zeroizing;
 
 /// The `clientVersion` of the Rust SDK 17.3.0, a string the real backend accepts
 /// (docs/dev/protocol.md#payload).
-pub const DEFAULT_CLIENT_VERSION: &str = "mr17.3.0";
+pub(crate) const DEFAULT_CLIENT_VERSION: &str = "mr17.3.0";
 
 /// The largest API reply body read (16 MiB). A `get_secret` for thousands of records with long
 /// notes is a few MiB; anything bigger is refused while streaming, before it is buffered. Sized
 /// for the chart's memory limit: a fetch holds the body about three times (read, decrypted,
 /// decoded), beside the 32 MiB attachment cache and the operator's own working set.
-pub const MAX_RESPONSE_BYTES: u64 = 16 << 20;
+pub(crate) const MAX_RESPONSE_BYTES: u64 = 16 << 20;
 
 /// What AES-GCM adds to a file's content on the wire: a 12-byte nonce and a 16-byte tag.
 const GCM_OVERHEAD: u64 = 28;

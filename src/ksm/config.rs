@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 /// The key id the SDKs use when a config names none (production uses key 10,
 /// docs/dev/protocol.md#server-keys).
-pub const DEFAULT_SERVER_KEY_ID: u32 = 10;
+pub(crate) const DEFAULT_SERVER_KEY_ID: u32 = 10;
 
 /// The keys of a bound config as the official SDKs write it, sorted: what
 /// [`KsmConfig::to_json`] writes for a bound config with a custom server key and owner key. One
@@ -71,7 +71,7 @@ pub struct KsmConfig {
 /// Normalizes a hostname as the SDKs accept it: a region code maps to its domain, an
 /// `https://` prefix or trailing `/` is dropped, and a `:port` is kept
 /// (docs/dev/protocol.md#hosts-and-regions).
-pub fn normalize_hostname(raw: &str) -> Result<String, ConfigError> {
+pub(crate) fn normalize_hostname(raw: &str) -> Result<String, ConfigError> {
     let mut host = raw.trim();
     if let Some(rest) = host
         .get(..8)

@@ -188,7 +188,7 @@ pub fn aes_cbc_decrypt(key: &AesKey, data: &[u8]) -> Result<Zeroizing<Vec<u8>>, 
 }
 
 /// HMAC-SHA512, used to derive the client id from a one-time token's client key.
-pub fn hmac_sha512(key: &[u8], message: &[u8]) -> [u8; 64] {
+pub(crate) fn hmac_sha512(key: &[u8], message: &[u8]) -> [u8; 64] {
     let mut mac =
         <Hmac<Sha512> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
     mac.update(message);
@@ -206,7 +206,7 @@ pub fn client_id(client_key: &[u8]) -> String {
 
 /// Derives an independent 256-bit key from `key` for one purpose (HMAC-SHA512 truncated), so a
 /// key the protocol uses for one thing is never used directly for another.
-pub fn derive_key(key: &AesKey, purpose: &str) -> AesKey {
+pub(crate) fn derive_key(key: &AesKey, purpose: &str) -> AesKey {
     let mac = Zeroizing::new(hmac_sha512(key.as_bytes(), purpose.as_bytes()));
     AesKey::from_slice(&mac[..32]).expect("32 of 64 HMAC bytes")
 }

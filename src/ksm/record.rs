@@ -104,7 +104,7 @@ impl Field {
 /// Field lookup shared by notation and the controller: a label match (case-sensitive) wins over
 /// a type match (case-insensitive); within a kind the first field in record order wins. Repeated
 /// labels are therefore resolved deterministically instead of failing.
-pub fn find_field<'a>(fields: &'a [Field], name: &str) -> Option<&'a Field> {
+pub(crate) fn find_field<'a>(fields: &'a [Field], name: &str) -> Option<&'a Field> {
     fields
         .iter()
         .find(|f| f.matches_label(name))

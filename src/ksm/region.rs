@@ -1,7 +1,7 @@
 //! Keeper regions: the codes accepted as token prefixes and as config hostnames
 //! (docs/dev/protocol.md#hosts-and-regions).
 
-pub const DEFAULT_HOSTNAME: &str = "keepersecurity.com";
+pub(crate) const DEFAULT_HOSTNAME: &str = "keepersecurity.com";
 
 const REGIONS: [(&str, &str); 7] = [
     ("US", "keepersecurity.com"),
@@ -14,7 +14,7 @@ const REGIONS: [(&str, &str); 7] = [
 ];
 
 /// The API hostname of a region code (case-insensitive), e.g. `eu` → `keepersecurity.eu`.
-pub fn region_hostname(code: &str) -> Option<&'static str> {
+pub(crate) fn region_hostname(code: &str) -> Option<&'static str> {
     REGIONS
         .iter()
         .find(|(c, _)| c.eq_ignore_ascii_case(code))
@@ -22,6 +22,6 @@ pub fn region_hostname(code: &str) -> Option<&'static str> {
 }
 
 /// The API hostnames of every known region (the default allowed hosts).
-pub fn region_hostnames() -> impl Iterator<Item = &'static str> {
+pub(crate) fn region_hostnames() -> impl Iterator<Item = &'static str> {
     REGIONS.iter().map(|(_, host)| *host)
 }

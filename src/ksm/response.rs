@@ -81,7 +81,7 @@ fn unwrap_gcm(wrapping: &AesKey, b64: &str) -> Option<AesKey> {
 
 /// The app key from a binding response: `encryptedAppKey` opened with the token's client key,
 /// plus the `appOwnerPublicKey` as sent (docs/dev/protocol.md#binding).
-pub fn decode_binding(
+pub(crate) fn decode_binding(
     client_key: &AesKey,
     plaintext: &[u8],
 ) -> Result<(AesKey, Option<String>), KsmError> {
@@ -484,7 +484,10 @@ fn folder_key(
 
 /// Decodes a decrypted `get_folders` response into folders with names. A folder whose key or
 /// name does not decrypt is still listed (structure is not secret), without a name.
-pub fn decode_folders(app_key: &AesKey, plaintext: &[u8]) -> Result<Vec<SharedFolder>, KsmError> {
+pub(crate) fn decode_folders(
+    app_key: &AesKey,
+    plaintext: &[u8],
+) -> Result<Vec<SharedFolder>, KsmError> {
     let obj = parse_object(plaintext)?;
     let mut raw: HashMap<&str, RawFolder<'_>> = HashMap::new();
     let mut order = Vec::new();

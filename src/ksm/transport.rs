@@ -65,7 +65,7 @@ const SERVER_KEYS: [(u32, &str); 12] = [
 ];
 
 /// The built-in Keeper server key with this id (1–18), if any.
-pub fn builtin_server_key(id: u32) -> Option<PublicKey> {
+pub(crate) fn builtin_server_key(id: u32) -> Option<PublicKey> {
     let id = if (1..=7).contains(&id) { 7 } else { id };
     let (_, text) = SERVER_KEYS.iter().find(|(k, _)| *k == id)?;
     parse_public_key(&b64_decode(text).ok()?).ok()
@@ -73,7 +73,7 @@ pub fn builtin_server_key(id: u32) -> Option<PublicKey> {
 
 /// One encrypted, signed request, ready to POST. The transmission key is fresh per request
 /// (including every retry) and is needed to open the response.
-pub struct SealedRequest {
+pub(crate) struct SealedRequest {
     pub transmission_key: AesKey,
     pub key_id: u32,
     encrypted_key: Vec<u8>,
@@ -157,7 +157,7 @@ fn key_id(value: &Value) -> Option<u32> {
 
 /// `Retry-After`: delay-seconds, or an HTTP-date (all three RFC 9110 forms) measured from `now`.
 /// A date in the past means "now"; anything unreadable is ignored.
-pub fn parse_retry_after(header: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(header: &str, now: SystemTime) -> Option<Duration> {
     let header = header.trim();
     if let Some(delay) = seconds(&Value::from(header)) {
         return Some(delay);
@@ -177,7 +177,11 @@ pub fn parse_retry_after(header: &str, now: SystemTime) -> Option<Duration> {
 ///
 /// A server-supplied delay is capped at [`MAX_RETRY_AFTER`] (KSM-1035): whoever answers cannot
 /// park the client, or the operator's schedule for the credential, for longer.
-pub fn classify_error(status: u16, body: &[u8], retry_after_header: Option<&str>) -> KsmError {
+pub(crate) fn classify_error(
+    status: u16,
+    body: &[u8],
+    retry_after_header: Option<&str>,
+) -> KsmError {
     match classify_uncapped(status, body, retry_after_header) {
         KsmError::Throttled { retry_after } => KsmError::Throttled {
             retry_after: retry_after.map(|d| d.min(MAX_RETRY_AFTER)),
@@ -187,7 +191,7 @@ pub fn classify_error(status: u16, body: &[u8], retry_after_header: Option<&str>
 }
 
 /// The longest delay a throttle answer can ask for (the SDKs' largest backoff step, 11·2^4 s).
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(176);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(176);
 
 fn classify_uncapped(status: u16, body: &[u8], retry_after_header: Option<&str>) -> KsmError {
     let header_delay = || retry_after_header.and_then(|h| parse_retry_after(h, SystemTime::now()));
