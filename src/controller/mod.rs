@@ -75,6 +75,15 @@ pub async fn run<S: KeeperSource>(
             ks.metadata.resource_version = None;
         })
         .reflect(writers.keeper_secrets)
+        .inspect_ok({
+            let caches = ctx.caches.clone();
+            move |event| match event {
+                watcher::Event::Delete(ks) => caches.forget(ks),
+                // A re-list: deletions missed while the watch was down are forgotten too.
+                watcher::Event::InitDone => caches.forget_unlisted(),
+                _ => {}
+            }
+        })
         .applied_objects()
         .try_filter({
             let caches = ctx.caches.clone();
