@@ -138,10 +138,13 @@ pub(super) fn after_build(
                 OnMiss::Wait(after) => Step::Wait(after),
                 OnMiss::Refetch(max_age) => Step::Refetch(max_age, Refetch::Miss),
             };
+            // Remembered only while it may still be a new record (a generation that synced
+            // before fails at once, and has nothing to remember).
+            let first_miss = missed_at.is_none() && !matches!(step, Step::Done);
             return Verdict {
                 step,
                 sighted: Sighted::Unchanged,
-                first_miss: missed_at.is_none(),
+                first_miss,
             };
         }
         Err(_) => return Step::Done.into(),
@@ -279,6 +282,22 @@ mod tests {
         );
         assert!(matches!(v.step, Step::Refetch(_, Refetch::Miss)));
         assert!(!v.first_miss);
+        // A generation that synced before fails at once, and remembers nothing.
+        let mut synced = ks.clone();
+        synced.status = Some(crate::api::KeeperSecretStatus {
+            observed_generation: Some(2),
+            ..Default::default()
+        });
+        let v = after_build(
+            &synced,
+            &missing,
+            &fresh(30),
+            Tried::default(),
+            None,
+            None,
+            at(NOW),
+        );
+        assert!(matches!(v.step, Step::Done) && !v.first_miss);
         // Once read again, the miss is the build's error.
         let mut tried = Tried::default();
         tried.insert(Refetch::Miss);
