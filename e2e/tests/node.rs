@@ -202,6 +202,9 @@ async fn two_shards_split_the_keeper_secrets() -> Result<()> {
             pod.name_any()
         );
     }
+    install
+        .local_shard_caches_its_own_only(&pods, ["db", "db-a"])
+        .await?;
     eprintln!(
         "two shards on {:?}: db synced by {} only, db-a by {} only",
         pods.iter()
@@ -796,6 +799,45 @@ impl Install {
             Ok((ready && runs_image).then(|| pod.clone()))
         })
         .await
+    }
+
+    /// Of `pods` (one per shard, syncing `names` in order), the one on this host's network
+    /// serves /metrics on loopback: the data ages it exports come from its cache, which must
+    /// hold its own KeeperSecret and not the other shard's.
+    async fn local_shard_caches_its_own_only(&self, pods: &[Pod], names: [&str; 2]) -> Result<()> {
+        let local = self.node.nodes()?[0];
+        let on_local =
+            |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(local);
+        let mine = pods
+            .iter()
+            .position(on_local)
+            .context("no shard on this host's node")?;
+        let (own, other) = (names[mine], names[1 - mine]);
+        let token = self
+            .node
+            .cluster
+            .metrics_reader(&self.op_ns, &self.release)
+            .await?;
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let metrics = wait_until(
+            &format!("the data age of {own} in /metrics"),
+            TIMEOUT,
+            || async {
+                let scrape = reqwest::Client::new()
+                    .get(&url)
+                    .bearer_auth(token.secret())
+                    .send()
+                    .await?;
+                let text = scrape.text().await?;
+                Ok(text.contains(&format!("name=\"{own}\"")).then_some(text))
+            },
+        )
+        .await?;
+        ensure!(
+            !metrics.contains(&format!("name=\"{other}\"")),
+            "the shard syncing {own} caches {other} too"
+        );
+        Ok(())
     }
 
     /// The operator Pods that published Events about KeeperSecret `name`, once there are at
