@@ -33,6 +33,11 @@ assert set(d["apiserver_requests_by_phase"]) == {"cold_start", "steady_waves",
 assert d["keeper_calls_per_wave"] <= d["credentials"], d["keeper_calls_per_wave"]
 assert d["keeper_calls_between_waves"] == 0, d["keeper_calls_between_waves"]
 assert d["outage"]["all_secrets_kept"] and d["outage"]["all_ready_throughout"], d["outage"]
+# A restart re-lists and rewrites nothing: no Secret either way, no status while Keeper answers.
+up, down = d["restart_keeper_up"], d["restart_keeper_down"]
+assert up["secrets_rewritten"] == 0 and up["statuses_rewritten"] == 0, up
+assert down["secrets_rewritten"] == 0, down
+assert up["settle_seconds"] >= up["ready_seconds"] > 0, up
 png = open(sys.argv[1].removesuffix(".json") + ".png", "rb").read()
 assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000, "chart written"
 print("bench smoke: all keys present and sane, chart written")

@@ -82,7 +82,7 @@ operator() {
   command -v cargo >/dev/null || die "cargo is required"
   log "operator: cargo build --release"
   (cd "$ROOT" && cargo build --quiet --release --locked -p keeper-operator --bin keeper-operator) >&2
-  local bin="$ROOT/target/release/keeper-operator" work runtime dest lib
+  local bin="${CARGO_TARGET_DIR:-$ROOT/target}/release/keeper-operator" work runtime dest lib
   work=$(mktemp -d)
   trap 'rm -rf "$work"' RETURN
   runtime=$(dockerfile_runtime) || die "cannot read the Dockerfile's final stage"

@@ -9,6 +9,10 @@
 //!
 //! Two replicas on the two nodes: leader election hands over through a `helm upgrade`, no Secret
 //! loses a value, and the new leader syncs.
+//!
+//! Two shards on the two nodes (`sharding.shards: [a]`): each KeeperSecret is synced by its own
+//! shard only, and a shard whose container is killed resumes its KeeperSecrets while the other
+//! shard's are left untouched.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -32,7 +36,7 @@ use keeper_e2e::leak_scan::SecretValues;
 use keeper_e2e::world::{
     POSTGRES, condition, keeper_secret, keeper_secret_manifest, wait_for_reason,
 };
-use keeper_operator::api::{FORCE_SYNC_ANNOTATION, KeeperSecret};
+use keeper_operator::api::{FORCE_SYNC_ANNOTATION, KeeperSecret, SHARD_LABEL};
 use keeper_operator::runtime::leader::LEASE_NAME;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -139,6 +143,135 @@ async fn two_replicas_hand_over_through_an_upgrade() -> Result<()> {
     eprintln!(
         "helm upgrade with two replicas: leader {leader} -> {new_leader}, {most_running} at most at once, no value lost"
     );
+    install.helm(&["uninstall", &install.release])?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_shards_split_the_keeper_secrets() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (node, image) = node_with_image().await?;
+    let install =
+        Install::prepare(node, &image, json!({ "sharding": { "shards": ["a"] } })).await?;
+    install.adopt_kept_crds().await?;
+    let values = install.values.to_str().context("values path")?;
+    install.helm(&["install", &install.release, &chart()?, "--values", values])?;
+    // The default shard takes the unlabelled KeeperSecret, shard a the one labelled for it.
+    let shards = [
+        ("keeper-operator", "db", None),
+        ("keeper-operator-a", "db-a", Some("a")),
+    ];
+    let mut pods = Vec::new();
+    for (app, name, shard) in shards {
+        let pod = install.shard_pod(app, &image).await?;
+        let mut ks = keeper_secret(name, "1h");
+        if let Some(shard) = shard {
+            ks["metadata"]["labels"] = json!({ SHARD_LABEL: shard });
+        }
+        let ks: KeeperSecret = serde_json::from_value(ks)?;
+        install
+            .keeper_secrets()
+            .create(&PostParams::default(), &ks)
+            .await?;
+        pods.push(pod);
+    }
+    for ((_, name, shard), pod) in shards.iter().zip(&pods) {
+        wait_for_reason(
+            &install.keeper_secrets(),
+            name,
+            "Ready",
+            "True",
+            "Synced",
+            TIMEOUT,
+        )
+        .await?;
+        let secret = install.secrets().get(name).await?;
+        ensure!(
+            secret_text(&secret, "password").as_deref() == Some(install.password.as_str()),
+            "Secret {name} does not hold the record's password"
+        );
+        let label = secret.labels().get(SHARD_LABEL).map(String::as_str);
+        ensure!(
+            label == *shard,
+            "Secret {name} carries shard label {label:?}"
+        );
+        let reporters = install.reporters_for(name, 1).await?;
+        ensure!(
+            reporters == BTreeSet::from([pod.name_any()]),
+            "KeeperSecret {name} was reported on by {reporters:?}, not only {}",
+            pod.name_any()
+        );
+    }
+    install
+        .local_shard_caches_its_own_only(&pods, ["db", "db-a"])
+        .await?;
+    eprintln!(
+        "two shards on {:?}: db synced by {} only, db-a by {} only",
+        pods.iter()
+            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+            .collect::<Vec<_>>(),
+        pods[0].name_any(),
+        pods[1].name_any()
+    );
+
+    // Shard a's container killed: the kubelet restarts it, and it syncs a new password into its
+    // Secret on request, while nothing of the default shard's KeeperSecret or Secret is written.
+    let untouched =
+        |ks: &KeeperSecret, secret: &Secret| (ks.resource_version(), secret.resource_version());
+    let before = untouched(
+        &install.keeper_secrets().get("db").await?,
+        &install.secrets().get("db").await?,
+    );
+    let default_restarts = operator_status(&pods[0])?.restart_count;
+    let restarts = operator_status(&pods[1])?.restart_count;
+    let (node, id) = install.container(&pods[1])?;
+    install.node.kill_container(&node, &id)?;
+    wait_until(
+        "shard a's container restarted and Ready",
+        TIMEOUT,
+        || async {
+            let now = install.pods().get(&pods[1].name_any()).await?;
+            let status = operator_status(&now)?;
+            Ok((status.restart_count > restarts && status.ready).then_some(()))
+        },
+    )
+    .await?;
+    let record = install.server.record(POSTGRES)?;
+    install
+        .server
+        .set_record(record.password("rotated-in-shard-a"))?;
+    let force = json!({ "metadata": { "annotations": { FORCE_SYNC_ANNOTATION: "after-kill" } } });
+    install
+        .keeper_secrets()
+        .patch("db-a", &PatchParams::default(), &Patch::Merge(&force))
+        .await?;
+    wait_until("the rotated password in Secret db-a", TIMEOUT, || async {
+        let secret = install.secrets().get("db-a").await?;
+        Ok(
+            (secret_text(&secret, "password").as_deref() == Some("rotated-in-shard-a"))
+                .then_some(()),
+        )
+    })
+    .await?;
+    let after = untouched(
+        &install.keeper_secrets().get("db").await?,
+        &install.secrets().get("db").await?,
+    );
+    ensure!(
+        before == after,
+        "the default shard's objects were written: {before:?} -> {after:?}"
+    );
+    let default_pod = install.pods().get(&pods[0].name_any()).await?;
+    ensure!(
+        operator_status(&default_pod)?.restart_count == default_restarts,
+        "the default shard restarted"
+    );
+    let reporters = install.reporters_for("db-a", 1).await?;
+    ensure!(
+        reporters == BTreeSet::from([pods[1].name_any()]),
+        "KeeperSecret db-a was reported on by {reporters:?}"
+    );
+    eprintln!("shard a killed and resumed; db and its Secret untouched ({after:?})");
     install.helm(&["uninstall", &install.release])?;
     Ok(())
 }
@@ -646,6 +779,83 @@ impl Install {
             node.context("the Pod has no node")?,
             container_id(&id)?.to_string(),
         ))
+    }
+
+    /// Waits for the one operator Pod of the shard whose Pods are `app.kubernetes.io/name=app`,
+    /// Ready and running `image`.
+    async fn shard_pod(&self, app: &str, image: &Image) -> Result<Pod> {
+        let lp = ListParams::default().labels(&format!("app.kubernetes.io/name={app}"));
+        wait_until(&format!("the Ready Pod of {app}"), TIMEOUT, || async {
+            let pods = self.pods().list(&lp).await?.items;
+            let [pod] = pods.as_slice() else {
+                return Ok(None);
+            };
+            let ready = operator_status(pod).is_ok_and(|s| s.ready);
+            let runs_image = pod
+                .spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .any(|c| c.image.as_deref().is_some_and(|i| i.ends_with(image.tag())));
+            Ok((ready && runs_image).then(|| pod.clone()))
+        })
+        .await
+    }
+
+    /// Of `pods` (one per shard, syncing `names` in order), the one on this host's network
+    /// serves /metrics on loopback: the data ages it exports come from its cache, which must
+    /// hold its own KeeperSecret and not the other shard's.
+    async fn local_shard_caches_its_own_only(&self, pods: &[Pod], names: [&str; 2]) -> Result<()> {
+        let local = self.node.nodes()?[0];
+        let on_local =
+            |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(local);
+        let mine = pods
+            .iter()
+            .position(on_local)
+            .context("no shard on this host's node")?;
+        let (own, other) = (names[mine], names[1 - mine]);
+        let token = self
+            .node
+            .cluster
+            .metrics_reader(&self.op_ns, &self.release)
+            .await?;
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let metrics = wait_until(
+            &format!("the data age of {own} in /metrics"),
+            TIMEOUT,
+            || async {
+                let scrape = reqwest::Client::new()
+                    .get(&url)
+                    .bearer_auth(token.secret())
+                    .send()
+                    .await?;
+                let text = scrape.text().await?;
+                Ok(text.contains(&format!("name=\"{own}\"")).then_some(text))
+            },
+        )
+        .await?;
+        ensure!(
+            !metrics.contains(&format!("name=\"{other}\"")),
+            "the shard syncing {own} caches {other} too"
+        );
+        Ok(())
+    }
+
+    /// The operator Pods that published Events about KeeperSecret `name`, once there are at
+    /// least `least` such Events.
+    async fn reporters_for(&self, name: &str, least: usize) -> Result<BTreeSet<String>> {
+        let events: Api<Event> = Api::namespaced(self.node.cluster.client(), &self.app_ns);
+        let lp = ListParams::default().fields(&format!(
+            "involvedObject.kind=KeeperSecret,involvedObject.name={name}"
+        ));
+        wait_until(&format!("Events about {name}"), TIMEOUT, || async {
+            let events = events.list(&lp).await?.items;
+            let reporters = events
+                .iter()
+                .map(|e| e.reporting_instance.clone().unwrap_or_default())
+                .collect();
+            Ok((events.len() >= least).then_some(reporters))
+        })
+        .await
     }
 
     /// The Pod of `pods` that holds the leader Lease (once one does).

@@ -30,6 +30,9 @@ pub(crate) const FILES_FIELD_MANAGER: &str = "keeper-operator.dev/last-good-file
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`].
 pub const MANAGED_BY_VALUE: &str = "keeper-operator";
+/// Label naming the shard that reconciles a KeeperSecret (`--watch-label-selector`); copied to
+/// the Secrets written for it, so each shard's Secret watch sees its own.
+pub const SHARD_LABEL: &str = "sharding.keeper-operator.dev/key";
 /// Annotation naming the KeeperSecret (same namespace) that writes a Secret.
 pub(crate) const OWNER_ANNOTATION: &str = "keeper-operator.dev/owner";
 /// Annotation with the keyed hash of the data the operator last wrote.

@@ -17,7 +17,7 @@
 //! The entries are keyed by a 128-bit digest of the UID and hold fixed-size digests where they
 //! can: at 10,000 KeeperSecrets, one compact map is several MiB less than a map per concern keyed
 //! by UID strings (plus kube's predicate cache). Entries of deleted KeeperSecrets are forgotten
-//! (see [`Caches::never_attempted`]).
+//! when the watch reports them deleted, or does not list them again after a reconnect.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -142,17 +142,6 @@ impl Caches {
         Some(f(lock(&self.known).entry(key).or_default()))
     }
 
-    /// The first fresh answer in which records of `ks` were gone (see [`crate::sync::hold`]).
-    pub fn gone_sighting(&self, ks: &KeeperSecret) -> Option<Sighting> {
-        self.with_known(ks, |k| k.gone.as_deref().cloned())
-            .flatten()
-    }
-
-    /// Remembers (or, with `None`, forgets) the sighting of gone records of `ks`.
-    pub fn set_gone_sighting(&self, ks: &KeeperSecret, sighting: Option<Sighting>) {
-        self.with_known(ks, |k| k.gone = sighting.map(Box::new));
-    }
-
     /// Whether `ks` (from the watch) has a generation, or a sync request, not yet passed to the
     /// reconciler: the controller's predicate, so our own status writes trigger no reconcile
     /// while `kubectl annotate ... keeper-operator.dev/force-sync=...` does. Kept here rather
@@ -178,9 +167,35 @@ impl Caches {
         .unwrap_or(true)
     }
 
+    /// What the memo holds for `ks`, read once at the start of its reconcile.
+    pub fn recall(&self, ks: &KeeperSecret) -> Recall {
+        let generation = ks.metadata.generation.unwrap_or_default();
+        self.with_known(ks, |known| Recall {
+            status: match latest(ks.status.as_ref(), known.written.as_deref()) {
+                Latest::Written(status) => Some(status.clone()),
+                Latest::Cached | Latest::CaughtUp => None,
+            },
+            forced_at: known.forced_at,
+            synced_at: known.synced_at,
+            requested_at: known.requested_at,
+            missed_at: known
+                .missed
+                .and_then(|(g, at)| (g == generation).then_some(at)),
+            gone: known.gone.as_deref().cloned(),
+            verified: known.verified.clone(),
+        })
+        .unwrap_or_default()
+    }
+
     /// The data hash the target Secret of `ks` holds, when the reflector shows it unchanged
-    /// since it was last written or verified for this spec and credential; `None` means "read it".
-    pub fn target_hash(&self, ks: &KeeperSecret, credential: &CredentialKey) -> Option<String> {
+    /// since it was last written or verified (as `recall` remembers) for this spec and
+    /// credential; `None` means "read it".
+    pub fn target_hash(
+        &self,
+        ks: &KeeperSecret,
+        recall: &Recall,
+        credential: &CredentialKey,
+    ) -> Option<String> {
         let seen = self
             .targets
             .get(&ObjectRef::new(&ks.target_name()).within(&ks.namespace()?))?;
@@ -189,88 +204,41 @@ impl Caches {
             ks.metadata.generation,
             credential.fingerprint(),
         );
+        vouched(recall.verified.as_ref()?, &now).map(str::to_string)
+    }
+
+    /// Keeps what one reconcile of `ks` learned: the memo's one update per reconcile.
+    pub fn learn(&self, ks: &KeeperSecret, learned: Learned) {
+        let generation = ks.metadata.generation;
         self.with_known(ks, |known| {
-            vouched(known.verified.as_ref()?, &now).map(str::to_string)
-        })?
-    }
-
-    /// Remembers that `secret` (as returned by the API server) holds data hashing to `hash`.
-    pub fn verified_target(
-        &self,
-        ks: &KeeperSecret,
-        credential: &CredentialKey,
-        secret: &Secret,
-        hash: &str,
-    ) {
-        let Some(rv) = secret.metadata.resource_version.as_deref() else {
-            return;
-        };
-        let verified = Verified {
-            pin: pin(rv, ks.metadata.generation, credential.fingerprint()),
-            hash: hash.into(),
-        };
-        self.with_known(ks, |known| known.verified = Some(verified));
-    }
-
-    /// Remembers the status just written for `ks`.
-    pub fn wrote_status(&self, ks: &KeeperSecret, status: KeeperSecretStatus) {
-        self.with_known(ks, |known| known.written = Some(Box::new(status)));
-    }
-
-    /// Remembers that `ks` synced at `at` without rewriting its status for that.
-    pub fn synced_without_status(&self, ks: &KeeperSecret, at: Timestamp) {
-        self.with_known(ks, |known| known.synced_at = Some(at));
-    }
-
-    /// When the watch first showed the current sync request of `ks`.
-    pub fn requested_at(&self, ks: &KeeperSecret) -> Option<Timestamp> {
-        self.with_known(ks, |known| known.requested_at)?
-    }
-
-    /// When the current generation of `ks` first missed a record or field, remembering `now`
-    /// if it had not yet.
-    pub fn first_miss(&self, ks: &KeeperSecret, now: Timestamp) -> Option<Timestamp> {
-        let generation = ks.metadata.generation.unwrap_or_default();
-        self.with_known(ks, |known| match known.missed {
-            Some((g, at)) if g == generation => at,
-            _ => {
-                known.missed = Some((generation, now));
-                now
+            let Learned {
+                target,
+                status,
+                synced_at,
+                forced_at,
+                missed_at,
+                gone,
+            } = learned;
+            if let Some((resource_version, credential, hash)) = target {
+                known.verified = Some(Verified {
+                    pin: pin(&resource_version, generation, &credential),
+                    hash,
+                });
             }
-        })
-    }
-
-    /// When a requested sync of `ks` last ran, if one did since the operator started.
-    pub fn forced_at(&self, ks: &KeeperSecret) -> Option<Timestamp> {
-        self.with_known(ks, |known| known.forced_at)?
-    }
-
-    /// Remembers that a requested sync of `ks` runs at `at`.
-    pub fn forced(&self, ks: &KeeperSecret, at: Timestamp) {
-        self.with_known(ks, |known| known.forced_at = Some(at));
-    }
-
-    /// The last sync of `ks` that its status does not show, if any.
-    pub fn synced_at(&self, ks: &KeeperSecret) -> Option<Timestamp> {
-        self.with_known(ks, |known| known.synced_at)?
-    }
-
-    /// Gives `ks` (from the reflector) the status last written for it, if the reflector has
-    /// not caught up with that write yet.
-    pub fn with_latest_status(&self, ks: &mut KeeperSecret) {
-        let latest = self.with_known(ks, |known| {
-            match latest(ks.status.as_ref(), known.written.as_deref()) {
-                Latest::Cached => None,
-                Latest::CaughtUp => {
-                    known.written = None;
-                    None
-                }
-                Latest::Written(status) => Some(status.clone()),
+            if let Some(status) = status {
+                known.written = Some(Box::new(status));
+            }
+            known.synced_at = synced_at.or(known.synced_at);
+            known.forced_at = forced_at.or(known.forced_at);
+            if let Some(at) = missed_at {
+                known.missed = Some((generation.unwrap_or_default(), at));
+            }
+            match gone {
+                Sighted::Unchanged => {}
+                Sighted::Forget => known.gone = None,
+                Sighted::First(sighting) => known.gone = Some(Box::new(sighting)),
             }
         });
-        if let Some(Some(status)) = latest {
-            ks.status = Some(status);
-        }
     }
 
     /// Forgets the status written for `ks` once the watch delivers it, so only writes still in
@@ -284,25 +252,118 @@ impl Caches {
         });
     }
 
-    /// How many KeeperSecrets have never been reconciled (no status yet). Recounted at most
-    /// once per [`BACKLOG_EVERY`]; each count also forgets entries of deleted KeeperSecrets.
-    pub fn never_attempted(&self) -> usize {
+    /// How many KeeperSecrets have never been reconciled (no status yet), recounted at most
+    /// once per [`BACKLOG_EVERY`] (a count scans every KeeperSecret).
+    pub fn backlog(&self) -> usize {
         let mut backlog = lock(&self.backlog);
         if let Some((at, n)) = *backlog
             && at.elapsed() < BACKLOG_EVERY
         {
             return n;
         }
-        let all = self.keeper_secrets.state();
-        let n = all.iter().filter(|ks| ks.status.is_none()).count();
-        let live: HashSet<UidKey> = all
+        let n = self
+            .keeper_secrets
+            .state()
+            .iter()
+            .filter(|ks| ks.status.is_none())
+            .count();
+        *backlog = Some((Instant::now(), n));
+        n
+    }
+
+    /// Forgets what the memo holds for a deleted KeeperSecret.
+    pub fn forget(&self, ks: &KeeperSecret) {
+        if let Some(uid) = ks.metadata.uid.as_deref() {
+            lock(&self.known).remove(&uid_key(uid));
+        }
+    }
+
+    /// Forgets every entry whose KeeperSecret the reflector no longer holds: after a re-list,
+    /// deletions the watch missed while it was disconnected.
+    pub fn forget_unlisted(&self) {
+        let live: HashSet<UidKey> = self
+            .keeper_secrets
+            .state()
             .iter()
             .filter_map(|ks| ks.metadata.uid.as_deref().map(uid_key))
             .collect();
         lock(&self.known).retain(|key, _| live.contains(key));
-        *backlog = Some((Instant::now(), n));
-        n
     }
+}
+
+/// What the memo held for one KeeperSecret when its reconcile started ([`Caches::recall`]).
+#[derive(Debug, Default)]
+pub struct Recall {
+    /// The status last written, when the reflector's copy lags behind it.
+    pub status: Option<KeeperSecretStatus>,
+    /// When a requested sync last ran, if one did since the operator started.
+    pub forced_at: Option<Timestamp>,
+    /// The last sync that the status does not show, if any.
+    pub synced_at: Option<Timestamp>,
+    /// When the watch first showed the current sync request.
+    pub requested_at: Option<Timestamp>,
+    /// When the current generation first missed a record or field.
+    pub missed_at: Option<Timestamp>,
+    /// The first fresh answer in which records were gone (see [`crate::sync::hold`]).
+    pub gone: Option<Sighting>,
+    verified: Option<Verified>,
+}
+
+/// What one reconcile learned, kept by [`Caches::learn`].
+#[derive(Debug, Default)]
+pub struct Learned {
+    /// The target Secret's `resourceVersion`, the fingerprint of the credential its hash is
+    /// keyed by, and that hash: it was written or read and verified.
+    target: Option<(String, [u8; 32], Box<str>)>,
+    /// The status written.
+    pub status: Option<KeeperSecretStatus>,
+    /// A sync whose status was not rewritten for it alone.
+    pub synced_at: Option<Timestamp>,
+    /// A requested sync ran.
+    pub forced_at: Option<Timestamp>,
+    /// The current generation missed a record or field for the first time.
+    pub missed_at: Option<Timestamp>,
+    /// What to keep of gone records.
+    gone: Sighted,
+}
+
+impl Learned {
+    /// The first sighting of gone records as of now: what this reconcile learned, else what
+    /// the memo recalled.
+    pub fn sighting<'a>(&'a self, recall: &'a Recall) -> Option<&'a Sighting> {
+        match &self.gone {
+            Sighted::Unchanged => recall.gone.as_ref(),
+            Sighted::Forget => None,
+            Sighted::First(sighting) => Some(sighting),
+        }
+    }
+
+    /// Keeps what a build taught of gone records (nothing new keeps what was learned before).
+    pub fn sighted(&mut self, sighted: Sighted) {
+        if !matches!(sighted, Sighted::Unchanged) {
+            self.gone = sighted;
+        }
+    }
+
+    /// `secret` (as returned by the API server) holds data hashing to `hash`, keyed by
+    /// `credential`.
+    pub fn verified(&mut self, credential: &CredentialKey, secret: &Secret, hash: &str) {
+        if let Some(rv) = &secret.metadata.resource_version {
+            self.target = Some((rv.clone(), *credential.fingerprint(), hash.into()));
+        }
+    }
+}
+
+/// What a reconcile learned of records gone from Keeper.
+#[derive(Debug, Default)]
+pub enum Sighted {
+    /// Nothing new.
+    #[default]
+    Unchanged,
+    /// None is gone any more.
+    Forget,
+    /// The first fresh answer that lacked them.
+    First(Sighting),
 }
 
 /// Each synced KeeperSecret's fetch time: its status `lastSyncTime`, or the later sync that the
@@ -333,7 +394,7 @@ fn vouched<'a>(entry: &'a Verified, now: &Pin) -> Option<&'a str> {
 enum Latest<'a> {
     /// Nothing was written since the reflector's copy: use it.
     Cached,
-    /// The reflector shows what was written: use it and forget the write.
+    /// The reflector shows what was written: use it (the watch forgets the write).
     CaughtUp,
     /// The reflector lags behind this write. The operator is the status's only writer (one
     /// leader), so its last write is the truth.
@@ -456,8 +517,13 @@ mod tests {
                 .keeper_secrets
                 .apply_watcher_event(&watcher::Event::Apply(k.clone()));
         }
-        caches.synced_without_status(&db, t(1_300));
-        caches.synced_without_status(&quiet, t(900));
+        for (k, at) in [(&db, 1_300), (&quiet, 900)] {
+            let learned = Learned {
+                synced_at: Some(t(at)),
+                ..Learned::default()
+            };
+            caches.learn(k, learned);
+        }
         let mut times = caches.data_times();
         times.sort();
         assert_eq!(
@@ -471,6 +537,34 @@ mod tests {
     }
 
     #[test]
+    fn entries_of_deleted_keeper_secrets_are_forgotten() {
+        let (caches, mut writers) = Caches::new();
+        let ks = |uid: &str| {
+            let mut ks = crate::api::test_keeper_secret();
+            ks.metadata.uid = Some(uid.into());
+            ks
+        };
+        let forced = |at| Learned {
+            forced_at: Some(Timestamp::from_second(at).unwrap()),
+            ..Learned::default()
+        };
+        let (kept, deleted, missed) = (ks("u1"), ks("u2"), ks("u3"));
+        for k in [&kept, &deleted, &missed] {
+            caches.learn(k, forced(1));
+        }
+        // The watch reports a deletion.
+        caches.forget(&deleted);
+        assert_eq!(caches.recall(&deleted).forced_at, None);
+        // After a re-list, what the list no longer holds goes too.
+        writers
+            .keeper_secrets
+            .apply_watcher_event(&watcher::Event::Apply(kept.clone()));
+        caches.forget_unlisted();
+        assert_eq!(caches.recall(&missed).forced_at, None);
+        assert!(caches.recall(&kept).forced_at.is_some());
+    }
+
+    #[test]
     fn a_written_status_is_forgotten_once_the_watch_delivers_it() {
         let (caches, _writers) = Caches::new();
         let mut ks = crate::api::test_keeper_secret();
@@ -479,12 +573,14 @@ mod tests {
             data_hash: Some("h".into()),
             ..KeeperSecretStatus::default()
         };
-        caches.wrote_status(&ks, written.clone());
+        let learned = Learned {
+            status: Some(written.clone()),
+            ..Learned::default()
+        };
+        caches.learn(&ks, learned);
         // An older copy (the watch lags behind the write) keeps the write remembered.
         caches.observed(&ks);
-        let mut lagging = ks.clone();
-        caches.with_latest_status(&mut lagging);
-        assert_eq!(lagging.status.as_ref(), Some(&written));
+        assert_eq!(caches.recall(&ks).status.as_ref(), Some(&written));
         // Once the watch shows the write, it is forgotten.
         ks.status = Some(written);
         caches.observed(&ks);

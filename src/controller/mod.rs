@@ -8,6 +8,11 @@
 //!   maps back to its KeeperSecret through the owner annotation, which every policy (Owner,
 //!   Orphan, Merge) sets — so deleted or hand-edited targets are restored promptly. Their
 //!   `resourceVersion`s also spare the reconciler reading a Secret that has not changed.
+//! - A shard (`--watch-label-selector`) watches only its KeeperSecrets, and only the Secrets
+//!   carrying its value of [`SHARD_LABEL`], which the reconciler copies from the KeeperSecret.
+//!   A Secret not (yet) labelled so, e.g. written before sharding was turned on, is seen once its
+//!   KeeperSecret's next write labels it; until then only a change to the KeeperSecret, or its
+//!   refresh, repairs it.
 
 #[cfg(test)]
 pub mod fixtures;
@@ -33,11 +38,20 @@ use tracing::{debug, warn};
 
 use crate::api::{
     FLUX_REQUESTED_AT_ANNOTATION, FORCE_SYNC_ANNOTATION, KeeperSecret, MANAGED_BY_LABEL,
-    MANAGED_BY_VALUE, OWNER_ANNOTATION,
+    MANAGED_BY_VALUE, OWNER_ANNOTATION, SHARD_LABEL,
 };
+use crate::cli::selector::LabelSelector;
 use crate::controller::memo::Writers;
 use crate::controller::reconcile::{Context, error_policy, reconcile};
 use crate::keeper::KeeperSource;
+
+/// The KeeperSecrets one operator reconciles.
+pub struct Scope<'a> {
+    /// One namespace, or all of them.
+    pub namespace: Option<&'a str>,
+    /// Only those whose labels match (a shard); empty matches all.
+    pub selector: &'a LabelSelector,
+}
 
 /// Runs the controller until `shutdown` resolves, feeding the reflectors of `ctx.caches`
 /// through `writers`, and with `store_status` the ClusterKeeperStore status pass. The
@@ -45,7 +59,7 @@ use crate::keeper::KeeperSource;
 pub async fn run<S: KeeperSource>(
     ctx: Arc<Context<S>>,
     writers: Writers,
-    watch_namespace: Option<&str>,
+    scope: Scope<'_>,
     store_status: bool,
     concurrency: u16,
     on_store: impl FnOnce(Store<KeeperSecret>),
@@ -53,7 +67,7 @@ pub async fn run<S: KeeperSource>(
 ) {
     let client: Client = ctx.client.clone();
     let (keeper_secrets, secrets): (Api<KeeperSecret>, Api<PartialObjectMeta<Secret>>) =
-        match watch_namespace {
+        match scope.namespace {
             Some(ns) => (
                 Api::namespaced(client.clone(), ns),
                 Api::namespaced(client, ns),
@@ -62,7 +76,11 @@ pub async fn run<S: KeeperSource>(
         };
     let reader = writers.keeper_secrets.as_reader();
     on_store(reader.clone());
-    let main = watcher(keeper_secrets, watcher::Config::default().any_semantic())
+    let mut config = watcher::Config::default().any_semantic();
+    if !scope.selector.is_empty() {
+        config = config.labels(&scope.selector.to_string());
+    }
+    let main = watcher(keeper_secrets, config)
         .default_backoff()
         .modify(|ks| {
             // The sync-request annotations are the only ones the reconciler reads.
@@ -75,6 +93,15 @@ pub async fn run<S: KeeperSource>(
             ks.metadata.resource_version = None;
         })
         .reflect(writers.keeper_secrets)
+        .inspect_ok({
+            let caches = ctx.caches.clone();
+            move |event| match event {
+                watcher::Event::Delete(ks) => caches.forget(ks),
+                // A re-list: deletions missed while the watch was down are forgotten too.
+                watcher::Event::InitDone => caches.forget_unlisted(),
+                _ => {}
+            }
+        })
         .applied_objects()
         .try_filter({
             let caches = ctx.caches.clone();
@@ -83,11 +110,12 @@ pub async fn run<S: KeeperSource>(
                 future::ready(caches.new_generation(ks))
             }
         });
-    let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
     let mut targets_store = writers.targets;
     let targets = watcher(
         secrets,
-        watcher::Config::default().labels(&managed).any_semantic(),
+        watcher::Config::default()
+            .labels(&target_selector(scope.selector))
+            .any_semantic(),
     )
     .default_backoff()
     .modify(|meta| slim(&mut meta.metadata, &[OWNER_ANNOTATION]))
@@ -99,10 +127,13 @@ pub async fn run<S: KeeperSource>(
     .touched_objects();
     // Store status runs beside the controller (so only on the leader) and stops with it.
     let stores = store_status.then(|| tokio::spawn(stores::run(ctx.clone(), reader.clone())));
-    Controller::for_stream(main, reader)
-        .watches_stream(targets, |meta| {
+    Controller::for_stream(main, reader.clone())
+        .watches_stream(targets, move |meta| {
             let owner = meta.annotations().get(OWNER_ANNOTATION)?;
-            Some(ObjectRef::<KeeperSecret>::new(owner).within(&meta.namespace()?))
+            let ks = ObjectRef::<KeeperSecret>::new(owner).within(&meta.namespace()?);
+            // Another shard's KeeperSecret (a selector on other labels than the sharding key,
+            // or one just relabelled) is not ours to reconcile.
+            reader.get(&ks).map(|_| ks)
         })
         .with_config(kube::runtime::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
@@ -118,6 +149,18 @@ pub async fn run<S: KeeperSource>(
         .await;
     if let Some(stores) = stores {
         stores.abort();
+    }
+}
+
+/// The managed Secrets a shard watches: those carrying the selector's terms on [`SHARD_LABEL`],
+/// the one label of the KeeperSecret that its Secrets carry too.
+fn target_selector(selector: &LabelSelector) -> String {
+    let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
+    let shard = selector.on_key(SHARD_LABEL);
+    if shard.is_empty() {
+        managed
+    } else {
+        format!("{managed},{shard}")
     }
 }
 
@@ -141,8 +184,8 @@ where
 /// What the reflectors keep of an object's metadata: only what the operator reads. Everything
 /// else — managedFields, GitOps tools' labels and annotations, kubectl's last-applied copy — is
 /// dropped, which keeps memory small at scale and means a Merge-policy Secret applied with
-/// kubectl never brings its values (in last-applied) into the cache. `annotation` is the one
-/// annotation kept, if any.
+/// kubectl never brings its values (in last-applied) into the cache. `keep` lists the
+/// annotations kept; the one label kept is [`SHARD_LABEL`], which the reconciler copies.
 fn slim(meta: &mut ObjectMeta, keep: &[&str]) {
     let annotations: BTreeMap<String, String> = keep
         .iter()
@@ -152,6 +195,10 @@ fn slim(meta: &mut ObjectMeta, keep: &[&str]) {
         })
         .collect();
     let annotations = (!annotations.is_empty()).then_some(annotations);
+    let labels = meta
+        .labels
+        .as_mut()
+        .and_then(|l| l.remove_entry(SHARD_LABEL));
     *meta = ObjectMeta {
         name: meta.name.take(),
         namespace: meta.namespace.take(),
@@ -160,6 +207,7 @@ fn slim(meta: &mut ObjectMeta, keep: &[&str]) {
         generation: meta.generation.take(),
         creation_timestamp: meta.creation_timestamp.take(),
         deletion_timestamp: meta.deletion_timestamp.take(),
+        labels: labels.map(|shard| BTreeMap::from([shard])),
         annotations,
         ..ObjectMeta::default()
     };
@@ -194,7 +242,13 @@ mod tests {
             resource_version: Some("42".into()),
             generation: Some(3),
             managed_fields: Some(vec![Default::default()]),
-            labels: Some([("app".to_string(), "db".to_string())].into()),
+            labels: Some(
+                [
+                    ("app".to_string(), "db".to_string()),
+                    (SHARD_LABEL.to_string(), "a".to_string()),
+                ]
+                .into(),
+            ),
             owner_references: Some(vec![Default::default()]),
             annotations: Some(
                 [
@@ -216,6 +270,7 @@ mod tests {
             uid: Some("u-1".into()),
             resource_version: Some("42".into()),
             generation: Some(3),
+            labels: Some([(SHARD_LABEL.to_string(), "a".to_string())].into()),
             annotations: Some([(OWNER_ANNOTATION.to_string(), "db".to_string())].into()),
             ..ObjectMeta::default()
         };
@@ -233,6 +288,22 @@ mod tests {
         let mut kept = asked.clone();
         slim(&mut kept, &[FORCE_SYNC_ANNOTATION]);
         assert_eq!(kept, asked, "a sync request survives");
+    }
+
+    #[test]
+    fn a_shard_watches_the_secrets_labelled_for_it() {
+        let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
+        let of = |s: &str| target_selector(&LabelSelector::parse(s).unwrap());
+        assert_eq!(of(""), managed);
+        assert_eq!(of("team=web"), managed, "other labels are not on Secrets");
+        assert_eq!(
+            of(&format!("!{SHARD_LABEL}")),
+            format!("{managed},!{SHARD_LABEL}")
+        );
+        assert_eq!(
+            of(&format!("team=web,{SHARD_LABEL}=a")),
+            format!("{managed},{SHARD_LABEL}=a")
+        );
     }
 
     #[test]

@@ -15,14 +15,30 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-/// Name of the Lease in the operator namespace that replicas elect on.
+use crate::cli::selector::LabelSelector;
+
+/// Name of the Lease in the operator namespace that replicas elect on (without a
+/// `--watch-label-selector`; see [`lease_name`]).
 pub const LEASE_NAME: &str = "keeper-operator-leader";
 /// How long a Lease is valid without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// How often the holder renews and candidates retry.
 pub const RETRY_PERIOD: Duration = Duration::from_secs(2);
+
+/// PURE: the Lease of the replicas watching `selector`: [`LEASE_NAME`] for everything, else
+/// [`LEASE_NAME`] and a digest of the selector's canonical form. Each shard elects on its own
+/// Lease with no name to configure, and no two shards can share one by mistake.
+pub fn lease_name(selector: &LabelSelector) -> String {
+    if selector.is_empty() {
+        return LEASE_NAME.to_string();
+    }
+    let digest = Sha256::digest(selector.to_string().as_bytes());
+    let hex: String = digest[..5].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{LEASE_NAME}-{hex}")
+}
 
 /// `leader`: whether this replica runs the controller; clones share the gauge.
 #[derive(Clone)]
@@ -216,6 +232,25 @@ impl Elector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_selector_has_a_lease_of_its_own() {
+        let lease = |s: &str| lease_name(&LabelSelector::parse(s).unwrap());
+        assert_eq!(
+            lease(""),
+            LEASE_NAME,
+            "an unsharded operator keeps its Lease"
+        );
+        let default = lease("!sharding.keeper-operator.dev/key");
+        let a = lease("sharding.keeper-operator.dev/key=a");
+        let b = lease("sharding.keeper-operator.dev/key=b");
+        assert!(default != a && a != b && default != b);
+        assert_eq!(a, lease("sharding.keeper-operator.dev/key == a"));
+        assert!(
+            a.starts_with("keeper-operator-leader-") && a.len() <= 63,
+            "{a}"
+        );
+    }
 
     fn lease(holder: Option<&str>, renewed: i64) -> LeaseSpec {
         LeaseSpec {

@@ -3,24 +3,27 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::Store;
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::cli::RunArgs;
-use crate::controller;
-use crate::controller::memo::Caches;
+use crate::controller::memo::{Caches, Writers};
+use crate::controller::metrics::{DataAges, ReconcileMetrics};
 use crate::controller::reconcile::{Context, Settings};
+use crate::controller::{self, Scope};
 use crate::k8s::Events;
+use crate::k8s::rollout::RolloutMetrics;
+use crate::keeper::KeeperMetrics;
 use crate::keeper::fetcher::FetchSettings;
 use crate::keeper::fetcher::sealed::SnapshotStore;
 use crate::keeper::fetcher::secret_store::SecretStore;
 use crate::keeper::{SharedKeeper, client_options};
-use crate::runtime::leader::{Elector, LEASE_NAME};
+use crate::runtime::leader::{Elector, LeaderGauge, lease_name};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::metrics_auth::{KubeReviewer, MetricsAuth};
 use crate::runtime::{http, telemetry};
@@ -30,80 +33,23 @@ use crate::runtime::{http, telemetry};
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format, &args.log_level)
         .map_err(|e| anyhow::anyhow!("--log-level: {e}"))?;
-    if args.default_refresh_interval.is_negative() {
-        bail!("--default-refresh-interval must not be negative");
-    }
-    if args.rollout_debounce.is_negative() {
-        bail!("--rollout-debounce must not be negative");
-    }
-    if args.max_stale_age.is_negative() {
-        bail!("--max-stale-age must not be negative");
-    }
-    let extra_ca_pem = match &args.keeper_ca_file {
-        Some(path) => Some(
-            std::fs::read(path)
-                .with_context(|| format!("reading --keeper-ca-file {}", path.display()))?,
-        ),
-        None => None,
-    };
     let client = kube_client().await?;
     let Metrics {
         registry,
-        reconcile: reconcile_metrics,
+        reconcile,
         keeper: keeper_metrics,
-        rollouts: rollout_metrics,
+        rollouts,
         leader,
         data_ages,
     } = Metrics::default();
-    let identity = std::env::var("POD_NAME")
-        .unwrap_or_else(|_| format!("keeper-operator-{}", std::process::id()));
-    let elector = match (args.leader_elect, &args.operator_namespace) {
-        (false, _) => None,
-        (true, Some(ns)) => Some(Arc::new(Elector::new(
-            client.clone(),
-            ns,
-            LEASE_NAME,
-            identity.clone(),
-        ))),
-        (true, None) => {
-            bail!("--leader-elect needs --operator-namespace (or POD_NAMESPACE) for its Lease")
-        }
-    };
+    let identity = identity();
+    let elector = elector(&args, &client, &identity)?;
+    let keeper = shared_keeper(&args, &client, keeper_metrics)?;
 
     // Cancelled on SIGTERM/SIGINT; every task's shutdown hangs off it.
     let shutdown = shutdown_token();
     let ready = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind(args.metrics_bind_address)
-        .await
-        .with_context(|| {
-            format!(
-                "binding --metrics-bind-address {}",
-                args.metrics_bind_address
-            )
-        })?;
-    info!(
-        address = %args.metrics_bind_address,
-        metrics_auth = args.metrics_auth,
-        "serving /metrics, /healthz, /readyz"
-    );
-    let metrics_auth = args.metrics_auth.then(|| {
-        Arc::new(MetricsAuth::new(Box::new(KubeReviewer::new(
-            client.clone(),
-        ))))
-    });
-    let server = tokio::spawn(
-        axum::serve(
-            listener,
-            http::router(http::Health {
-                ready: ready.clone(),
-                metrics: Arc::new(registry),
-                metrics_auth,
-            }),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future(),
-    );
-
+    let server = serve(&args, &client, registry, ready.clone(), &shutdown).await?;
     if let Some(elector) = &elector {
         // A standby is healthy: it is ready to take over.
         ready.store(true, Ordering::Relaxed);
@@ -114,17 +60,112 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     leader.set(true);
 
-    let settings = Settings {
-        default_refresh_interval: args.default_refresh_interval.into(),
-        operator_namespace: args.operator_namespace.clone(),
-        rollout_debounce: args.rollout_debounce.into(),
-        max_stale_age: args.max_stale_age.into(),
-        forced_sync_spacing: crate::sync::refresh::FORCED_SYNC_SPACING,
-    };
+    let (ctx, writers) = context(
+        &args,
+        client,
+        keeper,
+        identity,
+        (reconcile, rollouts),
+        &data_ages,
+    );
+
+    // Losing the Lease stops the controller like a shutdown does, but the process then fails.
+    let controller_stop = shutdown.child_token();
+    let lost = stop_when_lost(elector.clone(), controller_stop.clone());
+    let until = stepped_down(controller_stop, ready.clone(), leader);
+    let (scope, store_status) = scope(&args);
+    let on_store = mark_ready_when_synced(ready.clone());
+    controller::run(
+        ctx,
+        writers,
+        scope,
+        store_status,
+        args.concurrency,
+        on_store,
+        until,
+    )
+    .await;
+
+    if lost.load(Ordering::Relaxed) {
+        bail!("lost leadership; exiting so a fresh candidate takes its place");
+    }
+    if let Some(elector) = &elector {
+        elector.release().await;
+    }
+    finish(server).await
+}
+
+/// Names this replica in its Lease and its Events: the Pod's name.
+fn identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| format!("keeper-operator-{}", std::process::id()))
+}
+
+/// The reconciler's context, and the writers of the caches its controller's reflectors fill.
+fn context(
+    args: &RunArgs,
+    client: kube::Client,
+    keeper: SharedKeeper,
+    identity: String,
+    (reconcile, rollouts): (ReconcileMetrics, RolloutMetrics),
+    data_ages: &DataAges,
+) -> (Arc<Context<SharedKeeper>>, Writers) {
+    let (caches, writers) = Caches::new();
+    let caches = Arc::new(caches);
+    data_ages.watch(caches.clone());
     let reporter = Reporter {
         controller: "keeper-operator".into(),
         instance: Some(identity),
     };
+    let events = Events::start(client.clone(), reporter);
+    let ctx = Context::new(
+        client,
+        keeper,
+        events,
+        reconcile,
+        rollouts,
+        settings(args),
+        caches,
+    );
+    (Arc::new(ctx), writers)
+}
+
+/// What the controller watches, and whether it keeps ClusterKeeperStore status: by default only
+/// when it sees every KeeperSecret, since a namespaced operator or a shard sees only some of a
+/// store's borrowers.
+fn scope(args: &RunArgs) -> (Scope<'_>, bool) {
+    let namespace = Some(args.watch_namespace.as_str()).filter(|ns| !ns.is_empty());
+    let everything = namespace.is_none() && args.watch_label_selector.is_empty();
+    let scope = Scope {
+        namespace,
+        selector: &args.watch_label_selector,
+    };
+    (scope, args.store_status.unwrap_or(everything))
+}
+
+/// With `--leader-elect`, the elector on this selector's Lease (one per shard).
+fn elector(
+    args: &RunArgs,
+    client: &kube::Client,
+    identity: &str,
+) -> anyhow::Result<Option<Arc<Elector>>> {
+    if !args.leader_elect {
+        return Ok(None);
+    }
+    let Some(namespace) = &args.operator_namespace else {
+        bail!("--leader-elect needs --operator-namespace (or POD_NAMESPACE) for its Lease");
+    };
+    let lease = lease_name(&args.watch_label_selector);
+    info!(%lease, selector = %args.watch_label_selector, "electing a leader");
+    let elector = Elector::new(client.clone(), namespace, &lease, identity.to_string());
+    Ok(Some(Arc::new(elector)))
+}
+
+/// The shared Keeper fetchers, with the last good copy sealed in the operator namespace.
+fn shared_keeper(
+    args: &RunArgs,
+    client: &kube::Client,
+    metrics: KeeperMetrics,
+) -> anyhow::Result<SharedKeeper> {
     let store: Option<Arc<dyn SnapshotStore>> =
         match (&args.operator_namespace, args.persist_last_good) {
             (Some(ns), true) => Some(Arc::new(SecretStore::new(client.clone(), ns))),
@@ -138,78 +179,73 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
     let fetch_settings = FetchSettings {
         budget_requests: args.keeper_budget_requests,
-        budget_window: Some(args.keeper_budget_window)
-            .filter(|w| !w.is_negative())
-            .map(Duration::from)
-            .filter(|w| !w.is_zero())
-            .context("--keeper-budget-window must be a positive duration")?,
-        max_refused_age: args.max_stale_age.into(),
+        budget_window: args.keeper_budget_window,
+        max_refused_age: args.max_stale_age,
         ..FetchSettings::default()
     };
     let allowed_hosts = args.allowed_hosts().context("--keeper-allowed-hosts")?;
-    let keeper = SharedKeeper::new(
+    let extra_ca_pem = args.keeper_ca_file.as_ref().map(|ca| ca.pem.clone());
+    SharedKeeper::new(
         client_options(extra_ca_pem, allowed_hosts),
         fetch_settings,
         store,
-        keeper_metrics,
+        metrics,
     )
-    .context("--keeper-ca-file")?;
-    let events = Events::start(client.clone(), reporter);
-    let (caches, writers) = Caches::new();
-    let caches = Arc::new(caches);
-    data_ages.watch(caches.clone());
-    let ctx = Arc::new(Context::new(
-        client,
-        keeper,
-        events,
-        reconcile_metrics,
-        rollout_metrics,
-        settings,
-        caches,
-    ));
+    .context("--keeper-ca-file")
+}
 
-    // Losing the Lease stops the controller like a shutdown does, but the process then fails.
-    let controller_stop = shutdown.child_token();
+fn settings(args: &RunArgs) -> Settings {
+    Settings {
+        default_refresh_interval: args.default_refresh_interval,
+        operator_namespace: args.operator_namespace.clone(),
+        rollout_debounce: args.rollout_debounce,
+        max_stale_age: args.max_stale_age,
+        forced_sync_spacing: crate::sync::refresh::FORCED_SYNC_SPACING,
+    }
+}
+
+/// Binds `--metrics-bind-address` and serves /metrics, /healthz and /readyz until shutdown.
+async fn serve(
+    args: &RunArgs,
+    client: &kube::Client,
+    registry: Registry,
+    ready: Arc<AtomicBool>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Server> {
+    let address = args.metrics_bind_address;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding --metrics-bind-address {address}"))?;
+    info!(%address, metrics_auth = args.metrics_auth, "serving /metrics, /healthz, /readyz");
+    let metrics_auth = args.metrics_auth.then(|| {
+        Arc::new(MetricsAuth::new(Box::new(KubeReviewer::new(
+            client.clone(),
+        ))))
+    });
+    let router = http::router(http::Health {
+        ready,
+        metrics: Arc::new(registry),
+        metrics_auth,
+    });
+    Ok(tokio::spawn(
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
+    ))
+}
+
+/// Cancels `stop` once `elector` (if any) loses its Lease; the flag tells that from a shutdown.
+fn stop_when_lost(elector: Option<Arc<Elector>>, stop: CancellationToken) -> Arc<AtomicBool> {
     let lost = Arc::new(AtomicBool::new(false));
-    if let Some(elector) = elector.clone() {
-        let (stop, lost) = (controller_stop.clone(), lost.clone());
+    if let Some(elector) = elector {
+        let lost = lost.clone();
         tokio::spawn(async move {
             elector.keep().await;
             lost.store(true, Ordering::Relaxed);
             stop.cancel();
         });
     }
-    let until = {
-        let ready = ready.clone();
-        async move {
-            controller_stop.cancelled().await;
-            ready.store(false, Ordering::Relaxed);
-            leader.set(false);
-        }
-    };
-    let watch_namespace = Some(args.watch_namespace.as_str()).filter(|ns| !ns.is_empty());
-    let store_status = args.store_status.unwrap_or(watch_namespace.is_none());
-    controller::run(
-        ctx,
-        writers,
-        watch_namespace,
-        store_status,
-        args.concurrency,
-        {
-            let mark_ready = mark_ready_when_synced(ready);
-            move |store| mark_ready(store)
-        },
-        until,
-    )
-    .await;
-
-    if lost.load(Ordering::Relaxed) {
-        bail!("lost leadership; exiting so a fresh candidate takes its place");
-    }
-    if let Some(elector) = &elector {
-        elector.release().await;
-    }
-    finish(server).await
+    lost
 }
 
 /// A client from KUBECONFIG or the in-cluster config that names itself in the User-Agent, so API
@@ -228,7 +264,17 @@ async fn kube_client() -> anyhow::Result<kube::Client> {
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
-async fn finish(server: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
+/// Resolves when `stop` is cancelled, marking this replica neither ready nor leading.
+async fn stepped_down(stop: CancellationToken, ready: Arc<AtomicBool>, leader: LeaderGauge) {
+    stop.cancelled().await;
+    ready.store(false, Ordering::Relaxed);
+    leader.set(false);
+}
+
+/// The health/metrics server's task.
+type Server = tokio::task::JoinHandle<std::io::Result<()>>;
+
+async fn finish(server: Server) -> anyhow::Result<()> {
     server
         .await
         .context("health/metrics server task")?

@@ -159,6 +159,12 @@ pub(crate) fn secret(
         annotations.insert(MERGED_BY_ANNOTATION.to_string(), ks.name_any());
     } else {
         labels.insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string());
+        // Its shard's Secret watch selects on it (crate::controller).
+        labels.extend(
+            ks.labels()
+                .get_key_value(crate::api::SHARD_LABEL)
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         annotations.insert(OWNER_ANNOTATION.to_string(), ks.name_any());
     }
     annotations.insert(DATA_HASH_ANNOTATION.to_string(), hash.clone());

@@ -4,7 +4,8 @@
 //!
 //! Phases, in order: cold start (create all CRs, wait all Ready), steady refresh waves (Keeper
 //! calls per wave and between waves), change propagation (edit a record every Secret depends
-//! on), an outage (Keeper down, then back), and last the raw API-server baseline (the same
+//! on), an outage (Keeper down, then back), two restarts of the operator (Keeper up, then
+//! Keeper down so it serves the sealed copy), and last the raw API-server baseline (the same
 //! number of Secrets created straight by a minimal client at the same concurrency), so the
 //! baseline's writes never overlap the operator's.
 
@@ -87,6 +88,10 @@ struct Report {
     steady_window: SteadyWindow,
     change_propagation_seconds: f64,
     outage: Outage,
+    /// Requests at the API server during the steady waves (the bench makes none then).
+    apiserver_requests_steady: u64,
+    restart_keeper_up: Restart,
+    restart_keeper_down: Restart,
     operator_rss_peak_mib: f64,
     operator_rss_steady_mib: f64,
     /// What the steady RSS is made of: heap and stacks vs the binary's resident code and data.
@@ -128,6 +133,21 @@ struct Outage {
     all_secrets_kept: bool,
     all_ready_throughout: bool,
     recovery_seconds: f64,
+}
+
+/// A restart of the operator over the settled objects.
+#[derive(Debug, Default, Serialize)]
+struct Restart {
+    /// From the restart until `/readyz` (the initial lists are in).
+    ready_seconds: f64,
+    /// From the restart until every KeeperSecret was reconciled once.
+    settle_seconds: f64,
+    secrets_rewritten: usize,
+    statuses_rewritten: usize,
+    keeper_calls: u64,
+    /// The operator's requests at the API server until settled, by verb (the bench's own
+    /// LISTs before and after are not included).
+    apiserver_requests: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -183,6 +203,9 @@ async fn main() -> Result<()> {
     bench.outage(&mut out).await?;
     end_phase("outage").await?;
     operator.ensure_running()?;
+    out.apiserver_requests_steady = phases
+        .get("steady_waves")
+        .map_or(0, |verbs| verbs.values().sum());
     let api_after = apiserver_counts(&client).await?;
     // The kernel updates VmHWM lazily (not on every page fault), so an earlier VmRSS reading
     // can exceed a later VmHWM: the peak is the highest of all readings.
@@ -196,6 +219,8 @@ async fn main() -> Result<()> {
     out.apiserver_requests_by_verb = diff_by_verb(&api_before.1, &api_after.1);
     out.bench_own_requests_subtracted = bench.own.0;
     out.apiserver_requests_by_phase = phases;
+    out.restart_keeper_up = bench.restart(&mut operator, true).await?;
+    out.restart_keeper_down = bench.restart(&mut operator, false).await?;
     drop(operator);
 
     bench.raw_apiserver(&mut out).await?;
@@ -262,6 +287,8 @@ impl Bench {
             .operator_for(&self.server)?
             .arg(format!("--concurrency={}", self.args.concurrency))
             .arg("--log-level=warn")
+            // The bench reads the reconcile counter from /metrics; only it can reach the port.
+            .arg("--metrics-auth=false")
             .spawn()?;
         operator.wait_ready(Duration::from_secs(120)).await?;
         Ok(operator)
@@ -459,6 +486,59 @@ impl Bench {
         Ok(())
     }
 
+    /// Restarts the operator over the settled objects (with Keeper answering, or down so the
+    /// new process serves the sealed copy) and measures what settling costs: a restart should
+    /// rewrite no Secret, and with Keeper up no status.
+    async fn restart(&mut self, operator: &mut Operator, keeper_up: bool) -> Result<Restart> {
+        let n = self.args.keeper_secrets;
+        let secrets = versions(&self.list_secrets().await?);
+        let statuses = versions(&self.list_all().await?);
+        ensure!(secrets.len() == n, "{} of {n} Secrets", secrets.len());
+        if !keeper_up {
+            self.server.faults().set_down(DownMode::Unavailable);
+        }
+        let calls_before = self.get_secret_calls();
+        let client = self.env.cluster.client();
+        let api_before = apiserver_counts(&client).await?.1;
+        operator.kill();
+        let start = Instant::now();
+        *operator = self.spawn_operator().await?;
+        let ready = start.elapsed();
+        let deadline = start + self.timeout;
+        loop {
+            let (code, body) = operator.get("/metrics", None).await?;
+            ensure!(code == 200, "GET /metrics answered {code}");
+            if reconciles(&body) >= n as f64 {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "the restart did not settle");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let settled = start.elapsed();
+        let requests = diff_by_verb(&api_before, &apiserver_counts(&client).await?.1);
+        let keeper_calls = self.get_secret_calls() - calls_before;
+        let rewritten = |before: &BTreeMap<String, String>, after: BTreeMap<String, String>| {
+            after
+                .iter()
+                .filter(|(name, rv)| before.get(*name) != Some(rv))
+                .count()
+        };
+        let restart = Restart {
+            ready_seconds: round2(ready.as_secs_f64()),
+            settle_seconds: round2(settled.as_secs_f64()),
+            secrets_rewritten: rewritten(&secrets, versions(&self.list_secrets().await?)),
+            statuses_rewritten: rewritten(&statuses, versions(&self.list_all().await?)),
+            keeper_calls,
+            apiserver_requests: requests,
+        };
+        if !keeper_up {
+            self.server.faults().set_down(DownMode::Up);
+            self.wait_all("recovery after the restart", is_synced)
+                .await?;
+        }
+        Ok(restart)
+    }
+
     /// The limit: N Secrets created straight at the API server with the same concurrency.
     async fn raw_apiserver(&mut self, out: &mut Report) -> Result<()> {
         let ns = self.env.cluster.fresh_namespace("bench-raw").await?;
@@ -603,6 +683,27 @@ fn raw_secret(name: &str) -> Secret {
 async fn delete_namespace(client: &Client, name: &str) {
     let api: Api<Namespace> = Api::all(client.clone());
     let _ = api.delete(name, &DeleteParams::default()).await;
+}
+
+/// Each object's `resourceVersion` by name: it moves with every write, status included.
+fn versions<K: kube::Resource>(objects: &[K]) -> BTreeMap<String, String> {
+    objects
+        .iter()
+        .map(|o| {
+            let meta = o.meta();
+            let name = meta.name.clone().unwrap_or_default();
+            (name, meta.resource_version.clone().unwrap_or_default())
+        })
+        .collect()
+}
+
+/// Reconciles so far, from the operator's `/metrics` text, over every outcome.
+fn reconciles(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("keeper_operator_reconciles_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn is_ready(ks: &KeeperSecret) -> bool {
@@ -779,6 +880,29 @@ fn print_table(r: &Report) {
         ("outage: Keeper calls", json!(r.outage.keeper_calls_during)),
         ("outage: Secrets kept", json!(r.outage.all_secrets_kept)),
         ("outage: recovery (s)", json!(r.outage.recovery_seconds)),
+        ("steady: API requests", json!(r.apiserver_requests_steady)),
+        (
+            "restart: settle (s)",
+            json!(r.restart_keeper_up.settle_seconds),
+        ),
+        (
+            "restart: Secrets/statuses rewritten",
+            json!(format!(
+                "{} / {}",
+                r.restart_keeper_up.secrets_rewritten, r.restart_keeper_up.statuses_rewritten
+            )),
+        ),
+        (
+            "restart, Keeper down: settle (s)",
+            json!(r.restart_keeper_down.settle_seconds),
+        ),
+        (
+            "restart, Keeper down: rewritten",
+            json!(format!(
+                "{} / {}",
+                r.restart_keeper_down.secrets_rewritten, r.restart_keeper_down.statuses_rewritten
+            )),
+        ),
         ("operator RSS peak (MiB)", json!(r.operator_rss_peak_mib)),
         (
             "operator RSS steady (MiB)",
@@ -803,7 +927,7 @@ fn print_table(r: &Report) {
             Value::String(s) => s,
             other => other.to_string(),
         };
-        println!("{name:<28} {shown}");
+        println!("{name:<36} {shown}");
     }
 }
 

@@ -50,10 +50,11 @@ pub fn build_image(which: &str) -> Result<Image> {
     cmd.arg(workspace_root().join("e2e/image.sh")).arg(which);
     // Without what `cargo test` adds to this process's environment: the release build then sees
     // what `e2e/test.sh`'s image phase saw, and finds its output fresh instead of rebuilding.
+    // CARGO_TARGET_DIR is the caller's own, and where that build put its output.
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
         let injected = key == "CARGO"
-            || (key.starts_with("CARGO_") && key != "CARGO_HOME")
+            || (key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR")
             || key.starts_with("RUSTUP_TOOLCHAIN")
             || key == "RUST_RECURSION_COUNT"
             || key == "LD_LIBRARY_PATH";

@@ -10,7 +10,7 @@ use crate::controller::fixtures::{
 };
 use crate::ksm::config::KsmConfig;
 use crate::ksm::error::KsmError;
-use crate::ksm::record::{Field, Record};
+use crate::ksm::record::{Field, Record, Vault};
 
 const NS: &str = "shop";
 const UID: &str = "AAAAAAAAAAAAAAAAAAAAAA";
