@@ -19,7 +19,7 @@ use crate::api::TemplateFrom;
 use crate::bounded_cache::BoundedCache;
 use crate::error::Error;
 use crate::sync::mapping::Bytes;
-use crate::sync::template::{self, Fetched, SourceKind, TemplateSource};
+use crate::sync::template::{self, FetchedSource, SourceKind, TemplateSource};
 
 /// Total size of the template sources kept between syncs, across all namespaces.
 pub const SOURCES_BUDGET: usize = 8 << 20;
@@ -59,7 +59,7 @@ pub async fn read(
             // The CRD's rule requires exactly one.
             (None, None) => continue,
         };
-        fetched.push(Fetched {
+        fetched.push(FetchedSource {
             kind,
             name: &r.name,
             items: &r.items,

@@ -8,7 +8,7 @@
 
 use crate::api::{KeeperSecretSpec, Reason};
 use crate::ksm::record::{Skipped, Vault};
-use crate::sync::mapping::{MappingError, Plan};
+use crate::sync::mapping::{KeyMap, MappingError};
 
 /// Why there is no plan to build from.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +39,8 @@ impl Incomplete {
 pub fn check(
     spec: &KeeperSecretSpec,
     vault: &Vault,
-    plan: Result<Plan, MappingError>,
-) -> Result<Plan, Incomplete> {
+    plan: Result<KeyMap, MappingError>,
+) -> Result<KeyMap, Incomplete> {
     let skipped = &vault.skipped;
     if skipped.is_empty() {
         return Ok(plan?);
@@ -147,7 +147,7 @@ mod tests {
         serde_json::from_value(spec).unwrap()
     }
 
-    fn checked(spec: &KeeperSecretSpec, vault: &Vault) -> Result<Plan, Incomplete> {
+    fn checked(spec: &KeeperSecretSpec, vault: &Vault) -> Result<KeyMap, Incomplete> {
         check(spec, vault, mapping::plan(spec, vault))
     }
 

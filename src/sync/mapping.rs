@@ -39,7 +39,7 @@ impl std::fmt::Debug for Content {
 
 /// The keys a KeeperSecret maps to, and the records they come from.
 #[derive(Debug, Default)]
-pub(crate) struct Plan {
+pub(crate) struct KeyMap {
     /// Secret key → value source.
     pub entries: BTreeMap<String, Content>,
     /// Records read, with their revisions (for status).
@@ -82,11 +82,11 @@ impl MappingError {
 
 /// Maps the spec onto the fetched vault: `dataFrom` items in order, then `data` items. With a
 /// deletion policy other than Retain, an item whose record (or folder) is not found maps nothing
-/// and is listed in [`Plan::gone`].
-pub(crate) fn plan(spec: &KeeperSecretSpec, vault: &Vault) -> Result<Plan, MappingError> {
+/// and is listed in [`KeyMap::gone`].
+pub(crate) fn plan(spec: &KeeperSecretSpec, vault: &Vault) -> Result<KeyMap, MappingError> {
     let records = dedup(&vault.records);
     let policy = spec.target.as_ref().and_then(|t| t.deletion_policy);
-    let mut plan = Plan::default();
+    let mut plan = KeyMap::default();
     for item in &spec.data_from {
         let Some((entries, used)) = plan.unless_gone(policy, data_from(item, &records, vault))?
         else {
@@ -110,7 +110,7 @@ pub(crate) fn plan(spec: &KeeperSecretSpec, vault: &Vault) -> Result<Plan, Mappi
     Ok(plan)
 }
 
-impl Plan {
+impl KeyMap {
     /// What an item found, or `None` when its record is gone and `policy` drops its keys.
     fn unless_gone<T>(
         &mut self,

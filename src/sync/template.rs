@@ -31,7 +31,7 @@ use crate::sync::mapping::Bytes;
 pub use budget::Exceeded;
 pub(crate) use budget::{Budget, DEADLINE, FUEL, MAX_TEMPLATE_KEYS};
 pub use error::TemplateError;
-pub(crate) use source::{Fetched, collect};
+pub(crate) use source::{FetchedSource, collect};
 pub use source::{SourceError, SourceKind, TemplateSource};
 
 /// Applies the template (if any) to the mapped values: the inline `data` templates, and those

@@ -154,7 +154,7 @@ fn from_record(sel: RecordSelector, policy: DuplicateKeyPolicy) -> DataFromItem 
     }
 }
 
-fn text(plan: &Plan, key: &str) -> String {
+fn text(plan: &KeyMap, key: &str) -> String {
     match plan.entries.get(key) {
         Some(Content::Value(v)) => String::from_utf8(v.to_vec()).unwrap(),
         other => panic!("{key}: {other:?}"),

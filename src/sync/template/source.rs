@@ -52,7 +52,7 @@ impl std::fmt::Display for SourceKind {
 }
 
 /// One `templateFrom` entry as read: `data` is `None` when the object does not exist.
-pub struct Fetched<'a> {
+pub struct FetchedSource<'a> {
     /// ConfigMap or Secret.
     pub kind: SourceKind,
     /// Its name (in the KeeperSecret's namespace).
@@ -104,7 +104,9 @@ impl SourceError {
 
 /// The templates `templateFrom` brings, by Secret key: every key of each source, or only its
 /// listed ones; a later source wins over an earlier one for the same key.
-pub fn collect(fetched: Vec<Fetched<'_>>) -> Result<BTreeMap<String, TemplateSource>, SourceError> {
+pub fn collect(
+    fetched: Vec<FetchedSource<'_>>,
+) -> Result<BTreeMap<String, TemplateSource>, SourceError> {
     let mut out = BTreeMap::new();
     let mut bytes = 0usize;
     for f in fetched {

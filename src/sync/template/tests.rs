@@ -466,8 +466,8 @@ fn fetched<'a>(
     kind: SourceKind,
     items: &'a [TemplateSourceItem],
     data: Option<&[(&str, &[u8])]>,
-) -> Fetched<'a> {
-    Fetched {
+) -> FetchedSource<'a> {
+    FetchedSource {
         kind,
         name: "tpl",
         items,
@@ -507,7 +507,7 @@ fn template_from_all_keys_listed_keys_and_inline_wins() {
 
 #[test]
 fn template_from_errors_name_objects_and_keys_only() {
-    let reason = |f: Fetched<'_>| {
+    let reason = |f: FetchedSource<'_>| {
         let e = collect(vec![f]).err().expect("an error");
         assert!(!e.to_string().contains("TOPSECRET"), "{e}");
         (e.reason().as_str(), e.to_string())
