@@ -200,6 +200,20 @@ impl From<crate::sync::allowlist::Denied> for Error {
     }
 }
 
+/// A refused build is the error of the step that refused, with that step's reason.
+impl From<crate::sync::build::BuildError> for Error {
+    fn from(error: crate::sync::build::BuildError) -> Self {
+        use crate::sync::build::BuildError;
+        match error {
+            BuildError::Denied(e) => e.into(),
+            BuildError::Incomplete(e) => e.into(),
+            BuildError::Decoding(e) => e.into(),
+            BuildError::Template(e) => e.into(),
+            BuildError::Desired(e) => e.into(),
+        }
+    }
+}
+
 impl From<Incomplete> for Error {
     fn from(e: Incomplete) -> Self {
         match e {

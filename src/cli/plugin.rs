@@ -414,6 +414,8 @@ pub fn render_key(config_text: &str) -> HashKey {
 struct Downloads<'a>(&'a KsmClient);
 
 impl build::Inputs for Downloads<'_> {
+    type Error = Error;
+
     async fn file(&self, file: &KeeperFile, _revision: i64, room: usize) -> Result<Bytes, Error> {
         Ok(self.0.download_file(file, room as u64).await?)
     }
@@ -426,7 +428,7 @@ async fn dry_run(
     allow: Option<&AllowList>,
     vault: &Vault,
     key: &HashKey,
-    inputs: &impl build::Inputs,
+    inputs: &impl build::Inputs<Error = Error>,
 ) -> anyhow::Result<String> {
     let built = build::build(ks, allow, vault, key, inputs)
         .await
@@ -616,6 +618,8 @@ mod tests {
     struct NoFiles;
 
     impl build::Inputs for NoFiles {
+        type Error = Error;
+
         async fn file(&self, _: &KeeperFile, _: i64, _: usize) -> Result<Bytes, Error> {
             Err(Error::Keeper(crate::ksm::error::KsmError::Download(
                 "no files here".into(),

@@ -14,10 +14,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::{CreationPolicy, DeletionPolicy, KeeperSecret, RecordRevision, Template};
-// The one way out of `sync`: the I/O of [`Inputs`] fails with the reconcile error, which its
-// implementors (the reconciler, the CLI, the fuzz targets) return. Every step here has its own
-// error, which converts into it.
-use crate::error::Error;
 use crate::ksm::record::{KeeperFile, Vault};
 use crate::sync::allowlist::{self, AllowList};
 use crate::sync::desired::{self, HashKey};
@@ -26,6 +22,10 @@ use crate::sync::{decoding, incomplete, template};
 
 /// What a build reads from outside the vault.
 pub trait Inputs {
+    /// What the I/O fails with, and what a build fails with: every step's own error converts
+    /// into it (the reconciler, the CLI and the fuzz targets use the reconcile error).
+    type Error: From<BuildError> + Send;
+
     /// The bytes of `file`, attached to a record at `revision`; more than `room` bytes is an
     /// error, never a truncated value.
     fn file(
@@ -33,7 +33,7 @@ pub trait Inputs {
         file: &KeeperFile,
         revision: i64,
         room: usize,
-    ) -> impl Future<Output = Result<Bytes, Error>> + Send;
+    ) -> impl Future<Output = Result<Bytes, Self::Error>> + Send;
 
     /// `values` rendered through `template`. By default inline, with the template's own `data`
     /// only: `templateFrom` sources live in the cluster, and only the operator reads them.
@@ -42,10 +42,30 @@ pub trait Inputs {
         template: &Template,
         values: BTreeMap<String, Bytes>,
         key: &HashKey,
-    ) -> impl Future<Output = Result<BTreeMap<String, Bytes>, Error>> + Send {
+    ) -> impl Future<Output = Result<BTreeMap<String, Bytes>, Self::Error>> + Send {
         let rendered = template::apply(Some(template), BTreeMap::new(), values, key);
-        std::future::ready(rendered.map_err(Error::from))
+        std::future::ready(rendered.map_err(step))
     }
+}
+
+/// Why a build refused: the error of the step that did.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Denied(#[from] allowlist::Denied),
+    #[error(transparent)]
+    Incomplete(#[from] incomplete::Incomplete),
+    #[error(transparent)]
+    Decoding(#[from] decoding::DecodingError),
+    #[error(transparent)]
+    Template(#[from] template::TemplateError),
+    #[error(transparent)]
+    Desired(#[from] desired::DesiredError),
+}
+
+/// A step's error as the caller's.
+fn step<E: From<BuildError>>(error: impl Into<BuildError>) -> E {
+    E::from(error.into())
 }
 
 /// The Secret a sync wants, and what it was built from.
@@ -73,16 +93,17 @@ pub enum Write {
 
 /// Builds what `ks` should write from `vault`, as read through a credential whose store allows
 /// `allow`, hashing with `key`.
-pub async fn build(
+pub async fn build<I: Inputs>(
     ks: &KeeperSecret,
     allow: Option<&AllowList>,
     vault: &Vault,
     key: &HashKey,
-    inputs: &impl Inputs,
-) -> Result<Built, Error> {
+    inputs: &I,
+) -> Result<Built, I::Error> {
     // Narrowed first, so nothing after this can match a record the store forbids.
-    let vault = allowlist::restrict(allow, &ks.spec, vault)?;
-    let plan = incomplete::check(&ks.spec, &vault, mapping::plan(&ks.spec, &vault))?;
+    let vault = allowlist::restrict(allow, &ks.spec, vault).map_err(step)?;
+    let plan =
+        incomplete::check(&ks.spec, &vault, mapping::plan(&ks.spec, &vault)).map_err(step)?;
     let all_gone = plan.entries.is_empty() && !plan.gone.is_empty();
     // Merge never deletes: the Secret is someone else's.
     if all_gone
@@ -99,14 +120,14 @@ pub async fn build(
         });
     }
     let data = files(&vault, plan.entries, inputs).await?;
-    let data = decoding::apply(&plan.decoding, data)?;
+    let data = decoding::apply(&plan.decoding, data).map_err(step)?;
     let data = match ks.spec.target.as_ref().and_then(|t| t.template.as_ref()) {
         Some(template) => inputs.render(template, data, key).await?,
         None => data,
     };
     let keys = data.len();
     Ok(Built {
-        write: Write::Apply(Box::new(desired::secret(ks, data, key)?)),
+        write: Write::Apply(Box::new(desired::secret(ks, data, key).map_err(step)?)),
         records: plan.records,
         keys,
         gone: plan.gone,
@@ -116,11 +137,11 @@ pub async fn build(
 /// Fetches file attachments; a failed download fails the build, so a file never becomes an
 /// empty value. Each download may use only what the Secret can still hold after the keys, the
 /// inline values and the files before it, so an oversized file is refused before it is read.
-async fn files(
+async fn files<I: Inputs>(
     vault: &Vault,
     entries: BTreeMap<String, Content>,
-    inputs: &impl Inputs,
-) -> Result<BTreeMap<String, Bytes>, Error> {
+    inputs: &I,
+) -> Result<BTreeMap<String, Bytes>, I::Error> {
     let inline: usize = entries
         .iter()
         .map(|(key, source)| match source {

@@ -236,6 +236,8 @@ fn tenant_text(input: &str, spec: &KeeperSecretSpec) -> String {
 struct Files;
 
 impl Inputs for Files {
+    type Error = Error;
+
     fn file(
         &self,
         file: &KeeperFile,

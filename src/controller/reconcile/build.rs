@@ -83,6 +83,8 @@ struct Sources<'a, S> {
 }
 
 impl<S: KeeperSource> build::Inputs for Sources<'_, S> {
+    type Error = Error;
+
     async fn file(&self, file: &KeeperFile, revision: i64, room: usize) -> Result<Bytes, Error> {
         let (cred, keeper) = (self.cred, &self.ctx.keeper);
         let bytes = keeper

@@ -6,6 +6,8 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::*;
+// The reconcile error, to check each refusal keeps its step's reason through the conversion.
+use crate::error::Error;
 use crate::ksm::crypto::AesKey;
 use crate::ksm::record::{Field, Record, Skipped};
 
@@ -21,6 +23,8 @@ struct Stub {
 }
 
 impl Inputs for Stub {
+    type Error = Error;
+
     async fn file(&self, _: &KeeperFile, _: i64, room: usize) -> Result<Bytes, Error> {
         self.rooms.lock().unwrap().push(room);
         Ok(Zeroizing::new(self.file.clone()))
