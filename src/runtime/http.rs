@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use tracing::warn;
 
 use crate::runtime::metrics::encode;
-use crate::runtime::metrics_auth::{CheckError, Decision, MetricsAuth};
+use crate::runtime::metrics_auth::{Access, CheckError, MetricsAuth};
 
 /// State shared with the handlers.
 #[derive(Clone)]
@@ -48,8 +48,8 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
 async fn metrics(State(h): State<Health>, headers: HeaderMap) -> impl IntoResponse {
     if let Some(auth) = &h.metrics_auth {
         match auth.check(&headers).await {
-            Ok(Decision::Allowed) => {}
-            Ok(Decision::Unauthenticated) => {
+            Ok(Access::Allowed) => {}
+            Ok(Access::Unauthenticated) => {
                 return (
                     StatusCode::UNAUTHORIZED,
                     [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -57,7 +57,7 @@ async fn metrics(State(h): State<Health>, headers: HeaderMap) -> impl IntoRespon
                 )
                     .into_response();
             }
-            Ok(Decision::Forbidden) => {
+            Ok(Access::Forbidden) => {
                 return (
                     StatusCode::FORBIDDEN,
                     "not allowed to get /metrics (bind the metrics-reader ClusterRole)\n",

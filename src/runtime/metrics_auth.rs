@@ -41,7 +41,7 @@ const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// What the API server said about a caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub enum Access {
     /// Authenticated and allowed to `get /metrics`.
     Allowed,
     /// No bearer token, or one the API server does not accept (HTTP 401).
@@ -142,7 +142,7 @@ pub enum CheckError {
 /// The `/metrics` gate: reviews plus a bounded, short-lived cache of their decisions.
 pub struct MetricsAuth {
     reviewer: Box<dyn Reviewer>,
-    cache: Mutex<HashMap<[u8; 32], (Instant, Decision)>>,
+    cache: Mutex<HashMap<[u8; 32], (Instant, Access)>>,
     in_flight: Semaphore,
 }
 
@@ -157,9 +157,9 @@ impl MetricsAuth {
 
     /// Decides on a request by its headers. An error means the caller could not be checked now
     /// (the caller answers 503; nothing is cached).
-    pub async fn check(&self, headers: &HeaderMap) -> Result<Decision, CheckError> {
+    pub async fn check(&self, headers: &HeaderMap) -> Result<Access, CheckError> {
         let Some(token) = bearer_token(headers) else {
-            return Ok(Decision::Unauthenticated);
+            return Ok(Access::Unauthenticated);
         };
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(decision) = self.cached(&key, Instant::now()) {
@@ -175,9 +175,9 @@ impl MetricsAuth {
         Ok(decision)
     }
 
-    async fn review(&self, token: &str) -> anyhow::Result<Decision> {
+    async fn review(&self, token: &str) -> anyhow::Result<Access> {
         let Some(user) = self.reviewer.authenticate(token).await? else {
-            return Ok(Decision::Unauthenticated);
+            return Ok(Access::Unauthenticated);
         };
         let allowed = self.reviewer.authorize(&user, METRICS_PATH).await?;
         if !allowed {
@@ -187,19 +187,19 @@ impl MetricsAuth {
             );
         }
         Ok(if allowed {
-            Decision::Allowed
+            Access::Allowed
         } else {
-            Decision::Forbidden
+            Access::Forbidden
         })
     }
 
-    fn cached(&self, key: &[u8; 32], now: Instant) -> Option<Decision> {
+    fn cached(&self, key: &[u8; 32], now: Instant) -> Option<Access> {
         let cache = lock(&self.cache);
         let (at, decision) = cache.get(key)?;
         (now.saturating_duration_since(*at) < ttl(*decision)).then_some(*decision)
     }
 
-    fn remember(&self, key: [u8; 32], decision: Decision, now: Instant) {
+    fn remember(&self, key: [u8; 32], decision: Access, now: Instant) {
         let mut cache = lock(&self.cache);
         if cache.len() >= MAX_CACHED && !cache.contains_key(&key) {
             cache.retain(|_, (at, d)| now.saturating_duration_since(*at) < ttl(*d));
@@ -218,10 +218,10 @@ impl MetricsAuth {
     }
 }
 
-fn ttl(decision: Decision) -> Duration {
+fn ttl(decision: Access) -> Duration {
     match decision {
-        Decision::Allowed => ALLOWED_TTL,
-        Decision::Unauthenticated | Decision::Forbidden => DENIED_TTL,
+        Access::Allowed => ALLOWED_TTL,
+        Access::Unauthenticated | Access::Forbidden => DENIED_TTL,
     }
 }
 
@@ -311,11 +311,11 @@ pub(crate) mod tests {
             let auth = &auth;
             async move { auth.check(&headers(h)).await.unwrap() }
         };
-        assert_eq!(check(None).await, Decision::Unauthenticated);
+        assert_eq!(check(None).await, Access::Unauthenticated);
         assert_eq!(reviews.load(Ordering::Relaxed), 0, "no token, no review");
-        assert_eq!(check(Some("Bearer bogus")).await, Decision::Unauthenticated);
-        assert_eq!(check(Some("Bearer nobody")).await, Decision::Forbidden);
-        assert_eq!(check(Some("Bearer reader")).await, Decision::Allowed);
+        assert_eq!(check(Some("Bearer bogus")).await, Access::Unauthenticated);
+        assert_eq!(check(Some("Bearer nobody")).await, Access::Forbidden);
+        assert_eq!(check(Some("Bearer reader")).await, Access::Allowed);
         assert_eq!(reviews.load(Ordering::Relaxed), 3);
         for token in ["Bearer bogus", "Bearer nobody", "Bearer reader"] {
             check(Some(token)).await;
@@ -360,7 +360,7 @@ pub(crate) mod tests {
         assert!(matches!(busy, Err(CheckError::Busy)), "{busy:?}");
         hold.notify_waiters();
         for h in held {
-            assert_eq!(h.await.unwrap().unwrap(), Decision::Unauthenticated);
+            assert_eq!(h.await.unwrap().unwrap(), Access::Unauthenticated);
         }
     }
 
@@ -368,12 +368,12 @@ pub(crate) mod tests {
     fn the_cache_expires_and_stays_bounded() {
         let auth = MetricsAuth::new(Box::new(FakeReviewer::default()));
         let t0 = Instant::now();
-        auth.remember([1; 32], Decision::Allowed, t0);
-        auth.remember([2; 32], Decision::Forbidden, t0);
+        auth.remember([1; 32], Access::Allowed, t0);
+        auth.remember([2; 32], Access::Forbidden, t0);
         let later = |d: Duration| t0 + d;
         assert_eq!(
             auth.cached(&[1; 32], later(ALLOWED_TTL - Duration::from_secs(1))),
-            Some(Decision::Allowed)
+            Some(Access::Allowed)
         );
         assert_eq!(auth.cached(&[1; 32], later(ALLOWED_TTL)), None);
         assert_eq!(
@@ -385,7 +385,7 @@ pub(crate) mod tests {
         for i in 0..(MAX_CACHED + 10) {
             let mut key = [0u8; 32];
             key[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            auth.remember(key, Decision::Allowed, t0 + Duration::from_millis(i as u64));
+            auth.remember(key, Access::Allowed, t0 + Duration::from_millis(i as u64));
         }
         assert_eq!(auth.cached_len(), MAX_CACHED);
         let mut newest = [0u8; 32];

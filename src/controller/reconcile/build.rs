@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use zeroize::Zeroizing;
 
 use super::Context;
-use super::decide::{self, Step, Tried};
+use super::decide::{self, Next, Tried};
 use super::fetch::{self, Fetched};
 use super::observe::Observed;
 use crate::api::{KeeperSecret, Template};
@@ -58,10 +58,10 @@ pub(super) async fn settle<S: KeeperSource>(
         }
         learned.sighted(verdict.sighted);
         match verdict.step {
-            Step::Done => return Ok(Settled::Built(built?, fetched)),
-            Step::Wait(after) => return Ok(Settled::Wait(after)),
-            Step::Hold(e) => return Err(e),
-            Step::Refetch(max_age, why) => {
+            Next::Done => return Ok(Settled::Built(built?, fetched)),
+            Next::Wait(after) => return Ok(Settled::Wait(after)),
+            Next::Hold(e) => return Err(e),
+            Next::Refetch(max_age, why) => {
                 tried.insert(why);
                 if let Some(fresher) = fetch::refetch(ctx, &seen.cred, max_age).await?
                     && fresher.fetched_at != fetched.snapshot.fetched_at

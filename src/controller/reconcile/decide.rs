@@ -88,7 +88,7 @@ impl Tried {
 
 /// What to do with a build.
 #[derive(Debug)]
-pub(super) enum Step {
+pub(super) enum Next {
     /// Write what was built (or fail with the build's error).
     Done,
     /// Come back after this long: the data is too young to read Keeper again for a miss.
@@ -102,14 +102,14 @@ pub(super) enum Step {
 /// A step, and what the memo learns from the build.
 #[derive(Debug)]
 pub(super) struct Verdict {
-    pub step: Step,
+    pub step: Next,
     pub sighted: Sighted,
     /// The current generation missed a record for the first time.
     pub first_miss: bool,
 }
 
-impl From<Step> for Verdict {
-    fn from(step: Step) -> Self {
+impl From<Next> for Verdict {
+    fn from(step: Next) -> Self {
         Verdict {
             step,
             sighted: Sighted::Unchanged,
@@ -134,20 +134,20 @@ pub(super) fn after_build(
     let built = match built {
         Err(e) if fresh && !tried.miss && e.reason().is_missing_reference() => {
             let step = match refresh::on_miss(ks, fetched_at, Some(missed_at.unwrap_or(now)), now) {
-                OnMiss::Fail => Step::Done,
-                OnMiss::Wait(after) => Step::Wait(after),
-                OnMiss::Refetch(max_age) => Step::Refetch(max_age, Refetch::Miss),
+                OnMiss::Fail => Next::Done,
+                OnMiss::Wait(after) => Next::Wait(after),
+                OnMiss::Refetch(max_age) => Next::Refetch(max_age, Refetch::Miss),
             };
             // Remembered only while it may still be a new record (a generation that synced
             // before fails at once, and has nothing to remember).
-            let first_miss = missed_at.is_none() && !matches!(step, Step::Done);
+            let first_miss = missed_at.is_none() && !matches!(step, Next::Done);
             return Verdict {
                 step,
                 sighted: Sighted::Unchanged,
                 first_miss,
             };
         }
-        Err(_) => return Step::Done.into(),
+        Err(_) => return Next::Done.into(),
         Ok(built) => built,
     };
     if fresh
@@ -155,7 +155,7 @@ pub(super) fn after_build(
         && !built.gone.is_empty()
         && let OnMiss::Refetch(max_age) = refresh::on_miss(ks, fetched_at, None, now)
     {
-        return Step::Refetch(max_age, Refetch::Gone).into();
+        return Next::Refetch(max_age, Refetch::Gone).into();
     }
     // Deletions follow only records absent from two clean, fresh answers.
     let source = if fresh && fetched.snapshot.origin == Origin::Keeper {
@@ -165,7 +165,7 @@ pub(super) fn after_build(
     };
     let clean = fetched.snapshot.vault.skipped.is_empty();
     let held = |why| {
-        Step::Hold(Error::DeletionHeld {
+        Next::Hold(Error::DeletionHeld {
             why,
             gone: list(&built.gone),
         })
@@ -178,18 +178,18 @@ pub(super) fn after_build(
         previous,
     ) {
         hold::Deletion::NothingGone => Verdict {
-            step: Step::Done,
+            step: Next::Done,
             sighted: match previous {
                 Some(_) => Sighted::Forget,
                 None => Sighted::Unchanged,
             },
             first_miss: false,
         },
-        hold::Deletion::Confirmed => Step::Done.into(),
+        hold::Deletion::Confirmed => Next::Done.into(),
         hold::Deletion::Held(why @ hold::HoldReason::AwaitingSecondAnswer, sighting) => Verdict {
             // One more answer is read at once when the shared data is old enough.
             step: match tried.second_answer {
-                false => Step::Refetch(REFETCH_FLOOR, Refetch::SecondAnswer),
+                false => Next::Refetch(REFETCH_FLOOR, Refetch::SecondAnswer),
                 true => held(why),
             },
             sighted: sighting.map_or(Sighted::Forget, Sighted::First),
@@ -268,7 +268,7 @@ mod tests {
             None,
             at(NOW),
         );
-        assert!(matches!(v.step, Step::Wait(after) if after == Duration::from_secs(6)));
+        assert!(matches!(v.step, Next::Wait(after) if after == Duration::from_secs(6)));
         assert!(v.first_miss);
         // On old enough data, Keeper is read again; a later miss keeps the first one's time.
         let v = after_build(
@@ -280,7 +280,7 @@ mod tests {
             Some(at(NOW - 5)),
             at(NOW),
         );
-        assert!(matches!(v.step, Step::Refetch(_, Refetch::Miss)));
+        assert!(matches!(v.step, Next::Refetch(_, Refetch::Miss)));
         assert!(!v.first_miss);
         // A generation that synced before fails at once, and remembers nothing.
         let mut synced = ks.clone();
@@ -297,7 +297,7 @@ mod tests {
             None,
             at(NOW),
         );
-        assert!(matches!(v.step, Step::Done) && !v.first_miss);
+        assert!(matches!(v.step, Next::Done) && !v.first_miss);
         // Once read again, the miss is the build's error.
         let mut tried = Tried::default();
         tried.insert(Refetch::Miss);
@@ -310,7 +310,7 @@ mod tests {
             Some(at(NOW - 5)),
             at(NOW),
         );
-        assert!(matches!(v.step, Step::Done));
+        assert!(matches!(v.step, Next::Done));
     }
 
     #[test]
@@ -329,7 +329,7 @@ mod tests {
         );
         assert!(matches!(
             first.step,
-            Step::Refetch(REFETCH_FLOOR, Refetch::SecondAnswer)
+            Next::Refetch(REFETCH_FLOOR, Refetch::SecondAnswer)
         ));
         let Sighted::First(sighting) = first.sighted else {
             panic!("the first sighting is remembered: {first:?}");
@@ -345,7 +345,7 @@ mod tests {
             None,
             at(NOW),
         );
-        assert!(matches!(again.step, Step::Hold(Error::DeletionHeld { .. })));
+        assert!(matches!(again.step, Next::Hold(Error::DeletionHeld { .. })));
         // A later answer that lacks it too confirms the deletion.
         let later = Sighting {
             fetched_at: SystemTime::from(at(NOW - 60)),
@@ -360,7 +360,7 @@ mod tests {
             None,
             at(NOW),
         );
-        assert!(matches!(confirmed.step, Step::Done));
+        assert!(matches!(confirmed.step, Next::Done));
         // Nothing gone any more: the sighting is forgotten.
         let back = after_build(
             &ks,
@@ -373,7 +373,7 @@ mod tests {
         );
         assert!(matches!(
             (back.step, back.sighted),
-            (Step::Done, Sighted::Forget)
+            (Next::Done, Sighted::Forget)
         ));
     }
 
@@ -397,7 +397,7 @@ mod tests {
         );
         assert!(matches!(
             v.step,
-            Step::Hold(Error::DeletionHeld {
+            Next::Hold(Error::DeletionHeld {
                 why: hold::HoldReason::NotFresh,
                 ..
             })
