@@ -85,9 +85,9 @@ struct Failure {
 
 struct State {
     snapshot: Option<Arc<Snapshot>>,
-    /// Fingerprint of the persisted body, so an unchanged vault is not written again (also set
-    /// for a body too large to persist, so it is not tried again).
-    persisted: Option<[u8; 32]>,
+    /// What was last sealed, so unchanged data is not written again for an hour (also set for
+    /// a copy too large to persist, so it is not tried again).
+    persisted: Option<persistence::Sealed>,
     /// The latest body was too large to persist: a restart would find an older copy, or none.
     persist_refused: bool,
     store_checked: bool,
@@ -290,7 +290,7 @@ impl CredentialFetcher {
             Ok((vault, body)) => {
                 let fetched_at = SystemTime::now();
                 state.failure = None;
-                self.persist(state, fetched_at, &body).await;
+                self.persist(state, &vault, fetched_at, &body).await;
                 forget_old_files(&self.files, &self.id, &vault);
                 self.persist_files(state).await;
                 state.snapshot = Some(Arc::new(Snapshot {

@@ -632,3 +632,41 @@ async fn sealed_part(
 ) -> Option<Vec<u8>> {
     store.load(&fetcher.id, part).await.unwrap()
 }
+
+#[test]
+fn unchanged_content_is_sealed_again_only_once_the_copy_is_old() {
+    use super::persistence::{RESEAL_AFTER, Sealed, content_digest, reseal};
+    let mut vault = Vault::default();
+    vault.records.push(crate::ksm::record::Record {
+        uid: "AAAAAAAAAAAAAAAAAAAAAA".into(),
+        title: "db".into(),
+        record_type: "login".into(),
+        revision: 1,
+        folder_uid: None,
+        inner_folder_uid: None,
+        fields: vec![],
+        custom: vec![],
+        notes: None,
+        files: vec![],
+    });
+    let digest = content_digest(&vault);
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let last = Some(Sealed {
+        digest,
+        fetched_at: t0,
+    });
+    assert!(reseal(None, &digest, t0), "nothing sealed yet");
+    assert!(
+        !reseal(last, &digest, t0 + RESEAL_AFTER / 2),
+        "a steady wave writes nothing"
+    );
+    assert!(
+        reseal(last, &digest, t0 + RESEAL_AFTER),
+        "the copy's age stays right within the hour"
+    );
+    vault.records[0].revision = 2;
+    assert!(
+        reseal(last, &content_digest(&vault), t0 + Duration::from_secs(1)),
+        "changed data"
+    );
+}
