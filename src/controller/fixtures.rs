@@ -449,7 +449,7 @@ impl Fixture {
         Some(serde_json::from_value(value).expect("a stored Secret deserializes"))
     }
 
-    /// Delivers the current version of Secret `namespace/name` to the managed-Secret reflector,
+    /// Delivers the current version of Secret `namespace/name` to the managed-Secret versions,
     /// as the controller's metadata watch would.
     pub fn watch_secret(&mut self, namespace: &str, name: &str) {
         let secret = self.secret(namespace, name).expect("no such Secret");

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod renders;
 pub mod stores;
+pub mod target_versions;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -110,7 +111,7 @@ pub async fn run<S: KeeperSource>(
                 future::ready(caches.new_generation(ks))
             }
         });
-    let mut targets_store = writers.targets;
+    let versions = writers.targets;
     let targets = watcher(
         secrets,
         watcher::Config::default()
@@ -120,10 +121,7 @@ pub async fn run<S: KeeperSource>(
     .default_backoff()
     .modify(|meta| slim(&mut meta.metadata, &[OWNER_ANNOTATION]))
     // The owner annotation only maps an event to its KeeperSecret; the store keeps versions.
-    .map_ok(move |event| {
-        targets_store.apply_watcher_event(&event.clone().modify(version_only));
-        event
-    })
+    .inspect_ok(move |event| versions.apply_watcher_event(event))
     .touched_objects();
     // Store status runs beside the controller (so only on the leader) and stops with it.
     let stores = store_status.then(|| tokio::spawn(stores::run(ctx.clone(), reader.clone())));
@@ -213,22 +211,6 @@ fn slim(meta: &mut ObjectMeta, keep: &[&str]) {
     };
 }
 
-/// What the managed-Secret store keeps: a Secret's name and `resourceVersion`, all that
-/// [`crate::controller::memo::Caches::target_hash`] reads (~0.7 KB less per Secret than `slim`'s copy).
-fn version_only(secret: &mut PartialObjectMeta<Secret>) {
-    let meta = &mut secret.metadata;
-    *secret = PartialObjectMeta {
-        types: None,
-        metadata: ObjectMeta {
-            name: meta.name.take(),
-            namespace: meta.namespace.take(),
-            resource_version: meta.resource_version.take(),
-            ..ObjectMeta::default()
-        },
-        ..PartialObjectMeta::default()
-    };
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,36 +285,6 @@ mod tests {
         assert_eq!(
             of(&format!("team=web,{SHARD_LABEL}=a")),
             format!("{managed},{SHARD_LABEL}=a")
-        );
-    }
-
-    #[test]
-    fn the_target_store_keeps_only_name_and_version() {
-        let mut secret = PartialObjectMeta::<Secret> {
-            types: Some(kube::core::TypeMeta {
-                api_version: "v1".into(),
-                kind: "Secret".into(),
-            }),
-            metadata: ObjectMeta {
-                name: Some("db".into()),
-                namespace: Some("apps".into()),
-                uid: Some("u-1".into()),
-                resource_version: Some("42".into()),
-                annotations: Some([(OWNER_ANNOTATION.to_string(), "db".to_string())].into()),
-                ..ObjectMeta::default()
-            },
-            ..PartialObjectMeta::default()
-        };
-        version_only(&mut secret);
-        assert_eq!(secret.types, None);
-        assert_eq!(
-            secret.metadata,
-            ObjectMeta {
-                name: Some("db".into()),
-                namespace: Some("apps".into()),
-                resource_version: Some("42".into()),
-                ..ObjectMeta::default()
-            }
         );
     }
 }

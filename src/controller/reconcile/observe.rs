@@ -1,5 +1,5 @@
 //! Observe (API): the credential, and what the target Secret holds — read only when the
-//! managed-Secret reflector cannot vouch that it is still the version whose data was last
+//! managed-Secret versions cannot vouch that it is still the version whose data was last
 //! written or verified (values are never cached).
 
 use std::sync::Arc;
