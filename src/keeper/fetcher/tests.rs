@@ -637,18 +637,7 @@ async fn sealed_part(
 fn unchanged_content_is_sealed_again_only_once_the_copy_is_old() {
     use super::persistence::{RESEAL_AFTER, Sealed, content_digest, reseal};
     let mut vault = Vault::default();
-    vault.records.push(crate::ksm::record::Record {
-        uid: "AAAAAAAAAAAAAAAAAAAAAA".into(),
-        title: "db".into(),
-        record_type: "login".into(),
-        revision: 1,
-        folder_uid: None,
-        inner_folder_uid: None,
-        fields: vec![],
-        custom: vec![],
-        notes: None,
-        files: vec![],
-    });
+    vault.records.push(record("db", 1));
     let digest = content_digest(&vault);
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let last = Some(Sealed {
