@@ -389,7 +389,7 @@ async fn operator_syncs_the_example_as_the_chart_service_account() -> Result<()>
     let vault_text = std::fs::read_to_string(&vault_path)?;
     let vault: serde_json::Value = serde_json::from_str(&vault_text)?;
     let server = TestServer::start(VaultSpec::from_json(&vault_text)?).await?;
-    let env = TestEnv::new("smoke").await?;
+    let env = TestEnv::with_values("smoke", &[("flowControl.enabled", "true")]).await?;
     let config = server.bound_config("operator")?;
     env.create_credential_secret("ksm-config", &config).await?;
     let mut operator = env.operator_for(&server)?.spawn()?;
@@ -430,6 +430,22 @@ async fn operator_syncs_the_example_as_the_chart_service_account() -> Result<()>
             .get("app.kubernetes.io/managed-by")
             .map(String::as_str),
         Some("keeper-operator")
+    );
+
+    // The chart's FlowSchema classifies the operator's requests into its own priority level.
+    let level = &env.chart.service_account;
+    let req = http::Request::get("/metrics").body(Vec::new())?;
+    let metrics = env.cluster.client().request_text(req).await?;
+    let dispatched: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_flowcontrol_dispatched_requests_total{"))
+        .filter(|l| l.contains(&format!("flow_schema=\"{level}\"")))
+        .filter(|l| l.contains(&format!("priority_level=\"{level}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        dispatched > 0.0,
+        "no request went through the chart's FlowSchema {level}"
     );
 
     operator.ensure_running()?;

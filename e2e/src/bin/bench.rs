@@ -247,7 +247,8 @@ async fn main() -> Result<()> {
 
 impl Bench {
     async fn start(args: Args, refresh: Duration) -> Result<Bench> {
-        let env = TestEnv::new("bench").await?;
+        // As users install it: with the chart's own API priority level.
+        let env = TestEnv::with_values("bench", &[("flowControl.enabled", "true")]).await?;
         let mut vault = VaultSpec::generated(RECORDS);
         let folder = vault.shared_folders[0].uid.clone();
         let apps: Vec<String> = (0..args.credentials).map(|c| format!("app-{c}")).collect();

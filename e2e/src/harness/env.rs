@@ -39,7 +39,12 @@ impl TestEnv {
         let cluster = Cluster::connect().await?;
         let op_ns = cluster.fresh_namespace(&format!("{name}-op")).await?;
         let app_ns = cluster.fresh_namespace(name).await?;
-        let mut values = vec![("watchNamespace", app_ns.as_str())];
+        // Off unless asked for: every environment is an install of its own, and a priority
+        // level per install would split the API server's concurrency among dozens of them.
+        let mut values = vec![
+            ("watchNamespace", app_ns.as_str()),
+            ("flowControl.enabled", "false"),
+        ];
         values.extend_from_slice(set);
         let chart = cluster.install_chart(&op_ns, &op_ns, &values).await?;
         let dir = artefact_dir().join(&app_ns);
