@@ -572,17 +572,18 @@ impl Install {
         Ok(pod)
     }
 
-    /// Step 4: Keeper down, the Secret deleted, the container killed: the kubelet restarts it in
+    /// Step 4: Keeper down, the container killed, the Secret deleted: the kubelet restarts it in
     /// the same Pod, and the restarted operator re-creates the Secret from the sealed last good
-    /// copy.
+    /// copy. The Secret goes only once the container is dead: the running operator would
+    /// re-create it at once from the data it holds in memory, still fresh.
     async fn kill_while_keeper_is_down(&self, pod: &Pod) -> Result<Pod> {
         self.server.faults().set_down(DownMode::Refuse);
-        self.secrets()
-            .delete("db", &DeleteParams::default())
-            .await?;
         let restarts = operator_status(pod)?.restart_count;
         let (node, id) = self.container(pod)?;
         self.node.kill_container(&node, &id)?;
+        self.secrets()
+            .delete("db", &DeleteParams::default())
+            .await?;
         let restarted = wait_until(
             "the killed container restarted and Ready",
             TIMEOUT,
