@@ -414,8 +414,14 @@ async fn client_versions_key_ids_and_garbage_get_the_real_errors() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 400);
-    let reply = raw.send(&device, Call::new("update_secret", &device)).await;
+    // Folder writes are not implemented; a record write without its fields is malformed.
+    let reply = raw.send(&device, Call::new("create_folder", &device)).await;
     assert_eq!(reply.status, 404);
+    let reply = raw.send(&device, Call::new("update_secret", &device)).await;
+    assert_eq!(
+        (reply.status, &reply.error()["error"]),
+        (400, &json!("bad_request"))
+    );
 }
 
 #[tokio::test]
