@@ -15,6 +15,8 @@ const ksm = require('@keeper-security/secrets-manager-core')
 const POSTGRES = 'YP6qLSSxX3qEJLYyQs6iZw'
 const STRIPE = 'SsxoiM-FPCF65F54JaY3jQ'
 const CERT_FILE = 'SP4eXwtZ4A3YYDQ0Rjrpcw'
+const PRODUCTION = 'WrCSNEzZNMFwau1vshzjIA'
+const STAGING = 'sXPn9haeUZfuv4Xp_nAUYw'
 let passed = 0
 
 function check(name, condition, detail) {
@@ -130,8 +132,82 @@ async function main() {
     const bound = await ksm.getSecrets({ storage: ksm.loadJsonConfig(configB64) })
     check('pre-bound base64 config', bound.records.length === 4)
 
+    // 9. Writes; the record made here is deleted at the end.
+    await writes(info, options)
+
     await admin(info, 'POST', '/admin/faults/reset')
     console.log(`javascript SDK: ${passed} passed, 0 failed`)
+    // The SDK's fileUpload never reads the upload's response, so that keep-alive socket would
+    // hold Node's event loop open until the server drops it.
+    process.exit(0)
+}
+
+const passwordOf = record => record.data.fields.find(f => f.type === 'password').value[0]
+
+// Create in the editable shared folder, read back, update, a stale update, upload and download
+// a file, a read-only share refusing, delete. The SDK keeps one process-wide key cache, filled
+// by the last getSecrets: each device fetches before it writes, as a JS application must.
+async function writes(info, options) {
+    const fetchOne = async uid => (await ksm.getSecrets(options, [uid])).records
+    await ksm.getSecrets(options)
+    const newRecord = {
+        title: 'Pushed by JavaScript',
+        type: 'login',
+        fields: [{ type: 'login', value: ['js-user'] }, { type: 'password', value: ['js-pass-1'] }],
+        custom: [],
+    }
+    const uid = await ksm.createSecret(options, PRODUCTION, newRecord)
+    const created = await fetchOne(uid)
+    check('createSecret then read back', created.length === 1 &&
+        created[0].data.title === 'Pushed by JavaScript' && passwordOf(created[0]) === 'js-pass-1',
+        created.map(r => r.data))
+    const record = created[0]
+    record.data.fields.find(f => f.type === 'password').value = ['js-pass-2']
+    await ksm.updateSecret(options, record)
+    const [updated] = await fetchOne(uid)
+    check('updateSecret', passwordOf(updated) === 'js-pass-2' && updated.revision > record.revision)
+
+    // `record` still carries the revision it was read at: Keeper refuses the second update.
+    record.data.fields.find(f => f.type === 'password').value = ['js-pass-stale']
+    let stale = ''
+    try {
+        await ksm.updateSecret(options, record)
+    } catch (error) {
+        stale = String(error.message || error)
+    }
+    check('stale revision refused', stale.includes('outdated_revision'), stale)
+    check('stale update changed nothing', passwordOf((await fetchOne(uid))[0]) === 'js-pass-2')
+
+    const content = Buffer.from('uploaded by the JavaScript SDK\n'.repeat(20))
+    const fileUid = await ksm.uploadFile(options, updated,
+        { name: 'js.txt', title: 'JavaScript upload', type: 'text/plain', data: content })
+    const [owner] = await fetchOne(uid)
+    const uploaded = (owner.files || []).find(f => f.fileUid === fileUid)
+    check('uploadFile then download', uploaded && uploaded.data.name === 'js.txt' &&
+        Buffer.from(await ksm.downloadFile(uploaded)).equals(content) &&
+        passwordOf(owner) === 'js-pass-2', owner.files)
+
+    // App `ci` sees Staging read-only.
+    const { token } = await admin(info, 'POST', '/admin/token', { app: 'ci' })
+    const ciStorage = ksm.inMemoryStorage({})
+    await ksm.initializeStorage(ciStorage, token, info.hostname)
+    const ciOptions = { ...options, storage: ciStorage }
+    await ksm.getSecrets(ciOptions)
+    let readOnly = ''
+    try {
+        await ksm.createSecret(ciOptions, STAGING, newRecord)
+    } catch (error) {
+        readOnly = String(error.message || error)
+    }
+    check('read-only share refuses createSecret', readOnly.includes('access_denied'), readOnly)
+
+    await ksm.getSecrets(options)
+    const { records } = await ksm.deleteSecret(options, [uid, POSTGRES])
+    const codes = Object.fromEntries(records.map(r => [r.recordUid, r.responseCode]))
+    check('deleteSecret: own record deleted, a record it did not create refused',
+        codes[uid] === 'ok' && codes[POSTGRES] === 'access_denied' && records.length === 2, records)
+    check('deleted record is gone', (await fetchOne(uid)).length === 0 &&
+        (await ksm.getSecrets(options)).records.length === 4)
 }
 
 main().catch(error => {

@@ -17,6 +17,7 @@ import time
 import urllib.request
 
 from keeper_secrets_manager_core import SecretsManager
+from keeper_secrets_manager_core.dto.dtos import KeeperFileUpload, RecordCreate, RecordField
 from keeper_secrets_manager_core.exceptions import KeeperError
 from keeper_secrets_manager_core.storage import FileKeyValueStorage, InMemoryKeyValueStorage
 
@@ -24,6 +25,8 @@ POSTGRES = "YP6qLSSxX3qEJLYyQs6iZw"
 WEB_CERT = "eOg9gnMeK3HgPNAqf7KB7g"
 STRIPE = "SsxoiM-FPCF65F54JaY3jQ"
 CERT_FILE = "SP4eXwtZ4A3YYDQ0Rjrpcw"
+PRODUCTION = "WrCSNEzZNMFwau1vshzjIA"
+STAGING = "sXPn9haeUZfuv4Xp_nAUYw"
 PASSED = []
 
 
@@ -187,8 +190,79 @@ def main():
             json.dump(answers, f)
         check("notation table answered", len(answers) > 0, table)
 
+    # 12. Writes, last so the checks above see the vault as the sample defines it; the record
+    # made here is deleted at the end, so the JavaScript run finds the vault as it was.
+    writes(bound, admin, info)
+
     admin.call("POST", "/admin/faults/reset")
     print(f"python SDK: {len(PASSED)} passed, 0 failed", flush=True)
+
+
+def writes(sm, admin, info):
+    """Create in the editable shared folder, read back, update, a stale update, upload and
+    download a file, a read-only share refusing, delete."""
+    new = RecordCreate("login", "Pushed by Python")
+    new.fields = [
+        RecordField(field_type="login", value=["py-user"]),
+        RecordField(field_type="password", value=["py-pass-1"]),
+    ]
+    uid = sm.create_secret(PRODUCTION, new)
+    created = sm.get_secrets([uid])
+    check(
+        "create_secret then read back",
+        [(r.title, r.password, r.folder_uid) for r in created] == [("Pushed by Python", "py-pass-1", PRODUCTION)],
+        [(r.title, r.password, r.folder_uid) for r in created],
+    )
+    record = created[0]
+    record.field("password", value="py-pass-2")
+    sm.save(record)
+    updated = sm.get_secrets([uid])[0]
+    check("save (update_secret)", updated.password == "py-pass-2" and updated.revision > record.revision)
+
+    # `record` still carries the revision it was read at: Keeper refuses the second save.
+    record.field("password", value="py-pass-stale")
+    try:
+        sm.save(record)
+        stale = ""
+    except KeeperError as error:
+        stale = str(error)
+    check("stale revision refused", "outdated_revision" in stale, stale)
+    check("stale save changed nothing", sm.get_secrets([uid])[0].password == "py-pass-2")
+
+    content = b"uploaded by the Python SDK\n" * 20
+    upload = KeeperFileUpload(name="py.txt", title="Python upload", mime_type="text/plain", data=content)
+    file_uid = sm.upload_file(updated, upload)
+    owner = sm.get_secrets([uid])[0]
+    uploaded = owner.find_file_by_title("Python upload")
+    check(
+        "upload_file then download",
+        uploaded is not None and uploaded.f["fileUid"] == file_uid and uploaded.name == "py.txt"
+        and uploaded.get_file_data() == content and owner.password == "py-pass-2",
+    )
+
+    # App `ci` sees Staging read-only.
+    ci_token = admin.call("POST", "/admin/token", {"app": "ci"})["token"]
+    ci = SecretsManager(
+        token=ci_token,
+        hostname=info["hostname"],
+        config=InMemoryKeyValueStorage(),
+        server_public_key=info["serverPublicKey"],
+        server_public_key_id=info["serverPublicKeyId"],
+    )
+    try:
+        ci.create_secret(STAGING, new)
+        read_only = ""
+    except KeeperError as error:
+        read_only = str(error)
+    check("read-only share refuses create_secret", "access_denied" in read_only, read_only)
+
+    results = {r["recordUid"]: r["responseCode"] for r in sm.delete_secret([uid, POSTGRES])}
+    check(
+        "delete_secret: own record deleted, a record it did not create refused",
+        results == {uid: "ok", POSTGRES: "access_denied"},
+        results,
+    )
+    check("deleted record is gone", sm.get_secrets([uid]) == [] and len(sm.get_secrets()) == 4)
 
 
 def read_table(path):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Proves that ksm-test-server speaks Keeper's protocol: the OFFICIAL Keeper SDKs, unmodified,
-# bind a one-time token, fetch, resolve notations, download a file and list folders against it;
+# bind a one-time token, fetch, resolve notations, download a file, list folders, and write
+# (create, update, a stale update, upload, a read-only share, delete) against it;
 # then keeper-operator resolves a table of notations (notations.txt) as the Python SDK does.
 #
 #   Python:     keeper-secrets-manager-core==17.3.0 (PyPI), in a venv this script creates

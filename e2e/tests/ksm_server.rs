@@ -13,6 +13,7 @@ use keeper_e2e::ksm_server::{
 use keeper_operator::ksm::config::SDK_CONFIG_KEYS;
 use keeper_operator::ksm::crypto::{
     AesKey, aes_gcm_decrypt, aes_gcm_encrypt, b64_decode, b64_std, b64_url, ecies_encrypt,
+    parse_public_key,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -413,8 +414,14 @@ async fn client_versions_key_ids_and_garbage_get_the_real_errors() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 400);
-    let reply = raw.send(&device, Call::new("update_secret", &device)).await;
+    // Folder writes are not implemented; a record write without its fields is malformed.
+    let reply = raw.send(&device, Call::new("create_folder", &device)).await;
     assert_eq!(reply.status, 404);
+    let reply = raw.send(&device, Call::new("update_secret", &device)).await;
+    assert_eq!(
+        (reply.status, &reply.error()["error"]),
+        (400, &json!("bad_request"))
+    );
 }
 
 #[tokio::test]
@@ -1000,4 +1007,437 @@ async fn flat_in_folder_records_are_top_level_and_wrapped_by_the_folder_key() {
     let mut expected = vec![ANALYTICS, POSTGRES];
     expected.sort();
     assert_eq!(record_uids(&all_records(&sub, &app_key)), expected);
+}
+
+/// A bound device of `app` that writes as the SDKs do (docs/dev/protocol.md#write-endpoints),
+/// holding the keys they hold: the shared folder's key and the app owner's public key.
+struct Writer {
+    raw: RawClient,
+    device: Device,
+    folder_key: AesKey,
+    owner: p256::PublicKey,
+}
+
+impl Writer {
+    async fn new(server: &TestServer, app: &str, folder: &str) -> Self {
+        let (device, config) = Device::from_config(&server.bound_config(app).unwrap());
+        let raw = RawClient::new(server);
+        let answer = raw
+            .send(&device, Call::new("get_secret", &device))
+            .await
+            .json();
+        let app_key = device.app_key.clone().unwrap();
+        let wrapped = answer["folders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["folderUid"] == folder)
+            .map(|f| b64_decode(f["folderKey"].as_str().unwrap()).unwrap())
+            .unwrap();
+        let owner = b64_decode(config["appOwnerPublicKey"].as_str().unwrap()).unwrap();
+        Writer {
+            raw,
+            device,
+            folder_key: app_key.unwrap_key(&wrapped).unwrap(),
+            owner: parse_public_key(&owner).unwrap(),
+        }
+    }
+
+    /// A correct `create_secret` payload for a new login record in `folder`.
+    fn create(&self, uid: &str, key: &AesKey, folder: &str, password: &str) -> Value {
+        let record = json!({"title": "Pushed", "type": "login",
+            "fields": [{"type": "password", "value": [password]}], "custom": []});
+        json!({
+            "recordUid": uid,
+            "recordKey": b64_std(&ecies_encrypt(&self.owner, key.as_bytes())),
+            "folderUid": folder,
+            "folderKey": b64_std(&aes_gcm_encrypt(&self.folder_key, key.as_bytes())),
+            // JS sends record data as base64url: both alphabets are accepted.
+            "data": b64_url(&aes_gcm_encrypt(key, record.to_string().as_bytes())),
+        })
+    }
+
+    async fn call(&self, endpoint: &str, fields: &Value) -> keeper_e2e::ksm_server::client::Reply {
+        let mut call = Call::new(endpoint, &self.device);
+        for (name, value) in fields.as_object().unwrap() {
+            call = call.with(name, value.clone());
+        }
+        self.raw.send(&self.device, call).await
+    }
+
+    /// Sends `fields` and expects a refusal: `(status, error, message)`.
+    async fn refused(&self, endpoint: &str, fields: &Value) -> (u16, String, String) {
+        let reply = self.call(endpoint, fields).await;
+        let body = reply.error();
+        (
+            reply.status,
+            body["error"].as_str().unwrap().to_string(),
+            body["message"].as_str().unwrap().to_string(),
+        )
+    }
+}
+
+#[tokio::test]
+async fn created_records_are_served_like_keepers_and_updates_check_the_revision() {
+    let server = TestServer::sample().await.unwrap();
+    let writer = Writer::new(&server, "operator", PRODUCTION).await;
+    let (uid, key) = (
+        keeper_operator::ksm::crypto::generate_uid(),
+        AesKey::random(),
+    );
+    let mut payload = writer.create(&uid, &key, PRODUCTION, "one");
+    payload["subFolderUid"] = json!(DATABASES);
+    let reply = writer.call("create_secret", &payload).await;
+    assert_eq!((reply.status, reply.body.len()), (200, 0), "an empty 200");
+    assert_eq!(
+        server.record(&uid).unwrap().folder_uid.as_deref(),
+        Some(DATABASES)
+    );
+
+    // Listed under its shared folder, key wrapped by the folder key, editable, data as sent.
+    let answer = writer
+        .call("get_secret", &json!({"requestedRecords": [uid]}))
+        .await
+        .json();
+    let folder = &answer["folders"][0];
+    assert_eq!(
+        (&folder["folderUid"], &folder["isEditable"]),
+        (&json!(PRODUCTION), &json!(true))
+    );
+    let listed = &folder["records"][0];
+    assert_eq!(
+        (&listed["innerFolderUid"], &listed["isEditable"]),
+        (&json!(DATABASES), &json!(true))
+    );
+    let wrapped = b64_decode(listed["recordKey"].as_str().unwrap()).unwrap();
+    assert!(writer.folder_key.unwrap_key(&wrapped).unwrap() == key);
+    let revision = listed["revision"].as_i64().unwrap();
+
+    let update = |revision: i64, password: &str, extra: Value| {
+        let record = json!({"title": "Pushed", "type": "login",
+            "fields": [{"type": "password", "value": [password]}]});
+        let mut fields = json!({"recordUid": uid, "revision": revision,
+            "data": b64_std(&aes_gcm_encrypt(&key, record.to_string().as_bytes()))});
+        if let Value::Object(extra) = extra {
+            fields.as_object_mut().unwrap().extend(extra);
+        }
+        fields
+    };
+    assert_eq!(
+        writer
+            .call("update_secret", &update(revision, "two", json!(null)))
+            .await
+            .status,
+        200
+    );
+    let stale = writer
+        .call("update_secret", &update(revision, "stale", json!(null)))
+        .await;
+    let body = stale.error();
+    assert_eq!(
+        (stale.status, &body["error"], &body["result_code"]),
+        (
+            400,
+            &json!("outdated_revision"),
+            &json!("outdated_revision")
+        )
+    );
+    assert_eq!(
+        server
+            .record(&uid)
+            .unwrap()
+            .field_text("password")
+            .as_deref(),
+        Some("two")
+    );
+
+    // A rotation is kept until finalized, or undone by a rollback (as a new revision).
+    let current = server.record_revision(&uid).unwrap();
+    let rotation = update(current, "rotated", json!({"transactionType": "rotation"}));
+    assert_eq!(writer.call("update_secret", &rotation).await.status, 200);
+    assert_eq!(
+        writer
+            .call("rollback_secret_update", &json!({"recordUid": uid}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        server
+            .record(&uid)
+            .unwrap()
+            .field_text("password")
+            .as_deref(),
+        Some("two")
+    );
+    assert!(server.record_revision(&uid).unwrap() > current + 1);
+    let (status, error, _) = writer
+        .refused("finalize_secret_update", &json!({"recordUid": uid}))
+        .await;
+    assert_eq!(
+        (status, error.as_str()),
+        (400, "bad_request"),
+        "no transaction left"
+    );
+}
+
+#[tokio::test]
+async fn hostile_create_payloads_are_refused_with_specific_errors() {
+    let server = TestServer::sample().await.unwrap();
+    let writer = Writer::new(&server, "operator", PRODUCTION).await;
+    let before = server.records().len();
+    let key = AesKey::random();
+    let uid = keeper_operator::ksm::crypto::generate_uid();
+    let good = writer.create(&uid, &key, PRODUCTION, "x");
+    let with = |name: &str, value: Value| {
+        let mut payload = good.clone();
+        payload[name] = value;
+        payload
+    };
+    let other = AesKey::random();
+    let cases = [
+        (
+            with("data", json!("%%% not base64")),
+            400,
+            "bad_request",
+            "data is not base64",
+        ),
+        (
+            with("data", json!(b64_std(&aes_gcm_encrypt(&other, b"{}")))),
+            400,
+            "bad_request",
+            "data does not decrypt",
+        ),
+        (
+            with("data", json!(b64_std(&aes_gcm_encrypt(&key, b"[1, 2]")))),
+            400,
+            "bad_request",
+            "record data",
+        ),
+        (
+            with(
+                "folderKey",
+                json!(b64_std(&aes_gcm_encrypt(&other, key.as_bytes()))),
+            ),
+            400,
+            "bad_request",
+            "folderKey does not unwrap",
+        ),
+        (
+            with(
+                "recordKey",
+                json!(b64_std(&ecies_encrypt(&writer.owner, other.as_bytes()))),
+            ),
+            400,
+            "bad_request",
+            "wrap different keys",
+        ),
+        (
+            with("recordKey", json!(b64_std(&[7; 125]))),
+            400,
+            "bad_request",
+            "does not decrypt with the owner",
+        ),
+        (
+            with("data", json!(b64_std(&vec![0; 40 * 1024]))),
+            400,
+            "size_exceeded_limit",
+            "limit",
+        ),
+        (
+            with("recordUid", json!("short")),
+            400,
+            "bad_request",
+            "recordUid is not",
+        ),
+        (
+            with("recordUid", json!(POSTGRES)),
+            400,
+            "record_exists",
+            "already exists",
+        ),
+        (
+            with("folderUid", json!(STAGING)),
+            403,
+            "access_denied",
+            "not shared",
+        ),
+        (
+            with("subFolderUid", json!(STAGING)),
+            400,
+            "bad_request",
+            "is not a folder of",
+        ),
+        (
+            with("folderKey", json!(null)),
+            400,
+            "bad_request",
+            "payload",
+        ),
+    ];
+    for (payload, status, error, message) in cases {
+        let got = writer.refused("create_secret", &payload).await;
+        assert_eq!(
+            (got.0, got.1.as_str()),
+            (status, error),
+            "{got:?} for {payload}"
+        );
+        assert!(
+            got.2.contains(message),
+            "{got:?} should mention {message:?}"
+        );
+    }
+
+    // A read-only share: app `ci` sees Staging but may not write to it.
+    let ci = Writer::new(&server, "ci", STAGING).await;
+    let payload = ci.create(&uid, &key, STAGING, "x");
+    let (status, error, message) = ci.refused("create_secret", &payload).await;
+    assert_eq!((status, error.as_str()), (403, "access_denied"));
+    assert!(message.contains("read-only"), "{message}");
+    assert_eq!(server.records().len(), before, "nothing was stored");
+    assert_eq!(
+        writer.call("create_secret", &good).await.status,
+        200,
+        "the good payload works"
+    );
+}
+
+#[tokio::test]
+async fn hostile_updates_deletes_and_uploads_are_refused() {
+    let server = TestServer::sample().await.unwrap();
+    let writer = Writer::new(&server, "operator", PRODUCTION).await;
+    let revision = server.record_revision(POSTGRES).unwrap();
+    let data = b64_std(&aes_gcm_encrypt(&AesKey::random(), b"{}"));
+    let update = json!({"recordUid": POSTGRES, "revision": revision, "data": data});
+    let got = writer.refused("update_secret", &update).await;
+    assert_eq!((got.0, got.1.as_str()), (400, "bad_request"), "{got:?}");
+    assert!(
+        got.2.contains("does not decrypt with the record key"),
+        "{got:?}"
+    );
+    let direct = json!({"recordUid": STRIPE, "revision": 1, "data": data});
+    let got = writer.refused("update_secret", &direct).await;
+    assert_eq!(
+        (got.0, got.1.as_str()),
+        (403, "access_denied"),
+        "directly shared records are read-only"
+    );
+    let unknown = json!({"recordUid": keeper_operator::ksm::crypto::generate_uid(), "revision": 1, "data": data});
+    assert_eq!(writer.refused("update_secret", &unknown).await.0, 403);
+    assert_eq!(server.record_revision(POSTGRES), Some(revision));
+
+    // delete_secret answers per record: only records the app created may go.
+    let reply = writer
+        .call("delete_secret", &json!({"recordUids": [POSTGRES, "bad"]}))
+        .await
+        .json();
+    let codes: Vec<&Value> = reply["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["responseCode"])
+        .collect();
+    assert_eq!(codes, [&json!("access_denied"), &json!("bad_request")]);
+    assert!(server.record(POSTGRES).is_ok());
+
+    // add_file: oversize, a link key under the wrong key, then an upload that lies about its size.
+    let file_key = AesKey::random();
+    let file_uid = keeper_operator::ksm::crypto::generate_uid();
+    let postgres_key = {
+        let answer = writer
+            .call("get_secret", &json!({"requestedRecords": [POSTGRES]}))
+            .await
+            .json();
+        let wrapped = b64_decode(
+            answer["folders"][0]["records"][0]["recordKey"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        writer.folder_key.unwrap_key(&wrapped).unwrap()
+    };
+    let mut owner = server.record(POSTGRES).unwrap();
+    owner
+        .fields
+        .push(json!({"type": "fileRef", "value": [file_uid]}));
+    let owner_json =
+        json!({"title": owner.title, "type": owner.record_type, "fields": owner.fields});
+    let content = aes_gcm_encrypt(&file_key, b"file content");
+    let add = json!({
+        "fileRecordUid": file_uid,
+        "fileRecordKey": b64_std(&ecies_encrypt(&writer.owner, file_key.as_bytes())),
+        "fileRecordData": b64_url(&aes_gcm_encrypt(&file_key, br#"{"name":"a.txt","size":12}"#)),
+        "ownerRecordUid": POSTGRES,
+        "ownerRecordData": b64_url(&aes_gcm_encrypt(&postgres_key, owner_json.to_string().as_bytes())),
+        "ownerRecordRevision": revision,
+        "linkKey": b64_std(&aes_gcm_encrypt(&postgres_key, file_key.as_bytes())),
+        "fileSize": content.len(),
+    });
+    let mut oversize = add.clone();
+    oversize["fileSize"] = json!(64 * 1024 * 1024);
+    assert_eq!(
+        writer.refused("add_file", &oversize).await.1,
+        "size_exceeded_limit"
+    );
+    let mut bad_link = add.clone();
+    bad_link["linkKey"] = json!(b64_std(&aes_gcm_encrypt(
+        &AesKey::random(),
+        file_key.as_bytes()
+    )));
+    assert!(
+        writer
+            .refused("add_file", &bad_link)
+            .await
+            .2
+            .contains("linkKey")
+    );
+    let mut stale = add.clone();
+    stale["ownerRecordRevision"] = json!(revision - 1);
+    assert_eq!(
+        writer.refused("add_file", &stale).await.1,
+        "outdated_revision"
+    );
+
+    let answer = writer.call("add_file", &add).await.json();
+    let url = answer["url"].as_str().unwrap();
+    let parameters: Value = serde_json::from_str(answer["parameters"].as_str().unwrap()).unwrap();
+    let form = |file: &[u8]| {
+        let mut body = format!(
+            "--B\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\n{}\r\n--B\r\n\
+             Content-Disposition: form-data; name=\"file\"\r\n\r\n",
+            parameters["key"].as_str().unwrap()
+        )
+        .into_bytes();
+        body.extend_from_slice(file);
+        body.extend_from_slice(b"\r\n--B--\r\n");
+        writer
+            .raw
+            .http
+            .post(url)
+            .header("Content-Type", "multipart/form-data; boundary=B")
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        form(&content[1..]).await.unwrap().status(),
+        400,
+        "size differs from fileSize"
+    );
+    assert_eq!(
+        server.record_revision(POSTGRES),
+        Some(revision),
+        "nothing committed"
+    );
+    assert_eq!(form(&content).await.unwrap().status(), 204);
+    let stored = server.record(POSTGRES).unwrap();
+    assert_eq!(
+        stored.files.last().unwrap().bytes().unwrap(),
+        b"file content"
+    );
+    assert!(server.record_revision(POSTGRES).unwrap() > revision);
+    assert_eq!(
+        form(&content).await.unwrap().status(),
+        403,
+        "an upload is used once"
+    );
 }

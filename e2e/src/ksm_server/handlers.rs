@@ -1,13 +1,16 @@
 //! The HTTPS endpoints: `POST /api/rest/sm/v1/{endpoint}` (docs/dev/protocol.md#the-test-server)
-//! and the pre-signed-style file downloads `GET /files/{uid}`.
+//! the pre-signed-style file downloads `GET /files/{uid}` and the uploads `POST /upload/{uid}`
+//! that `add_file` hands out.
 
 use super::counters::Counters;
 use super::faults::{DownMode, FaultHandle, FileFailure, ResponseFault};
+use super::vault::WriteError;
 use super::vault::{Auth, Filter, Vault};
 use super::wire::{self, DecodedRequest, ErrorReply, UNABLE_TO_VALIDATE};
+use super::write_endpoints::{self, MAX_UPLOAD_BODY, UPLOAD_STATUS, WRITE_ENDPOINTS, form_parts};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -37,12 +40,20 @@ pub(crate) fn router(shared: std::sync::Arc<Shared>) -> Router {
     Router::new()
         .route("/api/rest/sm/v1/{endpoint}", post(api))
         .route("/files/{uid}", get(file))
+        .route(
+            "/upload/{uid}",
+            post(upload).layer(DefaultBodyLimit::max(MAX_UPLOAD_BODY)),
+        )
         .with_state(shared)
 }
 
 type AppState = State<std::sync::Arc<Shared>>;
 
-const ENDPOINTS: [&str; 2] = ["get_secret", "get_folders"];
+const READ_ENDPOINTS: [&str; 2] = ["get_secret", "get_folders"];
+
+fn is_endpoint(endpoint: &str) -> bool {
+    READ_ENDPOINTS.contains(&endpoint) || WRITE_ENDPOINTS.contains(&endpoint)
+}
 /// `clientVersion` prefixes of the official SDKs (docs/dev/protocol.md#payload): Python,
 /// JavaScript, Rust, Go, Java, .NET, Ruby.
 const CLIENT_PREFIXES: [&str; 7] = ["mp", "ms", "mr", "mg", "mj", "mn", "mb"];
@@ -181,7 +192,7 @@ async fn api(
         let vault = shared.vault();
         vault.app_of(c).map(|app| (c.to_string(), app.to_string()))
     });
-    let counted_endpoint = if ENDPOINTS.contains(&endpoint.as_str()) {
+    let counted_endpoint = if is_endpoint(&endpoint) {
         endpoint.as_str()
     } else {
         "unknown"
@@ -222,9 +233,13 @@ async fn api(
         key_id,
         decoded,
     ) {
-        Ok((key, plaintext)) => {
+        Ok((key, Some(plaintext))) => {
             shared.counters.record_outcome("ok");
             encrypted_response(&key, &plaintext, shared.faults.take_response_fault())
+        }
+        Ok((_, None)) => {
+            shared.counters.record_outcome("ok");
+            octets(StatusCode::OK, Body::empty(), 0)
         }
         Err(reply) => {
             shared.counters.record_outcome(reply.outcome);
@@ -235,7 +250,7 @@ async fn api(
 
 /// The checks of docs/dev/protocol.md#the-test-server, in order: throttle, key id, decryption,
 /// client id and signature, client version, then the endpoint. Returns the transmission key and the
-/// response JSON to encrypt with it.
+/// response JSON to encrypt with it (none for an empty answer).
 fn handle(
     shared: &Shared,
     endpoint: &str,
@@ -243,8 +258,8 @@ fn handle(
     client: Option<&str>,
     key_id: Option<&str>,
     decoded: Result<DecodedRequest, wire::DecodeError>,
-) -> Result<(AesKey, Vec<u8>), ErrorReply> {
-    if !ENDPOINTS.contains(&endpoint) {
+) -> Result<(AesKey, Option<Vec<u8>>), ErrorReply> {
+    if !is_endpoint(endpoint) {
         return Err(ErrorReply::not_found(path));
     }
     let throttle = shared.faults.take_throttle().or_else(|| {
@@ -276,6 +291,11 @@ fn handle(
     if !known_client_version(version) || shared.faults.is_version_rejected(version) {
         return Err(ErrorReply::invalid_client_version(path, version));
     }
+    if WRITE_ENDPOINTS.contains(&endpoint) {
+        return write_endpoints::handle(shared, endpoint, &app, &request.json)
+            .map(|answer| (request.transmission_key, answer))
+            .map_err(|error| write_endpoints::refusal(path, error));
+    }
     let binding = just_bound.then_some(client_id);
     let vault = shared.vault();
     let json = if endpoint == "get_secret" {
@@ -293,7 +313,7 @@ fn handle(
             .and_then(|r| Ok(serde_json::to_vec(&r)?))
     };
     match json {
-        Ok(json) => Ok((request.transmission_key, json)),
+        Ok(json) => Ok((request.transmission_key, Some(json))),
         Err(_) => Err(ErrorReply::internal(path)),
     }
 }
@@ -317,6 +337,47 @@ async fn file(State(shared): AppState, Path(uid): Path<String>) -> Response {
             let len = half.len();
             octets(StatusCode::OK, Body::from(half), len)
         }
+    }
+}
+
+/// The upload `add_file` reserved: a `multipart/form-data` POST of the `key` field handed out
+/// and the encrypted `file`, answered as a storage service would (plain text errors).
+async fn upload(
+    State(shared): AppState,
+    Path(uid): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    apply_latency(&shared.faults).await;
+    if shared.faults.down_mode() == DownMode::Unavailable {
+        return unavailable();
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(parts) = form_parts(content_type, &body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "malformed multipart/form-data body",
+        )
+            .into_response();
+    };
+    let field = |name: &str| parts.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    if field("key") != Some(uid.as_bytes()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "the key field does not match the upload",
+        )
+            .into_response();
+    }
+    let Some(file) = field("file") else {
+        return (StatusCode::BAD_REQUEST, "no file part").into_response();
+    };
+    match shared.vault().complete_upload(&uid, file.to_vec()) {
+        Ok(_) => UPLOAD_STATUS.into_response(),
+        Err(WriteError::AccessDenied(message)) => (StatusCode::FORBIDDEN, message).into_response(),
+        Err(error) => (StatusCode::BAD_REQUEST, format!("{error:?}")).into_response(),
     }
 }
 

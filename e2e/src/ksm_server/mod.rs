@@ -16,8 +16,11 @@
 //!   text body; `retry_after` and a `Retry-After` header (seconds or HTTP-date) only when a
 //!   test asks for them. The optional rate limit keys on client id + endpoint, window restarting
 //!   on every request, as the SDK comments describe.
-//! - Undecryptable requests: 400 `bad_request`; endpoints other than `get_secret` and
-//!   `get_folders`: 404 (the write endpoints are not implemented).
+//! - Undecryptable requests: 400 `bad_request`; endpoints not listed in
+//!   docs/dev/protocol.md#write-endpoints: 404 (folder writes are not implemented).
+//! - Writes (docs/dev/protocol.md#write-endpoints): a stale revision is 400
+//!   `outdated_revision`, the status name of Keeper's records API; a read-only share, or a
+//!   record the app cannot see, 403 `access_denied`; malformed payloads 400 `bad_request`.
 //! - Plaintexts (record JSON, `appData`) are space-padded to a multiple of 128 bytes.
 //!
 //! ```no_run
@@ -41,6 +44,7 @@ mod spec;
 mod tls;
 mod vault;
 mod wire;
+mod write_endpoints;
 
 pub use counters::{CounterSnapshot, Counters};
 pub use faults::{
@@ -48,7 +52,9 @@ pub use faults::{
     ThrottleBody,
 };
 pub use sample::{SAMPLE_VAULT_JSON, flat_in_folder_sample_vault, sample_file, sample_vault, uids};
-pub use spec::{AppSpec, FileSpec, FolderSpec, Listing, RecordSpec, VaultSpec, is_valid_uid};
+pub use spec::{
+    AppSpec, EditableShare, FileSpec, FolderSpec, Listing, RecordSpec, VaultSpec, is_valid_uid,
+};
 
 use anyhow::{Context, anyhow};
 use handlers::Shared;

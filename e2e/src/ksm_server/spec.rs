@@ -19,6 +19,18 @@ pub struct VaultSpec {
     pub records: Vec<RecordSpec>,
     #[serde(default)]
     pub apps: Vec<AppSpec>,
+    /// Folder shares an app may write through ("Can Edit" in the vault). Keeper shares a folder
+    /// with an application read-only unless asked, so every other share is read-only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub editable_shares: Vec<EditableShare>,
+}
+
+/// One app's write access to one of its shared folders (and everything below it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EditableShare {
+    pub app: String,
+    pub folder: String,
 }
 
 /// A shared folder (top level) or a sub-folder (nested in `folders`).
@@ -194,6 +206,7 @@ impl VaultSpec {
                 shared_folders: vec![folder],
                 records: Vec::new(),
             }],
+            editable_shares: Vec::new(),
         }
     }
 
@@ -283,6 +296,16 @@ impl VaultSpec {
                     app.name
                 );
             }
+        }
+        for share in &self.editable_shares {
+            ensure!(
+                self.apps
+                    .iter()
+                    .any(|a| a.name == share.app && a.shared_folders.contains(&share.folder)),
+                "editable share: app {:?} does not see shared folder {}",
+                share.app,
+                share.folder
+            );
         }
         Ok(())
     }

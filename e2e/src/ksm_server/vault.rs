@@ -22,7 +22,9 @@ const FIRST_REVISION: i64 = 1_411_000;
 const PAD_TO: usize = 128;
 
 mod views;
+mod writes;
 pub(crate) use views::Filter;
+pub(crate) use writes::{MAX_FILE, WriteError};
 
 struct Folder {
     name: String,
@@ -45,12 +47,18 @@ struct Record {
     revision: i64,
     data: String,
     files: Vec<StoredFile>,
+    /// The app that made the record through `create_secret`; only it may delete the record.
+    created_by: Option<String>,
+    /// The state before a `rotation` update, until it is finalized or rolled back.
+    rollback: Option<writes::Rollback>,
 }
 
 struct App {
     title: String,
     key: AesKey,
     shared_folders: BTreeSet<String>,
+    /// The shared folders this app may write to.
+    editable_folders: BTreeSet<String>,
     records: BTreeSet<String>,
 }
 
@@ -84,6 +92,8 @@ pub(crate) struct Vault {
     file_index: HashMap<String, String>,
     apps: BTreeMap<String, App>,
     devices: HashMap<String, Device>,
+    /// file uid → an upload `add_file` reserved.
+    pending_uploads: HashMap<String, writes::PendingUpload>,
 }
 
 fn now_ms() -> i64 {
@@ -111,6 +121,7 @@ impl Vault {
             file_index: HashMap::new(),
             apps: BTreeMap::new(),
             devices: HashMap::new(),
+            pending_uploads: HashMap::new(),
         };
         for shared in &spec.shared_folders {
             vault.add_folder(shared, None, &shared.uid);
@@ -125,6 +136,12 @@ impl Vault {
                     title: app.title.clone().unwrap_or_else(|| app.name.clone()),
                     key: AesKey::random(),
                     shared_folders: app.shared_folders.iter().cloned().collect(),
+                    editable_folders: spec
+                        .editable_shares
+                        .iter()
+                        .filter(|s| s.app == app.name)
+                        .map(|s| s.folder.clone())
+                        .collect(),
                     records: app.records.iter().cloned().collect(),
                 },
             );
@@ -175,6 +192,7 @@ impl Vault {
             }
         }
         let old = self.records.remove(&spec.uid);
+        let created_by = old.as_ref().and_then(|r| r.created_by.clone());
         let key = old.as_ref().map_or_else(AesKey::random, |r| r.key.clone());
         let mut old_file_keys: HashMap<String, AesKey> = HashMap::new();
         if let Some(old) = old {
@@ -205,6 +223,8 @@ impl Vault {
                 revision,
                 data,
                 files,
+                created_by,
+                rollback: None,
             },
         );
         Ok(revision)

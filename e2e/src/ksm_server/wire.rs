@@ -6,6 +6,7 @@ use super::faults::{RetryAfterHeader, Throttle, ThrottleBody};
 use axum::http::{HeaderMap, StatusCode};
 use keeper_operator::ksm::crypto::{AesKey, EcKeyPair, aes_gcm_decrypt, b64_decode, ecies_decrypt};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 /// A request whose transmission key and body decrypted. The signature is checked later,
 /// against the device key the client id is bound to.
@@ -16,6 +17,8 @@ pub(crate) struct DecodedRequest {
     pub signed: Vec<u8>,
     pub signature: Option<Vec<u8>>,
     pub payload: Payload,
+    /// The decrypted JSON, for the write endpoints to read their own fields from.
+    pub json: Zeroizing<Vec<u8>>,
 }
 
 /// The fields of a request payload the server reads; `null` and absent are the same
@@ -28,6 +31,62 @@ pub(crate) struct Payload {
     pub public_key: Option<String>,
     pub requested_records: Option<Vec<String>>,
     pub requested_folders: Option<Vec<String>>,
+}
+
+/// `create_secret` (docs/dev/protocol.md#write-payloads).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CreatePayload {
+    pub record_uid: String,
+    /// The record key wrapped for the app owner (ECIES).
+    pub record_key: String,
+    pub folder_uid: String,
+    /// Despite the name: the record key wrapped by the shared folder's key (GCM).
+    pub folder_key: String,
+    pub data: String,
+    pub sub_folder_uid: Option<String>,
+}
+
+/// `update_secret`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UpdatePayload {
+    pub record_uid: String,
+    pub revision: i64,
+    pub data: String,
+    pub transaction_type: Option<String>,
+}
+
+/// `delete_secret`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DeletePayload {
+    pub record_uids: Vec<String>,
+}
+
+/// `finalize_secret_update` and `rollback_secret_update`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TransactionPayload {
+    pub record_uid: String,
+}
+
+/// `add_file`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AddFilePayload {
+    pub file_record_uid: String,
+    /// The file key wrapped for the app owner (ECIES).
+    pub file_record_key: String,
+    /// File metadata JSON, GCM under the file key.
+    pub file_record_data: String,
+    pub owner_record_uid: String,
+    pub owner_record_data: String,
+    pub owner_record_revision: i64,
+    /// The file key wrapped by the owner record's key (GCM).
+    pub link_key: String,
+    /// Length of the encrypted content the upload must carry.
+    pub file_size: u64,
 }
 
 /// Why a request could not even be decoded.
@@ -78,6 +137,7 @@ pub(crate) fn decode_request(
         signed: [tk_blob.as_slice(), body].concat(),
         signature,
         payload,
+        json: plain,
     })
 }
 
@@ -320,6 +380,31 @@ impl ErrorReply {
                 result_code: None,
                 error: "internal_error",
                 message: "Internal error",
+                retry_after: None,
+            },
+        )
+    }
+
+    /// A refused write (docs/dev/protocol.md#write-endpoints): the envelope of the other
+    /// errors, with Keeper's record-modify status (`outdated_revision`, `record_exists`, ...) as
+    /// `result_code` and `error`, which every SDK reports (`Error: <code>, message=<text>`).
+    pub fn refused(
+        path: &str,
+        status: StatusCode,
+        code: &'static str,
+        message: &str,
+        additional_info: &str,
+    ) -> Self {
+        envelope(
+            status,
+            code,
+            Envelope {
+                path,
+                additional_info,
+                location: LOCATION,
+                result_code: Some(code),
+                error: code,
+                message,
                 retry_after: None,
             },
         )

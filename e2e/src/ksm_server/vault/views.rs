@@ -60,6 +60,7 @@ impl Vault {
         record: &Record,
         wrapping_key: &AesKey,
         inner_folder: Option<String>,
+        editable: bool,
         files_base: &str,
     ) -> RecordJson {
         let files: Vec<FileJson> = record
@@ -78,7 +79,7 @@ impl Vault {
             record_key: wrap(wrapping_key, &record.key),
             data: record.data.clone(),
             revision: record.revision,
-            is_editable: false,
+            is_editable: editable,
             files: (!files.is_empty()).then_some(files),
             folder_uid: None,
             inner_folder_uid: inner_folder,
@@ -116,6 +117,7 @@ impl Vault {
             let Some(shared) = self.folders.get(shared_uid) else {
                 continue;
             };
+            let editable = app.editable_folders.contains(shared_uid);
             let (nested, in_folder): (Vec<&Record>, Vec<&Record>) = self
                 .records
                 .values()
@@ -137,13 +139,19 @@ impl Vault {
                 .into_iter()
                 .map(|r| {
                     let inner = r.spec.folder_uid.clone().filter(|f| f != shared_uid);
-                    self.record_json(r, &shared.key, inner, files_base)
+                    self.record_json(r, &shared.key, inner, editable, files_base)
                 })
                 .collect();
             let has_flat = !in_folder.is_empty();
             flat.extend(in_folder.into_iter().map(|r| {
                 // Keeper names the record's own folder, the shared folder itself included.
-                self.record_json(r, &shared.key, r.spec.folder_uid.clone(), files_base)
+                self.record_json(
+                    r,
+                    &shared.key,
+                    r.spec.folder_uid.clone(),
+                    editable,
+                    files_base,
+                )
             }));
             let has_records = !records.is_empty() || has_flat;
             let folder_requested = filter
@@ -158,7 +166,7 @@ impl Vault {
                 folder_key: wrap(&app.key, &shared.key),
                 data: None,
                 parent: None,
-                is_editable: false,
+                is_editable: editable,
                 records,
             });
         }
@@ -171,7 +179,7 @@ impl Vault {
                 Some(wanted) => wanted.contains(&r.spec.uid),
                 None => filter.folders.is_none(),
             })
-            .map(|r| self.record_json(r, &app.key, None, files_base))
+            .map(|r| self.record_json(r, &app.key, None, false, files_base))
             .collect();
         direct.extend(flat);
 
