@@ -16,6 +16,7 @@
 #   e2e/cluster.sh env    print `export` lines (KUBECONFIG, E2E_KUBECONFIG, PATH with kubectl/helm)
 #   e2e/cluster.sh restart-apiserver [SECONDS]   stop kube-apiserver, wait, start it again (fault tests)
 #
+# etcd may grow to 8 GiB (its default 2 GiB quota does not hold a 50,000-object bench run).
 # State (PKI, etcd data, logs, PIDs, kubeconfig) lives in ${E2E_STATE_DIR:-$HOME/.cache/keeper-operator-e2e/cluster}.
 set -euo pipefail
 
@@ -290,7 +291,8 @@ up() {
     --listen-client-urls="http://127.0.0.1:$etcd_port" --advertise-client-urls="http://127.0.0.1:$etcd_port" \
     --listen-peer-urls="http://127.0.0.1:$peer_port" --initial-advertise-peer-urls="http://127.0.0.1:$peer_port" \
     --initial-cluster="e2e=http://127.0.0.1:$peer_port" \
-    --unsafe-no-fsync --log-level=warn
+    --unsafe-no-fsync --log-level=warn \
+    --quota-backend-bytes=8589934592
   wait_for "etcd health" etcd curl -fsS "http://127.0.0.1:$etcd_port/health"
 
   start_apiserver

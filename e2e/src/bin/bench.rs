@@ -9,8 +9,10 @@
 //! number of Secrets created straight by a minimal client at the same concurrency), so the
 //! baseline's writes never overlap the operator's.
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -22,6 +24,8 @@ use keeper_e2e::harness::{Operator, TestEnv};
 use keeper_e2e::ksm_server::{AppSpec, DownMode, TestServer, VaultSpec};
 use keeper_operator::api::KeeperSecret;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -29,6 +33,10 @@ use serde_json::{Value, json};
 /// Records in the generated vault; KeeperSecret i maps record i mod RECORDS plus record 0.
 const RECORDS: usize = 100;
 const SECRET_LABEL: &str = "app.kubernetes.io/managed-by=keeper-operator";
+/// The label each shard's `--watch-label-selector` selects on.
+const SHARD_LABEL: &str = "sharding.keeper-operator.dev/key";
+/// The control-plane processes whose CPU time each phase reports (PID files of e2e/cluster.sh).
+const CONTROL_PLANE: [&str; 3] = ["kube-apiserver", "etcd", "kube-controller-manager"];
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -50,9 +58,26 @@ struct Args {
     /// How long Keeper stays down in the outage phase, in refresh intervals.
     #[arg(long, default_value_t = 2)]
     outage_waves: u32,
+    /// Operator processes, one per shard: KeeperSecret i is labelled
+    /// `sharding.keeper-operator.dev/key=shard-<i mod S>` and shard k runs with
+    /// `--watch-label-selector` on `shard-k`. 1: one operator, no label, no selector.
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+    /// Phases to leave out (`change-propagation`, `outage`), to keep the largest runs short;
+    /// their figures stay zero and the table says "skipped".
+    #[arg(long = "skip", value_enum)]
+    skip: Vec<Optional>,
     /// Give up on any phase after this long.
-    #[arg(long, default_value = "900")]
+    #[arg(long, default_value = "1800")]
     timeout_seconds: u64,
+}
+
+/// The phases a run may leave out.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Optional {
+    ChangePropagation,
+    Outage,
 }
 
 /// Requests the bench itself makes to the resources counted in `apiserver_requests`.
@@ -68,6 +93,12 @@ struct Bench {
     refresh: Duration,
     timeout: Duration,
     own: OwnRequests,
+    /// Every KeeperSecret and managed Secret of the bench namespace, kept by one watch each:
+    /// the bench's polls read these instead of LISTing (a LIST of 50,000 objects a second
+    /// would load the API server more than the operator does).
+    watched_keeper_secrets: Store<KeeperSecret>,
+    watched_secrets: Store<Secret>,
+    control_plane: Vec<(&'static str, u32)>,
 }
 
 /// The bench's result: what the JSON file holds and the table shows. Typed, so a renamed field
@@ -98,6 +129,12 @@ struct Report {
     operator_rss_steady_anon_mib: f64,
     operator_rss_steady_file_mib: f64,
     operator_cpu_seconds: f64,
+    shards: usize,
+    skipped_phases: Vec<Optional>,
+    /// The largest single shard's peak RSS (the RSS figures above add up every shard).
+    operator_rss_peak_largest_shard_mib: f64,
+    /// CPU seconds per process over each phase (and the phase's wall time): who was busy.
+    cpu_seconds_by_phase: BTreeMap<String, BTreeMap<String, f64>>,
     apiserver_requests: u64,
     apiserver_requests_by_verb: BTreeMap<String, u64>,
     bench_own_requests_subtracted: u64,
@@ -170,11 +207,12 @@ async fn main() -> Result<()> {
         .into();
     let load_start = loadavg();
     let mut bench = Bench::start(args, refresh).await?;
-    let mut operator = bench.spawn_operator().await?;
-    let pid = operator.pid();
+    let mut fleet = bench.spawn_fleet().await?;
     let mut out = Report {
         keeper_secrets: bench.args.keeper_secrets,
         credentials: bench.args.credentials,
+        shards: bench.args.shards,
+        skipped_phases: bench.args.skip.clone(),
         refresh_interval_seconds: refresh.as_secs_f64(),
         concurrency: bench.args.concurrency,
         operator_binary: std::env::var("KEEPER_OPERATOR_BIN")
@@ -186,42 +224,55 @@ async fn main() -> Result<()> {
     let api_before = apiserver_counts(&client).await?;
     let mut phases = BTreeMap::new();
     let mut phase_start = api_before.1.clone();
+    let pids = fleet.pids();
+    let control_plane = bench.control_plane.clone();
+    let mut cpu_start = CpuTimes::read(&control_plane, &pids);
+    let mut cpu_phases = BTreeMap::new();
     let mut end_phase = async |name: &str| -> Result<()> {
         let now = apiserver_counts(&client).await?.1;
         phases.insert(name.to_string(), diff_by_verb(&phase_start, &now));
         phase_start = now;
+        let cpu = CpuTimes::read(&control_plane, &pids);
+        cpu_phases.insert(name.to_string(), cpu.since(&cpu_start));
+        cpu_start = cpu;
         Ok(())
     };
     bench.cold_start(&mut out).await?;
     end_phase("cold_start").await?;
-    operator.ensure_running()?;
+    fleet.ensure_running()?;
     bench.steady_waves(&mut out).await?;
     end_phase("steady_waves").await?;
-    let steady = rss_mib(pid)?;
-    bench.change_propagation(&mut out).await?;
-    end_phase("change_propagation").await?;
-    bench.outage(&mut out).await?;
-    end_phase("outage").await?;
-    operator.ensure_running()?;
+    let steady = fleet.rss()?;
+    if !bench.args.skip.contains(&Optional::ChangePropagation) {
+        bench.change_propagation(&mut out).await?;
+        end_phase("change_propagation").await?;
+    }
+    if !bench.args.skip.contains(&Optional::Outage) {
+        bench.outage(&mut out).await?;
+        end_phase("outage").await?;
+    }
+    fleet.ensure_running()?;
     out.apiserver_requests_steady = phases
         .get("steady_waves")
         .map_or(0, |verbs| verbs.values().sum());
     let api_after = apiserver_counts(&client).await?;
     // The kernel updates VmHWM lazily (not on every page fault), so an earlier VmRSS reading
     // can exceed a later VmHWM: the peak is the highest of all readings.
-    let peak = rss_mib(pid)?.peak.max(steady.peak).max(steady.now);
-    out.operator_rss_peak_mib = round2(peak);
+    let last = fleet.rss()?;
+    out.operator_rss_peak_mib = round2(last.peak.max(steady.peak).max(steady.now));
+    out.operator_rss_peak_largest_shard_mib = round2(last.largest_peak.max(steady.largest_peak));
     out.operator_rss_steady_mib = round2(steady.now);
     out.operator_rss_steady_anon_mib = round2(steady.anon);
     out.operator_rss_steady_file_mib = round2(steady.file);
-    out.operator_cpu_seconds = round2(cpu_seconds(pid)?);
+    out.operator_cpu_seconds = round2(fleet.cpu_seconds()?);
     out.apiserver_requests = (api_after.0 - api_before.0).saturating_sub(bench.own.0);
     out.apiserver_requests_by_verb = diff_by_verb(&api_before.1, &api_after.1);
     out.bench_own_requests_subtracted = bench.own.0;
     out.apiserver_requests_by_phase = phases;
-    out.restart_keeper_up = bench.restart(&mut operator, true).await?;
-    out.restart_keeper_down = bench.restart(&mut operator, false).await?;
-    drop(operator);
+    out.cpu_seconds_by_phase = cpu_phases;
+    out.restart_keeper_up = bench.restart(&mut fleet, true).await?;
+    out.restart_keeper_down = bench.restart(&mut fleet, false).await?;
+    drop(fleet);
 
     bench.raw_apiserver(&mut out).await?;
     bench.raw_same_writes(&mut out).await?;
@@ -270,6 +321,10 @@ impl Bench {
                 .await?;
         }
         let timeout = Duration::from_secs(args.timeout_seconds);
+        let watched_keeper_secrets = watch(env.api(), watcher::Config::default()).await?;
+        let watched_secrets =
+            watch(env.api(), watcher::Config::default().labels(SECRET_LABEL)).await?;
+        let control_plane = control_plane_pids();
         Ok(Bench {
             args,
             env,
@@ -279,20 +334,37 @@ impl Bench {
             refresh,
             timeout,
             own: OwnRequests::default(),
+            watched_keeper_secrets,
+            watched_secrets,
+            control_plane,
         })
     }
 
-    async fn spawn_operator(&self) -> Result<Operator> {
-        let mut operator = self
-            .env
-            .operator_for(&self.server)?
-            .arg(format!("--concurrency={}", self.args.concurrency))
-            .arg("--log-level=warn")
-            // The bench reads the reconcile counter from /metrics; only it can reach the port.
-            .arg("--metrics-auth=false")
-            .spawn()?;
-        operator.wait_ready(Duration::from_secs(120)).await?;
-        Ok(operator)
+    /// Starts the operator, one process per shard, and waits until every one is ready.
+    async fn spawn_fleet(&self) -> Result<Fleet> {
+        let mut shards = Vec::with_capacity(self.args.shards);
+        for k in 0..self.args.shards {
+            let mut operator = self
+                .env
+                .operator_for(&self.server)?
+                .arg(format!("--concurrency={}", self.args.concurrency))
+                .arg("--log-level=warn")
+                // The bench reads the reconcile counter from /metrics; only it can reach the port.
+                .arg("--metrics-auth=false");
+            if self.args.shards > 1 {
+                operator = operator.arg(format!("--watch-label-selector={SHARD_LABEL}=shard-{k}"));
+            }
+            shards.push(operator.spawn()?);
+        }
+        for operator in &mut shards {
+            operator.wait_ready(Duration::from_secs(120)).await?;
+        }
+        Ok(Fleet(shards))
+    }
+
+    /// CPU times of the control plane and of `operators` now.
+    fn cpu(&self, operators: &[u32]) -> CpuTimes {
+        CpuTimes::read(&self.control_plane, operators)
     }
 
     fn keeper_secrets(&self) -> Api<KeeperSecret> {
@@ -327,16 +399,16 @@ impl Bench {
             .items)
     }
 
-    /// Polls (once a second, to keep the bench's own load low) until `done` holds for all N.
+    /// Checks the watched KeeperSecrets every 100 ms until `done` holds for all N.
     async fn wait_all(
         &mut self,
         what: &str,
         done: impl Fn(&KeeperSecret) -> bool,
-    ) -> Result<Vec<KeeperSecret>> {
+    ) -> Result<Vec<Arc<KeeperSecret>>> {
         let n = self.args.keeper_secrets;
         let deadline = Instant::now() + self.timeout;
         loop {
-            let all = self.list_all().await?;
+            let all = self.watched_keeper_secrets.state();
             let count = all.iter().filter(|ks| done(ks)).count();
             if all.len() == n && count == n {
                 return Ok(all);
@@ -345,7 +417,7 @@ impl Bench {
                 Instant::now() < deadline,
                 "timed out waiting for {what}: {count}/{n}"
             );
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -368,7 +440,7 @@ impl Bench {
         let applied = start.elapsed();
         let all = self.wait_all("all Ready", is_synced).await?;
         let ready = start.elapsed();
-        let mut latencies: Vec<f64> = all.iter().filter_map(sync_latency_ms).collect();
+        let mut latencies: Vec<f64> = all.iter().filter_map(|ks| sync_latency_ms(ks)).collect();
         ensure!(latencies.len() == n, "some KeeperSecrets lack timestamps");
         latencies.sort_by(f64::total_cmp);
         out.apply_seconds = round2(applied.as_secs_f64());
@@ -383,16 +455,17 @@ impl Bench {
         Ok(())
     }
 
-    /// Samples per-credential counters over `waves` refresh intervals. A call that follows the
-    /// same credential's previous call by less than half an interval is not a new wave: it is
-    /// counted "between waves".
+    /// Samples per-credential counters over `waves` refresh intervals. Each shard reads each
+    /// credential once a wave: a call that follows the same credential's S-th previous call (S
+    /// shards) by less than half an interval is not a new wave, it is counted "between waves".
     async fn steady_waves(&mut self, out: &mut Report) -> Result<()> {
         // Let the cold start's jittered first refreshes line up before measuring.
         tokio::time::sleep(self.refresh).await;
         let window = self.refresh * self.args.waves;
         let start = Instant::now();
         let mut last = self.app_calls();
-        let mut last_call: Vec<Option<Instant>> = vec![None; self.apps.len()];
+        let shards = self.args.shards;
+        let mut last_calls: Vec<VecDeque<Instant>> = vec![VecDeque::new(); self.apps.len()];
         let (mut total, mut between) = (0u64, 0u64);
         let get_before = self.get_secret_calls();
         while start.elapsed() < window {
@@ -402,10 +475,14 @@ impl Bench {
                 for _ in *old..new {
                     total += 1;
                     let t = Instant::now();
-                    if last_call[c].is_some_and(|p| t - p < self.refresh / 2) {
-                        between += 1;
+                    let calls = &mut last_calls[c];
+                    if calls.len() == shards {
+                        if calls.front().is_some_and(|p| t - *p < self.refresh / 2) {
+                            between += 1;
+                        }
+                        calls.pop_front();
                     }
-                    last_call[c] = Some(t);
+                    calls.push_back(t);
                 }
                 *old = new;
             }
@@ -433,8 +510,9 @@ impl Bench {
         let n = self.args.keeper_secrets;
         let deadline = start + self.timeout;
         loop {
-            let secrets = self.list_secrets().await?;
-            let done = secrets
+            let done = self
+                .watched_secrets
+                .state()
                 .iter()
                 .filter(|s| data_value(s, "shared").as_deref() == Some(value.as_str()))
                 .count();
@@ -445,7 +523,7 @@ impl Bench {
                 Instant::now() < deadline,
                 "change reached {done}/{n} Secrets"
             );
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         out.change_propagation_seconds = round2(start.elapsed().as_secs_f64());
         Ok(())
@@ -468,9 +546,13 @@ impl Bench {
         let mut kept = true;
         let mut ready_throughout = true;
         while start.elapsed() < duration {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            kept &= secret_data(&self.list_secrets().await?) == before;
-            ready_throughout &= self.list_all().await?.iter().all(is_ready);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            kept &= secret_data(&self.watched_secrets.state()) == before;
+            ready_throughout &= self
+                .watched_keeper_secrets
+                .state()
+                .iter()
+                .all(|ks| is_ready(ks));
         }
         let calls = self.get_secret_calls() - calls_before;
         self.server.faults().set_down(DownMode::Up);
@@ -490,7 +572,7 @@ impl Bench {
     /// Restarts the operator over the settled objects (with Keeper answering, or down so the
     /// new process serves the sealed copy) and measures what settling costs: a restart should
     /// rewrite no Secret, and with Keeper up no status.
-    async fn restart(&mut self, operator: &mut Operator, keeper_up: bool) -> Result<Restart> {
+    async fn restart(&mut self, fleet: &mut Fleet, keeper_up: bool) -> Result<Restart> {
         let n = self.args.keeper_secrets;
         let secrets = versions(&self.list_secrets().await?);
         let statuses = versions(&self.list_all().await?);
@@ -501,15 +583,13 @@ impl Bench {
         let calls_before = self.get_secret_calls();
         let client = self.env.cluster.client();
         let api_before = apiserver_counts(&client).await?.1;
-        operator.kill();
+        fleet.kill();
         let start = Instant::now();
-        *operator = self.spawn_operator().await?;
+        *fleet = self.spawn_fleet().await?;
         let ready = start.elapsed();
         let deadline = start + self.timeout;
         loop {
-            let (code, body) = operator.get("/metrics", None).await?;
-            ensure!(code == 200, "GET /metrics answered {code}");
-            if reconciles(&body) >= n as f64 {
+            if fleet.reconciles().await? >= n as f64 {
                 break;
             }
             ensure!(Instant::now() < deadline, "the restart did not settle");
@@ -545,6 +625,7 @@ impl Bench {
         let ns = self.env.cluster.fresh_namespace("bench-raw").await?;
         let api: Api<Secret> = Api::namespaced(self.env.cluster.client(), &ns);
         let n = self.args.keeper_secrets;
+        let cpu = self.cpu(&[]);
         let start = Instant::now();
         concurrently(0..n, self.args.concurrency, |i| {
             let api = api.clone();
@@ -556,6 +637,8 @@ impl Bench {
         })
         .await?;
         let (raw, ratio) = baseline(out, start.elapsed());
+        let cpu = self.cpu(&[]).since(&cpu);
+        out.cpu_seconds_by_phase.insert("raw_secrets".into(), cpu);
         out.raw_apiserver_seconds = raw;
         out.ready_to_raw_ratio = ratio;
         delete_namespace(&self.env.cluster.client(), &ns).await;
@@ -573,6 +656,7 @@ impl Bench {
         let docs: Vec<Value> = (0..self.args.keeper_secrets)
             .map(|i| self.manifest(i))
             .collect();
+        let cpu = self.cpu(&[]);
         let start = Instant::now();
         concurrently(docs, self.args.concurrency, |doc| {
             let (keeper_secrets, secrets) = (keeper_secrets.clone(), secrets.clone());
@@ -605,6 +689,9 @@ impl Bench {
         })
         .await?;
         let (raw, ratio) = baseline(out, start.elapsed());
+        let cpu = self.cpu(&[]).since(&cpu);
+        out.cpu_seconds_by_phase
+            .insert("raw_same_writes".into(), cpu);
         out.raw_same_writes_seconds = raw;
         out.ready_to_same_writes_ratio = ratio;
         delete_namespace(&self.env.cluster.client(), &ns).await;
@@ -621,10 +708,15 @@ impl Bench {
         let name = format!("bench-{i:05}");
         let record = &self.record_uids[i % self.record_uids.len()];
         let shared = &self.record_uids[0];
+        let labels = if self.args.shards > 1 {
+            json!({ SHARD_LABEL: format!("shard-{}", i % self.args.shards) })
+        } else {
+            json!({})
+        };
         json!({
             "apiVersion": "keeper-operator.dev/v1alpha1",
             "kind": "KeeperSecret",
-            "metadata": { "name": name },
+            "metadata": { "name": name, "labels": labels },
             "spec": {
                 "auth": { "secretRef": {
                     "name": format!("ksm-cred-{}", i % self.apps.len()), "key": "config" } },
@@ -733,10 +825,11 @@ fn data_value(secret: &Secret, key: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&v.0).into_owned())
 }
 
-fn secret_data(secrets: &[Secret]) -> BTreeMap<String, BTreeMap<String, ByteString>> {
+fn secret_data<S: Borrow<Secret>>(secrets: &[S]) -> BTreeMap<String, BTreeMap<String, ByteString>> {
     secrets
         .iter()
         .map(|s| {
+            let s = s.borrow();
             (
                 s.metadata.name.clone().unwrap_or_default(),
                 s.data.clone().unwrap_or_default(),
@@ -800,12 +893,131 @@ fn diff_by_verb(
         .collect()
 }
 
-/// An operator's resident memory, in MiB, from /proc/<pid>/status.
+/// Starts a watch of every `K` that `config` selects in the bench namespace, kept in memory
+/// by a background task, and waits for its first list.
+async fn watch<K>(api: Api<K>, config: watcher::Config) -> Result<Store<K>>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let events = watcher(api, config).default_backoff().reflect(writer);
+    tokio::spawn(events.for_each(|_| async {}));
+    store.wait_until_ready().await?;
+    Ok(store)
+}
+
+/// The PIDs of the control plane started by e2e/cluster.sh in `E2E_STATE_DIR` (none when the
+/// bench runs against another control plane: then only the operator's CPU is reported).
+fn control_plane_pids() -> Vec<(&'static str, u32)> {
+    let Ok(state) = std::env::var("E2E_STATE_DIR") else {
+        return Vec::new();
+    };
+    CONTROL_PLANE
+        .iter()
+        .filter_map(|name| {
+            let pid = std::fs::read_to_string(format!("{state}/run/{name}.pid")).ok()?;
+            Some((*name, pid.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// CPU seconds (user + system) of each process sharing the machine, read at one moment.
+struct CpuTimes(BTreeMap<String, f64>);
+
+impl CpuTimes {
+    /// The control plane, the operator processes (together, as "operator") and the bench.
+    fn read(control_plane: &[(&'static str, u32)], operators: &[u32]) -> CpuTimes {
+        let mut times: BTreeMap<String, f64> = control_plane
+            .iter()
+            .filter_map(|(name, pid)| Some((name.to_string(), cpu_seconds(*pid).ok()?)))
+            .collect();
+        if !operators.is_empty() {
+            let operator = operators.iter().filter_map(|p| cpu_seconds(*p).ok()).sum();
+            times.insert("operator".into(), operator);
+        }
+        if let Ok(bench) = cpu_seconds(std::process::id()) {
+            times.insert("bench".into(), bench);
+        }
+        times.insert("wall".into(), wall_seconds());
+        CpuTimes(times)
+    }
+
+    /// What each process used since `start` (and the wall time between), rounded.
+    fn since(&self, start: &CpuTimes) -> BTreeMap<String, f64> {
+        self.0
+            .iter()
+            .filter_map(|(name, now)| Some((name.clone(), round2(now - start.0.get(name)?))))
+            .collect()
+    }
+}
+
+/// Seconds since the Unix epoch, for phase wall times.
+fn wall_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The operator under test: one process, or one per shard.
+struct Fleet(Vec<Operator>);
+
+impl Fleet {
+    fn pids(&self) -> Vec<u32> {
+        self.0.iter().map(Operator::pid).collect()
+    }
+
+    fn ensure_running(&mut self) -> Result<()> {
+        self.0.iter_mut().try_for_each(Operator::ensure_running)
+    }
+
+    fn kill(&mut self) {
+        self.0.iter_mut().for_each(Operator::kill);
+    }
+
+    /// Reconciles so far, over every shard.
+    async fn reconciles(&self) -> Result<f64> {
+        let mut total = 0.0;
+        for operator in &self.0 {
+            let (code, body) = operator.get("/metrics", None).await?;
+            ensure!(code == 200, "GET /metrics answered {code}");
+            total += reconciles(&body);
+        }
+        Ok(total)
+    }
+
+    /// Resident memory of all shards together (and the largest shard's peak).
+    fn rss(&self) -> Result<Rss> {
+        let mut sum = Rss::default();
+        for pid in self.pids() {
+            let one = rss_mib(pid)?;
+            sum.now += one.now;
+            sum.peak += one.peak;
+            sum.anon += one.anon;
+            sum.file += one.file;
+            sum.largest_peak = sum.largest_peak.max(one.peak).max(one.now);
+        }
+        Ok(sum)
+    }
+
+    fn cpu_seconds(&self) -> Result<f64> {
+        self.pids().into_iter().map(cpu_seconds).sum()
+    }
+}
+
+/// Resident memory, in MiB, from /proc/<pid>/status.
+#[derive(Default)]
 struct Rss {
     now: f64,
     peak: f64,
     anon: f64,
     file: f64,
+    largest_peak: f64,
 }
 
 fn rss_mib(pid: u32) -> Result<Rss> {
@@ -818,15 +1030,17 @@ fn rss_mib(pid: u32) -> Result<Rss> {
         let v: f64 = line.split_whitespace().nth(1).context("value")?.parse()?;
         Ok(v / 1024.0)
     };
+    let peak = kib("VmHWM:")?;
     Ok(Rss {
         now: kib("VmRSS:")?,
-        peak: kib("VmHWM:")?,
+        peak,
         anon: kib("RssAnon:")?,
         file: kib("RssFile:")?,
+        largest_peak: peak,
     })
 }
 
-/// utime + stime of the operator, from /proc/<pid>/stat, in seconds.
+/// utime + stime of a process, from /proc/<pid>/stat, in seconds.
 fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
@@ -854,6 +1068,13 @@ fn round2(v: f64) -> f64 {
 }
 
 fn print_table(r: &Report) {
+    let unless_skipped = |phase: Optional, v: Value| {
+        if r.skipped_phases.contains(&phase) {
+            json!("skipped")
+        } else {
+            v
+        }
+    };
     let rows = [
         ("KeeperSecrets", json!(r.keeper_secrets)),
         ("credentials", json!(r.credentials)),
@@ -870,7 +1091,10 @@ fn print_table(r: &Report) {
         ("sync latency p99 (ms)", json!(r.sync_latency_ms.p99)),
         (
             "change propagation (s)",
-            json!(r.change_propagation_seconds),
+            unless_skipped(
+                Optional::ChangePropagation,
+                json!(r.change_propagation_seconds),
+            ),
         ),
         ("Keeper calls cold start", json!(r.keeper_calls_cold_start)),
         ("Keeper calls per wave", json!(r.keeper_calls_per_wave)),
@@ -878,9 +1102,18 @@ fn print_table(r: &Report) {
             "Keeper calls between waves",
             json!(r.keeper_calls_between_waves),
         ),
-        ("outage: Keeper calls", json!(r.outage.keeper_calls_during)),
-        ("outage: Secrets kept", json!(r.outage.all_secrets_kept)),
-        ("outage: recovery (s)", json!(r.outage.recovery_seconds)),
+        (
+            "outage: Keeper calls",
+            unless_skipped(Optional::Outage, json!(r.outage.keeper_calls_during)),
+        ),
+        (
+            "outage: Secrets kept",
+            unless_skipped(Optional::Outage, json!(r.outage.all_secrets_kept)),
+        ),
+        (
+            "outage: recovery (s)",
+            unless_skipped(Optional::Outage, json!(r.outage.recovery_seconds)),
+        ),
         ("steady: API requests", json!(r.apiserver_requests_steady)),
         (
             "restart: settle (s)",
@@ -918,6 +1151,13 @@ fn print_table(r: &Report) {
             json!(r.operator_rss_steady_file_mib),
         ),
         ("operator CPU (s)", json!(r.operator_cpu_seconds)),
+        ("shards", json!(r.shards)),
+        (
+            "largest shard's RSS peak (MiB)",
+            json!(r.operator_rss_peak_largest_shard_mib),
+        ),
+        ("CPU in cold start (s)", cpu_row(r, "cold_start")),
+        ("CPU in raw same writes (s)", cpu_row(r, "raw_same_writes")),
         ("API server requests", json!(r.apiserver_requests)),
         ("load average start", json!(r.load_average.start)),
         ("load average end", json!(r.load_average.end)),
@@ -930,6 +1170,17 @@ fn print_table(r: &Report) {
         };
         println!("{name:<36} {shown}");
     }
+}
+
+/// One phase's CPU seconds per process, for the table ("process seconds, ...").
+fn cpu_row(r: &Report, phase: &str) -> Value {
+    let shown = r.cpu_seconds_by_phase.get(phase).map(|cpu| {
+        cpu.iter()
+            .map(|(process, seconds)| format!("{process} {seconds}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    json!(shown.unwrap_or_default())
 }
 
 /// A PNG of the cold start against its baselines, captioned with the memory and Keeper figures.
