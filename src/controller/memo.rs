@@ -35,6 +35,7 @@ use crate::controller::target_versions::{TargetVersions, Version, version};
 use crate::k8s::credentials;
 use crate::keeper::CredentialKey;
 use crate::lock;
+use crate::sync::desired::Shape;
 use crate::sync::hold::Sighting;
 use crate::sync::refresh;
 
@@ -89,11 +90,21 @@ struct Known {
     missed: Option<(i64, Timestamp)>,
 }
 
-/// A target Secret known to hold data hashing to `hash`, for as long as the same `pin` holds.
+/// A target Secret known to hold data hashing to `hash`, shaped `shape`, for as long as the
+/// same `pin` holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Verified {
     pin: Pin,
     hash: Box<str>,
+    shape: Shape,
+}
+
+/// What the memo vouches for of a target Secret it need not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vouched {
+    /// The hash of the data it holds.
+    pub hash: String,
+    pub shape: Shape,
 }
 
 /// A digest of the target's version, the KeeperSecret's generation (which pins the spec,
@@ -187,18 +198,18 @@ impl Caches {
         .unwrap_or_default()
     }
 
-    /// The data hash the target Secret of `ks` holds, when the reflector shows it unchanged
-    /// since it was last written or verified (as `recall` remembers) for this spec and
-    /// credential; `None` means "read it".
-    pub fn target_hash(
+    /// What the target Secret of `ks` holds, when the reflector shows it unchanged since it
+    /// was last written or verified (as `recall` remembers) for this spec and credential;
+    /// `None` means "read it".
+    pub fn vouched_target(
         &self,
         ks: &KeeperSecret,
         recall: &Recall,
         credential: &CredentialKey,
-    ) -> Option<String> {
+    ) -> Option<Vouched> {
         let version = self.targets.get(&ks.namespace()?, &ks.target_name())?;
         let now = pin(version, ks.metadata.generation, credential.fingerprint());
-        vouched(recall.verified.as_ref()?, &now).map(str::to_string)
+        vouched(recall.verified.as_ref()?, &now)
     }
 
     /// Keeps what one reconcile of `ks` learned: the memo's one update per reconcile.
@@ -213,10 +224,11 @@ impl Caches {
                 missed_at,
                 gone,
             } = learned;
-            if let Some((version, credential, hash)) = target {
+            if let Some((version, credential, hash, shape)) = target {
                 known.verified = Some(Verified {
                     pin: pin(version, generation, &credential),
                     hash,
+                    shape,
                 });
             }
             if let Some(status) = status {
@@ -307,8 +319,8 @@ pub struct Recall {
 #[derive(Debug, Default)]
 pub struct Learned {
     /// The target Secret's version, the fingerprint of the credential its hash is keyed by,
-    /// and that hash: it was written or read and verified.
-    target: Option<(Version, [u8; 32], Box<str>)>,
+    /// that hash and the Secret's shape: it was written or read and verified.
+    target: Option<(Version, [u8; 32], Box<str>, Shape)>,
     /// The status written.
     pub status: Option<KeeperSecretStatus>,
     /// A sync whose status was not rewritten for it alone.
@@ -339,11 +351,18 @@ impl Learned {
         }
     }
 
-    /// `secret` (as returned by the API server) holds data hashing to `hash`, keyed by
-    /// `credential`.
-    pub fn verified(&mut self, credential: &CredentialKey, secret: &Secret, hash: &str) {
+    /// `secret` (as returned by the API server), the target of `ks`, holds data hashing to
+    /// `hash`, keyed by `credential`.
+    pub fn verified(
+        &mut self,
+        ks: &KeeperSecret,
+        credential: &CredentialKey,
+        secret: &Secret,
+        hash: &str,
+    ) {
         if let Some(rv) = &secret.metadata.resource_version {
-            self.target = Some((version(rv), *credential.fingerprint(), hash.into()));
+            let shape = Shape::of(ks, secret);
+            self.target = Some((version(rv), *credential.fingerprint(), hash.into(), shape));
         }
     }
 }
@@ -378,9 +397,13 @@ impl DataTimes for Caches {
     }
 }
 
-/// PURE: the recorded hash, if it was recorded for the same target version, spec and credential.
-fn vouched<'a>(entry: &'a Verified, now: &Pin) -> Option<&'a str> {
-    (entry.pin == *now).then_some(&*entry.hash)
+/// PURE: the recorded hash and shape, if recorded for the same target version, spec and
+/// credential.
+fn vouched(entry: &Verified, now: &Pin) -> Option<Vouched> {
+    (entry.pin == *now).then(|| Vouched {
+        hash: entry.hash.to_string(),
+        shape: entry.shape,
+    })
 }
 
 /// Which status a reconcile should start from.
@@ -417,13 +440,21 @@ mod tests {
     #[test]
     fn only_the_recorded_version_for_the_same_spec_and_credential_is_vouched_for() {
         let cred = *CredentialKey::new("ns/ksm/config", b"cred").fingerprint();
+        let shape = Shape::of(
+            &KeeperSecret::new("db", Default::default()),
+            &Secret::default(),
+        );
         let entry = Verified {
             pin: pin(version("42"), Some(1), &cred),
             hash: "hmac-sha256:ab".into(),
+            shape,
         };
         assert_eq!(
             vouched(&entry, &pin(version("42"), Some(1), &cred)),
-            Some("hmac-sha256:ab")
+            Some(Vouched {
+                hash: "hmac-sha256:ab".into(),
+                shape
+            })
         );
         // Any write (a hand edit, a deletion and re-creation) moves the resourceVersion.
         assert_eq!(vouched(&entry, &pin(version("43"), Some(1), &cred)), None);

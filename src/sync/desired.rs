@@ -419,6 +419,49 @@ pub(crate) fn provenance(ks: &KeeperSecret, existing: Option<&Secret>) -> Proven
     }
 }
 
+/// What a write over a target the memo vouches for (unchanged since it was written or
+/// verified) needs to know of it, so it need not be read: whether it was created for this
+/// KeeperSecret, and which keys hold a value (all the write guard asks of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shape {
+    pub provenance: Provenance,
+    pub filled_keys: FilledKeys,
+}
+
+impl Shape {
+    /// PURE: the shape of `secret` as a write over it for `ks` sees it.
+    pub(crate) fn of(ks: &KeeperSecret, secret: &Secret) -> Shape {
+        Shape {
+            provenance: provenance(ks, Some(secret)),
+            filled_keys: FilledKeys::of(secret),
+        }
+    }
+}
+
+/// A digest of the keys of a Secret that hold a non-empty value. Two Secrets with the same
+/// digest give the write guard nothing to refuse between them: no key is dropped or emptied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FilledKeys(u64);
+
+impl FilledKeys {
+    pub(crate) fn of(secret: &Secret) -> FilledKeys {
+        let mut h = Sha256::new();
+        for (key, _) in secret
+            .data
+            .iter()
+            .flatten()
+            .filter(|(_, v)| !v.0.is_empty())
+        {
+            h.update((key.len() as u64).to_be_bytes());
+            h.update(key.as_bytes());
+        }
+        let digest = h.finalize();
+        FilledKeys(u64::from_be_bytes(
+            digest[..8].try_into().unwrap_or_default(),
+        ))
+    }
+}
+
 /// Puts the created-for marker and, with creationPolicy Owner, the owner reference on a
 /// Secret the operator creates (or created) for `ks`; nothing on any other.
 pub(crate) fn mark(ks: &KeeperSecret, provenance: Provenance, secret: &mut Secret) {

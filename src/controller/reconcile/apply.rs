@@ -49,6 +49,10 @@ pub(super) async fn apply<S>(
                 "wrote Secret, adopting the one it found",
             )
         }
+        Plan::Rewrite { secret, hash } => {
+            let written = k8s::apply_secret(&secrets, &secret).await?;
+            (secret, None, hash, written, "wrote Secret")
+        }
         Plan::Apply {
             secret,
             existing: Some(existing),
@@ -69,7 +73,7 @@ pub(super) async fn apply<S>(
             }
         },
     };
-    learned.verified(credential, &written, &hash);
+    learned.verified(ks, credential, &written, &hash);
     ctx.rollouts
         .after_write(ks, interval, existing.as_deref(), &secret, &hash);
     Ok(Some(did))

@@ -43,7 +43,7 @@ pub(super) fn due(
     interval: Duration,
 ) -> Result<Start, Error> {
     let target = match &seen.target {
-        Seen::Vouched(hash) => Target::Present(Some(hash)),
+        Seen::Vouched(vouched) => Target::Present(Some(&vouched.hash)),
         Seen::Read(existing) => Target::of(existing.as_deref(), &seen.hash_key),
     };
     let why = match refresh::due(ks, target, recall.synced_at, backlog, now, interval) {

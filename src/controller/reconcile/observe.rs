@@ -9,12 +9,12 @@ use kube::{Api, ResourceExt};
 
 use super::Context;
 use crate::api::{CreationPolicy, KeeperSecret};
-use crate::controller::memo::{Learned, Recall};
+use crate::controller::memo::{Learned, Recall, Vouched};
 use crate::error::Error;
 use crate::k8s::credentials::Credential;
 use crate::keeper::KeeperSource;
 use crate::sync::build::{Built, Write};
-use crate::sync::desired::{self, HashKey, Ownership};
+use crate::sync::desired::{self, FilledKeys, HashKey, Ownership, Provenance};
 
 /// What a reconcile starts from: plain data, no API handle.
 pub(super) struct Observed {
@@ -25,8 +25,8 @@ pub(super) struct Observed {
 
 /// How the target Secret is known.
 pub(super) enum Seen {
-    /// The memo vouches that it still holds data with this hash (it was not read).
-    Vouched(String),
+    /// The memo vouches for what it still holds (it was not read).
+    Vouched(Vouched),
     /// Read from the API server (`None`: it does not exist).
     Read(Option<Box<Secret>>),
 }
@@ -35,6 +35,9 @@ pub(super) enum Seen {
 pub(super) enum Existing {
     /// Vouched for holding exactly the desired data: nothing to read or write.
     Current,
+    /// Vouched for holding other data in the same keys (a value changed in Keeper): it is
+    /// written over without being read, as what it was created as.
+    Unread(Provenance),
     /// As read from the API server (`None`: it does not exist), checked for ownership.
     Read(Option<Box<Secret>>),
 }
@@ -53,8 +56,8 @@ pub(super) async fn observe<S: KeeperSource>(
         .load(&ctx.client, &ctx.keeper, ks, operator_namespace)
         .await?;
     let hash_key = cred.hash_key(ks.metadata.uid.as_deref().unwrap_or_default());
-    let target = match ctx.caches.target_hash(ks, recall, &cred.key) {
-        Some(hash) => Seen::Vouched(hash),
+    let target = match ctx.caches.vouched_target(ks, recall, &cred.key) {
+        Some(vouched) => Seen::Vouched(vouched),
         None => Seen::Read(
             read(ctx, ks, &cred, &hash_key, learned)
                 .await?
@@ -68,8 +71,8 @@ pub(super) async fn observe<S: KeeperSource>(
     })
 }
 
-/// The target as observed, or — when the memo vouched for another hash than `built` wants,
-/// or a deletion needs its metadata — read and checked now.
+/// The target as observed, or — when the memo vouched for other keys than `built` fills (the
+/// write guard must see the values), or a deletion needs its metadata — read and checked now.
 pub(super) async fn existing<S>(
     ctx: &Context<S>,
     ks: &KeeperSecret,
@@ -79,8 +82,14 @@ pub(super) async fn existing<S>(
 ) -> Result<Existing, Error> {
     match seen.target {
         Seen::Read(existing) => Ok(Existing::Read(existing)),
-        Seen::Vouched(hash) if matches!(&built.write, Write::Apply(d) if d.hash == hash) => {
+        Seen::Vouched(v) if matches!(&built.write, Write::Apply(d) if d.hash == v.hash) => {
             Ok(Existing::Current)
+        }
+        Seen::Vouched(v)
+            if matches!(&built.write,
+                Write::Apply(d) if FilledKeys::of(&d.secret) == v.shape.filled_keys) =>
+        {
+            Ok(Existing::Unread(v.shape.provenance))
         }
         Seen::Vouched(_) => {
             let existing = read(ctx, ks, &seen.cred, &seen.hash_key, learned).await?;
@@ -117,7 +126,7 @@ async fn read<S>(
     if let Some(secret) = &existing
         && let Some(hash) = desired::verified_hash(secret, hash_key)
     {
-        learned.verified(&cred.key, secret, hash);
+        learned.verified(ks, &cred.key, secret, hash);
     }
     Ok(existing)
 }

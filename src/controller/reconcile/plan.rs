@@ -15,6 +15,8 @@ use crate::sync::{hold, write_guard};
 pub(super) enum Plan {
     /// The target already holds the desired data.
     Skip,
+    /// Write `secret` over the target the memo vouches for, which was not read.
+    Rewrite { secret: Box<Secret>, hash: String },
     /// Write `secret` (create it when there is no `existing` Secret).
     Apply {
         secret: Box<Secret>,
@@ -38,13 +40,20 @@ pub(super) enum Plan {
 /// and only such a Secret is ever deleted; an unmanaged one is adopted whole or refused with
 /// the keys it would touch; the write guard has the last word.
 pub(super) fn plan(ks: &KeeperSecret, built: &Built, existing: Existing) -> Plan {
-    let existing = match existing {
-        Existing::Current => return Plan::Skip,
-        Existing::Read(existing) => existing,
-    };
-    let desired = match &built.write {
-        Write::Apply(desired) => desired,
-        Write::Delete { .. } => return delete(ks, existing, built),
+    let (desired, existing) = match (&built.write, existing) {
+        (_, Existing::Current) => return Plan::Skip,
+        (Write::Apply(desired), Existing::Unread(provenance)) => {
+            let mut secret = desired.secret.clone();
+            desired::mark(ks, provenance, &mut secret);
+            return Plan::Rewrite {
+                secret: Box::new(secret),
+                hash: desired.hash.clone(),
+            };
+        }
+        (Write::Apply(desired), Existing::Read(existing)) => (desired, existing),
+        (Write::Delete { .. }, Existing::Read(existing)) => return delete(ks, existing, built),
+        // Observe reads the target before a deletion: a vouched-for one is never deleted unread.
+        (Write::Delete { .. }, Existing::Unread(_)) => return Plan::Skip,
     };
     let mut secret = desired.secret.clone();
     desired::mark(

@@ -5,6 +5,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::api::CREATED_FOR_ANNOTATION;
 use crate::controller::fixtures::{
     Fixture, bound_config, keeper_secret_path as ks_path, secret_path,
 };
@@ -520,6 +521,43 @@ async fn a_secret_created_by_someone_else_is_never_written() {
     assert_eq!(err.reason(), "SecretOwnedElsewhere");
     assert_eq!(secret_writes(&f.api.take_requests()), 0);
     assert_eq!(password(&f), b"mine");
+}
+
+#[tokio::test]
+async fn a_changed_value_is_written_over_the_vouched_secret_without_reading_it() {
+    let f = synced().await;
+    keeper_has(&f, vec![record(UID, "rotated", 2)]);
+    forced(&f).await.unwrap();
+    let path = secret_path(NS, "db");
+    assert_eq!(
+        f.api.take_requests(),
+        [
+            format!("PATCH {path}"),
+            format!("PATCH {}/status", ks_path(NS, "db"))
+        ],
+        "the watch still shows the version last written, with the same keys filled: the \
+         Secret is written over as it was created, without a read"
+    );
+    assert_eq!(password(&f), b"rotated");
+    let secret = f.secret(NS, "db").unwrap();
+    assert!(
+        secret.annotations().contains_key(CREATED_FOR_ANNOTATION),
+        "still marked as created for the KeeperSecret"
+    );
+}
+
+#[tokio::test]
+async fn an_emptied_value_is_read_first_so_the_write_guard_sees_it() {
+    let f = synced().await;
+    // Same revision, yet the value decrypted empty: the keys filled differ from the vouched
+    // Secret's, so it is read, and the guard refuses.
+    keeper_has(&f, vec![record(UID, "", 1)]);
+    let err = forced(&f).await.unwrap_err();
+    assert_eq!(err.reason(), "WriteRefused");
+    let requests = f.api.take_requests();
+    assert!(requests.contains(&format!("GET {}", secret_path(NS, "db"))));
+    assert_eq!(secret_writes(&requests), 0);
+    assert_eq!(password(&f), b"s3cret");
 }
 
 #[tokio::test]
