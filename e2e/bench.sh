@@ -10,12 +10,15 @@
 # debug build of e2e/src/bin/bench.rs (it only issues requests and polls).
 # Other options (--refresh 10s, --waves 3, --concurrency 16, --outage-waves 2) pass through.
 # Uses E2E_KUBECONFIG if set, else starts/reuses the control plane of e2e/cluster.sh in
-# E2E_STATE_DIR (default: a dedicated bench cluster, left running).
+# E2E_STATE_DIR (default: a dedicated bench cluster, left running, without the audit log the
+# tests' RBAC check reads: the operator's ServiceAccount would pay a blocking log write per
+# request that the raw baselines, made as admin, do not).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 export E2E_STATE_DIR="${E2E_STATE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/keeper-operator-e2e/bench-cluster}"
+export E2E_AUDIT_LOG="${E2E_AUDIT_LOG:-off}"
 
 profile=release
 args=()

@@ -194,7 +194,9 @@ stop_all() { # in dependency order: the nodes and their containers, then the con
 # default admission plugins stay on, including ServiceAccount: the controller-manager below
 # creates the default ServiceAccounts it relies on. The audit log (ServiceAccounts' requests,
 # metadata only; e2e/audit-policy.yaml) feeds the RBAC check (e2e/src/bin/rbac-audit.rs); it is
-# rotated at 100 MB, keeping 5 old files.
+# rotated at 100 MB, keeping 5 old files. E2E_AUDIT_LOG=off leaves it out (the scale bench: it
+# would charge the operator's ServiceAccount a blocking log write per request that the bench's
+# raw baselines, made as admin, never pay).
 apiserver_args() {
   local etcd_port api_port
   etcd_port=$(ports_value ETCD_PORT)
@@ -215,7 +217,8 @@ apiserver_args() {
     --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
     --kubelet-certificate-authority="$PKI/serving-ca.crt" \
     --kubelet-preferred-address-types=Hostname \
-    --allow-privileged=true --profiling=false \
+    --allow-privileged=true --profiling=false
+  [[ "${E2E_AUDIT_LOG:-on}" == off ]] || printf '%s\n' \
     --audit-policy-file="$STATE/audit-policy.yaml" \
     --audit-log-path="$LOGS/audit.log" --audit-log-format=json --audit-log-mode=blocking \
     --audit-log-maxsize=100 --audit-log-maxbackup=5
