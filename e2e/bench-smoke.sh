@@ -45,6 +45,7 @@ up, down = d["restart_keeper_up"], d["restart_keeper_down"]
 assert up["secrets_rewritten"] == 0 and up["statuses_rewritten"] == 0, up
 assert down["secrets_rewritten"] == 0, down
 assert up["settle_seconds"] >= up["ready_seconds"] > 0, up
+assert up["operator_rss_peak_mib"] > 0 and down["operator_rss_peak_mib"] > 0, (up, down)
 png = open(sys.argv[1].removesuffix(".json") + ".png", "rb").read()
 assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000, "chart written"
 print("bench smoke: all keys present and sane, chart written")

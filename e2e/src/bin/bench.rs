@@ -182,6 +182,8 @@ struct Restart {
     secrets_rewritten: usize,
     statuses_rewritten: usize,
     keeper_calls: u64,
+    /// Peak RSS of the restarted operator (all shards) until settled: it re-lists every object.
+    operator_rss_peak_mib: f64,
     /// The operator's requests at the API server until settled, by verb (the bench's own
     /// LISTs before and after are not included).
     apiserver_requests: BTreeMap<String, u64>,
@@ -596,6 +598,7 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let settled = start.elapsed();
+        let rss = fleet.rss()?;
         let requests = diff_by_verb(&api_before, &apiserver_counts(&client).await?.1);
         let keeper_calls = self.get_secret_calls() - calls_before;
         let rewritten = |before: &BTreeMap<String, String>, after: BTreeMap<String, String>| {
@@ -610,6 +613,7 @@ impl Bench {
             secrets_rewritten: rewritten(&secrets, versions(&self.list_secrets().await?)),
             statuses_rewritten: rewritten(&statuses, versions(&self.list_all().await?)),
             keeper_calls,
+            operator_rss_peak_mib: round2(rss.peak.max(rss.now)),
             apiserver_requests: requests,
         };
         if !keeper_up {
@@ -1125,6 +1129,10 @@ fn print_table(r: &Report) {
                 "{} / {}",
                 r.restart_keeper_up.secrets_rewritten, r.restart_keeper_up.statuses_rewritten
             )),
+        ),
+        (
+            "restart: RSS peak (MiB)",
+            json!(r.restart_keeper_up.operator_rss_peak_mib),
         ),
         (
             "restart, Keeper down: settle (s)",
