@@ -77,7 +77,10 @@ pub async fn run<S: KeeperSource>(
         };
     let reader = writers.keeper_secrets.as_reader();
     on_store(reader.clone());
-    let mut config = watcher::Config::default().any_semantic();
+    // Paged initial lists (500 objects a page, as client-go's), not the "any" semantic: with
+    // resourceVersion=0 the API server ignores the page size and answers the whole list at
+    // once, which a restart at 50,000 KeeperSecrets would hold in memory all together.
+    let mut config = watcher::Config::default();
     if !scope.selector.is_empty() {
         config = config.labels(&scope.selector.to_string());
     }
@@ -115,9 +118,7 @@ pub async fn run<S: KeeperSource>(
     let versions = writers.targets;
     let targets = watcher(
         secrets,
-        watcher::Config::default()
-            .labels(&target_selector(scope.selector))
-            .any_semantic(),
+        watcher::Config::default().labels(&target_selector(scope.selector)),
     )
     .default_backoff()
     .modify(|meta| slim(&mut meta.metadata, &[OWNER_ANNOTATION]))
