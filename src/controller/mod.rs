@@ -127,7 +127,9 @@ pub async fn run<S: KeeperSource>(
     .touched_objects();
     // Store status runs beside the controller (so only on the leader) and stops with it.
     let stores = store_status.then(|| tokio::spawn(stores::run(ctx.clone(), reader.clone())));
+    let drained = ctx.caches.clone().drained();
     Controller::for_stream(main, reader.clone())
+        .reconcile_on(drained)
         .watches_stream(targets, move |meta| {
             let owner = meta.annotations().get(OWNER_ANNOTATION)?;
             let ks = ObjectRef::<KeeperSecret>::new(owner).within(&meta.namespace()?);

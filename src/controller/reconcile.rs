@@ -203,6 +203,10 @@ async fn sync<S: KeeperSource>(
     let backlog = ctx.caches.backlog();
     let due = match decide::due(ks, &seen, recall, backlog, now, interval)? {
         Start::Wait(after) => return Ok(Outcome::Wait(after)),
+        Start::Defer(at_most) => {
+            ctx.caches.defer(ks);
+            return Ok(Outcome::Wait(at_most));
+        }
         Start::Sync(due) => due,
     };
     debug!(why = ?due.why, "syncing from Keeper");

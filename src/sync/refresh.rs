@@ -31,6 +31,9 @@ pub enum Decision {
     Sync(Why),
     /// Nothing to do until the refresh is due.
     Wait(Duration),
+    /// The refresh is due but waits for KeeperSecrets never reconciled (see [`defer`]): until
+    /// they are, or for this long at most.
+    Defer(Duration),
 }
 
 /// Why a sync is needed (for logs).
@@ -192,19 +195,16 @@ pub fn jitter_span(interval: Duration) -> Duration {
     (interval / 10).min(Duration::from_secs(60))
 }
 
-/// How long a merely due refresh waits while KeeperSecrets that were never reconciled are
-/// queued (see [`defer`]).
-pub const BACKLOG_RETRY: Duration = Duration::from_secs(2);
-
 /// The least a due refresh may be deferred for a backlog (see [`defer`]): a cold start of
 /// thousands of objects takes minutes, longer than short refresh intervals.
 pub const MAX_DEFERRAL: Duration = Duration::from_secs(300);
 
 /// Cold objects first: while some KeeperSecrets were never reconciled, a refresh that is merely
-/// due waits [`BACKLOG_RETRY`], so a cold start converges even when the refresh interval is
-/// shorter than one pass over everything. Corrections (spec changed, Secret edited or deleted,
-/// Keeper failing) never wait, and no refresh waits beyond one extra interval (at least
-/// [`MAX_DEFERRAL`]), so a backlog that cannot drain never starves refreshes.
+/// due waits until they are (the controller wakes deferred refreshes when the backlog drains),
+/// so a cold start converges even when the refresh interval is shorter than one pass over
+/// everything. Corrections (spec changed, Secret edited or deleted, Keeper failing) never
+/// wait, and no refresh waits beyond one extra interval (at least [`MAX_DEFERRAL`]), so a
+/// backlog that cannot drain never starves refreshes. Returns that longest wait.
 pub fn defer(
     why: Why,
     never_attempted: usize,
@@ -219,7 +219,8 @@ pub fn defer(
     let last = ks.status.as_ref()?.last_sync_time.as_ref()?.0;
     let last = synced_at.map_or(last, |s| s.max(last));
     let age = Duration::try_from(now.duration_since(last)).unwrap_or(Duration::ZERO);
-    (age < interval + interval.max(MAX_DEFERRAL)).then_some(BACKLOG_RETRY)
+    let allowance = interval + interval.max(MAX_DEFERRAL);
+    allowance.checked_sub(age).filter(|left| !left.is_zero())
 }
 
 /// [`decide`], then [`defer`]: whether this reconcile reads Keeper, given what is known of the
@@ -234,7 +235,7 @@ pub fn due(
 ) -> Decision {
     match decide(ks, target, synced_at, now, interval) {
         Decision::Sync(why) => match defer(why, never_attempted, ks, synced_at, now, interval) {
-            Some(after) => Decision::Wait(after),
+            Some(at_most) => Decision::Defer(at_most),
             None => Decision::Sync(why),
         },
         wait => wait,

@@ -30,6 +30,8 @@ pub(super) enum Start {
     Sync(Due),
     /// Nothing is due for this long.
     Wait(Duration),
+    /// A due refresh waits for the backlog, this long at most (woken when it drains).
+    Defer(Duration),
 }
 
 /// Whether `ks`, as observed, is due for a sync as of `now`; an error when its target is
@@ -48,6 +50,7 @@ pub(super) fn due(
     };
     let why = match refresh::due(ks, target, recall.synced_at, backlog, now, interval) {
         Decision::Wait(after) => return Ok(Start::Wait(after)),
+        Decision::Defer(at_most) => return Ok(Start::Defer(at_most)),
         Decision::Sync(why) => why,
     };
     if let Seen::Read(existing) = &seen.target {
