@@ -33,10 +33,12 @@ use futures::{StreamExt, TryStreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::api::{
@@ -130,6 +132,7 @@ pub async fn run<S: KeeperSource>(
     // Store status runs beside the controller (so only on the leader) and stops with it.
     let stores = store_status.then(|| tokio::spawn(stores::run(ctx.clone(), reader.clone())));
     let drained = ctx.caches.clone().drained();
+    let stopping = CancellationToken::new();
     Controller::for_stream(main, reader.clone())
         .reconcile_on(drained)
         .watches_stream(targets, move |meta| {
@@ -139,8 +142,14 @@ pub async fn run<S: KeeperSource>(
             // or one just relabelled) is not ours to reconcile.
             reader.get(&ks).map(|_| ks)
         })
-        .graceful_shutdown_on(shutdown)
-        .run(in_turn(concurrency, reconcile), error_policy, ctx)
+        .graceful_shutdown_on({
+            let stopping = stopping.clone();
+            async move {
+                shutdown.await;
+                stopping.cancel();
+            }
+        })
+        .run(in_turn(concurrency, stopping, reconcile), error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => debug!(namespace = obj.namespace, name = obj.name, "reconciled"),
@@ -164,22 +173,29 @@ pub async fn run<S: KeeperSource>(
 /// objects requeued every 200 ms): 404 of 2,000 reconciled in 20 s with kube's cap, all 2,000
 /// within 2 s through a FIFO semaphore. Requests now wait on tokio's semaphore, which grants
 /// permits first come, first served; the reconcile itself is allocated only once its turn comes,
-/// so a waiting request costs a small future, not a whole reconcile.
-fn in_turn<K, C, Fut>(
+/// so a waiting request costs a small future, not a whole reconcile. Once `stopping` is
+/// cancelled (shutdown), requests still waiting end without reconciling, so a shutdown waits
+/// only for the reconciles under way, as with kube's cap.
+fn in_turn<K, C, E, Fut>(
     concurrency: u16,
+    stopping: CancellationToken,
     reconcile: impl Fn(Arc<K>, Arc<C>) -> Fut + Clone + Send + 'static,
-) -> impl FnMut(Arc<K>, Arc<C>) -> BoxFuture<'static, Fut::Output>
+) -> impl FnMut(Arc<K>, Arc<C>) -> BoxFuture<'static, Result<Action, E>>
 where
     K: Send + Sync + 'static,
     C: Send + Sync + 'static,
-    Fut: Future + Send + 'static,
+    Fut: Future<Output = Result<Action, E>> + Send + 'static,
 {
     let workers = Arc::new(Semaphore::new(usize::from(concurrency.max(1))));
     move |object, ctx| {
-        let (workers, reconcile) = (workers.clone(), reconcile.clone());
+        let (workers, stopping, reconcile) = (workers.clone(), stopping.clone(), reconcile.clone());
         Box::pin(async move {
             // The permit is held until the reconcile ends; the semaphore is never closed.
-            let _turn = workers.acquire().await;
+            let _turn = tokio::select! {
+                biased;
+                () = stopping.cancelled() => return Ok(Action::await_change()),
+                turn = workers.acquire() => turn,
+            };
             Box::pin(reconcile(object, ctx)).await
         })
     }
@@ -267,7 +283,7 @@ mod tests {
     /// run): through `in_turn` every object still gets its turn.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_object_gets_a_turn_while_the_workers_are_always_busy() {
-        use kube::runtime::controller::{Action, Config, applier};
+        use kube::runtime::controller::{Config, applier};
         use std::collections::HashSet;
         use std::sync::Mutex;
 
@@ -296,7 +312,7 @@ mod tests {
             Ok::<_, std::io::Error>(Action::requeue(Duration::from_millis(50)))
         };
         let run = applier(
-            in_turn(2, busy),
+            in_turn(2, CancellationToken::new(), busy),
             |_, _, _| Action::await_change(),
             seen.clone(),
             store,
@@ -314,6 +330,41 @@ mod tests {
             OBJECTS,
             "objects left without a turn"
         );
+    }
+
+    #[tokio::test]
+    async fn requests_still_waiting_at_shutdown_end_without_reconciling() {
+        let stopping = CancellationToken::new();
+        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (release, hold) = tokio::sync::oneshot::channel::<()>();
+        let hold = Arc::new(tokio::sync::Mutex::new(Some(hold)));
+        let mut one_at_a_time = in_turn(1, stopping.clone(), {
+            let (ran, hold) = (ran.clone(), hold.clone());
+            move |_: Arc<()>, _: Arc<()>| {
+                let (ran, hold) = (ran.clone(), hold.clone());
+                async move {
+                    ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if let Some(hold) = hold.lock().await.take() {
+                        let _ = hold.await;
+                    }
+                    Ok::<_, std::io::Error>(Action::requeue(Duration::from_secs(1)))
+                }
+            }
+        });
+        let under_way = tokio::spawn(one_at_a_time(Arc::new(()), Arc::new(())));
+        tokio::task::yield_now().await;
+        let waiting = tokio::spawn(one_at_a_time(Arc::new(()), Arc::new(())));
+        tokio::task::yield_now().await;
+        stopping.cancel();
+        let waited = waiting.await.unwrap().unwrap();
+        assert_eq!(waited, Action::await_change(), "the waiting request ended");
+        release.send(()).unwrap();
+        assert_eq!(
+            under_way.await.unwrap().unwrap(),
+            Action::requeue(Duration::from_secs(1)),
+            "the reconcile under way finished"
+        );
+        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]
